@@ -1,0 +1,220 @@
+//! Attempts and their outcomes: what a processor answers, and how the engine files it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// The raw signals a processor gives on a decline (Stripe's names; other adapters map
+/// their own codes onto these fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclineCodes {
+    /// Error code, e.g. `card_declined`, `expired_card`, `authentication_required`.
+    pub code: String,
+    /// Issuer's decline reason, e.g. `insufficient_funds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
+    /// Processor advice: `do_not_try_again`, `try_again_later`, `confirm_card_data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advice_code: Option<String>,
+    /// Issuer's raw network response code, e.g. Visa `51`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_decline_code: Option<String>,
+    /// Network advice, e.g. Mastercard merchant advice code `03`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_advice_code: Option<String>,
+    /// Human-readable message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl DeclineCodes {
+    /// A decline with `code` and an optional `decline_code`.
+    pub fn new(code: &str, decline_code: Option<&str>) -> DeclineCodes {
+        DeclineCodes {
+            code: code.to_owned(),
+            decline_code: decline_code.map(str::to_owned),
+            ..DeclineCodes::default()
+        }
+    }
+}
+
+impl fmt::Display for DeclineCodes {
+    /// `card_declined (insufficient_funds)`, as `last_authorization_attempt_error` shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.decline_code {
+            Some(decline) if decline != &self.code => write!(f, "{} ({decline})", self.code),
+            _ => f.write_str(&self.code),
+        }
+    }
+}
+
+/// What a decline means for retrying (see `declines-and-network-rules.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineCategory {
+    /// Never retry (lost or stolen card, fraud, do-not-try-again advice).
+    Hard,
+    /// Stop retrying this method until it has new card data (expired card, wrong CVC).
+    NeedsNewCardData,
+    /// The customer must come back on-session (authentication required).
+    NeedsCustomer,
+    /// Soft: not enough funds now; timing matters.
+    SoftFunds,
+    /// Soft: the issuer declined without a reason; retry later with backoff.
+    SoftIssuer,
+    /// Soft: a passing fault at the issuer or network; retry soon.
+    SoftTransient,
+}
+
+impl DeclineCategory {
+    /// Every category.
+    pub const ALL: [DeclineCategory; 6] = [
+        DeclineCategory::Hard,
+        DeclineCategory::NeedsNewCardData,
+        DeclineCategory::NeedsCustomer,
+        DeclineCategory::SoftFunds,
+        DeclineCategory::SoftIssuer,
+        DeclineCategory::SoftTransient,
+    ];
+
+    /// Whether a later retry may succeed.
+    pub fn is_soft(self) -> bool {
+        matches!(
+            self,
+            DeclineCategory::SoftFunds | DeclineCategory::SoftIssuer | DeclineCategory::SoftTransient
+        )
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclineCategory::Hard => "hard",
+            DeclineCategory::NeedsNewCardData => "needs_new_card_data",
+            DeclineCategory::NeedsCustomer => "needs_customer",
+            DeclineCategory::SoftFunds => "soft_funds",
+            DeclineCategory::SoftIssuer => "soft_issuer",
+            DeclineCategory::SoftTransient => "soft_transient",
+        }
+    }
+}
+
+impl fmt::Display for DeclineCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The processor's own ids for an attempt (PaymentIntent and charge for Stripe).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessorReference {
+    /// The processor's payment id (a PaymentIntent `pi_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<String>,
+    /// The processor's charge id (`ch_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<String>,
+}
+
+/// What a processor answered to an authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Authorized and captured.
+    Approved {
+        /// Processor ids.
+        reference: ProcessorReference,
+    },
+    /// Authorized; funds held until capture.
+    RequiresCapture {
+        /// Processor ids.
+        reference: ProcessorReference,
+    },
+    /// The issuer (or processor on its behalf) declined.
+    Declined {
+        /// The raw codes.
+        codes: DeclineCodes,
+        /// Processor ids, when the processor created an object for the decline.
+        reference: ProcessorReference,
+    },
+    /// The processor did not give the issuer's answer (timeout before sending, 429,
+    /// 5xx with `Stripe-Should-Retry`, misconfiguration). No money moved.
+    ProcessorFault {
+        /// Whether sending the same request again may work.
+        retryable: bool,
+        /// What went wrong.
+        message: String,
+    },
+    /// The request may have reached the processor and no answer came back: money may
+    /// have moved. Reconcile with the same idempotency key before anything else.
+    Unknown {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl AttemptOutcome {
+    /// Short name for metrics and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Approved { .. } => "approved",
+            AttemptOutcome::RequiresCapture { .. } => "requires_capture",
+            AttemptOutcome::Declined { .. } => "declined",
+            AttemptOutcome::ProcessorFault { .. } => "processor_fault",
+            AttemptOutcome::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// One authorization attempt as the engine records it.
+///
+/// The record is written (with its idempotency key) before the processor is called,
+/// so that a crash between sending and receiving is reconciled with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// `ospattempt_…`, shown as `latest_payment_attempt_record`.
+    pub id: String,
+    /// 1 for the first authorization attempt.
+    pub number: u32,
+    /// `<payment id>:attempt:<number>`: the same on every replay of this attempt.
+    pub idempotency_key: String,
+    /// The processor the attempt went to.
+    pub processor: String,
+    /// When the attempt was first started.
+    pub started_at: Timestamp,
+    /// When the final answer came (None while unresolved).
+    pub finished_at: Option<Timestamp>,
+    /// How many times the same attempt was sent again after a fault or unknown outcome.
+    pub replays: u32,
+    /// The final answer (None while unresolved).
+    pub outcome: Option<AttemptOutcome>,
+    /// Category the engine filed a decline under.
+    pub decline_category: Option<DeclineCategory>,
+}
+
+/// The idempotency key of attempt `number` of payment `payment_id`.
+pub fn attempt_idempotency_key(payment_id: &str, number: u32) -> String {
+    format!("{payment_id}:attempt:{number}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_depends_only_on_payment_and_attempt_number() {
+        assert_eq!(attempt_idempotency_key("osp_1", 3), "osp_1:attempt:3");
+        assert_ne!(
+            attempt_idempotency_key("osp_1", 3),
+            attempt_idempotency_key("osp_1", 4)
+        );
+    }
+
+    #[test]
+    fn decline_codes_display_names_the_decline_code() {
+        let codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+        assert_eq!(codes.to_string(), "card_declined (insufficient_funds)");
+        assert_eq!(DeclineCodes::new("expired_card", None).to_string(), "expired_card");
+    }
+}

@@ -1,0 +1,190 @@
+//! Events: every state change of a payment, as a v2 event, delivered to an `EventSink`.
+
+use std::fmt;
+use std::fmt::Debug;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::payment::OffSessionPayment;
+use crate::time::Timestamp;
+
+/// v2 event types of off-session payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    /// Payment accepted.
+    #[serde(rename = "v2.payments.off_session_payment.created")]
+    Created,
+    /// An attempt started (authorization or replay).
+    #[serde(rename = "v2.payments.off_session_payment.attempt_started")]
+    AttemptStarted,
+    /// An attempt failed.
+    #[serde(rename = "v2.payments.off_session_payment.attempt_failed")]
+    AttemptFailed,
+    /// An authorization attempt started.
+    #[serde(rename = "v2.payments.off_session_payment.authorization_attempt_started")]
+    AuthorizationAttemptStarted,
+    /// An authorization attempt failed.
+    #[serde(rename = "v2.payments.off_session_payment.authorization_attempt_failed")]
+    AuthorizationAttemptFailed,
+    /// Authorized; waiting for capture.
+    #[serde(rename = "v2.payments.off_session_payment.requires_capture")]
+    RequiresCapture,
+    /// Money moved.
+    #[serde(rename = "v2.payments.off_session_payment.succeeded")]
+    Succeeded,
+    /// Terminally failed.
+    #[serde(rename = "v2.payments.off_session_payment.failed")]
+    Failed,
+    /// Canceled.
+    #[serde(rename = "v2.payments.off_session_payment.canceled")]
+    Canceled,
+    /// Paused.
+    #[serde(rename = "v2.payments.off_session_payment.paused")]
+    Paused,
+    /// Resumed.
+    #[serde(rename = "v2.payments.off_session_payment.resumed")]
+    Resumed,
+}
+
+impl EventType {
+    /// The v2 type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "v2.payments.off_session_payment.created",
+            EventType::AttemptStarted => "v2.payments.off_session_payment.attempt_started",
+            EventType::AttemptFailed => "v2.payments.off_session_payment.attempt_failed",
+            EventType::AuthorizationAttemptStarted => {
+                "v2.payments.off_session_payment.authorization_attempt_started"
+            }
+            EventType::AuthorizationAttemptFailed => {
+                "v2.payments.off_session_payment.authorization_attempt_failed"
+            }
+            EventType::RequiresCapture => "v2.payments.off_session_payment.requires_capture",
+            EventType::Succeeded => "v2.payments.off_session_payment.succeeded",
+            EventType::Failed => "v2.payments.off_session_payment.failed",
+            EventType::Canceled => "v2.payments.off_session_payment.canceled",
+            EventType::Paused => "v2.payments.off_session_payment.paused",
+            EventType::Resumed => "v2.payments.off_session_payment.resumed",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The object an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelatedObject {
+    /// Payment id.
+    pub id: String,
+    /// Always `v2.payments.off_session_payment`.
+    #[serde(rename = "type")]
+    pub object_type: String,
+    /// API path of the object.
+    pub url: String,
+}
+
+/// A v2 event: the thin notification plus the payment as it was after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `evt_…`.
+    pub id: String,
+    /// Always `v2.core.event`.
+    pub object: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened, by the payment's clock.
+    pub created: Timestamp,
+    /// Live or test mode.
+    pub livemode: bool,
+    /// The payment.
+    pub related_object: RelatedObject,
+    /// Snapshot of the payment after the change (the "full" event's data).
+    pub data: OffSessionPayment,
+}
+
+impl Event {
+    /// The thin notification as delivered to webhooks (without `data`).
+    pub fn thin(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": self.object,
+            "type": self.event_type,
+            "created": self.created,
+            "livemode": self.livemode,
+            "related_object": self.related_object,
+        })
+    }
+}
+
+/// Receives every event. Must not block: hand the event to a queue if delivery is slow.
+pub trait EventSink: Send + Sync + Debug {
+    /// Takes one event.
+    fn emit(&self, event: Event);
+}
+
+/// Drops every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardEvents;
+
+impl EventSink for DiscardEvents {
+    fn emit(&self, _event: Event) {}
+}
+
+/// Keeps every event in memory (tests, small embeddings).
+#[derive(Debug, Default)]
+pub struct CollectEvents {
+    events: Mutex<Vec<Event>>,
+}
+
+impl CollectEvents {
+    /// An empty collector.
+    pub fn new() -> CollectEvents {
+        CollectEvents::default()
+    }
+
+    /// Every event so far, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The event types for one payment, oldest first.
+    pub fn types_for(&self, payment_id: &str) -> Vec<EventType> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.related_object.id == payment_id)
+            .map(|e| e.event_type)
+            .collect()
+    }
+}
+
+impl EventSink for CollectEvents {
+    fn emit(&self, event: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
+
+/// Forwards events to a tokio channel-like callback.
+pub struct FnSink<F>(pub F);
+
+impl<F> Debug for FnSink<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnSink")
+    }
+}
+
+impl<F: Fn(Event) + Send + Sync> EventSink for FnSink<F> {
+    fn emit(&self, event: Event) {
+        (self.0)(event)
+    }
+}

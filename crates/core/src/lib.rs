@@ -1,0 +1,40 @@
+//! Domain model of offsession: off-session payments, money, statuses and the state
+//! machine, request validation, and the traits the engine is built from
+//! (`Processor`, `RetryPolicy`, `Store`, `Clock`, `EventSink`).
+//!
+//! This crate does no I/O and knows no vendor.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod attempt;
+pub mod error;
+pub mod events;
+pub mod money;
+pub mod payment;
+pub mod policy;
+pub mod processor;
+pub mod request;
+pub mod state;
+pub mod store;
+pub mod time;
+
+pub use attempt::{
+    attempt_idempotency_key, AttemptOutcome, AttemptRecord, DeclineCategory, DeclineCodes,
+    ProcessorReference,
+};
+pub use error::{ApiError, ErrorCode};
+pub use events::{CollectEvents, DiscardEvents, Event, EventSink, EventType};
+pub use money::{Amount, Currency};
+pub use payment::{
+    Cadence, Capture, CaptureMethod, FailureReason, OffSessionPayment, PaymentStatus,
+    RetryDetails, RetryStrategy,
+};
+pub use policy::{CardAttempt, RetryContext, RetryDecision, RetryPolicy};
+pub use processor::{
+    AuthorizeRequest, CancelRequest, CaptureRequest, Capabilities, CardDetails,
+    PaymentMethodDetails, Processor, ProcessorError,
+};
+pub use request::CreateOffSessionPayment;
+pub use state::{transition, Transition, TransitionRefused};
+pub use store::{ClockScope, Expected, IdempotencyClaim, Lease, PaymentRecord, Store, StoreError};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

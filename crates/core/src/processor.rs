@@ -1,0 +1,131 @@
+//! The `Processor` trait: what an adapter to Stripe, a mock or any acquirer provides.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::attempt::{AttemptOutcome, ProcessorReference};
+use crate::error::ApiError;
+use crate::money::Amount;
+use crate::payment::OffSessionPayment;
+
+/// What a processor can charge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Payment method types (`card`, `us_bank_account`, `sepa_debit`).
+    pub payment_method_types: Vec<String>,
+    /// Lower-case currency codes; empty means any currency in the table.
+    pub currencies: Vec<String>,
+    /// Whether `on_behalf_of` / `transfer_data` payments are supported.
+    pub connect: bool,
+    /// Whether manual capture is supported.
+    pub manual_capture: bool,
+}
+
+impl Capabilities {
+    /// Whether `payment_method_type` is supported.
+    pub fn supports_type(&self, payment_method_type: &str) -> bool {
+        self.payment_method_types
+            .iter()
+            .any(|t| t == payment_method_type)
+    }
+}
+
+/// Card facts the retry engine and network rules need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardDetails {
+    /// `visa`, `mastercard`, `amex`, …
+    pub brand: String,
+    /// `credit`, `debit`, `prepaid`, `unknown`.
+    pub funding: String,
+    /// Issuing country, ISO 3166-1 alpha-2.
+    pub country: Option<String>,
+    /// Wallet the card came from (`apple_pay`, `google_pay`), if any.
+    pub wallet: Option<String>,
+}
+
+/// What preflight learned about the payment method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethodDetails {
+    /// `card`, `us_bank_account`, `sepa_debit`, …
+    pub payment_method_type: String,
+    /// Card facts, for cards.
+    pub card: Option<CardDetails>,
+}
+
+/// One authorization request. The idempotency key is the same on every replay of the
+/// same attempt, so a processor that honours it never charges an attempt twice.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthorizeRequest<'a> {
+    /// The payment being charged.
+    pub payment: &'a OffSessionPayment,
+    /// Attempt number (1-based).
+    pub attempt_number: u32,
+    /// `<payment id>:attempt:<n>`.
+    pub idempotency_key: &'a str,
+}
+
+/// A capture of a held authorization.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureRequest<'a> {
+    /// The payment being captured.
+    pub payment: &'a OffSessionPayment,
+    /// The processor's ids from the authorization.
+    pub reference: &'a ProcessorReference,
+    /// Amount to capture (at most the authorized amount).
+    pub amount: Amount,
+    /// Idempotency key of the capture.
+    pub idempotency_key: &'a str,
+}
+
+/// Release of a held authorization.
+#[derive(Debug, Clone, Copy)]
+pub struct CancelRequest<'a> {
+    /// The payment whose authorization is released.
+    pub payment: &'a OffSessionPayment,
+    /// The processor's ids from the authorization.
+    pub reference: &'a ProcessorReference,
+    /// Idempotency key of the cancel.
+    pub idempotency_key: &'a str,
+}
+
+/// A capture or cancel the processor did not perform.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("processor `{processor}` refused {operation}: {message}")]
+pub struct ProcessorError {
+    /// The processor id.
+    pub processor: String,
+    /// `capture` or `cancel`.
+    pub operation: &'static str,
+    /// What it said.
+    pub message: String,
+}
+
+/// An adapter to a payment processor.
+#[async_trait]
+pub trait Processor: Send + Sync + Debug {
+    /// Unique id of this processor instance (from config).
+    fn id(&self) -> &str;
+
+    /// What it can charge.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Checks, before the payment is accepted, that the method can be charged
+    /// off-session for this customer (attached, set up for off-session, right
+    /// `on_behalf_of`), and returns its type and card facts. Errors use the API codes
+    /// (`osp_payment_method_not_attached`, `osp_pm_*`).
+    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError>;
+
+    /// Sends one authorization attempt.
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome;
+
+    /// Captures a held authorization.
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError>;
+
+    /// Releases a held authorization.
+    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError>;
+}
+
+/// Processors live behind `Arc<dyn Processor>` chosen by config: keep the trait object-safe.
+fn _object_safe(_: &dyn Processor) {}

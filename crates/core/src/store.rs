@@ -1,0 +1,229 @@
+//! The `Store` trait: durable payment state, as the engine needs it to never lose a
+//! payment and never charge one twice.
+//!
+//! The contract every implementation (in-memory, SQLite, Postgres) keeps:
+//! - `update` is a compare-and-set on the record's `version` and `status`: a change
+//!   computed from a stale read is refused, never applied.
+//! - the engine writes an attempt (with its idempotency key) with `update` *before*
+//!   it calls the processor (write-ahead), so a crash leaves a `processing` record
+//!   whose lease lapses and whose attempt is replayed with the same key;
+//! - `claim_due` hands each due record to one claimant at a time, under a lease.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::attempt::{AttemptRecord, ProcessorReference};
+use crate::payment::{OffSessionPayment, PaymentStatus};
+use crate::policy::CardAttempt;
+use crate::processor::PaymentMethodDetails;
+use crate::time::Timestamp;
+
+/// Which clock a record's due times are measured on: the engine's, or a test clock's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ClockScope {
+    /// The engine's clock.
+    Engine,
+    /// A test clock, by id.
+    TestClock(String),
+}
+
+impl ClockScope {
+    /// The scope of a payment.
+    pub fn of(payment: &OffSessionPayment) -> ClockScope {
+        match &payment.test_clock {
+            Some(id) => ClockScope::TestClock(id.clone()),
+            None => ClockScope::Engine,
+        }
+    }
+}
+
+/// Exclusive claim of a record by one scheduler until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Engine instance that holds it.
+    pub owner: String,
+    /// When it lapses (on the record's clock).
+    pub until: Timestamp,
+}
+
+/// A payment with the engine's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// The API object.
+    pub payment: OffSessionPayment,
+    /// Bumped by every successful `update`.
+    pub version: u64,
+    /// The processor the payment is routed to.
+    pub processor: String,
+    /// Type and card facts from preflight.
+    pub method: Option<PaymentMethodDetails>,
+    /// When the scheduler must next act (attempt, replay, or expire an authorization).
+    pub due_at: Option<Timestamp>,
+    /// Current claim, if any.
+    pub lease: Option<Lease>,
+    /// Authorization attempts, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// The next run replays the last attempt with the same idempotency key instead of
+    /// starting a new one (after a processor fault or an unknown outcome).
+    pub replay_pending: bool,
+    /// When the first attempt was sent.
+    pub first_attempt_at: Option<Timestamp>,
+    /// Processor ids of a held authorization (manual capture).
+    pub authorization: Option<ProcessorReference>,
+    /// `due_at` before a pause, restored on resume.
+    pub paused_due_at: Option<Timestamp>,
+}
+
+impl PaymentRecord {
+    /// A new record for a freshly created payment, due at `due_at`.
+    pub fn new(
+        payment: OffSessionPayment,
+        processor: String,
+        method: Option<PaymentMethodDetails>,
+        due_at: Timestamp,
+    ) -> PaymentRecord {
+        PaymentRecord {
+            payment,
+            version: 0,
+            processor,
+            method,
+            due_at: Some(due_at),
+            lease: None,
+            attempts: Vec::new(),
+            replay_pending: false,
+            first_attempt_at: None,
+            authorization: None,
+            paused_due_at: None,
+        }
+    }
+
+    /// When a claimant may pick the record up: its due time, or the end of its lease
+    /// if that is later. `None`: nothing to do.
+    pub fn claimable_at(&self) -> Option<Timestamp> {
+        let due = self.due_at?;
+        Some(match &self.lease {
+            Some(lease) if lease.until > due => lease.until,
+            _ => due,
+        })
+    }
+
+    /// The payment's id.
+    pub fn id(&self) -> &str {
+        &self.payment.id
+    }
+}
+
+/// What `update` checks before writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// The version the change was computed from.
+    pub version: u64,
+    /// The status the change was computed from.
+    pub status: PaymentStatus,
+}
+
+impl Expected {
+    /// The expectation matching `record` as read.
+    pub fn of(record: &PaymentRecord) -> Expected {
+        Expected {
+            version: record.version,
+            status: record.payment.status,
+        }
+    }
+}
+
+/// Result of registering an idempotency key for a create request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is new and now maps to the payment.
+    Inserted,
+    /// The key was seen before.
+    Existing {
+        /// Fingerprint of the original request.
+        fingerprint: String,
+        /// The payment it created.
+        payment_id: String,
+    },
+}
+
+/// Store failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A payment with that id exists already.
+    #[error("payment `{0}` already exists")]
+    Duplicate(String),
+    /// No payment with that id.
+    #[error("no payment `{0}`")]
+    NotFound(String),
+    /// The record changed since it was read: the update was not applied.
+    #[error("payment `{id}` changed since it was read (now version {current_version}, status `{current_status}`)")]
+    Conflict {
+        /// The payment id.
+        id: String,
+        /// Version now stored.
+        current_version: u64,
+        /// Status now stored.
+        current_status: PaymentStatus,
+    },
+    /// The backing database failed.
+    #[error("store backend failed: {0}")]
+    Backend(String),
+}
+
+/// Durable payment state.
+#[async_trait]
+pub trait Store: Send + Sync + Debug {
+    /// Stores a new payment. Fails with `Duplicate` if the id exists.
+    async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError>;
+
+    /// Reads a payment.
+    async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError>;
+
+    /// Replaces a payment if its stored version and status still match `expected`;
+    /// returns the new version. `record.version` is ignored and set by the store.
+    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` records of `scope` whose `claimable_at` is at or before
+    /// `now`, oldest due first, by setting `lease` on them. Each record goes to one
+    /// claimant until the lease lapses or the claimant updates it.
+    async fn claim_due(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
+
+    /// The earliest `claimable_at` in `scope`, if anything is scheduled.
+    async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Payments, newest first; after the payment `starting_after` when given.
+    async fn list(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<OffSessionPayment>, StoreError>;
+
+    /// Attempts sent to `payment_method`, across all payments, at or after `since`.
+    async fn card_history(
+        &self,
+        payment_method: &str,
+        since: Timestamp,
+    ) -> Result<Vec<CardAttempt>, StoreError>;
+
+    /// Registers a create-request idempotency key, or returns what it mapped to.
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Number of payments per status.
+    async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError>;
+}
+
+/// Stores live behind `Arc<dyn Store>`: keep the trait object-safe.
+fn _object_safe(_: &dyn Store) {}

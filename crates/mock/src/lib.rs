@@ -1,0 +1,482 @@
+//! A mock payment processor for offsession.
+//!
+//! Outcomes are driven by the payment method: Stripe's test method names (see
+//! [`behavior`]) or entries of a configurable vault of customers and payment methods.
+//! Faults, lost responses and latency are drawn from a seeded hash of the idempotency
+//! key, so a run is reproducible whatever order attempts run in. Every charge is
+//! recorded by idempotency key: a replayed key returns the stored answer and never
+//! charges again, as Stripe does, and tests read the ledger to prove that no payment
+//! was charged twice.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod behavior;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use offsession_core::{
+    ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureMethod,
+    CaptureRequest, CardDetails, ErrorCode, OffSessionPayment, PaymentMethodDetails, Processor,
+    ProcessorError, ProcessorReference,
+};
+use serde::Deserialize;
+
+pub use behavior::{parse_test_method, Behavior, TestMethod};
+
+/// How long the mock takes to answer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LatencyModel {
+    /// Always the same.
+    Fixed {
+        /// Milliseconds.
+        millis: u64,
+    },
+    /// Uniform between two bounds.
+    Uniform {
+        /// Lower bound, milliseconds.
+        min_millis: u64,
+        /// Upper bound, milliseconds.
+        max_millis: u64,
+    },
+    /// Log-normal: most answers near the median, a long tail.
+    LogNormal {
+        /// Median, milliseconds.
+        median_millis: f64,
+        /// Shape (0.5 gives p99 ≈ 3.2 × median).
+        sigma: f64,
+    },
+}
+
+impl Default for LatencyModel {
+    fn default() -> LatencyModel {
+        LatencyModel::Fixed { millis: 0 }
+    }
+}
+
+impl LatencyModel {
+    /// The latency for two uniform draws in [0, 1).
+    pub fn sample(&self, u1: f64, u2: f64) -> Duration {
+        match *self {
+            LatencyModel::Fixed { millis } => Duration::from_millis(millis),
+            LatencyModel::Uniform {
+                min_millis,
+                max_millis,
+            } => {
+                let span = max_millis.saturating_sub(min_millis) as f64;
+                Duration::from_micros(((min_millis as f64 + span * u1) * 1000.0) as u64)
+            }
+            LatencyModel::LogNormal {
+                median_millis,
+                sigma,
+            } => {
+                // Box-Muller: a standard normal from two uniforms.
+                let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                let ms = median_millis * (sigma * z).exp();
+                Duration::from_micros((ms.clamp(0.0, 600_000.0) * 1000.0) as u64)
+            }
+        }
+    }
+}
+
+/// A payment method in the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPaymentMethod {
+    /// `pm_…`.
+    pub id: String,
+    /// The customer it is attached to.
+    pub customer: String,
+    /// `card`, `us_bank_account`, `sepa_debit`.
+    #[serde(rename = "type", default = "default_type")]
+    pub payment_method_type: String,
+    /// Card brand.
+    #[serde(default)]
+    pub brand: Option<String>,
+    /// Card funding.
+    #[serde(default)]
+    pub funding: Option<String>,
+    /// Issuing country.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Wallet.
+    #[serde(default)]
+    pub wallet: Option<String>,
+    /// Whether a SetupIntent with `usage = off_session` succeeded for it.
+    #[serde(default = "default_true")]
+    pub off_session: bool,
+    /// The `on_behalf_of` it was set up with (None: on the platform).
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    /// A Stripe-style test name whose behaviour it copies; approves when absent.
+    #[serde(default)]
+    pub behaves_like: Option<String>,
+}
+
+fn default_type() -> String {
+    "card".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Customers and their saved payment methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vault {
+    /// Known customers; when empty, any customer id is accepted.
+    #[serde(default)]
+    pub customers: Vec<String>,
+    /// Saved payment methods.
+    #[serde(default)]
+    pub payment_methods: Vec<VaultPaymentMethod>,
+}
+
+impl Vault {
+    /// Parses a vault file.
+    pub fn from_toml(text: &str) -> Result<Vault, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Mock processor settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockConfig {
+    /// Seed of every random draw.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Answer latency.
+    #[serde(default)]
+    pub latency: LatencyModel,
+    /// Fraction of sends answered with a retryable processor fault (nothing charged).
+    #[serde(default)]
+    pub fault_rate: f64,
+    /// Fraction of sends that charge but whose answer is lost (outcome unknown).
+    #[serde(default)]
+    pub unknown_rate: f64,
+    /// Payment method types it accepts.
+    #[serde(default = "default_types")]
+    pub payment_method_types: Vec<String>,
+    /// Whether connect payments are supported.
+    #[serde(default = "default_true")]
+    pub connect: bool,
+    /// Customers and payment methods.
+    #[serde(default)]
+    pub vault: Vault,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_types() -> Vec<String> {
+    vec!["card".into(), "us_bank_account".into(), "sepa_debit".into()]
+}
+
+impl Default for MockConfig {
+    fn default() -> MockConfig {
+        MockConfig {
+            seed: default_seed(),
+            latency: LatencyModel::default(),
+            fault_rate: 0.0,
+            unknown_rate: 0.0,
+            payment_method_types: default_types(),
+            connect: true,
+            vault: Vault::default(),
+        }
+    }
+}
+
+/// One idempotency key as the mock saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The engine's payment id.
+    pub payment_id: String,
+    /// Attempt number.
+    pub attempt_number: u32,
+    /// Times the key was sent.
+    pub sends: u32,
+    /// Whether the charge was executed (an answer from the issuer exists).
+    pub executed: bool,
+    /// The stored answer, once executed.
+    pub outcome: Option<AttemptOutcome>,
+}
+
+/// splitmix64: a fast, well-mixed 64-bit hash step.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn hash_str(seed: u64, text: &str) -> u64 {
+    text.bytes()
+        .fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
+}
+
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The mock processor.
+#[derive(Debug)]
+pub struct MockProcessor {
+    id: String,
+    config: MockConfig,
+    capabilities: Capabilities,
+    vault: HashMap<String, VaultPaymentMethod>,
+    ledger: Mutex<HashMap<String, LedgerEntry>>,
+    captures: Mutex<HashMap<String, i64>>,
+    charge_counter: AtomicU64,
+}
+
+impl MockProcessor {
+    /// A mock with `id` and `config`.
+    pub fn new(id: &str, config: MockConfig) -> MockProcessor {
+        let capabilities = Capabilities {
+            payment_method_types: config.payment_method_types.clone(),
+            currencies: Vec::new(),
+            connect: config.connect,
+            manual_capture: true,
+        };
+        let vault = config
+            .vault
+            .payment_methods
+            .iter()
+            .map(|pm| (pm.id.clone(), pm.clone()))
+            .collect();
+        MockProcessor {
+            id: id.to_owned(),
+            config,
+            capabilities,
+            vault,
+            ledger: Mutex::new(HashMap::new()),
+            captures: Mutex::new(HashMap::new()),
+            charge_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn behavior_of(&self, payment_method: &str) -> Behavior {
+        if let Some(pm) = self.vault.get(payment_method) {
+            return pm
+                .behaves_like
+                .as_deref()
+                .and_then(parse_test_method)
+                .map(|t| t.behavior)
+                .unwrap_or(Behavior::Succeed);
+        }
+        parse_test_method(payment_method)
+            .map(|t| t.behavior)
+            .unwrap_or(Behavior::Succeed)
+    }
+
+    /// Every key the mock has seen.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Approved (money-moving) charges per engine payment id.
+    pub fn approved_charges_by_payment(&self) -> HashMap<String, u32> {
+        let mut counts = HashMap::new();
+        for entry in self.ledger() {
+            if matches!(
+                entry.outcome,
+                Some(AttemptOutcome::Approved { .. } | AttemptOutcome::RequiresCapture { .. })
+            ) {
+                *counts.entry(entry.payment_id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Total sends (including replays and faults).
+    pub fn total_sends(&self) -> u64 {
+        self.ledger().iter().map(|e| u64::from(e.sends)).sum()
+    }
+
+    /// Amount captured per processor payment id.
+    pub fn captured(&self, processor_payment: &str) -> Option<i64> {
+        self.captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(processor_payment)
+            .copied()
+    }
+}
+
+#[async_trait]
+impl Processor for MockProcessor {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+        let customers = &self.config.vault.customers;
+        if let Some(pm) = self.vault.get(&payment.payment_method) {
+            if !customers.is_empty() && !customers.contains(&payment.customer) {
+                return Err(ApiError::invalid("customer", format!("no such customer `{}`", payment.customer)));
+            }
+            if pm.customer != payment.customer {
+                return Err(ApiError::new(
+                    ErrorCode::OspPaymentMethodNotAttached,
+                    format!(
+                        "Payment method `{}` is not attached to customer `{}`; attach it with a SetupIntent first.",
+                        pm.id, payment.customer
+                    ),
+                )
+                .with_param("payment_method"));
+            }
+            if !pm.off_session {
+                return Err(ApiError::new(
+                    ErrorCode::OspPmNotSetupForOffSession,
+                    format!(
+                        "Payment method `{}` was never set up for off-session use; confirm a SetupIntent with `usage=off_session` first.",
+                        pm.id
+                    ),
+                )
+                .with_param("payment_method"));
+            }
+            match (&pm.on_behalf_of, &payment.on_behalf_of) {
+                (Some(setup), Some(used)) if setup != used => {
+                    return Err(ApiError::new(
+                        ErrorCode::OspPmSetUpOnlyOnConnectedAccount,
+                        format!("Payment method `{}` was set up with on_behalf_of `{setup}`, not `{used}`.", pm.id),
+                    )
+                    .with_param("on_behalf_of"))
+                }
+                (Some(setup), None) => {
+                    return Err(ApiError::new(
+                        ErrorCode::OspPmSetUpOnlyOnConnectedAccount,
+                        format!("Payment method `{}` was set up only on connected account `{setup}`; pass the same `on_behalf_of`.", pm.id),
+                    )
+                    .with_param("on_behalf_of"))
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::OspPmSetUpOnlyOnPlatform,
+                        format!("Payment method `{}` was set up on the platform; it cannot be used with `on_behalf_of`.", pm.id),
+                    )
+                    .with_param("on_behalf_of"))
+                }
+                _ => {}
+            }
+            let card = (pm.payment_method_type == "card").then(|| CardDetails {
+                brand: pm.brand.clone().unwrap_or_else(|| "visa".into()),
+                funding: pm.funding.clone().unwrap_or_else(|| "credit".into()),
+                country: pm.country.clone(),
+                wallet: pm.wallet.clone(),
+            });
+            return Ok(PaymentMethodDetails {
+                payment_method_type: pm.payment_method_type.clone(),
+                card,
+            });
+        }
+        // Stripe's test methods are usable by any customer, on the platform or any
+        // connected account, as in Stripe's test mode.
+        match parse_test_method(&payment.payment_method) {
+            Some(test) => Ok(PaymentMethodDetails {
+                payment_method_type: "card".into(),
+                card: Some(test.card),
+            }),
+            None => Err(ApiError::invalid(
+                "payment_method",
+                format!("no such payment method `{}`", payment.payment_method),
+            )),
+        }
+    }
+
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        let key = request.idempotency_key;
+        let key_hash = hash_str(self.config.seed, key);
+        let latency = self
+            .config
+            .latency
+            .sample(unit(mix(key_hash ^ 1)), unit(mix(key_hash ^ 2)));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = ledger.entry(key.to_owned()).or_insert_with(|| LedgerEntry {
+            payment_id: request.payment.id.clone(),
+            attempt_number: request.attempt_number,
+            sends: 0,
+            executed: false,
+            outcome: None,
+        });
+        entry.sends += 1;
+        let send_hash = mix(key_hash ^ u64::from(entry.sends).wrapping_mul(0x1000_0001));
+        if let Some(outcome) = &entry.outcome {
+            // An idempotent replay: the stored answer, no new charge.
+            return outcome.clone();
+        }
+        if unit(send_hash) < self.config.fault_rate {
+            return AttemptOutcome::ProcessorFault {
+                retryable: true,
+                message: "mock: 503 service unavailable (nothing was charged)".into(),
+            };
+        }
+        let n = self.charge_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let reference = ProcessorReference {
+            payment: Some(format!("pi_mock_{n}")),
+            charge: Some(format!("ch_mock_{n}")),
+        };
+        let outcome = match self
+            .behavior_of(&request.payment.payment_method)
+            .decline_for(request.attempt_number)
+        {
+            Some(codes) => AttemptOutcome::Declined {
+                codes: codes.clone(),
+                reference,
+            },
+            None if request.payment.capture.capture_method == CaptureMethod::Manual => {
+                AttemptOutcome::RequiresCapture { reference }
+            }
+            None => AttemptOutcome::Approved { reference },
+        };
+        entry.executed = true;
+        entry.outcome = Some(outcome.clone());
+        if unit(mix(send_hash ^ 3)) < self.config.unknown_rate {
+            return AttemptOutcome::Unknown {
+                message: "mock: connection reset after the request was sent".into(),
+            };
+        }
+        outcome
+    }
+
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        let pi = request.reference.payment.clone().unwrap_or_default();
+        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = captures.get(&pi) {
+            if *existing == request.amount.value {
+                return Ok(());
+            }
+            return Err(ProcessorError {
+                processor: self.id.clone(),
+                operation: "capture",
+                message: format!("`{pi}` was already captured"),
+            });
+        }
+        captures.insert(pi, request.amount.value);
+        Ok(())
+    }
+
+    async fn cancel(&self, _request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+}

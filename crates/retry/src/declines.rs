@@ -1,0 +1,235 @@
+//! The decline classification table: processor decline signals → `DeclineCategory`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use offsession_core::{DeclineCategory, DeclineCodes};
+use serde::Deserialize;
+
+use crate::RetryConfigError;
+
+/// The shipped table (`config/declines.toml`).
+pub const DEFAULT_DECLINE_TABLE: &str = include_str!("../../../config/declines.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategoryRows {
+    #[serde(default)]
+    decline_codes: Vec<String>,
+    #[serde(default)]
+    codes: Vec<String>,
+    #[serde(default)]
+    advice_codes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VisaRows {
+    category_1: Vec<String>,
+    #[serde(default)]
+    category_2: Vec<String>,
+    #[serde(default)]
+    category_3: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MastercardRows {
+    never_retry: Vec<String>,
+    #[serde(default)]
+    new_account_information: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableFile {
+    default_category: DeclineCategory,
+    categories: BTreeMap<DeclineCategory, CategoryRows>,
+    visa: VisaRows,
+    mastercard: MastercardRows,
+}
+
+/// Classifies declines. Built from TOML; see `config/declines.toml` for precedence.
+#[derive(Debug, Clone)]
+pub struct DeclineTable {
+    default_category: DeclineCategory,
+    by_decline_code: BTreeMap<String, DeclineCategory>,
+    by_code: BTreeMap<String, DeclineCategory>,
+    by_advice_code: BTreeMap<String, DeclineCategory>,
+    visa_category_1: BTreeSet<String>,
+    mastercard_never_retry: BTreeSet<String>,
+    mastercard_new_account: BTreeSet<String>,
+}
+
+impl DeclineTable {
+    /// Parses a table; a code listed under two categories is refused.
+    pub fn from_toml(text: &str) -> Result<DeclineTable, RetryConfigError> {
+        let file: TableFile =
+            toml::from_str(text).map_err(|e| RetryConfigError::DeclineTable(e.to_string()))?;
+        let mut table = DeclineTable {
+            default_category: file.default_category,
+            by_decline_code: BTreeMap::new(),
+            by_code: BTreeMap::new(),
+            by_advice_code: BTreeMap::new(),
+            visa_category_1: file.visa.category_1.into_iter().collect(),
+            mastercard_never_retry: file.mastercard.never_retry.into_iter().collect(),
+            mastercard_new_account: file.mastercard.new_account_information.into_iter().collect(),
+        };
+        let _ = (file.visa.category_2, file.visa.category_3);
+        for (category, rows) in file.categories {
+            for (kind, codes, map) in [
+                ("decline_codes", rows.decline_codes, &mut table.by_decline_code),
+                ("codes", rows.codes, &mut table.by_code),
+                ("advice_codes", rows.advice_codes, &mut table.by_advice_code),
+            ] {
+                for code in codes {
+                    if let Some(previous) = map.insert(code.clone(), category) {
+                        return Err(RetryConfigError::DeclineTable(format!(
+                            "`{code}` is listed in {kind} of both `{previous}` and `{category}`"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The shipped default table.
+    pub fn standard() -> DeclineTable {
+        // The shipped table is parsed by a unit test; failing here means the test
+        // suite failed first.
+        DeclineTable::from_toml(DEFAULT_DECLINE_TABLE).expect("config/declines.toml is valid")
+    }
+
+    /// Category of a decline on a card of `brand` (`visa`, `mastercard`, …; `None`
+    /// for non-card methods).
+    pub fn classify(&self, codes: &DeclineCodes, brand: Option<&str>) -> DeclineCategory {
+        let advice = codes.advice_code.as_deref();
+        let advice_category = advice.and_then(|a| self.by_advice_code.get(a).copied());
+        let mac = codes.network_advice_code.as_deref();
+        let network_code = codes.network_decline_code.as_deref();
+        let is_mastercard = brand.is_none_or(|b| b == "mastercard");
+        let is_visa = brand == Some("visa");
+
+        if advice_category == Some(DeclineCategory::Hard)
+            || (is_mastercard && mac.is_some_and(|m| self.mastercard_never_retry.contains(m)))
+            || (is_visa && network_code.is_some_and(|c| self.visa_category_1.contains(c)))
+        {
+            return DeclineCategory::Hard;
+        }
+        if advice_category == Some(DeclineCategory::NeedsNewCardData)
+            || (is_mastercard && mac.is_some_and(|m| self.mastercard_new_account.contains(m)))
+        {
+            return DeclineCategory::NeedsNewCardData;
+        }
+        if let Some(category) = codes
+            .decline_code
+            .as_deref()
+            .and_then(|d| self.by_decline_code.get(d))
+        {
+            return *category;
+        }
+        if let Some(category) = self.by_code.get(&codes.code) {
+            return *category;
+        }
+        advice_category.unwrap_or(self.default_category)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decline(code: &str, decline_code: Option<&str>) -> DeclineCodes {
+        DeclineCodes::new(code, decline_code)
+    }
+
+    #[test]
+    fn the_shipped_table_parses() {
+        DeclineTable::from_toml(DEFAULT_DECLINE_TABLE).unwrap();
+    }
+
+    #[test]
+    fn stripe_decline_codes_land_in_their_categories() {
+        let table = DeclineTable::standard();
+        let cases = [
+            ("lost_card", DeclineCategory::Hard),
+            ("stolen_card", DeclineCategory::Hard),
+            ("fraudulent", DeclineCategory::Hard),
+            ("expired_card", DeclineCategory::NeedsNewCardData),
+            ("incorrect_cvc", DeclineCategory::NeedsNewCardData),
+            ("authentication_required", DeclineCategory::NeedsCustomer),
+            ("insufficient_funds", DeclineCategory::SoftFunds),
+            ("card_velocity_exceeded", DeclineCategory::SoftFunds),
+            ("do_not_honor", DeclineCategory::SoftIssuer),
+            ("generic_decline", DeclineCategory::SoftIssuer),
+            ("processing_error", DeclineCategory::SoftTransient),
+            ("issuer_not_available", DeclineCategory::SoftTransient),
+        ];
+        for (decline_code, category) in cases {
+            assert_eq!(
+                table.classify(&decline("card_declined", Some(decline_code)), Some("visa")),
+                category,
+                "{decline_code}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_without_decline_code_use_the_code() {
+        let table = DeclineTable::standard();
+        assert_eq!(
+            table.classify(&decline("expired_card", None), Some("visa")),
+            DeclineCategory::NeedsNewCardData
+        );
+        assert_eq!(
+            table.classify(&decline("processing_error", None), Some("visa")),
+            DeclineCategory::SoftTransient
+        );
+        assert_eq!(
+            table.classify(&decline("something_new", None), Some("visa")),
+            DeclineCategory::SoftIssuer
+        );
+    }
+
+    #[test]
+    fn do_not_try_again_advice_is_hard_whatever_the_decline_code() {
+        let table = DeclineTable::standard();
+        let mut codes = decline("card_declined", Some("insufficient_funds"));
+        codes.advice_code = Some("do_not_try_again".into());
+        assert_eq!(table.classify(&codes, Some("visa")), DeclineCategory::Hard);
+    }
+
+    #[test]
+    fn visa_category_1_codes_are_hard_only_on_visa() {
+        let table = DeclineTable::standard();
+        let mut codes = decline("card_declined", Some("do_not_honor"));
+        codes.network_decline_code = Some("04".into());
+        assert_eq!(table.classify(&codes, Some("visa")), DeclineCategory::Hard);
+        assert_eq!(table.classify(&codes, Some("amex")), DeclineCategory::SoftIssuer);
+    }
+
+    #[test]
+    fn mastercard_advice_codes_03_and_21_are_hard_and_01_needs_new_data() {
+        let table = DeclineTable::standard();
+        for (mac, category) in [
+            ("03", DeclineCategory::Hard),
+            ("21", DeclineCategory::Hard),
+            ("01", DeclineCategory::NeedsNewCardData),
+            ("02", DeclineCategory::SoftFunds),
+        ] {
+            let mut codes = decline("card_declined", Some("insufficient_funds"));
+            codes.network_advice_code = Some(mac.into());
+            assert_eq!(table.classify(&codes, Some("mastercard")), category, "MAC {mac}");
+        }
+    }
+
+    #[test]
+    fn a_code_in_two_categories_is_refused() {
+        let text = DEFAULT_DECLINE_TABLE.replace(
+            "decline_codes = [\"insufficient_funds\"",
+            "decline_codes = [\"lost_card\", \"insufficient_funds\"",
+        );
+        let err = DeclineTable::from_toml(&text).unwrap_err();
+        assert!(err.to_string().contains("lost_card"), "{err}");
+    }
+}

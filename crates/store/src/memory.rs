@@ -1,0 +1,233 @@
+//! An in-memory `Store`: the whole contract, no durability. For tests, simulations,
+//! benchmarks and embeddings that keep state elsewhere.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use offsession_core::{
+    CardAttempt, ClockScope, Expected, IdempotencyClaim, Lease, OffSessionPayment, PaymentRecord,
+    PaymentStatus, Store, StoreError, Timestamp,
+};
+
+type DueKey = (ClockScope, Timestamp, String);
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: HashMap<String, PaymentRecord>,
+    due: BTreeSet<DueKey>,
+    creation_order: Vec<String>,
+    by_method: HashMap<String, Vec<String>>,
+    idempotency: HashMap<String, (String, String)>,
+}
+
+fn due_key(record: &PaymentRecord) -> Option<DueKey> {
+    record
+        .claimable_at()
+        .map(|at| (ClockScope::of(&record.payment), at, record.payment.id.clone()))
+}
+
+impl Inner {
+    fn reindex(&mut self, old: Option<DueKey>, new: Option<DueKey>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            self.due.remove(&old);
+        }
+        if let Some(new) = new {
+            self.due.insert(new);
+        }
+    }
+}
+
+/// Payments in a hash map, due times in an ordered index.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change: every
+        // mutation below is computed first and applied with infallible operations.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let id = record.payment.id.clone();
+        if inner.records.contains_key(&id) {
+            return Err(StoreError::Duplicate(id));
+        }
+        let mut stored = record.clone();
+        stored.version = 1;
+        inner.reindex(None, due_key(&stored));
+        inner
+            .by_method
+            .entry(stored.payment.payment_method.clone())
+            .or_default()
+            .push(id.clone());
+        inner.creation_order.push(id.clone());
+        inner.records.insert(id, stored);
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        Ok(self.lock().records.get(id).cloned())
+    }
+
+    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let id = record.payment.id.as_str();
+        let current = inner
+            .records
+            .get(id)
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        if current.version != expected.version || current.payment.status != expected.status {
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                current_version: current.version,
+                current_status: current.payment.status,
+            });
+        }
+        let old_key = due_key(current);
+        let mut stored = record.clone();
+        stored.version = expected.version + 1;
+        let version = stored.version;
+        inner.reindex(old_key, due_key(&stored));
+        inner.records.insert(id.to_owned(), stored);
+        Ok(version)
+    }
+
+    async fn claim_due(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let mut inner = self.lock();
+        let start = (scope.clone(), Timestamp::from_millis(i64::MIN), String::new());
+        let due: Vec<DueKey> = inner
+            .due
+            .range(start..)
+            .take_while(|(s, at, _)| s == scope && *at <= now)
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for key in due {
+            let Some(record) = inner.records.get_mut(&key.2) else {
+                continue;
+            };
+            record.lease = Some(lease.clone());
+            record.version += 1;
+            let snapshot = record.clone();
+            let new_key = due_key(&snapshot);
+            inner.reindex(Some(key), new_key);
+            claimed.push(snapshot);
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
+        let inner = self.lock();
+        let start = (scope.clone(), Timestamp::from_millis(i64::MIN), String::new());
+        Ok(inner
+            .due
+            .range(start..)
+            .next()
+            .filter(|(s, _, _)| s == scope)
+            .map(|(_, at, _)| *at))
+    }
+
+    async fn list(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<OffSessionPayment>, StoreError> {
+        let inner = self.lock();
+        let newest_first = inner.creation_order.iter().rev();
+        let mut skipping = starting_after.is_some();
+        let mut out = Vec::new();
+        for id in newest_first {
+            if skipping {
+                if Some(id.as_str()) == starting_after {
+                    skipping = false;
+                }
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            if let Some(record) = inner.records.get(id) {
+                out.push(record.payment.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn card_history(
+        &self,
+        payment_method: &str,
+        since: Timestamp,
+    ) -> Result<Vec<CardAttempt>, StoreError> {
+        let inner = self.lock();
+        let mut history: Vec<CardAttempt> = inner
+            .by_method
+            .get(payment_method)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| inner.records.get(id))
+            .flat_map(|record| record.attempts.iter())
+            .filter(|attempt| attempt.started_at >= since)
+            .map(|attempt| CardAttempt {
+                at: attempt.started_at,
+                declined: attempt.decline_category.is_some(),
+            })
+            .collect();
+        history.sort_by_key(|a| a.at);
+        Ok(history)
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut inner = self.lock();
+        if let Some((fingerprint, payment_id)) = inner.idempotency.get(key) {
+            return Ok(IdempotencyClaim::Existing {
+                fingerprint: fingerprint.clone(),
+                payment_id: payment_id.clone(),
+            });
+        }
+        inner.idempotency.insert(
+            key.to_owned(),
+            (fingerprint.to_owned(), payment_id.to_owned()),
+        );
+        Ok(IdempotencyClaim::Inserted)
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
+        let inner = self.lock();
+        let mut counts: HashMap<PaymentStatus, u64> = HashMap::new();
+        for record in inner.records.values() {
+            *counts.entry(record.payment.status).or_default() += 1;
+        }
+        Ok(PaymentStatus::ALL
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+            .collect())
+    }
+}

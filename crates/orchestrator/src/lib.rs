@@ -1,1 +1,28 @@
-//! placeholder
+//! The offsession `Engine`: takes create requests, validates and stores them, runs
+//! authorization attempts when they are due, files each outcome through the decline
+//! table and the payment's retry policy, and reports every state change as an event.
+//!
+//! Data flow of one payment: intake → validate (core) → preflight (processor) →
+//! store (`pending`) → scheduler claims it when due (lease) → attempt written to the
+//! store with its idempotency key (write-ahead) → `Processor::authorize` → classify →
+//! policy → store (next due time or terminal status) → events.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod builder;
+mod engine;
+mod ids;
+
+pub use builder::{EngineBuilder, EngineConfig};
+pub use engine::{Engine, RunReport, TestClock};
+
+/// Errors building or running the engine (as opposed to API errors on requests).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The builder is missing a part or holds inconsistent parts.
+    #[error("engine configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] offsession_core::StoreError),
+}

@@ -1,0 +1,886 @@
+//! The engine proper.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use offsession_core::payment::{ObjectTag, RetryDetails};
+use offsession_core::request::{
+    parse_create, resolve_for_method, validate_create, CreateRules, MethodRules, ValidCreate,
+};
+use offsession_core::store::Expected;
+use offsession_core::{
+    attempt_idempotency_key, transition, ApiError, AttemptOutcome, AttemptRecord, AuthorizeRequest,
+    CancelRequest, CaptureRequest, Clock, ClockScope, CreateOffSessionPayment, DeclineCategory,
+    DeclineCodes, ErrorCode, Event, EventSink, EventType, FailureReason, IdempotencyClaim, Lease,
+    ManualClock, OffSessionPayment, PaymentRecord, PaymentStatus, Processor, RetryContext,
+    RetryDecision, RetryPolicy, RetryStrategy, Store, StoreError, Timestamp, Transition,
+};
+use offsession_retry::DeclineTable;
+
+use crate::builder::{EngineBuilder, EngineConfig};
+use crate::ids::IdGenerator;
+use crate::EngineError;
+
+/// How far back the card history given to policies reaches (network caps use 30 days).
+const CARD_HISTORY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+/// Retries of a manual operation that lost a race with the scheduler.
+const MANUAL_OPERATION_TRIES: usize = 3;
+
+/// What one scheduler pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Payments handled (attempts, replays, expiries).
+    pub handled: u64,
+    /// Handlings that lost a race to another change and were skipped.
+    pub conflicts: u64,
+}
+
+impl RunReport {
+    fn add(&mut self, other: RunReport) {
+        self.handled += other.handled;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// A test clock as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestClock {
+    /// `clock_…`.
+    pub id: String,
+    /// Its current time.
+    pub frozen_time: Timestamp,
+}
+
+struct Inner {
+    config: EngineConfig,
+    processors: Vec<Arc<dyn Processor>>,
+    policies: HashMap<String, Arc<dyn RetryPolicy>>,
+    policy_names: Vec<String>,
+    strategies: HashMap<RetryStrategy, Arc<dyn RetryPolicy>>,
+    available_strategies: Vec<RetryStrategy>,
+    declines: DeclineTable,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    events: Arc<dyn EventSink>,
+    test_clocks: RwLock<HashMap<String, Arc<ManualClock>>>,
+    ids: IdGenerator,
+}
+
+/// The off-session payments engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("instance_id", &self.inner.config.instance_id)
+            .field(
+                "processors",
+                &self.inner.processors.iter().map(|p| p.id()).collect::<Vec<_>>(),
+            )
+            .field("policies", &self.inner.policy_names)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(err: StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound(id) => {
+            ApiError::new(ErrorCode::ResourceMissing, format!("no off-session payment `{id}`"))
+        }
+        StoreError::Conflict { id, .. } => ApiError::new(
+            ErrorCode::OffSessionPaymentConcurrentUpdate,
+            format!("payment `{id}` was changed by another request at the same time; retry"),
+        ),
+        other => ApiError::new(ErrorCode::ApiError, other.to_string()),
+    }
+}
+
+/// FNV-1a, for request fingerprints.
+fn fingerprint(text: &str) -> String {
+    let hash = text
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+impl Engine {
+    /// A builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    pub(crate) fn from_builder(builder: EngineBuilder) -> Engine {
+        let mut policy_names: Vec<String> = builder.policies.keys().cloned().collect();
+        policy_names.sort();
+        let mut available_strategies: Vec<RetryStrategy> =
+            builder.strategies.keys().copied().collect();
+        available_strategies.push(RetryStrategy::Scheduled);
+        available_strategies.sort();
+        let config = builder.config;
+        let ids = IdGenerator::new(config.id_seed, config.livemode);
+        Engine {
+            inner: Arc::new(Inner {
+                processors: builder.processors,
+                policies: builder.policies,
+                policy_names,
+                strategies: builder.strategies,
+                available_strategies,
+                declines: builder.declines.unwrap_or_else(DeclineTable::standard),
+                // `build` checked these are set.
+                store: builder.store.expect("store checked by build"),
+                clock: builder.clock.expect("clock set by build"),
+                events: builder.events.expect("events set by build"),
+                test_clocks: RwLock::new(HashMap::new()),
+                ids,
+                config,
+            }),
+        }
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Now, by the engine clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn test_clock(&self, id: &str) -> Option<Arc<ManualClock>> {
+        self.inner
+            .test_clocks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn now_for(&self, payment: &OffSessionPayment) -> Timestamp {
+        match payment.test_clock.as_deref().and_then(|id| self.test_clock(id)) {
+            Some(clock) => clock.now(),
+            None => self.inner.clock.now(),
+        }
+    }
+
+    fn processor(&self, id: &str) -> Option<&Arc<dyn Processor>> {
+        self.inner.processors.iter().find(|p| p.id() == id)
+    }
+
+    fn emit(&self, event_type: EventType, payment: &OffSessionPayment, at: Timestamp) {
+        self.inner.events.emit(Event {
+            id: self.inner.ids.next("evt"),
+            object: "v2.core.event".into(),
+            event_type,
+            created: at,
+            livemode: payment.livemode,
+            related_object: offsession_core::events::RelatedObject {
+                id: payment.id.clone(),
+                object_type: offsession_core::payment::OBJECT_NAME.into(),
+                url: format!("/v2/payments/off_session_payments/{}", payment.id),
+            },
+            data: payment.clone(),
+        });
+    }
+
+    // ----- test clocks -------------------------------------------------------------
+
+    /// Creates a test clock frozen at `frozen_time`. Refused in live mode.
+    pub fn create_test_clock(&self, frozen_time: Timestamp) -> Result<TestClock, ApiError> {
+        if self.inner.config.livemode {
+            return Err(ApiError::new(
+                ErrorCode::OffSessionPaymentTestClockInLivemode,
+                "test clocks are not available in live mode",
+            ));
+        }
+        let id = self.inner.ids.next("clock");
+        self.inner
+            .test_clocks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::new(ManualClock::new(frozen_time)));
+        Ok(TestClock { id, frozen_time })
+    }
+
+    /// Moves a test clock to `to`, running, in order, exactly the attempts (and
+    /// authorization expiries) of its payments that fall due on the way.
+    pub async fn advance_test_clock(&self, id: &str, to: Timestamp) -> Result<TestClock, ApiError> {
+        let clock = self.test_clock(id).ok_or_else(|| {
+            ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
+        })?;
+        if to < clock.now() {
+            return Err(ApiError::invalid(
+                "frozen_time",
+                format!("must not be before the clock's current time {}", clock.now()),
+            ));
+        }
+        let scope = ClockScope::TestClock(id.to_owned());
+        loop {
+            let next = self.inner.store.next_due(&scope).await.map_err(store_error)?;
+            match next {
+                Some(due) if due <= to => {
+                    clock.set(due);
+                    let report = self.run_scope(&scope, clock.now()).await.map_err(|e| {
+                        ApiError::new(ErrorCode::ApiError, e.to_string())
+                    })?;
+                    if report.handled == 0 {
+                        // Due records held by another instance's lease: nothing this
+                        // instance may do until the lease lapses.
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        clock.set(to);
+        Ok(TestClock {
+            id: id.to_owned(),
+            frozen_time: clock.now(),
+        })
+    }
+
+    // ----- intake ------------------------------------------------------------------
+
+    /// Creates a payment from a JSON body.
+    pub async fn create_json(
+        &self,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        let request = parse_create(body)?;
+        self.create(&request, idempotency_key).await
+    }
+
+    /// Validates, preflights and stores a payment (`pending`). With an idempotency
+    /// key, a repeat of the same request returns the original payment and a different
+    /// request with the same key is an `idempotency_error`.
+    pub async fn create(
+        &self,
+        request: &CreateOffSessionPayment,
+        idempotency_key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        let clock_now = match &request.test_clock {
+            Some(id) if !self.inner.config.livemode => match self.test_clock(id) {
+                Some(clock) => clock.now(),
+                None => {
+                    return Err(ApiError::invalid("test_clock", format!("no test clock `{id}`")))
+                }
+            },
+            _ => self.inner.clock.now(),
+        };
+        let valid = validate_create(
+            request,
+            &CreateRules {
+                livemode: self.inner.config.livemode,
+                now: clock_now,
+                retry_policies: &self.inner.policy_names,
+            },
+        )?;
+        let processor = self.inner.processors[0].clone();
+        if (valid.on_behalf_of.is_some() || valid.transfer_data.is_some())
+            && !processor.capabilities().connect
+        {
+            return Err(ApiError::invalid(
+                "on_behalf_of",
+                format!("processor `{}` does not support connect payments", processor.id()),
+            ));
+        }
+        let mut payment = self.new_payment(&valid, clock_now);
+        let method = processor.preflight(&payment).await?;
+        let resolved = resolve_for_method(
+            &valid,
+            &method,
+            &MethodRules {
+                supported_types: &processor.capabilities().payment_method_types,
+                ach_retries_enabled: self.inner.config.ach_retries_enabled,
+                sepa_debit_retries_enabled: self.inner.config.sepa_debit_retries_enabled,
+                available: &self.inner.available_strategies,
+                default_policy: &self.inner.config.default_retry_policy,
+            },
+        )?;
+        payment.retry_details.retry_strategy = resolved.strategy;
+        payment.retry_details.retry_policy = resolved.policy;
+
+        if let Some(key) = idempotency_key {
+            let canonical = serde_json::to_string(request).unwrap_or_default();
+            match self
+                .inner
+                .store
+                .claim_idempotency_key(key, &fingerprint(&canonical), &payment.id)
+                .await
+                .map_err(store_error)?
+            {
+                IdempotencyClaim::Inserted => {}
+                IdempotencyClaim::Existing {
+                    fingerprint: original,
+                    payment_id,
+                } => {
+                    if original != fingerprint(&canonical) {
+                        return Err(ApiError::new(
+                            ErrorCode::IdempotencyError,
+                            format!("idempotency key `{key}` was used with a different request"),
+                        ));
+                    }
+                    return self.retrieve(&payment_id).await;
+                }
+            }
+        }
+
+        let due = valid
+            .target_date
+            .as_ref()
+            .map(|(_, at)| (*at).max(clock_now))
+            .unwrap_or(clock_now);
+        let record = PaymentRecord::new(payment.clone(), processor.id().to_owned(), Some(method), due);
+        self.inner.store.insert(&record).await.map_err(store_error)?;
+        self.emit(EventType::Created, &payment, clock_now);
+        Ok(payment)
+    }
+
+    fn new_payment(&self, valid: &ValidCreate, now: Timestamp) -> OffSessionPayment {
+        OffSessionPayment {
+            id: self.inner.ids.next("osp"),
+            object: ObjectTag::OffSessionPayment,
+            amount_requested: valid.amount,
+            amount_capturable: None,
+            cadence: valid.cadence,
+            capture: valid.capture,
+            created: now,
+            customer: valid.customer.clone(),
+            payment_method: valid.payment_method.clone(),
+            metadata: valid.metadata.clone(),
+            on_behalf_of: valid.on_behalf_of.clone(),
+            transfer_data: valid.transfer_data.clone(),
+            application_fee_amount_requested: valid.application_fee_amount,
+            statement_descriptor: valid.statement_descriptor.clone(),
+            statement_descriptor_suffix: valid.statement_descriptor_suffix.clone(),
+            description: valid.description.clone(),
+            payment_details: valid.payment_details.clone(),
+            payments_orchestration: valid.payments_orchestration,
+            retry_details: RetryDetails {
+                attempts: 0,
+                retry_strategy: RetryStrategy::None,
+                retry_policy: None,
+                retry_until: valid.retry_until,
+            },
+            status: PaymentStatus::Pending,
+            failure_reason: None,
+            last_authorization_attempt_error: None,
+            latest_payment_attempt_record: None,
+            payment_record: None,
+            target_date: valid.target_date.as_ref().map(|(text, _)| text.clone()),
+            test_clock: valid.test_clock.clone(),
+            livemode: self.inner.config.livemode,
+        }
+    }
+
+    // ----- reads -------------------------------------------------------------------
+
+    /// A payment by id.
+    pub async fn retrieve(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        Ok(self.record(id).await?.payment)
+    }
+
+    /// A payment with the engine's bookkeeping (attempt history).
+    pub async fn record(&self, id: &str) -> Result<PaymentRecord, ApiError> {
+        self.inner
+            .store
+            .get(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| store_error(StoreError::NotFound(id.to_owned())))
+    }
+
+    /// Payments, newest first.
+    pub async fn list(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<OffSessionPayment>, ApiError> {
+        self.inner
+            .store
+            .list(limit, starting_after)
+            .await
+            .map_err(store_error)
+    }
+
+    // ----- manual operations -------------------------------------------------------
+
+    async fn manual<F>(&self, id: &str, transition_for: F) -> Result<OffSessionPayment, ApiError>
+    where
+        F: Fn(&PaymentRecord) -> Transition,
+    {
+        let mut last_err = None;
+        for _ in 0..MANUAL_OPERATION_TRIES {
+            let record = self.record(id).await?;
+            let now = self.now_for(&record.payment);
+            let t = transition_for(&record);
+            let to = transition(record.payment.status, t).map_err(|refused| {
+                ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, refused.to_string())
+            })?;
+            let mut next = record.clone();
+            next.payment.status = to;
+            next.lease = None;
+            let event = match t {
+                Transition::Cancel => {
+                    if record.payment.status == PaymentStatus::RequiresCapture {
+                        self.release_authorization(&record).await?;
+                    }
+                    next.due_at = None;
+                    next.payment.amount_capturable = None;
+                    next.authorization = None;
+                    EventType::Canceled
+                }
+                Transition::Pause => {
+                    next.paused_due_at = record.due_at;
+                    next.due_at = None;
+                    EventType::Paused
+                }
+                Transition::Resume { .. } => {
+                    next.due_at = Some(record.paused_due_at.unwrap_or(now).max(now));
+                    next.paused_due_at = None;
+                    EventType::Resumed
+                }
+                _ => unreachable!("manual operations are cancel, pause and resume"),
+            };
+            match self.inner.store.update(&next, Expected::of(&record)).await {
+                Ok(_) => {
+                    self.emit(event, &next.payment, now);
+                    return Ok(next.payment);
+                }
+                Err(err @ StoreError::Conflict { .. }) => last_err = Some(err),
+                Err(err) => return Err(store_error(err)),
+            }
+        }
+        Err(store_error(last_err.unwrap_or_else(|| StoreError::NotFound(id.to_owned()))))
+    }
+
+    /// Cancels a payment that is not processing and not terminal; a held
+    /// authorization is released at the processor.
+    pub async fn cancel(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |_| Transition::Cancel).await
+    }
+
+    /// Suspends retries until [`Engine::resume`].
+    pub async fn pause(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |_| Transition::Pause).await
+    }
+
+    /// Resumes a paused payment; a retry that fell due meanwhile runs at once.
+    pub async fn resume(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |record| Transition::Resume {
+            attempted: record.payment.retry_details.attempts > 0 || record.replay_pending,
+        })
+        .await
+    }
+
+    async fn release_authorization(&self, record: &PaymentRecord) -> Result<(), ApiError> {
+        let (Some(processor), Some(reference)) =
+            (self.processor(&record.processor), record.authorization.as_ref())
+        else {
+            return Ok(());
+        };
+        let key = format!("{}:cancel", record.payment.id);
+        processor
+            .cancel(CancelRequest {
+                payment: &record.payment,
+                reference,
+                idempotency_key: &key,
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))
+    }
+
+    /// Captures a `requires_capture` payment, the whole authorization or
+    /// `amount_to_capture` of it.
+    pub async fn capture(
+        &self,
+        id: &str,
+        amount_to_capture: Option<i64>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        let record = self.record(id).await?;
+        let now = self.now_for(&record.payment);
+        let to = transition(record.payment.status, Transition::Capture).map_err(|refused| {
+            ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, refused.to_string())
+        })?;
+        let capturable = record
+            .payment
+            .amount_capturable
+            .unwrap_or(record.payment.amount_requested);
+        let value = amount_to_capture.unwrap_or(capturable.value);
+        if value <= 0 || value > capturable.value {
+            return Err(ApiError::invalid(
+                "amount_to_capture",
+                format!("must be between 1 and the capturable amount ({})", capturable.value),
+            ));
+        }
+        let amount = offsession_core::Amount::new(value, capturable.currency);
+        let processor = self.processor(&record.processor).ok_or_else(|| {
+            ApiError::new(ErrorCode::ApiError, format!("processor `{}` is not configured", record.processor))
+        })?;
+        let reference = record.authorization.clone().unwrap_or_default();
+        let key = format!("{}:capture", record.payment.id);
+        processor
+            .capture(CaptureRequest {
+                payment: &record.payment,
+                reference: &reference,
+                amount,
+                idempotency_key: &key,
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
+        let mut next = record.clone();
+        next.payment.status = to;
+        next.payment.amount_capturable = None;
+        next.payment.payment_record = Some(self.inner.ids.next("pr"));
+        next.due_at = None;
+        next.lease = None;
+        self.inner
+            .store
+            .update(&next, Expected::of(&record))
+            .await
+            .map_err(store_error)?;
+        self.emit(EventType::Succeeded, &next.payment, now);
+        Ok(next.payment)
+    }
+
+    // ----- scheduler ---------------------------------------------------------------
+
+    /// Runs everything due on the engine clock now.
+    pub async fn run_due(&self) -> Result<RunReport, EngineError> {
+        self.run_scope(&ClockScope::Engine, self.inner.clock.now()).await
+    }
+
+    /// When the next engine-clock payment falls due.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, EngineError> {
+        Ok(self.inner.store.next_due(&ClockScope::Engine).await?)
+    }
+
+    async fn run_scope(&self, scope: &ClockScope, now: Timestamp) -> Result<RunReport, EngineError> {
+        let config = &self.inner.config;
+        let mut report = RunReport::default();
+        loop {
+            let lease = Lease {
+                owner: config.instance_id.clone(),
+                until: now.plus(config.lease),
+            };
+            let batch = self
+                .inner
+                .store
+                .claim_due(scope, now, config.claim_batch, &lease)
+                .await?;
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            let results: Vec<Result<RunReport, EngineError>> = stream::iter(batch)
+                .map(|record| self.handle(record))
+                .buffer_unordered(config.concurrency)
+                .collect()
+                .await;
+            for result in results {
+                report.add(result?);
+            }
+        }
+    }
+
+    async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {
+        let outcome = match record.payment.status {
+            PaymentStatus::RequiresCapture => self.expire_authorization(record).await,
+            PaymentStatus::Pending | PaymentStatus::PendingRetry | PaymentStatus::Processing => {
+                self.attempt(record).await
+            }
+            _ => {
+                // Nothing to do for this status: drop the stale due time.
+                let mut next = record.clone();
+                next.due_at = None;
+                next.lease = None;
+                self.inner
+                    .store
+                    .update(&next, Expected::of(&record))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(RunReport {
+                handled: 1,
+                conflicts: 0,
+            }),
+            Err(StoreError::Conflict { id, .. }) => {
+                tracing::debug!(payment = %id, "lost a race to another change; skipped");
+                Ok(RunReport {
+                    handled: 1,
+                    conflicts: 1,
+                })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn expire_authorization(&self, record: PaymentRecord) -> Result<(), StoreError> {
+        let now = self.now_for(&record.payment);
+        let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {
+            return Ok(());
+        };
+        if let Err(err) = self.release_authorization(&record).await {
+            tracing::warn!(payment = %record.payment.id, error = %err, "releasing an expired authorization failed");
+        }
+        let mut next = record.clone();
+        next.payment.status = to;
+        next.payment.failure_reason = Some(FailureReason::AuthorizationExpired);
+        next.payment.amount_capturable = None;
+        next.authorization = None;
+        next.due_at = None;
+        next.lease = None;
+        self.inner.store.update(&next, Expected::of(&record)).await?;
+        self.emit(EventType::Failed, &next.payment, now);
+        Ok(())
+    }
+
+    /// Runs one attempt (or replays the unresolved one) of a claimed payment.
+    async fn attempt(&self, claimed: PaymentRecord) -> Result<(), StoreError> {
+        let now = self.now_for(&claimed.payment);
+        let Some(processor) = self.processor(&claimed.processor).cloned() else {
+            tracing::error!(payment = %claimed.payment.id, processor = %claimed.processor, "processor is not configured; payment left for another instance");
+            return Ok(());
+        };
+        let Ok(status) = transition(claimed.payment.status, Transition::StartAttempt) else {
+            return Ok(());
+        };
+        let mut record = claimed.clone();
+        // A `processing` record whose lease lapsed crashed mid-attempt: its outcome is
+        // unknown, so the same attempt is replayed with the same key.
+        let replay = (record.replay_pending || record.payment.status == PaymentStatus::Processing)
+            && !record.attempts.is_empty();
+        if replay {
+            if let Some(last) = record.attempts.last_mut() {
+                last.replays += 1;
+            }
+        } else {
+            let number = record.payment.retry_details.attempts + 1;
+            let attempt = AttemptRecord {
+                id: self.inner.ids.next("ospattempt"),
+                number,
+                idempotency_key: attempt_idempotency_key(&record.payment.id, number),
+                processor: processor.id().to_owned(),
+                started_at: now,
+                finished_at: None,
+                replays: 0,
+                outcome: None,
+                decline_category: None,
+            };
+            record.payment.retry_details.attempts = number;
+            record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
+            record.first_attempt_at.get_or_insert(now);
+            record.attempts.push(attempt);
+        }
+        record.replay_pending = false;
+        record.payment.status = status;
+        record.due_at = Some(now);
+        // Write-ahead: the attempt and its key are durable before the processor is
+        // called. The claim's lease stays, so a crash makes the record claimable
+        // again (for a replay) when the lease lapses.
+        record.version = self.inner.store.update(&record, Expected::of(&claimed)).await?;
+        if !replay {
+            self.emit(EventType::AttemptStarted, &record.payment, now);
+            self.emit(EventType::AuthorizationAttemptStarted, &record.payment, now);
+        }
+
+        let attempt = record.attempts.last().cloned().unwrap_or_else(|| unreachable!());
+        let outcome = processor
+            .authorize(AuthorizeRequest {
+                payment: &record.payment,
+                attempt_number: attempt.number,
+                idempotency_key: &attempt.idempotency_key,
+            })
+            .await;
+        self.apply_outcome(record, outcome).await
+    }
+
+    async fn apply_outcome(
+        &self,
+        written: PaymentRecord,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let now = self.now_for(&written.payment);
+        let config = &self.inner.config;
+        let mut record = written.clone();
+        record.lease = None;
+        let mut events: Vec<EventType> = Vec::new();
+        let replays = record.attempts.last().map(|a| a.replays).unwrap_or(0) as usize;
+
+        let decline = match outcome {
+            AttemptOutcome::Approved { reference } => {
+                self.finish_attempt(&mut record, now, AttemptOutcome::Approved { reference }, None);
+                record.payment.status = PaymentStatus::Succeeded;
+                record.payment.payment_record = Some(self.inner.ids.next("pr"));
+                record.due_at = None;
+                events.push(EventType::Succeeded);
+                None
+            }
+            AttemptOutcome::RequiresCapture { reference } => {
+                self.finish_attempt(
+                    &mut record,
+                    now,
+                    AttemptOutcome::RequiresCapture {
+                        reference: reference.clone(),
+                    },
+                    None,
+                );
+                record.payment.status = PaymentStatus::RequiresCapture;
+                record.payment.amount_capturable = Some(record.payment.amount_requested);
+                record.authorization = Some(reference);
+                let expires = now.plus(config.authorization_validity);
+                record.due_at = Some(
+                    record
+                        .payment
+                        .capture
+                        .capture_before
+                        .map_or(expires, |before| before.min(expires)),
+                );
+                events.push(EventType::RequiresCapture);
+                None
+            }
+            AttemptOutcome::Declined { codes, reference } => Some((codes, reference)),
+            AttemptOutcome::ProcessorFault { ref message, .. } | AttemptOutcome::Unknown { ref message }
+                if replays < config.replay_backoff.len()
+                    || matches!(outcome, AttemptOutcome::Unknown { .. }) =>
+            {
+                // Not the issuer's answer: replay the same attempt with the same key,
+                // without spending the customer's retry budget.
+                let wait = config
+                    .replay_backoff
+                    .get(replays.min(config.replay_backoff.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(Duration::from_secs(60));
+                tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");
+                record.replay_pending = true;
+                record.payment.status = PaymentStatus::PendingRetry;
+                record.due_at = Some(now.plus(wait));
+                None
+            }
+            AttemptOutcome::ProcessorFault { message, .. } | AttemptOutcome::Unknown { message } => {
+                // A fault that outlasted every replay: nothing was charged, and the
+                // attempt counts as a transient decline.
+                let codes = DeclineCodes {
+                    code: "processor_unavailable".into(),
+                    decline_code: Some("processing_error".into()),
+                    message: Some(message),
+                    ..DeclineCodes::default()
+                };
+                Some((codes, Default::default()))
+            }
+        };
+
+        if let Some((codes, reference)) = decline {
+            let brand = record
+                .method
+                .as_ref()
+                .and_then(|m| m.card.as_ref())
+                .map(|c| c.brand.as_str());
+            let category = self.inner.declines.classify(&codes, brand);
+            self.finish_attempt(
+                &mut record,
+                now,
+                AttemptOutcome::Declined {
+                    codes: codes.clone(),
+                    reference,
+                },
+                Some(category),
+            );
+            record.payment.last_authorization_attempt_error = Some(codes.to_string());
+            events.push(EventType::AttemptFailed);
+            events.push(EventType::AuthorizationAttemptFailed);
+            match self.decide(&record, &codes, category, now).await? {
+                RetryDecision::RetryAt { not_before } => {
+                    record.payment.status = PaymentStatus::PendingRetry;
+                    record.due_at = Some(not_before.max(now));
+                }
+                RetryDecision::Stop(reason) => {
+                    record.payment.status = PaymentStatus::Failed;
+                    record.payment.failure_reason = Some(reason);
+                    record.due_at = None;
+                    events.push(EventType::Failed);
+                }
+            }
+        }
+
+        self.inner
+            .store
+            .update(&record, Expected::of(&written))
+            .await?;
+        for event in events {
+            self.emit(event, &record.payment, now);
+        }
+        Ok(())
+    }
+
+    fn finish_attempt(
+        &self,
+        record: &mut PaymentRecord,
+        now: Timestamp,
+        outcome: AttemptOutcome,
+        category: Option<DeclineCategory>,
+    ) {
+        if let Some(last) = record.attempts.last_mut() {
+            last.finished_at = Some(now);
+            last.outcome = Some(outcome);
+            last.decline_category = category;
+        }
+    }
+
+    async fn decide(
+        &self,
+        record: &PaymentRecord,
+        codes: &DeclineCodes,
+        category: DeclineCategory,
+        now: Timestamp,
+    ) -> Result<RetryDecision, StoreError> {
+        let details = &record.payment.retry_details;
+        let policy = match details.retry_strategy {
+            RetryStrategy::Scheduled => details
+                .retry_policy
+                .as_deref()
+                .and_then(|name| self.inner.policies.get(name)),
+            strategy => self.inner.strategies.get(&strategy),
+        };
+        let Some(policy) = policy else {
+            tracing::error!(payment = %record.payment.id, strategy = %details.retry_strategy, "no policy installed for the payment's strategy; stopping");
+            return Ok(RetryDecision::Stop(FailureReason::RetriesExhausted));
+        };
+        let since = Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64);
+        let card_history = self
+            .inner
+            .store
+            .card_history(&record.payment.payment_method, since)
+            .await?;
+        let context = RetryContext {
+            payment: &record.payment,
+            method: record.method.as_ref(),
+            attempts: &record.attempts,
+            card_history: &card_history,
+            decline: codes,
+            category,
+            first_attempt_at: record.first_attempt_at.unwrap_or(now),
+            now,
+        };
+        let decision = policy.decide(&context);
+        // Whatever the policy, nothing is attempted after `retry_until`.
+        Ok(match (decision, details.retry_until) {
+            (RetryDecision::RetryAt { not_before }, Some(until)) if not_before > until => {
+                RetryDecision::Stop(FailureReason::ExceededRetryWindow)
+            }
+            (decision, _) => decision,
+        })
+    }
+}

@@ -212,6 +212,17 @@ impl Engine {
         Ok(TestClock { id, frozen_time })
     }
 
+    /// A test clock and its current time.
+    pub fn retrieve_test_clock(&self, id: &str) -> Result<TestClock, ApiError> {
+        let clock = self.test_clock(id).ok_or_else(|| {
+            ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
+        })?;
+        Ok(TestClock {
+            id: id.to_owned(),
+            frozen_time: clock.now(),
+        })
+    }
+
     /// Moves a test clock to `to`, running, in order, exactly the attempts (and
     /// authorization expiries) of its payments that fall due on the way.
     pub async fn advance_test_clock(&self, id: &str, to: Timestamp) -> Result<TestClock, ApiError> {

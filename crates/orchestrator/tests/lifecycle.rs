@@ -1,0 +1,445 @@
+//! A payment's life in the engine, one rule per test, driven by test clocks.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use offsession_core::store::Expected;
+use offsession_core::{
+    AttemptOutcome, ErrorCode, EventType, FailureReason, PaymentStatus, RetryStrategy, Store,
+};
+use offsession_mock::MockConfig;
+use offsession_orchestrator::EngineConfig;
+use offsession_retry::{ScheduledPolicy, ScheduledPolicyConfig};
+use offsession_store::MemoryStore;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_new_payment_is_pending_with_the_resolved_strategy() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    assert_eq!(p.status, PaymentStatus::Pending);
+    assert_eq!(p.retry_details.attempts, 0);
+    assert_eq!(p.retry_details.retry_strategy, RetryStrategy::Scheduled);
+    assert_eq!(p.retry_details.retry_policy.as_deref(), Some("stripe_recommended"));
+    assert!(p.id.starts_with("osp_test_"));
+    assert_eq!(p.created, start());
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["object"], "v2.payments.off_session_payment");
+    assert_eq!(json["created"], START);
+    assert_eq!(json["failure_reason"], serde_json::Value::Null);
+    assert_eq!(json["amount_requested"], json!({"value": 2000, "currency": "usd"}));
+    assert_eq!(h.events.types_for(&p.id), [EventType::Created]);
+}
+
+#[tokio::test]
+async fn an_approved_first_attempt_succeeds() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.advance(Duration::ZERO).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Succeeded);
+    assert_eq!(p.retry_details.attempts, 1);
+    assert!(p.payment_record.is_some());
+    assert!(p.latest_payment_attempt_record.is_some());
+    assert_eq!(
+        h.events.types_for(&p.id),
+        [
+            EventType::Created,
+            EventType::AttemptStarted,
+            EventType::AuthorizationAttemptStarted,
+            EventType::Succeeded
+        ]
+    );
+}
+
+#[tokio::test]
+async fn insufficient_funds_recovers_on_the_scheduled_retry() {
+    let h = harness();
+    let p = h
+        .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2"))
+        .await;
+    h.advance(Duration::ZERO).await;
+    let after_first = h.get(&p.id).await;
+    assert_eq!(after_first.status, PaymentStatus::PendingRetry);
+    assert_eq!(
+        after_first.last_authorization_attempt_error.as_deref(),
+        Some("card_declined (insufficient_funds)")
+    );
+    // Stripe's recommended schedule retries 1 and 3 days after the first attempt.
+    h.advance(DAY).await;
+    assert_eq!(h.get(&p.id).await.retry_details.attempts, 2);
+    h.advance(DAY).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::PendingRetry, "no attempt on day 2");
+    h.advance(DAY).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Succeeded);
+    assert_eq!(done.retry_details.attempts, 3);
+    let record = h.engine.record(&p.id).await.unwrap();
+    let times: Vec<_> = record.attempts.iter().map(|a| a.started_at).collect();
+    assert_eq!(times, [start(), start().plus(DAY), start().plus(3 * DAY)]);
+    let keys: Vec<_> = record.attempts.iter().map(|a| a.idempotency_key.clone()).collect();
+    assert_eq!(keys, [1, 2, 3].map(|n| format!("{}:attempt:{n}", p.id)));
+}
+
+#[tokio::test]
+async fn advancing_a_test_clock_runs_exactly_the_attempts_due_in_between() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds")).await;
+    h.advance(DAY.mul_f64(4.5)).await; // day 0, 1, 3 are due; day 5 is not
+    let record = h.engine.record(&p.id).await.unwrap();
+    assert_eq!(record.payment.retry_details.attempts, 3);
+    assert_eq!(record.due_at, Some(start().plus(5 * DAY)));
+    // Events come in time order.
+    let created: Vec<_> = h.events.events().iter().map(|e| e.created).collect();
+    assert!(created.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[tokio::test]
+async fn soft_declines_stop_with_retries_exhausted_after_the_last_try() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds")).await;
+    h.advance(30 * DAY).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::RetriesExhausted));
+    assert_eq!(p.retry_details.attempts, 8, "8 tries in 2 weeks");
+    assert_eq!(h.mock.approved_charges_by_payment().get(&p.id), None);
+}
+
+#[tokio::test]
+async fn hard_declines_fail_at_once_as_rejected_by_partner() {
+    let h = harness();
+    for pm in ["pm_card_visa_chargeDeclinedLostCard", "pm_card_visa_chargeDeclinedStolenCard", "pm_card_mastercard_chargeDeclinedFraudulent"] {
+        let p = h.create(h.body(pm)).await;
+        h.advance(Duration::ZERO).await;
+        let p = h.get(&p.id).await;
+        assert_eq!(p.status, PaymentStatus::Failed, "{pm}");
+        assert_eq!(p.failure_reason, Some(FailureReason::RejectedByPartner), "{pm}");
+        assert_eq!(p.retry_details.attempts, 1, "{pm}");
+    }
+}
+
+#[tokio::test]
+async fn expired_cards_and_authentication_required_fail_as_no_valid_payment_method() {
+    let h = harness();
+    for pm in ["pm_card_chargeDeclinedExpiredCard", "pm_card_authenticationRequired"] {
+        let p = h.create(h.body(pm)).await;
+        h.advance(Duration::ZERO).await;
+        let p = h.get(&p.id).await;
+        assert_eq!(p.status, PaymentStatus::Failed, "{pm}");
+        assert_eq!(p.failure_reason, Some(FailureReason::NoValidPaymentMethod), "{pm}");
+        assert_eq!(p.retry_details.attempts, 1);
+    }
+}
+
+#[tokio::test]
+async fn retry_strategy_none_fails_after_one_attempt() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1");
+    body["retry_details"] = json!({"retry_strategy": "none"});
+    let p = h.create(body).await;
+    assert_eq!(p.retry_details.retry_strategy, RetryStrategy::None);
+    h.advance(30 * DAY).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::RetriesExhausted));
+    assert_eq!(p.retry_details.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_retry_past_retry_until_fails_with_exceeded_retry_window() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds");
+    body["retry_details"] = json!({"retry_until": start().plus(2 * DAY).to_string()});
+    let p = h.create(body).await;
+    h.advance(10 * DAY).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
+    assert_eq!(p.retry_details.attempts, 2, "day 0 and day 1; day 3 is past the window");
+}
+
+#[tokio::test]
+async fn a_named_retry_policy_sets_the_schedule() {
+    let weekly = ScheduledPolicy::new(
+        "weekly",
+        &ScheduledPolicyConfig {
+            offsets: vec!["7d".into(), "14d".into()],
+            max_attempts: None,
+            window: "15d".into(),
+        },
+    )
+    .unwrap();
+    let events = Arc::new(offsession_core::CollectEvents::new());
+    let engine = offsession_orchestrator::Engine::builder()
+        .config(EngineConfig {
+            default_retry_policy: "weekly".into(),
+            ..EngineConfig::default()
+        })
+        .processor(Arc::new(offsession_mock::MockProcessor::new("mock", MockConfig::default())))
+        .retry_policy("weekly", Arc::new(weekly))
+        .store(Arc::new(MemoryStore::new()))
+        .events(events)
+        .build()
+        .unwrap();
+    let clock = engine.create_test_clock(start()).unwrap().id;
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"}, "cadence": "recurring",
+        "customer": "cus_1", "payment_method": "pm_card_visa_chargeDeclined",
+        "retry_details": {"retry_policy": "weekly"}, "test_clock": clock,
+    });
+    let p = engine.create_json(body.to_string().as_bytes(), None).await.unwrap();
+    engine.advance_test_clock(&clock, start().plus(20 * DAY)).await.unwrap();
+    let record = engine.record(&p.id).await.unwrap();
+    let times: Vec<_> = record.attempts.iter().map(|a| a.started_at).collect();
+    assert_eq!(times, [start(), start().plus(7 * DAY), start().plus(14 * DAY)]);
+    assert_eq!(record.payment.failure_reason, Some(FailureReason::RetriesExhausted));
+}
+
+#[tokio::test]
+async fn manual_capture_holds_funds_until_captured() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual"});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    let held = h.get(&p.id).await;
+    assert_eq!(held.status, PaymentStatus::RequiresCapture);
+    assert_eq!(held.amount_capturable.map(|a| a.value), Some(2000));
+    let err = h.engine.capture(&p.id, Some(2001)).await.unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("amount_to_capture"));
+    let captured = h.engine.capture(&p.id, Some(1500)).await.unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    assert_eq!(captured.amount_capturable, None);
+    let record = h.engine.record(&p.id).await.unwrap();
+    let pi = record.authorization.unwrap().payment.unwrap();
+    assert_eq!(h.mock.captured(&pi), Some(1500));
+    assert_eq!(
+        h.events.types_for(&p.id).last(),
+        Some(&EventType::Succeeded)
+    );
+    assert!(h.events.types_for(&p.id).contains(&EventType::RequiresCapture));
+}
+
+#[tokio::test]
+async fn an_uncaptured_authorization_expires_as_authorization_expired() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual"});
+    let p = h.create(body).await;
+    h.advance(6 * DAY).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    h.advance(DAY).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::AuthorizationExpired));
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::OffSessionPaymentInvalidStatus);
+}
+
+#[tokio::test]
+async fn capture_before_shortens_the_authorization() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual", "capture_before": start().plus(DAY).to_string()});
+    let p = h.create(body).await;
+    h.advance(DAY).await;
+    assert_eq!(h.get(&p.id).await.failure_reason, Some(FailureReason::AuthorizationExpired));
+}
+
+#[tokio::test]
+async fn a_pending_payment_can_be_canceled_and_is_never_attempted() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    let canceled = h.engine.cancel(&p.id).await.unwrap();
+    assert_eq!(canceled.status, PaymentStatus::Canceled);
+    h.advance(DAY).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Canceled);
+    assert_eq!(p.retry_details.attempts, 0);
+    assert!(h.mock.ledger().is_empty());
+    assert_eq!(h.events.types_for(&p.id), [EventType::Created, EventType::Canceled]);
+}
+
+#[tokio::test]
+async fn a_held_authorization_can_be_canceled() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual"});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    let p = h.engine.cancel(&p.id).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Canceled);
+    assert_eq!(p.amount_capturable, None);
+}
+
+#[tokio::test]
+async fn terminal_payments_refuse_cancel_pause_resume_and_capture() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.advance(Duration::ZERO).await;
+    for result in [
+        h.engine.cancel(&p.id).await,
+        h.engine.pause(&p.id).await,
+        h.engine.resume(&p.id).await,
+        h.engine.capture(&p.id, None).await,
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.code, ErrorCode::OffSessionPaymentInvalidStatus);
+        assert!(err.message.contains("succeeded"), "{err}");
+    }
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn processing_payments_refuse_manual_operations() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    let record = h.engine.record(&p.id).await.unwrap();
+    let mut processing = record.clone();
+    processing.payment.status = PaymentStatus::Processing;
+    h.engine
+        .store()
+        .update(&processing, Expected::of(&record))
+        .await
+        .unwrap();
+    for result in [
+        h.engine.cancel(&p.id).await,
+        h.engine.pause(&p.id).await,
+        h.engine.capture(&p.id, None).await,
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.code, ErrorCode::OffSessionPaymentInvalidStatus);
+        assert!(err.message.contains("processing"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn paused_payments_are_not_retried_until_resumed() {
+    let h = harness();
+    let p = h
+        .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1"))
+        .await;
+    h.advance(Duration::ZERO).await;
+    let paused = h.engine.pause(&p.id).await.unwrap();
+    assert_eq!(paused.status, PaymentStatus::Paused);
+    h.advance(5 * DAY).await;
+    assert_eq!(h.get(&p.id).await.retry_details.attempts, 1, "no attempt while paused");
+    let resumed = h.engine.resume(&p.id).await.unwrap();
+    assert_eq!(resumed.status, PaymentStatus::PendingRetry);
+    h.advance(Duration::ZERO).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Succeeded, "the overdue retry runs on resume");
+    assert_eq!(p.retry_details.attempts, 2);
+    let types = h.events.types_for(&p.id);
+    assert!(types.contains(&EventType::Paused) && types.contains(&EventType::Resumed));
+}
+
+#[tokio::test]
+async fn a_payment_paused_before_its_first_attempt_resumes_as_pending() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.engine.pause(&p.id).await.unwrap();
+    assert_eq!(h.engine.resume(&p.id).await.unwrap().status, PaymentStatus::Pending);
+}
+
+#[tokio::test]
+async fn target_date_defers_the_first_attempt() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["target_date"] = json!("2026-01-08");
+    let p = h.create(body).await;
+    h.advance(2 * DAY).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Pending);
+    h.advance(DAY).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn test_clock_payments_do_not_move_on_the_engine_clock() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.engine.run_due().await.unwrap();
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Pending);
+    assert!(h.engine.next_due().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_test_clock_cannot_go_backwards() {
+    let h = harness();
+    h.advance(DAY).await;
+    let err = h.engine.advance_test_clock(&h.clock, start()).await.unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("frozen_time"));
+}
+
+#[tokio::test]
+async fn an_unknown_test_clock_is_refused() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    body["test_clock"] = json!("clock_nope");
+    let err = h.create_err(body).await;
+    assert_eq!(err.param.as_deref(), Some("test_clock"));
+}
+
+#[tokio::test]
+async fn list_returns_newest_first() {
+    let h = harness();
+    let a = h.create(h.body("pm_card_visa")).await;
+    let b = h.create(h.body("pm_card_visa")).await;
+    let listed: Vec<_> = h.engine.list(10, None).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(listed, [b.id, a.id]);
+    let err = h.engine.retrieve("osp_missing").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ResourceMissing);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_return_the_original_payment() {
+    let h = harness();
+    let body = h.body("pm_card_visa").to_string();
+    let first = h.engine.create_json(body.as_bytes(), Some("key-1")).await.unwrap();
+    let again = h.engine.create_json(body.as_bytes(), Some("key-1")).await.unwrap();
+    assert_eq!(first.id, again.id);
+    assert_eq!(h.engine.list(10, None).await.unwrap().len(), 1);
+    let mut other = h.body("pm_card_visa");
+    other["amount"]["value"] = json!(3000);
+    let err = h
+        .engine
+        .create_json(other.to_string().as_bytes(), Some("key-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::IdempotencyError);
+}
+
+#[tokio::test]
+async fn attempts_only_grow_and_each_has_its_own_key() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa_chargeDeclined")).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        h.advance(DAY).await;
+        let now = h.get(&p.id).await.retry_details.attempts;
+        assert!(now >= last);
+        last = now;
+    }
+    let record = h.engine.record(&p.id).await.unwrap();
+    let mut keys: Vec<_> = record.attempts.iter().map(|a| &a.idempotency_key).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), record.attempts.len());
+    assert!(record
+        .attempts
+        .iter()
+        .all(|a| matches!(a.outcome, Some(AttemptOutcome::Declined { .. }))));
+}
+
+#[tokio::test]
+async fn the_memory_store_is_shared_by_clones_of_the_engine() {
+    let h = harness();
+    let clone = h.engine.clone();
+    let p = h.create(h.body("pm_card_visa")).await;
+    assert_eq!(clone.retrieve(&p.id).await.unwrap().id, p.id);
+    let store: &Arc<dyn Store> = clone.store();
+    assert!(store.get(&p.id).await.unwrap().is_some());
+}

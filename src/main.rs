@@ -1,1 +1,5 @@
-fn main() {}
+//! The `offsession` binary; see `offsession --help`.
+
+fn main() -> std::process::ExitCode {
+    offsession_runner::main()
+}

@@ -332,8 +332,9 @@ pub fn validate_create(
         return Err(ApiError::new(
             ErrorCode::OspAmountTooSmall,
             format!(
-                "`amount.value` {value} is below the minimum of {} for {currency}",
-                Amount::new(limits.minimum, currency)
+                "`amount.value` {value} is below the minimum of {} ({} minor units)",
+                Amount::new(limits.minimum, currency),
+                limits.minimum
             ),
         )
         .with_param("amount.value"));
@@ -342,8 +343,9 @@ pub fn validate_create(
         return Err(ApiError::new(
             ErrorCode::OspAmountTooLarge,
             format!(
-                "`amount.value` {value} is above the maximum of {} for {currency}",
-                Amount::new(limits.maximum, currency)
+                "`amount.value` {value} is above the maximum of {} ({} minor units)",
+                Amount::new(limits.maximum, currency),
+                limits.maximum
             ),
         )
         .with_param("amount.value"));

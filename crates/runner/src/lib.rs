@@ -1,1 +1,99 @@
-//! placeholder
+//! The `offsession` command-line runner: reads configuration, wires the engine, and
+//! runs its subcommands. Holds no domain logic.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod config;
+pub mod wiring;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use offsession_core::{DiscardEvents, SystemClock};
+
+/// Self-hosted engine for off-session payments.
+#[derive(Debug, Parser)]
+#[command(name = "offsession", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a batch of create requests (JSON Lines) and drive them to completion on
+    /// a simulated clock against the configured processor; print a summary.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// JSON Lines of create requests (default: `run.input` of the config).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and check a configuration file, build the engine, and report.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Entry point of the `offsession` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::CheckConfig { config: path } => {
+            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let wired = wiring::build(&path, &config, Arc::new(SystemClock), Arc::new(DiscardEvents))
+                .map_err(|e| e.to_string())?;
+            println!("{}: ok", path.display());
+            println!("  {:?}", wired.engine);
+            Ok(())
+        }
+        Command::Run {
+            config: path,
+            input,
+            json,
+        } => {
+            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let progress = !json && std::io::stderr().is_terminal();
+            let summary = batch::run(&path, &config, input.as_deref(), progress).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! `offsession run`: submit a batch of create requests and drive them to completion
+//! on a simulated clock.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use offsession_core::{Clock, Event, EventSink, EventType, ManualClock, PaymentStatus, Timestamp};
+use offsession_retry::parse_duration;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::wiring;
+
+/// Counts what the events say happened.
+#[derive(Debug, Default)]
+pub struct Tally {
+    attempts: AtomicU64,
+    first_attempt_failures: AtomicU64,
+    recovered: AtomicU64,
+    terminal: AtomicU64,
+    failure_reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+impl EventSink for Tally {
+    fn emit(&self, event: Event) {
+        let payment = &event.data;
+        match event.event_type {
+            EventType::AuthorizationAttemptStarted => {
+                self.attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            EventType::AuthorizationAttemptFailed if payment.retry_details.attempts == 1 => {
+                self.first_attempt_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            EventType::Succeeded => {
+                if payment.retry_details.attempts > 1 {
+                    self.recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                self.terminal.fetch_add(1, Ordering::Relaxed);
+            }
+            EventType::Failed => {
+                if let Some(reason) = payment.failure_reason {
+                    *self
+                        .failure_reasons
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(reason.as_str().to_owned())
+                        .or_default() += 1;
+                }
+                self.terminal.fetch_add(1, Ordering::Relaxed);
+            }
+            EventType::Canceled => {
+                self.terminal.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A line of the input that was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// API error code.
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
+
+/// The outcome of a batch run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Non-empty input lines.
+    pub submitted: u64,
+    /// Accepted payments.
+    pub accepted: u64,
+    /// Refused lines.
+    pub invalid: Vec<InvalidLine>,
+    /// Payments per final status.
+    pub statuses: BTreeMap<String, u64>,
+    /// Failed payments per failure reason.
+    pub failure_reasons: BTreeMap<String, u64>,
+    /// Authorization attempts made.
+    pub attempts: u64,
+    /// Payments whose first attempt failed.
+    pub first_attempt_failures: u64,
+    /// Of those, payments that succeeded on a retry.
+    pub recovered_by_retry: u64,
+    /// `recovered_by_retry / first_attempt_failures`.
+    pub recovery_rate: f64,
+    /// Simulated start.
+    pub simulated_start: String,
+    /// Simulated end.
+    pub simulated_end: String,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// Accepted payments per wall-clock second.
+    pub payments_per_second: f64,
+}
+
+/// Runs the batch in `input` (`run.input` when `None`).
+pub async fn run(
+    config_path: &Path,
+    config: &Config,
+    input: Option<&Path>,
+    show_progress: bool,
+) -> Result<Summary, String> {
+    let started = Instant::now();
+    let start = Timestamp::parse_rfc3339(&config.run.start)
+        .ok_or_else(|| format!("`run.start`: `{}` is not an RFC 3339 time", config.run.start))?;
+    let horizon = parse_duration(&config.run.horizon).map_err(|e| format!("`run.horizon`: {e}"))?;
+    let end_of_horizon = start.plus(horizon);
+    let clock = Arc::new(ManualClock::new(start));
+    let tally = Arc::new(Tally::default());
+    let wired = wiring::build(config_path, config, clock.clone(), tally.clone()).map_err(|e| e.to_string())?;
+    let engine = wired.engine;
+
+    let input_path = match input {
+        Some(path) => path.to_owned(),
+        None => wiring::resolve(config_path, &config.run.input),
+    };
+    let file = std::fs::File::open(&input_path)
+        .map_err(|e| format!("cannot open input `{}`: {e}", input_path.display()))?;
+    let mut submitted = 0;
+    let mut accepted = 0;
+    let mut invalid = Vec::new();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("reading `{}`: {e}", input_path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        submitted += 1;
+        match engine.create_json(line.as_bytes(), None).await {
+            Ok(_) => accepted += 1,
+            Err(err) => invalid.push(InvalidLine {
+                line: index + 1,
+                code: err.code.as_str().to_owned(),
+                message: err.message,
+            }),
+        }
+    }
+
+    let progress = if show_progress {
+        let bar = ProgressBar::new(accepted);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} settled, simulated {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    loop {
+        engine.run_due().await.map_err(|e| e.to_string())?;
+        progress.set_position(tally.terminal.load(Ordering::Relaxed));
+        progress.set_message(clock.now().to_string());
+        match engine.next_due().await.map_err(|e| e.to_string())? {
+            Some(next) if next <= end_of_horizon => {
+                clock.set(next);
+            }
+            _ => break,
+        }
+    }
+    progress.finish_and_clear();
+
+    let mut statuses = BTreeMap::new();
+    for (status, count) in engine.store().count_by_status().await.map_err(|e| e.to_string())? {
+        if count > 0 || matches!(status, PaymentStatus::Succeeded | PaymentStatus::Failed) {
+            statuses.insert(status.as_str().to_owned(), count);
+        }
+    }
+    let first_attempt_failures = tally.first_attempt_failures.load(Ordering::Relaxed);
+    let recovered_by_retry = tally.recovered.load(Ordering::Relaxed);
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let failure_reasons = tally
+        .failure_reasons
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Summary {
+        submitted,
+        accepted,
+        invalid,
+        statuses,
+        failure_reasons,
+        attempts: tally.attempts.load(Ordering::Relaxed),
+        first_attempt_failures,
+        recovered_by_retry,
+        recovery_rate: if first_attempt_failures == 0 {
+            0.0
+        } else {
+            recovered_by_retry as f64 / first_attempt_failures as f64
+        },
+        simulated_start: start.to_string(),
+        simulated_end: clock.now().to_string(),
+        wall_seconds,
+        payments_per_second: accepted as f64 / wall_seconds.max(1e-9),
+    })
+}
+
+impl Summary {
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "offsession run summary");
+        let _ = writeln!(out, "  submitted            {:>8}", self.submitted);
+        let _ = writeln!(out, "  accepted             {:>8}", self.accepted);
+        let _ = writeln!(out, "  invalid              {:>8}", self.invalid.len());
+        for line in self.invalid.iter().take(20) {
+            let _ = writeln!(out, "    line {:>5}: {} — {}", line.line, line.code, line.message);
+        }
+        if self.invalid.len() > 20 {
+            let _ = writeln!(out, "    … {} more (use --json for all)", self.invalid.len() - 20);
+        }
+        let _ = writeln!(out, "  final status");
+        for (status, count) in &self.statuses {
+            let _ = writeln!(out, "    {status:<18} {count:>8}");
+        }
+        if !self.failure_reasons.is_empty() {
+            let _ = writeln!(out, "  failure reasons");
+            for (reason, count) in &self.failure_reasons {
+                let _ = writeln!(out, "    {reason:<24} {count:>8}");
+            }
+        }
+        let per_payment = self.attempts as f64 / (self.accepted.max(1)) as f64;
+        let _ = writeln!(out, "  attempts             {:>8}  ({per_payment:.2} per payment)", self.attempts);
+        let _ = writeln!(out, "  first attempt failed {:>8}", self.first_attempt_failures);
+        let _ = writeln!(
+            out,
+            "  recovered by retry   {:>8}  ({:.1}% of first-attempt failures)",
+            self.recovered_by_retry,
+            self.recovery_rate * 100.0
+        );
+        let _ = writeln!(out, "  simulated time       {} → {}", self.simulated_start, self.simulated_end);
+        let _ = writeln!(
+            out,
+            "  wall time            {:.3} s  ({:.0} payments/s)",
+            self.wall_seconds, self.payments_per_second
+        );
+        out
+    }
+}

@@ -1,0 +1,252 @@
+//! Runner configuration: a TOML file plus `OFFSESSION_<SECTION>__<KEY>` environment
+//! overrides (figment). Unknown keys and bad values are refused at start, by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use offsession_mock::LatencyModel;
+use offsession_retry::ScheduledPolicyConfig;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[engine]`.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// `[declines]`.
+    #[serde(default)]
+    pub declines: DeclinesSection,
+    /// `[retry_policies.<name>]`.
+    #[serde(default)]
+    pub retry_policies: BTreeMap<String, ScheduledPolicyConfig>,
+    /// `[processor]`.
+    pub processor: ProcessorConfig,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Live mode (refuses test clocks).
+    pub livemode: bool,
+    /// Name on leases.
+    pub instance_id: String,
+    /// Seed of the id prefix.
+    pub id_seed: u64,
+    /// ACH retries switch.
+    pub ach_retries_enabled: bool,
+    /// SEPA Debit retries switch.
+    pub sepa_debit_retries_enabled: bool,
+    /// Policy for `scheduled` and for `best_available` on cards.
+    pub default_retry_policy: String,
+    /// Claim lease, e.g. `5m`.
+    pub lease: String,
+    /// Manual-capture hold, e.g. `7d`.
+    pub authorization_validity: String,
+    /// Waits between replays of a faulted attempt.
+    pub replay_backoff: Vec<String>,
+    /// Attempts at once.
+    pub concurrency: usize,
+    /// Claims per store round trip.
+    pub claim_batch: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> EngineSection {
+        EngineSection {
+            livemode: false,
+            instance_id: "offsession-1".into(),
+            id_seed: 1,
+            ach_retries_enabled: false,
+            sepa_debit_retries_enabled: false,
+            default_retry_policy: "stripe_recommended".into(),
+            lease: "5m".into(),
+            authorization_validity: "7d".into(),
+            replay_backoff: vec!["1m".into(), "5m".into(), "30m".into(), "2h".into()],
+            concurrency: 64,
+            claim_batch: 1024,
+        }
+    }
+}
+
+/// `[declines]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclinesSection {
+    /// A decline table file; the shipped table when absent.
+    pub path: Option<PathBuf>,
+}
+
+/// `[processor]`, chosen by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProcessorConfig {
+    /// The mock processor.
+    Mock {
+        /// Processor id.
+        #[serde(default = "default_mock_id")]
+        id: String,
+        /// Seed of faults and latency.
+        #[serde(default = "default_seed")]
+        seed: u64,
+        /// Answer latency.
+        #[serde(default)]
+        latency: LatencyModel,
+        /// Fraction of sends that fail before charging.
+        #[serde(default)]
+        fault_rate: f64,
+        /// Fraction of charges whose answer is lost.
+        #[serde(default)]
+        unknown_rate: f64,
+        /// Accepted payment method types.
+        #[serde(default)]
+        payment_method_types: Option<Vec<String>>,
+        /// Connect support.
+        #[serde(default = "default_true")]
+        connect: bool,
+        /// Vault file (customers and payment methods).
+        #[serde(default)]
+        vault: Option<PathBuf>,
+    },
+}
+
+fn default_mock_id() -> String {
+    "mock".into()
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[store]`, chosen by `type`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In memory (lost on exit).
+    #[default]
+    Memory,
+}
+
+/// `[run]`: the batch job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// JSON Lines of create requests.
+    pub input: PathBuf,
+    /// Simulated start time (RFC 3339).
+    pub start: String,
+    /// Stop the simulated clock after this long, e.g. `90d`.
+    pub horizon: String,
+}
+
+impl Default for RunSection {
+    fn default() -> RunSection {
+        RunSection {
+            input: PathBuf::from("config/demo-batch.jsonl"),
+            start: "2026-01-01T00:00:00Z".into(),
+            horizon: "90d".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Figment could not read or type the configuration; the message names the key.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value is well-typed but wrong.
+    #[error("`{key}`: {message}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Loads `path` with `OFFSESSION_…__…` environment overrides.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Invalid {
+            key: "--config".into(),
+            message: format!("file `{}` does not exist", path.display()),
+        });
+    }
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+        // Only nested keys are configuration (`OFFSESSION_ENGINE__CONCURRENCY`), so that
+        // variables such as OFFSESSION_TEST_POSTGRES_URL are not mistaken for it.
+        Env::prefixed("OFFSESSION_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
+    let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+    config.check()?;
+    Ok(config)
+}
+
+impl Config {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        for (key, value) in [
+            ("engine.lease", &self.engine.lease),
+            ("engine.authorization_validity", &self.engine.authorization_validity),
+            ("run.horizon", &self.run.horizon),
+        ] {
+            offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
+        }
+        for value in &self.engine.replay_backoff {
+            offsession_retry::parse_duration(value)
+                .map_err(|e| invalid("engine.replay_backoff", e.to_string()))?;
+        }
+        if self.engine.concurrency == 0 {
+            return Err(invalid("engine.concurrency", "must be at least 1".into()));
+        }
+        if self.engine.claim_batch == 0 {
+            return Err(invalid("engine.claim_batch", "must be at least 1".into()));
+        }
+        if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
+            return Err(invalid("run.start", format!("`{}` is not an RFC 3339 time", self.run.start)));
+        }
+        let ProcessorConfig::Mock {
+            fault_rate,
+            unknown_rate,
+            ..
+        } = &self.processor;
+        for (key, rate) in [("processor.fault_rate", fault_rate), ("processor.unknown_rate", unknown_rate)] {
+            if !(0.0..=1.0).contains(rate) {
+                return Err(invalid(key, format!("must be between 0 and 1 (got {rate})")));
+            }
+        }
+        for (name, policy) in &self.retry_policies {
+            offsession_retry::ScheduledPolicy::new(name, policy)
+                .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;
+        }
+        if !self.retry_policies.is_empty() && !self.retry_policies.contains_key(&self.engine.default_retry_policy) {
+            return Err(invalid(
+                "engine.default_retry_policy",
+                format!(
+                    "`{}` is not one of the configured retry_policies ({})",
+                    self.engine.default_retry_policy,
+                    self.retry_policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

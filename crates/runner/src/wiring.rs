@@ -1,0 +1,138 @@
+//! Builds an `Engine` from a `Config`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use offsession_core::{Clock, EventSink};
+use offsession_mock::{MockConfig, MockProcessor, Vault};
+use offsession_orchestrator::{Engine, EngineConfig};
+use offsession_retry::{parse_duration, DeclineTable, ScheduledPolicy};
+use offsession_store::MemoryStore;
+
+use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig};
+
+/// A relative path in the config file is relative to the file's folder.
+pub fn resolve(config_path: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message,
+    }
+}
+
+fn read(config_path: &Path, key: &str, path: &Path) -> Result<String, ConfigError> {
+    let full = resolve(config_path, path);
+    std::fs::read_to_string(&full)
+        .map_err(|e| invalid(key, format!("cannot read `{}`: {e}", full.display())))
+}
+
+/// The engine settings of `[engine]` (durations were checked by `config::load`).
+pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
+    let e = &config.engine;
+    let duration = |key: &str, v: &str| parse_duration(v).map_err(|err| invalid(key, err.to_string()));
+    Ok(EngineConfig {
+        livemode: e.livemode,
+        instance_id: e.instance_id.clone(),
+        id_seed: e.id_seed,
+        ach_retries_enabled: e.ach_retries_enabled,
+        sepa_debit_retries_enabled: e.sepa_debit_retries_enabled,
+        default_retry_policy: e.default_retry_policy.clone(),
+        lease: duration("engine.lease", &e.lease)?,
+        authorization_validity: duration("engine.authorization_validity", &e.authorization_validity)?,
+        replay_backoff: e
+            .replay_backoff
+            .iter()
+            .map(|v| duration("engine.replay_backoff", v))
+            .collect::<Result<_, _>>()?,
+        concurrency: e.concurrency,
+        claim_batch: e.claim_batch,
+    })
+}
+
+/// Everything built from a config.
+#[derive(Debug)]
+pub struct Wired {
+    /// The engine.
+    pub engine: Engine,
+    /// The mock processor, when the config selects it (for ledgers and checks).
+    pub mock: Option<Arc<MockProcessor>>,
+}
+
+/// Builds the engine with `clock` and `events`.
+pub fn build(
+    config_path: &Path,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    events: Arc<dyn EventSink>,
+) -> Result<Wired, ConfigError> {
+    let mut builder = Engine::builder()
+        .config(engine_config(config)?)
+        .clock(clock)
+        .events(events);
+
+    let declines = match &config.declines.path {
+        Some(path) => DeclineTable::from_toml(&read(config_path, "declines.path", path)?)
+            .map_err(|e| invalid("declines.path", e.to_string()))?,
+        None => DeclineTable::standard(),
+    };
+    builder = builder.decline_table(declines);
+
+    for (name, policy) in &config.retry_policies {
+        let policy = ScheduledPolicy::new(name, policy)
+            .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;
+        builder = builder.retry_policy(name, Arc::new(policy));
+    }
+
+    let mock;
+    match &config.processor {
+        ProcessorConfig::Mock {
+            id,
+            seed,
+            latency,
+            fault_rate,
+            unknown_rate,
+            payment_method_types,
+            connect,
+            vault,
+        } => {
+            let vault = match vault {
+                Some(path) => Vault::from_toml(&read(config_path, "processor.vault", path)?)
+                    .map_err(|e| invalid("processor.vault", e))?,
+                None => Vault::default(),
+            };
+            let defaults = MockConfig::default();
+            let processor = Arc::new(MockProcessor::new(
+                id,
+                MockConfig {
+                    seed: *seed,
+                    latency: latency.clone(),
+                    fault_rate: *fault_rate,
+                    unknown_rate: *unknown_rate,
+                    payment_method_types: payment_method_types
+                        .clone()
+                        .unwrap_or(defaults.payment_method_types),
+                    connect: *connect,
+                    vault,
+                },
+            ));
+            builder = builder.processor(processor.clone());
+            mock = Some(processor);
+        }
+    }
+
+    match config.store {
+        StoreConfig::Memory => builder = builder.store(Arc::new(MemoryStore::new())),
+    }
+
+    let engine = builder
+        .build()
+        .map_err(|e| invalid("engine", e.to_string()))?;
+    Ok(Wired { engine, mock })
+}

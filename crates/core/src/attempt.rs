@@ -83,7 +83,9 @@ impl DeclineCategory {
     pub fn is_soft(self) -> bool {
         matches!(
             self,
-            DeclineCategory::SoftFunds | DeclineCategory::SoftIssuer | DeclineCategory::SoftTransient
+            DeclineCategory::SoftFunds
+                | DeclineCategory::SoftIssuer
+                | DeclineCategory::SoftTransient
         )
     }
 
@@ -215,6 +217,9 @@ mod tests {
     fn decline_codes_display_names_the_decline_code() {
         let codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
         assert_eq!(codes.to_string(), "card_declined (insufficient_funds)");
-        assert_eq!(DeclineCodes::new("expired_card", None).to_string(), "expired_card");
+        assert_eq!(
+            DeclineCodes::new("expired_card", None).to_string(),
+            "expired_card"
+        );
     }
 }

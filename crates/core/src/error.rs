@@ -97,7 +97,9 @@ impl ErrorCode {
                 "osp_payments_orchestration_only_supported_for_cards"
             }
             ErrorCode::OspPmNotSetupForOffSession => "osp_pm_not_setup_for_off_session",
-            ErrorCode::OspPmSetUpOnlyOnConnectedAccount => "osp_pm_set_up_only_on_connected_account",
+            ErrorCode::OspPmSetUpOnlyOnConnectedAccount => {
+                "osp_pm_set_up_only_on_connected_account"
+            }
             ErrorCode::OspPmSetUpOnlyOnPlatform => "osp_pm_set_up_only_on_platform",
             ErrorCode::OspSepaDebitRetriesNotEnabled => "osp_sepa_debit_retries_not_enabled",
             ErrorCode::ResourceMissing => "resource_missing",

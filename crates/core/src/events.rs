@@ -150,7 +150,10 @@ impl CollectEvents {
 
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The event types for one payment, oldest first.

@@ -3,7 +3,12 @@
 //! (`Processor`, `RetryPolicy`, `Store`, `Clock`, `EventSink`).
 //!
 //! This crate does no I/O and knows no vendor.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 pub mod attempt;
@@ -26,12 +31,12 @@ pub use error::{ApiError, ErrorCode};
 pub use events::{CollectEvents, DiscardEvents, Event, EventSink, EventType};
 pub use money::{Amount, Currency};
 pub use payment::{
-    Cadence, Capture, CaptureMethod, FailureReason, OffSessionPayment, PaymentStatus,
-    RetryDetails, RetryStrategy,
+    Cadence, Capture, CaptureMethod, FailureReason, OffSessionPayment, PaymentStatus, RetryDetails,
+    RetryStrategy,
 };
 pub use policy::{CardAttempt, RetryContext, RetryDecision, RetryPolicy};
 pub use processor::{
-    AuthorizeRequest, CancelRequest, CaptureRequest, Capabilities, CardDetails,
+    AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, CardDetails,
     PaymentMethodDetails, Processor, ProcessorError,
 };
 pub use request::CreateOffSessionPayment;

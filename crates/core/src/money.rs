@@ -29,7 +29,8 @@ static CURRENCY_TABLE: LazyLock<BTreeMap<Currency, CurrencyRules>> = LazyLock::n
         toml::from_str(include_str!("../data/currencies.toml")).expect("currencies.toml parses");
     raw.into_iter()
         .map(|(code, rules)| {
-            let currency = Currency::from_code_unchecked(&code).expect("currency codes are 3 letters");
+            let currency =
+                Currency::from_code_unchecked(&code).expect("currency codes are 3 letters");
             (currency, rules)
         })
         .collect()
@@ -149,7 +150,10 @@ mod tests {
         assert!(Currency::all().count() >= 30);
         for currency in Currency::all() {
             let rules = currency.rules();
-            assert!(rules.minimum > 0 && rules.minimum < rules.maximum, "{currency}");
+            assert!(
+                rules.minimum > 0 && rules.minimum < rules.maximum,
+                "{currency}"
+            );
             assert!(rules.exponent <= 3, "{currency}");
         }
     }

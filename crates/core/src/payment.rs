@@ -318,6 +318,12 @@ mod tests {
                 serde_json::Value::String(reason.as_str().to_owned())
             );
         }
-        assert_eq!(PaymentStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 3);
+        assert_eq!(
+            PaymentStatus::ALL
+                .iter()
+                .filter(|s| s.is_terminal())
+                .count(),
+            3
+        );
     }
 }

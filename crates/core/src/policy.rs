@@ -71,8 +71,8 @@ pub fn terminal_reason(category: DeclineCategory) -> Option<FailureReason> {
         DeclineCategory::NeedsNewCardData | DeclineCategory::NeedsCustomer => {
             Some(FailureReason::NoValidPaymentMethod)
         }
-        DeclineCategory::SoftFunds | DeclineCategory::SoftIssuer | DeclineCategory::SoftTransient => {
-            None
-        }
+        DeclineCategory::SoftFunds
+        | DeclineCategory::SoftIssuer
+        | DeclineCategory::SoftTransient => None,
     }
 }

@@ -115,7 +115,10 @@ pub trait Processor: Send + Sync + Debug {
     /// off-session for this customer (attached, set up for off-session, right
     /// `on_behalf_of`), and returns its type and card facts. Errors use the API codes
     /// (`osp_payment_method_not_attached`, `osp_pm_*`).
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError>;
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError>;
 
     /// Sends one authorization attempt.
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome;

@@ -262,7 +262,10 @@ fn check_descriptor(value: &str, param: &str, min_chars: usize) -> Result<(), Ap
             format!("must be at least {min_chars} characters (got {chars})"),
         ));
     }
-    if let Some(bad) = value.chars().find(|c| matches!(c, '<' | '>' | '\\' | '\'' | '"' | '*')) {
+    if let Some(bad) = value
+        .chars()
+        .find(|c| matches!(c, '<' | '>' | '\\' | '\'' | '"' | '*'))
+    {
         return Err(ApiError::invalid(
             param,
             format!("must not contain the character `{bad}`"),
@@ -296,7 +299,10 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
             ));
         }
         if key.contains('[') || key.contains(']') {
-            return Err(ApiError::invalid(&param, "keys must not contain `[` or `]`"));
+            return Err(ApiError::invalid(
+                &param,
+                "keys must not contain `[` or `]`",
+            ));
         }
         if value.chars().count() > METADATA_MAX_VALUE_CHARS {
             return Err(ApiError::invalid(
@@ -358,7 +364,11 @@ pub fn validate_create(
     check_metadata(&metadata)?;
 
     if let Some(descriptor) = &request.statement_descriptor {
-        check_descriptor(descriptor, "statement_descriptor", STATEMENT_DESCRIPTOR_MIN_CHARS)?;
+        check_descriptor(
+            descriptor,
+            "statement_descriptor",
+            STATEMENT_DESCRIPTOR_MIN_CHARS,
+        )?;
     }
     if let Some(suffix) = &request.statement_descriptor_suffix {
         check_descriptor(suffix, "statement_descriptor_suffix", 1)?;
@@ -373,10 +383,16 @@ pub fn validate_create(
     }
     if let Some(details) = &request.payment_details {
         for (param, value) in [
-            ("payment_details.customer_reference", &details.customer_reference),
+            (
+                "payment_details.customer_reference",
+                &details.customer_reference,
+            ),
             ("payment_details.order_reference", &details.order_reference),
         ] {
-            if value.as_ref().is_some_and(|v| v.chars().count() > ID_MAX_CHARS) {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.chars().count() > ID_MAX_CHARS)
+            {
                 return Err(ApiError::invalid(
                     param,
                     format!("must be at most {ID_MAX_CHARS} characters"),
@@ -538,7 +554,10 @@ pub fn validate_create(
             if !OPTION_TYPES.contains(&key.as_str()) {
                 return Err(ApiError::invalid(
                     &param,
-                    format!("unknown payment method type; expected one of {}", OPTION_TYPES.join(", ")),
+                    format!(
+                        "unknown payment method type; expected one of {}",
+                        OPTION_TYPES.join(", ")
+                    ),
                 ));
             }
             if !value.is_object() {
@@ -638,7 +657,11 @@ pub fn resolve_for_method(
         )
         .with_param("payment_method"));
     }
-    if let Some(other) = valid.option_types.iter().find(|t| t.as_str() != method_type) {
+    if let Some(other) = valid
+        .option_types
+        .iter()
+        .find(|t| t.as_str() != method_type)
+    {
         return Err(ApiError::new(
             ErrorCode::OffSessionPaymentIncorrectPaymentMethodTypeForOptions,
             format!(

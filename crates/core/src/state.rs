@@ -168,7 +168,10 @@ mod tests {
                 }
                 assert_eq!(
                     transition(from, t),
-                    Err(TransitionRefused { from, transition: t }),
+                    Err(TransitionRefused {
+                        from,
+                        transition: t
+                    }),
                     "{from} --{t:?}--> must be refused"
                 );
             }
@@ -186,7 +189,12 @@ mod tests {
 
     #[test]
     fn processing_refuses_cancel_pause_and_capture() {
-        for t in [T::Cancel, T::Pause, T::Capture, T::Resume { attempted: true }] {
+        for t in [
+            T::Cancel,
+            T::Pause,
+            T::Capture,
+            T::Resume { attempted: true },
+        ] {
             assert!(transition(S::Processing, t).is_err(), "{t:?}");
         }
     }

@@ -4,7 +4,9 @@ use offsession_core::request::{
     parse_create, resolve_for_method, validate_create, CreateRules, MethodRules, ResolvedRetry,
     ValidCreate,
 };
-use offsession_core::{ApiError, CardDetails, ErrorCode, PaymentMethodDetails, RetryStrategy, Timestamp};
+use offsession_core::{
+    ApiError, CardDetails, ErrorCode, PaymentMethodDetails, RetryStrategy, Timestamp,
+};
 use serde_json::{json, Value};
 
 const NOW: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -63,7 +65,8 @@ fn assert_code(result: Result<ValidCreate, ApiError>, code: ErrorCode, param: &s
     assert_eq!(err.code, code, "{err}");
     assert_eq!(err.param.as_deref(), Some(param), "{err}");
     assert!(
-        err.message.contains(param.split('.').next().unwrap()) || code != ErrorCode::OspGenericInvalidRequest,
+        err.message.contains(param.split('.').next().unwrap())
+            || code != ErrorCode::OspGenericInvalidRequest,
         "message must name the field: {err}"
     );
 }
@@ -77,13 +80,20 @@ fn a_minimal_request_is_valid() {
 
 #[test]
 fn missing_metadata_defaults_to_empty() {
-    assert!(validate(without(base(), "metadata")).unwrap().metadata.is_empty());
+    assert!(validate(without(base(), "metadata"))
+        .unwrap()
+        .metadata
+        .is_empty());
 }
 
 #[test]
 fn each_required_field_is_named_when_missing() {
     for field in ["amount", "cadence", "customer", "payment_method"] {
-        assert_code(validate(without(base(), field)), ErrorCode::OspGenericInvalidRequest, field);
+        assert_code(
+            validate(without(base(), field)),
+            ErrorCode::OspGenericInvalidRequest,
+            field,
+        );
     }
     assert_code(
         validate(with(base(), &["amount"], json!({"currency": "usd"}))),
@@ -162,7 +172,11 @@ fn amount_too_small_uses_the_currency_minimum() {
 fn zero_decimal_currencies_use_whole_units() {
     let jpy = |v: i64| with(base(), &["amount"], json!({"value": v, "currency": "jpy"}));
     assert!(validate(jpy(50)).is_ok(), "JPY 50 is the minimum, in yen");
-    assert_code(validate(jpy(49)), ErrorCode::OspAmountTooSmall, "amount.value");
+    assert_code(
+        validate(jpy(49)),
+        ErrorCode::OspAmountTooSmall,
+        "amount.value",
+    );
     let gbp = with(base(), &["amount"], json!({"value": 30, "currency": "GBP"}));
     assert_eq!(validate(gbp).unwrap().amount.currency.as_str(), "gbp");
 }
@@ -179,7 +193,8 @@ fn amount_too_large_uses_the_currency_maximum() {
 
 #[test]
 fn metadata_allows_at_most_50_keys() {
-    let many: serde_json::Map<String, Value> = (0..51).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let many: serde_json::Map<String, Value> =
+        (0..51).map(|i| (format!("k{i}"), json!("v"))).collect();
     assert_code(
         validate(with(base(), &["metadata"], Value::Object(many))),
         ErrorCode::OspGenericInvalidRequest,
@@ -191,7 +206,11 @@ fn metadata_allows_at_most_50_keys() {
 fn metadata_keys_are_at_most_40_characters_without_brackets() {
     let long_key = "k".repeat(41);
     assert_code(
-        validate(with(base(), &["metadata"], json!({ long_key.clone(): "v" }))),
+        validate(with(
+            base(),
+            &["metadata"],
+            json!({ long_key.clone(): "v" }),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         &format!("metadata.{long_key}"),
     );
@@ -205,26 +224,48 @@ fn metadata_keys_are_at_most_40_characters_without_brackets() {
 #[test]
 fn metadata_values_are_at_most_500_characters() {
     assert_code(
-        validate(with(base(), &["metadata"], json!({"note": "x".repeat(501)}))),
+        validate(with(
+            base(),
+            &["metadata"],
+            json!({"note": "x".repeat(501)}),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "metadata.note",
     );
-    assert!(validate(with(base(), &["metadata"], json!({"note": "x".repeat(500)}))).is_ok());
+    assert!(validate(with(
+        base(),
+        &["metadata"],
+        json!({"note": "x".repeat(500)})
+    ))
+    .is_ok());
 }
 
 #[test]
 fn statement_descriptors_are_at_most_22_characters() {
     assert_code(
-        validate(with(base(), &["statement_descriptor"], json!("A".repeat(23)))),
+        validate(with(
+            base(),
+            &["statement_descriptor"],
+            json!("A".repeat(23)),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "statement_descriptor",
     );
     assert_code(
-        validate(with(base(), &["statement_descriptor_suffix"], json!("B".repeat(23)))),
+        validate(with(
+            base(),
+            &["statement_descriptor_suffix"],
+            json!("B".repeat(23)),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "statement_descriptor_suffix",
     );
-    assert!(validate(with(base(), &["statement_descriptor"], json!("ACME SUBSCRIPTION"))).is_ok());
+    assert!(validate(with(
+        base(),
+        &["statement_descriptor"],
+        json!("ACME SUBSCRIPTION")
+    ))
+    .is_ok());
 }
 
 #[test]
@@ -248,9 +289,23 @@ fn statement_descriptors_refuse_reserved_characters_and_need_a_letter() {
 
 #[test]
 fn transfer_amount_must_be_positive_and_at_most_the_amount() {
-    let td = |amount: i64| with(base(), &["transfer_data"], json!({"destination": "acct_1", "amount": amount}));
-    assert_code(validate(td(0)), ErrorCode::OspGenericInvalidRequest, "transfer_data.amount");
-    assert_code(validate(td(2001)), ErrorCode::OspGenericInvalidRequest, "transfer_data.amount");
+    let td = |amount: i64| {
+        with(
+            base(),
+            &["transfer_data"],
+            json!({"destination": "acct_1", "amount": amount}),
+        )
+    };
+    assert_code(
+        validate(td(0)),
+        ErrorCode::OspGenericInvalidRequest,
+        "transfer_data.amount",
+    );
+    assert_code(
+        validate(td(2001)),
+        ErrorCode::OspGenericInvalidRequest,
+        "transfer_data.amount",
+    );
     assert!(validate(td(2000)).is_ok());
     assert_code(
         validate(with(base(), &["transfer_data"], json!({"amount": 100}))),
@@ -268,7 +323,11 @@ fn application_fee_needs_connect_and_fits_in_the_amount() {
     );
     let connect = with(base(), &["on_behalf_of"], json!("acct_1"));
     assert_code(
-        validate(with(connect.clone(), &["application_fee_amount"], json!(2001))),
+        validate(with(
+            connect.clone(),
+            &["application_fee_amount"],
+            json!(2001),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "application_fee_amount",
     );
@@ -292,7 +351,11 @@ fn retry_policy_and_retry_strategy_are_mutually_exclusive() {
 #[test]
 fn retry_policy_must_be_configured() {
     assert_code(
-        validate(with(base(), &["retry_details"], json!({"retry_policy": "nope"}))),
+        validate(with(
+            base(),
+            &["retry_details"],
+            json!({"retry_policy": "nope"}),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "retry_details.retry_policy",
     );
@@ -301,7 +364,11 @@ fn retry_policy_must_be_configured() {
 #[test]
 fn retry_until_must_be_in_the_future() {
     assert_code(
-        validate(with(base(), &["retry_details"], json!({"retry_until": "2025-12-31T00:00:00.000Z"}))),
+        validate(with(
+            base(),
+            &["retry_details"],
+            json!({"retry_until": "2025-12-31T00:00:00.000Z"}),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "retry_details.retry_until",
     );
@@ -323,7 +390,15 @@ fn orchestration_is_refused_with_connect() {
         ("on_behalf_of", json!("acct_1")),
         ("transfer_data", json!({"destination": "acct_1"})),
     ] {
-        let body = with(with(base(), &["payments_orchestration"], json!({"enabled": true})), &[field], value);
+        let body = with(
+            with(
+                base(),
+                &["payments_orchestration"],
+                json!({"enabled": true}),
+            ),
+            &[field],
+            value,
+        );
         assert_code(
             validate(body),
             ErrorCode::OspPaymentsOrchestrationNotSupportedWithConnect,
@@ -335,7 +410,11 @@ fn orchestration_is_refused_with_connect() {
 #[test]
 fn orchestration_is_refused_with_explicit_smart_retries() {
     let body = with(
-        with(base(), &["payments_orchestration"], json!({"enabled": true})),
+        with(
+            base(),
+            &["payments_orchestration"],
+            json!({"enabled": true}),
+        ),
         &["retry_details"],
         json!({"retry_strategy": "smart"}),
     );
@@ -349,7 +428,11 @@ fn orchestration_is_refused_with_explicit_smart_retries() {
 #[test]
 fn capture_before_needs_manual_capture_and_a_future_time() {
     assert_code(
-        validate(with(base(), &["capture"], json!({"capture_before": "2026-02-01T00:00:00Z"}))),
+        validate(with(
+            base(),
+            &["capture"],
+            json!({"capture_before": "2026-02-01T00:00:00Z"}),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "capture.capture_before",
     );
@@ -382,7 +465,11 @@ fn target_date_must_be_a_date_not_in_the_past() {
 #[test]
 fn payment_method_options_must_name_a_known_type() {
     assert_code(
-        validate(with(base(), &["payment_method_options"], json!({"klarna": {}}))),
+        validate(with(
+            base(),
+            &["payment_method_options"],
+            json!({"klarna": {}}),
+        )),
         ErrorCode::OspGenericInvalidRequest,
         "payment_method_options.klarna",
     );
@@ -425,7 +512,11 @@ fn resolve_with(
     ach: bool,
 ) -> Result<ResolvedRetry, ApiError> {
     let valid = validate(body)?;
-    let types = vec!["card".to_owned(), "us_bank_account".to_owned(), "sepa_debit".to_owned()];
+    let types = vec![
+        "card".to_owned(),
+        "us_bank_account".to_owned(),
+        "sepa_debit".to_owned(),
+    ];
     resolve_for_method(
         &valid,
         method,
@@ -447,7 +538,11 @@ const ALL: &[RetryStrategy] = &[
 ];
 
 fn strategy(name: &str) -> Value {
-    with(base(), &["retry_details"], json!({ "retry_strategy": name }))
+    with(
+        base(),
+        &["retry_details"],
+        json!({ "retry_strategy": name }),
+    )
 }
 
 #[track_caller]
@@ -474,7 +569,11 @@ fn smart_retries_are_refused_for_debits() {
 
 #[test]
 fn retry_policies_are_refused_for_debits() {
-    let body = with(base(), &["retry_details"], json!({"retry_policy": "weekly"}));
+    let body = with(
+        base(),
+        &["retry_details"],
+        json!({"retry_policy": "weekly"}),
+    );
     assert_resolve_code(
         resolve_with(body, &debit("us_bank_account"), ALL, true),
         ErrorCode::OffSessionPaymentRetryPolicyNotSupportedForDebitPaymentMethods,
@@ -488,11 +587,15 @@ fn ach_retries_need_the_switch() {
         ErrorCode::OspAchRetriesNotEnabled,
     );
     assert_eq!(
-        resolve_with(base(), &debit("us_bank_account"), ALL, true).unwrap().strategy,
+        resolve_with(base(), &debit("us_bank_account"), ALL, true)
+            .unwrap()
+            .strategy,
         RetryStrategy::Heuristic
     );
     assert_eq!(
-        resolve_with(strategy("none"), &debit("us_bank_account"), ALL, false).unwrap().strategy,
+        resolve_with(strategy("none"), &debit("us_bank_account"), ALL, false)
+            .unwrap()
+            .strategy,
         RetryStrategy::None,
         "no retries asked, no switch needed"
     );
@@ -509,7 +612,11 @@ fn sepa_debit_retries_need_the_switch() {
 #[test]
 fn orchestration_is_only_for_cards() {
     let body = with(
-        with(base(), &["payments_orchestration"], json!({"enabled": true})),
+        with(
+            base(),
+            &["payments_orchestration"],
+            json!({"enabled": true}),
+        ),
         &["retry_details"],
         json!({"retry_strategy": "none"}),
     );
@@ -521,7 +628,11 @@ fn orchestration_is_only_for_cards() {
 
 #[test]
 fn payment_method_options_must_match_the_method_type() {
-    let body = with(base(), &["payment_method_options"], json!({"sepa_debit": {}}));
+    let body = with(
+        base(),
+        &["payment_method_options"],
+        json!({"sepa_debit": {}}),
+    );
     assert_resolve_code(
         resolve_with(body.clone(), &card(), ALL, true),
         ErrorCode::OffSessionPaymentIncorrectPaymentMethodTypeForOptions,
@@ -551,9 +662,14 @@ fn unsupported_payment_method_types_are_refused() {
 
 #[test]
 fn best_available_is_smart_for_cards_and_heuristic_for_debits() {
-    assert_eq!(resolve_with(base(), &card(), ALL, true).unwrap().strategy, RetryStrategy::Smart);
     assert_eq!(
-        resolve_with(base(), &debit("us_bank_account"), ALL, true).unwrap().strategy,
+        resolve_with(base(), &card(), ALL, true).unwrap().strategy,
+        RetryStrategy::Smart
+    );
+    assert_eq!(
+        resolve_with(base(), &debit("us_bank_account"), ALL, true)
+            .unwrap()
+            .strategy,
         RetryStrategy::Heuristic
     );
 }
@@ -568,14 +684,22 @@ fn best_available_falls_back_to_the_default_policy_without_smart() {
 
 #[test]
 fn best_available_with_orchestration_uses_the_default_policy() {
-    let body = with(base(), &["payments_orchestration"], json!({"enabled": true}));
+    let body = with(
+        base(),
+        &["payments_orchestration"],
+        json!({"enabled": true}),
+    );
     let resolved = resolve_with(body, &card(), ALL, true).unwrap();
     assert_eq!(resolved.strategy, RetryStrategy::Scheduled);
 }
 
 #[test]
 fn a_named_policy_resolves_to_scheduled() {
-    let body = with(base(), &["retry_details"], json!({"retry_policy": "weekly"}));
+    let body = with(
+        base(),
+        &["retry_details"],
+        json!({"retry_policy": "weekly"}),
+    );
     let resolved = resolve_with(body, &card(), ALL, true).unwrap();
     assert_eq!(resolved.strategy, RetryStrategy::Scheduled);
     assert_eq!(resolved.policy.as_deref(), Some("weekly"));

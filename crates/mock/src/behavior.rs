@@ -62,8 +62,12 @@ fn codes(code: &str, decline: Option<&str>, network: Option<&str>, brand: &str) 
     codes.message = Some(match decline.unwrap_or(code) {
         "insufficient_funds" => "Your card has insufficient funds.".to_owned(),
         "expired_card" => "Your card has expired.".to_owned(),
-        "authentication_required" => "Your card was declined. This transaction requires authentication.".to_owned(),
-        "processing_error" => "An error occurred while processing your card. Try again in a little bit.".to_owned(),
+        "authentication_required" => {
+            "Your card was declined. This transaction requires authentication.".to_owned()
+        }
+        "processing_error" => {
+            "An error occurred while processing your card. Try again in a little bit.".to_owned()
+        }
         _ => "Your card was declined.".to_owned(),
     });
     codes
@@ -91,27 +95,70 @@ pub fn parse_test_method(id: &str) -> Option<TestMethod> {
     let (brand, funding, scenario) = match BRANDS.iter().find(|(frag, _, _)| {
         base == *frag || base.strip_prefix(frag).is_some_and(|s| s.starts_with('_'))
     }) {
-        Some((frag, brand, funding)) => (*brand, *funding, base[frag.len()..].trim_start_matches('_')),
+        Some((frag, brand, funding)) => {
+            (*brand, *funding, base[frag.len()..].trim_start_matches('_'))
+        }
         None => ("visa", "credit", base),
     };
     let decline = match scenario {
         "" => None,
-        "chargeDeclined" => Some(codes("card_declined", Some("generic_decline"), Some("05"), brand)),
-        "chargeDeclinedInsufficientFunds" => {
-            Some(codes("card_declined", Some("insufficient_funds"), Some("51"), brand))
+        "chargeDeclined" => Some(codes(
+            "card_declined",
+            Some("generic_decline"),
+            Some("05"),
+            brand,
+        )),
+        "chargeDeclinedInsufficientFunds" => Some(codes(
+            "card_declined",
+            Some("insufficient_funds"),
+            Some("51"),
+            brand,
+        )),
+        "chargeDeclinedLostCard" => {
+            Some(codes("card_declined", Some("lost_card"), Some("41"), brand))
         }
-        "chargeDeclinedLostCard" => Some(codes("card_declined", Some("lost_card"), Some("41"), brand)),
-        "chargeDeclinedStolenCard" => Some(codes("card_declined", Some("stolen_card"), Some("43"), brand)),
-        "chargeDeclinedFraudulent" => Some(codes("card_declined", Some("fraudulent"), Some("59"), brand)),
-        "chargeDeclinedExpiredCard" => Some(codes("expired_card", Some("expired_card"), Some("54"), brand)),
-        "chargeDeclinedIncorrectCvc" => Some(codes("incorrect_cvc", Some("incorrect_cvc"), Some("N7"), brand)),
-        "chargeDeclinedProcessingError" => {
-            Some(codes("processing_error", Some("processing_error"), Some("96"), brand))
-        }
-        "chargeDeclinedVelocityLimitExceeded" => {
-            Some(codes("card_declined", Some("card_velocity_exceeded"), Some("61"), brand))
-        }
-        "chargeDeclinedDoNotHonor" => Some(codes("card_declined", Some("do_not_honor"), Some("05"), brand)),
+        "chargeDeclinedStolenCard" => Some(codes(
+            "card_declined",
+            Some("stolen_card"),
+            Some("43"),
+            brand,
+        )),
+        "chargeDeclinedFraudulent" => Some(codes(
+            "card_declined",
+            Some("fraudulent"),
+            Some("59"),
+            brand,
+        )),
+        "chargeDeclinedExpiredCard" => Some(codes(
+            "expired_card",
+            Some("expired_card"),
+            Some("54"),
+            brand,
+        )),
+        "chargeDeclinedIncorrectCvc" => Some(codes(
+            "incorrect_cvc",
+            Some("incorrect_cvc"),
+            Some("N7"),
+            brand,
+        )),
+        "chargeDeclinedProcessingError" => Some(codes(
+            "processing_error",
+            Some("processing_error"),
+            Some("96"),
+            brand,
+        )),
+        "chargeDeclinedVelocityLimitExceeded" => Some(codes(
+            "card_declined",
+            Some("card_velocity_exceeded"),
+            Some("61"),
+            brand,
+        )),
+        "chargeDeclinedDoNotHonor" => Some(codes(
+            "card_declined",
+            Some("do_not_honor"),
+            Some("05"),
+            brand,
+        )),
         "authenticationRequired" => Some(codes(
             "authentication_required",
             Some("authentication_required"),
@@ -153,23 +200,40 @@ mod tests {
         assert_eq!(codes.network_decline_code.as_deref(), Some("51"));
 
         let expired = parse_test_method("pm_card_chargeDeclinedExpiredCard").unwrap();
-        assert_eq!(expired.behavior.decline_for(1).unwrap().code, "expired_card");
+        assert_eq!(
+            expired.behavior.decline_for(1).unwrap().code,
+            "expired_card"
+        );
 
         let auth = parse_test_method("pm_card_authenticationRequired").unwrap();
-        assert_eq!(auth.behavior.decline_for(1).unwrap().code, "authentication_required");
+        assert_eq!(
+            auth.behavior.decline_for(1).unwrap().code,
+            "authentication_required"
+        );
 
         let mc = parse_test_method("pm_card_mastercard_chargeDeclinedLostCard").unwrap();
         assert_eq!(mc.card.brand, "mastercard");
         assert_eq!(
-            mc.behavior.decline_for(1).unwrap().network_advice_code.as_deref(),
+            mc.behavior
+                .decline_for(1)
+                .unwrap()
+                .network_advice_code
+                .as_deref(),
             Some("03")
         );
-        assert_eq!(parse_test_method("pm_card_visa_debit").unwrap().card.funding, "debit");
+        assert_eq!(
+            parse_test_method("pm_card_visa_debit")
+                .unwrap()
+                .card
+                .funding,
+            "debit"
+        );
     }
 
     #[test]
     fn recovers_after_declines_n_attempts_then_succeeds() {
-        let m = parse_test_method("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2").unwrap();
+        let m = parse_test_method("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2")
+            .unwrap();
         assert!(m.behavior.decline_for(1).is_some());
         assert!(m.behavior.decline_for(2).is_some());
         assert!(m.behavior.decline_for(3).is_none());

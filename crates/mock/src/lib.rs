@@ -7,7 +7,12 @@
 //! recorded by idempotency key: a replayed key returns the stored answer and never
 //! charges again, as Stripe does, and tests read the ledger to prove that no payment
 //! was charged twice.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 pub mod behavior;
@@ -217,8 +222,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn hash_str(seed: u64, text: &str) -> u64 {
-    text.bytes()
-        .fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
+    text.bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
 }
 
 fn unit(x: u64) -> f64 {
@@ -326,11 +330,17 @@ impl Processor for MockProcessor {
         &self.capabilities
     }
 
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         let customers = &self.config.vault.customers;
         if let Some(pm) = self.vault.get(&payment.payment_method) {
             if !customers.is_empty() && !customers.contains(&payment.customer) {
-                return Err(ApiError::invalid("customer", format!("no such customer `{}`", payment.customer)));
+                return Err(ApiError::invalid(
+                    "customer",
+                    format!("no such customer `{}`", payment.customer),
+                ));
             }
             if pm.customer != payment.customer {
                 return Err(ApiError::new(

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offsession_core::events::DiscardEvents;
-use offsession_core::{Clock, EventSink, Processor, RetryPolicy, RetryStrategy, Store, SystemClock};
+use offsession_core::{
+    Clock, EventSink, Processor, RetryPolicy, RetryStrategy, Store, SystemClock,
+};
 use offsession_retry::{DeclineTable, NoRetry, ScheduledPolicy};
 
 use crate::engine::Engine;
@@ -129,12 +131,17 @@ impl EngineBuilder {
     /// recommended schedule is installed as `stripe_recommended`.
     pub fn build(mut self) -> Result<Engine, EngineError> {
         if self.processors.is_empty() {
-            return Err(EngineError::Config("at least one processor is required".into()));
+            return Err(EngineError::Config(
+                "at least one processor is required".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.processors {
             if !seen.insert(p.id().to_owned()) {
-                return Err(EngineError::Config(format!("processor id `{}` is used twice", p.id())));
+                return Err(EngineError::Config(format!(
+                    "processor id `{}` is used twice",
+                    p.id()
+                )));
             }
         }
         if self.store.is_none() {
@@ -145,7 +152,10 @@ impl EngineBuilder {
             self.policies
                 .insert(policy.name().to_owned(), Arc::new(policy));
         }
-        if !self.policies.contains_key(&self.config.default_retry_policy) {
+        if !self
+            .policies
+            .contains_key(&self.config.default_retry_policy)
+        {
             let mut names: Vec<_> = self.policies.keys().cloned().collect();
             names.sort();
             return Err(EngineError::Config(format!(
@@ -155,7 +165,9 @@ impl EngineBuilder {
             )));
         }
         if self.config.concurrency == 0 || self.config.claim_batch == 0 {
-            return Err(EngineError::Config("concurrency and claim_batch must be at least 1".into()));
+            return Err(EngineError::Config(
+                "concurrency and claim_batch must be at least 1".into(),
+            ));
         }
         self.strategies
             .entry(RetryStrategy::None)

@@ -80,7 +80,12 @@ impl std::fmt::Debug for Engine {
             .field("instance_id", &self.inner.config.instance_id)
             .field(
                 "processors",
-                &self.inner.processors.iter().map(|p| p.id()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .processors
+                    .iter()
+                    .map(|p| p.id())
+                    .collect::<Vec<_>>(),
             )
             .field("policies", &self.inner.policy_names)
             .finish_non_exhaustive()
@@ -89,9 +94,10 @@ impl std::fmt::Debug for Engine {
 
 fn store_error(err: StoreError) -> ApiError {
     match err {
-        StoreError::NotFound(id) => {
-            ApiError::new(ErrorCode::ResourceMissing, format!("no off-session payment `{id}`"))
-        }
+        StoreError::NotFound(id) => ApiError::new(
+            ErrorCode::ResourceMissing,
+            format!("no off-session payment `{id}`"),
+        ),
         StoreError::Conflict { id, .. } => ApiError::new(
             ErrorCode::OffSessionPaymentConcurrentUpdate,
             format!("payment `{id}` was changed by another request at the same time; retry"),
@@ -102,9 +108,9 @@ fn store_error(err: StoreError) -> ApiError {
 
 /// FNV-1a, for request fingerprints.
 fn fingerprint(text: &str) -> String {
-    let hash = text
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{hash:016x}")
 }
 
@@ -167,7 +173,11 @@ impl Engine {
     }
 
     fn now_for(&self, payment: &OffSessionPayment) -> Timestamp {
-        match payment.test_clock.as_deref().and_then(|id| self.test_clock(id)) {
+        match payment
+            .test_clock
+            .as_deref()
+            .and_then(|id| self.test_clock(id))
+        {
             Some(clock) => clock.now(),
             None => self.inner.clock.now(),
         }
@@ -232,18 +242,27 @@ impl Engine {
         if to < clock.now() {
             return Err(ApiError::invalid(
                 "frozen_time",
-                format!("must not be before the clock's current time {}", clock.now()),
+                format!(
+                    "must not be before the clock's current time {}",
+                    clock.now()
+                ),
             ));
         }
         let scope = ClockScope::TestClock(id.to_owned());
         loop {
-            let next = self.inner.store.next_due(&scope).await.map_err(store_error)?;
+            let next = self
+                .inner
+                .store
+                .next_due(&scope)
+                .await
+                .map_err(store_error)?;
             match next {
                 Some(due) if due <= to => {
                     clock.set(due);
-                    let report = self.run_scope(&scope, clock.now()).await.map_err(|e| {
-                        ApiError::new(ErrorCode::ApiError, e.to_string())
-                    })?;
+                    let report = self
+                        .run_scope(&scope, clock.now())
+                        .await
+                        .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
                     if report.handled == 0 {
                         // Due records held by another instance's lease: nothing this
                         // instance may do until the lease lapses.
@@ -284,7 +303,10 @@ impl Engine {
             Some(id) if !self.inner.config.livemode => match self.test_clock(id) {
                 Some(clock) => clock.now(),
                 None => {
-                    return Err(ApiError::invalid("test_clock", format!("no test clock `{id}`")))
+                    return Err(ApiError::invalid(
+                        "test_clock",
+                        format!("no test clock `{id}`"),
+                    ))
                 }
             },
             _ => self.inner.clock.now(),
@@ -303,7 +325,10 @@ impl Engine {
         {
             return Err(ApiError::invalid(
                 "on_behalf_of",
-                format!("processor `{}` does not support connect payments", processor.id()),
+                format!(
+                    "processor `{}` does not support connect payments",
+                    processor.id()
+                ),
             ));
         }
         let mut payment = self.new_payment(&valid, clock_now);
@@ -352,8 +377,17 @@ impl Engine {
             .as_ref()
             .map(|(_, at)| (*at).max(clock_now))
             .unwrap_or(clock_now);
-        let record = PaymentRecord::new(payment.clone(), processor.id().to_owned(), Some(method), due);
-        self.inner.store.insert(&record).await.map_err(store_error)?;
+        let record = PaymentRecord::new(
+            payment.clone(),
+            processor.id().to_owned(),
+            Some(method),
+            due,
+        );
+        self.inner
+            .store
+            .insert(&record)
+            .await
+            .map_err(store_error)?;
         self.emit(EventType::Created, &payment, clock_now);
         Ok(payment)
     }
@@ -437,7 +471,10 @@ impl Engine {
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
             let to = transition(record.payment.status, t).map_err(|refused| {
-                ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, refused.to_string())
+                ApiError::new(
+                    ErrorCode::OffSessionPaymentInvalidStatus,
+                    refused.to_string(),
+                )
             })?;
             let mut next = record.clone();
             next.payment.status = to;
@@ -473,7 +510,9 @@ impl Engine {
                 Err(err) => return Err(store_error(err)),
             }
         }
-        Err(store_error(last_err.unwrap_or_else(|| StoreError::NotFound(id.to_owned()))))
+        Err(store_error(
+            last_err.unwrap_or_else(|| StoreError::NotFound(id.to_owned())),
+        ))
     }
 
     /// Cancels a payment that is not processing and not terminal; a held
@@ -496,9 +535,10 @@ impl Engine {
     }
 
     async fn release_authorization(&self, record: &PaymentRecord) -> Result<(), ApiError> {
-        let (Some(processor), Some(reference)) =
-            (self.processor(&record.processor), record.authorization.as_ref())
-        else {
+        let (Some(processor), Some(reference)) = (
+            self.processor(&record.processor),
+            record.authorization.as_ref(),
+        ) else {
             return Ok(());
         };
         let key = format!("{}:cancel", record.payment.id);
@@ -522,7 +562,10 @@ impl Engine {
         let record = self.record(id).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(|refused| {
-            ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, refused.to_string())
+            ApiError::new(
+                ErrorCode::OffSessionPaymentInvalidStatus,
+                refused.to_string(),
+            )
         })?;
         let capturable = record
             .payment
@@ -532,12 +575,18 @@ impl Engine {
         if value <= 0 || value > capturable.value {
             return Err(ApiError::invalid(
                 "amount_to_capture",
-                format!("must be between 1 and the capturable amount ({})", capturable.value),
+                format!(
+                    "must be between 1 and the capturable amount ({})",
+                    capturable.value
+                ),
             ));
         }
         let amount = offsession_core::Amount::new(value, capturable.currency);
         let processor = self.processor(&record.processor).ok_or_else(|| {
-            ApiError::new(ErrorCode::ApiError, format!("processor `{}` is not configured", record.processor))
+            ApiError::new(
+                ErrorCode::ApiError,
+                format!("processor `{}` is not configured", record.processor),
+            )
         })?;
         let reference = record.authorization.clone().unwrap_or_default();
         let key = format!("{}:capture", record.payment.id);
@@ -569,7 +618,8 @@ impl Engine {
 
     /// Runs everything due on the engine clock now.
     pub async fn run_due(&self) -> Result<RunReport, EngineError> {
-        self.run_scope(&ClockScope::Engine, self.inner.clock.now()).await
+        self.run_scope(&ClockScope::Engine, self.inner.clock.now())
+            .await
     }
 
     /// When the next engine-clock payment falls due.
@@ -577,7 +627,11 @@ impl Engine {
         Ok(self.inner.store.next_due(&ClockScope::Engine).await?)
     }
 
-    async fn run_scope(&self, scope: &ClockScope, now: Timestamp) -> Result<RunReport, EngineError> {
+    async fn run_scope(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+    ) -> Result<RunReport, EngineError> {
         let config = &self.inner.config;
         let mut report = RunReport::default();
         loop {
@@ -653,7 +707,10 @@ impl Engine {
         next.authorization = None;
         next.due_at = None;
         next.lease = None;
-        self.inner.store.update(&next, Expected::of(&record)).await?;
+        self.inner
+            .store
+            .update(&next, Expected::of(&record))
+            .await?;
         self.emit(EventType::Failed, &next.payment, now);
         Ok(())
     }
@@ -701,13 +758,21 @@ impl Engine {
         // Write-ahead: the attempt and its key are durable before the processor is
         // called. The claim's lease stays, so a crash makes the record claimable
         // again (for a replay) when the lease lapses.
-        record.version = self.inner.store.update(&record, Expected::of(&claimed)).await?;
+        record.version = self
+            .inner
+            .store
+            .update(&record, Expected::of(&claimed))
+            .await?;
         if !replay {
             self.emit(EventType::AttemptStarted, &record.payment, now);
             self.emit(EventType::AuthorizationAttemptStarted, &record.payment, now);
         }
 
-        let attempt = record.attempts.last().cloned().unwrap_or_else(|| unreachable!());
+        let attempt = record
+            .attempts
+            .last()
+            .cloned()
+            .unwrap_or_else(|| unreachable!());
         let outcome = processor
             .authorize(AuthorizeRequest {
                 payment: &record.payment,
@@ -732,7 +797,12 @@ impl Engine {
 
         let decline = match outcome {
             AttemptOutcome::Approved { reference } => {
-                self.finish_attempt(&mut record, now, AttemptOutcome::Approved { reference }, None);
+                self.finish_attempt(
+                    &mut record,
+                    now,
+                    AttemptOutcome::Approved { reference },
+                    None,
+                );
                 record.payment.status = PaymentStatus::Succeeded;
                 record.payment.payment_record = Some(self.inner.ids.next("pr"));
                 record.due_at = None;
@@ -763,7 +833,8 @@ impl Engine {
                 None
             }
             AttemptOutcome::Declined { codes, reference } => Some((codes, reference)),
-            AttemptOutcome::ProcessorFault { ref message, .. } | AttemptOutcome::Unknown { ref message }
+            AttemptOutcome::ProcessorFault { ref message, .. }
+            | AttemptOutcome::Unknown { ref message }
                 if replays < config.replay_backoff.len()
                     || matches!(outcome, AttemptOutcome::Unknown { .. }) =>
             {
@@ -780,7 +851,8 @@ impl Engine {
                 record.due_at = Some(now.plus(wait));
                 None
             }
-            AttemptOutcome::ProcessorFault { message, .. } | AttemptOutcome::Unknown { message } => {
+            AttemptOutcome::ProcessorFault { message, .. }
+            | AttemptOutcome::Unknown { message } => {
                 // A fault that outlasted every replay: nothing was charged, and the
                 // attempt counts as a transient decline.
                 let codes = DeclineCodes {
@@ -869,7 +941,8 @@ impl Engine {
             tracing::error!(payment = %record.payment.id, strategy = %details.retry_strategy, "no policy installed for the payment's strategy; stopping");
             return Ok(RetryDecision::Stop(FailureReason::RetriesExhausted));
         };
-        let since = Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64);
+        let since =
+            Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64);
         let card_history = self
             .inner
             .store

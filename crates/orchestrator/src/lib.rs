@@ -6,7 +6,12 @@
 //! store (`pending`) → scheduler claims it when due (lease) → attempt written to the
 //! store with its idempotency key (write-ahead) → `Processor::authorize` → classify →
 //! policy → store (next due time or terminal status) → events.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 mod builder;

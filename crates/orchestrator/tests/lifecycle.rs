@@ -23,14 +23,20 @@ async fn a_new_payment_is_pending_with_the_resolved_strategy() {
     assert_eq!(p.status, PaymentStatus::Pending);
     assert_eq!(p.retry_details.attempts, 0);
     assert_eq!(p.retry_details.retry_strategy, RetryStrategy::Scheduled);
-    assert_eq!(p.retry_details.retry_policy.as_deref(), Some("stripe_recommended"));
+    assert_eq!(
+        p.retry_details.retry_policy.as_deref(),
+        Some("stripe_recommended")
+    );
     assert!(p.id.starts_with("osp_test_"));
     assert_eq!(p.created, start());
     let json = serde_json::to_value(&p).unwrap();
     assert_eq!(json["object"], "v2.payments.off_session_payment");
     assert_eq!(json["created"], START);
     assert_eq!(json["failure_reason"], serde_json::Value::Null);
-    assert_eq!(json["amount_requested"], json!({"value": 2000, "currency": "usd"}));
+    assert_eq!(
+        json["amount_requested"],
+        json!({"value": 2000, "currency": "usd"})
+    );
     assert_eq!(h.events.types_for(&p.id), [EventType::Created]);
 }
 
@@ -72,7 +78,11 @@ async fn insufficient_funds_recovers_on_the_scheduled_retry() {
     h.advance(DAY).await;
     assert_eq!(h.get(&p.id).await.retry_details.attempts, 2);
     h.advance(DAY).await;
-    assert_eq!(h.get(&p.id).await.status, PaymentStatus::PendingRetry, "no attempt on day 2");
+    assert_eq!(
+        h.get(&p.id).await.status,
+        PaymentStatus::PendingRetry,
+        "no attempt on day 2"
+    );
     h.advance(DAY).await;
     let done = h.get(&p.id).await;
     assert_eq!(done.status, PaymentStatus::Succeeded);
@@ -80,14 +90,20 @@ async fn insufficient_funds_recovers_on_the_scheduled_retry() {
     let record = h.engine.record(&p.id).await.unwrap();
     let times: Vec<_> = record.attempts.iter().map(|a| a.started_at).collect();
     assert_eq!(times, [start(), start().plus(DAY), start().plus(3 * DAY)]);
-    let keys: Vec<_> = record.attempts.iter().map(|a| a.idempotency_key.clone()).collect();
+    let keys: Vec<_> = record
+        .attempts
+        .iter()
+        .map(|a| a.idempotency_key.clone())
+        .collect();
     assert_eq!(keys, [1, 2, 3].map(|n| format!("{}:attempt:{n}", p.id)));
 }
 
 #[tokio::test]
 async fn advancing_a_test_clock_runs_exactly_the_attempts_due_in_between() {
     let h = harness();
-    let p = h.create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds")).await;
+    let p = h
+        .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds"))
+        .await;
     h.advance(DAY.mul_f64(4.5)).await; // day 0, 1, 3 are due; day 5 is not
     let record = h.engine.record(&p.id).await.unwrap();
     assert_eq!(record.payment.retry_details.attempts, 3);
@@ -100,7 +116,9 @@ async fn advancing_a_test_clock_runs_exactly_the_attempts_due_in_between() {
 #[tokio::test]
 async fn soft_declines_stop_with_retries_exhausted_after_the_last_try() {
     let h = harness();
-    let p = h.create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds")).await;
+    let p = h
+        .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds"))
+        .await;
     h.advance(30 * DAY).await;
     let p = h.get(&p.id).await;
     assert_eq!(p.status, PaymentStatus::Failed);
@@ -112,12 +130,20 @@ async fn soft_declines_stop_with_retries_exhausted_after_the_last_try() {
 #[tokio::test]
 async fn hard_declines_fail_at_once_as_rejected_by_partner() {
     let h = harness();
-    for pm in ["pm_card_visa_chargeDeclinedLostCard", "pm_card_visa_chargeDeclinedStolenCard", "pm_card_mastercard_chargeDeclinedFraudulent"] {
+    for pm in [
+        "pm_card_visa_chargeDeclinedLostCard",
+        "pm_card_visa_chargeDeclinedStolenCard",
+        "pm_card_mastercard_chargeDeclinedFraudulent",
+    ] {
         let p = h.create(h.body(pm)).await;
         h.advance(Duration::ZERO).await;
         let p = h.get(&p.id).await;
         assert_eq!(p.status, PaymentStatus::Failed, "{pm}");
-        assert_eq!(p.failure_reason, Some(FailureReason::RejectedByPartner), "{pm}");
+        assert_eq!(
+            p.failure_reason,
+            Some(FailureReason::RejectedByPartner),
+            "{pm}"
+        );
         assert_eq!(p.retry_details.attempts, 1, "{pm}");
     }
 }
@@ -125,12 +151,19 @@ async fn hard_declines_fail_at_once_as_rejected_by_partner() {
 #[tokio::test]
 async fn expired_cards_and_authentication_required_fail_as_no_valid_payment_method() {
     let h = harness();
-    for pm in ["pm_card_chargeDeclinedExpiredCard", "pm_card_authenticationRequired"] {
+    for pm in [
+        "pm_card_chargeDeclinedExpiredCard",
+        "pm_card_authenticationRequired",
+    ] {
         let p = h.create(h.body(pm)).await;
         h.advance(Duration::ZERO).await;
         let p = h.get(&p.id).await;
         assert_eq!(p.status, PaymentStatus::Failed, "{pm}");
-        assert_eq!(p.failure_reason, Some(FailureReason::NoValidPaymentMethod), "{pm}");
+        assert_eq!(
+            p.failure_reason,
+            Some(FailureReason::NoValidPaymentMethod),
+            "{pm}"
+        );
         assert_eq!(p.retry_details.attempts, 1);
     }
 }
@@ -159,7 +192,10 @@ async fn a_retry_past_retry_until_fails_with_exceeded_retry_window() {
     let p = h.get(&p.id).await;
     assert_eq!(p.status, PaymentStatus::Failed);
     assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
-    assert_eq!(p.retry_details.attempts, 2, "day 0 and day 1; day 3 is past the window");
+    assert_eq!(
+        p.retry_details.attempts, 2,
+        "day 0 and day 1; day 3 is past the window"
+    );
 }
 
 #[tokio::test]
@@ -179,7 +215,10 @@ async fn a_named_retry_policy_sets_the_schedule() {
             default_retry_policy: "weekly".into(),
             ..EngineConfig::default()
         })
-        .processor(Arc::new(offsession_mock::MockProcessor::new("mock", MockConfig::default())))
+        .processor(Arc::new(offsession_mock::MockProcessor::new(
+            "mock",
+            MockConfig::default(),
+        )))
         .retry_policy("weekly", Arc::new(weekly))
         .store(Arc::new(MemoryStore::new()))
         .events(events)
@@ -191,12 +230,24 @@ async fn a_named_retry_policy_sets_the_schedule() {
         "customer": "cus_1", "payment_method": "pm_card_visa_chargeDeclined",
         "retry_details": {"retry_policy": "weekly"}, "test_clock": clock,
     });
-    let p = engine.create_json(body.to_string().as_bytes(), None).await.unwrap();
-    engine.advance_test_clock(&clock, start().plus(20 * DAY)).await.unwrap();
+    let p = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    engine
+        .advance_test_clock(&clock, start().plus(20 * DAY))
+        .await
+        .unwrap();
     let record = engine.record(&p.id).await.unwrap();
     let times: Vec<_> = record.attempts.iter().map(|a| a.started_at).collect();
-    assert_eq!(times, [start(), start().plus(7 * DAY), start().plus(14 * DAY)]);
-    assert_eq!(record.payment.failure_reason, Some(FailureReason::RetriesExhausted));
+    assert_eq!(
+        times,
+        [start(), start().plus(7 * DAY), start().plus(14 * DAY)]
+    );
+    assert_eq!(
+        record.payment.failure_reason,
+        Some(FailureReason::RetriesExhausted)
+    );
 }
 
 #[tokio::test]
@@ -221,7 +272,10 @@ async fn manual_capture_holds_funds_until_captured() {
         h.events.types_for(&p.id).last(),
         Some(&EventType::Succeeded)
     );
-    assert!(h.events.types_for(&p.id).contains(&EventType::RequiresCapture));
+    assert!(h
+        .events
+        .types_for(&p.id)
+        .contains(&EventType::RequiresCapture));
 }
 
 #[tokio::test]
@@ -244,10 +298,14 @@ async fn an_uncaptured_authorization_expires_as_authorization_expired() {
 async fn capture_before_shortens_the_authorization() {
     let h = harness();
     let mut body = h.body("pm_card_visa");
-    body["capture"] = json!({"capture_method": "manual", "capture_before": start().plus(DAY).to_string()});
+    body["capture"] =
+        json!({"capture_method": "manual", "capture_before": start().plus(DAY).to_string()});
     let p = h.create(body).await;
     h.advance(DAY).await;
-    assert_eq!(h.get(&p.id).await.failure_reason, Some(FailureReason::AuthorizationExpired));
+    assert_eq!(
+        h.get(&p.id).await.failure_reason,
+        Some(FailureReason::AuthorizationExpired)
+    );
 }
 
 #[tokio::test]
@@ -261,7 +319,10 @@ async fn a_pending_payment_can_be_canceled_and_is_never_attempted() {
     assert_eq!(p.status, PaymentStatus::Canceled);
     assert_eq!(p.retry_details.attempts, 0);
     assert!(h.mock.ledger().is_empty());
-    assert_eq!(h.events.types_for(&p.id), [EventType::Created, EventType::Canceled]);
+    assert_eq!(
+        h.events.types_for(&p.id),
+        [EventType::Created, EventType::Canceled]
+    );
 }
 
 #[tokio::test]
@@ -327,12 +388,20 @@ async fn paused_payments_are_not_retried_until_resumed() {
     let paused = h.engine.pause(&p.id).await.unwrap();
     assert_eq!(paused.status, PaymentStatus::Paused);
     h.advance(5 * DAY).await;
-    assert_eq!(h.get(&p.id).await.retry_details.attempts, 1, "no attempt while paused");
+    assert_eq!(
+        h.get(&p.id).await.retry_details.attempts,
+        1,
+        "no attempt while paused"
+    );
     let resumed = h.engine.resume(&p.id).await.unwrap();
     assert_eq!(resumed.status, PaymentStatus::PendingRetry);
     h.advance(Duration::ZERO).await;
     let p = h.get(&p.id).await;
-    assert_eq!(p.status, PaymentStatus::Succeeded, "the overdue retry runs on resume");
+    assert_eq!(
+        p.status,
+        PaymentStatus::Succeeded,
+        "the overdue retry runs on resume"
+    );
     assert_eq!(p.retry_details.attempts, 2);
     let types = h.events.types_for(&p.id);
     assert!(types.contains(&EventType::Paused) && types.contains(&EventType::Resumed));
@@ -343,7 +412,10 @@ async fn a_payment_paused_before_its_first_attempt_resumes_as_pending() {
     let h = harness();
     let p = h.create(h.body("pm_card_visa")).await;
     h.engine.pause(&p.id).await.unwrap();
-    assert_eq!(h.engine.resume(&p.id).await.unwrap().status, PaymentStatus::Pending);
+    assert_eq!(
+        h.engine.resume(&p.id).await.unwrap().status,
+        PaymentStatus::Pending
+    );
 }
 
 #[tokio::test]
@@ -371,7 +443,11 @@ async fn test_clock_payments_do_not_move_on_the_engine_clock() {
 async fn a_test_clock_cannot_go_backwards() {
     let h = harness();
     h.advance(DAY).await;
-    let err = h.engine.advance_test_clock(&h.clock, start()).await.unwrap_err();
+    let err = h
+        .engine
+        .advance_test_clock(&h.clock, start())
+        .await
+        .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("frozen_time"));
 }
 
@@ -389,7 +465,14 @@ async fn list_returns_newest_first() {
     let h = harness();
     let a = h.create(h.body("pm_card_visa")).await;
     let b = h.create(h.body("pm_card_visa")).await;
-    let listed: Vec<_> = h.engine.list(10, None).await.unwrap().into_iter().map(|p| p.id).collect();
+    let listed: Vec<_> = h
+        .engine
+        .list(10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(listed, [b.id, a.id]);
     let err = h.engine.retrieve("osp_missing").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ResourceMissing);
@@ -399,8 +482,16 @@ async fn list_returns_newest_first() {
 async fn the_same_idempotency_key_and_body_return_the_original_payment() {
     let h = harness();
     let body = h.body("pm_card_visa").to_string();
-    let first = h.engine.create_json(body.as_bytes(), Some("key-1")).await.unwrap();
-    let again = h.engine.create_json(body.as_bytes(), Some("key-1")).await.unwrap();
+    let first = h
+        .engine
+        .create_json(body.as_bytes(), Some("key-1"))
+        .await
+        .unwrap();
+    let again = h
+        .engine
+        .create_json(body.as_bytes(), Some("key-1"))
+        .await
+        .unwrap();
     assert_eq!(first.id, again.id);
     assert_eq!(h.engine.list(10, None).await.unwrap().len(), 1);
     let mut other = h.body("pm_card_visa");

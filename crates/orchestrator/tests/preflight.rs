@@ -46,7 +46,10 @@ async fn a_method_attached_to_another_customer_is_not_attached() {
     let h = h();
     let mut body = h.body("pm_attached");
     body["customer"] = json!("cus_other");
-    assert_eq!(h.create_err(body).await.code, ErrorCode::OspPaymentMethodNotAttached);
+    assert_eq!(
+        h.create_err(body).await.code,
+        ErrorCode::OspPaymentMethodNotAttached
+    );
 }
 
 #[tokio::test]
@@ -78,7 +81,10 @@ async fn a_method_set_up_on_a_connected_account_needs_that_on_behalf_of() {
     );
     let mut other = h.body("pm_connected");
     other["on_behalf_of"] = json!("acct_else");
-    assert_eq!(h.create_err(other).await.code, ErrorCode::OspPmSetUpOnlyOnConnectedAccount);
+    assert_eq!(
+        h.create_err(other).await.code,
+        ErrorCode::OspPmSetUpOnlyOnConnectedAccount
+    );
     let mut same = h.body("pm_connected");
     same["on_behalf_of"] = json!("acct_connected");
     h.create(same).await;
@@ -89,7 +95,10 @@ async fn a_method_set_up_on_the_platform_refuses_on_behalf_of() {
     let h = h();
     let mut body = h.body("pm_attached");
     body["on_behalf_of"] = json!("acct_connected");
-    assert_eq!(h.create_err(body).await.code, ErrorCode::OspPmSetUpOnlyOnPlatform);
+    assert_eq!(
+        h.create_err(body).await.code,
+        ErrorCode::OspPmSetUpOnlyOnPlatform
+    );
 }
 
 #[tokio::test]
@@ -101,7 +110,10 @@ async fn a_method_type_the_processor_does_not_take_is_invalid() {
     let h = harness_with(config, EngineConfig::default());
     let mut body = h.body("pm_sepa");
     body["retry_details"] = json!({"retry_strategy": "none"});
-    assert_eq!(h.create_err(body).await.code, ErrorCode::OspInvalidPaymentMethodType);
+    assert_eq!(
+        h.create_err(body).await.code,
+        ErrorCode::OspInvalidPaymentMethodType
+    );
 }
 
 #[tokio::test]
@@ -113,22 +125,41 @@ async fn debit_retries_follow_the_retry_matrix() {
         body
     };
     assert_eq!(
-        h.create_err(with_retry("pm_ach", json!({"retry_strategy": "smart"}))).await.code,
+        h.create_err(with_retry("pm_ach", json!({"retry_strategy": "smart"})))
+            .await
+            .code,
         ErrorCode::OffSessionPaymentSmartRetriesNotSupportedForDebitPaymentMethods
     );
     assert_eq!(
-        h.create_err(with_retry("pm_ach", json!({"retry_policy": "stripe_recommended"}))).await.code,
+        h.create_err(with_retry(
+            "pm_ach",
+            json!({"retry_policy": "stripe_recommended"})
+        ))
+        .await
+        .code,
         ErrorCode::OffSessionPaymentRetryPolicyNotSupportedForDebitPaymentMethods
     );
     assert_eq!(
-        h.create_err(with_retry("pm_ach", json!({"retry_strategy": "best_available"}))).await.code,
+        h.create_err(with_retry(
+            "pm_ach",
+            json!({"retry_strategy": "best_available"})
+        ))
+        .await
+        .code,
         ErrorCode::OspAchRetriesNotEnabled
     );
     assert_eq!(
-        h.create_err(with_retry("pm_sepa", json!({"retry_strategy": "best_available"}))).await.code,
+        h.create_err(with_retry(
+            "pm_sepa",
+            json!({"retry_strategy": "best_available"})
+        ))
+        .await
+        .code,
         ErrorCode::OspSepaDebitRetriesNotEnabled
     );
-    let none = h.create(with_retry("pm_sepa", json!({"retry_strategy": "none"}))).await;
+    let none = h
+        .create(with_retry("pm_sepa", json!({"retry_strategy": "none"})))
+        .await;
     assert_eq!(none.retry_details.retry_strategy, RetryStrategy::None);
 }
 

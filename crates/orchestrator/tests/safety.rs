@@ -36,7 +36,10 @@ impl Processor for LosesAnswers {
     fn capabilities(&self) -> &Capabilities {
         self.mock.capabilities()
     }
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         self.mock.preflight(payment).await
     }
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
@@ -73,7 +76,10 @@ async fn a_lost_answer_is_reconciled_with_the_same_key_and_charges_once() {
     let waiting = h.engine.record(&p.id).await.unwrap();
     assert_eq!(waiting.payment.status, PaymentStatus::PendingRetry);
     assert!(waiting.replay_pending);
-    assert_eq!(waiting.payment.retry_details.attempts, 1, "a replay is not a new attempt");
+    assert_eq!(
+        waiting.payment.retry_details.attempts, 1,
+        "a replay is not a new attempt"
+    );
     h.advance(DAY).await;
     let done = h.engine.record(&p.id).await.unwrap();
     assert_eq!(done.payment.status, PaymentStatus::Succeeded);
@@ -102,16 +108,25 @@ impl Processor for ChecksWriteAhead {
     fn capabilities(&self) -> &Capabilities {
         self.mock.capabilities()
     }
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         self.mock.preflight(payment).await
     }
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
         let stored = self.store.get(&request.payment.id).await.unwrap().unwrap();
         assert_eq!(stored.payment.status, PaymentStatus::Processing);
-        let last = stored.attempts.last().expect("attempt stored before the call");
+        let last = stored
+            .attempts
+            .last()
+            .expect("attempt stored before the call");
         assert_eq!(last.idempotency_key, request.idempotency_key);
         assert_eq!(last.number, request.attempt_number);
-        assert_eq!(stored.payment.retry_details.attempts, request.attempt_number);
+        assert_eq!(
+            stored.payment.retry_details.attempts,
+            request.attempt_number
+        );
         self.checked.fetch_add(1, Ordering::SeqCst);
         self.mock.authorize(request).await
     }
@@ -143,9 +158,18 @@ async fn the_attempt_is_stored_before_the_processor_is_called() {
         "customer": "cus_1", "payment_method": "pm_card_visa_chargeDeclined_recoversAfter2",
         "test_clock": clock,
     });
-    let p = engine.create_json(body.to_string().as_bytes(), None).await.unwrap();
-    engine.advance_test_clock(&clock, start().plus(10 * DAY)).await.unwrap();
-    assert_eq!(engine.retrieve(&p.id).await.unwrap().status, PaymentStatus::Succeeded);
+    let p = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    engine
+        .advance_test_clock(&clock, start().plus(10 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.retrieve(&p.id).await.unwrap().status,
+        PaymentStatus::Succeeded
+    );
     assert_eq!(checker.checked.load(Ordering::SeqCst), 3);
 }
 
@@ -197,7 +221,11 @@ async fn a_crash_mid_attempt_is_replayed_with_the_same_key_after_the_lease() {
     h.mock.authorize(sent).await;
 
     h.advance(Duration::from_secs(299)).await;
-    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Processing, "lease still held");
+    assert_eq!(
+        h.get(&p.id).await.status,
+        PaymentStatus::Processing,
+        "lease still held"
+    );
     h.advance(Duration::from_secs(1)).await;
     let done = h.engine.record(&p.id).await.unwrap();
     assert_eq!(done.payment.status, PaymentStatus::Succeeded);
@@ -289,9 +317,18 @@ async fn aggressive_retries_over_a_flaky_processor_never_charge_twice() {
             "customer": format!("cus_{i}"), "payment_method": methods[i % methods.len()],
             "test_clock": clock,
         });
-        ids.push(engine.create_json(body.to_string().as_bytes(), None).await.unwrap().id);
+        ids.push(
+            engine
+                .create_json(body.to_string().as_bytes(), None)
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    engine.advance_test_clock(&clock, start().plus(2 * DAY)).await.unwrap();
+    engine
+        .advance_test_clock(&clock, start().plus(2 * DAY))
+        .await
+        .unwrap();
 
     let charges = mock.approved_charges_by_payment();
     let mut succeeded = 0;
@@ -301,13 +338,22 @@ async fn aggressive_retries_over_a_flaky_processor_never_charge_twice() {
         match record.payment.status {
             PaymentStatus::Succeeded => {
                 succeeded += 1;
-                assert_eq!(charged, 1, "{id} succeeded and must be charged exactly once");
+                assert_eq!(
+                    charged, 1,
+                    "{id} succeeded and must be charged exactly once"
+                );
             }
             PaymentStatus::Failed => assert_eq!(charged, 0, "{id} failed and must not be charged"),
             other => panic!("{id} did not finish: {other}"),
         }
         assert!(charged <= 1, "{id} charged {charged} times");
     }
-    assert!(mock.ledger().iter().any(|e| e.sends > 1), "the run must replay keys");
-    assert!(succeeded >= 400, "recovering cards must succeed: {succeeded}");
+    assert!(
+        mock.ledger().iter().any(|e| e.sends > 1),
+        "the run must replay keys"
+    );
+    assert!(
+        succeeded >= 400,
+        "recovering cards must succeed: {succeeded}"
+    );
 }

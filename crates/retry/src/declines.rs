@@ -72,12 +72,20 @@ impl DeclineTable {
             by_advice_code: BTreeMap::new(),
             visa_category_1: file.visa.category_1.into_iter().collect(),
             mastercard_never_retry: file.mastercard.never_retry.into_iter().collect(),
-            mastercard_new_account: file.mastercard.new_account_information.into_iter().collect(),
+            mastercard_new_account: file
+                .mastercard
+                .new_account_information
+                .into_iter()
+                .collect(),
         };
         let _ = (file.visa.category_2, file.visa.category_3);
         for (category, rows) in file.categories {
             for (kind, codes, map) in [
-                ("decline_codes", rows.decline_codes, &mut table.by_decline_code),
+                (
+                    "decline_codes",
+                    rows.decline_codes,
+                    &mut table.by_decline_code,
+                ),
                 ("codes", rows.codes, &mut table.by_code),
                 ("advice_codes", rows.advice_codes, &mut table.by_advice_code),
             ] {
@@ -205,7 +213,10 @@ mod tests {
         let mut codes = decline("card_declined", Some("do_not_honor"));
         codes.network_decline_code = Some("04".into());
         assert_eq!(table.classify(&codes, Some("visa")), DeclineCategory::Hard);
-        assert_eq!(table.classify(&codes, Some("amex")), DeclineCategory::SoftIssuer);
+        assert_eq!(
+            table.classify(&codes, Some("amex")),
+            DeclineCategory::SoftIssuer
+        );
     }
 
     #[test]
@@ -219,7 +230,11 @@ mod tests {
         ] {
             let mut codes = decline("card_declined", Some("insufficient_funds"));
             codes.network_advice_code = Some(mac.into());
-            assert_eq!(table.classify(&codes, Some("mastercard")), category, "MAC {mac}");
+            assert_eq!(
+                table.classify(&codes, Some("mastercard")),
+                category,
+                "MAC {mac}"
+            );
         }
     }
 

@@ -29,8 +29,14 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("3d").unwrap(), Duration::from_secs(3 * 86_400));
-        assert_eq!(parse_duration(" 2w ").unwrap(), Duration::from_secs(14 * 86_400));
+        assert_eq!(
+            parse_duration("3d").unwrap(),
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(
+            parse_duration(" 2w ").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert!(parse_duration("3").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("3 days").is_err());

@@ -3,7 +3,12 @@
 //!
 //! Why a table and not code: networks and processors revise which codes are final;
 //! operators edit `config/declines.toml` without a release.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 pub mod declines;

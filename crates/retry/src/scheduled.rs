@@ -53,7 +53,10 @@ pub struct ScheduledPolicy {
 
 impl ScheduledPolicy {
     /// Builds a policy; offsets must increase and fit in the window.
-    pub fn new(name: &str, config: &ScheduledPolicyConfig) -> Result<ScheduledPolicy, RetryConfigError> {
+    pub fn new(
+        name: &str,
+        config: &ScheduledPolicyConfig,
+    ) -> Result<ScheduledPolicy, RetryConfigError> {
         let err = |message: String| RetryConfigError::Policy {
             policy: name.to_owned(),
             message,

@@ -111,13 +111,18 @@ pub async fn run(
     show_progress: bool,
 ) -> Result<Summary, String> {
     let started = Instant::now();
-    let start = Timestamp::parse_rfc3339(&config.run.start)
-        .ok_or_else(|| format!("`run.start`: `{}` is not an RFC 3339 time", config.run.start))?;
+    let start = Timestamp::parse_rfc3339(&config.run.start).ok_or_else(|| {
+        format!(
+            "`run.start`: `{}` is not an RFC 3339 time",
+            config.run.start
+        )
+    })?;
     let horizon = parse_duration(&config.run.horizon).map_err(|e| format!("`run.horizon`: {e}"))?;
     let end_of_horizon = start.plus(horizon);
     let clock = Arc::new(ManualClock::new(start));
     let tally = Arc::new(Tally::default());
-    let wired = wiring::build(config_path, config, clock.clone(), tally.clone()).map_err(|e| e.to_string())?;
+    let wired = wiring::build(config_path, config, clock.clone(), tally.clone())
+        .map_err(|e| e.to_string())?;
     let engine = wired.engine;
 
     let input_path = match input {
@@ -148,9 +153,11 @@ pub async fn run(
     let progress = if show_progress {
         let bar = ProgressBar::new(accepted);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} settled, simulated {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} settled, simulated {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar
     } else {
@@ -170,7 +177,12 @@ pub async fn run(
     progress.finish_and_clear();
 
     let mut statuses = BTreeMap::new();
-    for (status, count) in engine.store().count_by_status().await.map_err(|e| e.to_string())? {
+    for (status, count) in engine
+        .store()
+        .count_by_status()
+        .await
+        .map_err(|e| e.to_string())?
+    {
         if count > 0 || matches!(status, PaymentStatus::Succeeded | PaymentStatus::Failed) {
             statuses.insert(status.as_str().to_owned(), count);
         }
@@ -214,10 +226,18 @@ impl Summary {
         let _ = writeln!(out, "  accepted             {:>8}", self.accepted);
         let _ = writeln!(out, "  invalid              {:>8}", self.invalid.len());
         for line in self.invalid.iter().take(20) {
-            let _ = writeln!(out, "    line {:>5}: {} — {}", line.line, line.code, line.message);
+            let _ = writeln!(
+                out,
+                "    line {:>5}: {} — {}",
+                line.line, line.code, line.message
+            );
         }
         if self.invalid.len() > 20 {
-            let _ = writeln!(out, "    … {} more (use --json for all)", self.invalid.len() - 20);
+            let _ = writeln!(
+                out,
+                "    … {} more (use --json for all)",
+                self.invalid.len() - 20
+            );
         }
         let _ = writeln!(out, "  final status");
         for (status, count) in &self.statuses {
@@ -230,15 +250,27 @@ impl Summary {
             }
         }
         let per_payment = self.attempts as f64 / (self.accepted.max(1)) as f64;
-        let _ = writeln!(out, "  attempts             {:>8}  ({per_payment:.2} per payment)", self.attempts);
-        let _ = writeln!(out, "  first attempt failed {:>8}", self.first_attempt_failures);
+        let _ = writeln!(
+            out,
+            "  attempts             {:>8}  ({per_payment:.2} per payment)",
+            self.attempts
+        );
+        let _ = writeln!(
+            out,
+            "  first attempt failed {:>8}",
+            self.first_attempt_failures
+        );
         let _ = writeln!(
             out,
             "  recovered by retry   {:>8}  ({:.1}% of first-attempt failures)",
             self.recovered_by_retry,
             self.recovery_rate * 100.0
         );
-        let _ = writeln!(out, "  simulated time       {} → {}", self.simulated_start, self.simulated_end);
+        let _ = writeln!(
+            out,
+            "  simulated time       {} → {}",
+            self.simulated_start, self.simulated_end
+        );
         let _ = writeln!(
             out,
             "  wall time            {:.3} s  ({:.0} payments/s)",

@@ -192,7 +192,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             .filter(|key| key.as_str().contains("__"))
             .split("__"),
     );
-    let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
     config.check()?;
     Ok(config)
 }
@@ -205,7 +207,10 @@ impl Config {
         };
         for (key, value) in [
             ("engine.lease", &self.engine.lease),
-            ("engine.authorization_validity", &self.engine.authorization_validity),
+            (
+                "engine.authorization_validity",
+                &self.engine.authorization_validity,
+            ),
             ("run.horizon", &self.run.horizon),
         ] {
             offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
@@ -221,29 +226,46 @@ impl Config {
             return Err(invalid("engine.claim_batch", "must be at least 1".into()));
         }
         if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
-            return Err(invalid("run.start", format!("`{}` is not an RFC 3339 time", self.run.start)));
+            return Err(invalid(
+                "run.start",
+                format!("`{}` is not an RFC 3339 time", self.run.start),
+            ));
         }
         let ProcessorConfig::Mock {
             fault_rate,
             unknown_rate,
             ..
         } = &self.processor;
-        for (key, rate) in [("processor.fault_rate", fault_rate), ("processor.unknown_rate", unknown_rate)] {
+        for (key, rate) in [
+            ("processor.fault_rate", fault_rate),
+            ("processor.unknown_rate", unknown_rate),
+        ] {
             if !(0.0..=1.0).contains(rate) {
-                return Err(invalid(key, format!("must be between 0 and 1 (got {rate})")));
+                return Err(invalid(
+                    key,
+                    format!("must be between 0 and 1 (got {rate})"),
+                ));
             }
         }
         for (name, policy) in &self.retry_policies {
             offsession_retry::ScheduledPolicy::new(name, policy)
                 .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;
         }
-        if !self.retry_policies.is_empty() && !self.retry_policies.contains_key(&self.engine.default_retry_policy) {
+        if !self.retry_policies.is_empty()
+            && !self
+                .retry_policies
+                .contains_key(&self.engine.default_retry_policy)
+        {
             return Err(invalid(
                 "engine.default_retry_policy",
                 format!(
                     "`{}` is not one of the configured retry_policies ({})",
                     self.engine.default_retry_policy,
-                    self.retry_policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.retry_policies
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

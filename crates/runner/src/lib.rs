@@ -1,6 +1,11 @@
 //! The `offsession` command-line runner: reads configuration, wires the engine, and
 //! runs its subcommands. Holds no domain logic.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -51,7 +56,10 @@ pub enum Command {
 /// Entry point of the `offsession` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -71,8 +79,13 @@ async fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::CheckConfig { config: path } => {
             let config = config::load(&path).map_err(|e| e.to_string())?;
-            let wired = wiring::build(&path, &config, Arc::new(SystemClock), Arc::new(DiscardEvents))
-                .map_err(|e| e.to_string())?;
+            let wired = wiring::build(
+                &path,
+                &config,
+                Arc::new(SystemClock),
+                Arc::new(DiscardEvents),
+            )
+            .map_err(|e| e.to_string())?;
             println!("{}: ok", path.display());
             println!("  {:?}", wired.engine);
             Ok(())

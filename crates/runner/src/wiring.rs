@@ -36,7 +36,8 @@ fn read(config_path: &Path, key: &str, path: &Path) -> Result<String, ConfigErro
 /// The engine settings of `[engine]` (durations were checked by `config::load`).
 pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
     let e = &config.engine;
-    let duration = |key: &str, v: &str| parse_duration(v).map_err(|err| invalid(key, err.to_string()));
+    let duration =
+        |key: &str, v: &str| parse_duration(v).map_err(|err| invalid(key, err.to_string()));
     Ok(EngineConfig {
         livemode: e.livemode,
         instance_id: e.instance_id.clone(),
@@ -45,7 +46,10 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
         sepa_debit_retries_enabled: e.sepa_debit_retries_enabled,
         default_retry_policy: e.default_retry_policy.clone(),
         lease: duration("engine.lease", &e.lease)?,
-        authorization_validity: duration("engine.authorization_validity", &e.authorization_validity)?,
+        authorization_validity: duration(
+            "engine.authorization_validity",
+            &e.authorization_validity,
+        )?,
         replay_backoff: e
             .replay_backoff
             .iter()

@@ -35,10 +35,18 @@ fn the_shipped_config_loads() {
 #[test]
 fn unknown_keys_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "c.toml", &format!("{MINIMAL}\n[engine]\nconcurency = 3\n"));
+    let path = write(
+        &dir,
+        "c.toml",
+        &format!("{MINIMAL}\n[engine]\nconcurency = 3\n"),
+    );
     let err = config::load(&path).unwrap_err().to_string();
     assert!(err.contains("concurency"), "{err}");
-    let path = write(&dir, "d.toml", "[processor]\ntype = \"mock\"\nfault_rat = 0.1\n");
+    let path = write(
+        &dir,
+        "d.toml",
+        "[processor]\ntype = \"mock\"\nfault_rat = 0.1\n",
+    );
     let err = config::load(&path).unwrap_err().to_string();
     assert!(err.contains("fault_rat"), "{err}");
 }
@@ -102,7 +110,11 @@ async fn a_batch_runs_to_a_correct_summary() {
     let summary = batch::run(&path, &config, None, false).await.unwrap();
     assert_eq!(summary.submitted, 9);
     assert_eq!(summary.accepted, 6);
-    let invalid: Vec<_> = summary.invalid.iter().map(|l| (l.line, l.code.as_str())).collect();
+    let invalid: Vec<_> = summary
+        .invalid
+        .iter()
+        .map(|l| (l.line, l.code.as_str()))
+        .collect();
     assert_eq!(
         invalid,
         [

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use offsession_core::payment::{ObjectTag, PaymentsOrchestration};
 use offsession_core::{
-    AttemptRecord, Amount, Cadence, Capture, ClockScope, Currency, DeclineCategory, Expected,
+    Amount, AttemptRecord, Cadence, Capture, ClockScope, Currency, DeclineCategory, Expected,
     IdempotencyClaim, Lease, OffSessionPayment, PaymentRecord, PaymentStatus, RetryDetails,
     RetryStrategy, Store, StoreError, Timestamp,
 };
@@ -47,7 +47,12 @@ pub fn sample_record(id: &str, created: i64, test_clock: Option<&str>) -> Paymen
         test_clock: test_clock.map(str::to_owned),
         livemode: false,
     };
-    PaymentRecord::new(payment, "mock".into(), None, Timestamp::from_millis(created))
+    PaymentRecord::new(
+        payment,
+        "mock".into(),
+        None,
+        Timestamp::from_millis(created),
+    )
 }
 
 fn lease(owner: &str, until: i64) -> Lease {
@@ -78,8 +83,15 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
 async fn insert_then_get_round_trips(store: &dyn Store) {
     let record = sample_record("osp_a", 1_000, None);
     store.insert(&record).await.unwrap();
-    let got = store.get("osp_a").await.unwrap().expect("inserted record is found");
-    assert_eq!(got.payment, record.payment, "insert/get must round-trip the payment");
+    let got = store
+        .get("osp_a")
+        .await
+        .unwrap()
+        .expect("inserted record is found");
+    assert_eq!(
+        got.payment, record.payment,
+        "insert/get must round-trip the payment"
+    );
     assert_eq!(got.due_at, record.due_at);
     assert!(store.get("osp_missing").await.unwrap().is_none());
 }
@@ -94,11 +106,17 @@ async fn a_duplicate_id_is_refused(store: &dyn Store) {
         Err(StoreError::Duplicate("osp_a".into()))
     );
     let got = store.get("osp_a").await.unwrap().unwrap();
-    assert_eq!(got.payment.customer, "cus_test", "a refused insert must not overwrite");
+    assert_eq!(
+        got.payment.customer, "cus_test",
+        "a refused insert must not overwrite"
+    );
 }
 
 async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
-    store.insert(&sample_record("osp_a", 1_000, None)).await.unwrap();
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
     let read = store.get("osp_a").await.unwrap().unwrap();
     let mut first = read.clone();
     first.payment.status = PaymentStatus::Canceled;
@@ -107,9 +125,18 @@ async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
 
     let mut second = read.clone();
     second.payment.status = PaymentStatus::Processing;
-    let err = store.update(&second, Expected::of(&read)).await.unwrap_err();
+    let err = store
+        .update(&second, Expected::of(&read))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict { current_status: PaymentStatus::Canceled, .. }),
+        matches!(
+            err,
+            StoreError::Conflict {
+                current_status: PaymentStatus::Canceled,
+                ..
+            }
+        ),
         "stale update must conflict, got {err:?}"
     );
     let now = store.get("osp_a").await.unwrap().unwrap();
@@ -117,7 +144,10 @@ async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
 }
 
 async fn an_update_from_another_status_is_refused(store: &dyn Store) {
-    store.insert(&sample_record("osp_a", 1_000, None)).await.unwrap();
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
     let read = store.get("osp_a").await.unwrap().unwrap();
     let mut next = read.clone();
     next.payment.status = PaymentStatus::Processing;
@@ -140,58 +170,115 @@ async fn updating_a_missing_payment_is_not_found(store: &dyn Store) {
 }
 
 async fn claims_come_oldest_due_first_up_to_the_limit(store: &dyn Store) {
-    for (id, at) in [("osp_c", 3_000), ("osp_a", 1_000), ("osp_b", 2_000), ("osp_d", 9_000)] {
+    for (id, at) in [
+        ("osp_c", 3_000),
+        ("osp_a", 1_000),
+        ("osp_b", 2_000),
+        ("osp_d", 9_000),
+    ] {
         store.insert(&sample_record(id, at, None)).await.unwrap();
     }
     let claimed = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(5_000), 2, &lease("i1", 60_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(5_000),
+            2,
+            &lease("i1", 60_000),
+        )
         .await
         .unwrap();
     let ids: Vec<_> = claimed.iter().map(|r| r.payment.id.as_str()).collect();
     assert_eq!(ids, ["osp_a", "osp_b"], "oldest due first, at most `limit`");
-    assert!(claimed.iter().all(|r| r.lease.as_ref().is_some_and(|l| l.owner == "i1")));
+    assert!(claimed
+        .iter()
+        .all(|r| r.lease.as_ref().is_some_and(|l| l.owner == "i1")));
     let rest = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(5_000), 10, &lease("i2", 60_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(5_000),
+            10,
+            &lease("i2", 60_000),
+        )
         .await
         .unwrap();
     let ids: Vec<_> = rest.iter().map(|r| r.payment.id.as_str()).collect();
-    assert_eq!(ids, ["osp_c"], "claimed records and not-yet-due records are skipped");
+    assert_eq!(
+        ids,
+        ["osp_c"],
+        "claimed records and not-yet-due records are skipped"
+    );
 }
 
 async fn a_claimed_record_waits_for_its_lease_to_lapse(store: &dyn Store) {
-    store.insert(&sample_record("osp_a", 1_000, None)).await.unwrap();
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
     let first = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(1_000), 10, &lease("i1", 5_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(1_000),
+            10,
+            &lease("i1", 5_000),
+        )
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     let during = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(4_999), 10, &lease("i2", 9_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(4_999),
+            10,
+            &lease("i2", 9_000),
+        )
         .await
         .unwrap();
-    assert!(during.is_empty(), "a leased record must not be claimed twice");
+    assert!(
+        during.is_empty(),
+        "a leased record must not be claimed twice"
+    );
     assert_eq!(
         store.next_due(&ClockScope::Engine).await.unwrap(),
         Some(Timestamp::from_millis(5_000)),
         "a leased record is next due when its lease lapses"
     );
     let after = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(5_000), 10, &lease("i2", 9_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(5_000),
+            10,
+            &lease("i2", 9_000),
+        )
         .await
         .unwrap();
-    assert_eq!(after.len(), 1, "a lapsed lease makes the record claimable again");
+    assert_eq!(
+        after.len(),
+        1,
+        "a lapsed lease makes the record claimable again"
+    );
     assert_eq!(after[0].lease.as_ref().unwrap().owner, "i2");
 }
 
 async fn an_update_after_a_claim_needs_the_claimed_version(store: &dyn Store) {
-    store.insert(&sample_record("osp_a", 1_000, None)).await.unwrap();
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
     let before = store.get("osp_a").await.unwrap().unwrap();
     let claimed = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(1_000), 1, &lease("i1", 5_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(1_000),
+            1,
+            &lease("i1", 5_000),
+        )
         .await
         .unwrap()
         .remove(0);
-    assert!(claimed.version > before.version, "a claim bumps the version");
+    assert!(
+        claimed.version > before.version,
+        "a claim bumps the version"
+    );
     let mut stale = before.clone();
     stale.payment.status = PaymentStatus::Canceled;
     assert!(
@@ -211,20 +298,41 @@ async fn an_update_after_a_claim_needs_the_claimed_version(store: &dyn Store) {
 }
 
 async fn clock_scopes_are_kept_apart(store: &dyn Store) {
-    store.insert(&sample_record("osp_engine", 1_000, None)).await.unwrap();
-    store.insert(&sample_record("osp_clock", 500, Some("clock_1"))).await.unwrap();
+    store
+        .insert(&sample_record("osp_engine", 1_000, None))
+        .await
+        .unwrap();
+    store
+        .insert(&sample_record("osp_clock", 500, Some("clock_1")))
+        .await
+        .unwrap();
     let scope = ClockScope::TestClock("clock_1".into());
-    assert_eq!(store.next_due(&scope).await.unwrap(), Some(Timestamp::from_millis(500)));
     assert_eq!(
-        store.next_due(&ClockScope::TestClock("clock_2".into())).await.unwrap(),
+        store.next_due(&scope).await.unwrap(),
+        Some(Timestamp::from_millis(500))
+    );
+    assert_eq!(
+        store
+            .next_due(&ClockScope::TestClock("clock_2".into()))
+            .await
+            .unwrap(),
         None
     );
     let engine = store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(10_000), 10, &lease("i", 20_000))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(10_000),
+            10,
+            &lease("i", 20_000),
+        )
         .await
         .unwrap();
     let ids: Vec<_> = engine.iter().map(|r| r.payment.id.as_str()).collect();
-    assert_eq!(ids, ["osp_engine"], "the engine scope must not claim test-clock payments");
+    assert_eq!(
+        ids,
+        ["osp_engine"],
+        "the engine scope must not claim test-clock payments"
+    );
 }
 
 async fn records_without_due_time_are_never_claimed(store: &dyn Store) {
@@ -232,7 +340,12 @@ async fn records_without_due_time_are_never_claimed(store: &dyn Store) {
     record.due_at = None;
     store.insert(&record).await.unwrap();
     assert!(store
-        .claim_due(&ClockScope::Engine, Timestamp::from_millis(i64::MAX), 10, &lease("i", 0))
+        .claim_due(
+            &ClockScope::Engine,
+            Timestamp::from_millis(i64::MAX),
+            10,
+            &lease("i", 0)
+        )
         .await
         .unwrap()
         .is_empty());
@@ -241,9 +354,18 @@ async fn records_without_due_time_are_never_claimed(store: &dyn Store) {
 
 async fn lists_are_newest_first_and_paginate(store: &dyn Store) {
     for (i, id) in ["osp_1", "osp_2", "osp_3", "osp_4"].iter().enumerate() {
-        store.insert(&sample_record(id, i as i64 * 1_000, None)).await.unwrap();
+        store
+            .insert(&sample_record(id, i as i64 * 1_000, None))
+            .await
+            .unwrap();
     }
-    let page: Vec<_> = store.list(2, None).await.unwrap().into_iter().map(|p| p.id).collect();
+    let page: Vec<_> = store
+        .list(2, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(page, ["osp_4", "osp_3"]);
     let next: Vec<_> = store
         .list(2, Some("osp_3"))
@@ -257,11 +379,17 @@ async fn lists_are_newest_first_and_paginate(store: &dyn Store) {
 
 async fn idempotency_keys_map_to_the_first_payment(store: &dyn Store) {
     assert_eq!(
-        store.claim_idempotency_key("key-1", "fp-a", "osp_a").await.unwrap(),
+        store
+            .claim_idempotency_key("key-1", "fp-a", "osp_a")
+            .await
+            .unwrap(),
         IdempotencyClaim::Inserted
     );
     assert_eq!(
-        store.claim_idempotency_key("key-1", "fp-b", "osp_b").await.unwrap(),
+        store
+            .claim_idempotency_key("key-1", "fp-b", "osp_b")
+            .await
+            .unwrap(),
         IdempotencyClaim::Existing {
             fingerprint: "fp-a".into(),
             payment_id: "osp_a".into()
@@ -288,15 +416,24 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
     let mut other = sample_record("osp_other", 2_000, None);
     other.payment.payment_method = "pm_other".into();
     store.insert(&other).await.unwrap();
-    let all = store.card_history("pm_card_visa", Timestamp::from_millis(0)).await.unwrap();
+    let all = store
+        .card_history("pm_card_visa", Timestamp::from_millis(0))
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2, "attempts of both payments on the same method");
     assert!(all[0].at < all[1].at && all.iter().all(|a| a.declined));
-    let recent = store.card_history("pm_card_visa", Timestamp::from_millis(2_000)).await.unwrap();
+    let recent = store
+        .card_history("pm_card_visa", Timestamp::from_millis(2_000))
+        .await
+        .unwrap();
     assert_eq!(recent.len(), 1, "`since` bounds the history");
 }
 
 async fn status_counts_cover_every_status(store: &dyn Store) {
-    store.insert(&sample_record("osp_a", 1_000, None)).await.unwrap();
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
     let counts = store.count_by_status().await.unwrap();
     assert_eq!(counts.len(), PaymentStatus::ALL.len());
     assert!(counts.contains(&(PaymentStatus::Pending, 1)));

@@ -22,9 +22,13 @@ struct Inner {
 }
 
 fn due_key(record: &PaymentRecord) -> Option<DueKey> {
-    record
-        .claimable_at()
-        .map(|at| (ClockScope::of(&record.payment), at, record.payment.id.clone()))
+    record.claimable_at().map(|at| {
+        (
+            ClockScope::of(&record.payment),
+            at,
+            record.payment.id.clone(),
+        )
+    })
 }
 
 impl Inner {
@@ -116,7 +120,11 @@ impl Store for MemoryStore {
         lease: &Lease,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let mut inner = self.lock();
-        let start = (scope.clone(), Timestamp::from_millis(i64::MIN), String::new());
+        let start = (
+            scope.clone(),
+            Timestamp::from_millis(i64::MIN),
+            String::new(),
+        );
         let due: Vec<DueKey> = inner
             .due
             .range(start..)
@@ -141,7 +149,11 @@ impl Store for MemoryStore {
 
     async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
         let inner = self.lock();
-        let start = (scope.clone(), Timestamp::from_millis(i64::MIN), String::new());
+        let start = (
+            scope.clone(),
+            Timestamp::from_millis(i64::MIN),
+            String::new(),
+        );
         Ok(inner
             .due
             .range(start..)

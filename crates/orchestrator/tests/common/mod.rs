@@ -99,7 +99,10 @@ impl Harness {
     }
 
     pub async fn now(&self) -> Timestamp {
-        self.engine.retrieve_test_clock(&self.clock).unwrap().frozen_time
+        self.engine
+            .retrieve_test_clock(&self.clock)
+            .unwrap()
+            .frozen_time
     }
 
     pub async fn get(&self, id: &str) -> OffSessionPayment {

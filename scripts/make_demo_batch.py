@@ -67,6 +67,9 @@ for i in range(N):
     else:
         _, pm, extra = pick(MIX)
         body["payment_method"] = pm.format(n=rng.choice([1, 1, 2, 3]))
+        if body["payment_method"].startswith("pm_card_") and "customer" not in extra:
+            # One card per customer: network caps count per card.
+            body["payment_method"] += f"__{i:05d}"
         extra = dict(extra)
         if "currency" in extra:
             body["amount"]["currency"] = extra.pop("currency")

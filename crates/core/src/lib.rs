@@ -34,7 +34,7 @@ pub use payment::{
     Cadence, Capture, CaptureMethod, FailureReason, OffSessionPayment, PaymentStatus, RetryDetails,
     RetryStrategy,
 };
-pub use policy::{CardAttempt, RetryContext, RetryDecision, RetryPolicy};
+pub use policy::{AttemptObservation, CardAttempt, RetryContext, RetryDecision, RetryPolicy};
 pub use processor::{
     AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, CardDetails,
     PaymentMethodDetails, Processor, ProcessorError,

@@ -10,13 +10,19 @@ use crate::payment::{FailureReason, OffSessionPayment};
 use crate::processor::PaymentMethodDetails;
 use crate::time::Timestamp;
 
-/// One earlier attempt on the same card, from any payment (for network caps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One attempt on the same card, from any payment (for network caps).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardAttempt {
+    /// The payment it belonged to.
+    pub payment_id: String,
+    /// Its attempt number in that payment (1 = first attempt, 2+ = reattempts).
+    pub attempt_number: u32,
     /// When it was sent.
     pub at: Timestamp,
     /// Whether it was declined.
     pub declined: bool,
+    /// Amount in minor units (Mastercard counts declines per card and amount).
+    pub amount: i64,
 }
 
 /// Everything a policy may look at.
@@ -47,6 +53,10 @@ pub enum RetryDecision {
     RetryAt {
         /// Earliest time of the next attempt.
         not_before: Timestamp,
+        /// The policy's retry window: if the attempt cannot happen by then (because a
+        /// network rule pushes it later), the payment fails with
+        /// `exceeded_retry_window`.
+        latest: Option<Timestamp>,
     },
     /// Stop: the payment fails for this reason.
     Stop(FailureReason),
@@ -59,6 +69,31 @@ pub trait RetryPolicy: Send + Sync + Debug {
 
     /// The decision after a failed attempt.
     fn decide(&self, context: &RetryContext<'_>) -> RetryDecision;
+
+    /// Told the outcome of every authorization attempt the engine makes, under any
+    /// strategy. Learning policies update their model here; others ignore it.
+    fn observe(&self, _observation: &AttemptObservation<'_>) {}
+}
+
+/// The outcome of one authorization attempt, with what was known when it was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptObservation<'a> {
+    /// The payment (its `retry_details.attempts` counts this attempt).
+    pub payment: &'a OffSessionPayment,
+    /// The payment method's type and card facts.
+    pub method: Option<&'a PaymentMethodDetails>,
+    /// The attempt's number (1 = first).
+    pub attempt_number: u32,
+    /// When it was sent.
+    pub at: Timestamp,
+    /// When the payment's first attempt failed (None for a first attempt).
+    pub first_failure_at: Option<Timestamp>,
+    /// When the previous attempt of the payment was sent (None for a first attempt).
+    pub previous_attempt_at: Option<Timestamp>,
+    /// The decline before this attempt, if this attempt is a retry.
+    pub previous_decline: Option<(&'a DeclineCodes, DeclineCategory)>,
+    /// Whether the issuer approved.
+    pub approved: bool,
 }
 
 /// Policies live behind `Arc<dyn RetryPolicy>`: keep the trait object-safe.

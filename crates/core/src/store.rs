@@ -74,6 +74,9 @@ pub struct PaymentRecord {
     pub authorization: Option<ProcessorReference>,
     /// `due_at` before a pause, restored on resume.
     pub paused_due_at: Option<Timestamp>,
+    /// The latest time the pending retry may run (the policy's window).
+    #[serde(default)]
+    pub retry_latest: Option<Timestamp>,
 }
 
 impl PaymentRecord {
@@ -96,6 +99,7 @@ impl PaymentRecord {
             first_attempt_at: None,
             authorization: None,
             paused_due_at: None,
+            retry_latest: None,
         }
     }
 

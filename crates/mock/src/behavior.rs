@@ -4,7 +4,10 @@
 //! succeeds, `pm_card_visa_chargeDeclinedInsufficientFunds` declines with
 //! `insufficient_funds`, …). A `_recoversAfter<N>` suffix on a declining name makes
 //! the method decline the first N attempts of a payment and succeed from attempt
-//! N + 1 on: the shape of a customer whose account is refilled.
+//! N + 1 on: the shape of a customer whose account is refilled. Anything after a
+//! double underscore names a distinct card with the same behaviour
+//! (`pm_card_visa__cus42`), so that card-network caps, which count per card, see
+//! many cards rather than one.
 
 use offsession_core::{CardDetails, DeclineCodes};
 
@@ -88,6 +91,7 @@ const BRANDS: [(&str, &str, &str); 8] = [
 /// Reads a Stripe-style test payment method name; `None` if it is not one.
 pub fn parse_test_method(id: &str) -> Option<TestMethod> {
     let rest = id.strip_prefix("pm_card_")?;
+    let rest = rest.split_once("__").map_or(rest, |(name, _card)| name);
     let (base, recovers_after) = match rest.rsplit_once("_recoversAfter") {
         Some((base, n)) => (base, Some(n.parse::<u32>().ok().filter(|n| *n > 0)?)),
         None => (rest, None),
@@ -237,6 +241,14 @@ mod tests {
         assert!(m.behavior.decline_for(1).is_some());
         assert!(m.behavior.decline_for(2).is_some());
         assert!(m.behavior.decline_for(3).is_none());
+    }
+
+    #[test]
+    fn a_double_underscore_tag_names_a_distinct_card_with_the_same_behaviour() {
+        let tagged =
+            parse_test_method("pm_card_visa_chargeDeclined_recoversAfter2__cus_42").unwrap();
+        let plain = parse_test_method("pm_card_visa_chargeDeclined_recoversAfter2").unwrap();
+        assert_eq!(tagged, plain);
     }
 
     #[test]

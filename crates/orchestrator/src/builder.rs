@@ -8,7 +8,7 @@ use offsession_core::events::DiscardEvents;
 use offsession_core::{
     Clock, EventSink, Processor, RetryPolicy, RetryStrategy, Store, SystemClock,
 };
-use offsession_retry::{DeclineTable, NoRetry, ScheduledPolicy};
+use offsession_retry::{DeclineTable, NetworkGuard, NoRetry, ScheduledPolicy};
 
 use crate::engine::Engine;
 use crate::EngineError;
@@ -76,6 +76,7 @@ pub struct EngineBuilder {
     pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) events: Option<Arc<dyn EventSink>>,
+    pub(crate) guards: Vec<Arc<NetworkGuard>>,
 }
 
 impl EngineBuilder {
@@ -91,7 +92,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Adds a named scheduled policy (`retry_details.retry_policy`).
+    /// Adds a named scheduled policy (`retry_details.retry_policy`). Every policy is
+    /// wrapped by the card-network rules guard when the engine is built.
     pub fn retry_policy(mut self, name: &str, policy: Arc<dyn RetryPolicy>) -> Self {
         self.policies.insert(name.to_owned(), policy);
         self
@@ -172,6 +174,20 @@ impl EngineBuilder {
         self.strategies
             .entry(RetryStrategy::None)
             .or_insert_with(|| Arc::new(NoRetry));
+        let rules = self
+            .declines
+            .get_or_insert_with(DeclineTable::standard)
+            .network_rules()
+            .clone();
+        let mut guards = Vec::new();
+        let mut guard = |policy: &mut Arc<dyn RetryPolicy>| {
+            let guarded = Arc::new(NetworkGuard::new(policy.clone(), rules.clone()));
+            guards.push(guarded.clone());
+            *policy = guarded;
+        };
+        self.policies.values_mut().for_each(&mut guard);
+        self.strategies.values_mut().for_each(&mut guard);
+        self.guards = guards;
         if self.clock.is_none() {
             self.clock = Some(Arc::new(SystemClock));
         }

@@ -11,11 +11,12 @@ use offsession_core::request::{
 };
 use offsession_core::store::Expected;
 use offsession_core::{
-    attempt_idempotency_key, transition, ApiError, AttemptOutcome, AttemptRecord, AuthorizeRequest,
-    CancelRequest, CaptureRequest, Clock, ClockScope, CreateOffSessionPayment, DeclineCategory,
-    DeclineCodes, ErrorCode, Event, EventSink, EventType, FailureReason, IdempotencyClaim, Lease,
-    ManualClock, OffSessionPayment, PaymentRecord, PaymentStatus, Processor, RetryContext,
-    RetryDecision, RetryPolicy, RetryStrategy, Store, StoreError, Timestamp, Transition,
+    attempt_idempotency_key, transition, ApiError, AttemptObservation, AttemptOutcome,
+    AttemptRecord, AuthorizeRequest, CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope,
+    CreateOffSessionPayment, DeclineCategory, DeclineCodes, ErrorCode, Event, EventSink, EventType,
+    FailureReason, IdempotencyClaim, Lease, ManualClock, OffSessionPayment, PaymentRecord,
+    PaymentStatus, Processor, RetryContext, RetryDecision, RetryPolicy, RetryStrategy, Store,
+    StoreError, Timestamp, Transition,
 };
 use offsession_retry::DeclineTable;
 
@@ -61,6 +62,7 @@ struct Inner {
     strategies: HashMap<RetryStrategy, Arc<dyn RetryPolicy>>,
     available_strategies: Vec<RetryStrategy>,
     declines: DeclineTable,
+    guards: Vec<Arc<offsession_retry::NetworkGuard>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
@@ -137,6 +139,7 @@ impl Engine {
                 strategies: builder.strategies,
                 available_strategies,
                 declines: builder.declines.unwrap_or_else(DeclineTable::standard),
+                guards: builder.guards,
                 // `build` checked these are set.
                 store: builder.store.expect("store checked by build"),
                 clock: builder.clock.expect("clock set by build"),
@@ -156,6 +159,18 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// How often the network-rules guard intervened: (retries blocked, retries
+    /// deferred), over every policy.
+    pub fn guard_interventions(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.inner.guards.iter().fold((0, 0), |(b, d), g| {
+            (
+                b + g.counters().blocked.load(Ordering::Relaxed),
+                d + g.counters().deferred.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Now, by the engine clock.
@@ -730,6 +745,44 @@ impl Engine {
         // unknown, so the same attempt is replayed with the same key.
         let replay = (record.replay_pending || record.payment.status == PaymentStatus::Processing)
             && !record.attempts.is_empty();
+        if !replay && !record.attempts.is_empty() {
+            // Other payments of the same card may have been attempted since this retry
+            // was scheduled: check the network caps again before sending.
+            let brand = record
+                .method
+                .as_ref()
+                .and_then(|m| m.card.as_ref())
+                .map(|c| c.brand.clone());
+            let history = self.card_history(&record, now).await?;
+            let allowed = self.inner.declines.network_rules().earliest_allowed(
+                brand.as_deref(),
+                &history,
+                record.payment.amount_requested.value,
+                now,
+            );
+            if allowed > now {
+                let mut next = claimed.clone();
+                next.lease = None;
+                let mut events = Vec::new();
+                if next.retry_latest.is_some_and(|latest| allowed > latest) {
+                    next.payment.status = transition(next.payment.status, Transition::Fail)
+                        .unwrap_or(PaymentStatus::Failed);
+                    next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
+                    next.due_at = None;
+                    events.push(EventType::Failed);
+                } else {
+                    next.due_at = Some(allowed);
+                }
+                self.inner
+                    .store
+                    .update(&next, Expected::of(&claimed))
+                    .await?;
+                for event in events {
+                    self.emit(event, &next.payment, now);
+                }
+                return Ok(());
+            }
+        }
         if replay {
             if let Some(last) = record.attempts.last_mut() {
                 last.replays += 1;
@@ -807,6 +860,7 @@ impl Engine {
                 record.payment.payment_record = Some(self.inner.ids.next("pr"));
                 record.due_at = None;
                 events.push(EventType::Succeeded);
+                self.observe(&record, true);
                 None
             }
             AttemptOutcome::RequiresCapture { reference } => {
@@ -830,6 +884,7 @@ impl Engine {
                         .map_or(expires, |before| before.min(expires)),
                 );
                 events.push(EventType::RequiresCapture);
+                self.observe(&record, true);
                 None
             }
             AttemptOutcome::Declined { codes, reference } => Some((codes, reference)),
@@ -882,12 +937,14 @@ impl Engine {
                 Some(category),
             );
             record.payment.last_authorization_attempt_error = Some(codes.to_string());
+            self.observe(&record, false);
             events.push(EventType::AttemptFailed);
             events.push(EventType::AuthorizationAttemptFailed);
             match self.decide(&record, &codes, category, now).await? {
-                RetryDecision::RetryAt { not_before } => {
+                RetryDecision::RetryAt { not_before, latest } => {
                     record.payment.status = PaymentStatus::PendingRetry;
                     record.due_at = Some(not_before.max(now));
+                    record.retry_latest = latest;
                 }
                 RetryDecision::Stop(reason) => {
                     record.payment.status = PaymentStatus::Failed;
@@ -941,13 +998,7 @@ impl Engine {
             tracing::error!(payment = %record.payment.id, strategy = %details.retry_strategy, "no policy installed for the payment's strategy; stopping");
             return Ok(RetryDecision::Stop(FailureReason::RetriesExhausted));
         };
-        let since =
-            Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64);
-        let card_history = self
-            .inner
-            .store
-            .card_history(&record.payment.payment_method, since)
-            .await?;
+        let card_history = self.card_history(record, now).await?;
         let context = RetryContext {
             payment: &record.payment,
             method: record.method.as_ref(),
@@ -961,10 +1012,88 @@ impl Engine {
         let decision = policy.decide(&context);
         // Whatever the policy, nothing is attempted after `retry_until`.
         Ok(match (decision, details.retry_until) {
-            (RetryDecision::RetryAt { not_before }, Some(until)) if not_before > until => {
+            (RetryDecision::RetryAt { not_before, .. }, Some(until)) if not_before > until => {
                 RetryDecision::Stop(FailureReason::ExceededRetryWindow)
             }
+            (RetryDecision::RetryAt { not_before, latest }, until) => RetryDecision::RetryAt {
+                not_before,
+                latest: match (latest, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
             (decision, _) => decision,
         })
+    }
+
+    /// Every attempt on the payment's method in the last 30 days, across payments,
+    /// with this payment's attempts as held in memory (the store may not have the
+    /// outcome of the latest one yet).
+    async fn card_history(
+        &self,
+        record: &PaymentRecord,
+        now: Timestamp,
+    ) -> Result<Vec<CardAttempt>, StoreError> {
+        let since =
+            Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64);
+        let mut history: Vec<CardAttempt> = self
+            .inner
+            .store
+            .card_history(&record.payment.payment_method, since)
+            .await?
+            .into_iter()
+            .filter(|a| a.payment_id != record.payment.id)
+            .collect();
+        history.extend(
+            record
+                .attempts
+                .iter()
+                .filter(|a| a.started_at >= since)
+                .map(|a| CardAttempt {
+                    payment_id: record.payment.id.clone(),
+                    attempt_number: a.number,
+                    at: a.started_at,
+                    declined: a.decline_category.is_some(),
+                    amount: record.payment.amount_requested.value,
+                }),
+        );
+        history.sort_by_key(|a| a.at);
+        Ok(history)
+    }
+
+    /// Tells every strategy the outcome of the attempt just finished.
+    fn observe(&self, record: &PaymentRecord, approved: bool) {
+        let Some(last) = record.attempts.last() else {
+            return;
+        };
+        let previous = record
+            .attempts
+            .len()
+            .checked_sub(2)
+            .map(|i| &record.attempts[i]);
+        let previous_decline = previous.and_then(|a| match (&a.outcome, a.decline_category) {
+            (Some(AttemptOutcome::Declined { codes, .. }), Some(category)) => {
+                Some((codes, category))
+            }
+            _ => None,
+        });
+        let first_failure_at = record
+            .attempts
+            .first()
+            .filter(|a| a.decline_category.is_some() && a.number != last.number)
+            .and_then(|a| a.finished_at);
+        let observation = AttemptObservation {
+            payment: &record.payment,
+            method: record.method.as_ref(),
+            attempt_number: last.number,
+            at: last.started_at,
+            first_failure_at,
+            previous_attempt_at: previous.map(|a| a.started_at),
+            previous_decline,
+            approved,
+        };
+        for policy in self.inner.strategies.values() {
+            policy.observe(&observation);
+        }
     }
 }

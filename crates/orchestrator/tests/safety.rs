@@ -314,7 +314,7 @@ async fn aggressive_retries_over_a_flaky_processor_never_charge_twice() {
     for i in 0..700 {
         let body = json!({
             "amount": {"value": 1000 + i, "currency": "usd"}, "cadence": "recurring",
-            "customer": format!("cus_{i}"), "payment_method": methods[i % methods.len()],
+            "customer": format!("cus_{i}"), "payment_method": format!("{}__{i}", methods[i % methods.len()]),
             "test_clock": clock,
         });
         ids.push(

@@ -24,6 +24,7 @@ struct CategoryRows {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VisaRows {
+    max_reattempts_30d: u32,
     category_1: Vec<String>,
     #[serde(default)]
     category_2: Vec<String>,
@@ -37,6 +38,10 @@ struct MastercardRows {
     never_retry: Vec<String>,
     #[serde(default)]
     new_account_information: Vec<String>,
+    max_declines_24h: u32,
+    max_declines_30d_same_amount: u32,
+    #[serde(default)]
+    retry_after: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,9 +53,28 @@ struct TableFile {
     mastercard: MastercardRows,
 }
 
+/// Card-network retry rules (see `declines-and-network-rules.md`); defaults in
+/// `config/declines.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules {
+    /// Visa category 1 response codes: never reattempt.
+    pub visa_never_retry: BTreeSet<String>,
+    /// Visa: reattempts per card in 30 days.
+    pub visa_max_reattempts_30d: u32,
+    /// Mastercard advice codes that forbid reattempts (03, 21).
+    pub mastercard_never_retry: BTreeSet<String>,
+    /// Mastercard: declines per card in 24 hours.
+    pub mastercard_max_declines_24h: u32,
+    /// Mastercard: declines per card and amount in 30 days.
+    pub mastercard_max_declines_30d_same_amount: u32,
+    /// Mastercard advice codes 24–30 → earliest next attempt.
+    pub mastercard_retry_after: BTreeMap<String, std::time::Duration>,
+}
+
 /// Classifies declines. Built from TOML; see `config/declines.toml` for precedence.
 #[derive(Debug, Clone)]
 pub struct DeclineTable {
+    rules: NetworkRules,
     default_category: DeclineCategory,
     by_decline_code: BTreeMap<String, DeclineCategory>,
     by_code: BTreeMap<String, DeclineCategory>,
@@ -65,7 +89,23 @@ impl DeclineTable {
     pub fn from_toml(text: &str) -> Result<DeclineTable, RetryConfigError> {
         let file: TableFile =
             toml::from_str(text).map_err(|e| RetryConfigError::DeclineTable(e.to_string()))?;
+        let mut retry_after = BTreeMap::new();
+        for (mac, wait) in &file.mastercard.retry_after {
+            let wait = crate::parse_duration(wait).map_err(|e| {
+                RetryConfigError::DeclineTable(format!("mastercard.retry_after.{mac}: {e}"))
+            })?;
+            retry_after.insert(mac.clone(), wait);
+        }
+        let rules = NetworkRules {
+            visa_never_retry: file.visa.category_1.iter().cloned().collect(),
+            visa_max_reattempts_30d: file.visa.max_reattempts_30d,
+            mastercard_never_retry: file.mastercard.never_retry.iter().cloned().collect(),
+            mastercard_max_declines_24h: file.mastercard.max_declines_24h,
+            mastercard_max_declines_30d_same_amount: file.mastercard.max_declines_30d_same_amount,
+            mastercard_retry_after: retry_after,
+        };
         let mut table = DeclineTable {
+            rules,
             default_category: file.default_category,
             by_decline_code: BTreeMap::new(),
             by_code: BTreeMap::new(),
@@ -99,6 +139,11 @@ impl DeclineTable {
             }
         }
         Ok(table)
+    }
+
+    /// The network rules from the same file.
+    pub fn network_rules(&self) -> &NetworkRules {
+        &self.rules
     }
 
     /// The shipped default table.

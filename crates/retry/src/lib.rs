@@ -1,5 +1,6 @@
-//! Retry decisions for offsession: the decline classification table, and the retry
-//! strategies (`none`, `scheduled`) behind the core `RetryPolicy` trait.
+//! Retry decisions for offsession: the decline classification table, the retry
+//! strategies behind the core `RetryPolicy` trait, and the card-network rules guard
+//! that wraps every strategy.
 //!
 //! Why a table and not code: networks and processors revise which codes are final;
 //! operators edit `config/declines.toml` without a release.
@@ -11,13 +12,20 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod calendar;
 pub mod declines;
 pub mod duration;
+pub mod guard;
+pub mod heuristic;
 pub mod scheduled;
+pub mod smart;
 
-pub use declines::DeclineTable;
+pub use declines::{DeclineTable, NetworkRules};
 pub use duration::parse_duration;
+pub use guard::{GuardCounters, NetworkGuard};
+pub use heuristic::{HeuristicConfig, HeuristicPolicy};
 pub use scheduled::{NoRetry, ScheduledPolicy, ScheduledPolicyConfig};
+pub use smart::{SmartConfig, SmartPolicy, SmartState};
 
 /// Errors building retry components from configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -140,6 +140,9 @@ impl RetryPolicy for ScheduledPolicy {
         if next > window_end {
             return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
         }
-        RetryDecision::RetryAt { not_before: next }
+        RetryDecision::RetryAt {
+            not_before: next,
+            latest: Some(window_end),
+        }
     }
 }

@@ -422,6 +422,9 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
         .unwrap();
     assert_eq!(all.len(), 2, "attempts of both payments on the same method");
     assert!(all[0].at < all[1].at && all.iter().all(|a| a.declined));
+    assert_eq!(all[0].payment_id, "osp_a");
+    assert_eq!(all[0].attempt_number, 1);
+    assert_eq!(all[0].amount, 2000);
     let recent = store
         .card_history("pm_card_visa", Timestamp::from_millis(2_000))
         .await

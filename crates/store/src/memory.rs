@@ -200,11 +200,14 @@ impl Store for MemoryStore {
             .into_iter()
             .flatten()
             .filter_map(|id| inner.records.get(id))
-            .flat_map(|record| record.attempts.iter())
-            .filter(|attempt| attempt.started_at >= since)
-            .map(|attempt| CardAttempt {
+            .flat_map(|record| record.attempts.iter().map(move |a| (record, a)))
+            .filter(|(_, attempt)| attempt.started_at >= since)
+            .map(|(record, attempt)| CardAttempt {
+                payment_id: record.payment.id.clone(),
+                attempt_number: attempt.number,
                 at: attempt.started_at,
                 declined: attempt.decline_category.is_some(),
+                amount: record.payment.amount_requested.value,
             })
             .collect();
         history.sort_by_key(|a| a.at);

@@ -75,5 +75,64 @@ fn engine_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validation, classification, engine_throughput);
+fn retry_decisions(c: &mut Criterion) {
+    use offsession::core::{
+        CardAttempt, CardDetails, DeclineCategory, PaymentMethodDetails, RetryContext, RetryPolicy,
+    };
+    use offsession::retry::{NetworkGuard, SmartConfig, SmartPolicy};
+    use offsession::store::conformance::sample_record;
+
+    let now = Timestamp::from_millis(1_767_693_600_000);
+    let record = sample_record("osp_bench", now.as_millis(), None);
+    let method = PaymentMethodDetails {
+        payment_method_type: "card".into(),
+        card: Some(CardDetails {
+            brand: "visa".into(),
+            funding: "debit".into(),
+            country: Some("US".into()),
+            wallet: None,
+        }),
+    };
+    let mut codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+    codes.network_decline_code = Some("51".into());
+    let history: Vec<CardAttempt> = (0..10)
+        .map(|i| CardAttempt {
+            payment_id: format!("osp_{i}"),
+            attempt_number: 1 + i % 3,
+            at: Timestamp::from_millis(now.as_millis() - i as i64 * 86_400_000),
+            declined: true,
+            amount: 2000,
+        })
+        .collect();
+    let context = RetryContext {
+        payment: &record.payment,
+        method: Some(&method),
+        attempts: &[],
+        card_history: &history,
+        decline: &codes,
+        category: DeclineCategory::SoftFunds,
+        first_attempt_at: now,
+        now,
+    };
+    let smart = Arc::new(SmartPolicy::new(&SmartConfig::default()).unwrap());
+    let guarded = NetworkGuard::new(
+        smart.clone(),
+        DeclineTable::standard().network_rules().clone(),
+    );
+    let mut group = c.benchmark_group("retry");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("smart_decision", |b| b.iter(|| smart.decide(&context)));
+    group.bench_function("smart_decision_with_network_guard", |b| {
+        b.iter(|| guarded.decide(&context))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    validation,
+    classification,
+    retry_decisions,
+    engine_throughput
+);
 criterion_main!(benches);

@@ -123,7 +123,7 @@ pub async fn run(
     let tally = Arc::new(Tally::default());
     let wired = wiring::build(config_path, config, clock.clone(), tally.clone())
         .map_err(|e| e.to_string())?;
-    let engine = wired.engine;
+    let engine = wired.engine.clone();
 
     let input_path = match input {
         Some(path) => path.to_owned(),
@@ -175,6 +175,7 @@ pub async fn run(
         }
     }
     progress.finish_and_clear();
+    wired.save_smart_state(config_path, config)?;
 
     let mut statuses = BTreeMap::new();
     for (status, count) in engine

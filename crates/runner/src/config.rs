@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use offsession_mock::LatencyModel;
-use offsession_retry::ScheduledPolicyConfig;
+use offsession_retry::{HeuristicConfig, ScheduledPolicyConfig, SmartConfig};
 use serde::Deserialize;
 
 /// The whole file.
@@ -23,6 +23,12 @@ pub struct Config {
     /// `[retry_policies.<name>]`.
     #[serde(default)]
     pub retry_policies: BTreeMap<String, ScheduledPolicyConfig>,
+    /// `[heuristic]`: the heuristic strategy (debits; `best_available` on a debit).
+    #[serde(default)]
+    pub heuristic: HeuristicConfig,
+    /// `[smart]`: the smart strategy (cards; `best_available` on a card).
+    #[serde(default)]
+    pub smart: SmartConfig,
     /// `[processor]`.
     pub processor: ProcessorConfig,
     /// `[store]`.
@@ -247,6 +253,10 @@ impl Config {
                 ));
             }
         }
+        offsession_retry::HeuristicPolicy::new(&self.heuristic)
+            .map_err(|e| invalid("heuristic", e.to_string()))?;
+        offsession_retry::SmartPolicy::new(&self.smart)
+            .map_err(|e| invalid("smart", e.to_string()))?;
         for (name, policy) in &self.retry_policies {
             offsession_retry::ScheduledPolicy::new(name, policy)
                 .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;

@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use offsession_core::RetryStrategy;
 use offsession_core::{Clock, EventSink};
 use offsession_mock::{MockConfig, MockProcessor, Vault};
 use offsession_orchestrator::{Engine, EngineConfig};
-use offsession_retry::{parse_duration, DeclineTable, ScheduledPolicy};
+use offsession_retry::{
+    parse_duration, DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPolicy,
+};
 use offsession_store::MemoryStore;
 
 use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig};
@@ -67,6 +70,18 @@ pub struct Wired {
     pub engine: Engine,
     /// The mock processor, when the config selects it (for ledgers and checks).
     pub mock: Option<Arc<MockProcessor>>,
+    /// The smart strategy (to save its learned state).
+    pub smart: Arc<SmartPolicy>,
+}
+
+impl Wired {
+    /// Saves the smart strategy's state to `smart.state_path`, if configured.
+    pub fn save_smart_state(&self, config_path: &Path, config: &Config) -> Result<(), String> {
+        match &config.smart.state_path {
+            Some(path) => self.smart.save(&resolve(config_path, Path::new(path))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Builds the engine with `clock` and `events`.
@@ -93,6 +108,22 @@ pub fn build(
             .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;
         builder = builder.retry_policy(name, Arc::new(policy));
     }
+
+    let heuristic =
+        HeuristicPolicy::new(&config.heuristic).map_err(|e| invalid("heuristic", e.to_string()))?;
+    let smart =
+        Arc::new(SmartPolicy::new(&config.smart).map_err(|e| invalid("smart", e.to_string()))?);
+    if let Some(path) = &config.smart.state_path {
+        let full = resolve(config_path, Path::new(path));
+        if full.exists() {
+            smart
+                .load(&full)
+                .map_err(|e| invalid("smart.state_path", e))?;
+        }
+    }
+    builder = builder
+        .strategy(RetryStrategy::Heuristic, Arc::new(heuristic))
+        .strategy(RetryStrategy::Smart, smart.clone());
 
     let mock;
     match &config.processor {
@@ -138,5 +169,9 @@ pub fn build(
     let engine = builder
         .build()
         .map_err(|e| invalid("engine", e.to_string()))?;
-    Ok(Wired { engine, mock })
+    Ok(Wired {
+        engine,
+        mock,
+        smart,
+    })
 }

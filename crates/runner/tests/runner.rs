@@ -90,7 +90,7 @@ async fn a_batch_runs_to_a_correct_summary() {
     let path = write(&dir, "c.toml", MINIMAL);
     let line = |pm: &str, extra: &str| {
         format!(
-            r#"{{"amount":{{"value":1000,"currency":"usd"}},"cadence":"recurring","customer":"cus_1","payment_method":"{pm}"{extra}}}"#
+            r#"{{"amount":{{"value":1000,"currency":"usd"}},"cadence":"recurring","customer":"cus_1","payment_method":"{pm}","retry_details":{{"retry_policy":"stripe_recommended"}}{extra}}}"#
         )
     };
     let lines = [

@@ -1,0 +1,282 @@
+//! The heuristic and smart strategies, by their rules.
+
+use offsession_core::{
+    AttemptObservation, CardDetails, DeclineCategory, DeclineCodes, FailureReason,
+    PaymentMethodDetails, RetryContext, RetryDecision, RetryPolicy, Timestamp,
+};
+use offsession_retry::calendar::local;
+use offsession_retry::{HeuristicConfig, HeuristicPolicy, SmartConfig, SmartPolicy};
+use offsession_store::conformance::sample_record;
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// Tuesday 2026-01-06 10:00 UTC.
+const NOW: i64 = 1_767_693_600_000;
+
+fn card(country: &str) -> PaymentMethodDetails {
+    PaymentMethodDetails {
+        payment_method_type: "card".into(),
+        card: Some(CardDetails {
+            brand: "visa".into(),
+            funding: "debit".into(),
+            country: Some(country.into()),
+            wallet: None,
+        }),
+    }
+}
+
+fn decide(
+    policy: &dyn RetryPolicy,
+    method: &PaymentMethodDetails,
+    category: DeclineCategory,
+    attempts: u32,
+    id: &str,
+) -> RetryDecision {
+    let mut record = sample_record(id, NOW, None);
+    record.payment.retry_details.attempts = attempts;
+    let codes = match category {
+        DeclineCategory::SoftFunds => {
+            DeclineCodes::new("card_declined", Some("insufficient_funds"))
+        }
+        DeclineCategory::SoftTransient => DeclineCodes::new("processing_error", None),
+        _ => DeclineCodes::new("card_declined", Some("generic_decline")),
+    };
+    policy.decide(&RetryContext {
+        payment: &record.payment,
+        method: Some(method),
+        attempts: &[],
+        card_history: &[],
+        decline: &codes,
+        category,
+        first_attempt_at: Timestamp::from_millis(NOW),
+        now: Timestamp::from_millis(NOW),
+    })
+}
+
+fn at(decision: RetryDecision) -> Timestamp {
+    match decision {
+        RetryDecision::RetryAt { not_before, .. } => not_before,
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}
+
+#[test]
+fn heuristic_retries_transient_declines_within_hours() {
+    let policy = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let t = at(decide(
+        &policy,
+        &card("US"),
+        DeclineCategory::SoftTransient,
+        1,
+        "osp_1",
+    ));
+    assert_eq!(t.as_millis() - NOW, HOUR);
+}
+
+#[test]
+fn heuristic_backs_off_issuer_declines() {
+    let policy = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let first = at(decide(
+        &policy,
+        &card("US"),
+        DeclineCategory::SoftIssuer,
+        1,
+        "osp_1",
+    ));
+    let third = at(decide(
+        &policy,
+        &card("US"),
+        DeclineCategory::SoftIssuer,
+        3,
+        "osp_1",
+    ));
+    assert_eq!(first.as_millis() - NOW, DAY);
+    assert_eq!(third.as_millis() - NOW, 5 * DAY);
+}
+
+#[test]
+fn heuristic_aims_funds_retries_at_local_paydays() {
+    let policy = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let us = at(decide(
+        &policy,
+        &card("US"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    let cal = local(us, -5);
+    assert_eq!(
+        (cal.weekday, cal.hour),
+        (5, 9),
+        "Friday 09:00 in New York: {us}"
+    );
+    let jp = at(decide(
+        &policy,
+        &card("JP"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    assert_eq!(local(jp, 9).hour, 9, "09:00 in Tokyo: {jp}");
+}
+
+#[test]
+fn heuristic_gives_bank_debits_three_presentments() {
+    let policy = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let ach = PaymentMethodDetails {
+        payment_method_type: "us_bank_account".into(),
+        card: None,
+    };
+    assert!(matches!(
+        decide(&policy, &ach, DeclineCategory::SoftFunds, 2, "osp_1"),
+        RetryDecision::RetryAt { .. }
+    ));
+    assert_eq!(
+        decide(&policy, &ach, DeclineCategory::SoftFunds, 3, "osp_1"),
+        RetryDecision::Stop(FailureReason::RetriesExhausted)
+    );
+}
+
+#[test]
+fn strategies_stop_on_hard_declines() {
+    let heuristic = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let smart = SmartPolicy::new(&SmartConfig::default()).unwrap();
+    for policy in [&heuristic as &dyn RetryPolicy, &smart] {
+        assert_eq!(
+            decide(policy, &card("US"), DeclineCategory::Hard, 1, "osp_1"),
+            RetryDecision::Stop(FailureReason::RejectedByPartner)
+        );
+    }
+}
+
+fn no_exploration() -> SmartConfig {
+    SmartConfig {
+        exploration: 0.0,
+        ..SmartConfig::default()
+    }
+}
+
+#[test]
+fn smart_prior_retries_transient_faults_soon_and_funds_near_paydays() {
+    let smart = SmartPolicy::new(&no_exploration()).unwrap();
+    let transient = at(decide(
+        &smart,
+        &card("US"),
+        DeclineCategory::SoftTransient,
+        1,
+        "osp_1",
+    ));
+    assert!(transient.as_millis() - NOW <= 12 * HOUR, "{transient}");
+    let funds = at(decide(
+        &smart,
+        &card("US"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    let cal = local(funds, -5);
+    assert!(
+        matches!(cal.day, 1 | 2 | 15 | 16) || cal.weekday == 5,
+        "funds retry on a payday: {funds}"
+    );
+}
+
+#[test]
+fn smart_learns_when_retries_succeed() {
+    let smart = SmartPolicy::new(&no_exploration()).unwrap();
+    let method = card("US");
+    let record = sample_record("osp_learn", NOW, None);
+    let codes = DeclineCodes::new("card_declined", Some("generic_decline"));
+    // In this world issuer declines clear on Sundays and never otherwise.
+    for week in 0..40 {
+        for day in 0..7 {
+            let retry_at = Timestamp::from_millis(NOW + (week * 7 + day) * DAY);
+            let approved = local(retry_at, -5).weekday == 0;
+            let mut payment = record.payment.clone();
+            payment.retry_details.attempts = 2;
+            smart.observe(&AttemptObservation {
+                payment: &payment,
+                method: Some(&method),
+                attempt_number: 2,
+                at: retry_at,
+                first_failure_at: Some(Timestamp::from_millis(retry_at.as_millis() - 2 * DAY)),
+                previous_attempt_at: Some(Timestamp::from_millis(retry_at.as_millis() - 2 * DAY)),
+                previous_decline: Some((&codes, DeclineCategory::SoftIssuer)),
+                approved,
+            });
+        }
+    }
+    assert_eq!(smart.observations(), 280);
+    let t = at(decide(
+        &smart,
+        &method,
+        DeclineCategory::SoftIssuer,
+        1,
+        "osp_1",
+    ));
+    assert_eq!(local(t, -5).weekday, 0, "learned to retry on Sundays: {t}");
+}
+
+#[test]
+fn smart_stops_when_no_time_is_likely_to_work() {
+    let smart = SmartPolicy::new(&SmartConfig {
+        min_probability: 0.5,
+        ..no_exploration()
+    })
+    .unwrap();
+    assert_eq!(
+        decide(&smart, &card("US"), DeclineCategory::SoftIssuer, 1, "osp_1"),
+        RetryDecision::Stop(FailureReason::RetriesExhausted)
+    );
+}
+
+#[test]
+fn smart_decisions_are_deterministic_including_exploration() {
+    let a = SmartPolicy::new(&SmartConfig {
+        exploration: 0.5,
+        ..SmartConfig::default()
+    })
+    .unwrap();
+    let b = SmartPolicy::new(&SmartConfig {
+        exploration: 0.5,
+        ..SmartConfig::default()
+    })
+    .unwrap();
+    for i in 0..50 {
+        let id = format!("osp_{i}");
+        assert_eq!(
+            decide(&a, &card("US"), DeclineCategory::SoftFunds, 1, &id),
+            decide(&b, &card("US"), DeclineCategory::SoftFunds, 1, &id)
+        );
+    }
+}
+
+#[test]
+fn smart_state_survives_a_save_and_load() {
+    let dir = std::env::temp_dir().join(format!("offsession-smart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("smart.json");
+    let trained = SmartPolicy::new(&no_exploration()).unwrap();
+    let method = card("US");
+    let record = sample_record("osp_s", NOW, None);
+    let codes = DeclineCodes::new("card_declined", Some("generic_decline"));
+    for i in 0..100 {
+        trained.observe(&AttemptObservation {
+            payment: &record.payment,
+            method: Some(&method),
+            attempt_number: 2,
+            at: Timestamp::from_millis(NOW + i * HOUR),
+            first_failure_at: Some(Timestamp::from_millis(NOW)),
+            previous_attempt_at: Some(Timestamp::from_millis(NOW)),
+            previous_decline: Some((&codes, DeclineCategory::SoftIssuer)),
+            approved: i % 3 == 0,
+        });
+    }
+    trained.save(&path).unwrap();
+    let restored = SmartPolicy::new(&no_exploration()).unwrap();
+    restored.load(&path).unwrap();
+    assert_eq!(restored.state(), trained.state());
+    assert_eq!(restored.observations(), 100);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(restored.load(&path).is_err());
+}

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod behavior;
+pub mod issuer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod simulate;
 pub mod wiring;
 
 use std::io::IsTerminal;
@@ -44,6 +45,28 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a simulated population through the engine once per retry strategy
+    /// (none, scheduled, heuristic, smart) and compare recovery.
+    Simulate {
+        /// Scenario file (`config/scenarios/*.toml`).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Configuration file (strategy settings).
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the scenario's number of customers.
+        #[arg(long)]
+        customers: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG chart of cumulative recovery to this file.
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
     /// Load and check a configuration file, build the engine, and report.
     CheckConfig {
@@ -88,6 +111,36 @@ async fn execute(command: Command) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             println!("{}: ok", path.display());
             println!("  {:?}", wired.engine);
+            Ok(())
+        }
+        Command::Simulate {
+            scenario,
+            config: path,
+            seed,
+            customers,
+            json,
+            chart,
+        } => {
+            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let text = std::fs::read_to_string(&scenario)
+                .map_err(|e| format!("cannot read scenario `{}`: {e}", scenario.display()))?;
+            let mut scenario = offsession_mock::issuer::Scenario::from_toml(&text)
+                .map_err(|e| format!("scenario `{}`: {e}", scenario.display()))?;
+            if let Some(seed) = seed {
+                scenario.seed = seed;
+            }
+            if let Some(customers) = customers {
+                scenario.customers = customers;
+            }
+            let report = simulate::run(&scenario, &config).await?;
+            if let Some(chart) = chart {
+                report.chart(&chart)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(())
         }
         Command::Run {

@@ -1,0 +1,502 @@
+//! `offsession simulate`: runs a scenario's population through the real engine once
+//! per retry strategy and compares how many failed payments each recovers, at what
+//! cost, and whether any attempt broke a card-network rule.
+//!
+//! Every strategy sees the same world: the population and its issuers are generated
+//! from the scenario seed, and each strategy gets its own engine, store, clock and
+//! issuer state. The smart strategy starts from its prior and learns only from the
+//! outcomes of its own run.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use offsession_core::{
+    ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, Clock,
+    DeclineCodes, Event, EventSink, EventType, ManualClock, OffSessionPayment,
+    PaymentMethodDetails, Processor, ProcessorError, RetryStrategy, Timestamp,
+};
+use offsession_mock::issuer::{Population, Scenario, SimulatedIssuer};
+use offsession_orchestrator::{Engine, EngineConfig};
+use offsession_retry::{
+    DeclineTable, HeuristicPolicy, NetworkRules, ScheduledPolicy, SmartPolicy,
+};
+use offsession_store::MemoryStore;
+use serde::Serialize;
+
+use crate::config::Config;
+
+const DAY_MS: i64 = 86_400_000;
+/// Estimated fine per attempt that breaks a network rule (Visa's excessive-reattempt
+/// fee is about $0.10 domestic).
+const FINE_PER_VIOLATION_USD: f64 = 0.10;
+
+/// The strategies compared, in report order.
+pub const STRATEGIES: [&str; 4] = ["none", "scheduled", "heuristic", "smart"];
+
+/// One strategy's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyReport {
+    /// Strategy name.
+    pub strategy: String,
+    /// Payments created.
+    pub payments: u64,
+    /// Payments whose first attempt failed.
+    pub first_attempt_failures: u64,
+    /// Of those, payments that succeeded on a retry.
+    pub recovered: u64,
+    /// `recovered / first_attempt_failures`.
+    pub recovery_rate: f64,
+    /// Authorization attempts.
+    pub attempts: u64,
+    /// Attempts per payment.
+    pub attempts_per_payment: f64,
+    /// Retry attempts (after the first) per recovered payment.
+    pub retries_per_recovery: f64,
+    /// Median hours from first failure to recovery.
+    pub median_hours_to_recovery: f64,
+    /// Attempts that broke a network rule (must be 0).
+    pub network_rule_violations: u64,
+    /// Retries the guard blocked.
+    pub guard_blocked: u64,
+    /// Retries the guard moved later.
+    pub guard_deferred: u64,
+    /// Estimated fines avoided: guard interventions × $0.10.
+    pub fines_avoided_usd: f64,
+    /// Cumulative recovered payments at the end of each simulated day.
+    pub recovered_by_day: Vec<u64>,
+}
+
+/// A scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed used.
+    pub seed: u64,
+    /// Customers.
+    pub customers: u64,
+    /// Simulated days.
+    pub days: u32,
+    /// Wall-clock seconds for all strategies.
+    pub wall_seconds: f64,
+    /// Per strategy.
+    pub strategies: Vec<StrategyReport>,
+}
+
+/// One attempt as it reached the network.
+#[derive(Debug, Clone)]
+struct SentAttempt {
+    card: String,
+    brand: String,
+    payment: String,
+    number: u32,
+    at: Timestamp,
+    amount: i64,
+    declined: Option<DeclineCodes>,
+}
+
+/// Records what goes to the issuers, for the independent rule check.
+#[derive(Debug)]
+struct Recorder {
+    inner: Arc<SimulatedIssuer>,
+    clock: Arc<dyn Clock>,
+    sent: Mutex<Vec<SentAttempt>>,
+    brands: Mutex<HashMap<String, String>>,
+}
+
+#[async_trait]
+impl Processor for Recorder {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+        let details = self.inner.preflight(payment).await?;
+        if let Some(card) = &details.card {
+            self.brands
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(payment.payment_method.clone(), card.brand.clone());
+        }
+        Ok(details)
+    }
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        let outcome = self.inner.authorize(request).await;
+        let brand = self
+            .brands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&request.payment.payment_method)
+            .cloned()
+            .unwrap_or_default();
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push(SentAttempt {
+            card: request.payment.payment_method.clone(),
+            brand,
+            payment: request.payment.id.clone(),
+            number: request.attempt_number,
+            at: self.clock.now(),
+            amount: request.payment.amount_requested.value,
+            declined: match &outcome {
+                AttemptOutcome::Declined { codes, .. } => Some(codes.clone()),
+                _ => None,
+            },
+        });
+        outcome
+    }
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        self.inner.capture(request).await
+    }
+    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        self.inner.cancel(request).await
+    }
+}
+
+/// Counts attempts that break a rule, by its own reading of the rules (not the
+/// guard's code): never-retry codes, advice-code waits, and per-card caps.
+fn count_violations(sent: &[SentAttempt], rules: &NetworkRules) -> u64 {
+    let mut by_payment: HashMap<&str, Vec<&SentAttempt>> = HashMap::new();
+    let mut by_card: HashMap<&str, Vec<&SentAttempt>> = HashMap::new();
+    for attempt in sent {
+        by_payment.entry(&attempt.payment).or_default().push(attempt);
+        by_card.entry(&attempt.card).or_default().push(attempt);
+    }
+    let mut violations = 0;
+    for attempts in by_payment.values_mut() {
+        attempts.sort_by_key(|a| (a.number, a.at));
+        for pair in attempts.windows(2) {
+            let (previous, next) = (pair[0], pair[1]);
+            let Some(codes) = &previous.declined else { continue };
+            let visa_final = previous.brand == "visa"
+                && codes.network_decline_code.as_deref().is_some_and(|c| rules.visa_never_retry.contains(c));
+            let mac = codes.network_advice_code.as_deref();
+            let mc_final = previous.brand == "mastercard" && mac.is_some_and(|m| rules.mastercard_never_retry.contains(m));
+            let too_soon = previous.brand == "mastercard"
+                && mac
+                    .and_then(|m| rules.mastercard_retry_after.get(m))
+                    .is_some_and(|wait| next.at.as_millis() - previous.at.as_millis() < wait.as_millis() as i64);
+            if visa_final || mc_final || too_soon {
+                violations += 1;
+            }
+        }
+    }
+    for attempts in by_card.values_mut() {
+        attempts.sort_by_key(|a| a.at);
+        for (i, attempt) in attempts.iter().enumerate() {
+            let t = attempt.at.as_millis();
+            let window = |span: i64, keep: &dyn Fn(&SentAttempt) -> bool| {
+                attempts[..=i]
+                    .iter()
+                    .filter(|a| a.at.as_millis() > t - span && keep(a))
+                    .count()
+            };
+            if attempt.brand == "visa"
+                && attempt.number >= 2
+                && window(30 * DAY_MS, &|a| a.number >= 2) > rules.visa_max_reattempts_30d as usize
+            {
+                violations += 1;
+            }
+            if attempt.brand == "mastercard" && attempt.declined.is_some() {
+                if window(DAY_MS, &|a| a.declined.is_some()) > rules.mastercard_max_declines_24h as usize {
+                    violations += 1;
+                }
+                let amount = attempt.amount;
+                if window(30 * DAY_MS, &|a| a.declined.is_some() && a.amount == amount)
+                    > rules.mastercard_max_declines_30d_same_amount as usize
+                {
+                    violations += 1;
+                }
+            }
+        }
+    }
+    violations
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    succeeded_after_retry: Mutex<Vec<(String, Timestamp)>>,
+    attempts: AtomicU64,
+}
+
+impl EventSink for Outcomes {
+    fn emit(&self, event: Event) {
+        match event.event_type {
+            EventType::AuthorizationAttemptStarted => {
+                self.attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            EventType::Succeeded if event.data.retry_details.attempts > 1 => {
+                self.succeeded_after_retry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((event.data.id.clone(), event.created));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn retry_details(strategy: &str) -> serde_json::Value {
+    match strategy {
+        "none" => serde_json::json!({"retry_strategy": "none"}),
+        "scheduled" => serde_json::json!({"retry_policy": "stripe_recommended"}),
+        // The API refuses `heuristic` for cards; the simulator installs it as a named
+        // policy to compare it on the same card population.
+        "heuristic" => serde_json::json!({"retry_policy": "heuristic"}),
+        _ => serde_json::json!({"retry_strategy": "smart"}),
+    }
+}
+
+async fn run_strategy(
+    strategy: &'static str,
+    population: Arc<Population>,
+    config: Config,
+) -> Result<StrategyReport, String> {
+    let scenario = population.scenario().clone();
+    let start = scenario.start();
+    let end = start.plus(std::time::Duration::from_secs(u64::from(scenario.days) * 86_400));
+    let clock = Arc::new(ManualClock::new(start));
+    let issuer = Arc::new(SimulatedIssuer::new("issuers", population.clone(), clock.clone()));
+    let recorder = Arc::new(Recorder {
+        inner: issuer,
+        clock: clock.clone(),
+        sent: Mutex::new(Vec::new()),
+        brands: Mutex::new(HashMap::new()),
+    });
+    let outcomes = Arc::new(Outcomes::default());
+    let declines = DeclineTable::standard();
+    let rules = declines.network_rules().clone();
+    let scheduled = match config.retry_policies.get("stripe_recommended") {
+        Some(policy) => ScheduledPolicy::new("stripe_recommended", policy).map_err(|e| e.to_string())?,
+        None => ScheduledPolicy::stripe_recommended(),
+    };
+    let heuristic = HeuristicPolicy::new(&config.heuristic).map_err(|e| e.to_string())?;
+    let smart = SmartPolicy::new(&config.smart).map_err(|e| e.to_string())?;
+    let engine = Engine::builder()
+        .config(EngineConfig {
+            id_seed: scenario.seed,
+            concurrency: 256,
+            claim_batch: 4096,
+            ..EngineConfig::default()
+        })
+        .processor(recorder.clone())
+        .store(Arc::new(MemoryStore::new()))
+        .clock(clock.clone())
+        .events(outcomes.clone())
+        .decline_table(declines)
+        .retry_policy("stripe_recommended", Arc::new(scheduled))
+        .retry_policy("heuristic", Arc::new(heuristic))
+        .strategy(RetryStrategy::Smart, Arc::new(smart))
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let mut customers: Vec<_> = population.customers().iter().collect();
+    customers.sort_by_key(|c| (c.bill_at, c.index));
+    let retry = retry_details(strategy);
+    let mut next_customer = 0;
+    loop {
+        let next_bill = customers.get(next_customer).map(|c| c.bill_at);
+        let next_due = engine.next_due().await.map_err(|e| e.to_string())?;
+        let next = match (next_bill, next_due) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        if next > end {
+            break;
+        }
+        clock.set(next);
+        while let Some(customer) = customers.get(next_customer).filter(|c| c.bill_at <= next) {
+            let body = serde_json::json!({
+                "amount": {"value": customer.amount, "currency": scenario.currency},
+                "cadence": "recurring",
+                "customer": customer.customer_id(),
+                "payment_method": customer.payment_method_id(),
+                "retry_details": retry,
+            });
+            engine
+                .create_json(body.to_string().as_bytes(), None)
+                .await
+                .map_err(|e| format!("creating a simulated payment: {e}"))?;
+            next_customer += 1;
+        }
+        engine.run_due().await.map_err(|e| e.to_string())?;
+    }
+
+    let sent = std::mem::take(&mut *recorder.sent.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut first_failure: HashMap<&str, Timestamp> = HashMap::new();
+    for attempt in &sent {
+        if attempt.number == 1 && attempt.declined.is_some() {
+            first_failure.insert(&attempt.payment, attempt.at);
+        }
+    }
+    let recoveries = outcomes
+        .succeeded_after_retry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut hours: Vec<f64> = recoveries
+        .iter()
+        .filter_map(|(id, at)| {
+            first_failure
+                .get(id.as_str())
+                .map(|failed| (at.as_millis() - failed.as_millis()) as f64 / 3_600_000.0)
+        })
+        .collect();
+    hours.sort_by(f64::total_cmp);
+    let mut recovered_by_day = vec![0u64; scenario.days as usize + 1];
+    for (_, at) in &recoveries {
+        let day = ((at.as_millis() - start.as_millis()) / DAY_MS).clamp(0, i64::from(scenario.days)) as usize;
+        recovered_by_day[day] += 1;
+    }
+    for day in 1..recovered_by_day.len() {
+        recovered_by_day[day] += recovered_by_day[day - 1];
+    }
+    let attempts = outcomes.attempts.load(Ordering::Relaxed);
+    let payments = customers.len() as u64;
+    let failures = first_failure.len() as u64;
+    let recovered = recoveries.len() as u64;
+    let retries = attempts.saturating_sub(payments);
+    let (blocked, deferred) = engine.guard_interventions();
+    Ok(StrategyReport {
+        strategy: strategy.to_owned(),
+        payments,
+        first_attempt_failures: failures,
+        recovered,
+        recovery_rate: if failures == 0 { 0.0 } else { recovered as f64 / failures as f64 },
+        attempts,
+        attempts_per_payment: attempts as f64 / payments.max(1) as f64,
+        retries_per_recovery: if recovered == 0 { 0.0 } else { retries as f64 / recovered as f64 },
+        median_hours_to_recovery: hours.get(hours.len() / 2).copied().unwrap_or(0.0),
+        network_rule_violations: count_violations(&sent, &rules),
+        guard_blocked: blocked,
+        guard_deferred: deferred,
+        fines_avoided_usd: (blocked + deferred) as f64 * FINE_PER_VIOLATION_USD,
+        recovered_by_day,
+    })
+}
+
+/// Runs every strategy on `scenario` (all at once, one task each).
+pub async fn run(scenario: &Scenario, config: &Config) -> Result<SimulationReport, String> {
+    let started = Instant::now();
+    let population = Arc::new(Population::generate(scenario));
+    let mut tasks = Vec::new();
+    for strategy in STRATEGIES {
+        tasks.push(tokio::spawn(run_strategy(strategy, population.clone(), config.clone())));
+    }
+    let mut strategies = Vec::new();
+    for task in tasks {
+        strategies.push(task.await.map_err(|e| format!("simulation task failed: {e}"))??);
+    }
+    Ok(SimulationReport {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        customers: scenario.customers,
+        days: scenario.days,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        strategies,
+    })
+}
+
+impl SimulationReport {
+    /// The comparison table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {} (seed {}): {} payments over {} days, {:.1} s",
+            self.scenario, self.seed, self.customers, self.days, self.wall_seconds
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+            "strategy", "failed", "recovered", "rate", "att/pay", "retry/rec", "median h", "violations", "guarded", "fines $"
+        );
+        for s in &self.strategies {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>9} {:>9} {:>8.1}% {:>9.3} {:>9.2} {:>9.1} {:>10} {:>9} {:>9.2}",
+                s.strategy,
+                s.first_attempt_failures,
+                s.recovered,
+                s.recovery_rate * 100.0,
+                s.attempts_per_payment,
+                s.retries_per_recovery,
+                s.median_hours_to_recovery,
+                s.network_rule_violations,
+                s.guard_blocked + s.guard_deferred,
+                s.fines_avoided_usd
+            );
+        }
+        let by = |name: &str| self.strategies.iter().find(|s| s.strategy == name);
+        if let (Some(smart), Some(scheduled)) = (by("smart"), by("scheduled")) {
+            if scheduled.recovered > 0 {
+                let _ = writeln!(
+                    out,
+                    "smart vs scheduled: {:+.1}% recovered, {:+.3} attempts per payment",
+                    (smart.recovered as f64 / scheduled.recovered as f64 - 1.0) * 100.0,
+                    smart.attempts_per_payment - scheduled.attempts_per_payment
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes an SVG chart of cumulative recovery over time.
+    pub fn chart(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let most = self
+            .strategies
+            .iter()
+            .map(|s| s.first_attempt_failures)
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Recovered failed payments — scenario {} (seed {})", self.scenario, self.seed),
+                ("sans-serif", 20),
+            )
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..f64::from(self.days), 0f64..100f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated day")
+            .y_desc("% of first-attempt failures recovered")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let colors = [BLACK, BLUE, GREEN, RED];
+        for (s, color) in self.strategies.iter().zip(colors) {
+            let points: Vec<(f64, f64)> = s
+                .recovered_by_day
+                .iter()
+                .enumerate()
+                .map(|(day, n)| (day as f64, *n as f64 / most * 100.0))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(s.strategy.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+}

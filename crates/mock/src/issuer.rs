@@ -131,10 +131,15 @@ impl Scenario {
     pub fn from_toml(text: &str) -> Result<Scenario, String> {
         let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
         if scenario.customers == 0 || scenario.days == 0 || scenario.billing_days > scenario.days {
-            return Err("`customers` and `days` must be positive and `billing_days` ≤ `days`".into());
+            return Err(
+                "`customers` and `days` must be positive and `billing_days` ≤ `days`".into(),
+            );
         }
         if Timestamp::parse_rfc3339(&scenario.start).is_none() {
-            return Err(format!("`start`: `{}` is not an RFC 3339 time", scenario.start));
+            return Err(format!(
+                "`start`: `{}` is not an RFC 3339 time",
+                scenario.start
+            ));
         }
         if scenario.amount_min <= 0 || scenario.amount_max < scenario.amount_min {
             return Err("`amount_min` must be positive and at most `amount_max`".into());
@@ -164,7 +169,7 @@ fn draw(seed: u64, i: u64, k: u64) -> f64 {
     unit(mix(mix(seed ^ mix(i)) ^ k))
 }
 
-fn pick<'a>(weights: &'a HashMap<String, f64>, u: f64) -> &'a str {
+fn pick(weights: &HashMap<String, f64>, u: f64) -> &str {
     let mut entries: Vec<(&String, &f64)> = weights.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
     let total: f64 = entries.iter().map(|(_, w)| **w).sum();
@@ -258,7 +263,9 @@ impl Customer {
             PayCycle::Monthly => day_of_month == 1,
             PayCycle::SemiMonthly => day_of_month == 1 || day_of_month == 15,
             PayCycle::Weekly => weekday == 5,
-            PayCycle::Biweekly { phase } => weekday == 5 && (days_since_epoch / 7).rem_euclid(2) == phase,
+            PayCycle::Biweekly { phase } => {
+                weekday == 5 && (days_since_epoch / 7).rem_euclid(2) == phase
+            }
         }
     }
 }
@@ -293,7 +300,8 @@ impl Population {
                     + ((scenario.amount_max - scenario.amount_min) as f64 * d(1)) as i64;
                 let amount = (amount / 100).max(1) * 100;
                 let bill_at = Timestamp::from_millis(
-                    start.as_millis() + (d(2) * f64::from(scenario.billing_days) * DAY_MS as f64) as i64,
+                    start.as_millis()
+                        + (d(2) * f64::from(scenario.billing_days) * DAY_MS as f64) as i64,
                 );
                 let brand = pick(&scenario.brands, d(3)).to_owned();
                 let country = pick(&scenario.countries, d(4)).to_owned();
@@ -338,7 +346,11 @@ impl Population {
                     bill_at,
                     card: CardDetails {
                         brand,
-                        funding: if d(12) < 0.6 { "debit".into() } else { "credit".into() },
+                        funding: if d(12) < 0.6 {
+                            "debit".into()
+                        } else {
+                            "credit".into()
+                        },
                         country: Some(country.clone()),
                         wallet: None,
                     },
@@ -353,15 +365,21 @@ impl Population {
                 };
                 // Solve for the start balance that gives the target at billing time.
                 let paid = customer.paydays_between(start, bill_at) as f64 * income_per_payday;
-                let spent = daily_spend * (bill_at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
+                let spent =
+                    daily_spend * (bill_at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
                 customer.start_balance = target_at_bill - paid + spent;
                 let declines = &scenario.declines;
                 let u = d(13);
                 if u < declines.hard_share {
-                    customer.hard = Some(["lost_card", "stolen_card", "fraudulent"][(d(14) * 3.0) as usize % 3]);
+                    customer.hard = Some(
+                        ["lost_card", "stolen_card", "fraudulent"][(d(14) * 3.0) as usize % 3],
+                    );
                 }
                 let horizon = |k| {
-                    Timestamp::from_millis(start.as_millis() + (d(k) * f64::from(scenario.days) * DAY_MS as f64) as i64)
+                    Timestamp::from_millis(
+                        start.as_millis()
+                            + (d(k) * f64::from(scenario.days) * DAY_MS as f64) as i64,
+                    )
                 };
                 if d(15) < declines.expiring_share {
                     customer.expires_at = Some(horizon(16));
@@ -389,7 +407,13 @@ impl Population {
     }
 }
 
-fn decline(code: &str, decline_code: &str, visa: &str, mac: Option<&str>, brand: &str) -> DeclineCodes {
+fn decline(
+    code: &str,
+    decline_code: &str,
+    visa: &str,
+    mac: Option<&str>,
+    brand: &str,
+) -> DeclineCodes {
     let mut codes = DeclineCodes::new(code, Some(decline_code));
     if brand == "visa" {
         codes.network_decline_code = Some(visa.into());
@@ -434,7 +458,8 @@ impl SimulatedIssuer {
         self.population.customers.get(index as usize)
     }
 
-    fn answer(&self, customer: &Customer, at: Timestamp) -> Result<(), DeclineCodes> {
+    /// The issuer's decline of an attempt at `at`, or `None` when it approves.
+    fn decline_for(&self, customer: &Customer, at: Timestamp) -> Option<DeclineCodes> {
         let brand = customer.card.brand.as_str();
         if let Some(hard) = customer.hard {
             let (visa, mac) = match hard {
@@ -442,13 +467,19 @@ impl SimulatedIssuer {
                 "stolen_card" => ("43", "03"),
                 _ => ("59", "21"),
             };
-            return Err(decline("card_declined", hard, visa, Some(mac), brand));
+            return Some(decline("card_declined", hard, visa, Some(mac), brand));
         }
         if customer.expires_at.is_some_and(|e| at >= e) {
-            return Err(decline("expired_card", "expired_card", "54", Some("01"), brand));
+            return Some(decline(
+                "expired_card",
+                "expired_card",
+                "54",
+                Some("01"),
+                brand,
+            ));
         }
         if customer.replaced_at.is_some_and(|r| at >= r) {
-            return Err(decline(
+            return Some(decline(
                 "card_declined",
                 "new_account_information_available",
                 "14",
@@ -459,19 +490,37 @@ impl SimulatedIssuer {
         let scenario = &self.population.scenario;
         let since_start = (at.as_millis() - scenario.start().as_millis()) as f64 / DAY_MS as f64;
         for outage in scenario.outages.iter().filter(|o| o.brand == brand) {
-            if since_start >= outage.start_day && since_start < outage.start_day + outage.hours / 24.0 {
-                return Err(decline("card_declined", "issuer_not_available", "91", None, brand));
+            if since_start >= outage.start_day
+                && since_start < outage.start_day + outage.hours / 24.0
+            {
+                return Some(decline(
+                    "card_declined",
+                    "issuer_not_available",
+                    "91",
+                    None,
+                    brand,
+                ));
             }
         }
-        let local_hour = (at.as_millis() + customer.utc_offset_hours * HOUR_MS).rem_euclid(DAY_MS) / HOUR_MS;
+        let local_hour =
+            (at.as_millis() + customer.utc_offset_hours * HOUR_MS).rem_euclid(DAY_MS) / HOUR_MS;
         let noise = scenario.declines.issuer_noise
             * if local_hour < 6 {
                 scenario.declines.night_factor
             } else {
                 1.0
             };
-        if unit(mix(mix(scenario.seed ^ customer.index) ^ at.as_millis() as u64)) < noise {
-            return Err(decline("card_declined", "do_not_honor", "05", Some("02"), brand));
+        if unit(mix(
+            mix(scenario.seed ^ customer.index) ^ at.as_millis() as u64
+        )) < noise
+        {
+            return Some(decline(
+                "card_declined",
+                "do_not_honor",
+                "05",
+                Some("02"),
+                brand,
+            ));
         }
         let start = scenario.start();
         let days = (at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
@@ -487,9 +536,15 @@ impl SimulatedIssuer {
             - customer.daily_spend * days
             - charged;
         if balance < customer.amount as f64 {
-            return Err(decline("card_declined", "insufficient_funds", "51", Some("02"), brand));
+            return Some(decline(
+                "card_declined",
+                "insufficient_funds",
+                "51",
+                Some("02"),
+                brand,
+            ));
         }
-        Ok(())
+        None
     }
 }
 
@@ -503,7 +558,10 @@ impl Processor for SimulatedIssuer {
         &self.capabilities
     }
 
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         let customer = self
             .customer(&payment.payment_method)
             .ok_or_else(|| ApiError::invalid("payment_method", "not a simulated card"))?;
@@ -528,8 +586,8 @@ impl Processor for SimulatedIssuer {
                 message: "unknown simulated card".into(),
             };
         };
-        let outcome = match self.answer(customer, self.clock.now()) {
-            Ok(()) => {
+        let outcome = match self.decline_for(customer, self.clock.now()) {
+            None => {
                 *self
                     .charged
                     .lock()
@@ -540,7 +598,7 @@ impl Processor for SimulatedIssuer {
                     reference: ProcessorReference::default(),
                 }
             }
-            Err(codes) => AttemptOutcome::Declined {
+            Some(codes) => AttemptOutcome::Declined {
                 codes,
                 reference: ProcessorReference::default(),
             },

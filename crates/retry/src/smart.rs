@@ -64,6 +64,9 @@ pub struct SmartConfig {
     pub daily_discount: f64,
     /// Share of decisions that explore a random candidate.
     pub exploration: f64,
+    /// Optimism bonus (logit units) for candidate times whose features have little
+    /// evidence yet; it shrinks as outcomes at such times are observed.
+    pub optimism: f64,
     /// AdaGrad base learning rate.
     pub learning_rate: f64,
     /// Where the learned state is saved and loaded (none: not persisted).
@@ -77,9 +80,10 @@ impl Default for SmartConfig {
             window: "28d".into(),
             candidate_step: "4h".into(),
             min_wait: "1h".into(),
-            min_probability: 0.03,
+            min_probability: 0.01,
             daily_discount: 0.97,
             exploration: 0.05,
+            optimism: 1.0,
             learning_rate: 0.3,
             state_path: None,
         }
@@ -132,6 +136,8 @@ const WAIT: u64 = 12;
 const HOUR: u64 = 13;
 const WEEKDAY: u64 = 14;
 const MONTHDAY: u64 = 15;
+/// Weekday and 4-hour block together (paydays land at a time of a given day).
+const WEEKDAY_HOUR: u64 = 16;
 /// Crosses of the category with a time family: `CROSS + family`.
 const CROSS: u64 = 100;
 
@@ -228,7 +234,7 @@ fn situation(
     }
 }
 
-fn time_slots(s: &Situation, at: Timestamp) -> [usize; 10] {
+fn time_slots(s: &Situation, at: Timestamp) -> [usize; 12] {
     let cal = local(at, s.offset_hours);
     let values = [
         (
@@ -239,11 +245,12 @@ fn time_slots(s: &Situation, at: Timestamp) -> [usize; 10] {
         (HOUR, u64::from(cal.hour / 4)),
         (WEEKDAY, u64::from(cal.weekday)),
         (MONTHDAY, monthday_bucket(cal.day)),
+        (WEEKDAY_HOUR, u64::from(cal.weekday * 6 + cal.hour / 4)),
     ];
-    let mut out = [0; 10];
+    let mut out = [0; 12];
     for (i, (family, value)) in values.into_iter().enumerate() {
         out[i] = slot(family, value);
-        out[5 + i] = slot(CROSS + family, (s.category << 8) | value);
+        out[6 + i] = slot(CROSS + family, (s.category << 8) | value);
     }
     out
 }
@@ -277,10 +284,9 @@ impl Model {
         set(cross(WEEKDAY, DeclineCategory::SoftFunds, 5), 0.3);
         set(cross(WAIT, DeclineCategory::SoftFunds, 0), -0.8);
         set(cross(WAIT, DeclineCategory::SoftFunds, 1), -0.5);
-        // Issuer declines need a few days.
-        set(cross(WAIT, DeclineCategory::SoftIssuer, 0), -0.6);
-        set(cross(WAIT, DeclineCategory::SoftIssuer, 1), -0.4);
-        set(cross(WAIT, DeclineCategory::SoftIssuer, 4), 0.2);
+        // Issuer declines: a slight preference for waiting a day or more.
+        set(cross(WAIT, DeclineCategory::SoftIssuer, 0), -0.2);
+        set(cross(WAIT, DeclineCategory::SoftIssuer, 1), -0.1);
         // Night-time attempts fare worse; many failures in a row predict more.
         set(slot(HOUR, 0), -0.3);
         for attempts in 5..=8 {
@@ -296,6 +302,16 @@ impl Model {
     fn score(&self, slots: &[usize]) -> f32 {
         slots.iter().map(|&i| self.weights[i]).sum()
     }
+
+    /// How little is known about the category × time crosses of a candidate: 1 with no
+    /// evidence, towards 0 with much.
+    fn novelty(&self, time_slots: &[usize; 12]) -> f32 {
+        time_slots[6..]
+            .iter()
+            .map(|&i| 1.0 / (1.0 + 10.0 * self.squared_gradients[i]).sqrt())
+            .sum::<f32>()
+            / 6.0
+    }
 }
 
 /// The smart strategy.
@@ -308,6 +324,7 @@ pub struct SmartPolicy {
     min_probability: f32,
     daily_discount: f64,
     exploration: f64,
+    optimism: f32,
     learning_rate: f32,
     model: RwLock<Model>,
 }
@@ -342,6 +359,7 @@ impl SmartPolicy {
             min_probability: config.min_probability as f32,
             daily_discount: config.daily_discount,
             exploration: config.exploration,
+            optimism: config.optimism as f32,
             learning_rate: config.learning_rate as f32,
             model: RwLock::new(Model::prior()),
         })
@@ -464,9 +482,12 @@ impl RetryPolicy for SmartPolicy {
         let mut candidates = 0u64;
         let mut t = earliest;
         while t <= window_end {
-            let p = sigmoid(base + model.score(&time_slots(&s, t)));
+            let slots = time_slots(&s, t);
+            let logit = base + model.score(&slots);
+            let p = sigmoid(logit);
+            let optimistic = sigmoid(logit + self.optimism * model.novelty(&slots));
             let days = (t.as_millis() - context.now.as_millis()) as f64 / DAY_MS as f64;
-            let value = f64::from(p) * (log_discount * days).exp();
+            let value = f64::from(optimistic) * (log_discount * days).exp();
             if best.is_none_or(|(v, _, _)| value > v) {
                 best = Some((value, t, p));
             }

@@ -21,9 +21,7 @@ use offsession_core::{
 };
 use offsession_mock::issuer::{Population, Scenario, SimulatedIssuer};
 use offsession_orchestrator::{Engine, EngineConfig};
-use offsession_retry::{
-    DeclineTable, HeuristicPolicy, NetworkRules, ScheduledPolicy, SmartPolicy,
-};
+use offsession_retry::{DeclineTable, HeuristicPolicy, NetworkRules, ScheduledPolicy, SmartPolicy};
 use offsession_store::MemoryStore;
 use serde::Serialize;
 
@@ -116,7 +114,10 @@ impl Processor for Recorder {
     fn capabilities(&self) -> &Capabilities {
         self.inner.capabilities()
     }
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         let details = self.inner.preflight(payment).await?;
         if let Some(card) = &details.card {
             self.brands
@@ -135,18 +136,21 @@ impl Processor for Recorder {
             .get(&request.payment.payment_method)
             .cloned()
             .unwrap_or_default();
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push(SentAttempt {
-            card: request.payment.payment_method.clone(),
-            brand,
-            payment: request.payment.id.clone(),
-            number: request.attempt_number,
-            at: self.clock.now(),
-            amount: request.payment.amount_requested.value,
-            declined: match &outcome {
-                AttemptOutcome::Declined { codes, .. } => Some(codes.clone()),
-                _ => None,
-            },
-        });
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SentAttempt {
+                card: request.payment.payment_method.clone(),
+                brand,
+                payment: request.payment.id.clone(),
+                number: request.attempt_number,
+                at: self.clock.now(),
+                amount: request.payment.amount_requested.value,
+                declined: match &outcome {
+                    AttemptOutcome::Declined { codes, .. } => Some(codes.clone()),
+                    _ => None,
+                },
+            });
         outcome
     }
     async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
@@ -163,7 +167,10 @@ fn count_violations(sent: &[SentAttempt], rules: &NetworkRules) -> u64 {
     let mut by_payment: HashMap<&str, Vec<&SentAttempt>> = HashMap::new();
     let mut by_card: HashMap<&str, Vec<&SentAttempt>> = HashMap::new();
     for attempt in sent {
-        by_payment.entry(&attempt.payment).or_default().push(attempt);
+        by_payment
+            .entry(&attempt.payment)
+            .or_default()
+            .push(attempt);
         by_card.entry(&attempt.card).or_default().push(attempt);
     }
     let mut violations = 0;
@@ -171,15 +178,23 @@ fn count_violations(sent: &[SentAttempt], rules: &NetworkRules) -> u64 {
         attempts.sort_by_key(|a| (a.number, a.at));
         for pair in attempts.windows(2) {
             let (previous, next) = (pair[0], pair[1]);
-            let Some(codes) = &previous.declined else { continue };
+            let Some(codes) = &previous.declined else {
+                continue;
+            };
             let visa_final = previous.brand == "visa"
-                && codes.network_decline_code.as_deref().is_some_and(|c| rules.visa_never_retry.contains(c));
+                && codes
+                    .network_decline_code
+                    .as_deref()
+                    .is_some_and(|c| rules.visa_never_retry.contains(c));
             let mac = codes.network_advice_code.as_deref();
-            let mc_final = previous.brand == "mastercard" && mac.is_some_and(|m| rules.mastercard_never_retry.contains(m));
+            let mc_final = previous.brand == "mastercard"
+                && mac.is_some_and(|m| rules.mastercard_never_retry.contains(m));
             let too_soon = previous.brand == "mastercard"
                 && mac
                     .and_then(|m| rules.mastercard_retry_after.get(m))
-                    .is_some_and(|wait| next.at.as_millis() - previous.at.as_millis() < wait.as_millis() as i64);
+                    .is_some_and(|wait| {
+                        next.at.as_millis() - previous.at.as_millis() < wait.as_millis() as i64
+                    });
             if visa_final || mc_final || too_soon {
                 violations += 1;
             }
@@ -202,7 +217,9 @@ fn count_violations(sent: &[SentAttempt], rules: &NetworkRules) -> u64 {
                 violations += 1;
             }
             if attempt.brand == "mastercard" && attempt.declined.is_some() {
-                if window(DAY_MS, &|a| a.declined.is_some()) > rules.mastercard_max_declines_24h as usize {
+                if window(DAY_MS, &|a| a.declined.is_some())
+                    > rules.mastercard_max_declines_24h as usize
+                {
                     violations += 1;
                 }
                 let amount = attempt.amount;
@@ -258,9 +275,15 @@ async fn run_strategy(
 ) -> Result<StrategyReport, String> {
     let scenario = population.scenario().clone();
     let start = scenario.start();
-    let end = start.plus(std::time::Duration::from_secs(u64::from(scenario.days) * 86_400));
+    let end = start.plus(std::time::Duration::from_secs(
+        u64::from(scenario.days) * 86_400,
+    ));
     let clock = Arc::new(ManualClock::new(start));
-    let issuer = Arc::new(SimulatedIssuer::new("issuers", population.clone(), clock.clone()));
+    let issuer = Arc::new(SimulatedIssuer::new(
+        "issuers",
+        population.clone(),
+        clock.clone(),
+    ));
     let recorder = Arc::new(Recorder {
         inner: issuer,
         clock: clock.clone(),
@@ -271,7 +294,9 @@ async fn run_strategy(
     let declines = DeclineTable::standard();
     let rules = declines.network_rules().clone();
     let scheduled = match config.retry_policies.get("stripe_recommended") {
-        Some(policy) => ScheduledPolicy::new("stripe_recommended", policy).map_err(|e| e.to_string())?,
+        Some(policy) => {
+            ScheduledPolicy::new("stripe_recommended", policy).map_err(|e| e.to_string())?
+        }
         None => ScheduledPolicy::stripe_recommended(),
     };
     let heuristic = HeuristicPolicy::new(&config.heuristic).map_err(|e| e.to_string())?;
@@ -279,7 +304,10 @@ async fn run_strategy(
     let engine = Engine::builder()
         .config(EngineConfig {
             id_seed: scenario.seed,
-            concurrency: 256,
+            // The simulated issuers answer at once, so concurrency buys nothing here;
+            // one attempt at a time keeps the smart model's learning order, and so
+            // the whole run, reproducible.
+            concurrency: 1,
             claim_batch: 4096,
             ..EngineConfig::default()
         })
@@ -351,7 +379,8 @@ async fn run_strategy(
     hours.sort_by(f64::total_cmp);
     let mut recovered_by_day = vec![0u64; scenario.days as usize + 1];
     for (_, at) in &recoveries {
-        let day = ((at.as_millis() - start.as_millis()) / DAY_MS).clamp(0, i64::from(scenario.days)) as usize;
+        let day = ((at.as_millis() - start.as_millis()) / DAY_MS).clamp(0, i64::from(scenario.days))
+            as usize;
         recovered_by_day[day] += 1;
     }
     for day in 1..recovered_by_day.len() {
@@ -368,10 +397,18 @@ async fn run_strategy(
         payments,
         first_attempt_failures: failures,
         recovered,
-        recovery_rate: if failures == 0 { 0.0 } else { recovered as f64 / failures as f64 },
+        recovery_rate: if failures == 0 {
+            0.0
+        } else {
+            recovered as f64 / failures as f64
+        },
         attempts,
         attempts_per_payment: attempts as f64 / payments.max(1) as f64,
-        retries_per_recovery: if recovered == 0 { 0.0 } else { retries as f64 / recovered as f64 },
+        retries_per_recovery: if recovered == 0 {
+            0.0
+        } else {
+            retries as f64 / recovered as f64
+        },
         median_hours_to_recovery: hours.get(hours.len() / 2).copied().unwrap_or(0.0),
         network_rule_violations: count_violations(&sent, &rules),
         guard_blocked: blocked,
@@ -387,11 +424,18 @@ pub async fn run(scenario: &Scenario, config: &Config) -> Result<SimulationRepor
     let population = Arc::new(Population::generate(scenario));
     let mut tasks = Vec::new();
     for strategy in STRATEGIES {
-        tasks.push(tokio::spawn(run_strategy(strategy, population.clone(), config.clone())));
+        tasks.push(tokio::spawn(run_strategy(
+            strategy,
+            population.clone(),
+            config.clone(),
+        )));
     }
     let mut strategies = Vec::new();
     for task in tasks {
-        strategies.push(task.await.map_err(|e| format!("simulation task failed: {e}"))??);
+        strategies.push(
+            task.await
+                .map_err(|e| format!("simulation task failed: {e}"))??,
+        );
     }
     Ok(SimulationReport {
         scenario: scenario.name.clone(),
@@ -416,7 +460,16 @@ impl SimulationReport {
         let _ = writeln!(
             out,
             "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-            "strategy", "failed", "recovered", "rate", "att/pay", "retry/rec", "median h", "violations", "guarded", "fines $"
+            "strategy",
+            "failed",
+            "recovered",
+            "rate",
+            "att/pay",
+            "retry/rec",
+            "median h",
+            "violations",
+            "guarded",
+            "fines $"
         );
         for s in &self.strategies {
             let _ = writeln!(
@@ -462,7 +515,10 @@ impl SimulationReport {
             .max(1) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("Recovered failed payments — scenario {} (seed {})", self.scenario, self.seed),
+                format!(
+                    "Recovered failed payments — scenario {} (seed {})",
+                    self.scenario, self.seed
+                ),
                 ("sans-serif", 20),
             )
             .margin(16)
@@ -488,7 +544,9 @@ impl SimulationReport {
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
                 .label(s.strategy.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -498,5 +556,100 @@ impl SimulationReport {
             .draw()
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(
+        card: &str,
+        brand: &str,
+        payment: &str,
+        number: u32,
+        hours: i64,
+        declined: Option<DeclineCodes>,
+    ) -> SentAttempt {
+        SentAttempt {
+            card: card.into(),
+            brand: brand.into(),
+            payment: payment.into(),
+            number,
+            at: Timestamp::from_millis(hours * 3_600_000),
+            amount: 1000,
+            declined,
+        }
+    }
+
+    #[test]
+    fn the_rule_checker_finds_each_kind_of_violation() {
+        let rules = DeclineTable::standard().network_rules().clone();
+        let mut lost = DeclineCodes::new("card_declined", Some("lost_card"));
+        lost.network_decline_code = Some("41".into());
+        let retried_cat1 = [
+            attempt("pm_1", "visa", "osp_1", 1, 0, Some(lost)),
+            attempt("pm_1", "visa", "osp_1", 2, 24, None),
+        ];
+        assert_eq!(count_violations(&retried_cat1, &rules), 1);
+
+        let mut mac25 = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+        mac25.network_advice_code = Some("25".into());
+        let too_soon = [
+            attempt("pm_2", "mastercard", "osp_2", 1, 0, Some(mac25)),
+            attempt("pm_2", "mastercard", "osp_2", 2, 12, None),
+        ];
+        assert_eq!(count_violations(&too_soon, &rules), 1);
+
+        let funds = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+        let visa_flood: Vec<_> = (0..17)
+            .map(|i| {
+                attempt(
+                    "pm_3",
+                    "visa",
+                    &format!("osp_{i}"),
+                    2,
+                    i,
+                    Some(funds.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            count_violations(&visa_flood, &rules),
+            2,
+            "the 16th and 17th reattempt"
+        );
+
+        let mc_flood: Vec<_> = (0..11)
+            .map(|i| {
+                attempt(
+                    "pm_4",
+                    "mastercard",
+                    &format!("osp_{i}"),
+                    1,
+                    i,
+                    Some(funds.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            count_violations(&mc_flood, &rules),
+            1,
+            "the 11th decline in 24 h"
+        );
+
+        let fine: Vec<_> = (0..5)
+            .map(|i| {
+                attempt(
+                    "pm_5",
+                    "visa",
+                    "osp_5",
+                    i + 1,
+                    i64::from(i) * 48,
+                    Some(funds.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(count_violations(&fine, &rules), 0);
     }
 }

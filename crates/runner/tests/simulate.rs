@@ -1,0 +1,88 @@
+//! `offsession simulate` end to end on a small population.
+
+use std::path::Path;
+
+use offsession_mock::issuer::Scenario;
+use offsession_runner::{config, simulate};
+
+fn scenario(name: &str, customers: u64) -> Scenario {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../config/scenarios/{name}.toml"));
+    let mut scenario = Scenario::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+    scenario.customers = customers;
+    scenario
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/scenarios");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let scenario = Scenario::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(scenario.customers >= 100_000, "{}", scenario.name);
+        names.push(scenario.name);
+    }
+    assert!(names.len() >= 3, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategies_are_compared_on_the_same_population_without_rule_violations() {
+    let config =
+        config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml"))
+            .unwrap();
+    let report = simulate::run(&scenario("issuer-outages", 3_000), &config)
+        .await
+        .unwrap();
+    let names: Vec<_> = report
+        .strategies
+        .iter()
+        .map(|s| s.strategy.as_str())
+        .collect();
+    assert_eq!(names, simulate::STRATEGIES);
+    let failures = report.strategies[0].first_attempt_failures;
+    assert!(failures > 0);
+    for s in &report.strategies {
+        assert_eq!(s.payments, 3_000);
+        assert_eq!(
+            s.first_attempt_failures, failures,
+            "{}: same world, same first attempts",
+            s.strategy
+        );
+        assert_eq!(s.network_rule_violations, 0, "{}", s.strategy);
+        assert_eq!(s.recovered_by_day.last().copied(), Some(s.recovered));
+    }
+    let none = &report.strategies[0];
+    assert_eq!((none.recovered, none.attempts_per_payment), (0, 1.0));
+    for s in &report.strategies[1..] {
+        assert!(s.recovered > 0, "{} recovers something", s.strategy);
+    }
+    assert!(report.render().contains("smart vs scheduled"));
+
+    let chart = std::env::temp_dir().join(format!("offsession-sim-{}.svg", std::process::id()));
+    report.chart(&chart).unwrap();
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    std::fs::remove_file(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("smart") && svg.contains("scheduled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulation_is_reproducible() {
+    let config =
+        config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml"))
+            .unwrap();
+    let a = simulate::run(&scenario("gig-economy", 1_000), &config)
+        .await
+        .unwrap();
+    let b = simulate::run(&scenario("gig-economy", 1_000), &config)
+        .await
+        .unwrap();
+    for (x, y) in a.strategies.iter().zip(&b.strategies) {
+        assert_eq!(
+            (x.recovered, x.attempts),
+            (y.recovered, y.attempts),
+            "{}",
+            x.strategy
+        );
+    }
+}

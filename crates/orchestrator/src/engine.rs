@@ -891,16 +891,36 @@ impl Engine {
             AttemptOutcome::ProcessorFault { ref message, .. }
             | AttemptOutcome::Unknown { ref message }
                 if replays < config.replay_backoff.len()
-                    || matches!(outcome, AttemptOutcome::Unknown { .. }) =>
+                    || matches!(
+                        outcome,
+                        AttemptOutcome::Unknown { .. }
+                            | AttemptOutcome::ProcessorFault {
+                                retryable: false,
+                                ..
+                            }
+                    ) =>
             {
+                // A fault that is not retryable (a bad request, a refused API key) is
+                // the merchant's or the engine's problem, not the customer's: it is
+                // replayed at the longest wait until fixed and never counts as an
+                // attempt outcome.
                 // Not the issuer's answer: replay the same attempt with the same key,
                 // without spending the customer's retry budget.
+                let step = if matches!(outcome, AttemptOutcome::ProcessorFault { retryable: false, .. }) {
+                    usize::MAX
+                } else {
+                    replays
+                };
                 let wait = config
                     .replay_backoff
-                    .get(replays.min(config.replay_backoff.len().saturating_sub(1)))
+                    .get(step.min(config.replay_backoff.len().saturating_sub(1)))
                     .copied()
                     .unwrap_or(Duration::from_secs(60));
-                tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");
+                if matches!(outcome, AttemptOutcome::ProcessorFault { retryable: false, .. }) {
+                    tracing::error!(payment = %record.payment.id, %message, "processor refused the request; fix the configuration");
+                } else {
+                    tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");
+                }
                 record.replay_pending = true;
                 record.payment.status = PaymentStatus::PendingRetry;
                 record.due_at = Some(now.plus(wait));

@@ -906,7 +906,13 @@ impl Engine {
                 // attempt outcome.
                 // Not the issuer's answer: replay the same attempt with the same key,
                 // without spending the customer's retry budget.
-                let step = if matches!(outcome, AttemptOutcome::ProcessorFault { retryable: false, .. }) {
+                let step = if matches!(
+                    outcome,
+                    AttemptOutcome::ProcessorFault {
+                        retryable: false,
+                        ..
+                    }
+                ) {
                     usize::MAX
                 } else {
                     replays
@@ -916,7 +922,13 @@ impl Engine {
                     .get(step.min(config.replay_backoff.len().saturating_sub(1)))
                     .copied()
                     .unwrap_or(Duration::from_secs(60));
-                if matches!(outcome, AttemptOutcome::ProcessorFault { retryable: false, .. }) {
+                if matches!(
+                    outcome,
+                    AttemptOutcome::ProcessorFault {
+                        retryable: false,
+                        ..
+                    }
+                ) {
                     tracing::error!(payment = %record.payment.id, %message, "processor refused the request; fix the configuration");
                 } else {
                     tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");

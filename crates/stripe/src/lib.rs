@@ -11,7 +11,12 @@
 //!
 //! The adapter decides no retries of the customer's payment: it reports declines with
 //! Stripe's codes, and the engine's decline table and policy decide.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![forbid(unsafe_code)]
 
 pub mod transformers;
@@ -105,7 +110,11 @@ impl StripeConfig {
             retry_cap: Duration::from_secs(5),
             preflight_cache_ttl: Duration::from_secs(600),
             misconfigured_cooldown: Duration::from_secs(300),
-            payment_method_types: vec!["card".into(), "us_bank_account".into(), "sepa_debit".into()],
+            payment_method_types: vec![
+                "card".into(),
+                "us_bank_account".into(),
+                "sepa_debit".into(),
+            ],
         }
     }
 }
@@ -122,10 +131,7 @@ pub enum StripeError {
 #[derive(Debug)]
 enum Reply {
     /// An HTTP response.
-    Response {
-        status: StatusCode,
-        body: String,
-    },
+    Response { status: StatusCode, body: String },
     /// The request never left (connection refused, DNS): nothing executed.
     NotSent(String),
     /// The request may have been executed; no answer.
@@ -150,8 +156,9 @@ pub struct StripeProcessor {
 }
 
 fn fnv(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl StripeProcessor {
@@ -188,7 +195,13 @@ impl StripeProcessor {
     }
 
     /// Sends one logical request, with transport retries that reuse `idempotency_key`.
-    async fn send(&self, method: Method, path: &str, form: Option<&Form>, idempotency_key: Option<&str>) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        form: Option<&Form>,
+        idempotency_key: Option<&str>,
+    ) -> Reply {
         let url = format!("{}{}", self.config.api_base.trim_end_matches('/'), path);
         let mut retry = 0;
         loop {
@@ -231,26 +244,38 @@ impl StripeProcessor {
             if !should_retry || retry >= self.config.max_network_retries {
                 return reply;
             }
-            tracing::debug!(path, retry, "retrying a Stripe request with the same idempotency key");
+            tracing::debug!(
+                path,
+                retry,
+                "retrying a Stripe request with the same idempotency key"
+            );
             tokio::time::sleep(self.backoff(idempotency_key.unwrap_or(path), retry + 1)).await;
             retry += 1;
         }
     }
 
     fn is_misconfigured(&self) -> bool {
-        let until = *self.misconfigured_until.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *self
+            .misconfigured_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         until.is_some_and(|until| Instant::now() < until)
     }
 
     fn mark_misconfigured(&self, status: StatusCode) {
         tracing::error!(processor = %self.config.id, %status, "Stripe refused the API key; check the secret key and its permissions");
-        *self.misconfigured_until.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self
+            .misconfigured_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + self.config.misconfigured_cooldown);
     }
 
     /// Maps a non-success HTTP reply to an attempt outcome.
     fn error_outcome(&self, status: StatusCode, body: &str) -> AttemptOutcome {
-        let error = serde_json::from_str::<ErrorBody>(body).unwrap_or_default().error;
+        let error = serde_json::from_str::<ErrorBody>(body)
+            .unwrap_or_default()
+            .error;
         let code = error.code.clone().unwrap_or_default();
         let describe = |what: &str| {
             format!(
@@ -276,7 +301,12 @@ impl StripeProcessor {
             },
             400..=499 => AttemptOutcome::ProcessorFault {
                 retryable: false,
-                message: describe(error.error_type.as_deref().unwrap_or("invalid_request_error")),
+                message: describe(
+                    error
+                        .error_type
+                        .as_deref()
+                        .unwrap_or("invalid_request_error"),
+                ),
             },
             _ => AttemptOutcome::Unknown {
                 message: describe("server error"),
@@ -286,11 +316,19 @@ impl StripeProcessor {
 
     async fn reconcile_processing(&self, intent: &PaymentIntent) -> AttemptOutcome {
         match self
-            .send(Method::GET, &format!("/v1/payment_intents/{}", intent.id), None, None)
+            .send(
+                Method::GET,
+                &format!("/v1/payment_intents/{}", intent.id),
+                None,
+                None,
+            )
             .await
         {
             Reply::Response { status, body } if status.is_success() => {
-                match serde_json::from_str::<PaymentIntent>(&body).ok().and_then(|pi| pi.outcome()) {
+                match serde_json::from_str::<PaymentIntent>(&body)
+                    .ok()
+                    .and_then(|pi| pi.outcome())
+                {
                     Some(outcome) => outcome,
                     None => AttemptOutcome::Unknown {
                         message: format!("payment intent {} is processing", intent.id),
@@ -314,18 +352,34 @@ impl StripeProcessor {
         {
             return Ok(facts.clone());
         }
-        let unavailable = |what: String| ApiError::new(ErrorCode::ApiError, format!("stripe: {what}"));
-        let method = match self.send(Method::GET, &format!("/v1/payment_methods/{id}"), None, None).await {
-            Reply::Response { status, body } if status.is_success() => serde_json::from_str::<PaymentMethod>(&body)
-                .map_err(|e| unavailable(format!("unreadable payment method: {e}")))?,
+        let unavailable =
+            |what: String| ApiError::new(ErrorCode::ApiError, format!("stripe: {what}"));
+        let method = match self
+            .send(
+                Method::GET,
+                &format!("/v1/payment_methods/{id}"),
+                None,
+                None,
+            )
+            .await
+        {
+            Reply::Response { status, body } if status.is_success() => {
+                serde_json::from_str::<PaymentMethod>(&body)
+                    .map_err(|e| unavailable(format!("unreadable payment method: {e}")))?
+            }
             Reply::Response { status, .. } if status == StatusCode::NOT_FOUND => {
-                return Err(ApiError::invalid("payment_method", format!("no such payment method `{id}`")))
+                return Err(ApiError::invalid(
+                    "payment_method",
+                    format!("no such payment method `{id}`"),
+                ))
             }
             Reply::Response { status, body } => {
                 if matches!(status.as_u16(), 401 | 403) {
                     self.mark_misconfigured(status);
                 }
-                return Err(unavailable(format!("payment method lookup answered {status}: {body}")));
+                return Err(unavailable(format!(
+                    "payment method lookup answered {status}: {body}"
+                )));
             }
             Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
         };
@@ -334,11 +388,15 @@ impl StripeProcessor {
             id, payment.customer
         );
         let setups = match self.send(Method::GET, &query, None, None).await {
-            Reply::Response { status, body } if status.is_success() => serde_json::from_str::<List<SetupIntent>>(&body)
-                .map_err(|e| unavailable(format!("unreadable setup intents: {e}")))?
-                .data,
+            Reply::Response { status, body } if status.is_success() => {
+                serde_json::from_str::<List<SetupIntent>>(&body)
+                    .map_err(|e| unavailable(format!("unreadable setup intents: {e}")))?
+                    .data
+            }
             Reply::Response { status, body } => {
-                return Err(unavailable(format!("setup intent lookup answered {status}: {body}")))
+                return Err(unavailable(format!(
+                    "setup intent lookup answered {status}: {body}"
+                )))
             }
             Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
         };
@@ -365,7 +423,10 @@ impl Processor for StripeProcessor {
         &self.capabilities
     }
 
-    async fn preflight(&self, payment: &OffSessionPayment) -> Result<PaymentMethodDetails, ApiError> {
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
         let facts = self.facts(payment).await?;
         let method = &facts.method;
         if method.customer_id() != Some(payment.customer.as_str()) {
@@ -381,11 +442,18 @@ impl Processor for StripeProcessor {
         if !self.capabilities.supports_type(&method.method_type) {
             return Err(ApiError::new(
                 ErrorCode::OspInvalidPaymentMethodType,
-                format!("payment method type `{}` is not supported", method.method_type),
+                format!(
+                    "payment method type `{}` is not supported",
+                    method.method_type
+                ),
             )
             .with_param("payment_method"));
         }
-        let setups: Vec<&SetupIntent> = facts.setups.iter().filter(|s| s.is_off_session_setup()).collect();
+        let setups: Vec<&SetupIntent> = facts
+            .setups
+            .iter()
+            .filter(|s| s.is_off_session_setup())
+            .collect();
         if setups.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::OspPmNotSetupForOffSession,
@@ -402,12 +470,18 @@ impl Processor for StripeProcessor {
                 return Err(if on_platform {
                     ApiError::new(
                         ErrorCode::OspPmSetUpOnlyOnPlatform,
-                        format!("Payment method `{}` was set up on the platform, not for `{account}`.", method.id),
+                        format!(
+                            "Payment method `{}` was set up on the platform, not for `{account}`.",
+                            method.id
+                        ),
                     )
                 } else {
                     ApiError::new(
                         ErrorCode::OspPmSetUpOnlyOnConnectedAccount,
-                        format!("Payment method `{}` was set up for another connected account.", method.id),
+                        format!(
+                            "Payment method `{}` was set up for another connected account.",
+                            method.id
+                        ),
                     )
                 }
                 .with_param("on_behalf_of"));
@@ -436,7 +510,12 @@ impl Processor for StripeProcessor {
         }
         let form = payment_intent_params(request.payment, request.attempt_number);
         match self
-            .send(Method::POST, "/v1/payment_intents", Some(&form), Some(request.idempotency_key))
+            .send(
+                Method::POST,
+                "/v1/payment_intents",
+                Some(&form),
+                Some(request.idempotency_key),
+            )
             .await
         {
             Reply::Response { status, body } if status.is_success() => {
@@ -528,11 +607,18 @@ mod tests {
 
     #[test]
     fn backoff_grows_quadratically_with_jitter_and_a_cap() {
-        let processor = StripeProcessor::new(StripeConfig::new("s", SecretKey::new("sk_test_x"))).unwrap();
+        let processor =
+            StripeProcessor::new(StripeConfig::new("s", SecretKey::new("sk_test_x"))).unwrap();
         let first = processor.backoff("k", 1);
-        assert!(first >= Duration::from_millis(500) && first < Duration::from_millis(1000), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(500) && first < Duration::from_millis(1000),
+            "{first:?}"
+        );
         let third = processor.backoff("k", 3);
-        assert!(third >= Duration::from_millis(2500) && third <= Duration::from_secs(5), "{third:?}");
+        assert!(
+            third >= Duration::from_millis(2500) && third <= Duration::from_secs(5),
+            "{third:?}"
+        );
         assert_eq!(processor.backoff("k", 2), processor.backoff("k", 2));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use offsession_core::{
-    AttemptOutcome, CaptureMethod, CardDetails, DeclineCodes, OffSessionPayment, Cadence,
+    AttemptOutcome, Cadence, CaptureMethod, CardDetails, DeclineCodes, OffSessionPayment,
     PaymentMethodDetails, ProcessorReference,
 };
 use serde::Deserialize;
@@ -16,7 +16,10 @@ pub type Form = Vec<(String, String)>;
 pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -> Form {
     let mut form: Form = vec![
         ("amount".into(), payment.amount_requested.value.to_string()),
-        ("currency".into(), payment.amount_requested.currency.as_str().to_owned()),
+        (
+            "currency".into(),
+            payment.amount_requested.currency.as_str().to_owned(),
+        ),
         ("customer".into(), payment.customer.clone()),
         ("payment_method".into(), payment.payment_method.clone()),
         ("confirm".into(), "true".into()),
@@ -36,7 +39,10 @@ pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -
         form.push(("on_behalf_of".into(), account.clone()));
     }
     if let Some(transfer) = &payment.transfer_data {
-        form.push(("transfer_data[destination]".into(), transfer.destination.clone()));
+        form.push((
+            "transfer_data[destination]".into(),
+            transfer.destination.clone(),
+        ));
         if let Some(amount) = transfer.amount {
             form.push(("transfer_data[amount]".into(), amount.to_string()));
         }
@@ -46,7 +52,10 @@ pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -
     }
     for (key, value) in [
         ("statement_descriptor", &payment.statement_descriptor),
-        ("statement_descriptor_suffix", &payment.statement_descriptor_suffix),
+        (
+            "statement_descriptor_suffix",
+            &payment.statement_descriptor_suffix,
+        ),
         ("description", &payment.description),
     ] {
         if let Some(value) = value {
@@ -57,7 +66,10 @@ pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -
         form.push((format!("metadata[{key}]"), value.clone()));
     }
     form.push(("metadata[offsession_payment_id]".into(), payment.id.clone()));
-    form.push(("metadata[offsession_attempt]".into(), attempt_number.to_string()));
+    form.push((
+        "metadata[offsession_attempt]".into(),
+        attempt_number.to_string(),
+    ));
     form
 }
 
@@ -156,7 +168,9 @@ impl PaymentIntent {
     pub fn reference(&self) -> ProcessorReference {
         let charge = match &self.latest_charge {
             Some(serde_json::Value::String(id)) => Some(id.clone()),
-            Some(serde_json::Value::Object(obj)) => obj.get("id").and_then(|v| v.as_str()).map(str::to_owned),
+            Some(serde_json::Value::Object(obj)) => {
+                obj.get("id").and_then(|v| v.as_str()).map(str::to_owned)
+            }
             _ => None,
         };
         ProcessorReference {
@@ -174,7 +188,10 @@ impl PaymentIntent {
             "requires_capture" => AttemptOutcome::RequiresCapture { reference },
             "processing" => return None,
             "requires_action" | "requires_confirmation" => AttemptOutcome::Declined {
-                codes: DeclineCodes::new("authentication_required", Some("authentication_required")),
+                codes: DeclineCodes::new(
+                    "authentication_required",
+                    Some("authentication_required"),
+                ),
                 reference,
             },
             _ => AttemptOutcome::Declined {

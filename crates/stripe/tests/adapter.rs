@@ -1,0 +1,530 @@
+//! The Stripe adapter against a fake Stripe on loopback: one test per mapping.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use offsession_core::{
+    AttemptOutcome, AuthorizeRequest, CancelRequest, CaptureMethod, CaptureRequest,
+    DeclineCategory, ErrorCode, OffSessionPayment, Processor, ProcessorReference,
+};
+use offsession_retry::DeclineTable;
+use offsession_store::conformance::sample_record;
+use serde_json::json;
+
+fn payment(pm: &str) -> OffSessionPayment {
+    let mut payment = sample_record("osp_test_1", 1_767_225_600_000, None).payment;
+    payment.payment_method = pm.into();
+    payment.customer = "cus_1".into();
+    payment.metadata.insert("invoice".into(), "in_1".into());
+    payment
+}
+
+async fn authorize(fake: &Fake, payment: &OffSessionPayment, n: u32) -> AttemptOutcome {
+    let key = format!("{}:attempt:{n}", payment.id);
+    fake.processor()
+        .authorize(AuthorizeRequest {
+            payment,
+            attempt_number: n,
+            idempotency_key: &key,
+        })
+        .await
+}
+
+fn category(outcome: &AttemptOutcome, brand: &str) -> DeclineCategory {
+    match outcome {
+        AttemptOutcome::Declined { codes, .. } => {
+            DeclineTable::standard().classify(codes, Some(brand))
+        }
+        other => panic!("expected a decline, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_approved_charge_carries_the_payment_intent_and_charge() {
+    let fake = Fake::start().await;
+    let p = payment("pm_ok");
+    let outcome = authorize(&fake, &p, 1).await;
+    assert_eq!(
+        outcome,
+        AttemptOutcome::Approved {
+            reference: ProcessorReference {
+                payment: Some("pi_fake_1".into()),
+                charge: Some("ch_fake_1".into())
+            }
+        }
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.idempotency_key.as_deref(), Some("osp_test_1:attempt:1"));
+    assert_eq!(r.stripe_version.as_deref(), Some("2022-11-15"));
+    assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {KEY}")));
+    let form: std::collections::HashMap<_, _> = r.form.iter().cloned().collect();
+    assert_eq!(form["confirm"], "true");
+    assert_eq!(form["off_session"], "recurring");
+    assert_eq!(form["amount"], "2000");
+    assert_eq!(form["currency"], "usd");
+    assert_eq!(form["customer"], "cus_1");
+    assert_eq!(form["metadata[invoice]"], "in_1");
+    assert_eq!(form["metadata[offsession_payment_id]"], "osp_test_1");
+    assert_eq!(form["metadata[offsession_attempt]"], "1");
+    assert!(!form.contains_key("capture_method"));
+}
+
+#[tokio::test]
+async fn connect_and_descriptor_fields_are_sent_when_given() {
+    let fake = Fake::start().await;
+    let mut p = payment("pm_ok");
+    p.on_behalf_of = Some("acct_1".into());
+    p.transfer_data = Some(offsession_core::payment::TransferData {
+        destination: "acct_1".into(),
+        amount: Some(1500),
+    });
+    p.application_fee_amount_requested = Some(offsession_core::Amount::new(
+        100,
+        p.amount_requested.currency,
+    ));
+    p.statement_descriptor_suffix = Some("PRO PLAN".into());
+    p.description = Some("March renewal".into());
+    p.cadence = offsession_core::Cadence::Unscheduled;
+    authorize(&fake, &p, 1).await;
+    let form: std::collections::HashMap<_, _> = fake.requests()[0].form.iter().cloned().collect();
+    assert_eq!(form["on_behalf_of"], "acct_1");
+    assert_eq!(form["transfer_data[destination]"], "acct_1");
+    assert_eq!(form["transfer_data[amount]"], "1500");
+    assert_eq!(form["application_fee_amount"], "100");
+    assert_eq!(form["statement_descriptor_suffix"], "PRO PLAN");
+    assert_eq!(form["description"], "March renewal");
+    assert_eq!(form["off_session"], "one_off");
+}
+
+#[tokio::test]
+async fn manual_capture_holds_and_captures_a_partial_amount() {
+    let fake = Fake::start().await;
+    fake.script("pm_hold", vec![Script::RequiresCapture]);
+    let mut p = payment("pm_hold");
+    p.capture.capture_method = CaptureMethod::Manual;
+    let outcome = authorize(&fake, &p, 1).await;
+    let AttemptOutcome::RequiresCapture { reference } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(fake.requests()[0]
+        .form
+        .contains(&("capture_method".into(), "manual".into())));
+    let processor = fake.processor();
+    processor
+        .capture(CaptureRequest {
+            payment: &p,
+            reference: &reference,
+            amount: offsession_core::Amount::new(1500, p.amount_requested.currency),
+            idempotency_key: "osp_test_1:capture",
+        })
+        .await
+        .unwrap();
+    let capture = fake.requests().pop().unwrap();
+    assert_eq!(capture.path, "/v1/payment_intents/pi_fake_1/capture");
+    assert_eq!(
+        capture.form,
+        vec![("amount_to_capture".into(), "1500".into())]
+    );
+    assert_eq!(
+        capture.idempotency_key.as_deref(),
+        Some("osp_test_1:capture")
+    );
+    processor
+        .cancel(CancelRequest {
+            payment: &p,
+            reference: &reference,
+            idempotency_key: "osp_test_1:cancel",
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.requests().pop().unwrap().path,
+        "/v1/payment_intents/pi_fake_1/cancel"
+    );
+}
+
+#[tokio::test]
+async fn a_card_decline_keeps_every_code_and_is_classified_by_the_table() {
+    let fake = Fake::start().await;
+    let mut error = card_error("card_declined", Some("insufficient_funds"));
+    error["advice_code"] = json!("try_again_later");
+    error["network_decline_code"] = json!("51");
+    error["network_advice_code"] = json!("02");
+    fake.script("pm_funds", vec![Script::Error(402, error, None)]);
+    let outcome = authorize(&fake, &payment("pm_funds"), 1).await;
+    let AttemptOutcome::Declined { codes, reference } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(codes.code, "card_declined");
+    assert_eq!(codes.decline_code.as_deref(), Some("insufficient_funds"));
+    assert_eq!(codes.advice_code.as_deref(), Some("try_again_later"));
+    assert_eq!(codes.network_decline_code.as_deref(), Some("51"));
+    assert_eq!(codes.network_advice_code.as_deref(), Some("02"));
+    assert_eq!(reference.payment.as_deref(), Some("pi_fake_1"));
+    assert_eq!(reference.charge.as_deref(), Some("ch_fake_declined_1"));
+    assert_eq!(category(&outcome, "visa"), DeclineCategory::SoftFunds);
+}
+
+#[tokio::test]
+async fn a_hard_decline_is_classified_hard() {
+    let fake = Fake::start().await;
+    let mut error = card_error("card_declined", Some("stolen_card"));
+    error["network_decline_code"] = json!("43");
+    fake.script("pm_stolen", vec![Script::Error(402, error, None)]);
+    let outcome = authorize(&fake, &payment("pm_stolen"), 1).await;
+    assert_eq!(category(&outcome, "visa"), DeclineCategory::Hard);
+}
+
+#[tokio::test]
+async fn an_expired_card_without_decline_code_needs_new_card_data() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_expired",
+        vec![Script::Error(402, card_error("expired_card", None), None)],
+    );
+    let outcome = authorize(&fake, &payment("pm_expired"), 1).await;
+    assert_eq!(
+        category(&outcome, "visa"),
+        DeclineCategory::NeedsNewCardData
+    );
+}
+
+#[tokio::test]
+async fn authentication_required_needs_the_customer() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_3ds",
+        vec![Script::Error(
+            402,
+            card_error("authentication_required", Some("authentication_required")),
+            None,
+        )],
+    );
+    let outcome = authorize(&fake, &payment("pm_3ds"), 1).await;
+    assert_eq!(category(&outcome, "visa"), DeclineCategory::NeedsCustomer);
+}
+
+fn fault(outcome: &AttemptOutcome) -> bool {
+    match outcome {
+        AttemptOutcome::ProcessorFault { retryable, .. } => *retryable,
+        other => panic!("expected a processor fault, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_a_retryable_fault_not_a_decline() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_busy",
+        vec![Script::Error(
+            429,
+            json!({"type": "invalid_request_error", "code": "rate_limit"}),
+            None,
+        )],
+    );
+    let outcome = authorize(&fake, &payment("pm_busy"), 1).await;
+    assert!(fault(&outcome));
+    assert_eq!(fake.requests().len(), 1, "a rate limit is not hammered");
+}
+
+#[tokio::test]
+async fn a_lock_timeout_is_retried_at_once_with_the_same_key() {
+    let fake = Fake::start().await;
+    let lock = Script::Error(
+        429,
+        json!({"type": "invalid_request_error", "code": "lock_timeout"}),
+        None,
+    );
+    fake.script("pm_locked", vec![lock.clone(), lock, Script::Succeed]);
+    let outcome = authorize(&fake, &payment("pm_locked"), 1).await;
+    assert!(
+        matches!(outcome, AttemptOutcome::Approved { .. }),
+        "{outcome:?}"
+    );
+    let keys: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert!(keys
+        .iter()
+        .all(|k| k.as_deref() == Some("osp_test_1:attempt:1")));
+}
+
+#[tokio::test]
+async fn idempotency_key_in_use_is_retried_then_reported_retryable() {
+    let fake = Fake::start().await;
+    let conflict = Script::Error(
+        409,
+        json!({"type": "idempotency_error", "code": "idempotency_key_in_use"}),
+        None,
+    );
+    fake.script(
+        "pm_race",
+        vec![conflict.clone(), conflict.clone(), conflict],
+    );
+    // 409s are stored by the fake like any executed request; a fresh key per send
+    // would hide that, so the fake answers the replays from its store.
+    let outcome = authorize(&fake, &payment("pm_race"), 1).await;
+    assert!(fault(&outcome));
+    assert_eq!(fake.requests().len(), 3, "1 send + 2 transport retries");
+}
+
+#[tokio::test]
+async fn an_idempotency_error_is_a_bug_and_not_retryable() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_bug",
+        vec![Script::Error(400, json!({"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters"}), None)],
+    );
+    let outcome = authorize(&fake, &payment("pm_bug"), 1).await;
+    assert!(!fault(&outcome));
+}
+
+#[tokio::test]
+async fn an_invalid_request_is_a_configuration_fault_not_a_decline() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_bad",
+        vec![Script::Error(400, json!({"type": "invalid_request_error", "code": "parameter_invalid_integer", "param": "amount"}), None)],
+    );
+    let outcome = authorize(&fake, &payment("pm_bad"), 1).await;
+    assert!(!fault(&outcome));
+    let AttemptOutcome::ProcessorFault { message, .. } = outcome else {
+        unreachable!()
+    };
+    assert!(message.contains("invalid_request_error"), "{message}");
+}
+
+#[tokio::test]
+async fn a_refused_key_marks_the_processor_misconfigured_and_stops_calling_stripe() {
+    let fake = Fake::start().await;
+    let mut config = fake.config();
+    config.secret_key = offsession_stripe::SecretKey::new("sk_test_wrong");
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_ok");
+    let request = AuthorizeRequest {
+        payment: &p,
+        attempt_number: 1,
+        idempotency_key: "k1",
+    };
+    let first = processor.authorize(request).await;
+    assert!(!fault(&first));
+    let second = processor.authorize(request).await;
+    assert!(!fault(&second));
+    assert_eq!(fake.requests().len(), 1, "no call while misconfigured");
+    let AttemptOutcome::ProcessorFault { message, .. } = first else {
+        unreachable!()
+    };
+    assert!(
+        !message.contains("sk_test_wrong"),
+        "the key never appears in errors: {message}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_the_same_key_then_unknown() {
+    let fake = Fake::start().await;
+    let boom = Script::Error(500, json!({"type": "api_error", "message": "boom"}), None);
+    fake.script("pm_5xx", vec![boom.clone(), boom.clone(), boom]);
+    // Stripe replays a stored 5xx for the same key; the fake stores it too, so the
+    // retries get the same answer and the outcome stays unknown.
+    let outcome = authorize(&fake, &payment("pm_5xx"), 1).await;
+    assert!(
+        matches!(outcome, AttemptOutcome::Unknown { .. }),
+        "{outcome:?}"
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests
+        .iter()
+        .all(|r| r.idempotency_key.as_deref() == Some("osp_test_1:attempt:1")));
+}
+
+#[tokio::test]
+async fn stripe_should_retry_false_is_obeyed() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_noretry",
+        vec![Script::Error(
+            503,
+            json!({"type": "api_error"}),
+            Some(false),
+        )],
+    );
+    let outcome = authorize(&fake, &payment("pm_noretry"), 1).await;
+    assert!(
+        matches!(outcome, AttemptOutcome::Unknown { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_refused_is_a_retryable_fault_with_nothing_sent() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config =
+        offsession_stripe::StripeConfig::new("stripe", offsession_stripe::SecretKey::new(KEY));
+    config.api_base = format!("http://{addr}");
+    config.retry_base = Duration::from_millis(1);
+    config.retry_cap = Duration::from_millis(2);
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_ok");
+    let outcome = processor
+        .authorize(AuthorizeRequest {
+            payment: &p,
+            attempt_number: 1,
+            idempotency_key: "k",
+        })
+        .await;
+    assert!(fault(&outcome));
+}
+
+#[tokio::test]
+async fn a_timeout_is_unknown_and_the_replay_returns_the_original_charge() {
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_slow",
+        vec![Script::Hang(
+            Duration::from_secs(2),
+            Box::new(Script::Succeed),
+        )],
+    );
+    let mut config = fake.config();
+    config.max_network_retries = 0;
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_slow");
+    let request = AuthorizeRequest {
+        payment: &p,
+        attempt_number: 1,
+        idempotency_key: "osp_test_1:attempt:1",
+    };
+    let first = processor.authorize(request).await;
+    assert!(matches!(first, AttemptOutcome::Unknown { .. }), "{first:?}");
+    let replay = processor.authorize(request).await;
+    assert!(
+        matches!(replay, AttemptOutcome::Approved { .. }),
+        "{replay:?}"
+    );
+    assert_eq!(fake.charges_created(), 1, "the replay did not charge again");
+}
+
+#[tokio::test]
+async fn a_processing_payment_intent_is_looked_up_by_id() {
+    let fake = Fake::start().await;
+    fake.script("pm_debit", vec![Script::Processing]);
+    let outcome = authorize(&fake, &payment("pm_debit"), 1).await;
+    assert!(
+        matches!(outcome, AttemptOutcome::Approved { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        fake.requests().last().unwrap().path,
+        "/v1/payment_intents/pi_fake_1"
+    );
+}
+
+// ----- preflight ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn preflight_reads_type_and_card_facts_and_caches_them() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_good", "cus_1", "mastercard", &[None]);
+    let processor = fake.processor();
+    let details = processor.preflight(&payment("pm_good")).await.unwrap();
+    assert_eq!(details.payment_method_type, "card");
+    assert_eq!(details.card.unwrap().brand, "mastercard");
+    let calls = fake.requests().len();
+    assert_eq!(calls, 2, "payment method + setup intents");
+    processor.preflight(&payment("pm_good")).await.unwrap();
+    assert_eq!(
+        fake.requests().len(),
+        calls,
+        "second preflight served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_method_of_another_customer() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_other", "cus_2", "visa", &[None]);
+    let err = fake
+        .processor()
+        .preflight(&payment("pm_other"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspPaymentMethodNotAttached);
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_method_never_set_up_off_session() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_new", "cus_1", "visa", &[]);
+    let err = fake
+        .processor()
+        .preflight(&payment("pm_new"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspPmNotSetupForOffSession);
+}
+
+#[tokio::test]
+async fn preflight_matches_on_behalf_of_with_the_setup() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_connected", "cus_1", "visa", &[Some("acct_a")]);
+    fake.add_card("pm_platform", "cus_1", "visa", &[None]);
+    let processor = fake.processor();
+    let err = processor
+        .preflight(&payment("pm_connected"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspPmSetUpOnlyOnConnectedAccount);
+    let mut other = payment("pm_connected");
+    other.on_behalf_of = Some("acct_b".into());
+    assert_eq!(
+        processor.preflight(&other).await.unwrap_err().code,
+        ErrorCode::OspPmSetUpOnlyOnConnectedAccount
+    );
+    let mut same = payment("pm_connected");
+    same.on_behalf_of = Some("acct_a".into());
+    processor.preflight(&same).await.unwrap();
+    let mut platform = payment("pm_platform");
+    platform.on_behalf_of = Some("acct_a".into());
+    assert_eq!(
+        processor.preflight(&platform).await.unwrap_err().code,
+        ErrorCode::OspPmSetUpOnlyOnPlatform
+    );
+}
+
+#[tokio::test]
+async fn preflight_refuses_unsupported_method_types_and_unknown_methods() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_klarna", "cus_1", "visa", &[None]);
+    fake.state
+        .lock()
+        .unwrap()
+        .payment_methods
+        .get_mut("pm_klarna")
+        .unwrap()["type"] = json!("klarna");
+    let processor = fake.processor();
+    assert_eq!(
+        processor
+            .preflight(&payment("pm_klarna"))
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::OspInvalidPaymentMethodType
+    );
+    let err = processor
+        .preflight(&payment("pm_missing"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("payment_method"));
+}

@@ -1,0 +1,455 @@
+//! A fake Stripe API on loopback (axum), shaped by Stripe's own fixtures
+//! (`../shared/stripe/fixtures3.json`): PaymentIntents with idempotency, payment
+//! methods, setup intents, and scripted answers per payment method.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use offsession_stripe::{SecretKey, StripeConfig, StripeProcessor};
+use serde_json::{json, Value};
+
+pub const KEY: &str = "sk_test_fake_0123456789";
+
+/// What the fake answers to the next confirmation of a payment method.
+#[derive(Debug, Clone)]
+pub enum Script {
+    Succeed,
+    RequiresCapture,
+    Processing,
+    /// HTTP status, error object, and an optional `Stripe-Should-Retry`.
+    Error(u16, Value, Option<bool>),
+    /// Executes (and stores) the charge, then answers only after this delay.
+    Hang(Duration, Box<Script>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub form: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+    pub stripe_version: Option<String>,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub scripts: HashMap<String, VecDeque<Script>>,
+    pub stored: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    pub requests: Vec<Recorded>,
+    pub intents: HashMap<String, Value>,
+    pub payment_methods: HashMap<String, Value>,
+    pub setup_intents: Vec<Value>,
+    pub charges_created: u32,
+    counter: u32,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub state: Arc<Mutex<FakeState>>,
+    pub addr: SocketAddr,
+}
+
+fn fixtures() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/stripe/fixtures3.json"
+    );
+    let text = std::fs::read_to_string(path)
+        .expect("../shared/stripe/fixtures3.json beside the repository");
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn fixture(name: &str) -> Value {
+    fixtures()["resources"][name].clone()
+}
+
+fn error_response(status: u16, error: Value, should_retry: Option<bool>) -> Response {
+    let mut response = (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({ "error": error })),
+    )
+        .into_response();
+    if let Some(retry) = should_retry {
+        response.headers_mut().insert(
+            "Stripe-Should-Retry",
+            if retry { "true" } else { "false" }.parse().unwrap(),
+        );
+    }
+    response
+}
+
+fn record(
+    state: &mut FakeState,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    form: Vec<(String, String)>,
+) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    state.requests.push(Recorded {
+        method: method.into(),
+        path: path.into(),
+        form,
+        idempotency_key: header("idempotency-key"),
+        stripe_version: header("stripe-version"),
+        authorization: header("authorization"),
+    });
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"))
+}
+
+async fn create_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (delay, response) = {
+        let mut state = fake.state.lock().unwrap();
+        record(
+            &mut state,
+            "POST",
+            "/v1/payment_intents",
+            &headers,
+            form.clone(),
+        );
+        if !authorized(&headers) {
+            return error_response(
+                401,
+                json!({"type": "invalid_request_error", "message": "Invalid API Key provided"}),
+                None,
+            );
+        }
+        if let Some(key) = &key {
+            if let Some((original, status, body)) = state.stored.get(key).cloned() {
+                if original != form {
+                    return error_response(
+                        400,
+                        json!({"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."}),
+                        None,
+                    );
+                }
+                let mut response =
+                    (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+                response
+                    .headers_mut()
+                    .insert("Idempotent-Replayed", "true".parse().unwrap());
+                return response;
+            }
+        }
+        let get = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let pm = get("payment_method");
+        let mut script = state
+            .scripts
+            .get_mut(&pm)
+            .and_then(|q| q.pop_front())
+            .unwrap_or(Script::Succeed);
+        let mut delay = None;
+        if let Script::Hang(d, inner) = script {
+            delay = Some(d);
+            script = *inner;
+        }
+        state.counter += 1;
+        let n = state.counter;
+        let mut intent = fixture("payment_intent");
+        intent["id"] = json!(format!("pi_fake_{n}"));
+        intent["amount"] = json!(get("amount").parse::<i64>().unwrap_or(0));
+        intent["currency"] = json!(get("currency"));
+        intent["customer"] = json!(get("customer"));
+        intent["payment_method"] = json!(pm);
+        intent["last_payment_error"] = Value::Null;
+        let (status, body) = match &script {
+            Script::Succeed | Script::RequiresCapture | Script::Processing => {
+                let status_name = match script {
+                    Script::Succeed => "succeeded",
+                    Script::RequiresCapture => "requires_capture",
+                    _ => "processing",
+                };
+                intent["status"] = json!(status_name);
+                if !matches!(script, Script::Processing) {
+                    state.charges_created += 1;
+                    intent["latest_charge"] = json!(format!("ch_fake_{n}"));
+                }
+                state.intents.insert(format!("pi_fake_{n}"), intent.clone());
+                (200, intent)
+            }
+            Script::Error(status, error, _) => {
+                let mut error = error.clone();
+                if *status == 402 {
+                    intent["status"] = json!("requires_payment_method");
+                    error["payment_intent"] = intent.clone();
+                    error["charge"] = json!(format!("ch_fake_declined_{n}"));
+                }
+                (*status, json!({ "error": error }))
+            }
+            Script::Hang(..) => unreachable!(),
+        };
+        // Stripe stores results once execution starts, except rate limits.
+        if let Some(key) = &key {
+            if status != 429 {
+                state
+                    .stored
+                    .insert(key.clone(), (form.clone(), status, body.clone()));
+            }
+        }
+        let response = match &script {
+            Script::Error(status, _, retry) => {
+                error_response(*status, body["error"].clone(), *retry)
+            }
+            _ => (StatusCode::OK, Json(body)).into_response(),
+        };
+        (delay, response)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+async fn get_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(
+        &mut state,
+        "GET",
+        &format!("/v1/payment_intents/{id}"),
+        &headers,
+        Vec::new(),
+    );
+    match state.intents.get_mut(&id) {
+        Some(intent) => {
+            // A processing debit settles by the time it is looked up.
+            if intent["status"] == "processing" {
+                intent["status"] = json!("succeeded");
+                intent["latest_charge"] = json!(format!("ch_for_{id}"));
+            }
+            (StatusCode::OK, Json(intent.clone())).into_response()
+        }
+        None => error_response(
+            404,
+            json!({"type": "invalid_request_error", "code": "resource_missing"}),
+            None,
+        ),
+    }
+}
+
+async fn capture_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(
+        &mut state,
+        "POST",
+        &format!("/v1/payment_intents/{id}/capture"),
+        &headers,
+        form,
+    );
+    match state.intents.get_mut(&id) {
+        Some(intent) if intent["status"] == "requires_capture" => {
+            intent["status"] = json!("succeeded");
+            (StatusCode::OK, Json(intent.clone())).into_response()
+        }
+        _ => error_response(
+            400,
+            json!({"type": "invalid_request_error", "code": "payment_intent_unexpected_state"}),
+            None,
+        ),
+    }
+}
+
+async fn cancel_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(
+        &mut state,
+        "POST",
+        &format!("/v1/payment_intents/{id}/cancel"),
+        &headers,
+        form,
+    );
+    match state.intents.get_mut(&id) {
+        Some(intent) => {
+            intent["status"] = json!("canceled");
+            (StatusCode::OK, Json(intent.clone())).into_response()
+        }
+        None => error_response(
+            404,
+            json!({"type": "invalid_request_error", "code": "resource_missing"}),
+            None,
+        ),
+    }
+}
+
+async fn get_payment_method(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(
+        &mut state,
+        "GET",
+        &format!("/v1/payment_methods/{id}"),
+        &headers,
+        Vec::new(),
+    );
+    match state.payment_methods.get(&id) {
+        Some(pm) => (StatusCode::OK, Json(pm.clone())).into_response(),
+        None => error_response(
+            404,
+            json!({"type": "invalid_request_error", "code": "resource_missing"}),
+            None,
+        ),
+    }
+}
+
+async fn list_setup_intents(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    let form: Vec<(String, String)> = query.clone().into_iter().collect();
+    record(&mut state, "GET", "/v1/setup_intents", &headers, form);
+    let data: Vec<Value> = state
+        .setup_intents
+        .iter()
+        .filter(|si| {
+            query
+                .get("payment_method")
+                .is_none_or(|pm| si["payment_method"] == json!(pm))
+        })
+        .filter(|si| {
+            query
+                .get("customer")
+                .is_none_or(|c| si["customer"] == json!(c))
+        })
+        .cloned()
+        .collect();
+    (
+        StatusCode::OK,
+        Json(
+            json!({"object": "list", "data": data, "has_more": false, "url": "/v1/setup_intents"}),
+        ),
+    )
+        .into_response()
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Fake {
+            state: Arc::new(Mutex::new(FakeState::default())),
+            addr: listener.local_addr().unwrap(),
+        };
+        let app = Router::new()
+            .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents/{id}", get(get_intent))
+            .route("/v1/payment_intents/{id}/capture", post(capture_intent))
+            .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
+            .route("/v1/payment_methods/{id}", get(get_payment_method))
+            .route("/v1/setup_intents", get(list_setup_intents))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    pub fn config(&self) -> StripeConfig {
+        let mut config = StripeConfig::new("stripe", SecretKey::new(KEY));
+        config.api_base = format!("http://{}", self.addr);
+        config.request_timeout = Duration::from_millis(400);
+        config.retry_base = Duration::from_millis(5);
+        config.retry_cap = Duration::from_millis(20);
+        config
+    }
+
+    pub fn processor(&self) -> StripeProcessor {
+        StripeProcessor::new(self.config()).unwrap()
+    }
+
+    pub fn script(&self, payment_method: &str, scripts: Vec<Script>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .insert(payment_method.into(), scripts.into());
+    }
+
+    /// A card payment method attached to `customer`, set up off-session for `setups`
+    /// (`None` = on the platform, `Some(acct)` = for a connected account).
+    pub fn add_card(&self, id: &str, customer: &str, brand: &str, setups: &[Option<&str>]) {
+        let mut pm = fixture("payment_method");
+        pm["id"] = json!(id);
+        pm["type"] = json!("card");
+        pm["customer"] = json!(customer);
+        pm["card"]["brand"] = json!(brand);
+        pm["card"]["wallet"] = Value::Null;
+        let mut state = self.state.lock().unwrap();
+        state.payment_methods.insert(id.into(), pm);
+        for (i, account) in setups.iter().enumerate() {
+            let mut si = fixture("setup_intent");
+            si["id"] = json!(format!("seti_{id}_{i}"));
+            si["payment_method"] = json!(id);
+            si["customer"] = json!(customer);
+            si["status"] = json!("succeeded");
+            si["usage"] = json!("off_session");
+            si["on_behalf_of"] = account.map_or(Value::Null, |a| json!(a));
+            state.setup_intents.push(si);
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn charges_created(&self) -> u32 {
+        self.state.lock().unwrap().charges_created
+    }
+}
+
+pub fn card_error(code: &str, decline_code: Option<&str>) -> Value {
+    let mut error = json!({
+        "type": "card_error",
+        "code": code,
+        "message": "Your card was declined.",
+        "doc_url": format!("https://stripe.com/docs/error-codes/{code}"),
+    });
+    if let Some(decline) = decline_code {
+        error["decline_code"] = json!(decline);
+    }
+    error
+}

@@ -124,6 +124,69 @@ pub enum ProcessorConfig {
         #[serde(default)]
         vault: Option<PathBuf>,
     },
+    /// Stripe (`crates/stripe`).
+    Stripe(StripeSection),
+}
+
+/// `[processor]` with `type = "stripe"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSection {
+    /// Processor id.
+    #[serde(default = "default_stripe_id")]
+    pub id: String,
+    /// The secret key itself (prefer `secret_key_env`).
+    #[serde(default)]
+    pub secret_key: Option<offsession_stripe::SecretKey>,
+    /// Environment variable holding the secret key.
+    #[serde(default = "default_secret_key_env")]
+    pub secret_key_env: String,
+    /// API base URL.
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// Pinned `Stripe-Version`.
+    #[serde(default = "default_stripe_version")]
+    pub stripe_version: String,
+    /// Connect timeout, e.g. `5s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Request timeout, e.g. `30s`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: String,
+    /// Transport retries per request (same idempotency key).
+    #[serde(default = "default_network_retries")]
+    pub max_network_retries: u32,
+    /// Preflight cache lifetime, e.g. `10m`.
+    #[serde(default = "default_preflight_ttl")]
+    pub preflight_cache_ttl: String,
+    /// Payment method types this account charges.
+    #[serde(default)]
+    pub payment_method_types: Option<Vec<String>>,
+}
+
+fn default_stripe_id() -> String {
+    "stripe".into()
+}
+fn default_secret_key_env() -> String {
+    "STRIPE_SECRET_KEY".into()
+}
+fn default_api_base() -> String {
+    "https://api.stripe.com".into()
+}
+fn default_stripe_version() -> String {
+    "2022-11-15".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn default_network_retries() -> u32 {
+    2
+}
+fn default_preflight_ttl() -> String {
+    "10m".into()
 }
 
 fn default_mock_id() -> String {
@@ -237,20 +300,33 @@ impl Config {
                 format!("`{}` is not an RFC 3339 time", self.run.start),
             ));
         }
-        let ProcessorConfig::Mock {
-            fault_rate,
-            unknown_rate,
-            ..
-        } = &self.processor;
-        for (key, rate) in [
-            ("processor.fault_rate", fault_rate),
-            ("processor.unknown_rate", unknown_rate),
-        ] {
-            if !(0.0..=1.0).contains(rate) {
-                return Err(invalid(
-                    key,
-                    format!("must be between 0 and 1 (got {rate})"),
-                ));
+        match &self.processor {
+            ProcessorConfig::Mock {
+                fault_rate,
+                unknown_rate,
+                ..
+            } => {
+                for (key, rate) in [
+                    ("processor.fault_rate", fault_rate),
+                    ("processor.unknown_rate", unknown_rate),
+                ] {
+                    if !(0.0..=1.0).contains(rate) {
+                        return Err(invalid(
+                            key,
+                            format!("must be between 0 and 1 (got {rate})"),
+                        ));
+                    }
+                }
+            }
+            ProcessorConfig::Stripe(stripe) => {
+                for (key, value) in [
+                    ("processor.connect_timeout", &stripe.connect_timeout),
+                    ("processor.request_timeout", &stripe.request_timeout),
+                    ("processor.preflight_cache_ttl", &stripe.preflight_cache_ttl),
+                ] {
+                    offsession_retry::parse_duration(value)
+                        .map_err(|e| invalid(key, e.to_string()))?;
+                }
             }
         }
         offsession_retry::HeuristicPolicy::new(&self.heuristic)

@@ -160,6 +160,38 @@ pub fn build(
             builder = builder.processor(processor.clone());
             mock = Some(processor);
         }
+        ProcessorConfig::Stripe(section) => {
+            let secret_key = match &section.secret_key {
+                Some(key) => key.clone(),
+                None => offsession_stripe::SecretKey::new(std::env::var(&section.secret_key_env).map_err(|_| {
+                    invalid(
+                        "processor.secret_key_env",
+                        format!("environment variable `{}` is not set (or set `processor.secret_key`)", section.secret_key_env),
+                    )
+                })?),
+            };
+            let duration =
+                |key: &str, v: &str| parse_duration(v).map_err(|e| invalid(key, e.to_string()));
+            let mut stripe = offsession_stripe::StripeConfig::new(&section.id, secret_key);
+            stripe.api_base = section.api_base.clone();
+            stripe.stripe_version = section.stripe_version.clone();
+            stripe.connect_timeout =
+                duration("processor.connect_timeout", &section.connect_timeout)?;
+            stripe.request_timeout =
+                duration("processor.request_timeout", &section.request_timeout)?;
+            stripe.max_network_retries = section.max_network_retries;
+            stripe.preflight_cache_ttl = duration(
+                "processor.preflight_cache_ttl",
+                &section.preflight_cache_ttl,
+            )?;
+            if let Some(types) = &section.payment_method_types {
+                stripe.payment_method_types = types.clone();
+            }
+            let processor = offsession_stripe::StripeProcessor::new(stripe)
+                .map_err(|e| invalid("processor", e.to_string()))?;
+            builder = builder.processor(Arc::new(processor));
+            mock = None;
+        }
     }
 
     match config.store {

@@ -148,3 +148,53 @@ async fn the_demo_batch_settles_every_payment() {
     assert_eq!(settled, summary.accepted, "{}", summary.render());
     assert!(summary.recovered_by_retry > 0);
 }
+
+#[test]
+fn the_runner_selects_the_stripe_processor_from_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/stripe.example.toml");
+    let config = config::load(&example).unwrap();
+    assert!(matches!(
+        config.processor,
+        config::ProcessorConfig::Stripe(_)
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "s.toml",
+        "[processor]\ntype = \"stripe\"\nsecret_key_env = \"OFFSESSION_RUNNER_TEST_NO_SUCH_KEY\"\n",
+    );
+    let config = config::load(&path).unwrap();
+    let err = offsession_runner::wiring::build(
+        &path,
+        &config,
+        std::sync::Arc::new(offsession_core::SystemClock),
+        std::sync::Arc::new(offsession_core::DiscardEvents),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("processor.secret_key_env")
+            && err.contains("OFFSESSION_RUNNER_TEST_NO_SUCH_KEY"),
+        "{err}"
+    );
+
+    let path = write(
+        &dir,
+        "t.toml",
+        "[processor]\ntype = \"stripe\"\nsecret_key = \"sk_test_in_file_123\"\n",
+    );
+    let config = config::load(&path).unwrap();
+    assert!(
+        !format!("{config:?}").contains("in_file_123"),
+        "the key is redacted in Debug"
+    );
+    let wired = offsession_runner::wiring::build(
+        &path,
+        &config,
+        std::sync::Arc::new(offsession_core::SystemClock),
+        std::sync::Arc::new(offsession_core::DiscardEvents),
+    )
+    .unwrap();
+    assert!(format!("{:?}", wired.engine).contains("stripe"));
+}

@@ -40,10 +40,13 @@ pub struct Recorded {
     pub authorization: Option<String>,
 }
 
+/// What an idempotency key was first sent with, and what was answered.
+pub type StoredReply = (Vec<(String, String)>, u16, Value);
+
 #[derive(Default)]
 pub struct FakeState {
     pub scripts: HashMap<String, VecDeque<Script>>,
-    pub stored: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    pub stored: HashMap<String, StoredReply>,
     pub requests: Vec<Recorded>,
     pub intents: HashMap<String, Value>,
     pub payment_methods: HashMap<String, Value>,

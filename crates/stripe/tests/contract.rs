@@ -1,0 +1,211 @@
+//! Contract test: every request the adapter can build uses only parameters that
+//! Stripe's OpenAPI spec (`../shared/stripe/spec3.json`) accepts for that path and
+//! method, with values of the right type.
+
+use offsession_core::payment::TransferData;
+use offsession_core::{Amount, Cadence, CaptureMethod};
+use offsession_store::conformance::sample_record;
+use offsession_stripe::transformers::{capture_params, payment_intent_params};
+use serde_json::Value;
+
+fn spec() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/stripe/spec3.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("../shared/stripe/spec3.json"))
+        .unwrap()
+}
+
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// Whether `value` (a form string) fits `schema`; an error says why not.
+fn fits(spec: &Value, schema: &Value, value: &str) -> Result<(), String> {
+    let schema = resolve(spec, schema);
+    if let Some(options) = schema.get("anyOf").and_then(Value::as_array) {
+        let errors: Vec<String> = options
+            .iter()
+            .filter_map(|s| fits(spec, s, value).err())
+            .collect();
+        return if errors.len() < options.len() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        };
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.iter().any(|a| a.as_str() == Some(value)) {
+            return Err(format!("`{value}` is not one of {allowed:?}"));
+        }
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("integer") => value
+            .parse::<i64>()
+            .map(|_| ())
+            .map_err(|_| format!("`{value}` is not an integer")),
+        Some("boolean") => matches!(value, "true" | "false")
+            .then_some(())
+            .ok_or(format!("`{value}` is not a boolean")),
+        Some("string") => {
+            let max = schema
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
+            (value.chars().count() as u64 <= max)
+                .then_some(())
+                .ok_or(format!("`{value}` is longer than {max}"))
+        }
+        Some(other) => Err(format!("a scalar was sent where the spec wants {other}")),
+        None => Ok(()),
+    }
+}
+
+/// Checks one form against `path`'s `method` request body schema.
+fn check_form(spec: &Value, path: &str, method: &str, form: &[(String, String)]) {
+    let operation = &spec["paths"][path][method];
+    assert!(operation.is_object(), "{method} {path} is not in the spec");
+    let properties = &operation["requestBody"]["content"]["application/x-www-form-urlencoded"]
+        ["schema"]["properties"];
+    for (key, value) in form {
+        // `a[b]` addresses property `b` of object `a`, or a key of a map `a`.
+        let (top, nested) = match key.split_once('[') {
+            Some((top, rest)) => (top, Some(rest.trim_end_matches(']'))),
+            None => (key.as_str(), None),
+        };
+        let schema = resolve(spec, &properties[top]);
+        assert!(
+            !schema.is_null(),
+            "{method} {path}: `{top}` is not a parameter"
+        );
+        let leaf = match nested {
+            None => schema,
+            Some(field) => {
+                let object = match schema.get("anyOf").and_then(Value::as_array) {
+                    Some(options) => options
+                        .iter()
+                        .map(|o| resolve(spec, o))
+                        .find(|o| o["type"] == "object")
+                        .unwrap_or(schema),
+                    None => schema,
+                };
+                let named = &object["properties"][field];
+                if !named.is_null() {
+                    named
+                } else {
+                    let additional = &object["additionalProperties"];
+                    assert!(
+                        additional.is_object(),
+                        "{method} {path}: `{key}`: `{top}` has no field `{field}`"
+                    );
+                    additional
+                }
+            }
+        };
+        if let Err(why) = fits(spec, leaf, value) {
+            panic!("{method} {path}: `{key}`: {why}");
+        }
+    }
+}
+
+fn check_query(spec: &Value, path: &str, names: &[&str]) {
+    let parameters = spec["paths"][path]["get"]["parameters"]
+        .as_array()
+        .expect("GET with parameters");
+    for name in names {
+        assert!(
+            parameters
+                .iter()
+                .any(|p| p["name"] == *name && p["in"] == "query"),
+            "GET {path}: `{name}` is not a query parameter"
+        );
+    }
+}
+
+#[test]
+fn every_payment_intent_request_fits_the_spec() {
+    let spec = spec();
+    let mut payment = sample_record("osp_1", 1_767_225_600_000, None).payment;
+    payment.metadata.insert("invoice".into(), "in_1".into());
+    // Every optional field set, in both cadences and capture methods.
+    for (cadence, capture) in [
+        (Cadence::Recurring, CaptureMethod::Automatic),
+        (Cadence::Unscheduled, CaptureMethod::Manual),
+    ] {
+        payment.cadence = cadence;
+        payment.capture.capture_method = capture;
+        payment.on_behalf_of = Some("acct_1".into());
+        payment.transfer_data = Some(TransferData {
+            destination: "acct_1".into(),
+            amount: Some(100),
+        });
+        payment.application_fee_amount_requested =
+            Some(Amount::new(50, payment.amount_requested.currency));
+        payment.statement_descriptor = Some("ACME SUBSCRIPTION".into());
+        payment.statement_descriptor_suffix = Some("PRO".into());
+        payment.description = Some("renewal".into());
+        check_form(
+            &spec,
+            "/v1/payment_intents",
+            "post",
+            &payment_intent_params(&payment, 3),
+        );
+    }
+}
+
+#[test]
+fn capture_and_cancel_requests_fit_the_spec() {
+    let spec = spec();
+    check_form(
+        &spec,
+        "/v1/payment_intents/{intent}/capture",
+        "post",
+        &capture_params(1500),
+    );
+    check_form(&spec, "/v1/payment_intents/{intent}/cancel", "post", &[]);
+}
+
+#[test]
+fn preflight_lookups_fit_the_spec() {
+    let spec = spec();
+    assert!(spec["paths"]["/v1/payment_methods/{payment_method}"]["get"].is_object());
+    check_query(
+        &spec,
+        "/v1/setup_intents",
+        &["payment_method", "customer", "limit"],
+    );
+    check_query(&spec, "/v1/payment_intents/{intent}", &[]);
+}
+
+#[test]
+fn the_contract_check_catches_a_wrong_parameter() {
+    let spec = spec();
+    let bad = vec![("off_sesion".to_owned(), "true".to_owned())];
+    assert!(
+        std::panic::catch_unwind(|| check_form(&spec, "/v1/payment_intents", "post", &bad))
+            .is_err()
+    );
+    let wrong_type = vec![("amount".to_owned(), "twenty".to_owned())];
+    assert!(std::panic::catch_unwind(|| check_form(
+        &spec,
+        "/v1/payment_intents",
+        "post",
+        &wrong_type
+    ))
+    .is_err());
+    let wrong_enum = vec![("off_session".to_owned(), "sometimes".to_owned())];
+    assert!(std::panic::catch_unwind(|| check_form(
+        &spec,
+        "/v1/payment_intents",
+        "post",
+        &wrong_enum
+    ))
+    .is_err());
+}

@@ -145,6 +145,9 @@ pub enum AttemptOutcome {
     ProcessorFault {
         /// Whether sending the same request again may work.
         retryable: bool,
+        /// The processor said to slow down (HTTP 429): the engine lowers its pace.
+        #[serde(default)]
+        rate_limited: bool,
         /// What went wrong.
         message: String,
     },

@@ -55,8 +55,12 @@ pub struct PaymentRecord {
     pub payment: OffSessionPayment,
     /// Bumped by every successful `update`.
     pub version: u64,
-    /// The processor the payment is routed to.
+    /// The processor the payment is routed to (its primary).
     pub processor: String,
+    /// Processors the payment may cascade to, in order, after the primary (empty
+    /// unless payments orchestration is on).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
     /// Type and card facts from preflight.
     pub method: Option<PaymentMethodDetails>,
     /// When the scheduler must next act (attempt, replay, or expire an authorization).
@@ -77,6 +81,9 @@ pub struct PaymentRecord {
     /// The latest time the pending retry may run (the policy's window).
     #[serde(default)]
     pub retry_latest: Option<Timestamp>,
+    /// The next attempt cascades to this processor at once (payments orchestration).
+    #[serde(default)]
+    pub cascade_to: Option<String>,
 }
 
 impl PaymentRecord {
@@ -91,6 +98,7 @@ impl PaymentRecord {
             payment,
             version: 0,
             processor,
+            fallbacks: Vec::new(),
             method,
             due_at: Some(due_at),
             lease: None,
@@ -100,6 +108,7 @@ impl PaymentRecord {
             authorization: None,
             paused_due_at: None,
             retry_latest: None,
+            cascade_to: None,
         }
     }
 

@@ -583,6 +583,7 @@ impl Processor for SimulatedIssuer {
         let Some(customer) = self.customer(&request.payment.payment_method) else {
             return AttemptOutcome::ProcessorFault {
                 retryable: false,
+                rate_limited: false,
                 message: "unknown simulated card".into(),
             };
         };

@@ -175,6 +175,10 @@ pub struct MockConfig {
     /// Customers and payment methods.
     #[serde(default)]
     pub vault: Vault,
+    /// Requests per second answered before the mock returns 429s, like a processor's
+    /// account rate limit (GCRA with a burst of 1/20 s of requests); none: no limit.
+    #[serde(default)]
+    pub enforce_rate_limit: Option<u32>,
 }
 
 fn default_seed() -> u64 {
@@ -195,6 +199,7 @@ impl Default for MockConfig {
             payment_method_types: default_types(),
             connect: true,
             vault: Vault::default(),
+            enforce_rate_limit: None,
         }
     }
 }
@@ -240,6 +245,9 @@ pub struct MockProcessor {
     ledger: Mutex<HashMap<String, LedgerEntry>>,
     captures: Mutex<HashMap<String, i64>>,
     charge_counter: AtomicU64,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    rate_limited: AtomicU64,
+    sends: AtomicU64,
 }
 
 impl MockProcessor {
@@ -259,13 +267,32 @@ impl MockProcessor {
             .collect();
         MockProcessor {
             id: id.to_owned(),
-            config,
             capabilities,
             vault,
             ledger: Mutex::new(HashMap::new()),
             captures: Mutex::new(HashMap::new()),
             charge_counter: AtomicU64::new(0),
+            limiter: config
+                .enforce_rate_limit
+                .and_then(std::num::NonZeroU32::new)
+                .map(|n| {
+                    let burst = std::num::NonZeroU32::new((n.get() / 20).max(1)).unwrap_or(n);
+                    governor::RateLimiter::direct(governor::Quota::per_second(n).allow_burst(burst))
+                }),
+            rate_limited: AtomicU64::new(0),
+            sends: AtomicU64::new(0),
+            config,
         }
+    }
+
+    /// Requests answered with 429.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Authorization requests received (including 429s and replays).
+    pub fn requests(&self) -> u64 {
+        self.sends.load(Ordering::Relaxed)
     }
 
     fn behavior_of(&self, payment_method: &str) -> Behavior {
@@ -419,6 +446,17 @@ impl Processor for MockProcessor {
             .config
             .latency
             .sample(unit(mix(key_hash ^ 1)), unit(mix(key_hash ^ 2)));
+        self.sends.fetch_add(1, Ordering::Relaxed);
+        if let Some(limiter) = &self.limiter {
+            if limiter.check().is_err() {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return AttemptOutcome::ProcessorFault {
+                    retryable: true,
+                    rate_limited: true,
+                    message: "mock: 429 rate limit exceeded (nothing was charged)".into(),
+                };
+            }
+        }
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -439,6 +477,7 @@ impl Processor for MockProcessor {
         if unit(send_hash) < self.config.fault_rate {
             return AttemptOutcome::ProcessorFault {
                 retryable: true,
+                rate_limited: false,
                 message: "mock: 503 service unavailable (nothing was charged)".into(),
             };
         }

@@ -10,7 +10,10 @@ use offsession_core::{
 };
 use offsession_retry::{DeclineTable, NetworkGuard, NoRetry, ScheduledPolicy};
 
+use crate::breaker::BreakerConfig;
 use crate::engine::Engine;
+use crate::pacing::RateLimit;
+use crate::routing::{Router, RoutingConfig};
 use crate::EngineError;
 
 /// Engine settings (the runner reads them from `[engine]`).
@@ -41,6 +44,9 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Payments claimed per store round trip.
     pub claim_batch: usize,
+    /// Decline categories after which an orchestrated payment cascades to the next
+    /// processor at once (never hard declines).
+    pub cascade_categories: Vec<offsession_core::DeclineCategory>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +66,10 @@ impl Default for EngineConfig {
                 .collect(),
             concurrency: 64,
             claim_batch: 1_024,
+            cascade_categories: vec![
+                offsession_core::DeclineCategory::SoftTransient,
+                offsession_core::DeclineCategory::SoftIssuer,
+            ],
         }
     }
 }
@@ -77,6 +87,10 @@ pub struct EngineBuilder {
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) events: Option<Arc<dyn EventSink>>,
     pub(crate) guards: Vec<Arc<NetworkGuard>>,
+    pub(crate) routing: RoutingConfig,
+    pub(crate) router: Option<Router>,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) rate_limits: HashMap<String, RateLimit>,
 }
 
 impl EngineBuilder {
@@ -102,6 +116,24 @@ impl EngineBuilder {
     /// Installs the policy behind a strategy (`smart`, `heuristic`).
     pub fn strategy(mut self, strategy: RetryStrategy, policy: Arc<dyn RetryPolicy>) -> Self {
         self.strategies.insert(strategy, policy);
+        self
+    }
+
+    /// Routing rules (default: every processor, in the order added).
+    pub fn routing(mut self, routing: RoutingConfig) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Circuit-breaker settings for every processor.
+    pub fn circuit_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// A rate limit for processor `id`.
+    pub fn rate_limit(mut self, id: &str, limit: RateLimit) -> Self {
+        self.rate_limits.insert(id.to_owned(), limit);
         self
     }
 
@@ -145,6 +177,17 @@ impl EngineBuilder {
                     p.id()
                 )));
             }
+        }
+        self.router =
+            Some(Router::new(self.routing.clone(), &self.processors).map_err(EngineError::Config)?);
+        if let Some(unknown) = self
+            .rate_limits
+            .keys()
+            .find(|id| !self.processors.iter().any(|p| p.id() == id.as_str()))
+        {
+            return Err(EngineError::Config(format!(
+                "rate limit for processor `{unknown}`, which is not configured"
+            )));
         }
         if self.store.is_none() {
             return Err(EngineError::Config("a store is required".into()));

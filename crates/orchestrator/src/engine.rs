@@ -20,8 +20,11 @@ use offsession_core::{
 };
 use offsession_retry::DeclineTable;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::builder::{EngineBuilder, EngineConfig};
 use crate::ids::IdGenerator;
+use crate::pacing::Pacer;
+use crate::routing::Router;
 use crate::EngineError;
 
 /// How far back the card history given to policies reaches (network caps use 30 days).
@@ -63,6 +66,11 @@ struct Inner {
     available_strategies: Vec<RetryStrategy>,
     declines: DeclineTable,
     guards: Vec<Arc<offsession_retry::NetworkGuard>>,
+    router: Router,
+    supported_types: Vec<String>,
+    breakers: HashMap<String, Breaker>,
+    breaker_config: BreakerConfig,
+    pacers: HashMap<String, Pacer>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
@@ -91,6 +99,13 @@ impl std::fmt::Debug for Engine {
             )
             .field("policies", &self.inner.policy_names)
             .finish_non_exhaustive()
+    }
+}
+
+fn cadence_label(cadence: offsession_core::Cadence) -> &'static str {
+    match cadence {
+        offsession_core::Cadence::Recurring => "recurring",
+        offsession_core::Cadence::Unscheduled => "unscheduled",
     }
 }
 
@@ -131,6 +146,23 @@ impl Engine {
         available_strategies.sort();
         let config = builder.config;
         let ids = IdGenerator::new(config.id_seed, config.livemode);
+        let mut supported_types: Vec<String> = builder
+            .processors
+            .iter()
+            .flat_map(|p| p.capabilities().payment_method_types.clone())
+            .collect();
+        supported_types.sort();
+        supported_types.dedup();
+        let breakers = builder
+            .processors
+            .iter()
+            .map(|p| (p.id().to_owned(), Breaker::new(builder.breaker)))
+            .collect();
+        let pacers = builder
+            .rate_limits
+            .iter()
+            .filter_map(|(id, limit)| Pacer::new(*limit).map(|p| (id.clone(), p)))
+            .collect();
         Engine {
             inner: Arc::new(Inner {
                 processors: builder.processors,
@@ -140,6 +172,11 @@ impl Engine {
                 available_strategies,
                 declines: builder.declines.unwrap_or_else(DeclineTable::standard),
                 guards: builder.guards,
+                router: builder.router.expect("router built by build"),
+                supported_types,
+                breakers,
+                breaker_config: builder.breaker,
+                pacers,
                 // `build` checked these are set.
                 store: builder.store.expect("store checked by build"),
                 clock: builder.clock.expect("clock set by build"),
@@ -334,25 +371,15 @@ impl Engine {
                 retry_policies: &self.inner.policy_names,
             },
         )?;
+        // Preflight asks the first configured processor; routing then uses the facts.
         let processor = self.inner.processors[0].clone();
-        if (valid.on_behalf_of.is_some() || valid.transfer_data.is_some())
-            && !processor.capabilities().connect
-        {
-            return Err(ApiError::invalid(
-                "on_behalf_of",
-                format!(
-                    "processor `{}` does not support connect payments",
-                    processor.id()
-                ),
-            ));
-        }
         let mut payment = self.new_payment(&valid, clock_now);
         let method = processor.preflight(&payment).await?;
         let resolved = resolve_for_method(
             &valid,
             &method,
             &MethodRules {
-                supported_types: &processor.capabilities().payment_method_types,
+                supported_types: &self.inner.supported_types,
                 ach_retries_enabled: self.inner.config.ach_retries_enabled,
                 sepa_debit_retries_enabled: self.inner.config.sepa_debit_retries_enabled,
                 available: &self.inner.available_strategies,
@@ -361,6 +388,14 @@ impl Engine {
         )?;
         payment.retry_details.retry_strategy = resolved.strategy;
         payment.retry_details.retry_policy = resolved.policy;
+        let mut route = self
+            .inner
+            .router
+            .route(&payment, &method, &self.inner.processors)?;
+        if !payment.payments_orchestration.enabled {
+            // Without orchestration a payment stays on its primary processor.
+            route.truncate(1);
+        }
 
         if let Some(key) = idempotency_key {
             let canonical = serde_json::to_string(request).unwrap_or_default();
@@ -392,18 +427,20 @@ impl Engine {
             .as_ref()
             .map(|(_, at)| (*at).max(clock_now))
             .unwrap_or(clock_now);
-        let record = PaymentRecord::new(
-            payment.clone(),
-            processor.id().to_owned(),
-            Some(method),
-            due,
-        );
+        let mut record = PaymentRecord::new(payment.clone(), route.remove(0), Some(method), due);
+        record.fallbacks = route;
         self.inner
             .store
             .insert(&record)
             .await
             .map_err(store_error)?;
         self.emit(EventType::Created, &payment, clock_now);
+        metrics::counter!(
+            "offsession_payments_created_total",
+            "cadence" => cadence_label(payment.cadence),
+            "strategy" => payment.retry_details.retry_strategy.as_str()
+        )
+        .increment(1);
         Ok(payment)
     }
 
@@ -733,10 +770,6 @@ impl Engine {
     /// Runs one attempt (or replays the unresolved one) of a claimed payment.
     async fn attempt(&self, claimed: PaymentRecord) -> Result<(), StoreError> {
         let now = self.now_for(&claimed.payment);
-        let Some(processor) = self.processor(&claimed.processor).cloned() else {
-            tracing::error!(payment = %claimed.payment.id, processor = %claimed.processor, "processor is not configured; payment left for another instance");
-            return Ok(());
-        };
         let Ok(status) = transition(claimed.payment.status, Transition::StartAttempt) else {
             return Ok(());
         };
@@ -783,6 +816,47 @@ impl Engine {
                 return Ok(());
             }
         }
+        // Which processor: a replay goes back to where the attempt was sent; a new
+        // attempt goes to the cascade target, or to the first processor of the route
+        // whose circuit breaker lets calls through.
+        let processor_id = if replay {
+            record
+                .attempts
+                .last()
+                .map(|a| a.processor.clone())
+                .unwrap_or_default()
+        } else if let Some(target) = record.cascade_to.take() {
+            target
+        } else {
+            let allowed = std::iter::once(&record.processor)
+                .chain(record.fallbacks.iter())
+                .find(|id| {
+                    self.inner
+                        .breakers
+                        .get(id.as_str())
+                        .is_none_or(|b| b.allow(now))
+                })
+                .cloned();
+            match allowed {
+                Some(id) => id,
+                None => {
+                    // Every processor of the route is out of routing: try again when
+                    // the primary's breaker lets a probe through.
+                    let mut next = claimed.clone();
+                    next.lease = None;
+                    next.due_at = Some(now.plus(self.inner.breaker_config.open_for));
+                    self.inner
+                        .store
+                        .update(&next, Expected::of(&claimed))
+                        .await?;
+                    return Ok(());
+                }
+            }
+        };
+        let Some(processor) = self.processor(&processor_id).cloned() else {
+            tracing::error!(payment = %claimed.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
+            return Ok(());
+        };
         if replay {
             if let Some(last) = record.attempts.last_mut() {
                 last.replays += 1;
@@ -793,7 +867,7 @@ impl Engine {
                 id: self.inner.ids.next("ospattempt"),
                 number,
                 idempotency_key: attempt_idempotency_key(&record.payment.id, number),
-                processor: processor.id().to_owned(),
+                processor: processor_id.clone(),
                 started_at: now,
                 finished_at: None,
                 replays: 0,
@@ -826,6 +900,12 @@ impl Engine {
             .last()
             .cloned()
             .unwrap_or_else(|| unreachable!());
+        if let Some(pacer) = self.inner.pacers.get(processor.id()) {
+            let waited = pacer.acquire().await;
+            metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
+                .record(waited.as_secs_f64());
+        }
+        let sent = std::time::Instant::now();
         let outcome = processor
             .authorize(AuthorizeRequest {
                 payment: &record.payment,
@@ -833,6 +913,9 @@ impl Engine {
                 idempotency_key: &attempt.idempotency_key,
             })
             .await;
+        metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
+            .record(sent.elapsed().as_secs_f64());
+        self.observe_health(processor.id(), &outcome, self.now_for(&record.payment));
         self.apply_outcome(record, outcome).await
     }
 
@@ -847,6 +930,25 @@ impl Engine {
         record.lease = None;
         let mut events: Vec<EventType> = Vec::new();
         let replays = record.attempts.last().map(|a| a.replays).unwrap_or(0) as usize;
+        let next_hop = self.next_hop(&record, now);
+        let processor_id = record
+            .attempts
+            .last()
+            .map(|a| a.processor.clone())
+            .unwrap_or_default();
+        metrics::counter!(
+            "offsession_attempts_total",
+            "processor" => processor_id.clone(),
+            "outcome" => outcome.kind(),
+            "category" => match &outcome {
+                AttemptOutcome::Declined { codes, .. } => {
+                    let brand = record.method.as_ref().and_then(|m| m.card.as_ref()).map(|c| c.brand.as_str());
+                    self.inner.declines.classify(codes, brand).as_str()
+                }
+                _ => "none",
+            }
+        )
+        .increment(1);
 
         let decline = match outcome {
             AttemptOutcome::Approved { reference } => {
@@ -888,6 +990,14 @@ impl Engine {
                 None
             }
             AttemptOutcome::Declined { codes, reference } => Some((codes, reference)),
+            AttemptOutcome::ProcessorFault { ref message, .. } if next_hop.is_some() => {
+                // Nothing was charged: cascade to the next processor of the route now,
+                // as a new attempt with its own key.
+                tracing::debug!(payment = %record.payment.id, %message, "cascading after a processor fault");
+                self.finish_attempt(&mut record, now, outcome.clone(), None);
+                self.cascade(&mut record, next_hop.clone(), now);
+                None
+            }
             AttemptOutcome::ProcessorFault { ref message, .. }
             | AttemptOutcome::Unknown { ref message }
                 if replays < config.replay_backoff.len()
@@ -972,13 +1082,36 @@ impl Engine {
             self.observe(&record, false);
             events.push(EventType::AttemptFailed);
             events.push(EventType::AuthorizationAttemptFailed);
-            match self.decide(&record, &codes, category, now).await? {
-                RetryDecision::RetryAt { not_before, latest } => {
+            let brand = record
+                .method
+                .as_ref()
+                .and_then(|m| m.card.as_ref())
+                .map(|c| c.brand.clone());
+            let rules = self.inner.declines.network_rules();
+            let cascades = next_hop.is_some()
+                && self.inner.config.cascade_categories.contains(&category)
+                && !rules.forbids_retry(brand.as_deref(), &codes)
+                && rules.advice_wait(brand.as_deref(), &codes).is_none();
+            let decision = if cascades {
+                // Another processor may approve what this one declined: try it now.
+                self.cascade(&mut record, next_hop.clone(), now);
+                None
+            } else {
+                Some(self.decide(&record, &codes, category, now).await?)
+            };
+            match decision {
+                None => {}
+                Some(RetryDecision::RetryAt { not_before, latest }) => {
+                    metrics::counter!(
+                        "offsession_retries_scheduled_total",
+                        "strategy" => record.payment.retry_details.retry_strategy.as_str()
+                    )
+                    .increment(1);
                     record.payment.status = PaymentStatus::PendingRetry;
                     record.due_at = Some(not_before.max(now));
                     record.retry_latest = latest;
                 }
-                RetryDecision::Stop(reason) => {
+                Some(RetryDecision::Stop(reason)) => {
                     record.payment.status = PaymentStatus::Failed;
                     record.payment.failure_reason = Some(reason);
                     record.due_at = None;
@@ -991,10 +1124,97 @@ impl Engine {
             .store
             .update(&record, Expected::of(&written))
             .await?;
+        if record.payment.status.is_terminal() {
+            metrics::counter!(
+                "offsession_payments_terminal_total",
+                "status" => record.payment.status.as_str(),
+                "failure_reason" => record.payment.failure_reason.map_or("none", |r| r.as_str())
+            )
+            .increment(1);
+        }
         for event in events {
             self.emit(event, &record.payment, now);
         }
         Ok(())
+    }
+
+    /// The processor after the current attempt's one in the payment's route whose
+    /// breaker lets calls through (orchestrated payments only).
+    fn next_hop(&self, record: &PaymentRecord, now: Timestamp) -> Option<String> {
+        if !record.payment.payments_orchestration.enabled || record.fallbacks.is_empty() {
+            return None;
+        }
+        let current = record.attempts.last().map(|a| a.processor.as_str())?;
+        let chain: Vec<&String> = std::iter::once(&record.processor)
+            .chain(record.fallbacks.iter())
+            .collect();
+        let position = chain.iter().position(|p| p.as_str() == current)?;
+        chain[position + 1..]
+            .iter()
+            .find(|id| {
+                self.inner
+                    .breakers
+                    .get(id.as_str())
+                    .is_none_or(|b| b.state(now) != BreakerState::Open)
+            })
+            .map(|id| (*id).clone())
+    }
+
+    fn cascade(&self, record: &mut PaymentRecord, to: Option<String>, now: Timestamp) {
+        let from = record
+            .attempts
+            .last()
+            .map(|a| a.processor.clone())
+            .unwrap_or_default();
+        if let Some(to) = &to {
+            metrics::counter!("offsession_cascade_failovers_total", "from" => from, "to" => to.clone()).increment(1);
+        }
+        record.cascade_to = to;
+        record.replay_pending = false;
+        record.payment.status = PaymentStatus::PendingRetry;
+        record.due_at = Some(now);
+    }
+
+    /// Feeds the processor's circuit breaker and pacer with an answer.
+    fn observe_health(&self, processor: &str, outcome: &AttemptOutcome, now: Timestamp) {
+        let good = matches!(
+            outcome,
+            AttemptOutcome::Approved { .. }
+                | AttemptOutcome::RequiresCapture { .. }
+                | AttemptOutcome::Declined { .. }
+        );
+        if let Some(breaker) = self.inner.breakers.get(processor) {
+            let state = breaker.record(now, good);
+            metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
+                .set(state as u8 as f64);
+        }
+        if let Some(pacer) = self.inner.pacers.get(processor) {
+            pacer.observe(matches!(
+                outcome,
+                AttemptOutcome::ProcessorFault {
+                    rate_limited: true,
+                    ..
+                }
+            ));
+        }
+    }
+
+    /// Sets the gauges that need a count over the store (pending retries).
+    pub async fn update_gauges(&self) -> Result<(), EngineError> {
+        for (status, count) in self.inner.store.count_by_status().await? {
+            if status == PaymentStatus::PendingRetry {
+                metrics::gauge!("offsession_pending_retries").set(count as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pacing of a processor: (current pace as a fraction of its quota, 429s seen).
+    pub fn pacing(&self, processor: &str) -> Option<(f64, u64)> {
+        self.inner
+            .pacers
+            .get(processor)
+            .map(|p| (p.pace(), p.rate_limited()))
     }
 
     fn finish_attempt(

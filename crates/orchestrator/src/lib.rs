@@ -14,12 +14,18 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 mod builder;
 mod engine;
 mod ids;
+pub mod pacing;
+pub mod routing;
 
+pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::{EngineBuilder, EngineConfig};
 pub use engine::{Engine, RunReport, TestClock};
+pub use pacing::RateLimit;
+pub use routing::{Route, RouteMatch, RouteRule, RoutingConfig};
 
 /// Errors building or running the engine (as opposed to API errors on requests).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,8 +29,21 @@ pub struct Config {
     /// `[smart]`: the smart strategy (cards; `best_available` on a card).
     #[serde(default)]
     pub smart: SmartConfig,
-    /// `[processor]`.
-    pub processor: ProcessorConfig,
+    /// `[processor]`: a single processor (or use `[[processors]]`).
+    #[serde(default)]
+    pub processor: Option<ProcessorConfig>,
+    /// `[[processors]]`: several processors, the first is the default primary.
+    #[serde(default)]
+    pub processors: Vec<ProcessorConfig>,
+    /// `[routing]`: rules choosing processors.
+    #[serde(default)]
+    pub routing: offsession_orchestrator::RoutingConfig,
+    /// `[circuit_breaker]`.
+    #[serde(default)]
+    pub circuit_breaker: BreakerSection,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// `[store]`.
     #[serde(default)]
     pub store: StoreConfig,
@@ -65,6 +78,8 @@ pub struct EngineSection {
     pub concurrency: usize,
     /// Claims per store round trip.
     pub claim_batch: usize,
+    /// Decline categories after which an orchestrated payment cascades at once.
+    pub cascade_categories: Vec<offsession_core::DeclineCategory>,
 }
 
 impl Default for EngineSection {
@@ -81,8 +96,46 @@ impl Default for EngineSection {
             replay_backoff: vec!["1m".into(), "5m".into(), "30m".into(), "2h".into()],
             concurrency: 64,
             claim_batch: 1024,
+            cascade_categories: vec![
+                offsession_core::DeclineCategory::SoftTransient,
+                offsession_core::DeclineCategory::SoftIssuer,
+            ],
         }
     }
+}
+
+/// `[circuit_breaker]`: one breaker per processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    /// Outcomes looked at, e.g. `60s`.
+    pub window: String,
+    /// Fewest outcomes before it may open.
+    pub min_calls: u32,
+    /// Share of faults that opens it.
+    pub failure_rate: f64,
+    /// How long it stays open, e.g. `30s`.
+    pub open_for: String,
+}
+
+impl Default for BreakerSection {
+    fn default() -> BreakerSection {
+        BreakerSection {
+            window: "60s".into(),
+            min_calls: 20,
+            failure_rate: 0.5,
+            open_for: "30s".into(),
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve Prometheus `/metrics` on while the runner runs, e.g.
+    /// `127.0.0.1:9464`; none: metrics are not exported.
+    pub listen: Option<String>,
 }
 
 /// `[declines]`.
@@ -123,6 +176,12 @@ pub enum ProcessorConfig {
         /// Vault file (customers and payment methods).
         #[serde(default)]
         vault: Option<PathBuf>,
+        /// Requests per second this mock answers before it returns 429 (none: no limit).
+        #[serde(default)]
+        enforce_rate_limit: Option<u32>,
+        /// The engine's pace for this processor.
+        #[serde(default)]
+        rate_limit: Option<offsession_orchestrator::RateLimit>,
     },
     /// Stripe (`crates/stripe`).
     Stripe(StripeSection),
@@ -162,6 +221,9 @@ pub struct StripeSection {
     /// Payment method types this account charges.
     #[serde(default)]
     pub payment_method_types: Option<Vec<String>>,
+    /// The engine's pace for this account (Stripe allows 100/s live, 25/s in test mode).
+    #[serde(default)]
+    pub rate_limit: Option<offsession_orchestrator::RateLimit>,
 }
 
 fn default_stripe_id() -> String {
@@ -268,7 +330,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+impl ProcessorConfig {
+    /// The processor id.
+    pub fn id(&self) -> &str {
+        match self {
+            ProcessorConfig::Mock { id, .. } => id,
+            ProcessorConfig::Stripe(stripe) => &stripe.id,
+        }
+    }
+}
+
 impl Config {
+    /// Every configured processor, in order.
+    pub fn all_processors(&self) -> impl Iterator<Item = &ProcessorConfig> {
+        self.processor.iter().chain(self.processors.iter())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.into(),
@@ -300,34 +377,60 @@ impl Config {
                 format!("`{}` is not an RFC 3339 time", self.run.start),
             ));
         }
-        match &self.processor {
-            ProcessorConfig::Mock {
-                fault_rate,
-                unknown_rate,
-                ..
-            } => {
-                for (key, rate) in [
-                    ("processor.fault_rate", fault_rate),
-                    ("processor.unknown_rate", unknown_rate),
-                ] {
-                    if !(0.0..=1.0).contains(rate) {
-                        return Err(invalid(
-                            key,
-                            format!("must be between 0 and 1 (got {rate})"),
-                        ));
+        if self.processor.is_some() != self.processors.is_empty() {
+            return Err(invalid(
+                "processor",
+                "configure exactly one of `[processor]` or `[[processors]]`".into(),
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for processor in self.all_processors() {
+            if !ids.insert(processor.id().to_owned()) {
+                return Err(invalid(
+                    "processors",
+                    format!("processor id `{}` is used twice", processor.id()),
+                ));
+            }
+            match processor {
+                ProcessorConfig::Mock {
+                    fault_rate,
+                    unknown_rate,
+                    ..
+                } => {
+                    for (key, rate) in [
+                        ("processor.fault_rate", fault_rate),
+                        ("processor.unknown_rate", unknown_rate),
+                    ] {
+                        if !(0.0..=1.0).contains(rate) {
+                            return Err(invalid(
+                                key,
+                                format!("must be between 0 and 1 (got {rate})"),
+                            ));
+                        }
+                    }
+                }
+                ProcessorConfig::Stripe(stripe) => {
+                    for (key, value) in [
+                        ("processor.connect_timeout", &stripe.connect_timeout),
+                        ("processor.request_timeout", &stripe.request_timeout),
+                        ("processor.preflight_cache_ttl", &stripe.preflight_cache_ttl),
+                    ] {
+                        offsession_retry::parse_duration(value)
+                            .map_err(|e| invalid(key, e.to_string()))?;
                     }
                 }
             }
-            ProcessorConfig::Stripe(stripe) => {
-                for (key, value) in [
-                    ("processor.connect_timeout", &stripe.connect_timeout),
-                    ("processor.request_timeout", &stripe.request_timeout),
-                    ("processor.preflight_cache_ttl", &stripe.preflight_cache_ttl),
-                ] {
-                    offsession_retry::parse_duration(value)
-                        .map_err(|e| invalid(key, e.to_string()))?;
-                }
-            }
+        }
+        for (key, value) in [
+            ("circuit_breaker.window", &self.circuit_breaker.window),
+            ("circuit_breaker.open_for", &self.circuit_breaker.open_for),
+        ] {
+            offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
+        }
+        if let Some(listen) = &self.metrics.listen {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("metrics.listen", format!("`{listen}`: {e}")))?;
         }
         offsession_retry::HeuristicPolicy::new(&self.heuristic)
             .map_err(|e| invalid("heuristic", e.to_string()))?;

@@ -60,6 +60,7 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
             .collect::<Result<_, _>>()?,
         concurrency: e.concurrency,
         claim_batch: e.claim_batch,
+        cascade_categories: e.cascade_categories.clone(),
     })
 }
 
@@ -68,8 +69,8 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
 pub struct Wired {
     /// The engine.
     pub engine: Engine,
-    /// The mock processor, when the config selects it (for ledgers and checks).
-    pub mock: Option<Arc<MockProcessor>>,
+    /// The mock processors the config selects (for ledgers and checks).
+    pub mocks: Vec<Arc<MockProcessor>>,
     /// The smart strategy (to save its learned state).
     pub smart: Arc<SmartPolicy>,
 }
@@ -125,43 +126,50 @@ pub fn build(
         .strategy(RetryStrategy::Heuristic, Arc::new(heuristic))
         .strategy(RetryStrategy::Smart, smart.clone());
 
-    let mock;
-    match &config.processor {
-        ProcessorConfig::Mock {
-            id,
-            seed,
-            latency,
-            fault_rate,
-            unknown_rate,
-            payment_method_types,
-            connect,
-            vault,
-        } => {
-            let vault = match vault {
-                Some(path) => Vault::from_toml(&read(config_path, "processor.vault", path)?)
-                    .map_err(|e| invalid("processor.vault", e))?,
-                None => Vault::default(),
-            };
-            let defaults = MockConfig::default();
-            let processor = Arc::new(MockProcessor::new(
+    let mut mocks = Vec::new();
+    for processor_config in config.all_processors() {
+        match processor_config {
+            ProcessorConfig::Mock {
                 id,
-                MockConfig {
-                    seed: *seed,
-                    latency: latency.clone(),
-                    fault_rate: *fault_rate,
-                    unknown_rate: *unknown_rate,
-                    payment_method_types: payment_method_types
-                        .clone()
-                        .unwrap_or(defaults.payment_method_types),
-                    connect: *connect,
-                    vault,
-                },
-            ));
-            builder = builder.processor(processor.clone());
-            mock = Some(processor);
-        }
-        ProcessorConfig::Stripe(section) => {
-            let secret_key = match &section.secret_key {
+                seed,
+                latency,
+                fault_rate,
+                unknown_rate,
+                payment_method_types,
+                connect,
+                vault,
+                enforce_rate_limit,
+                rate_limit,
+            } => {
+                let vault = match vault {
+                    Some(path) => Vault::from_toml(&read(config_path, "processor.vault", path)?)
+                        .map_err(|e| invalid("processor.vault", e))?,
+                    None => Vault::default(),
+                };
+                let defaults = MockConfig::default();
+                let processor = Arc::new(MockProcessor::new(
+                    id,
+                    MockConfig {
+                        seed: *seed,
+                        latency: latency.clone(),
+                        fault_rate: *fault_rate,
+                        unknown_rate: *unknown_rate,
+                        payment_method_types: payment_method_types
+                            .clone()
+                            .unwrap_or(defaults.payment_method_types),
+                        connect: *connect,
+                        vault,
+                        enforce_rate_limit: *enforce_rate_limit,
+                    },
+                ));
+                builder = builder.processor(processor.clone());
+                if let Some(limit) = rate_limit {
+                    builder = builder.rate_limit(id, *limit);
+                }
+                mocks.push(processor);
+            }
+            ProcessorConfig::Stripe(section) => {
+                let secret_key = match &section.secret_key {
                 Some(key) => key.clone(),
                 None => offsession_stripe::SecretKey::new(std::env::var(&section.secret_key_env).map_err(|_| {
                     invalid(
@@ -170,29 +178,43 @@ pub fn build(
                     )
                 })?),
             };
-            let duration =
-                |key: &str, v: &str| parse_duration(v).map_err(|e| invalid(key, e.to_string()));
-            let mut stripe = offsession_stripe::StripeConfig::new(&section.id, secret_key);
-            stripe.api_base = section.api_base.clone();
-            stripe.stripe_version = section.stripe_version.clone();
-            stripe.connect_timeout =
-                duration("processor.connect_timeout", &section.connect_timeout)?;
-            stripe.request_timeout =
-                duration("processor.request_timeout", &section.request_timeout)?;
-            stripe.max_network_retries = section.max_network_retries;
-            stripe.preflight_cache_ttl = duration(
-                "processor.preflight_cache_ttl",
-                &section.preflight_cache_ttl,
-            )?;
-            if let Some(types) = &section.payment_method_types {
-                stripe.payment_method_types = types.clone();
+                let duration =
+                    |key: &str, v: &str| parse_duration(v).map_err(|e| invalid(key, e.to_string()));
+                let mut stripe = offsession_stripe::StripeConfig::new(&section.id, secret_key);
+                stripe.api_base = section.api_base.clone();
+                stripe.stripe_version = section.stripe_version.clone();
+                stripe.connect_timeout =
+                    duration("processor.connect_timeout", &section.connect_timeout)?;
+                stripe.request_timeout =
+                    duration("processor.request_timeout", &section.request_timeout)?;
+                stripe.max_network_retries = section.max_network_retries;
+                stripe.preflight_cache_ttl = duration(
+                    "processor.preflight_cache_ttl",
+                    &section.preflight_cache_ttl,
+                )?;
+                if let Some(types) = &section.payment_method_types {
+                    stripe.payment_method_types = types.clone();
+                }
+                let processor = offsession_stripe::StripeProcessor::new(stripe)
+                    .map_err(|e| invalid("processor", e.to_string()))?;
+                builder = builder.processor(Arc::new(processor));
+                if let Some(limit) = &section.rate_limit {
+                    builder = builder.rate_limit(&section.id, *limit);
+                }
             }
-            let processor = offsession_stripe::StripeProcessor::new(stripe)
-                .map_err(|e| invalid("processor", e.to_string()))?;
-            builder = builder.processor(Arc::new(processor));
-            mock = None;
         }
     }
+    let breaker = &config.circuit_breaker;
+    builder = builder.routing(config.routing.clone()).circuit_breaker(
+        offsession_orchestrator::BreakerConfig {
+            window: parse_duration(&breaker.window)
+                .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
+            min_calls: breaker.min_calls,
+            failure_rate: breaker.failure_rate,
+            open_for: parse_duration(&breaker.open_for)
+                .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
+        },
+    );
 
     match config.store {
         StoreConfig::Memory => builder = builder.store(Arc::new(MemoryStore::new())),
@@ -203,7 +225,7 @@ pub fn build(
         .map_err(|e| invalid("engine", e.to_string()))?;
     Ok(Wired {
         engine,
-        mock,
+        mocks,
         smart,
     })
 }

@@ -155,7 +155,7 @@ fn the_runner_selects_the_stripe_processor_from_config() {
     let config = config::load(&example).unwrap();
     assert!(matches!(
         config.processor,
-        config::ProcessorConfig::Stripe(_)
+        Some(config::ProcessorConfig::Stripe(_))
     ));
 
     let dir = tempfile::tempdir().unwrap();

@@ -298,15 +298,19 @@ impl StripeProcessor {
                 self.mark_misconfigured(status);
                 AttemptOutcome::ProcessorFault {
                     retryable: false,
+                    rate_limited: false,
                     message: describe("processor misconfigured"),
                 }
             }
             409 | 429 => AttemptOutcome::ProcessorFault {
                 retryable: true,
+                rate_limited: status == StatusCode::TOO_MANY_REQUESTS
+                    && code.as_str() != "lock_timeout",
                 message: describe(&code),
             },
             400..=499 => AttemptOutcome::ProcessorFault {
                 retryable: false,
+                rate_limited: false,
                 message: describe(
                     error
                         .error_type
@@ -511,6 +515,7 @@ impl Processor for StripeProcessor {
         if self.is_misconfigured() {
             return AttemptOutcome::ProcessorFault {
                 retryable: false,
+                rate_limited: false,
                 message: "stripe: processor misconfigured (401/403); not called".into(),
             };
         }
@@ -538,6 +543,7 @@ impl Processor for StripeProcessor {
             Reply::Response { status, body } => self.error_outcome(status, &body),
             Reply::NotSent(message) => AttemptOutcome::ProcessorFault {
                 retryable: true,
+                rate_limited: false,
                 message: format!("stripe: not sent: {message}"),
             },
             Reply::Lost(message) => AttemptOutcome::Unknown {

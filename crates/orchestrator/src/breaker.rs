@@ -1,0 +1,181 @@
+//! A circuit breaker per processor: too many faults in a window open it (the
+//! processor leaves routing), after a cool-down one probe is let through
+//! (half-open), and a good answer closes it again. Declines are the issuer's answers
+//! and count as good; processor faults and unknown outcomes count as bad.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use offsession_core::Timestamp;
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Outcomes looked at.
+    pub window: Duration,
+    /// Fewest outcomes in the window before the breaker may open.
+    pub min_calls: u32,
+    /// Share of bad outcomes that opens it.
+    pub failure_rate: f64,
+    /// How long it stays open before a probe.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig {
+            window: Duration::from_secs(60),
+            min_calls: 20,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Breaker state, as the metrics gauge shows it (0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Routing to the processor.
+    Closed = 0,
+    /// One probe allowed.
+    HalfOpen = 1,
+    /// Out of routing.
+    Open = 2,
+}
+
+#[derive(Debug)]
+struct Inner {
+    outcomes: VecDeque<(Timestamp, bool)>,
+    open_until: Option<Timestamp>,
+    probing: bool,
+}
+
+/// One processor's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            inner: Mutex::new(Inner {
+                outcomes: VecDeque::new(),
+                open_until: None,
+                probing: false,
+            }),
+        }
+    }
+
+    /// Whether a call may go to the processor now; in half-open state only the first
+    /// caller gets the probe.
+    pub fn allow(&self, now: Timestamp) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.open_until {
+            None => true,
+            Some(until) if now < until => false,
+            Some(_) if inner.probing => false,
+            Some(_) => {
+                inner.probing = true;
+                true
+            }
+        }
+    }
+
+    /// The state at `now`.
+    pub fn state(&self, now: Timestamp) -> BreakerState {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.open_until {
+            None => BreakerState::Closed,
+            Some(until) if now < until => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Records an outcome; returns the state after it.
+    pub fn record(&self, now: Timestamp, good: bool) -> BreakerState {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.open_until.is_some() {
+            if inner.probing || now >= inner.open_until.unwrap_or(now) {
+                inner.probing = false;
+                if good {
+                    inner.open_until = None;
+                    inner.outcomes.clear();
+                    return BreakerState::Closed;
+                }
+                inner.open_until = Some(now.plus(self.config.open_for));
+                return BreakerState::Open;
+            }
+            return BreakerState::Open;
+        }
+        inner.outcomes.push_back((now, good));
+        let horizon = now.as_millis() - self.config.window.as_millis() as i64;
+        while inner
+            .outcomes
+            .front()
+            .is_some_and(|(at, _)| at.as_millis() < horizon)
+        {
+            inner.outcomes.pop_front();
+        }
+        let total = inner.outcomes.len() as u32;
+        let bad = inner.outcomes.iter().filter(|(_, good)| !good).count() as f64;
+        if total >= self.config.min_calls && bad / f64::from(total) >= self.config.failure_rate {
+            inner.open_until = Some(now.plus(self.config.open_for));
+            inner.outcomes.clear();
+            return BreakerState::Open;
+        }
+        BreakerState::Closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_millis(s * 1000)
+    }
+
+    #[test]
+    fn opens_on_a_failure_rate_probes_after_the_cool_down_and_closes_on_success() {
+        let breaker = Breaker::new(BreakerConfig {
+            window: Duration::from_secs(60),
+            min_calls: 4,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(30),
+        });
+        breaker.record(at(0), true);
+        breaker.record(at(1), false);
+        breaker.record(at(2), true);
+        assert_eq!(
+            breaker.record(at(3), false),
+            BreakerState::Open,
+            "2 of 4 bad"
+        );
+        assert!(!breaker.allow(at(10)));
+        assert_eq!(breaker.state(at(33)), BreakerState::HalfOpen);
+        assert!(breaker.allow(at(33)), "the probe");
+        assert!(!breaker.allow(at(33)), "one probe at a time");
+        assert_eq!(
+            breaker.record(at(34), false),
+            BreakerState::Open,
+            "a failed probe reopens"
+        );
+        assert!(!breaker.allow(at(40)));
+        assert!(breaker.allow(at(65)));
+        assert_eq!(breaker.record(at(65), true), BreakerState::Closed);
+        assert!(breaker.allow(at(66)));
+    }
+
+    #[test]
+    fn too_few_calls_never_open_it() {
+        let breaker = Breaker::new(BreakerConfig::default());
+        for s in 0..10 {
+            assert_eq!(breaker.record(at(s), false), BreakerState::Closed);
+        }
+    }
+}

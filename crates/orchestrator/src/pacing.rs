@@ -1,0 +1,136 @@
+//! Pacing: a rate limit per processor (governor, GCRA, on the std monotonic clock),
+//! slowed further while the processor answers 429.
+//!
+//! Attempts wait for a permit instead of failing. On a 429 the pace drops to 70 %
+//! of what it was (never below 10 % of the quota); every answer that is not a 429
+//! gives back 1 % of the quota, so the pace returns to the full quota once the
+//! processor stops complaining.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+
+/// A processor's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// A paced processor.
+#[derive(Debug)]
+pub struct Pacer {
+    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    per_second: u32,
+    /// Pace as a fraction of the quota, in millionths.
+    pace: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+const FULL: u64 = 1_000_000;
+
+impl Pacer {
+    /// A pacer for `limit`; `None` when the limit is zero.
+    pub fn new(limit: RateLimit) -> Option<Pacer> {
+        let per_second = NonZeroU32::new(limit.per_second)?;
+        let burst = NonZeroU32::new(limit.burst.max(1))?;
+        Some(Pacer {
+            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            per_second: limit.per_second,
+            pace: AtomicU64::new(FULL),
+            rate_limited: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits for a permit; returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let started = Instant::now();
+        self.limiter.until_ready().await;
+        let pace = self.pace.load(Ordering::Relaxed).max(1);
+        if pace < FULL {
+            // Below the full quota: stretch the interval between permits.
+            let interval = 1.0 / f64::from(self.per_second);
+            let extra = interval * (FULL as f64 / pace as f64 - 1.0);
+            tokio_sleep(Duration::from_secs_f64(extra)).await;
+        }
+        started.elapsed()
+    }
+
+    /// Adjusts the pace after an answer.
+    pub fn observe(&self, rate_limited: bool) {
+        if rate_limited {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .pace
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                    Some((p * 7 / 10).max(FULL / 10))
+                });
+        } else {
+            let _ = self
+                .pace
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                    (p < FULL).then(|| (p + FULL / 100).min(FULL))
+                });
+        }
+    }
+
+    /// The current pace as a fraction of the quota.
+    pub fn pace(&self) -> f64 {
+        self.pace.load(Ordering::Relaxed) as f64 / FULL as f64
+    }
+
+    /// 429s seen.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+}
+
+async fn tokio_sleep(duration: Duration) {
+    // governor's futures-timer is already a dependency; use it so the orchestrator
+    // needs no tokio runtime features of its own.
+    futures_timer::Delay::new(duration).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_429_slows_the_pace_and_good_answers_restore_it() {
+        let pacer = Pacer::new(RateLimit {
+            per_second: 100,
+            burst: 1,
+        })
+        .unwrap();
+        assert_eq!(pacer.pace(), 1.0);
+        pacer.observe(true);
+        assert!((pacer.pace() - 0.7).abs() < 1e-9);
+        for _ in 0..10 {
+            pacer.observe(true);
+        }
+        assert!((pacer.pace() - 0.1).abs() < 1e-9, "floor at 10 %");
+        for _ in 0..200 {
+            pacer.observe(false);
+        }
+        assert_eq!(pacer.pace(), 1.0);
+        assert_eq!(pacer.rate_limited(), 11);
+        assert!(Pacer::new(RateLimit {
+            per_second: 0,
+            burst: 1
+        })
+        .is_none());
+    }
+}

@@ -1008,12 +1008,16 @@ impl Engine {
                                 retryable: false,
                                 ..
                             }
+                            | AttemptOutcome::ProcessorFault {
+                                rate_limited: true,
+                                ..
+                            }
                     ) =>
             {
-                // A fault that is not retryable (a bad request, a refused API key) is
-                // the merchant's or the engine's problem, not the customer's: it is
-                // replayed at the longest wait until fixed and never counts as an
-                // attempt outcome.
+                // A fault that is not retryable (a bad request, a refused API key) or a
+                // rate limit is the merchant's or the engine's problem, not the
+                // customer's: it is replayed (a refused request at the longest wait,
+                // until fixed) and never counts as an attempt outcome.
                 // Not the issuer's answer: replay the same attempt with the same key,
                 // without spending the customer's retry budget.
                 let step = if matches!(

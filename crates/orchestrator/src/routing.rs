@@ -164,9 +164,7 @@ impl Route {
     }
 
     fn processors(&self) -> impl Iterator<Item = &String> {
-        self.processors
-            .iter()
-            .chain(self.split.keys())
+        self.processors.iter().chain(self.split.keys())
     }
 }
 

@@ -121,6 +121,14 @@ pub async fn run(
     let end_of_horizon = start.plus(horizon);
     let clock = Arc::new(ManualClock::new(start));
     let tally = Arc::new(Tally::default());
+    if let Some(listen) = &config.metrics.listen {
+        let handle = crate::exporter::install()?;
+        let addr = listen
+            .parse()
+            .map_err(|e| format!("`metrics.listen`: {e}"))?;
+        let bound = crate::exporter::serve(addr, handle).await?;
+        eprintln!("serving Prometheus metrics on http://{bound}/metrics");
+    }
     let wired = wiring::build(config_path, config, clock.clone(), tally.clone())
         .map_err(|e| e.to_string())?;
     let engine = wired.engine.clone();
@@ -165,6 +173,9 @@ pub async fn run(
     };
     loop {
         engine.run_due().await.map_err(|e| e.to_string())?;
+        if config.metrics.listen.is_some() {
+            engine.update_gauges().await.map_err(|e| e.to_string())?;
+        }
         progress.set_position(tally.terminal.load(Ordering::Relaxed));
         progress.set_message(clock.now().to_string());
         match engine.next_due().await.map_err(|e| e.to_string())? {

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod exporter;
 pub mod simulate;
 pub mod wiring;
 

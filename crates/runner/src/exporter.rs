@@ -1,0 +1,94 @@
+//! Prometheus exporter: the runner installs the `metrics` recorder and serves
+//! `/metrics`. Library crates only emit through the `metrics` facade, so an embedding
+//! application can install its own recorder instead.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets in seconds, for every `_seconds` histogram.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once) and returns its handle.
+pub fn install() -> Result<PrometheusHandle, String> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("installing the Prometheus recorder: {e}"))?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "offsession_payments_created_total",
+        "Payments accepted, by cadence and retry strategy."
+    );
+    describe_counter!(
+        "offsession_attempts_total",
+        "Authorization attempts and their outcomes, by processor, outcome and decline category."
+    );
+    describe_histogram!(
+        "offsession_attempt_duration_seconds",
+        Unit::Seconds,
+        "Time a processor took to answer an authorization."
+    );
+    describe_counter!(
+        "offsession_payments_terminal_total",
+        "Payments that reached a terminal status, by status and failure reason."
+    );
+    describe_counter!(
+        "offsession_retries_scheduled_total",
+        "Retries scheduled, by strategy."
+    );
+    describe_gauge!(
+        "offsession_pending_retries",
+        "Payments waiting for a scheduled retry."
+    );
+    describe_histogram!(
+        "offsession_rate_limit_wait_seconds",
+        Unit::Seconds,
+        "Time attempts waited for a processor's rate-limit permit."
+    );
+    describe_counter!(
+        "offsession_cascade_failovers_total",
+        "Cascades from one processor to the next."
+    );
+    describe_gauge!(
+        "offsession_circuit_state",
+        "Circuit breaker per processor: 0 closed, 1 half-open, 2 open."
+    );
+}
+
+/// Serves `/metrics` on `addr` until the process ends; returns the bound address.
+pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding the metrics listener on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            eprintln!("metrics listener stopped: {err}");
+        }
+    });
+    Ok(bound)
+}

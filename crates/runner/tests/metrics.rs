@@ -1,0 +1,130 @@
+//! `/metrics`: the runner's Prometheus exposition, scraped over loopback.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use offsession_runner::{batch, config, exporter};
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+const CONFIG: &str = r#"
+[[processors]]
+type = "mock"
+id = "flaky"
+fault_rate = 1.0
+rate_limit = { per_second = 5000, burst = 100 }
+
+[[processors]]
+type = "mock"
+id = "steady"
+
+[run]
+input = "batch.jsonl"
+"#;
+
+/// A sample line: `name{labels} value` (labels optional).
+fn valid_sample(line: &str) -> bool {
+    let (name_and_labels, value) = match line.rsplit_once(' ') {
+        Some(parts) => parts,
+        None => return false,
+    };
+    let name_end = name_and_labels.find('{').unwrap_or(name_and_labels.len());
+    let name = &name_and_labels[..name_end];
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    let labels_ok = name_end == name_and_labels.len() || name_and_labels.ends_with('}');
+    let value_ok = value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN");
+    name_ok && labels_ok && value_ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_exposition_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", CONFIG);
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                r#"{{"amount":{{"value":1500,"currency":"usd"}},"cadence":"recurring","customer":"cus_{i}","payment_method":"pm_card_visa_chargeDeclined_recoversAfter1__{i}","payments_orchestration":{{"enabled":{}}},"retry_details":{{"retry_policy":"stripe_recommended"}}}}"#,
+                i % 2 == 0
+            )
+        })
+        .collect();
+    write(&dir, "batch.jsonl", &lines.join("\n"));
+    let config = config::load(&path).unwrap();
+
+    let handle = exporter::install().unwrap();
+    let addr = exporter::serve("127.0.0.1:0".parse().unwrap(), handle)
+        .await
+        .unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.accepted, 30);
+
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "offsession_payments_created_total",
+        "offsession_attempts_total",
+        "offsession_attempt_duration_seconds_bucket",
+        "offsession_payments_terminal_total",
+        "offsession_retries_scheduled_total",
+        "offsession_rate_limit_wait_seconds_bucket",
+        "offsession_cascade_failovers_total",
+        "offsession_circuit_state",
+    ] {
+        assert!(body.contains(name), "`{name}` missing from:\n{body}");
+    }
+    assert!(
+        body.contains(r#"offsession_cascade_failovers_total{from="flaky",to="steady"}"#),
+        "{body}"
+    );
+    for line in body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(valid_sample(line), "not an exposition sample: {line}");
+        assert!(!line.contains("osp_"), "no ids in labels: {line}");
+    }
+
+    // promtool's own lint, where installed (Debian package `prometheus`).
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "promtool check metrics failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Err(_) => println!("skipped: promtool is not installed (apt-get install prometheus)"),
+    }
+}

@@ -128,3 +128,35 @@ async fn metrics_are_served_in_the_prometheus_exposition_format() {
         Err(_) => println!("skipped: promtool is not installed (apt-get install prometheus)"),
     }
 }
+
+#[test]
+fn the_grafana_dashboard_only_queries_metrics_the_engine_emits() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let emitted = [
+        "offsession_payments_created_total",
+        "offsession_attempts_total",
+        "offsession_attempt_duration_seconds_bucket",
+        "offsession_payments_terminal_total",
+        "offsession_retries_scheduled_total",
+        "offsession_pending_retries",
+        "offsession_rate_limit_wait_seconds_bucket",
+        "offsession_cascade_failovers_total",
+        "offsession_circuit_state",
+    ];
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 9);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("offsession_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                assert!(emitted.contains(&name), "panel `{}` queries `{name}`", panel["title"]);
+            }
+        }
+    }
+}

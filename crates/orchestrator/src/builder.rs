@@ -91,6 +91,7 @@ pub struct EngineBuilder {
     pub(crate) router: Option<Router>,
     pub(crate) breaker: BreakerConfig,
     pub(crate) rate_limits: HashMap<String, RateLimit>,
+    pub(crate) timing: Option<crate::engine::TimingObserver>,
 }
 
 impl EngineBuilder {
@@ -134,6 +135,12 @@ impl EngineBuilder {
     /// A rate limit for processor `id`.
     pub fn rate_limit(mut self, id: &str, limit: RateLimit) -> Self {
         self.rate_limits.insert(id.to_owned(), limit);
+        self
+    }
+
+    /// Receives the timing of every handled attempt (engine overhead measurement).
+    pub fn timing_observer(mut self, observer: crate::engine::TimingObserver) -> Self {
+        self.timing = Some(observer);
         self
     }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::StreamExt;
 use offsession_core::payment::{ObjectTag, RetryDetails};
 use offsession_core::request::{
     parse_create, resolve_for_method, validate_create, CreateRules, MethodRules, ValidCreate,
@@ -48,6 +48,32 @@ impl RunReport {
     }
 }
 
+/// How long one scheduled handling of a payment took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTiming {
+    /// From claim to stored outcome.
+    pub total: Duration,
+    /// Of which waiting for a rate-limit permit and for the processor.
+    pub processor: Duration,
+}
+
+impl AttemptTiming {
+    /// The engine's own time: `total - processor`.
+    pub fn overhead(&self) -> Duration {
+        self.total.saturating_sub(self.processor)
+    }
+}
+
+/// Receives every [`AttemptTiming`] (benchmarks, profiling).
+#[derive(Clone)]
+pub struct TimingObserver(pub Arc<dyn Fn(AttemptTiming) + Send + Sync>);
+
+impl std::fmt::Debug for TimingObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimingObserver")
+    }
+}
+
 /// A test clock as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestClock {
@@ -71,6 +97,7 @@ struct Inner {
     breakers: HashMap<String, Breaker>,
     breaker_config: BreakerConfig,
     pacers: HashMap<String, Pacer>,
+    timing: Option<TimingObserver>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
@@ -177,6 +204,7 @@ impl Engine {
                 breakers,
                 breaker_config: builder.breaker,
                 pacers,
+                timing: builder.timing,
                 // `build` checked these are set.
                 store: builder.store.expect("store checked by build"),
                 clock: builder.clock.expect("clock set by build"),
@@ -684,37 +712,68 @@ impl Engine {
         scope: &ClockScope,
         now: Timestamp,
     ) -> Result<RunReport, EngineError> {
+        use futures::stream::FuturesUnordered;
         let config = &self.inner.config;
         let mut report = RunReport::default();
+        let mut queue: std::collections::VecDeque<PaymentRecord> =
+            std::collections::VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        // Claims are made whenever the queue runs dry and a slot is free, so that
+        // `concurrency` attempts stay in flight instead of draining batch by batch.
+        // After an empty claim the scheduler waits for the work in flight to finish
+        // before it looks again (cascades and zero-wait retries fall due now).
+        let mut exhausted = false;
         loop {
-            let lease = Lease {
-                owner: config.instance_id.clone(),
-                until: now.plus(config.lease),
-            };
-            let batch = self
-                .inner
-                .store
-                .claim_due(scope, now, config.claim_batch, &lease)
-                .await?;
-            if batch.is_empty() {
-                return Ok(report);
+            while in_flight.len() < config.concurrency {
+                if queue.is_empty() && !exhausted {
+                    let lease = Lease {
+                        owner: config.instance_id.clone(),
+                        until: now.plus(config.lease),
+                    };
+                    let batch = self
+                        .inner
+                        .store
+                        .claim_due(scope, now, config.claim_batch, &lease)
+                        .await?;
+                    exhausted = batch.is_empty();
+                    queue.extend(batch);
+                }
+                match queue.pop_front() {
+                    Some(record) => in_flight.push(self.handle(record)),
+                    None => break,
+                }
             }
-            let results: Vec<Result<RunReport, EngineError>> = stream::iter(batch)
-                .map(|record| self.handle(record))
-                .buffer_unordered(config.concurrency)
-                .collect()
-                .await;
-            for result in results {
-                report.add(result?);
+            match in_flight.next().await {
+                Some(result) => report.add(result?),
+                None if exhausted => {
+                    // One more look now that nothing is in flight.
+                    let lease = Lease {
+                        owner: config.instance_id.clone(),
+                        until: now.plus(config.lease),
+                    };
+                    let batch = self
+                        .inner
+                        .store
+                        .claim_due(scope, now, config.claim_batch, &lease)
+                        .await?;
+                    if batch.is_empty() {
+                        return Ok(report);
+                    }
+                    exhausted = false;
+                    queue.extend(batch);
+                }
+                None => {}
             }
         }
     }
 
     async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {
+        let started = std::time::Instant::now();
+        let mut outside = Duration::ZERO;
         let outcome = match record.payment.status {
             PaymentStatus::RequiresCapture => self.expire_authorization(record).await,
             PaymentStatus::Pending | PaymentStatus::PendingRetry | PaymentStatus::Processing => {
-                self.attempt(record).await
+                self.attempt(record).await.map(|waited| outside = waited)
             }
             _ => {
                 // Nothing to do for this status: drop the stale due time.
@@ -728,6 +787,15 @@ impl Engine {
                     .map(|_| ())
             }
         };
+        let total = started.elapsed();
+        let overhead = total.saturating_sub(outside);
+        metrics::histogram!("offsession_engine_overhead_seconds").record(overhead.as_secs_f64());
+        if let Some(observer) = &self.inner.timing {
+            (observer.0)(AttemptTiming {
+                total,
+                processor: outside,
+            });
+        }
         match outcome {
             Ok(()) => Ok(RunReport {
                 handled: 1,
@@ -768,10 +836,11 @@ impl Engine {
     }
 
     /// Runs one attempt (or replays the unresolved one) of a claimed payment.
-    async fn attempt(&self, claimed: PaymentRecord) -> Result<(), StoreError> {
+    /// Returns the time spent outside the engine (rate-limit wait and processor).
+    async fn attempt(&self, claimed: PaymentRecord) -> Result<Duration, StoreError> {
         let now = self.now_for(&claimed.payment);
         let Ok(status) = transition(claimed.payment.status, Transition::StartAttempt) else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let mut record = claimed.clone();
         // A `processing` record whose lease lapsed crashed mid-attempt: its outcome is
@@ -813,7 +882,7 @@ impl Engine {
                 for event in events {
                     self.emit(event, &next.payment, now);
                 }
-                return Ok(());
+                return Ok(Duration::ZERO);
             }
         }
         // Which processor: a replay goes back to where the attempt was sent; a new
@@ -849,13 +918,13 @@ impl Engine {
                         .store
                         .update(&next, Expected::of(&claimed))
                         .await?;
-                    return Ok(());
+                    return Ok(Duration::ZERO);
                 }
             }
         };
         let Some(processor) = self.processor(&processor_id).cloned() else {
             tracing::error!(payment = %claimed.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         if replay {
             if let Some(last) = record.attempts.last_mut() {
@@ -900,6 +969,7 @@ impl Engine {
             .last()
             .cloned()
             .unwrap_or_else(|| unreachable!());
+        let outside = std::time::Instant::now();
         if let Some(pacer) = self.inner.pacers.get(processor.id()) {
             let waited = pacer.acquire().await;
             metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
@@ -915,8 +985,9 @@ impl Engine {
             .await;
         metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
             .record(sent.elapsed().as_secs_f64());
+        let outside = outside.elapsed();
         self.observe_health(processor.id(), &outcome, self.now_for(&record.payment));
-        self.apply_outcome(record, outcome).await
+        self.apply_outcome(record, outcome).await.map(|()| outside)
     }
 
     async fn apply_outcome(

@@ -23,7 +23,7 @@ pub mod routing;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::{EngineBuilder, EngineConfig};
-pub use engine::{Engine, RunReport, TestClock};
+pub use engine::{AttemptTiming, Engine, RunReport, TestClock, TimingObserver};
 pub use pacing::RateLimit;
 pub use routing::{Route, RouteMatch, RouteRule, RoutingConfig};
 

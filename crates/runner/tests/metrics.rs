@@ -131,8 +131,10 @@ async fn metrics_are_served_in_the_prometheus_exposition_format() {
 
 #[test]
 fn the_grafana_dashboard_only_queries_metrics_the_engine_emits() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/grafana-dashboard.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let emitted = [
         "offsession_payments_created_total",
         "offsession_attempts_total",
@@ -155,7 +157,11 @@ fn the_grafana_dashboard_only_queries_metrics_the_engine_emits() {
                 .collect();
             assert!(!names.is_empty(), "{expr}");
             for name in names {
-                assert!(emitted.contains(&name), "panel `{}` queries `{name}`", panel["title"]);
+                assert!(
+                    emitted.contains(&name),
+                    "panel `{}` queries `{name}`",
+                    panel["title"]
+                );
             }
         }
     }

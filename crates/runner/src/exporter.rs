@@ -66,6 +66,11 @@ fn describe() {
         "offsession_cascade_failovers_total",
         "Cascades from one processor to the next."
     );
+    describe_histogram!(
+        "offsession_engine_overhead_seconds",
+        Unit::Seconds,
+        "Engine time per handled attempt, excluding rate-limit waits and the processor."
+    );
     describe_gauge!(
         "offsession_circuit_state",
         "Circuit breaker per processor: 0 closed, 1 half-open, 2 open."

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod exporter;
 pub mod simulate;
@@ -69,6 +70,32 @@ pub enum Command {
         #[arg(long)]
         chart: Option<PathBuf>,
     },
+    /// Drive payments through the engine against the mock processor on the real
+    /// clock; report throughput, engine overhead, Little's-law efficiency, memory.
+    Bench {
+        /// Payments.
+        #[arg(long, default_value_t = 100_000)]
+        payments: u64,
+        /// Attempts in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Fixed mock latency in milliseconds (0: none).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Log-normal mock latency with this median (ms) instead of a fixed one.
+        #[arg(long)]
+        latency_median_ms: Option<f64>,
+        /// Shape of the log-normal latency.
+        #[arg(long, default_value_t = 0.5)]
+        latency_sigma: f64,
+        /// The mock accepts this many requests per second (429 above) and the engine
+        /// paces to it.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and check a configuration file, build the engine, and report.
     CheckConfig {
         /// Configuration file.
@@ -112,6 +139,39 @@ async fn execute(command: Command) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             println!("{}: ok", path.display());
             println!("  {:?}", wired.engine);
+            Ok(())
+        }
+        Command::Bench {
+            payments,
+            concurrency,
+            latency_ms,
+            latency_median_ms,
+            latency_sigma,
+            rate_limit,
+            json,
+        } => {
+            if payments == 0 || concurrency == 0 {
+                return Err("`--payments` and `--concurrency` must be at least 1".into());
+            }
+            let latency = match latency_median_ms {
+                Some(median_millis) => offsession_mock::LatencyModel::LogNormal {
+                    median_millis,
+                    sigma: latency_sigma,
+                },
+                None => offsession_mock::LatencyModel::Fixed { millis: latency_ms },
+            };
+            let report = bench::run(&bench::BenchOptions {
+                payments,
+                concurrency,
+                latency,
+                rate_limit,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(())
         }
         Command::Simulate {

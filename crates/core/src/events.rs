@@ -126,6 +126,12 @@ impl Event {
 pub trait EventSink: Send + Sync + Debug {
     /// Takes one event.
     fn emit(&self, event: Event);
+
+    /// Whether the sink wants events at all; `false` lets the engine skip building
+    /// them (a payment snapshot per event).
+    fn wants_events(&self) -> bool {
+        true
+    }
 }
 
 /// Drops every event.
@@ -134,6 +140,10 @@ pub struct DiscardEvents;
 
 impl EventSink for DiscardEvents {
     fn emit(&self, _event: Event) {}
+
+    fn wants_events(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps every event in memory (tests, small embeddings).

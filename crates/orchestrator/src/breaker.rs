@@ -47,6 +47,8 @@ pub enum BreakerState {
 #[derive(Debug)]
 struct Inner {
     outcomes: VecDeque<(Timestamp, bool)>,
+    /// Bad outcomes in `outcomes`, kept in step so a record is O(1) amortized.
+    bad: u32,
     open_until: Option<Timestamp>,
     probing: bool,
 }
@@ -65,6 +67,7 @@ impl Breaker {
             config,
             inner: Mutex::new(Inner {
                 outcomes: VecDeque::new(),
+                bad: 0,
                 open_until: None,
                 probing: false,
             }),
@@ -105,6 +108,7 @@ impl Breaker {
                 if good {
                     inner.open_until = None;
                     inner.outcomes.clear();
+                    inner.bad = 0;
                     return BreakerState::Closed;
                 }
                 inner.open_until = Some(now.plus(self.config.open_for));

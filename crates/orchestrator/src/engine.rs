@@ -268,6 +268,9 @@ impl Engine {
     }
 
     fn emit(&self, event_type: EventType, payment: &OffSessionPayment, at: Timestamp) {
+        if !self.inner.events.wants_events() {
+            return;
+        }
         self.inner.events.emit(Event {
             id: self.inner.ids.next("evt"),
             object: "v2.core.event".into(),

@@ -128,11 +128,78 @@ fn retry_decisions(c: &mut Criterion) {
     group.finish();
 }
 
+fn routing(c: &mut Criterion) {
+    use offsession::core::{CardDetails, PaymentMethodDetails, Processor};
+    use offsession::orchestrator::routing::{Route, RouteMatch, RouteRule, Router, RoutingConfig};
+    use offsession::store::conformance::sample_record;
+
+    let processors: Vec<Arc<dyn Processor>> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Arc::new(MockProcessor::new(id, MockConfig::default())) as Arc<dyn Processor>)
+        .collect();
+    let rule = |name: &str, when: RouteMatch, to: &str| RouteRule {
+        name: name.into(),
+        when,
+        route: Route {
+            processors: vec![to.into()],
+            split: Default::default(),
+        },
+    };
+    let config = RoutingConfig {
+        rules: vec![
+            rule(
+                "eur",
+                RouteMatch {
+                    currencies: Some(vec!["eur".into()]),
+                    ..RouteMatch::default()
+                },
+                "b",
+            ),
+            rule(
+                "large-amex",
+                RouteMatch {
+                    amount_min: Some(100_000),
+                    card_brands: Some(vec!["amex".into()]),
+                    ..RouteMatch::default()
+                },
+                "c",
+            ),
+        ],
+        default: Some(Route {
+            processors: vec![],
+            split: [
+                ("a".to_owned(), 70),
+                ("b".to_owned(), 20),
+                ("c".to_owned(), 10),
+            ]
+            .into(),
+        }),
+    };
+    let router = Router::new(config, &processors).unwrap();
+    let payment = sample_record("osp_route", 0, None).payment;
+    let method = PaymentMethodDetails {
+        payment_method_type: "card".into(),
+        card: Some(CardDetails {
+            brand: "visa".into(),
+            funding: "credit".into(),
+            country: Some("US".into()),
+            wallet: None,
+        }),
+    };
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("two_rules_then_weighted_split", |b| {
+        b.iter(|| router.route(&payment, &method, &processors).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     validation,
     classification,
     retry_decisions,
+    routing,
     engine_throughput
 );
 criterion_main!(benches);

@@ -140,7 +140,10 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let settle = settle_started.elapsed();
 
     let timings = std::mem::take(&mut *timings.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut overheads: Vec<u64> = timings.iter().map(|t| t.overhead().as_nanos() as u64).collect();
+    let mut overheads: Vec<u64> = timings
+        .iter()
+        .map(|t| t.overhead().as_nanos() as u64)
+        .collect();
     overheads.sort_unstable();
     let processor_total: f64 = timings.iter().map(|t| t.processor.as_secs_f64()).sum();
     let mean_processor = processor_total / timings.len().max(1) as f64;
@@ -158,7 +161,9 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         settle_seconds: settle.as_secs_f64(),
         settled_per_second,
         mean_processor_seconds: mean_processor,
-        littles_law_efficiency: (latency_floor && options.rate_limit.is_none() && mean_processor > 0.0)
+        littles_law_efficiency: (latency_floor
+            && options.rate_limit.is_none()
+            && mean_processor > 0.0)
             .then(|| settled_per_second / (options.concurrency as f64 / mean_processor)),
         overhead_p50_us: percentile(&overheads, 0.50),
         overhead_p99_us: percentile(&overheads, 0.99),
@@ -175,14 +180,38 @@ impl BenchReport {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "offsession bench: {} payments, concurrency {}", self.payments, self.concurrency);
-        let _ = writeln!(out, "  intake               {:>10.0} payments/s  ({:.2} s)", self.intake_per_second, self.intake_seconds);
-        let _ = writeln!(out, "  settle               {:>10.0} payments/s  ({:.2} s)", self.settled_per_second, self.settle_seconds);
-        let _ = writeln!(out, "  processor latency    {:>10.2} ms mean", self.mean_processor_seconds * 1_000.0);
+        let _ = writeln!(
+            out,
+            "offsession bench: {} payments, concurrency {}",
+            self.payments, self.concurrency
+        );
+        let _ = writeln!(
+            out,
+            "  intake               {:>10.0} payments/s  ({:.2} s)",
+            self.intake_per_second, self.intake_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  settle               {:>10.0} payments/s  ({:.2} s)",
+            self.settled_per_second, self.settle_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  processor latency    {:>10.2} ms mean",
+            self.mean_processor_seconds * 1_000.0
+        );
         if let Some(efficiency) = self.littles_law_efficiency {
-            let _ = writeln!(out, "  Little's law         {:>10.1} % of concurrency / latency", efficiency * 100.0);
+            let _ = writeln!(
+                out,
+                "  Little's law         {:>10.1} % of concurrency / latency",
+                efficiency * 100.0
+            );
         }
-        let _ = writeln!(out, "  engine overhead      {:>10.1} µs p50, {:.1} µs p99", self.overhead_p50_us, self.overhead_p99_us);
+        let _ = writeln!(
+            out,
+            "  engine overhead      {:>10.1} µs p50, {:.1} µs p99",
+            self.overhead_p50_us, self.overhead_p99_us
+        );
         if let Some(memory) = self.peak_memory_mib {
             let _ = writeln!(out, "  peak memory          {memory:>10.1} MiB");
         }

@@ -168,7 +168,10 @@ async fn execute(command: Command) -> Result<(), String> {
             })
             .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
             } else {
                 print!("{}", report.render());
             }

@@ -14,6 +14,7 @@
 pub mod attempt;
 pub mod error;
 pub mod events;
+pub mod hash;
 pub mod money;
 pub mod payment;
 pub mod policy;

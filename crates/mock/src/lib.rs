@@ -219,20 +219,10 @@ pub struct LedgerEntry {
     pub outcome: Option<AttemptOutcome>,
 }
 
-/// splitmix64: a fast, well-mixed 64-bit hash step.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+use offsession_core::hash::{mix64 as mix, unit_interval as unit};
 
 fn hash_str(seed: u64, text: &str) -> u64 {
     text.bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
-}
-
-fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The mock processor.

@@ -150,12 +150,9 @@ fn store_error(err: StoreError) -> ApiError {
     }
 }
 
-/// FNV-1a, for request fingerprints.
+/// A create request's fingerprint, for idempotency keys.
 fn fingerprint(text: &str) -> String {
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", offsession_core::hash::fnv1a(text))
 }
 
 impl Engine {

@@ -103,18 +103,7 @@ pub struct SmartState {
     pub observations: u64,
 }
 
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn hash_str(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
+use offsession_core::hash::{fnv1a as hash_str, mix64 as mix};
 
 fn slot(feature: u64, value: u64) -> usize {
     (mix((feature << 48) ^ value) as usize) & (DIMENSIONS - 1)

@@ -161,11 +161,7 @@ pub struct StripeProcessor {
     misconfigured_until: Mutex<Option<Instant>>,
 }
 
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
+use offsession_core::hash::fnv1a as fnv;
 
 impl StripeProcessor {
     /// An adapter with one pooled HTTP client.

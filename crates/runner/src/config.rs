@@ -82,24 +82,34 @@ pub struct EngineSection {
     pub cascade_categories: Vec<offsession_core::DeclineCategory>,
 }
 
+/// `90s` → `"90s"`, `300s` → `"5m"`, `7 days` → `"7d"`: the largest whole unit.
+fn duration_text(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
 impl Default for EngineSection {
+    /// The engine's own defaults (`EngineConfig::default`), written as config values.
     fn default() -> EngineSection {
+        let d = offsession_orchestrator::EngineConfig::default();
         EngineSection {
-            livemode: false,
-            instance_id: "offsession-1".into(),
-            id_seed: 1,
-            ach_retries_enabled: false,
-            sepa_debit_retries_enabled: false,
-            default_retry_policy: "stripe_recommended".into(),
-            lease: "5m".into(),
-            authorization_validity: "7d".into(),
-            replay_backoff: vec!["1m".into(), "5m".into(), "30m".into(), "2h".into()],
-            concurrency: 64,
-            claim_batch: 1024,
-            cascade_categories: vec![
-                offsession_core::DeclineCategory::SoftTransient,
-                offsession_core::DeclineCategory::SoftIssuer,
-            ],
+            livemode: d.livemode,
+            instance_id: d.instance_id,
+            id_seed: d.id_seed,
+            ach_retries_enabled: d.ach_retries_enabled,
+            sepa_debit_retries_enabled: d.sepa_debit_retries_enabled,
+            default_retry_policy: d.default_retry_policy,
+            lease: duration_text(d.lease),
+            authorization_validity: duration_text(d.authorization_validity),
+            replay_backoff: d.replay_backoff.into_iter().map(duration_text).collect(),
+            concurrency: d.concurrency,
+            claim_batch: d.claim_batch,
+            cascade_categories: d.cascade_categories,
         }
     }
 }
@@ -459,5 +469,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_defaults_round_trip_through_config_text() {
+        use std::time::Duration;
+        assert_eq!(duration_text(Duration::from_secs(90)), "90s");
+        assert_eq!(duration_text(Duration::from_secs(300)), "5m");
+        assert_eq!(duration_text(Duration::from_secs(7 * 86_400)), "1w");
+        let section = EngineSection::default();
+        let engine = offsession_orchestrator::EngineConfig::default();
+        assert_eq!(offsession_retry::parse_duration(&section.lease).unwrap(), engine.lease);
+        assert_eq!(
+            offsession_retry::parse_duration(&section.authorization_validity).unwrap(),
+            engine.authorization_validity
+        );
     }
 }

@@ -126,6 +126,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Prints a report as JSON or as its rendered text.
+fn print_report<T: serde::Serialize>(report: &T, json: bool, text: String) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
 async fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::CheckConfig { config: path } => {
@@ -167,15 +180,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 rate_limit,
             })
             .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
+            print_report(&report, json, report.render())
         }
         Command::Simulate {
             scenario,
@@ -200,15 +205,7 @@ async fn execute(command: Command) -> Result<(), String> {
             if let Some(chart) = chart {
                 report.chart(&chart)?;
             }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(())
+            print_report(&report, json, report.render())
         }
         Command::Run {
             config: path,
@@ -218,15 +215,7 @@ async fn execute(command: Command) -> Result<(), String> {
             let config = config::load(&path).map_err(|e| e.to_string())?;
             let progress = !json && std::io::stderr().is_terminal();
             let summary = batch::run(&path, &config, input.as_deref(), progress).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(())
+            print_report(&summary, json, summary.render())
         }
     }
 }

@@ -842,7 +842,8 @@ impl Engine {
         let Ok(status) = transition(claimed.payment.status, Transition::StartAttempt) else {
             return Ok(Duration::ZERO);
         };
-        let mut record = claimed.clone();
+        let expected = Expected::of(&claimed);
+        let mut record = claimed;
         // A `processing` record whose lease lapsed crashed mid-attempt: its outcome is
         // unknown, so the same attempt is replayed with the same key.
         let replay = (record.replay_pending || record.payment.status == PaymentStatus::Processing)
@@ -863,7 +864,7 @@ impl Engine {
                 now,
             );
             if allowed > now {
-                let mut next = claimed.clone();
+                let mut next = record;
                 next.lease = None;
                 let mut events = Vec::new();
                 if next.retry_latest.is_some_and(|latest| allowed > latest) {
@@ -875,10 +876,7 @@ impl Engine {
                 } else {
                     next.due_at = Some(allowed);
                 }
-                self.inner
-                    .store
-                    .update(&next, Expected::of(&claimed))
-                    .await?;
+                self.inner.store.update(&next, expected).await?;
                 for event in events {
                     self.emit(event, &next.payment, now);
                 }
@@ -911,19 +909,16 @@ impl Engine {
                 None => {
                     // Every processor of the route is out of routing: try again when
                     // the primary's breaker lets a probe through.
-                    let mut next = claimed.clone();
+                    let mut next = record;
                     next.lease = None;
                     next.due_at = Some(now.plus(self.inner.breaker_config.open_for));
-                    self.inner
-                        .store
-                        .update(&next, Expected::of(&claimed))
-                        .await?;
+                    self.inner.store.update(&next, expected).await?;
                     return Ok(Duration::ZERO);
                 }
             }
         };
         let Some(processor) = self.processor(&processor_id).cloned() else {
-            tracing::error!(payment = %claimed.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
+            tracing::error!(payment = %record.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
             return Ok(Duration::ZERO);
         };
         if replay {
@@ -954,11 +949,7 @@ impl Engine {
         // Write-ahead: the attempt and its key are durable before the processor is
         // called. The claim's lease stays, so a crash makes the record claimable
         // again (for a replay) when the lease lapses.
-        record.version = self
-            .inner
-            .store
-            .update(&record, Expected::of(&claimed))
-            .await?;
+        record.version = self.inner.store.update(&record, expected).await?;
         if !replay {
             self.emit(EventType::AttemptStarted, &record.payment, now);
             self.emit(EventType::AuthorizationAttemptStarted, &record.payment, now);
@@ -997,7 +988,8 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let now = self.now_for(&written.payment);
         let config = &self.inner.config;
-        let mut record = written.clone();
+        let expected = Expected::of(&written);
+        let mut record = written;
         record.lease = None;
         let mut events: Vec<EventType> = Vec::new();
         let replays = record.attempts.last().map(|a| a.replays).unwrap_or(0) as usize;
@@ -1195,10 +1187,7 @@ impl Engine {
             }
         }
 
-        self.inner
-            .store
-            .update(&record, Expected::of(&written))
-            .await?;
+        self.inner.store.update(&record, expected).await?;
         if record.payment.status.is_terminal() {
             metrics::counter!(
                 "offsession_payments_terminal_total",

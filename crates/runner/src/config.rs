@@ -484,7 +484,10 @@ mod tests {
         assert_eq!(duration_text(Duration::from_secs(7 * 86_400)), "1w");
         let section = EngineSection::default();
         let engine = offsession_orchestrator::EngineConfig::default();
-        assert_eq!(offsession_retry::parse_duration(&section.lease).unwrap(), engine.lease);
+        assert_eq!(
+            offsession_retry::parse_duration(&section.lease).unwrap(),
+            engine.lease
+        );
         assert_eq!(
             offsession_retry::parse_duration(&section.authorization_validity).unwrap(),
             engine.authorization_validity

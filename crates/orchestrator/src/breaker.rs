@@ -117,19 +117,22 @@ impl Breaker {
             return BreakerState::Open;
         }
         inner.outcomes.push_back((now, good));
+        inner.bad += u32::from(!good);
         let horizon = now.as_millis() - self.config.window.as_millis() as i64;
-        while inner
-            .outcomes
-            .front()
-            .is_some_and(|(at, _)| at.as_millis() < horizon)
-        {
+        while let Some(&(at, was_good)) = inner.outcomes.front() {
+            if at.as_millis() >= horizon {
+                break;
+            }
             inner.outcomes.pop_front();
+            inner.bad -= u32::from(!was_good);
         }
         let total = inner.outcomes.len() as u32;
-        let bad = inner.outcomes.iter().filter(|(_, good)| !good).count() as f64;
-        if total >= self.config.min_calls && bad / f64::from(total) >= self.config.failure_rate {
+        if total >= self.config.min_calls
+            && f64::from(inner.bad) / f64::from(total) >= self.config.failure_rate
+        {
             inner.open_until = Some(now.plus(self.config.open_for));
             inner.outcomes.clear();
+            inner.bad = 0;
             return BreakerState::Open;
         }
         BreakerState::Closed

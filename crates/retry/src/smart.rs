@@ -69,6 +69,8 @@ pub struct SmartConfig {
     pub optimism: f64,
     /// AdaGrad base learning rate.
     pub learning_rate: f64,
+    /// Also learn from first attempts (their own bias; shared time-of-week features).
+    pub learn_from_first_attempts: bool,
     /// Where the learned state is saved and loaded (none: not persisted).
     pub state_path: Option<String>,
 }
@@ -85,6 +87,7 @@ impl Default for SmartConfig {
             exploration: 0.05,
             optimism: 1.0,
             learning_rate: 0.3,
+            learn_from_first_attempts: true,
             state_path: None,
         }
     }
@@ -191,7 +194,7 @@ struct Situation {
 
 #[allow(clippy::too_many_arguments)]
 fn situation(
-    category: DeclineCategory,
+    category: Option<DeclineCategory>,
     code: &str,
     advice: Option<&str>,
     card: Option<&offsession_core::CardDetails>,
@@ -201,7 +204,9 @@ fn situation(
     decided_at: Timestamp,
     first_failure_at: Timestamp,
 ) -> Situation {
-    let cat = category_id(category);
+    // First attempts (no decline yet) get category 0: their own bias, and shared
+    // plain time features.
+    let cat = category.map_or(0, category_id);
     let country = card.and_then(|c| c.country.as_deref());
     Situation {
         category: cat,
@@ -315,6 +320,7 @@ pub struct SmartPolicy {
     exploration: f64,
     optimism: f32,
     learning_rate: f32,
+    learn_from_first_attempts: bool,
     model: RwLock<Model>,
 }
 
@@ -350,6 +356,7 @@ impl SmartPolicy {
             exploration: config.exploration,
             optimism: config.optimism as f32,
             learning_rate: config.learning_rate as f32,
+            learn_from_first_attempts: config.learn_from_first_attempts,
             model: RwLock::new(Model::prior()),
         })
     }
@@ -422,7 +429,7 @@ impl SmartPolicy {
     fn situation_of(&self, context: &RetryContext<'_>) -> Situation {
         let codes = context.decline;
         situation(
-            context.category,
+            Some(context.category),
             codes.decline_code.as_deref().unwrap_or(&codes.code),
             codes
                 .advice_code
@@ -504,26 +511,40 @@ impl RetryPolicy for SmartPolicy {
     }
 
     fn observe(&self, observation: &AttemptObservation<'_>) {
-        let (Some((codes, category)), Some(previous_at)) = (
+        let card = observation.method.and_then(|m| m.card.as_ref());
+        let s = match (
             observation.previous_decline,
             observation.previous_attempt_at,
-        ) else {
-            return;
+        ) {
+            (Some((codes, category)), Some(previous_at)) => situation(
+                Some(category),
+                codes.decline_code.as_deref().unwrap_or(&codes.code),
+                codes
+                    .advice_code
+                    .as_deref()
+                    .or(codes.network_advice_code.as_deref()),
+                card,
+                observation.payment.amount_requested.value,
+                observation.payment.cadence,
+                observation.attempt_number.saturating_sub(1),
+                previous_at,
+                observation.first_failure_at.unwrap_or(previous_at),
+            ),
+            // A first attempt says when this population's cards have money, which
+            // the shared time features carry over to retries.
+            _ if observation.attempt_number == 1 && self.learn_from_first_attempts => situation(
+                None,
+                "",
+                None,
+                card,
+                observation.payment.amount_requested.value,
+                observation.payment.cadence,
+                0,
+                observation.at,
+                observation.at,
+            ),
+            _ => return,
         };
-        let s = situation(
-            category,
-            codes.decline_code.as_deref().unwrap_or(&codes.code),
-            codes
-                .advice_code
-                .as_deref()
-                .or(codes.network_advice_code.as_deref()),
-            observation.method.and_then(|m| m.card.as_ref()),
-            observation.payment.amount_requested.value,
-            observation.payment.cadence,
-            observation.attempt_number.saturating_sub(1),
-            previous_at,
-            observation.first_failure_at.unwrap_or(previous_at),
-        );
         let times = time_slots(&s, observation.at);
         let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
         let p = sigmoid(model.score(&s.slots) + model.score(&times));

@@ -280,3 +280,48 @@ fn smart_state_survives_a_save_and_load() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(restored.load(&path).is_err());
 }
+
+#[test]
+fn smart_learns_time_of_week_from_first_attempts_too() {
+    let fresh = SmartPolicy::new(&no_exploration()).unwrap();
+    let learner = SmartPolicy::new(&no_exploration()).unwrap();
+    let method = card("US");
+    let record = sample_record("osp_first", NOW, None);
+    // First attempts succeed only on Mondays.
+    for day in 0..280 {
+        let at = Timestamp::from_millis(NOW + day * DAY);
+        let mut payment = record.payment.clone();
+        payment.retry_details.attempts = 1;
+        learner.observe(&AttemptObservation {
+            payment: &payment,
+            method: Some(&method),
+            attempt_number: 1,
+            at,
+            first_failure_at: None,
+            previous_attempt_at: None,
+            previous_decline: None,
+            approved: local(at, -5).weekday == 1,
+        });
+    }
+    assert_eq!(learner.observations(), 280);
+    let monday = Timestamp::from_millis(NOW + 6 * DAY); // Monday 2026-01-12
+    let sunday = Timestamp::from_millis(NOW + 5 * DAY);
+    assert_eq!(local(monday, -5).weekday, 1);
+    let record = sample_record("osp_retry", NOW, None);
+    let codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+    let context = RetryContext {
+        payment: &record.payment,
+        method: Some(&method),
+        attempts: &[],
+        card_history: &[],
+        decline: &codes,
+        category: DeclineCategory::SoftFunds,
+        first_attempt_at: Timestamp::from_millis(NOW),
+        now: Timestamp::from_millis(NOW),
+    };
+    let gain = |p: &SmartPolicy| p.predict(&context, monday) - p.predict(&context, sunday);
+    assert!(
+        gain(&learner) > gain(&fresh) + 0.01,
+        "Mondays look better to a retry after learning"
+    );
+}

@@ -282,9 +282,13 @@ fn smart_state_survives_a_save_and_load() {
 }
 
 #[test]
-fn smart_learns_time_of_week_from_first_attempts_too() {
-    let fresh = SmartPolicy::new(&no_exploration()).unwrap();
-    let learner = SmartPolicy::new(&no_exploration()).unwrap();
+fn smart_learns_time_of_week_from_first_attempts_when_asked() {
+    let config = SmartConfig {
+        learn_from_first_attempts: true,
+        ..no_exploration()
+    };
+    let fresh = SmartPolicy::new(&config).unwrap();
+    let learner = SmartPolicy::new(&config).unwrap();
     let method = card("US");
     let record = sample_record("osp_first", NOW, None);
     // First attempts succeed only on Mondays.

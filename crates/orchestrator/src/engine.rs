@@ -994,6 +994,21 @@ impl Engine {
         let mut events: Vec<EventType> = Vec::new();
         let replays = record.attempts.last().map(|a| a.replays).unwrap_or(0) as usize;
         let next_hop = self.next_hop(&record, now);
+        let unknown = matches!(outcome, AttemptOutcome::Unknown { .. });
+        let refused = matches!(
+            outcome,
+            AttemptOutcome::ProcessorFault {
+                retryable: false,
+                ..
+            }
+        );
+        let rate_limited = matches!(
+            outcome,
+            AttemptOutcome::ProcessorFault {
+                rate_limited: true,
+                ..
+            }
+        );
         let processor_id = record
             .attempts
             .last()
@@ -1063,49 +1078,21 @@ impl Engine {
             }
             AttemptOutcome::ProcessorFault { ref message, .. }
             | AttemptOutcome::Unknown { ref message }
-                if replays < config.replay_backoff.len()
-                    || matches!(
-                        outcome,
-                        AttemptOutcome::Unknown { .. }
-                            | AttemptOutcome::ProcessorFault {
-                                retryable: false,
-                                ..
-                            }
-                            | AttemptOutcome::ProcessorFault {
-                                rate_limited: true,
-                                ..
-                            }
-                    ) =>
+                if replays < config.replay_backoff.len() || unknown || refused || rate_limited =>
             {
-                // A fault that is not retryable (a bad request, a refused API key) or a
-                // rate limit is the merchant's or the engine's problem, not the
-                // customer's: it is replayed (a refused request at the longest wait,
-                // until fixed) and never counts as an attempt outcome.
                 // Not the issuer's answer: replay the same attempt with the same key,
-                // without spending the customer's retry budget.
-                let step = if matches!(
-                    outcome,
-                    AttemptOutcome::ProcessorFault {
-                        retryable: false,
-                        ..
-                    }
-                ) {
-                    usize::MAX
-                } else {
-                    replays
-                };
+                // without spending the customer's retry budget. An unknown outcome is
+                // reconciled before anything else; a refused request (bad request,
+                // refused API key) or a rate limit is the merchant's or the engine's
+                // problem, not the customer's, so it never becomes an attempt outcome,
+                // and a refused one waits the longest, until fixed.
+                let step = if refused { usize::MAX } else { replays };
                 let wait = config
                     .replay_backoff
                     .get(step.min(config.replay_backoff.len().saturating_sub(1)))
                     .copied()
                     .unwrap_or(Duration::from_secs(60));
-                if matches!(
-                    outcome,
-                    AttemptOutcome::ProcessorFault {
-                        retryable: false,
-                        ..
-                    }
-                ) {
+                if refused {
                     tracing::error!(payment = %record.payment.id, %message, "processor refused the request; fix the configuration");
                 } else {
                     tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");

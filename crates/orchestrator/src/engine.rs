@@ -726,15 +726,7 @@ impl Engine {
         loop {
             while in_flight.len() < config.concurrency {
                 if queue.is_empty() && !exhausted {
-                    let lease = Lease {
-                        owner: config.instance_id.clone(),
-                        until: now.plus(config.lease),
-                    };
-                    let batch = self
-                        .inner
-                        .store
-                        .claim_due(scope, now, config.claim_batch, &lease)
-                        .await?;
+                    let batch = self.claim(scope, now).await?;
                     exhausted = batch.is_empty();
                     queue.extend(batch);
                 }
@@ -747,15 +739,7 @@ impl Engine {
                 Some(result) => report.add(result?),
                 None if exhausted => {
                     // One more look now that nothing is in flight.
-                    let lease = Lease {
-                        owner: config.instance_id.clone(),
-                        until: now.plus(config.lease),
-                    };
-                    let batch = self
-                        .inner
-                        .store
-                        .claim_due(scope, now, config.claim_batch, &lease)
-                        .await?;
+                    let batch = self.claim(scope, now).await?;
                     if batch.is_empty() {
                         return Ok(report);
                     }
@@ -765,6 +749,23 @@ impl Engine {
                 None => {}
             }
         }
+    }
+
+    /// Claims up to `claim_batch` due payments of `scope` under this instance's lease.
+    async fn claim(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let config = &self.inner.config;
+        let lease = Lease {
+            owner: config.instance_id.clone(),
+            until: now.plus(config.lease),
+        };
+        self.inner
+            .store
+            .claim_due(scope, now, config.claim_batch, &lease)
+            .await
     }
 
     async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {

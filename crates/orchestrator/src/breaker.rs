@@ -46,11 +46,22 @@ pub enum BreakerState {
 
 #[derive(Debug)]
 struct Inner {
-    outcomes: VecDeque<(Timestamp, bool)>,
-    /// Bad outcomes in `outcomes`, kept in step so a record is O(1) amortized.
+    /// Outcomes per whole second of the window: (second, total, bad). Memory is bound
+    /// by the window's length in seconds, not by traffic.
+    buckets: VecDeque<(i64, u32, u32)>,
+    /// Totals over `buckets`, kept in step so a record is O(1) amortized.
+    total: u32,
     bad: u32,
     open_until: Option<Timestamp>,
     probing: bool,
+}
+
+impl Inner {
+    fn reset(&mut self) {
+        self.buckets.clear();
+        self.total = 0;
+        self.bad = 0;
+    }
 }
 
 /// One processor's breaker.
@@ -66,7 +77,8 @@ impl Breaker {
         Breaker {
             config,
             inner: Mutex::new(Inner {
-                outcomes: VecDeque::new(),
+                buckets: VecDeque::new(),
+                total: 0,
                 bad: 0,
                 open_until: None,
                 probing: false,
@@ -107,8 +119,7 @@ impl Breaker {
                 inner.probing = false;
                 if good {
                     inner.open_until = None;
-                    inner.outcomes.clear();
-                    inner.bad = 0;
+                    inner.reset();
                     return BreakerState::Closed;
                 }
                 inner.open_until = Some(now.plus(self.config.open_for));
@@ -116,23 +127,30 @@ impl Breaker {
             }
             return BreakerState::Open;
         }
-        inner.outcomes.push_back((now, good));
+        let second = now.as_millis().div_euclid(1_000);
+        match inner.buckets.back_mut() {
+            Some((at, total, bad)) if *at == second => {
+                *total += 1;
+                *bad += u32::from(!good);
+            }
+            _ => inner.buckets.push_back((second, 1, u32::from(!good))),
+        }
+        inner.total += 1;
         inner.bad += u32::from(!good);
-        let horizon = now.as_millis() - self.config.window.as_millis() as i64;
-        while let Some(&(at, was_good)) = inner.outcomes.front() {
-            if at.as_millis() >= horizon {
+        let horizon = second - self.config.window.as_secs() as i64;
+        while let Some(&(at, total, bad)) = inner.buckets.front() {
+            if at > horizon {
                 break;
             }
-            inner.outcomes.pop_front();
-            inner.bad -= u32::from(!was_good);
+            inner.buckets.pop_front();
+            inner.total -= total;
+            inner.bad -= bad;
         }
-        let total = inner.outcomes.len() as u32;
-        if total >= self.config.min_calls
-            && f64::from(inner.bad) / f64::from(total) >= self.config.failure_rate
+        if inner.total >= self.config.min_calls
+            && f64::from(inner.bad) / f64::from(inner.total) >= self.config.failure_rate
         {
             inner.open_until = Some(now.plus(self.config.open_for));
-            inner.outcomes.clear();
-            inner.bad = 0;
+            inner.reset();
             return BreakerState::Open;
         }
         BreakerState::Closed
@@ -176,6 +194,18 @@ mod tests {
         assert!(breaker.allow(at(65)));
         assert_eq!(breaker.record(at(65), true), BreakerState::Closed);
         assert!(breaker.allow(at(66)));
+    }
+
+    #[test]
+    fn memory_is_bound_by_the_window_not_by_traffic() {
+        let breaker = Breaker::new(BreakerConfig::default());
+        for ms in 0..200_000 {
+            breaker.record(Timestamp::from_millis(ms * 3), ms % 10 != 0);
+        }
+        let inner = breaker.inner.lock().unwrap();
+        assert!(inner.buckets.len() <= 61, "{} buckets", inner.buckets.len());
+        assert_eq!(inner.total, inner.buckets.iter().map(|b| b.1).sum::<u32>());
+        assert_eq!(inner.bad, inner.buckets.iter().map(|b| b.2).sum::<u32>());
     }
 
     #[test]

@@ -166,3 +166,29 @@ fn the_grafana_dashboard_only_queries_metrics_the_engine_emits() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_metrics_listen_serves_and_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "c.toml",
+        "[processor]\ntype = \"mock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[run]\ninput = \"batch.jsonl\"\n",
+    );
+    write(
+        &dir,
+        "batch.jsonl",
+        r#"{"amount":{"value":1500,"currency":"usd"},"cadence":"recurring","customer":"cus_1","payment_method":"pm_card_visa"}"#,
+    );
+    let config = config::load(&path).unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.statuses["succeeded"], 1);
+
+    let bad = write(
+        &dir,
+        "bad.toml",
+        "[processor]\ntype = \"mock\"\n\n[metrics]\nlisten = \"nowhere\"\n",
+    );
+    let err = config::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("metrics.listen"), "{err}");
+}

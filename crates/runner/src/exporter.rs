@@ -3,7 +3,7 @@
 //! application can install its own recorder instead.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use axum::routing::get;
 use axum::Router;
@@ -14,11 +14,13 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
-/// Installs the Prometheus recorder for this process (once) and returns its handle.
+/// Installs the Prometheus recorder for this process (once, even when called from
+/// several threads) and returns its handle.
 pub fn install() -> Result<PrometheusHandle, String> {
-    if let Some(handle) = HANDLE.get() {
+    let mut installed = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -27,7 +29,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("installing the Prometheus recorder: {e}"))?;
     describe();
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 fn describe() {

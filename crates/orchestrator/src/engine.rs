@@ -426,11 +426,12 @@ impl Engine {
         }
 
         if let Some(key) = idempotency_key {
-            let canonical = serde_json::to_string(request).unwrap_or_default();
+            let request_fingerprint =
+                fingerprint(&serde_json::to_string(request).unwrap_or_default());
             match self
                 .inner
                 .store
-                .claim_idempotency_key(key, &fingerprint(&canonical), &payment.id)
+                .claim_idempotency_key(key, &request_fingerprint, &payment.id)
                 .await
                 .map_err(store_error)?
             {
@@ -439,7 +440,7 @@ impl Engine {
                     fingerprint: original,
                     payment_id,
                 } => {
-                    if original != fingerprint(&canonical) {
+                    if original != request_fingerprint {
                         return Err(ApiError::new(
                             ErrorCode::IdempotencyError,
                             format!("idempotency key `{key}` was used with a different request"),
@@ -1010,22 +1011,24 @@ impl Engine {
                 ..
             }
         );
-        let processor_id = record
-            .attempts
-            .last()
-            .map(|a| a.processor.clone())
-            .unwrap_or_default();
+        // The card brand and the issuer decline's category, worked out once: the
+        // metric, the cascade rules and the retry policy all use them.
+        let brand = record
+            .method
+            .as_ref()
+            .and_then(|m| m.card.as_ref())
+            .map(|c| c.brand.clone());
+        let issuer_category = match &outcome {
+            AttemptOutcome::Declined { codes, .. } => {
+                Some(self.inner.declines.classify(codes, brand.as_deref()))
+            }
+            _ => None,
+        };
         metrics::counter!(
             "offsession_attempts_total",
-            "processor" => processor_id.clone(),
+            "processor" => record.attempts.last().map(|a| a.processor.clone()).unwrap_or_default(),
             "outcome" => outcome.kind(),
-            "category" => match &outcome {
-                AttemptOutcome::Declined { codes, .. } => {
-                    let brand = record.method.as_ref().and_then(|m| m.card.as_ref()).map(|c| c.brand.as_str());
-                    self.inner.declines.classify(codes, brand).as_str()
-                }
-                _ => "none",
-            }
+            "category" => issuer_category.map_or("none", DeclineCategory::as_str)
         )
         .increment(1);
 
@@ -1118,12 +1121,10 @@ impl Engine {
         };
 
         if let Some((codes, reference)) = decline {
-            let brand = record
-                .method
-                .as_ref()
-                .and_then(|m| m.card.as_ref())
-                .map(|c| c.brand.as_str());
-            let category = self.inner.declines.classify(&codes, brand);
+            // A fault that outlasted its replays arrives here as synthetic codes, not
+            // classified above.
+            let category = issuer_category
+                .unwrap_or_else(|| self.inner.declines.classify(&codes, brand.as_deref()));
             self.finish_attempt(
                 &mut record,
                 now,
@@ -1137,11 +1138,6 @@ impl Engine {
             self.observe(&record, false);
             events.push(EventType::AttemptFailed);
             events.push(EventType::AuthorizationAttemptFailed);
-            let brand = record
-                .method
-                .as_ref()
-                .and_then(|m| m.card.as_ref())
-                .map(|c| c.brand.clone());
             let rules = self.inner.declines.network_rules();
             let cascades = next_hop.is_some()
                 && self.inner.config.cascade_categories.contains(&category)

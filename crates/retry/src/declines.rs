@@ -26,9 +26,13 @@ struct CategoryRows {
 struct VisaRows {
     max_reattempts_30d: u32,
     category_1: Vec<String>,
+    // Categories 2 and 3 are listed in the table for operators; no rule reads them
+    // (categories 2–4 share the reattempt cap).
     #[serde(default)]
+    #[allow(dead_code)]
     category_2: Vec<String>,
     #[serde(default)]
+    #[allow(dead_code)]
     category_3: Vec<String>,
 }
 
@@ -118,7 +122,6 @@ impl DeclineTable {
                 .into_iter()
                 .collect(),
         };
-        let _ = (file.visa.category_2, file.visa.category_3);
         for (category, rows) in file.categories {
             for (kind, codes, map) in [
                 (

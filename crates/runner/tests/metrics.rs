@@ -1,18 +1,11 @@
 //! `/metrics`: the runner's Prometheus exposition, scraped over loopback.
 
+mod common;
+
+use common::{repo_path, write};
 use std::io::Write;
-use std::path::PathBuf;
 
 use offsession_runner::{batch, config, exporter};
-
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    path
-}
 
 const CONFIG: &str = r#"
 [[processors]]
@@ -131,8 +124,7 @@ async fn metrics_are_served_in_the_prometheus_exposition_format() {
 
 #[test]
 fn the_grafana_dashboard_only_queries_metrics_the_engine_emits() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../config/grafana-dashboard.json");
+    let path = repo_path("config/grafana-dashboard.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let emitted = [

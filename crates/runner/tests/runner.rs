@@ -1,21 +1,15 @@
 //! The runner: configuration loading and a batch run end to end.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{repo_path, write};
+
+use std::path::PathBuf;
 
 use offsession_runner::{batch, config};
 
 fn repo_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml")
-}
-
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    path
+    repo_path("config/default.toml")
 }
 
 const MINIMAL: &str = r#"
@@ -151,7 +145,7 @@ async fn the_demo_batch_settles_every_payment() {
 
 #[test]
 fn the_runner_selects_the_stripe_processor_from_config() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/stripe.example.toml");
+    let example = repo_path("config/stripe.example.toml");
     let config = config::load(&example).unwrap();
     assert!(matches!(
         config.processor,

@@ -1,13 +1,14 @@
 //! `offsession simulate` end to end on a small population.
 
-use std::path::Path;
+mod common;
+
+use common::repo_path;
 
 use offsession_mock::issuer::Scenario;
 use offsession_runner::{config, simulate};
 
 fn scenario(name: &str, customers: u64) -> Scenario {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../config/scenarios/{name}.toml"));
+    let path = repo_path(&format!("config/scenarios/{name}.toml"));
     let mut scenario = Scenario::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
     scenario.customers = customers;
     scenario
@@ -15,7 +16,7 @@ fn scenario(name: &str, customers: u64) -> Scenario {
 
 #[test]
 fn every_shipped_scenario_parses() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/scenarios");
+    let dir = repo_path("config/scenarios");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -28,9 +29,7 @@ fn every_shipped_scenario_parses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategies_are_compared_on_the_same_population_without_rule_violations() {
-    let config =
-        config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml"))
-            .unwrap();
+    let config = config::load(&repo_path("config/default.toml")).unwrap();
     let report = simulate::run(&scenario("issuer-outages", 3_000), &config)
         .await
         .unwrap();
@@ -68,9 +67,7 @@ async fn strategies_are_compared_on_the_same_population_without_rule_violations(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulation_is_reproducible() {
-    let config =
-        config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/default.toml"))
-            .unwrap();
+    let config = config::load(&repo_path("config/default.toml")).unwrap();
     let a = simulate::run(&scenario("gig-economy", 1_000), &config)
         .await
         .unwrap();

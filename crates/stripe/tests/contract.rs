@@ -1,6 +1,7 @@
 //! Contract test: every request the adapter can build uses only parameters that
-//! Stripe's OpenAPI spec (`../shared/stripe/spec3.json`) accepts for that path and
-//! method, with values of the right type.
+//! Stripe's OpenAPI spec accepts for that path and method, with values of the right
+//! type. The spec is `tests/data/spec.json`, extracted from Stripe's `spec3.json` by
+//! `scripts/extract_stripe_data.py`.
 
 use offsession_core::payment::TransferData;
 use offsession_core::{Amount, Cadence, CaptureMethod};
@@ -8,13 +9,10 @@ use offsession_store::conformance::sample_record;
 use offsession_stripe::transformers::{capture_params, payment_intent_params};
 use serde_json::Value;
 
+/// Stripe's OpenAPI spec, trimmed by `scripts/extract_stripe_data.py` to the operations
+/// the adapter calls and the schemas they reference; inside the crate.
 fn spec() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/stripe/spec3.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("../shared/stripe/spec3.json"))
-        .unwrap()
+    serde_json::from_str(include_str!("data/spec.json")).unwrap()
 }
 
 fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {

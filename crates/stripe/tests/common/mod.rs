@@ -1,11 +1,12 @@
 //! A fake Stripe API on loopback (axum), shaped by Stripe's own fixtures
-//! (`../shared/stripe/fixtures3.json`): PaymentIntents with idempotency, payment
+//! (`tests/data/fixtures.json`, extracted from Stripe's `fixtures3.json` by
+//! `scripts/extract_stripe_data.py`): PaymentIntents with idempotency, payment
 //! methods, setup intents, and scripted answers per payment method.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Form, Path, Query, State};
@@ -61,18 +62,20 @@ pub struct Fake {
     pub addr: SocketAddr,
 }
 
-fn fixtures() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/stripe/fixtures3.json"
-    );
-    let text = std::fs::read_to_string(path)
-        .expect("../shared/stripe/fixtures3.json beside the repository");
-    serde_json::from_str(&text).unwrap()
+/// Stripe's fixtures, trimmed to the resources used here by
+/// `scripts/extract_stripe_data.py` (from `fixtures3.json`); inside the crate.
+fn fixtures() -> &'static Value {
+    static FIXTURES: OnceLock<Value> = OnceLock::new();
+    FIXTURES.get_or_init(|| serde_json::from_str(include_str!("../data/fixtures.json")).unwrap())
 }
 
 pub fn fixture(name: &str) -> Value {
-    fixtures()["resources"][name].clone()
+    let value = fixtures()["resources"][name].clone();
+    assert!(
+        value.is_object(),
+        "no fixture `{name}` in tests/data/fixtures.json"
+    );
+    value
 }
 
 fn error_response(status: u16, error: Value, should_retry: Option<bool>) -> Response {

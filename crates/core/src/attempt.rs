@@ -192,6 +192,14 @@ pub struct AttemptRecord {
     pub finished_at: Option<Timestamp>,
     /// How many times the same attempt was sent again after a fault or unknown outcome.
     pub replays: u32,
+    /// When the first answer that settled nothing (fault, refusal, unknown) came:
+    /// replays end at `replay_deadline` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_fault_at: Option<Timestamp>,
+    /// An answer to this attempt was lost (money may have moved): only an answer
+    /// from the processor for the same key settles it, never a later fault.
+    #[serde(default)]
+    pub outcome_unknown: bool,
     /// The final answer (None while unresolved).
     pub outcome: Option<AttemptOutcome>,
     /// Category the engine filed a decline under.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::payment::OffSessionPayment;
+use crate::payment::{OffSessionPayment, PaymentStatus};
 use crate::time::Timestamp;
 
 /// v2 event types of off-session payments.
@@ -48,6 +48,54 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// The events a status change emits: one group per change, none when the status
+    /// stays (a replay of an attempt whose outcome is unknown, a deferred retry).
+    /// `attempt_failed` therefore only appears while another attempt will follow; a
+    /// final decline is `failed` alone.
+    pub fn for_change(from: PaymentStatus, to: PaymentStatus) -> &'static [EventType] {
+        use PaymentStatus as S;
+        match (from, to) {
+            (a, b) if a == b => &[],
+            (_, S::Processing) => &[
+                EventType::AttemptStarted,
+                EventType::AuthorizationAttemptStarted,
+            ],
+            (S::Processing, S::PendingRetry) => &[
+                EventType::AttemptFailed,
+                EventType::AuthorizationAttemptFailed,
+            ],
+            (_, S::Succeeded) => &[EventType::Succeeded],
+            (_, S::RequiresCapture) => &[EventType::RequiresCapture],
+            (_, S::Failed) => &[EventType::Failed],
+            (_, S::Canceled) => &[EventType::Canceled],
+            (_, S::Paused) => &[EventType::Paused],
+            (S::Paused, _) => &[EventType::Resumed],
+            _ => &[],
+        }
+    }
+
+    /// The status a payment is in after this event, given whether it had been
+    /// attempted before (`resumed` returns to `pending` or `pending_retry`). `None`
+    /// for events that accompany another (`authorization_attempt_*`).
+    pub fn status_after(self, attempted: bool) -> Option<PaymentStatus> {
+        use PaymentStatus as S;
+        Some(match self {
+            EventType::Created => S::Pending,
+            EventType::AttemptStarted => S::Processing,
+            EventType::AttemptFailed => S::PendingRetry,
+            EventType::AuthorizationAttemptStarted | EventType::AuthorizationAttemptFailed => {
+                return None
+            }
+            EventType::RequiresCapture => S::RequiresCapture,
+            EventType::Succeeded => S::Succeeded,
+            EventType::Failed => S::Failed,
+            EventType::Canceled => S::Canceled,
+            EventType::Paused => S::Paused,
+            EventType::Resumed if attempted => S::PendingRetry,
+            EventType::Resumed => S::Pending,
+        })
+    }
+
     /// The v2 type name.
     pub fn as_str(self) -> &'static str {
         match self {

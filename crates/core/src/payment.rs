@@ -222,6 +222,29 @@ pub struct PaymentsOrchestration {
     pub enabled: bool,
 }
 
+/// `payment_method_options.card`: card facts the merchant passes to the networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardOptions {
+    /// Merchant category code for this transaction (four digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<String>,
+    /// Network transaction id of the customer-initiated transaction that set the card
+    /// up (Visa Transaction ID, Mastercard Trace ID): it ties this merchant-initiated
+    /// charge to the original consent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_transaction_id: Option<String>,
+}
+
+/// Options per payment method type, as stored and returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodOptions {
+    /// Options for card payments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardOptions>,
+}
+
 /// Retry state of a payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryDetails {
@@ -244,6 +267,9 @@ pub struct OffSessionPayment {
     pub object: ObjectTag,
     /// The amount to collect.
     pub amount_requested: Amount,
+    /// The owning compartment (workspace), from the engine's configuration.
+    #[serde(default)]
+    pub compartment_id: String,
     /// The authorized amount that can still be captured, while `requires_capture`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_capturable: Option<Amount>,
@@ -273,8 +299,11 @@ pub struct OffSessionPayment {
     pub description: Option<String>,
     /// Merchant references.
     pub payment_details: Option<PaymentDetails>,
-    /// Processor orchestration switch.
-    pub payments_orchestration: PaymentsOrchestration,
+    /// Options per payment method type, as the request gave them.
+    #[serde(default)]
+    pub payment_method_options: Option<PaymentMethodOptions>,
+    /// Processor orchestration switch; `null` when the request did not ask for it.
+    pub payments_orchestration: Option<PaymentsOrchestration>,
     /// Retry state.
     pub retry_details: RetryDetails,
     /// Current status.
@@ -293,6 +322,13 @@ pub struct OffSessionPayment {
     pub test_clock: Option<String>,
     /// Live or test mode.
     pub livemode: bool,
+}
+
+impl OffSessionPayment {
+    /// Whether payments orchestration (routing across processors, cascades) is on.
+    pub fn orchestrated(&self) -> bool {
+        self.payments_orchestration.is_some_and(|o| o.enabled)
+    }
 }
 
 /// Whether a payment method type is a bank debit (`us_bank_account`, `sepa_debit`).

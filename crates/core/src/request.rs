@@ -9,14 +9,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, ErrorCode};
 use crate::money::{Amount, Currency};
 use crate::payment::{
-    is_debit_method_type, Cadence, Capture, CaptureMethod, PaymentDetails, PaymentsOrchestration,
-    RetryStrategy, TransferData,
+    is_debit_method_type, Cadence, Capture, CaptureMethod, CardOptions, PaymentDetails,
+    PaymentMethodOptions, PaymentsOrchestration, RetryStrategy, TransferData,
 };
 use crate::processor::PaymentMethodDetails;
 use crate::time::Timestamp;
 
-/// Stripe's metadata limits.
-pub const METADATA_MAX_KEYS: usize = 50;
+/// Stripe allows 50 metadata keys; the engine reserves two of them for its own keys
+/// on every processor request (`offsession_payment_id`, `offsession_attempt`), so a
+/// merchant may set 48.
+pub const METADATA_MAX_KEYS: usize = 48;
+/// Metadata keys with this prefix are the engine's and refused on input.
+pub const RESERVED_METADATA_PREFIX: &str = "offsession_";
 /// Longest metadata key, in characters.
 pub const METADATA_MAX_KEY_CHARS: usize = 40;
 /// Longest metadata value, in characters.
@@ -171,8 +175,10 @@ pub struct ValidCreate {
     pub payment_details: Option<PaymentDetails>,
     /// Payment method types named in `payment_method_options`.
     pub option_types: Vec<String>,
-    /// Orchestration.
-    pub payments_orchestration: PaymentsOrchestration,
+    /// The options as stored on the payment (`None` when not given).
+    pub payment_method_options: Option<PaymentMethodOptions>,
+    /// Orchestration, as requested (`None` when not given).
+    pub payments_orchestration: Option<PaymentsOrchestration>,
     /// Retry request.
     pub retry: RetryRequest,
     /// Retry deadline.
@@ -199,6 +205,15 @@ pub struct CreateRules<'a> {
 /// Parses a JSON create body; malformed JSON, wrong types and unknown fields give
 /// `osp_generic_invalid_request` naming the field.
 pub fn parse_create(body: &[u8]) -> Result<CreateOffSessionPayment, ApiError> {
+    // serde reads a struct from a JSON array too, field by field in order: a body
+    // must be an object, so that every value is named.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::OspGenericInvalidRequest,
+            "request body must be a JSON object (`{...}`)",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: Result<CreateOffSessionPayment, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {
@@ -232,18 +247,34 @@ fn required<'a, T>(value: &'a Option<T>, param: &str) -> Result<&'a T, ApiError>
         .ok_or_else(|| ApiError::invalid(param, "is required"))
 }
 
-fn check_id(value: &str, param: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
+/// Object ids (customer, payment method, account, test clock) are ASCII letters,
+/// digits, `_` and `-`, at most [`ID_MAX_CHARS`] long: they end up in processor URLs,
+/// so nothing that could change a URL's path or query (`/`, `.`, `?`, `#`, `%`, `&`,
+/// white space, control characters) is accepted.
+pub fn check_id(value: &str, param: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
         return Err(ApiError::invalid(param, "must not be empty"));
     }
-    if value.chars().count() > ID_MAX_CHARS {
+    if value.len() > ID_MAX_CHARS {
         return Err(ApiError::invalid(
             param,
-            format!("must be at most {ID_MAX_CHARS} characters"),
+            format!(
+                "must be at most {ID_MAX_CHARS} characters (got {})",
+                value.chars().count()
+            ),
         ));
     }
-    if value.chars().any(char::is_whitespace) {
-        return Err(ApiError::invalid(param, "must not contain white space"));
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "must contain only ASCII letters, digits, `_` and `-` (found {})",
+                bad.escape_default()
+            ),
+        ));
     }
     Ok(())
 }
@@ -282,7 +313,7 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "metadata",
             format!(
-                "at most {METADATA_MAX_KEYS} keys are allowed (got {})",
+                "at most {METADATA_MAX_KEYS} keys are allowed (got {}): two of Stripe's 50 are reserved for the engine",
                 metadata.len()
             ),
         ));
@@ -291,6 +322,14 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
         let param = format!("metadata.{key}");
         if key.is_empty() {
             return Err(ApiError::invalid("metadata", "keys must not be empty"));
+        }
+        if key.starts_with(RESERVED_METADATA_PREFIX) {
+            return Err(ApiError::invalid(
+                &param,
+                format!(
+                    "keys starting with `{RESERVED_METADATA_PREFIX}` are reserved for the engine"
+                ),
+            ));
         }
         if key.chars().count() > METADATA_MAX_KEY_CHARS {
             return Err(ApiError::invalid(
@@ -531,7 +570,8 @@ pub fn validate_create(
         check_id(clock, "test_clock")?;
     }
 
-    let orchestration = request.payments_orchestration.unwrap_or_default();
+    let requested_orchestration = request.payments_orchestration;
+    let orchestration = requested_orchestration.unwrap_or_default();
     if orchestration.enabled && connect {
         return Err(ApiError::new(
             ErrorCode::OspPaymentsOrchestrationNotSupportedWithConnect,
@@ -566,6 +606,22 @@ pub fn validate_create(
             option_types.push(key.clone());
         }
     }
+    let payment_method_options = match &request.payment_method_options {
+        None => None,
+        Some(options) => Some(PaymentMethodOptions {
+            card: options.get("card").map(check_card_options).transpose()?,
+        }),
+    };
+    if let Some(options) = &request.payment_method_options {
+        for (key, value) in options.iter().filter(|(k, _)| k.as_str() != "card") {
+            if let Some(field) = value.as_object().and_then(|o| o.keys().next()) {
+                return Err(ApiError::invalid(
+                    &format!("payment_method_options.{key}.{field}"),
+                    "is not a known option",
+                ));
+            }
+        }
+    }
 
     Ok(ValidCreate {
         amount,
@@ -581,13 +637,47 @@ pub fn validate_create(
         description: request.description.clone(),
         payment_details: request.payment_details.clone(),
         option_types,
-        payments_orchestration: orchestration,
+        payment_method_options,
+        payments_orchestration: requested_orchestration,
         retry,
         retry_until: retry_details.retry_until,
         capture,
         target_date,
         test_clock: request.test_clock.clone(),
     })
+}
+
+/// `payment_method_options.card`: known fields only, each checked.
+fn check_card_options(value: &serde_json::Value) -> Result<CardOptions, ApiError> {
+    let options: CardOptions = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path.is_empty() || path == "." {
+            "payment_method_options.card".to_owned()
+        } else {
+            format!("payment_method_options.card.{path}")
+        };
+        ApiError::invalid(&param, e.into_inner())
+    })?;
+    if let Some(mcc) = &options.mcc {
+        if mcc.len() != 4 || !mcc.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid(
+                "payment_method_options.card.mcc",
+                format!("must be four digits (got `{}`)", mcc.escape_default()),
+            ));
+        }
+    }
+    if let Some(id) = &options.network_transaction_id {
+        if id.is_empty()
+            || id.len() > ID_MAX_CHARS
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(ApiError::invalid(
+                "payment_method_options.card.network_transaction_id",
+                format!("must be 1 to {ID_MAX_CHARS} ASCII letters and digits"),
+            ));
+        }
+    }
+    Ok(options)
 }
 
 /// Engine facts the method-dependent rules need.
@@ -671,7 +761,7 @@ pub fn resolve_for_method(
         .with_param(&format!("payment_method_options.{other}")));
     }
     let debit = is_debit_method_type(method_type);
-    if valid.payments_orchestration.enabled && method_type != "card" {
+    if valid.payments_orchestration.is_some_and(|o| o.enabled) && method_type != "card" {
         return Err(ApiError::new(
             ErrorCode::OspPaymentsOrchestrationOnlySupportedForCards,
             format!("Payments orchestration is only supported for card payment methods, not `{method_type}`."),
@@ -715,7 +805,9 @@ pub fn resolve_for_method(
             RetryRequest::Strategy(R::Scheduled) => ResolvedRetry::scheduled(rules.default_policy),
             RetryRequest::Policy(name) => ResolvedRetry::scheduled(name),
             RetryRequest::Strategy(R::BestAvailable) => {
-                if valid.payments_orchestration.enabled || !available(RetryStrategy::Smart) {
+                if valid.payments_orchestration.is_some_and(|o| o.enabled)
+                    || !available(RetryStrategy::Smart)
+                {
                     ResolvedRetry::scheduled(rules.default_policy)
                 } else {
                     ResolvedRetry::of(RetryStrategy::Smart)

@@ -219,11 +219,14 @@ pub trait Store: Send + Sync + Debug {
         starting_after: Option<&str>,
     ) -> Result<Vec<OffSessionPayment>, StoreError>;
 
-    /// Attempts sent to `payment_method`, across all payments, at or after `since`.
+    /// The newest `limit` attempts sent to `payment_method`, across all payments, at
+    /// or after `since`, oldest first. The network rules need only the newest few
+    /// attempts per cap, so the answer is bounded however busy the card is.
     async fn card_history(
         &self,
         payment_method: &str,
         since: Timestamp,
+        limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError>;
 
     /// Registers a create-request idempotency key, or returns what it mapped to.

@@ -192,14 +192,144 @@ fn amount_too_large_uses_the_currency_maximum() {
 }
 
 #[test]
-fn metadata_allows_at_most_50_keys() {
-    let many: serde_json::Map<String, Value> =
-        (0..51).map(|i| (format!("k{i}"), json!("v"))).collect();
-    assert_code(
-        validate(with(base(), &["metadata"], Value::Object(many))),
-        ErrorCode::OspGenericInvalidRequest,
-        "metadata",
-    );
+fn metadata_allows_at_most_48_keys_two_of_stripes_50_being_the_engines() {
+    let keys = |n: usize| -> Value {
+        Value::Object((0..n).map(|i| (format!("k{i}"), json!("v"))).collect())
+    };
+    assert!(validate(with(base(), &["metadata"], keys(48))).is_ok());
+    for n in [49, 50, 51] {
+        assert_code(
+            validate(with(base(), &["metadata"], keys(n))),
+            ErrorCode::OspGenericInvalidRequest,
+            "metadata",
+        );
+    }
+}
+
+#[test]
+fn the_engines_metadata_keys_are_reserved() {
+    for key in [
+        "offsession_payment_id",
+        "offsession_attempt",
+        "offsession_x",
+    ] {
+        assert_code(
+            validate(with(base(), &["metadata"], json!({ key: "1" }))),
+            ErrorCode::OspGenericInvalidRequest,
+            &format!("metadata.{key}"),
+        );
+    }
+}
+
+#[test]
+fn ids_are_refused_unless_letters_digits_underscore_and_dash() {
+    let long = "a".repeat(300);
+    for bad in [
+        "../../v1/customers/cus_1?expand[]=x",
+        "pm_1/../x",
+        "pm_1?x=1",
+        "pm_1#frag",
+        "pm_1%2Fx",
+        "pm 1",
+        "pm_1\u{0}",
+        "pm_1\n",
+        "pm_1\u{7f}",
+        "pm_é",
+        "..",
+        "pm.1",
+        "pm&1",
+        long.as_str(),
+    ] {
+        for field in ["customer", "payment_method", "on_behalf_of", "test_clock"] {
+            let body = with(base(), &[field], json!(bad));
+            let err = validate(body).expect_err(bad);
+            assert_eq!(
+                err.code,
+                ErrorCode::OspGenericInvalidRequest,
+                "{bad}: {err}"
+            );
+            assert_eq!(err.param.as_deref(), Some(field), "{bad}: {err}");
+        }
+        let body = with(base(), &["transfer_data"], json!({ "destination": bad }));
+        let err = validate(body).expect_err(bad);
+        assert_eq!(err.param.as_deref(), Some("transfer_data.destination"));
+    }
+    for good in [
+        "pm_1RP6TAG7mvlzf7RNfspLoGQ9",
+        "cus_SJjFsJvGPQKfH1",
+        "pm_card_visa__7",
+        "a-b",
+    ] {
+        assert!(
+            validate(with(base(), &["payment_method"], json!(good))).is_ok(),
+            "{good}"
+        );
+    }
+}
+
+#[test]
+fn a_json_array_is_not_a_create_request() {
+    let body = json!([{"value": 2000, "currency": "usd"}, "recurring", "cus_123", "pm_card_visa"]);
+    let err = parse_create(body.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspGenericInvalidRequest);
+    assert!(err.message.contains("JSON object"), "{err}");
+    for text in ["\"text\"", "42", "null", ""] {
+        assert!(parse_create(text.as_bytes()).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn card_options_are_typed_and_checked() {
+    let valid = validate(with(
+        base(),
+        &["payment_method_options"],
+        json!({"card": {"mcc": "5734", "network_transaction_id": "ABC123"}}),
+    ))
+    .unwrap();
+    let card = valid.payment_method_options.unwrap().card.unwrap();
+    assert_eq!(card.mcc.as_deref(), Some("5734"));
+    assert_eq!(card.network_transaction_id.as_deref(), Some("ABC123"));
+    for (options, param) in [
+        (
+            json!({"card": {"mcc": "57"}}),
+            "payment_method_options.card.mcc",
+        ),
+        (
+            json!({"card": {"mcc": "abcd"}}),
+            "payment_method_options.card.mcc",
+        ),
+        (
+            json!({"card": {"colour": "red"}}),
+            "payment_method_options.card",
+        ),
+        (
+            json!({"card": {"network_transaction_id": "a/b"}}),
+            "payment_method_options.card.network_transaction_id",
+        ),
+        (
+            json!({"sepa_debit": {"x": 1}}),
+            "payment_method_options.sepa_debit.x",
+        ),
+    ] {
+        let err = validate(with(base(), &["payment_method_options"], options.clone()))
+            .expect_err(&options.to_string());
+        assert!(
+            err.param.as_deref().is_some_and(|p| p.starts_with(param)),
+            "{options}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn orchestration_is_none_unless_requested() {
+    assert_eq!(validate(base()).unwrap().payments_orchestration, None);
+    let valid = validate(with(
+        base(),
+        &["payments_orchestration"],
+        json!({"enabled": true}),
+    ))
+    .unwrap();
+    assert!(valid.payments_orchestration.is_some_and(|o| o.enabled));
 }
 
 #[test]

@@ -58,6 +58,39 @@ pub enum LatencyModel {
     },
 }
 
+impl LatencyModel {
+    /// Refuses a model that cannot be sampled (bounds the wrong way round,
+    /// negative or non-finite parameters).
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            LatencyModel::Fixed { .. } => Ok(()),
+            LatencyModel::Uniform {
+                min_millis,
+                max_millis,
+            } if min_millis > max_millis => Err(format!(
+                "`min_millis` ({min_millis}) must not be above `max_millis` ({max_millis})"
+            )),
+            LatencyModel::Uniform { .. } => Ok(()),
+            LatencyModel::LogNormal {
+                median_millis,
+                sigma,
+            } => {
+                if !(median_millis.is_finite() && median_millis >= 0.0) {
+                    return Err(format!(
+                        "`median_millis` must be a number of at least 0 (got {median_millis})"
+                    ));
+                }
+                if !(sigma.is_finite() && sigma >= 0.0) {
+                    return Err(format!(
+                        "`sigma` must be a number of at least 0 (got {sigma})"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Default for LatencyModel {
     fn default() -> LatencyModel {
         LatencyModel::Fixed { millis: 0 }
@@ -461,7 +494,13 @@ impl Processor for MockProcessor {
         entry.sends += 1;
         let send_hash = mix(key_hash ^ u64::from(entry.sends).wrapping_mul(0x1000_0001));
         if let Some(outcome) = &entry.outcome {
-            // An idempotent replay: the stored answer, no new charge.
+            // An idempotent replay: the stored answer, no new charge — whose answer
+            // can be lost on the way back like any other.
+            if unit(mix(send_hash ^ 3)) < self.config.unknown_rate {
+                return AttemptOutcome::Unknown {
+                    message: "mock: connection reset after the replay was sent".into(),
+                };
+            }
             return outcome.clone();
         }
         if unit(send_hash) < self.config.fault_rate {

@@ -22,6 +22,32 @@ pub struct BreakerConfig {
     pub open_for: Duration,
 }
 
+impl BreakerConfig {
+    /// Refuses settings under which the breaker never opens, never closes or
+    /// divides by zero; the error names the setting.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return Err(format!(
+                "`failure_rate` must be above 0 and at most 1 (got {})",
+                self.failure_rate
+            ));
+        }
+        if self.window < Duration::from_secs(1) {
+            return Err(format!(
+                "`window` must be at least 1s (got {:?})",
+                self.window
+            ));
+        }
+        if self.open_for.is_zero() {
+            return Err("`open_for` must be longer than 0s".into());
+        }
+        if self.min_calls == 0 {
+            return Err("`min_calls` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> BreakerConfig {
         BreakerConfig {

@@ -21,10 +21,15 @@ use crate::EngineError;
 pub struct EngineConfig {
     /// Live mode refuses test clocks; ids carry no `test_` marker.
     pub livemode: bool,
-    /// Name of this engine instance, written on leases.
+    /// Name of this engine instance, written on leases. The default is unique per
+    /// engine (`offsession-` and random digits); a configured name must be unique
+    /// among the instances sharing a store.
     pub instance_id: String,
-    /// Seed of the id prefix; instances sharing a store need different seeds.
-    pub id_seed: u64,
+    /// `None` (the default): ids are time-ordered random UUIDv7s, unique across
+    /// processes and restarts. `Some(seed)`: reproducible ids for simulations against
+    /// the mock; two runs with the same seed reuse ids and attempt idempotency keys,
+    /// so a seeded engine must never face a real processor.
+    pub id_seed: Option<u64>,
     /// ACH (us_bank_account) retries switched on.
     pub ach_retries_enabled: bool,
     /// SEPA Debit retries switched on.
@@ -40,6 +45,15 @@ pub struct EngineConfig {
     /// with the same idempotency key. After the last one a fault counts as a
     /// transient decline; an unknown outcome keeps being reconciled at the last wait.
     pub replay_backoff: Vec<Duration>,
+    /// An attempt that settles nothing (fault, refusal, unknown outcome) is replayed
+    /// with the same key at most this many times; then the payment ends `failed`
+    /// (an unknown outcome flagged for reconciliation). 429s do not count.
+    pub max_replays: u32,
+    /// Replays of one attempt end this long after its first unsettled answer,
+    /// whatever the count.
+    pub replay_deadline: Duration,
+    /// `compartment_id` shown on every payment (the owning workspace).
+    pub compartment_id: String,
     /// Attempts run at once.
     pub concurrency: usize,
     /// Payments claimed per store round trip.
@@ -53,8 +67,8 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             livemode: false,
-            instance_id: "offsession-1".into(),
-            id_seed: 1,
+            instance_id: format!("offsession-{:016x}", uuid::Uuid::now_v7().as_u128() as u64),
+            id_seed: None,
             ach_retries_enabled: false,
             sepa_debit_retries_enabled: false,
             default_retry_policy: "stripe_recommended".into(),
@@ -64,6 +78,9 @@ impl Default for EngineConfig {
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
+            max_replays: 10,
+            replay_deadline: Duration::from_secs(3 * 86_400),
+            compartment_id: "wksp_test_offsession".into(),
             concurrency: 64,
             claim_batch: 1_024,
             cascade_categories: vec![
@@ -71,6 +88,70 @@ impl Default for EngineConfig {
                 offsession_core::DeclineCategory::SoftIssuer,
             ],
         }
+    }
+}
+
+impl EngineConfig {
+    /// Refuses values that would make the engine spin, stall or never settle a
+    /// payment; the message names the setting.
+    pub fn check(&self) -> Result<(), ConfigRefused> {
+        let refuse = |key: &'static str, message: String| Err(ConfigRefused { key, message });
+        if self.concurrency == 0 {
+            return refuse("concurrency", "must be at least 1".into());
+        }
+        if self.claim_batch == 0 {
+            return refuse("claim_batch", "must be at least 1".into());
+        }
+        if self.lease < Duration::from_secs(1) {
+            return refuse(
+                "lease",
+                format!(
+                    "must be at least 1s (got {:?}): a shorter lease lapses before an attempt is written, and schedulers take the payment from each other",
+                    self.lease
+                ),
+            );
+        }
+        if self.authorization_validity.is_zero() {
+            return refuse("authorization_validity", "must be longer than 0s".into());
+        }
+        if self.replay_backoff.is_empty() {
+            return refuse("replay_backoff", "needs at least one wait".into());
+        }
+        if let Some(short) = self
+            .replay_backoff
+            .iter()
+            .find(|w| **w < Duration::from_secs(1))
+        {
+            return refuse(
+                "replay_backoff",
+                format!("every wait must be at least 1s (got {short:?})"),
+            );
+        }
+        if self.max_replays == 0 {
+            return refuse("max_replays", "must be at least 1".into());
+        }
+        if self.replay_deadline.is_zero() {
+            return refuse("replay_deadline", "must be longer than 0s".into());
+        }
+        if self.instance_id.trim().is_empty() {
+            return refuse("instance_id", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// A setting [`EngineConfig::check`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRefused {
+    /// The setting's name (`lease`, `concurrency`, …).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
     }
 }
 
@@ -216,10 +297,16 @@ impl EngineBuilder {
                 names.join(", ")
             )));
         }
-        if self.config.concurrency == 0 || self.config.claim_batch == 0 {
-            return Err(EngineError::Config(
-                "concurrency and claim_batch must be at least 1".into(),
-            ));
+        self.config
+            .check()
+            .map_err(|refused| EngineError::Config(refused.to_string()))?;
+        self.breaker
+            .check()
+            .map_err(|message| EngineError::Config(format!("circuit breaker: {message}")))?;
+        for (id, limit) in &self.rate_limits {
+            limit.check().map_err(|message| {
+                EngineError::Config(format!("rate limit of `{id}`: {message}"))
+            })?;
         }
         self.strategies
             .entry(RetryStrategy::None)

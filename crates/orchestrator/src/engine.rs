@@ -29,6 +29,12 @@ use crate::EngineError;
 
 /// How far back the card history given to policies reaches (network caps use 30 days).
 const CARD_HISTORY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+/// How many of a card's newest attempts the network rules see. The caps count at most
+/// a few dozen attempts (Visa 15 reattempts, Mastercard 10 declines a day, 35 per
+/// amount a month), so the newest 256 decide them for any card whose 30 days hold
+/// fewer than ~220 attempts that a cap does not count; the bound keeps a decision's
+/// cost flat however many payments share one card.
+const CARD_HISTORY_LIMIT: usize = 256;
 /// Retries of a manual operation that lost a race with the scheduler.
 const MANUAL_OPERATION_TRIES: usize = 3;
 
@@ -136,6 +142,16 @@ fn cadence_label(cadence: offsession_core::Cadence) -> &'static str {
     }
 }
 
+/// A manual operation the payment's status does not allow.
+fn refusal(refused: offsession_core::TransitionRefused) -> ApiError {
+    let message = if refused.from == PaymentStatus::Processing {
+        format!("{refused}: an authorization attempt is in flight or its outcome is being reconciled with the processor; retry once the payment leaves `processing`")
+    } else {
+        refused.to_string()
+    };
+    ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, message)
+}
+
 fn store_error(err: StoreError) -> ApiError {
     match err {
         StoreError::NotFound(id) => ApiError::new(
@@ -147,6 +163,14 @@ fn store_error(err: StoreError) -> ApiError {
             format!("payment `{id}` was changed by another request at the same time; retry"),
         ),
         other => ApiError::new(ErrorCode::ApiError, other.to_string()),
+    }
+}
+
+/// At most `max` characters of `text`, for messages that quote a processor.
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -262,6 +286,13 @@ impl Engine {
 
     fn processor(&self, id: &str) -> Option<&Arc<dyn Processor>> {
         self.inner.processors.iter().find(|p| p.id() == id)
+    }
+
+    /// Emits the events of a status change (see [`EventType::for_change`]).
+    fn emit_change(&self, from: PaymentStatus, payment: &OffSessionPayment, at: Timestamp) {
+        for event in EventType::for_change(from, payment.status) {
+            self.emit(*event, payment, at);
+        }
     }
 
     fn emit(&self, event_type: EventType, payment: &OffSessionPayment, at: Timestamp) {
@@ -420,7 +451,7 @@ impl Engine {
             .inner
             .router
             .route(&payment, &method, &self.inner.processors)?;
-        if !payment.payments_orchestration.enabled {
+        if !payment.orchestrated() {
             // Without orchestration a payment stays on its primary processor.
             route.truncate(1);
         }
@@ -479,6 +510,7 @@ impl Engine {
             object: ObjectTag::OffSessionPayment,
             amount_requested: valid.amount,
             amount_capturable: None,
+            compartment_id: self.inner.config.compartment_id.clone(),
             cadence: valid.cadence,
             capture: valid.capture,
             created: now,
@@ -492,6 +524,7 @@ impl Engine {
             statement_descriptor_suffix: valid.statement_descriptor_suffix.clone(),
             description: valid.description.clone(),
             payment_details: valid.payment_details.clone(),
+            payment_method_options: valid.payment_method_options.clone(),
             payments_orchestration: valid.payments_orchestration,
             retry_details: RetryDetails {
                 attempts: 0,
@@ -551,16 +584,11 @@ impl Engine {
             let record = self.record(id).await?;
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
-            let to = transition(record.payment.status, t).map_err(|refused| {
-                ApiError::new(
-                    ErrorCode::OffSessionPaymentInvalidStatus,
-                    refused.to_string(),
-                )
-            })?;
+            let to = transition(record.payment.status, t).map_err(refusal)?;
             let mut next = record.clone();
             next.payment.status = to;
             next.lease = None;
-            let event = match t {
+            match t {
                 Transition::Cancel => {
                     if record.payment.status == PaymentStatus::RequiresCapture {
                         self.release_authorization(&record).await?;
@@ -568,23 +596,20 @@ impl Engine {
                     next.due_at = None;
                     next.payment.amount_capturable = None;
                     next.authorization = None;
-                    EventType::Canceled
                 }
                 Transition::Pause => {
                     next.paused_due_at = record.due_at;
                     next.due_at = None;
-                    EventType::Paused
                 }
                 Transition::Resume { .. } => {
                     next.due_at = Some(record.paused_due_at.unwrap_or(now).max(now));
                     next.paused_due_at = None;
-                    EventType::Resumed
                 }
                 _ => unreachable!("manual operations are cancel, pause and resume"),
             };
             match self.inner.store.update(&next, Expected::of(&record)).await {
                 Ok(_) => {
-                    self.emit(event, &next.payment, now);
+                    self.emit_change(record.payment.status, &next.payment, now);
                     return Ok(next.payment);
                 }
                 Err(err @ StoreError::Conflict { .. }) => last_err = Some(err),
@@ -634,7 +659,9 @@ impl Engine {
     }
 
     /// Captures a `requires_capture` payment, the whole authorization or
-    /// `amount_to_capture` of it.
+    /// `amount_to_capture` of it. At or after `capture.capture_before` (or the end of
+    /// the authorization's validity) the capture is refused: the authorization is
+    /// released and the payment ends `failed` / `authorization_expired`.
     pub async fn capture(
         &self,
         id: &str,
@@ -642,12 +669,16 @@ impl Engine {
     ) -> Result<OffSessionPayment, ApiError> {
         let record = self.record(id).await?;
         let now = self.now_for(&record.payment);
-        let to = transition(record.payment.status, Transition::Capture).map_err(|refused| {
-            ApiError::new(
+        let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
+        if let Some(expires) = record.due_at.filter(|expires| now >= *expires) {
+            self.expire_authorization(record)
+                .await
+                .map_err(store_error)?;
+            return Err(ApiError::new(
                 ErrorCode::OffSessionPaymentInvalidStatus,
-                refused.to_string(),
-            )
-        })?;
+                format!("the authorization expired at {expires}; it was released and the payment failed with `authorization_expired`"),
+            ));
+        }
         let capturable = record
             .payment
             .amount_capturable
@@ -691,7 +722,7 @@ impl Engine {
             .update(&next, Expected::of(&record))
             .await
             .map_err(store_error)?;
-        self.emit(EventType::Succeeded, &next.payment, now);
+        self.emit_change(record.payment.status, &next.payment, now);
         Ok(next.payment)
     }
 
@@ -833,7 +864,7 @@ impl Engine {
             .store
             .update(&next, Expected::of(&record))
             .await?;
-        self.emit(EventType::Failed, &next.payment, now);
+        self.emit_change(record.payment.status, &next.payment, now);
         Ok(())
     }
 
@@ -841,15 +872,23 @@ impl Engine {
     /// Returns the time spent outside the engine (rate-limit wait and processor).
     async fn attempt(&self, claimed: PaymentRecord) -> Result<Duration, StoreError> {
         let now = self.now_for(&claimed.payment);
-        let Ok(status) = transition(claimed.payment.status, Transition::StartAttempt) else {
+        let from = claimed.payment.status;
+        let Ok(status) = transition(from, Transition::StartAttempt) else {
             return Ok(Duration::ZERO);
         };
         let expected = Expected::of(&claimed);
         let mut record = claimed;
         // A `processing` record whose lease lapsed crashed mid-attempt: its outcome is
         // unknown, so the same attempt is replayed with the same key.
-        let replay = (record.replay_pending || record.payment.status == PaymentStatus::Processing)
+        let replay = (record.replay_pending || from == PaymentStatus::Processing)
             && !record.attempts.is_empty();
+        if from == PaymentStatus::Processing && !record.replay_pending {
+            if let Some(last) = record.attempts.last_mut() {
+                last.outcome_unknown = true;
+                last.first_fault_at.get_or_insert(now);
+                tracing::warn!(payment = %record.payment.id, key = %last.idempotency_key, "attempt was in flight when its lease lapsed; replaying with the same key");
+            }
+        }
         if !replay && !record.attempts.is_empty() {
             // Other payments of the same card may have been attempted since this retry
             // was scheduled: check the network caps again before sending.
@@ -868,20 +907,16 @@ impl Engine {
             if allowed > now {
                 let mut next = record;
                 next.lease = None;
-                let mut events = Vec::new();
                 if next.retry_latest.is_some_and(|latest| allowed > latest) {
                     next.payment.status = transition(next.payment.status, Transition::Fail)
                         .unwrap_or(PaymentStatus::Failed);
                     next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
                     next.due_at = None;
-                    events.push(EventType::Failed);
                 } else {
                     next.due_at = Some(allowed);
                 }
                 self.inner.store.update(&next, expected).await?;
-                for event in events {
-                    self.emit(event, &next.payment, now);
-                }
+                self.emit_change(from, &next.payment, now);
                 return Ok(Duration::ZERO);
             }
         }
@@ -937,6 +972,8 @@ impl Engine {
                 started_at: now,
                 finished_at: None,
                 replays: 0,
+                first_fault_at: None,
+                outcome_unknown: false,
                 outcome: None,
                 decline_category: None,
             };
@@ -952,35 +989,84 @@ impl Engine {
         // called. The claim's lease stays, so a crash makes the record claimable
         // again (for a replay) when the lease lapses.
         record.version = self.inner.store.update(&record, expected).await?;
-        if !replay {
-            self.emit(EventType::AttemptStarted, &record.payment, now);
-            self.emit(EventType::AuthorizationAttemptStarted, &record.payment, now);
-        }
+        self.emit_change(from, &record.payment, now);
 
-        let attempt = record
-            .attempts
-            .last()
-            .cloned()
-            .unwrap_or_else(|| unreachable!());
+        let Some(attempt) = record.attempts.last().cloned() else {
+            return Ok(Duration::ZERO);
+        };
         let outside = std::time::Instant::now();
-        if let Some(pacer) = self.inner.pacers.get(processor.id()) {
-            let waited = pacer.acquire().await;
-            metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
-                .record(waited.as_secs_f64());
+        let send = async {
+            if let Some(pacer) = self.inner.pacers.get(processor.id()) {
+                let waited = pacer.acquire().await;
+                metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
+                    .record(waited.as_secs_f64());
+            }
+            let sent = std::time::Instant::now();
+            let outcome = processor
+                .authorize(AuthorizeRequest {
+                    payment: &record.payment,
+                    attempt_number: attempt.number,
+                    idempotency_key: &attempt.idempotency_key,
+                })
+                .await;
+            metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
+                .record(sent.elapsed().as_secs_f64());
+            outcome
+        };
+        // While the answer is awaited the lease is renewed, so that no other
+        // scheduler takes the payment for a replay while this attempt is in flight.
+        let renewed = std::sync::Mutex::new(None::<(u64, Option<Lease>)>);
+        let outcome = {
+            let send = std::pin::pin!(send);
+            let keep = std::pin::pin!(self.keep_lease(&record, &renewed));
+            match futures::future::select(send, keep).await {
+                futures::future::Either::Left((outcome, _)) => outcome,
+                futures::future::Either::Right(((), send)) => send.await,
+            }
+        };
+        if let Some((version, lease)) = renewed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            record.version = version;
+            record.lease = lease;
         }
-        let sent = std::time::Instant::now();
-        let outcome = processor
-            .authorize(AuthorizeRequest {
-                payment: &record.payment,
-                attempt_number: attempt.number,
-                idempotency_key: &attempt.idempotency_key,
-            })
-            .await;
-        metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
-            .record(sent.elapsed().as_secs_f64());
         let outside = outside.elapsed();
         self.observe_health(processor.id(), &outcome, self.now_for(&record.payment));
         self.apply_outcome(record, outcome).await.map(|()| outside)
+    }
+
+    /// Renews the lease of an attempt in flight every third of the lease, until it
+    /// is dropped (the answer came) or another change wins (then it stops: the
+    /// outcome write will be refused and the winner replays with the same key).
+    async fn keep_lease(
+        &self,
+        in_flight: &PaymentRecord,
+        renewed: &std::sync::Mutex<Option<(u64, Option<Lease>)>>,
+    ) {
+        let period = (self.inner.config.lease / 3).max(Duration::from_millis(10));
+        let mut version = in_flight.version;
+        loop {
+            futures_timer::Delay::new(period).await;
+            let mut next = in_flight.clone();
+            next.lease = Some(Lease {
+                owner: self.inner.config.instance_id.clone(),
+                until: self
+                    .now_for(&in_flight.payment)
+                    .plus(self.inner.config.lease),
+            });
+            let expected = Expected {
+                version,
+                status: in_flight.payment.status,
+            };
+            match self.inner.store.update(&next, expected).await {
+                Ok(v) => {
+                    version = v;
+                    *renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, next.lease));
+                }
+                Err(err) => {
+                    tracing::warn!(payment = %in_flight.payment.id, error = %err, "could not renew the lease of an attempt in flight");
+                    return std::future::pending().await;
+                }
+            }
+        }
     }
 
     async fn apply_outcome(
@@ -991,26 +1077,14 @@ impl Engine {
         let now = self.now_for(&written.payment);
         let config = &self.inner.config;
         let expected = Expected::of(&written);
+        let from = written.payment.status;
         let mut record = written;
         record.lease = None;
-        let mut events: Vec<EventType> = Vec::new();
-        let replays = record.attempts.last().map(|a| a.replays).unwrap_or(0) as usize;
-        let next_hop = self.next_hop(&record, now);
-        let unknown = matches!(outcome, AttemptOutcome::Unknown { .. });
-        let refused = matches!(
-            outcome,
-            AttemptOutcome::ProcessorFault {
-                retryable: false,
-                ..
-            }
-        );
-        let rate_limited = matches!(
-            outcome,
-            AttemptOutcome::ProcessorFault {
-                rate_limited: true,
-                ..
-            }
-        );
+        let processor = record
+            .attempts
+            .last()
+            .map(|a| a.processor.clone())
+            .unwrap_or_default();
         // The card brand and the issuer decline's category, worked out once: the
         // metric, the cascade rules and the retry policy all use them.
         let brand = record
@@ -1026,7 +1100,7 @@ impl Engine {
         };
         metrics::counter!(
             "offsession_attempts_total",
-            "processor" => record.attempts.last().map(|a| a.processor.clone()).unwrap_or_default(),
+            "processor" => processor.clone(),
             "outcome" => outcome.kind(),
             "category" => issuer_category.map_or("none", DeclineCategory::as_str)
         )
@@ -1040,10 +1114,9 @@ impl Engine {
                     AttemptOutcome::Approved { reference },
                     None,
                 );
-                record.payment.status = PaymentStatus::Succeeded;
+                record.payment.status = self.step(from, Transition::Approve);
                 record.payment.payment_record = Some(self.inner.ids.next("pr"));
                 record.due_at = None;
-                events.push(EventType::Succeeded);
                 self.observe(&record, true);
                 None
             }
@@ -1056,7 +1129,7 @@ impl Engine {
                     },
                     None,
                 );
-                record.payment.status = PaymentStatus::RequiresCapture;
+                record.payment.status = self.step(from, Transition::Authorize);
                 record.payment.amount_capturable = Some(record.payment.amount_requested);
                 record.authorization = Some(reference);
                 let expires = now.plus(config.authorization_validity);
@@ -1067,108 +1140,27 @@ impl Engine {
                         .capture_before
                         .map_or(expires, |before| before.min(expires)),
                 );
-                events.push(EventType::RequiresCapture);
                 self.observe(&record, true);
                 None
             }
             AttemptOutcome::Declined { codes, reference } => Some((codes, reference)),
-            AttemptOutcome::ProcessorFault { ref message, .. } if next_hop.is_some() => {
-                // Nothing was charged: cascade to the next processor of the route now,
-                // as a new attempt with its own key.
-                tracing::debug!(payment = %record.payment.id, %message, "cascading after a processor fault");
-                self.finish_attempt(&mut record, now, outcome.clone(), None);
-                self.cascade(&mut record, next_hop.clone(), now);
-                None
-            }
-            AttemptOutcome::ProcessorFault { ref message, .. }
-            | AttemptOutcome::Unknown { ref message }
-                if replays < config.replay_backoff.len() || unknown || refused || rate_limited =>
-            {
-                // Not the issuer's answer: replay the same attempt with the same key,
-                // without spending the customer's retry budget. An unknown outcome is
-                // reconciled before anything else; a refused request (bad request,
-                // refused API key) or a rate limit is the merchant's or the engine's
-                // problem, not the customer's, so it never becomes an attempt outcome,
-                // and a refused one waits the longest, until fixed.
-                let step = if refused { usize::MAX } else { replays };
-                let wait = config
-                    .replay_backoff
-                    .get(step.min(config.replay_backoff.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(Duration::from_secs(60));
-                if refused {
-                    tracing::error!(payment = %record.payment.id, %message, "processor refused the request; fix the configuration");
-                } else {
-                    tracing::debug!(payment = %record.payment.id, %message, "attempt will be replayed");
-                }
-                record.replay_pending = true;
-                record.payment.status = PaymentStatus::PendingRetry;
-                record.due_at = Some(now.plus(wait));
-                None
-            }
-            AttemptOutcome::ProcessorFault { message, .. }
-            | AttemptOutcome::Unknown { message } => {
-                // A fault that outlasted every replay: nothing was charged, and the
-                // attempt counts as a transient decline.
-                let codes = DeclineCodes {
-                    code: "processor_unavailable".into(),
-                    decline_code: Some("processing_error".into()),
-                    message: Some(message),
-                    ..DeclineCodes::default()
-                };
-                Some((codes, Default::default()))
+            AttemptOutcome::ProcessorFault { .. } | AttemptOutcome::Unknown { .. } => {
+                self.apply_fault(&mut record, outcome, &processor, now)
             }
         };
 
         if let Some((codes, reference)) = decline {
-            // A fault that outlasted its replays arrives here as synthetic codes, not
-            // classified above.
             let category = issuer_category
                 .unwrap_or_else(|| self.inner.declines.classify(&codes, brand.as_deref()));
-            self.finish_attempt(
+            self.apply_decline(
                 &mut record,
+                codes,
+                reference,
+                category,
+                brand.as_deref(),
                 now,
-                AttemptOutcome::Declined {
-                    codes: codes.clone(),
-                    reference,
-                },
-                Some(category),
-            );
-            record.payment.last_authorization_attempt_error = Some(codes.to_string());
-            self.observe(&record, false);
-            events.push(EventType::AttemptFailed);
-            events.push(EventType::AuthorizationAttemptFailed);
-            let rules = self.inner.declines.network_rules();
-            let cascades = next_hop.is_some()
-                && self.inner.config.cascade_categories.contains(&category)
-                && !rules.forbids_retry(brand.as_deref(), &codes)
-                && rules.advice_wait(brand.as_deref(), &codes).is_none();
-            let decision = if cascades {
-                // Another processor may approve what this one declined: try it now.
-                self.cascade(&mut record, next_hop.clone(), now);
-                None
-            } else {
-                Some(self.decide(&record, &codes, category, now).await?)
-            };
-            match decision {
-                None => {}
-                Some(RetryDecision::RetryAt { not_before, latest }) => {
-                    metrics::counter!(
-                        "offsession_retries_scheduled_total",
-                        "strategy" => record.payment.retry_details.retry_strategy.as_str()
-                    )
-                    .increment(1);
-                    record.payment.status = PaymentStatus::PendingRetry;
-                    record.due_at = Some(not_before.max(now));
-                    record.retry_latest = latest;
-                }
-                Some(RetryDecision::Stop(reason)) => {
-                    record.payment.status = PaymentStatus::Failed;
-                    record.payment.failure_reason = Some(reason);
-                    record.due_at = None;
-                    events.push(EventType::Failed);
-                }
-            }
+            )
+            .await?;
         }
 
         self.inner.store.update(&record, expected).await?;
@@ -1180,8 +1172,193 @@ impl Engine {
             )
             .increment(1);
         }
-        for event in events {
-            self.emit(event, &record.payment, now);
+        self.emit_change(from, &record.payment, now);
+        Ok(())
+    }
+
+    /// The status after `t` from `from`; the transitions used here are allowed from
+    /// `processing`, where every outcome arrives.
+    fn step(&self, from: PaymentStatus, t: Transition) -> PaymentStatus {
+        transition(from, t).unwrap_or_else(|refused| {
+            tracing::error!(%refused, "outcome applied from an unexpected status");
+            from
+        })
+    }
+
+    /// A processor answer that is not the issuer's: a fault (nothing charged), a
+    /// refusal (400/401/403/3xx: nothing charged, the merchant's configuration is
+    /// wrong) or an unknown outcome (money may have moved). The same attempt is
+    /// replayed with the same key, within `max_replays` and `replay_deadline`; an
+    /// unknown outcome keeps the payment `processing` until an answer settles it, so
+    /// it can be neither canceled nor cascaded to another processor meanwhile.
+    ///
+    /// Returns synthetic decline codes when a passing fault outlasted its replays:
+    /// nothing was charged, and the attempt is filed as a transient decline.
+    fn apply_fault(
+        &self,
+        record: &mut PaymentRecord,
+        outcome: AttemptOutcome,
+        processor: &str,
+        now: Timestamp,
+    ) -> Option<(DeclineCodes, offsession_core::ProcessorReference)> {
+        let config = &self.inner.config;
+        let (kind, message, retryable, rate_limited) = match &outcome {
+            AttemptOutcome::Unknown { message } => ("unknown", message.as_str(), true, false),
+            AttemptOutcome::ProcessorFault {
+                retryable,
+                rate_limited,
+                message,
+            } => (
+                if *rate_limited {
+                    "rate_limited"
+                } else if *retryable {
+                    "unavailable"
+                } else {
+                    "refused"
+                },
+                message.as_str(),
+                *retryable,
+                *rate_limited,
+            ),
+            _ => return None,
+        };
+        metrics::counter!("offsession_attempt_faults_total", "processor" => processor.to_owned(), "kind" => kind).increment(1);
+        let last = record.attempts.last_mut()?;
+        let first_fault_at = *last.first_fault_at.get_or_insert(now);
+        if kind == "unknown" {
+            last.outcome_unknown = true;
+        }
+        let unresolved = last.outcome_unknown;
+        let replays = last.replays;
+        let key = last.idempotency_key.clone();
+        let refused = !retryable;
+        let out_of_time = now >= first_fault_at.plus(config.replay_deadline);
+        let out_of_replays = replays >= config.max_replays && !rate_limited;
+        tracing::info!(payment = %record.payment.id, %processor, %key, kind, replays, message, "attempt did not settle");
+
+        // Nothing was charged and another processor may take it: cascade now, as a
+        // new attempt with its own key. Never after an unknown outcome: the first
+        // processor may have charged.
+        if !unresolved {
+            if let Some(hop) = self.next_hop(record, now) {
+                self.finish_attempt(record, now, outcome, None);
+                self.cascade(record, Some(hop), now);
+                return None;
+            }
+        }
+        let replayable = unresolved
+            || refused
+            || rate_limited
+            || (replays as usize) < config.replay_backoff.len();
+        if replayable && !out_of_time && !out_of_replays {
+            let step = if refused {
+                usize::MAX
+            } else {
+                replays as usize
+            };
+            let wait = config
+                .replay_backoff
+                .get(step.min(config.replay_backoff.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(Duration::from_secs(60));
+            if refused {
+                tracing::error!(payment = %record.payment.id, %processor, message, "processor refused the request; fix the configuration");
+            }
+            record.replay_pending = true;
+            record.payment.status = if unresolved {
+                PaymentStatus::Processing
+            } else {
+                self.step(PaymentStatus::Processing, Transition::ScheduleRetry)
+            };
+            record.due_at = Some(now.plus(wait));
+            return None;
+        }
+        if unresolved || refused || rate_limited {
+            // Replays are spent and nothing settled the attempt: the payment ends.
+            // An unknown outcome is flagged on the attempt for reconciliation with
+            // the processor (same key) before the customer is charged again.
+            let reason = if unresolved {
+                FailureReason::RetriesExhausted
+            } else {
+                FailureReason::RejectedByPartner
+            };
+            let what = if unresolved {
+                format!("outcome unknown after {replays} replays; reconcile idempotency key `{key}` with processor `{processor}` before charging again")
+            } else {
+                format!("processor `{processor}` did not accept the request after {replays} replays: {message}")
+            };
+            tracing::error!(payment = %record.payment.id, %processor, %key, reason = reason.as_str(), "{what}");
+            self.finish_attempt(record, now, outcome, None);
+            record.replay_pending = false;
+            record.payment.status = self.step(PaymentStatus::Processing, Transition::Fail);
+            record.payment.failure_reason = Some(reason);
+            record.payment.last_authorization_attempt_error = Some(truncate(&what, 500));
+            record.due_at = None;
+            metrics::counter!("offsession_payments_unsettled_total", "processor" => processor.to_owned(), "kind" => kind).increment(1);
+            return None;
+        }
+        // A passing fault that outlasted its replays: nothing was charged, and the
+        // attempt counts as a transient decline, filed by the policy like any other.
+        Some((
+            DeclineCodes {
+                code: "processor_unavailable".into(),
+                decline_code: Some("processing_error".into()),
+                message: Some(truncate(message, 500)),
+                ..DeclineCodes::default()
+            },
+            Default::default(),
+        ))
+    }
+
+    async fn apply_decline(
+        &self,
+        record: &mut PaymentRecord,
+        codes: DeclineCodes,
+        reference: offsession_core::ProcessorReference,
+        category: DeclineCategory,
+        brand: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.finish_attempt(
+            record,
+            now,
+            AttemptOutcome::Declined {
+                codes: codes.clone(),
+                reference,
+            },
+            Some(category),
+        );
+        record.replay_pending = false;
+        record.payment.last_authorization_attempt_error = Some(codes.to_string());
+        self.observe(record, false);
+        let rules = self.inner.declines.network_rules();
+        let next_hop = self.next_hop(record, now);
+        let cascades = next_hop.is_some()
+            && self.inner.config.cascade_categories.contains(&category)
+            && !rules.forbids_retry(brand, &codes)
+            && rules.advice_wait(brand, &codes).is_none();
+        if cascades {
+            // Another processor may approve what this one declined: try it now.
+            self.cascade(record, next_hop, now);
+            return Ok(());
+        }
+        match self.decide(record, &codes, category, now).await? {
+            RetryDecision::RetryAt { not_before, latest } => {
+                metrics::counter!(
+                    "offsession_retries_scheduled_total",
+                    "strategy" => record.payment.retry_details.retry_strategy.as_str()
+                )
+                .increment(1);
+                record.payment.status =
+                    self.step(PaymentStatus::Processing, Transition::ScheduleRetry);
+                record.due_at = Some(not_before.max(now));
+                record.retry_latest = latest;
+            }
+            RetryDecision::Stop(reason) => {
+                record.payment.status = self.step(PaymentStatus::Processing, Transition::Fail);
+                record.payment.failure_reason = Some(reason);
+                record.due_at = None;
+            }
         }
         Ok(())
     }
@@ -1189,7 +1366,7 @@ impl Engine {
     /// The processor after the current attempt's one in the payment's route whose
     /// breaker lets calls through (orchestrated payments only).
     fn next_hop(&self, record: &PaymentRecord, now: Timestamp) -> Option<String> {
-        if !record.payment.payments_orchestration.enabled || record.fallbacks.is_empty() {
+        if !record.payment.orchestrated() || record.fallbacks.is_empty() {
             return None;
         }
         let current = record.attempts.last().map(|a| a.processor.as_str())?;
@@ -1339,7 +1516,7 @@ impl Engine {
         let mut history: Vec<CardAttempt> = self
             .inner
             .store
-            .card_history(&record.payment.payment_method, since)
+            .card_history(&record.payment.payment_method, since, CARD_HISTORY_LIMIT)
             .await?
             .into_iter()
             .filter(|a| a.payment_id != record.payment.id)

@@ -22,7 +22,7 @@ pub mod pacing;
 pub mod routing;
 
 pub use breaker::{BreakerConfig, BreakerState};
-pub use builder::{EngineBuilder, EngineConfig};
+pub use builder::{ConfigRefused, EngineBuilder, EngineConfig};
 pub use engine::{AttemptTiming, Engine, RunReport, TestClock, TimingObserver};
 pub use pacing::RateLimit;
 pub use routing::{Route, RouteMatch, RouteRule, RoutingConfig};

@@ -26,6 +26,22 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl RateLimit {
+    /// Refuses a limit that paces nothing: `per_second = 0` would switch pacing off
+    /// without a word, `burst = 0` would never grant a permit.
+    pub fn check(&self) -> Result<(), String> {
+        if self.per_second == 0 {
+            return Err(
+                "`per_second` must be at least 1 (leave `rate_limit` out for no pacing)".into(),
+            );
+        }
+        if self.burst == 0 {
+            return Err("`burst` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_burst() -> u32 {
     1
 }

@@ -74,8 +74,19 @@ async fn a_lost_answer_is_reconciled_with_the_same_key_and_charges_once() {
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     let waiting = h.engine.record(&p.id).await.unwrap();
-    assert_eq!(waiting.payment.status, PaymentStatus::PendingRetry);
+    // While the outcome is unknown the payment stays `processing` (money may have
+    // moved), and manual operations are refused.
+    assert_eq!(waiting.payment.status, PaymentStatus::Processing);
     assert!(waiting.replay_pending);
+    assert!(waiting.attempts[0].outcome_unknown);
+    let refused = h.engine.cancel(&p.id).await.unwrap_err();
+    assert_eq!(refused.code.as_str(), "off_session_payment_invalid_status");
+    assert!(
+        refused.message.contains("processing"),
+        "{}",
+        refused.message
+    );
+    assert!(h.engine.pause(&p.id).await.is_err());
     assert_eq!(
         waiting.payment.retry_details.attempts, 1,
         "a replay is not a new attempt"
@@ -205,6 +216,8 @@ async fn a_crash_mid_attempt_is_replayed_with_the_same_key_after_the_lease() {
         started_at: start(),
         finished_at: None,
         replays: 0,
+        first_fault_at: None,
+        outcome_unknown: false,
         outcome: None,
         decline_category: None,
     });

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,47 +16,19 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::wiring;
 
-/// Counts what the events say happened.
+/// Counts settled payments as the events report them (for the progress bar).
 #[derive(Debug, Default)]
 pub struct Tally {
-    attempts: AtomicU64,
-    first_attempt_failures: AtomicU64,
-    recovered: AtomicU64,
     terminal: AtomicU64,
-    failure_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
 impl EventSink for Tally {
     fn emit(&self, event: Event) {
-        let payment = &event.data;
-        match event.event_type {
-            EventType::AuthorizationAttemptStarted => {
-                self.attempts.fetch_add(1, Ordering::Relaxed);
-            }
-            EventType::AuthorizationAttemptFailed if payment.retry_details.attempts == 1 => {
-                self.first_attempt_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            EventType::Succeeded => {
-                if payment.retry_details.attempts > 1 {
-                    self.recovered.fetch_add(1, Ordering::Relaxed);
-                }
-                self.terminal.fetch_add(1, Ordering::Relaxed);
-            }
-            EventType::Failed => {
-                if let Some(reason) = payment.failure_reason {
-                    *self
-                        .failure_reasons
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(reason.as_str().to_owned())
-                        .or_default() += 1;
-                }
-                self.terminal.fetch_add(1, Ordering::Relaxed);
-            }
-            EventType::Canceled => {
-                self.terminal.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+        if matches!(
+            event.event_type,
+            EventType::Succeeded | EventType::Failed | EventType::Canceled
+        ) {
+            self.terminal.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -93,6 +65,17 @@ pub struct Summary {
     pub recovered_by_retry: u64,
     /// `recovered_by_retry / first_attempt_failures`.
     pub recovery_rate: f64,
+    /// Payments with at least one answer that settled nothing (processor fault,
+    /// refusal, lost answer), however they ended.
+    pub faulted: u64,
+    /// Payments that ended because of faults, not the issuer's answer: replays
+    /// were spent on refusals, or an outcome stayed unknown.
+    pub ended_by_faults: u64,
+    /// Of those, payments whose last attempt's outcome is unknown: reconcile them
+    /// with the processor (same idempotency key) before charging again.
+    pub outcome_unknown: u64,
+    /// Payments still pending, processing or pending a retry when the run ended.
+    pub stuck: u64,
     /// Simulated start.
     pub simulated_start: String,
     /// Simulated end.
@@ -142,13 +125,26 @@ pub async fn run(
     let mut submitted = 0;
     let mut accepted = 0;
     let mut invalid = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (index, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(|e| format!("reading `{}`: {e}", input_path.display()))?;
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
         submitted += 1;
-        match engine.create_json(line.as_bytes(), None).await {
+        if let Err(err) = std::str::from_utf8(&line) {
+            invalid.push(InvalidLine {
+                line: index + 1,
+                code: offsession_core::ErrorCode::OspGenericInvalidRequest
+                    .as_str()
+                    .to_owned(),
+                message: format!(
+                    "line is not valid UTF-8 (invalid byte at column {})",
+                    err.valid_up_to() + 1
+                ),
+            });
+            continue;
+        }
+        match engine.create_json(&line, None).await {
             Ok(_) => accepted += 1,
             Err(err) => invalid.push(InvalidLine {
                 line: index + 1,
@@ -199,21 +195,18 @@ pub async fn run(
             statuses.insert(status.as_str().to_owned(), count);
         }
     }
-    let first_attempt_failures = tally.first_attempt_failures.load(Ordering::Relaxed);
-    let recovered_by_retry = tally.recovered.load(Ordering::Relaxed);
+    let counts = Counts::of(&engine).await?;
+    let first_attempt_failures = counts.first_attempt_failures;
+    let recovered_by_retry = counts.recovered_by_retry;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let failure_reasons = tally
-        .failure_reasons
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let failure_reasons = counts.failure_reasons;
     Ok(Summary {
         submitted,
         accepted,
         invalid,
         statuses,
         failure_reasons,
-        attempts: tally.attempts.load(Ordering::Relaxed),
+        attempts: counts.attempts,
         first_attempt_failures,
         recovered_by_retry,
         recovery_rate: if first_attempt_failures == 0 {
@@ -221,6 +214,10 @@ pub async fn run(
         } else {
             recovered_by_retry as f64 / first_attempt_failures as f64
         },
+        faulted: counts.faulted,
+        ended_by_faults: counts.ended_by_faults,
+        outcome_unknown: counts.outcome_unknown,
+        stuck: counts.stuck,
         simulated_start: start.to_string(),
         simulated_end: clock.now().to_string(),
         wall_seconds,
@@ -228,7 +225,96 @@ pub async fn run(
     })
 }
 
+/// What the store says of every payment at the end of a run.
+#[derive(Debug, Default)]
+struct Counts {
+    attempts: u64,
+    first_attempt_failures: u64,
+    recovered_by_retry: u64,
+    failure_reasons: BTreeMap<String, u64>,
+    faulted: u64,
+    ended_by_faults: u64,
+    outcome_unknown: u64,
+    stuck: u64,
+}
+
+impl Counts {
+    async fn of(engine: &offsession_orchestrator::Engine) -> Result<Counts, String> {
+        let mut counts = Counts::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = engine
+                .list(1_000, after.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id.clone());
+            for payment in &page {
+                let record = engine
+                    .record(&payment.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                counts.add(&record);
+            }
+        }
+        Ok(counts)
+    }
+
+    fn add(&mut self, record: &offsession_core::PaymentRecord) {
+        use offsession_core::AttemptOutcome;
+        let payment = &record.payment;
+        self.attempts += u64::from(payment.retry_details.attempts);
+        let first_declined = record
+            .attempts
+            .first()
+            .is_some_and(|a| a.decline_category.is_some());
+        if first_declined {
+            self.first_attempt_failures += 1;
+            if payment.status == PaymentStatus::Succeeded {
+                self.recovered_by_retry += 1;
+            }
+        }
+        if let Some(reason) = payment.failure_reason {
+            *self
+                .failure_reasons
+                .entry(reason.as_str().to_owned())
+                .or_default() += 1;
+        }
+        if record.attempts.iter().any(|a| a.first_fault_at.is_some()) {
+            self.faulted += 1;
+        }
+        let last = record.attempts.last();
+        if payment.status == PaymentStatus::Failed
+            && last.is_some_and(|a| {
+                matches!(
+                    a.outcome,
+                    Some(AttemptOutcome::ProcessorFault { .. } | AttemptOutcome::Unknown { .. })
+                )
+            })
+        {
+            self.ended_by_faults += 1;
+            if last.is_some_and(|a| a.outcome_unknown) {
+                self.outcome_unknown += 1;
+            }
+        }
+        if matches!(
+            payment.status,
+            PaymentStatus::Pending | PaymentStatus::Processing | PaymentStatus::PendingRetry
+        ) {
+            self.stuck += 1;
+        }
+    }
+}
+
 impl Summary {
+    /// Payments the run could not settle: still in flight at the end, or ended by
+    /// faults instead of an answer. The runner exits non-zero when there are any.
+    pub fn unsettled(&self) -> u64 {
+        self.stuck + self.ended_by_faults
+    }
+
     /// The human-readable report.
     pub fn render(&self) -> String {
         use std::fmt::Write;
@@ -277,6 +363,21 @@ impl Summary {
             "  recovered by retry   {:>8}  ({:.1}% of first-attempt failures)",
             self.recovered_by_retry,
             self.recovery_rate * 100.0
+        );
+        let _ = writeln!(
+            out,
+            "  faulted              {:>8}  (an answer settled nothing at least once)",
+            self.faulted
+        );
+        let _ = writeln!(
+            out,
+            "  ended by faults      {:>8}  (of which outcome unknown: {})",
+            self.ended_by_faults, self.outcome_unknown
+        );
+        let _ = writeln!(
+            out,
+            "  stuck                {:>8}  (not settled when the run ended)",
+            self.stuck
         );
         let _ = writeln!(
             out,

@@ -60,8 +60,8 @@ pub struct EngineSection {
     pub livemode: bool,
     /// Name on leases.
     pub instance_id: String,
-    /// Seed of the id prefix.
-    pub id_seed: u64,
+    /// Reproducible ids (mock processors only); unset: unique time-ordered ids.
+    pub id_seed: Option<u64>,
     /// ACH retries switch.
     pub ach_retries_enabled: bool,
     /// SEPA Debit retries switch.
@@ -74,6 +74,12 @@ pub struct EngineSection {
     pub authorization_validity: String,
     /// Waits between replays of a faulted attempt.
     pub replay_backoff: Vec<String>,
+    /// Replays of an unsettled attempt before the payment ends.
+    pub max_replays: u32,
+    /// Replays of one attempt end this long after its first unsettled answer, e.g. `3d`.
+    pub replay_deadline: String,
+    /// `compartment_id` shown on payments.
+    pub compartment_id: String,
     /// Attempts at once.
     pub concurrency: usize,
     /// Claims per store round trip.
@@ -107,6 +113,9 @@ impl Default for EngineSection {
             lease: duration_text(d.lease),
             authorization_validity: duration_text(d.authorization_validity),
             replay_backoff: d.replay_backoff.into_iter().map(duration_text).collect(),
+            max_replays: d.max_replays,
+            replay_deadline: duration_text(d.replay_deadline),
+            compartment_id: d.compartment_id,
             concurrency: d.concurrency,
             claim_batch: d.claim_batch,
             cascade_categories: d.cascade_categories,
@@ -375,11 +384,16 @@ impl Config {
             offsession_retry::parse_duration(value)
                 .map_err(|e| invalid("engine.replay_backoff", e.to_string()))?;
         }
-        if self.engine.concurrency == 0 {
-            return Err(invalid("engine.concurrency", "must be at least 1".into()));
-        }
-        if self.engine.claim_batch == 0 {
-            return Err(invalid("engine.claim_batch", "must be at least 1".into()));
+        offsession_retry::parse_duration(&self.engine.replay_deadline)
+            .map_err(|e| invalid("engine.replay_deadline", e.to_string()))?;
+        let engine = crate::wiring::engine_config(self)?;
+        engine
+            .check()
+            .map_err(|refused| invalid(&format!("engine.{}", refused.key), refused.message))?;
+        if offsession_retry::parse_duration(&self.run.horizon)
+            .is_ok_and(|horizon| horizon.is_zero())
+        {
+            return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
             return Err(invalid(
@@ -405,8 +419,25 @@ impl Config {
                 ProcessorConfig::Mock {
                     fault_rate,
                     unknown_rate,
+                    latency,
+                    enforce_rate_limit,
+                    rate_limit,
                     ..
                 } => {
+                    latency
+                        .check()
+                        .map_err(|message| invalid("processor.latency", message))?;
+                    if *enforce_rate_limit == Some(0) {
+                        return Err(invalid(
+                            "processor.enforce_rate_limit",
+                            "must be at least 1 (leave it out for no limit)".into(),
+                        ));
+                    }
+                    if let Some(limit) = rate_limit {
+                        limit
+                            .check()
+                            .map_err(|message| invalid("processor.rate_limit", message))?;
+                    }
                     for (key, rate) in [
                         ("processor.fault_rate", fault_rate),
                         ("processor.unknown_rate", unknown_rate),
@@ -425,8 +456,30 @@ impl Config {
                         ("processor.request_timeout", &stripe.request_timeout),
                         ("processor.preflight_cache_ttl", &stripe.preflight_cache_ttl),
                     ] {
-                        offsession_retry::parse_duration(value)
+                        let duration = offsession_retry::parse_duration(value)
                             .map_err(|e| invalid(key, e.to_string()))?;
+                        if duration.is_zero() && key != "processor.preflight_cache_ttl" {
+                            return Err(invalid(key, "must be longer than 0s".into()));
+                        }
+                    }
+                    check_api_base(&stripe.api_base)
+                        .map_err(|message| invalid("processor.api_base", message))?;
+                    if stripe.max_network_retries > 10 {
+                        return Err(invalid(
+                            "processor.max_network_retries",
+                            format!("must be at most 10 (got {})", stripe.max_network_retries),
+                        ));
+                    }
+                    if let Some(limit) = &stripe.rate_limit {
+                        limit
+                            .check()
+                            .map_err(|message| invalid("processor.rate_limit", message))?;
+                    }
+                    if self.engine.id_seed.is_some() {
+                        return Err(invalid(
+                            "engine.id_seed",
+                            "reproducible ids repeat across runs, and so would the attempts' idempotency keys: allowed with mock processors only".into(),
+                        ));
                     }
                 }
             }
@@ -437,6 +490,17 @@ impl Config {
         ] {
             offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
         }
+        let breaker = &self.circuit_breaker;
+        offsession_orchestrator::BreakerConfig {
+            window: offsession_retry::parse_duration(&breaker.window)
+                .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
+            min_calls: breaker.min_calls,
+            failure_rate: breaker.failure_rate,
+            open_for: offsession_retry::parse_duration(&breaker.open_for)
+                .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
+        }
+        .check()
+        .map_err(|message| invalid("circuit_breaker", message))?;
         if let Some(listen) = &self.metrics.listen {
             listen
                 .parse::<std::net::SocketAddr>()
@@ -470,6 +534,38 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The Stripe API base must be an https URL with a host and nothing after the path
+/// (no query, no fragment, no credentials); plain http is allowed for loopback
+/// addresses only (test fakes).
+pub fn check_api_base(api_base: &str) -> Result<(), String> {
+    let url = url::Url::parse(api_base).map_err(|e| format!("`{api_base}` is not a URL: {e}"))?;
+    let host = url
+        .host()
+        .ok_or_else(|| format!("`{api_base}` has no host"))?;
+    let loopback = match host {
+        url::Host::Domain(domain) => domain == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "`{api_base}`: plain http is allowed for loopback addresses only; use https"
+            ))
+        }
+        other => return Err(format!("`{api_base}`: scheme `{other}` is not https")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{api_base}` must not have a query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the API base must not carry credentials".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

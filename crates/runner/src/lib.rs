@@ -104,9 +104,38 @@ pub enum Command {
     },
 }
 
+/// Largest `bench --payments`: the memory store keeps every payment (about 3 KB each).
+const MAX_BENCH_PAYMENTS: u64 = 10_000_000;
+/// Largest `bench --concurrency`.
+const MAX_BENCH_CONCURRENCY: usize = 100_000;
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `warn`), as text or, with
+/// `OFFSESSION_LOG_FORMAT=json`, one JSON object per line.
+fn install_logging() -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match std::env::var("OFFSESSION_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().try_init(),
+        Ok("human") | Err(_) => builder.try_init(),
+        Ok(other) => {
+            return Err(format!(
+                "`OFFSESSION_LOG_FORMAT`: `{other}` is not `human` or `json`"
+            ))
+        }
+    };
+    installed.map_err(|e| format!("installing the log subscriber: {e}"))
+}
+
 /// Entry point of the `offsession` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = install_logging() {
+        eprintln!("error: {message}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,6 +195,16 @@ async fn execute(command: Command) -> Result<(), String> {
             if payments == 0 || concurrency == 0 {
                 return Err("`--payments` and `--concurrency` must be at least 1".into());
             }
+            if payments > MAX_BENCH_PAYMENTS {
+                return Err(format!(
+                    "`--payments` must be at most {MAX_BENCH_PAYMENTS} (got {payments}): every payment is kept in memory"
+                ));
+            }
+            if concurrency > MAX_BENCH_CONCURRENCY {
+                return Err(format!(
+                    "`--concurrency` must be at most {MAX_BENCH_CONCURRENCY} (got {concurrency})"
+                ));
+            }
             let latency = match latency_median_ms {
                 Some(median_millis) => offsession_mock::LatencyModel::LogNormal {
                     median_millis,
@@ -215,7 +254,14 @@ async fn execute(command: Command) -> Result<(), String> {
             let config = config::load(&path).map_err(|e| e.to_string())?;
             let progress = !json && std::io::stderr().is_terminal();
             let summary = batch::run(&path, &config, input.as_deref(), progress).await?;
-            print_report(&summary, json, summary.render())
+            print_report(&summary, json, summary.render())?;
+            match summary.unsettled() {
+                0 => Ok(()),
+                n => Err(format!(
+                    "{n} payments were not settled: {} stuck, {} ended by processor faults ({} with an unknown outcome to reconcile)",
+                    summary.stuck, summary.ended_by_faults, summary.outcome_unknown
+                )),
+            }
         }
     }
 }

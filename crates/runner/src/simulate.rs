@@ -303,7 +303,7 @@ async fn run_strategy(
     let smart = SmartPolicy::new(&config.smart).map_err(|e| e.to_string())?;
     let engine = Engine::builder()
         .config(EngineConfig {
-            id_seed: scenario.seed,
+            id_seed: Some(scenario.seed),
             // The simulated issuers answer at once, so concurrency buys nothing here;
             // one attempt at a time keeps the smart model's learning order, and so
             // the whole run, reproducible.

@@ -58,6 +58,9 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
             .iter()
             .map(|v| duration("engine.replay_backoff", v))
             .collect::<Result<_, _>>()?,
+        max_replays: e.max_replays,
+        replay_deadline: duration("engine.replay_deadline", &e.replay_deadline)?,
+        compartment_id: e.compartment_id.clone(),
         concurrency: e.concurrency,
         claim_batch: e.claim_batch,
         cascade_categories: e.cascade_categories.clone(),
@@ -116,6 +119,17 @@ pub fn build(
         Arc::new(SmartPolicy::new(&config.smart).map_err(|e| invalid("smart", e.to_string()))?);
     if let Some(path) = &config.smart.state_path {
         let full = resolve(config_path, Path::new(path));
+        // Checked now, not when the state is saved at the end of a run.
+        let folder = match full.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !folder.is_dir() {
+            return Err(invalid(
+                "smart.state_path",
+                format!("folder `{}` does not exist", folder.display()),
+            ));
+        }
         if full.exists() {
             smart
                 .load(&full)
@@ -174,7 +188,11 @@ pub fn build(
                 None => offsession_stripe::SecretKey::new(std::env::var(&section.secret_key_env).map_err(|_| {
                     invalid(
                         "processor.secret_key_env",
-                        format!("environment variable `{}` is not set (or set `processor.secret_key`)", section.secret_key_env),
+                        if offsession_stripe::looks_like_secret(&section.secret_key_env) {
+                            "`processor.secret_key_env` must name an environment variable, and the value given looks like a secret key (not shown)".to_owned()
+                        } else {
+                            format!("environment variable `{}` is not set (or set `processor.secret_key`)", section.secret_key_env)
+                        },
                     )
                 })?),
             };

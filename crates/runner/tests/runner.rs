@@ -52,17 +52,63 @@ fn bad_values_are_refused_by_key() {
         ("[engine]\nconcurrency = \"many\"\n", "concurrency"),
         ("[engine]\nlease = \"5 minutes\"\n", "engine.lease"),
         ("[engine]\nconcurrency = 0\n", "engine.concurrency"),
+        // Issue 8, item 8: each of these was accepted and then spun, stalled or
+        // silently switched something off.
+        ("[engine]\nlease = \"0s\"\n", "engine.lease"),
+        ("[engine]\nlease = \"500ms\"\n", "engine.lease"),
+        ("[engine]\nreplay_backoff = []\n", "engine.replay_backoff"),
+        ("[engine]\nreplay_backoff = [\"0s\"]\n", "engine.replay_backoff"),
+        ("[engine]\nmax_replays = 0\n", "engine.max_replays"),
+        ("[engine]\nreplay_deadline = \"0s\"\n", "engine.replay_deadline"),
+        ("[engine]\nauthorization_validity = \"0s\"\n", "engine.authorization_validity"),
+        ("[run]\nhorizon = \"0s\"\n", "run.horizon"),
+        ("[circuit_breaker]\nfailure_rate = -0.5\n", "circuit_breaker"),
+        ("[circuit_breaker]\nfailure_rate = 1.5\n", "circuit_breaker"),
+        ("[circuit_breaker]\nopen_for = \"0s\"\n", "circuit_breaker"),
+        ("[circuit_breaker]\nmin_calls = 0\n", "circuit_breaker"),
         ("[run]\nstart = \"yesterday\"\n", "run.start"),
         ("[retry_policies.x]\noffsets = [\"3d\", \"1d\"]\nwindow = \"5d\"\n", "retry_policies.x"),
         ("[engine]\ndefault_retry_policy = \"nope\"\n[retry_policies.x]\noffsets = [\"1d\"]\nwindow = \"5d\"\n", "engine.default_retry_policy"),
     ] {
         let path = write(&dir, "c.toml", &format!("[processor]\ntype = \"mock\"\n{text}"));
-        let err = config::load(&path).unwrap_err().to_string();
+        let err = config::load(&path).map(|_| ()).expect_err(text).to_string();
         assert!(err.contains(key), "expected `{key}` in: {err}");
     }
     let path = write(&dir, "p.toml", "[processor]\ntype = \"paypal\"\n");
     let err = config::load(&path).unwrap_err().to_string();
     assert!(err.contains("paypal"), "{err}");
+}
+
+#[test]
+fn processor_values_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("type = \"mock\"\nrate_limit = { per_second = 0 }\n", "processor.rate_limit"),
+        ("type = \"mock\"\nrate_limit = { per_second = 5, burst = 0 }\n", "processor.rate_limit"),
+        ("type = \"mock\"\nenforce_rate_limit = 0\n", "processor.enforce_rate_limit"),
+        ("type = \"mock\"\nlatency = { kind = \"uniform\", min_millis = 9, max_millis = 1 }\n", "processor.latency"),
+        ("type = \"mock\"\nlatency = { kind = \"log_normal\", median_millis = -1.0, sigma = 0.5 }\n", "processor.latency"),
+        ("type = \"stripe\"\napi_base = \"http://api.stripe.com\"\n", "processor.api_base"),
+        ("type = \"stripe\"\napi_base = \"ftp://127.0.0.1\"\n", "processor.api_base"),
+        ("type = \"stripe\"\napi_base = \"https://api.stripe.com/?x=1\"\n", "processor.api_base"),
+        ("type = \"stripe\"\napi_base = \"not a url\"\n", "processor.api_base"),
+        ("type = \"stripe\"\nrequest_timeout = \"0s\"\n", "processor.request_timeout"),
+        ("type = \"stripe\"\nconnect_timeout = \"0s\"\n", "processor.connect_timeout"),
+        ("type = \"stripe\"\nrate_limit = { per_second = 0 }\n", "processor.rate_limit"),
+        ("type = \"stripe\"\n[engine]\nid_seed = 7\n", "engine.id_seed"),
+    ] {
+        let path = write(&dir, "p.toml", &format!("[processor]\n{text}"));
+        let err = config::load(&path).map(|_| ()).expect_err(text).to_string();
+        assert!(err.contains(key), "expected `{key}` in: {err}");
+    }
+    for ok in [
+        "type = \"stripe\"\napi_base = \"http://127.0.0.1:12111\"\n",
+        "type = \"stripe\"\napi_base = \"http://localhost:12111\"\n",
+        "type = \"stripe\"\napi_base = \"https://api.stripe.com\"\n",
+    ] {
+        let path = write(&dir, "q.toml", &format!("[processor]\n{ok}"));
+        config::load(&path).expect(ok);
+    }
 }
 
 #[test]
@@ -127,6 +173,89 @@ async fn a_batch_runs_to_a_correct_summary() {
     // 2 + 3 (recovering) + 8 (exhausted) + 1 + 1.
     assert_eq!(summary.attempts, 15);
     assert!(summary.render().contains("recovered by retry"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_are_reported_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", MINIMAL);
+    let good = r#"{"amount":{"value":1000,"currency":"usd"},"cadence":"recurring","customer":"cus_1","payment_method":"pm_card_visa"}"#;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(good.as_bytes());
+    bytes.extend_from_slice(b"\n{\"amount\": \"\xff\xfe\"}\n");
+    bytes.extend_from_slice(
+        br#"[{"value":1000,"currency":"usd"},"recurring","cus_1","pm_card_visa"]"#,
+    );
+    bytes.push(b'\n');
+    bytes.extend_from_slice(good.as_bytes());
+    std::fs::write(dir.path().join("batch.jsonl"), bytes).unwrap();
+    let config = config::load(&path).unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.submitted, 4);
+    assert_eq!(summary.accepted, 2, "{}", summary.render());
+    let invalid: Vec<_> = summary
+        .invalid
+        .iter()
+        .map(|l| (l.line, l.code.as_str()))
+        .collect();
+    assert_eq!(
+        invalid,
+        [
+            (2, "osp_generic_invalid_request"),
+            (3, "osp_generic_invalid_request")
+        ]
+    );
+    assert!(summary.invalid[0].message.contains("UTF-8"));
+    assert!(summary.invalid[1].message.contains("JSON object"));
+    assert_eq!(summary.unsettled(), 0);
+}
+
+#[test]
+fn a_state_path_in_a_missing_folder_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "c.toml",
+        &format!("{MINIMAL}\n[smart]\nstate_path = \"no/such/folder/state.json\"\n"),
+    );
+    let config = config::load(&path).unwrap();
+    let err = offsession_runner::wiring::build(
+        &path,
+        &config,
+        std::sync::Arc::new(offsession_core::SystemClock),
+        std::sync::Arc::new(offsession_core::DiscardEvents),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("smart.state_path") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_settle_reports_it() {
+    // Every answer is lost: the payment ends after its replays, flagged as an
+    // unknown outcome, instead of being replayed forever.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "c.toml",
+        "[engine]\nmax_replays = 3\n[processor]\ntype = \"mock\"\nunknown_rate = 1.0\n[run]\ninput = \"batch.jsonl\"\n",
+    );
+    write(
+        &dir,
+        "batch.jsonl",
+        r#"{"amount":{"value":1000,"currency":"usd"},"cadence":"recurring","customer":"cus_1","payment_method":"pm_card_visa"}"#,
+    );
+    let config = config::load(&path).unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.statuses["failed"], 1, "{}", summary.render());
+    assert_eq!(summary.ended_by_faults, 1);
+    assert_eq!(summary.outcome_unknown, 1);
+    assert_eq!(summary.stuck, 0);
+    assert_eq!(summary.unsettled(), 1);
+    assert!(summary.render().contains("ended by faults"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use offsession_core::payment::{ObjectTag, PaymentsOrchestration};
+use offsession_core::payment::ObjectTag;
 use offsession_core::{
     Amount, AttemptRecord, Cadence, Capture, ClockScope, Currency, DeclineCategory, Expected,
     IdempotencyClaim, Lease, OffSessionPayment, PaymentRecord, PaymentStatus, RetryDetails,
@@ -18,6 +18,7 @@ pub fn sample_record(id: &str, created: i64, test_clock: Option<&str>) -> Paymen
         object: ObjectTag::OffSessionPayment,
         amount_requested: Amount::new(2000, usd),
         amount_capturable: None,
+        compartment_id: "wksp_test_offsession".into(),
         cadence: Cadence::Recurring,
         capture: Capture::default(),
         created: Timestamp::from_millis(created),
@@ -31,7 +32,8 @@ pub fn sample_record(id: &str, created: i64, test_clock: Option<&str>) -> Paymen
         statement_descriptor_suffix: None,
         description: None,
         payment_details: None,
-        payments_orchestration: PaymentsOrchestration::default(),
+        payment_method_options: None,
+        payments_orchestration: None,
         retry_details: RetryDetails {
             attempts: 0,
             retry_strategy: RetryStrategy::None,
@@ -408,6 +410,8 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
             started_at: Timestamp::from_millis(at),
             finished_at: Some(Timestamp::from_millis(at)),
             replays: 0,
+            first_fault_at: None,
+            outcome_unknown: false,
             outcome: None,
             decline_category: Some(DeclineCategory::SoftFunds),
         });
@@ -417,7 +421,7 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
     other.payment.payment_method = "pm_other".into();
     store.insert(&other).await.unwrap();
     let all = store
-        .card_history("pm_card_visa", Timestamp::from_millis(0))
+        .card_history("pm_card_visa", Timestamp::from_millis(0), 100)
         .await
         .unwrap();
     assert_eq!(all.len(), 2, "attempts of both payments on the same method");
@@ -426,10 +430,53 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
     assert_eq!(all[0].attempt_number, 1);
     assert_eq!(all[0].amount, 2000);
     let recent = store
-        .card_history("pm_card_visa", Timestamp::from_millis(2_000))
+        .card_history("pm_card_visa", Timestamp::from_millis(2_000), 100)
         .await
         .unwrap();
     assert_eq!(recent.len(), 1, "`since` bounds the history");
+    let newest = store
+        .card_history("pm_card_visa", Timestamp::from_millis(0), 1)
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1, "`limit` bounds the history");
+    assert_eq!(
+        newest[0].payment_id, "osp_b",
+        "the newest attempts are kept"
+    );
+
+    // A new attempt written by `update` joins the history; its outcome is seen.
+    let current = store.get("osp_other").await.unwrap().unwrap();
+    let mut next = current.clone();
+    next.attempts.push(AttemptRecord {
+        id: "osp_other_att1".into(),
+        number: 1,
+        idempotency_key: "osp_other:attempt:1".into(),
+        processor: "mock".into(),
+        started_at: Timestamp::from_millis(3_000),
+        finished_at: None,
+        replays: 0,
+        first_fault_at: None,
+        outcome_unknown: false,
+        outcome: None,
+        decline_category: None,
+    });
+    let version = store.update(&next, Expected::of(&current)).await.unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(!history[0].declined);
+    next.version = version;
+    let mut declined = next.clone();
+    declined.attempts[0].decline_category = Some(DeclineCategory::SoftFunds);
+    store.update(&declined, Expected::of(&next)).await.unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "an attempt is listed once");
+    assert!(history[0].declined, "the decline written later is seen");
 }
 
 async fn status_counts_cover_every_status(store: &dyn Store) {

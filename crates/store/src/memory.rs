@@ -1,7 +1,7 @@
 //! An in-memory `Store`: the whole contract, no durability. For tests, simulations,
 //! benchmarks and embeddings that keep state elsewhere.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -11,13 +11,17 @@ use offsession_core::{
 };
 
 type DueKey = (ClockScope, Timestamp, String);
+/// An attempt in a card's history: (sent at, payment id, attempt number).
+type CardKey = (Timestamp, String, u32);
 
 #[derive(Debug, Default)]
 struct Inner {
     records: HashMap<String, PaymentRecord>,
     due: BTreeSet<DueKey>,
     creation_order: Vec<String>,
-    by_method: HashMap<String, Vec<String>>,
+    /// Every attempt per payment method, by time: the network guard's question is a
+    /// range read here, not a scan of the card's payments.
+    by_method: HashMap<String, BTreeMap<CardKey, CardAttempt>>,
     idempotency: HashMap<String, (String, String)>,
 }
 
@@ -31,7 +35,46 @@ fn due_key(record: &PaymentRecord) -> Option<DueKey> {
     })
 }
 
+fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardAttempt)> + '_ {
+    record.attempts.iter().map(move |a| {
+        (
+            (a.started_at, record.payment.id.clone(), a.number),
+            CardAttempt {
+                payment_id: record.payment.id.clone(),
+                attempt_number: a.number,
+                at: a.started_at,
+                declined: a.decline_category.is_some(),
+                amount: record.payment.amount_requested.value,
+            },
+        )
+    })
+}
+
 impl Inner {
+    /// Keeps the card index in step with a record's attempts (few per record).
+    fn reindex_card(&mut self, old: Option<&PaymentRecord>, new: &PaymentRecord) {
+        let unchanged = old.is_some_and(|old| {
+            old.attempts.len() == new.attempts.len()
+                && old.attempts.iter().zip(&new.attempts).all(|(a, b)| {
+                    a.started_at == b.started_at
+                        && a.decline_category.is_some() == b.decline_category.is_some()
+                })
+        });
+        if unchanged {
+            return;
+        }
+        let index = self
+            .by_method
+            .entry(new.payment.payment_method.clone())
+            .or_default();
+        if let Some(old) = old {
+            for (key, _) in card_attempts(old) {
+                index.remove(&key);
+            }
+        }
+        index.extend(card_attempts(new));
+    }
+
     fn reindex(&mut self, old: Option<DueKey>, new: Option<DueKey>) {
         if old == new {
             return;
@@ -75,11 +118,7 @@ impl Store for MemoryStore {
         let mut stored = record.clone();
         stored.version = 1;
         inner.reindex(None, due_key(&stored));
-        inner
-            .by_method
-            .entry(stored.payment.payment_method.clone())
-            .or_default()
-            .push(id.clone());
+        inner.reindex_card(None, &stored);
         inner.creation_order.push(id.clone());
         inner.records.insert(id, stored);
         Ok(())
@@ -108,7 +147,12 @@ impl Store for MemoryStore {
         stored.version = expected.version + 1;
         let version = stored.version;
         inner.reindex(old_key, due_key(&stored));
-        inner.records.insert(id.to_owned(), stored);
+        if let Some(previous) = inner.records.insert(id.to_owned(), stored) {
+            let stored = inner.records.get(id).cloned();
+            if let Some(stored) = stored {
+                inner.reindex_card(Some(&previous), &stored);
+            }
+        }
         Ok(version)
     }
 
@@ -192,25 +236,19 @@ impl Store for MemoryStore {
         &self,
         payment_method: &str,
         since: Timestamp,
+        limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError> {
         let inner = self.lock();
-        let mut history: Vec<CardAttempt> = inner
-            .by_method
-            .get(payment_method)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| inner.records.get(id))
-            .flat_map(|record| record.attempts.iter().map(move |a| (record, a)))
-            .filter(|(_, attempt)| attempt.started_at >= since)
-            .map(|(record, attempt)| CardAttempt {
-                payment_id: record.payment.id.clone(),
-                attempt_number: attempt.number,
-                at: attempt.started_at,
-                declined: attempt.decline_category.is_some(),
-                amount: record.payment.amount_requested.value,
-            })
+        let Some(index) = inner.by_method.get(payment_method) else {
+            return Ok(Vec::new());
+        };
+        let mut history: Vec<CardAttempt> = index
+            .range((since, String::new(), 0)..)
+            .rev()
+            .take(limit)
+            .map(|(_, attempt)| attempt.clone())
             .collect();
-        history.sort_by_key(|a| a.at);
+        history.reverse();
         Ok(history)
     }
 

@@ -125,7 +125,11 @@ async fn a_crash_between_sending_and_receiving_never_creates_a_second_charge() {
         .unwrap();
     engine.advance_test_clock(&clock, start()).await.unwrap();
     let waiting = engine.record(&payment.id).await.unwrap();
-    assert_eq!(waiting.payment.status, PaymentStatus::PendingRetry);
+    assert_eq!(waiting.payment.status, PaymentStatus::Processing);
+    assert!(
+        engine.cancel(&payment.id).await.is_err(),
+        "a payment whose charge may have gone through cannot be canceled"
+    );
     assert!(
         waiting.replay_pending,
         "outcome unknown: the same attempt must be replayed"

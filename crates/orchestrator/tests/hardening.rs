@@ -1,0 +1,502 @@
+//! Defects an independent review found in the engine, each pinned by a test that
+//! failed on the code it was found in: unique ids, expired captures, bounded
+//! replays, one event group per status change, leases kept while an attempt is in
+//! flight, the API object's fields, a bounded card history.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use offsession_core::{
+    ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest,
+    CollectEvents, EventType, FailureReason, OffSessionPayment, PaymentMethodDetails,
+    PaymentStatus, Processor, ProcessorError, SystemClock,
+};
+use offsession_mock::{LatencyModel, MockConfig, MockProcessor};
+use offsession_orchestrator::{Engine, EngineConfig};
+use offsession_store::MemoryStore;
+use serde_json::json;
+
+/// A processor whose every answer is the same fault, counting what it is sent.
+#[derive(Debug)]
+struct AlwaysFaults {
+    mock: Arc<MockProcessor>,
+    answer: AttemptOutcome,
+    sends: AtomicU32,
+}
+
+#[async_trait]
+impl Processor for AlwaysFaults {
+    fn id(&self) -> &str {
+        self.mock.id()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.mock.capabilities()
+    }
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
+        self.mock.preflight(payment).await
+    }
+    async fn authorize(&self, _request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        self.sends.fetch_add(1, Ordering::SeqCst);
+        self.answer.clone()
+    }
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        self.mock.capture(request).await
+    }
+    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        self.mock.cancel(request).await
+    }
+}
+
+fn faulting(answer: AttemptOutcome) -> (Harness, Arc<AlwaysFaults>) {
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let processor = Arc::new(AlwaysFaults {
+        mock: mock.clone(),
+        answer,
+        sends: AtomicU32::new(0),
+    });
+    let config = EngineConfig {
+        max_replays: 5,
+        ..EngineConfig::default()
+    };
+    (
+        harness_with_processor(mock, processor.clone(), config),
+        processor,
+    )
+}
+
+// Item 1: ids (and so attempt idempotency keys) never repeat across engines that
+// were started with the same configuration.
+#[tokio::test]
+async fn two_engines_with_the_default_configuration_never_share_an_id() {
+    let a = harness();
+    let b = harness();
+    let pa = a.create(a.body("pm_card_visa")).await;
+    let pb = b.create(b.body("pm_card_visa")).await;
+    assert_ne!(pa.id, pb.id);
+    assert!(pa.id.starts_with("osp_test_"), "{}", pa.id);
+    a.advance(Duration::ZERO).await;
+    b.advance(Duration::ZERO).await;
+    let ka = a.engine.record(&pa.id).await.unwrap().attempts[0]
+        .idempotency_key
+        .clone();
+    let kb = b.engine.record(&pb.id).await.unwrap().attempts[0]
+        .idempotency_key
+        .clone();
+    assert_ne!(ka, kb);
+}
+
+// Item 5, directly: capture() itself checks the deadline (the scheduler has not
+// run yet when the merchant calls).
+#[tokio::test]
+async fn capture_checks_the_deadline_itself() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa");
+    let before = start().plus(Duration::from_secs(3_600));
+    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    // A record whose deadline has passed, as the scheduler would find it late.
+    let mut record = h.engine.record(&p.id).await.unwrap();
+    let expected = offsession_core::Expected::of(&record);
+    record.due_at = Some(start());
+    h.engine.store().update(&record, expected).await.unwrap();
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert_eq!(err.code.as_str(), "off_session_payment_invalid_status");
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.failure_reason,
+        Some(FailureReason::AuthorizationExpired)
+    );
+    let reference = record.authorization.clone().unwrap_or_default();
+    let pi = reference.payment.unwrap_or_default();
+    assert_eq!(h.mock.captured(&pi), None, "nothing was captured");
+}
+
+// Item 7: a refused request is replayed a bounded number of times, then the
+// payment fails (rejected_by_partner) instead of looping forever.
+#[tokio::test]
+async fn refused_requests_end_after_bounded_replays() {
+    let (h, processor) = faulting(AttemptOutcome::ProcessorFault {
+        retryable: false,
+        rate_limited: false,
+        message: "stripe 400 invalid_request_error".into(),
+    });
+    let p = h.create(h.body("pm_card_visa")).await;
+    for _ in 0..60 {
+        h.advance(DAY).await;
+    }
+    let done = h.engine.record(&p.id).await.unwrap();
+    assert_eq!(done.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(done.payment.retry_details.attempts, 1);
+    let sends = processor.sends.load(Ordering::SeqCst);
+    assert!(sends <= 6, "at most 1 + max_replays sends, got {sends}");
+    assert!(!done.attempts[0].outcome_unknown);
+}
+
+// Item 7: an outcome that stays unknown ends too — flagged for reconciliation, and
+// never with a second attempt under a new key.
+#[tokio::test]
+async fn unknown_outcomes_end_flagged_after_bounded_replays() {
+    let (h, processor) = faulting(AttemptOutcome::Unknown {
+        message: "garbage answer".into(),
+    });
+    let p = h.create(h.body("pm_card_visa")).await;
+    for _ in 0..60 {
+        h.advance(DAY).await;
+    }
+    let done = h.engine.record(&p.id).await.unwrap();
+    assert_eq!(done.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.payment.failure_reason,
+        Some(FailureReason::RetriesExhausted)
+    );
+    assert_eq!(
+        done.attempts.len(),
+        1,
+        "no new key after an unknown outcome"
+    );
+    assert!(done.attempts[0].outcome_unknown);
+    assert!(done
+        .payment
+        .last_authorization_attempt_error
+        .as_deref()
+        .is_some_and(|e| e.contains("reconcile")));
+    assert!(processor.sends.load(Ordering::SeqCst) <= 6);
+}
+
+// Item 7: the time bound holds even while the count bound is not reached.
+#[tokio::test]
+async fn replays_end_at_the_deadline() {
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let processor = Arc::new(AlwaysFaults {
+        mock: mock.clone(),
+        answer: AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        },
+        sends: AtomicU32::new(0),
+    });
+    let config = EngineConfig {
+        max_replays: 1_000,
+        replay_deadline: Duration::from_secs(6 * 3_600),
+        replay_backoff: vec![Duration::from_secs(3_600)],
+        ..EngineConfig::default()
+    };
+    let h = harness_with_processor(mock, processor.clone(), config);
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.advance(DAY).await;
+    let done = h.engine.record(&p.id).await.unwrap();
+    assert_eq!(done.payment.status, PaymentStatus::Failed);
+    let sends = processor.sends.load(Ordering::SeqCst);
+    assert!((6..=8).contains(&sends), "hourly for 6 hours, got {sends}");
+}
+
+// Item 14: the final decline emits `failed` alone; a decline that will be retried
+// emits attempt_failed and authorization_attempt_failed.
+#[tokio::test]
+async fn attempt_failed_only_while_retries_remain() {
+    let h = harness();
+    let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds");
+    body["retry_details"] = json!({"retry_policy": "stripe_recommended"});
+    let p = h.create(body).await;
+    for _ in 0..20 {
+        h.advance(DAY).await;
+    }
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    let events: Vec<EventType> = h
+        .events
+        .events()
+        .into_iter()
+        .filter(|e| e.related_object.id == p.id)
+        .map(|e| e.event_type)
+        .collect();
+    let failed_attempts = events
+        .iter()
+        .filter(|e| **e == EventType::AttemptFailed)
+        .count();
+    assert_eq!(
+        failed_attempts as u32,
+        done.retry_details.attempts - 1,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&EventType::Failed));
+    assert_ne!(
+        events[events.len() - 2],
+        EventType::AuthorizationAttemptFailed
+    );
+}
+
+/// Replays a payment's event types into the statuses they announce.
+fn replay_events(types: &[EventType]) -> Vec<PaymentStatus> {
+    let mut attempted = false;
+    let mut statuses = Vec::new();
+    for t in types {
+        if *t == EventType::AttemptStarted {
+            attempted = true;
+        }
+        if let Some(status) = t.status_after(attempted) {
+            statuses.push(status);
+        }
+    }
+    statuses
+}
+
+// Item 14: for random payments (declines, recoveries, faults, lost answers,
+// cascades' absence, cancels, pauses, resumes), replaying each payment's events
+// arrives at its stored status; every event's snapshot carries the status its
+// type announces; every announced change is a legal transition.
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+    #[test]
+    fn events_replay_to_the_stored_status(
+        seed in 0u64..1_000_000,
+        methods in proptest::collection::vec(0usize..7, 4..16),
+        operations in proptest::collection::vec((0usize..16, 0usize..4, 0u64..4), 0..12),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let names = [
+                "pm_card_visa",
+                "pm_card_visa_chargeDeclinedInsufficientFunds",
+                "pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2",
+                "pm_card_chargeDeclinedExpiredCard",
+                "pm_card_visa_chargeDeclinedLostCard",
+                "pm_card_chargeDeclinedProcessingError",
+                "pm_card_mastercard_chargeDeclined_recoversAfter1",
+            ];
+            let h = harness_with(
+                MockConfig { seed, fault_rate: 0.2, unknown_rate: 0.2, ..MockConfig::default() },
+                EngineConfig { max_replays: 3, ..EngineConfig::default() },
+            );
+            let mut ids = Vec::new();
+            for (i, m) in methods.iter().enumerate() {
+                let mut body = h.body(&format!("{}__{i}", names[*m]));
+                body["retry_details"] = json!({"retry_policy": "stripe_recommended"});
+                if i % 3 == 0 {
+                    body["capture"] = json!({"capture_method": "manual"});
+                }
+                ids.push(h.create(body).await.id);
+            }
+            for (target, op, days) in operations {
+                h.advance(Duration::from_secs(days * 86_400 + 3_600)).await;
+                let id = &ids[target % ids.len()];
+                let _ = match op {
+                    0 => h.engine.cancel(id).await,
+                    1 => h.engine.pause(id).await,
+                    2 => h.engine.resume(id).await,
+                    _ => h.engine.capture(id, None).await,
+                };
+            }
+            for _ in 0..40 {
+                h.advance(DAY).await;
+            }
+            let mut by_payment: HashMap<String, Vec<offsession_core::Event>> = HashMap::new();
+            for event in h.events.events() {
+                by_payment.entry(event.related_object.id.clone()).or_default().push(event);
+            }
+            for id in &ids {
+                let stored = h.get(id).await.status;
+                let events = &by_payment[id];
+                let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+                let statuses = replay_events(&types);
+                assert_eq!(statuses.last(), Some(&stored), "{id}: {types:?}");
+                let mut attempted = false;
+                for event in events {
+                    if event.event_type == EventType::AttemptStarted {
+                        attempted = true;
+                    }
+                    if let Some(announced) = event.event_type.status_after(attempted) {
+                        assert_eq!(event.data.status, announced, "{id}: {types:?}");
+                    }
+                }
+                for pair in statuses.windows(2) {
+                    let legal = offsession_core::Transition::ALL.iter().any(|t| {
+                        offsession_core::transition(pair[0], *t) == Ok(pair[1])
+                    });
+                    assert!(legal, "{id}: {:?} -> {:?} in {types:?}", pair[0], pair[1]);
+                    assert_ne!(pair[0], pair[1], "{id}: a repeated status in {types:?}");
+                }
+            }
+        });
+    }
+}
+
+// Item 10: with a lease shorter than the processor's latency, an attempt in flight
+// keeps its lease, so other schedulers never take it: one send per payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_in_flight_keeps_its_lease() {
+    let store = Arc::new(MemoryStore::new());
+    let mock = Arc::new(MockProcessor::new(
+        "mock",
+        MockConfig {
+            latency: LatencyModel::Fixed { millis: 2_500 },
+            ..MockConfig::default()
+        },
+    ));
+    let engines: Vec<Engine> = (0..4)
+        .map(|i| {
+            Engine::builder()
+                .config(EngineConfig {
+                    instance_id: format!("scheduler-{i}"),
+                    lease: Duration::from_secs(1),
+                    ..EngineConfig::default()
+                })
+                .processor(mock.clone())
+                .store(store.clone())
+                .clock(Arc::new(SystemClock))
+                .events(Arc::new(CollectEvents::new()))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let body = json!({
+            "amount": {"value": 2000, "currency": "usd"},
+            "cadence": "recurring",
+            "customer": "cus_123",
+            "payment_method": format!("pm_card_visa__{i}"),
+        });
+        ids.push(
+            engines[0]
+                .create_json(body.to_string().as_bytes(), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let tasks: Vec<_> = engines
+        .iter()
+        .cloned()
+        .map(|engine| {
+            tokio::spawn(async move {
+                while std::time::Instant::now() < deadline {
+                    engine.run_due().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for id in &ids {
+        let record = engines[0].record(id).await.unwrap();
+        assert_eq!(record.payment.status, PaymentStatus::Succeeded, "{id}");
+        assert_eq!(
+            record.attempts[0].replays, 0,
+            "{id} was taken over in flight"
+        );
+    }
+    let ledger = mock.ledger();
+    assert_eq!(ledger.len(), 20);
+    assert!(
+        ledger.iter().all(|e| e.sends == 1),
+        "sends per key: {:?}",
+        ledger.iter().map(|e| e.sends).collect::<Vec<_>>()
+    );
+}
+
+// Item 15: compartment_id is on the object; payments_orchestration is null unless
+// requested; payment_method_options.card is stored and returned.
+#[tokio::test]
+async fn the_object_carries_compartment_orchestration_and_card_options() {
+    let h = harness();
+    let p = h.create(h.body("pm_card_visa")).await;
+    let value = serde_json::to_value(&p).unwrap();
+    assert_eq!(value["compartment_id"], "wksp_test_offsession");
+    assert!(value["payments_orchestration"].is_null(), "{value}");
+    assert!(value["payment_method_options"].is_null());
+
+    let mut body = h.body("pm_card_visa__2");
+    body["payments_orchestration"] = json!({"enabled": false});
+    body["payment_method_options"] =
+        json!({"card": {"mcc": "5734", "network_transaction_id": "MCC123ABC0101"}});
+    let p = h.create(body).await;
+    let value = serde_json::to_value(h.get(&p.id).await).unwrap();
+    assert_eq!(value["payments_orchestration"], json!({"enabled": false}));
+    assert_eq!(
+        value["payment_method_options"],
+        json!({"card": {"mcc": "5734", "network_transaction_id": "MCC123ABC0101"}})
+    );
+}
+
+/// A policy that retries in a day and remembers the longest card history it saw.
+#[derive(Debug, Default)]
+struct MeasuresHistory {
+    longest: std::sync::atomic::AtomicUsize,
+}
+
+impl offsession_core::RetryPolicy for MeasuresHistory {
+    fn name(&self) -> &str {
+        "measures"
+    }
+    fn decide(
+        &self,
+        context: &offsession_core::RetryContext<'_>,
+    ) -> offsession_core::RetryDecision {
+        self.longest
+            .fetch_max(context.card_history.len(), Ordering::Relaxed);
+        offsession_core::RetryDecision::RetryAt {
+            not_before: context.now.plus(DAY),
+            latest: None,
+        }
+    }
+}
+
+// Item 9: the card history a decision reads is bounded, however many payments share
+// the card (it was every attempt on the card, rescanned per decline).
+#[tokio::test]
+async fn a_decision_reads_a_bounded_card_history() {
+    let policy = Arc::new(MeasuresHistory::default());
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let events = Arc::new(CollectEvents::new());
+    let engine = Engine::builder()
+        .config(EngineConfig {
+            default_retry_policy: "measures".into(),
+            ..EngineConfig::default()
+        })
+        .processor(mock)
+        .retry_policy("measures", policy.clone())
+        .store(Arc::new(MemoryStore::new()))
+        .events(events)
+        .build()
+        .unwrap();
+    let clock = engine.create_test_clock(start()).unwrap().id;
+    for i in 0..600 {
+        let body = json!({
+            "amount": {"value": 2000 + i, "currency": "usd"},
+            "cadence": "recurring",
+            "customer": "cus_123",
+            "payment_method": "pm_card_chargeDeclinedProcessingError__shared",
+            "retry_details": {"retry_policy": "measures"},
+            "test_clock": clock,
+        });
+        engine
+            .create_json(body.to_string().as_bytes(), None)
+            .await
+            .unwrap();
+    }
+    engine.advance_test_clock(&clock, start()).await.unwrap();
+    let longest = policy.longest.load(Ordering::Relaxed);
+    assert!(longest > 200, "the history is read ({longest})");
+    assert!(
+        longest <= 257,
+        "bounded: {longest} attempts read for one decision"
+    );
+}

@@ -9,8 +9,25 @@ use offsession_core::{
 };
 use serde::Deserialize;
 
+use crate::quote;
+
 /// Form parameters, in order, as `key=value` pairs (`a[b]` for nested fields).
 pub type Form = Vec<(String, String)>;
+
+/// Stripe's limit on metadata keys per object.
+pub const STRIPE_MAX_METADATA_KEYS: usize = 50;
+
+/// The metadata keys the engine sets on every PaymentIntent.
+pub const ENGINE_METADATA_KEYS: [&str; 2] = ["offsession_payment_id", "offsession_attempt"];
+
+/// How many of the merchant's metadata keys are sent at most.
+pub const MAX_MERCHANT_METADATA_KEYS: usize = STRIPE_MAX_METADATA_KEYS - ENGINE_METADATA_KEYS.len();
+
+/// Whether a metadata key belongs to the engine (`offsession_…`), so that a merchant's
+/// key of that name is never sent.
+pub fn is_reserved_metadata_key(key: &str) -> bool {
+    key.starts_with("offsession_")
+}
 
 /// `POST /v1/payment_intents` parameters for one off-session attempt.
 pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -> Form {
@@ -62,12 +79,22 @@ pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -
             form.push((key.into(), value.clone()));
         }
     }
-    for (key, value) in &payment.metadata {
+    // The engine's keys are reserved: a merchant key in the `offsession_` namespace is
+    // never sent (intake refuses them; this is defence in depth), and at most
+    // `MAX_MERCHANT_METADATA_KEYS` merchant keys are sent, in key order, so that with
+    // the engine's two the total stays within Stripe's 50.
+    for (key, value) in payment
+        .metadata
+        .iter()
+        .filter(|(key, _)| !is_reserved_metadata_key(key))
+        .take(MAX_MERCHANT_METADATA_KEYS)
+    {
         form.push((format!("metadata[{key}]"), value.clone()));
     }
-    form.push(("metadata[offsession_payment_id]".into(), payment.id.clone()));
+    let [payment_id_key, attempt_key] = ENGINE_METADATA_KEYS;
+    form.push((format!("metadata[{payment_id_key}]"), payment.id.clone()));
     form.push((
-        "metadata[offsession_attempt]".into(),
+        format!("metadata[{attempt_key}]"),
         attempt_number.to_string(),
     ));
     form
@@ -124,37 +151,82 @@ pub struct StripeError {
 impl StripeError {
     /// The decline codes of a card error.
     pub fn decline_codes(&self) -> DeclineCodes {
-        let code = self.code.clone().unwrap_or_else(|| "card_declined".into());
+        // Every string is capped: it is Stripe's text, stored and shown by the engine.
+        let capped = |s: &Option<String>| s.as_deref().map(quote);
+        let code = capped(&self.code).unwrap_or_else(|| "card_declined".into());
         DeclineCodes {
-            decline_code: self.decline_code.clone().or_else(|| {
+            decline_code: capped(&self.decline_code).or_else(|| {
                 // Errors such as `expired_card` carry no decline_code; the code is the reason.
                 (code != "card_declined").then(|| code.clone())
             }),
             code,
-            advice_code: self.advice_code.clone(),
-            network_decline_code: self.network_decline_code.clone(),
-            network_advice_code: self.network_advice_code.clone(),
-            message: self.message.clone(),
+            advice_code: capped(&self.advice_code),
+            network_decline_code: capped(&self.network_decline_code),
+            network_advice_code: capped(&self.network_advice_code),
+            message: capped(&self.message),
         }
     }
 
     /// The PaymentIntent and charge ids the error names.
     pub fn reference(&self) -> ProcessorReference {
         ProcessorReference {
-            payment: self.payment_intent.as_ref().map(|pi| pi.id.clone()),
+            payment: self
+                .payment_intent
+                .as_ref()
+                .map(|pi| pi.id.clone())
+                .filter(|id| !id.is_empty()),
             charge: self.charge.clone(),
         }
     }
 }
 
+/// A PaymentIntent's `status`. Only these are read; any other string is `Unknown`,
+/// which the adapter never treats as a decline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentStatus {
+    /// Charged.
+    Succeeded,
+    /// Authorized, held for capture.
+    RequiresCapture,
+    /// Not settled yet (bank debits); look it up by id later.
+    Processing,
+    /// The confirmation failed (a decline); `last_payment_error` says why.
+    RequiresPaymentMethod,
+    /// Canceled.
+    Canceled,
+    /// The customer must authenticate.
+    RequiresAction,
+    /// Not confirmed.
+    RequiresConfirmation,
+    /// A status this adapter does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl IntentStatus {
+    /// Stripe's name of a status; `Unknown` for any other string.
+    pub fn from_stripe(status: &str) -> IntentStatus {
+        serde_json::from_value(serde_json::Value::String(status.to_owned()))
+            .unwrap_or(IntentStatus::Unknown)
+    }
+}
+
 /// The parts of a PaymentIntent the adapter reads.
+///
+/// Deserializing is lenient (it is also embedded in error bodies); an answer that is
+/// meant to be a PaymentIntent is read with [`PaymentIntent::read`], which checks it.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PaymentIntent {
     /// `pi_…`.
-    pub id: String,
-    /// Status.
     #[serde(default)]
-    pub status: String,
+    pub id: String,
+    /// `payment_intent`.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// Status, as Stripe spelled it.
+    #[serde(default)]
+    pub status: Option<String>,
     /// Latest charge id (or expanded object).
     #[serde(default)]
     pub latest_charge: Option<serde_json::Value>,
@@ -163,7 +235,44 @@ pub struct PaymentIntent {
     pub last_payment_error: Option<Box<StripeError>>,
 }
 
+/// Longest PaymentIntent id accepted in an answer (the spec's `maxLength`).
+const MAX_ID_LEN: usize = 5000;
+
 impl PaymentIntent {
+    /// Reads an answer that must be a PaymentIntent: JSON, `"object": "payment_intent"`,
+    /// a non-empty `id`, and a `status`. The error says what is wrong (quoted, capped).
+    pub fn read(body: &str) -> Result<PaymentIntent, String> {
+        let intent = serde_json::from_str::<PaymentIntent>(body)
+            .map_err(|e| format!("unreadable payment intent: {}", quote(&e.to_string())))?;
+        match intent.object.as_deref() {
+            Some("payment_intent") => {}
+            Some(other) => {
+                return Err(format!(
+                    "expected a payment intent, got a `{}` object",
+                    quote(other)
+                ))
+            }
+            None => return Err("expected a payment intent; the answer has no `object`".into()),
+        }
+        if intent.id.is_empty() || intent.id.len() > MAX_ID_LEN {
+            return Err("payment intent without a usable `id`".into());
+        }
+        if intent.status.is_none() {
+            return Err(format!(
+                "payment intent {} has no `status`",
+                quote(&intent.id)
+            ));
+        }
+        Ok(intent)
+    }
+
+    /// The typed status (`Unknown` when missing or not one Stripe documents).
+    pub fn status(&self) -> IntentStatus {
+        self.status
+            .as_deref()
+            .map_or(IntentStatus::Unknown, IntentStatus::from_stripe)
+    }
+
     /// Processor ids.
     pub fn reference(&self) -> ProcessorReference {
         let charge = match &self.latest_charge {
@@ -180,27 +289,41 @@ impl PaymentIntent {
     }
 
     /// The engine's reading of a PaymentIntent returned with HTTP 200, or `None` while
-    /// it is still `processing` (bank debits settle later).
+    /// it is still `processing` (bank debits settle later). A status the adapter does
+    /// not know is `Unknown` (money may have moved), never a decline.
     pub fn outcome(&self) -> Option<AttemptOutcome> {
         let reference = self.reference();
-        Some(match self.status.as_str() {
-            "succeeded" => AttemptOutcome::Approved { reference },
-            "requires_capture" => AttemptOutcome::RequiresCapture { reference },
-            "processing" => return None,
-            "requires_action" | "requires_confirmation" => AttemptOutcome::Declined {
-                codes: DeclineCodes::new(
-                    "authentication_required",
-                    Some("authentication_required"),
+        Some(match self.status() {
+            IntentStatus::Succeeded => AttemptOutcome::Approved { reference },
+            IntentStatus::RequiresCapture => AttemptOutcome::RequiresCapture { reference },
+            IntentStatus::Processing => return None,
+            IntentStatus::RequiresAction | IntentStatus::RequiresConfirmation => {
+                AttemptOutcome::Declined {
+                    codes: DeclineCodes::new(
+                        "authentication_required",
+                        Some("authentication_required"),
+                    ),
+                    reference,
+                }
+            }
+            IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
+                AttemptOutcome::Declined {
+                    codes: self
+                        .last_payment_error
+                        .as_ref()
+                        .map(|e| e.decline_codes())
+                        .unwrap_or_else(|| {
+                            DeclineCodes::new("card_declined", Some("generic_decline"))
+                        }),
+                    reference,
+                }
+            }
+            IntentStatus::Unknown => AttemptOutcome::Unknown {
+                message: format!(
+                    "stripe: payment intent {} has status `{}`, which the adapter does not know",
+                    quote(&self.id),
+                    quote(self.status.as_deref().unwrap_or(""))
                 ),
-                reference,
-            },
-            _ => AttemptOutcome::Declined {
-                codes: self
-                    .last_payment_error
-                    .as_ref()
-                    .map(|e| e.decline_codes())
-                    .unwrap_or_else(|| DeclineCodes::new("card_declined", Some("generic_decline"))),
-                reference,
             },
         })
     }

@@ -528,3 +528,143 @@ async fn preflight_refuses_unsupported_method_types_and_unknown_methods() {
         .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("payment_method"));
 }
+
+// ----- ids in paths and queries ------------------------------------------------------
+
+/// Ids that would escape their path segment, or the query, if pasted into a URL.
+fn hostile_ids() -> Vec<String> {
+    vec![
+        "pm_a/b".into(),
+        "pm_../../v1/payment_intents".into(),
+        "..pm".into(),
+        "pm..".into(),
+        "pm_?expand[]=customer".into(),
+        "pm_#fragment".into(),
+        "pm_%2F..%2Fx".into(),
+        "pm_%".into(),
+        "pm with spaces".into(),
+        "pm_\n\r\t\u{0}\u{7f}\u{1b}[31m".into(),
+        "pm_é€😀".into(),
+        "pm_&customer=cus_2".into(),
+        "pm_\\back".into(),
+        format!("pm_{}", "x".repeat(300)),
+    ]
+}
+
+#[tokio::test]
+async fn preflight_sends_each_id_as_one_path_segment_and_the_filters_intact() {
+    let customer = "cus_1&customer=cus_2 #?/..";
+    for id in hostile_ids() {
+        let fake = Fake::start().await;
+        fake.add_card(&id, customer, "visa", &[None]);
+        let mut p = payment(&id);
+        p.customer = customer.into();
+        let details = fake.processor().preflight(&p).await;
+        assert!(details.is_ok(), "{id:?}: {details:?}");
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 2, "{id:?}: {requests:?}");
+        assert_eq!(requests[0].method, "GET");
+        assert_eq!(requests[0].path, format!("/v1/payment_methods/{id}"));
+        let raw_path = requests[0].raw_uri.split('?').next().unwrap();
+        assert_eq!(
+            raw_path.matches('/').count(),
+            3,
+            "{id:?}: one segment: {}",
+            requests[0].raw_uri
+        );
+        assert!(
+            !requests[0].raw_uri.contains('?'),
+            "{}",
+            requests[0].raw_uri
+        );
+        assert_eq!(requests[1].path, "/v1/setup_intents");
+        assert_eq!(
+            requests[1].form,
+            vec![
+                ("payment_method".to_owned(), id.clone()),
+                ("customer".to_owned(), customer.to_owned()),
+                ("limit".to_owned(), "100".to_owned()),
+            ],
+            "{id:?}: {}",
+            requests[1].raw_uri
+        );
+    }
+}
+
+#[tokio::test]
+async fn capture_and_cancel_send_the_payment_intent_id_as_one_segment() {
+    for id in hostile_ids() {
+        let id = id.replacen("pm_", "pi_", 1);
+        let fake = Fake::start().await;
+        fake.state.lock().unwrap().intents.insert(
+            id.clone(),
+            json!({"id": id, "object": "payment_intent", "status": "requires_capture"}),
+        );
+        let p = payment("pm_ok");
+        let reference = ProcessorReference {
+            payment: Some(id.clone()),
+            charge: None,
+        };
+        let processor = fake.processor();
+        processor
+            .capture(CaptureRequest {
+                payment: &p,
+                reference: &reference,
+                amount: p.amount_requested,
+                idempotency_key: "osp_test_1:capture",
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{id:?}: {e:?}"));
+        processor
+            .cancel(CancelRequest {
+                payment: &p,
+                reference: &reference,
+                idempotency_key: "osp_test_1:cancel",
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{id:?}: {e:?}"));
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 2, "{id:?}: {requests:?}");
+        assert_eq!(
+            requests[0].path,
+            format!("/v1/payment_intents/{id}/capture")
+        );
+        assert_eq!(requests[1].path, format!("/v1/payment_intents/{id}/cancel"));
+        for r in &requests {
+            assert_eq!(r.raw_uri.matches('/').count(), 4, "{id:?}: {}", r.raw_uri);
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_and_dot_ids_are_refused_without_a_request() {
+    let fake = Fake::start().await;
+    let processor = fake.processor();
+    for id in ["", ".", ".."] {
+        let err = processor.preflight(&payment(id)).await.unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("payment_method"), "{id:?}");
+        let p = payment("pm_ok");
+        let reference = ProcessorReference {
+            payment: Some(id.into()),
+            charge: None,
+        };
+        let capture = processor
+            .capture(CaptureRequest {
+                payment: &p,
+                reference: &reference,
+                amount: p.amount_requested,
+                idempotency_key: "k",
+            })
+            .await;
+        assert!(capture.is_err(), "{id:?}");
+        let cancel = processor
+            .cancel(CancelRequest {
+                payment: &p,
+                reference: &reference,
+                idempotency_key: "k",
+            })
+            .await;
+        assert!(cancel.is_err(), "{id:?}");
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}

@@ -4,9 +4,12 @@
 //! `scripts/extract_stripe_data.py`.
 
 use offsession_core::payment::TransferData;
+use offsession_core::AttemptOutcome;
 use offsession_core::{Amount, Cadence, CaptureMethod};
 use offsession_store::conformance::sample_record;
-use offsession_stripe::transformers::{capture_params, payment_intent_params};
+use offsession_stripe::transformers::{
+    capture_params, payment_intent_params, IntentStatus, PaymentIntent,
+};
 use serde_json::Value;
 
 /// Stripe's OpenAPI spec, trimmed by `scripts/extract_stripe_data.py` to the operations
@@ -206,4 +209,146 @@ fn the_contract_check_catches_a_wrong_parameter() {
         &wrong_enum
     ))
     .is_err());
+}
+
+// ----- answers: every PaymentIntent status the spec lists is read explicitly ----------
+
+fn intent_with_status(status: Option<&str>) -> String {
+    let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
+    let mut intent = fixtures["resources"]["payment_intent"].clone();
+    intent["last_payment_error"] = Value::Null;
+    match status {
+        Some(status) => intent["status"] = Value::from(status),
+        None => {
+            intent.as_object_mut().unwrap().remove("status");
+        }
+    }
+    intent.to_string()
+}
+
+#[test]
+fn every_payment_intent_status_in_the_spec_has_an_explicit_reading() {
+    let spec = spec();
+    let statuses = spec["components"]["schemas"]["payment_intent"]["properties"]["status"]["enum"]
+        .as_array()
+        .expect("the spec lists PaymentIntent statuses");
+    assert!(statuses.len() >= 7, "{statuses:?}");
+    for status in statuses {
+        let status = status.as_str().unwrap();
+        assert_ne!(
+            IntentStatus::from_stripe(status),
+            IntentStatus::Unknown,
+            "`{status}` is in Stripe's spec but the adapter does not know it"
+        );
+        let intent = PaymentIntent::read(&intent_with_status(Some(status))).unwrap();
+        let outcome = intent.outcome();
+        let declined = matches!(outcome, Some(AttemptOutcome::Declined { .. }));
+        assert_eq!(
+            declined,
+            matches!(
+                status,
+                "requires_payment_method"
+                    | "canceled"
+                    | "requires_action"
+                    | "requires_confirmation"
+            ),
+            "`{status}` → {outcome:?}"
+        );
+        assert!(
+            !matches!(outcome, Some(AttemptOutcome::Unknown { .. })),
+            "`{status}` → {outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn a_status_missing_from_the_spec_is_unknown_never_a_decline() {
+    for status in ["requires_review", "", "SUCCEEDED", "succeeded "] {
+        let intent = PaymentIntent::read(&intent_with_status(Some(status))).unwrap();
+        assert_eq!(intent.status(), IntentStatus::Unknown, "`{status}`");
+        let outcome = intent.outcome();
+        assert!(
+            matches!(outcome, Some(AttemptOutcome::Unknown { .. })),
+            "`{status}` → {outcome:?}"
+        );
+    }
+    // No status at all, or not a PaymentIntent: not readable.
+    assert!(PaymentIntent::read(&intent_with_status(None)).is_err());
+    let mut charge: Value = serde_json::from_str(&intent_with_status(Some("succeeded"))).unwrap();
+    charge["object"] = Value::from("charge");
+    assert!(PaymentIntent::read(&charge.to_string()).is_err());
+    charge.as_object_mut().unwrap().remove("object");
+    assert!(PaymentIntent::read(&charge.to_string()).is_err());
+    assert!(PaymentIntent::read("<html>502</html>").is_err());
+}
+
+// ----- metadata: the engine's keys are reserved, and at most 50 are sent ---------------
+
+fn metadata_of(form: &[(String, String)]) -> Vec<(String, String)> {
+    form.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata[")
+                .and_then(|k| k.strip_suffix(']'))
+                .map(|k| (k.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn merchant_metadata_never_overrides_the_engine_keys() {
+    let spec = spec();
+    let mut payment = sample_record("osp_real", 1_767_225_600_000, None).payment;
+    payment.metadata.clear();
+    for key in [
+        "offsession_payment_id",
+        "offsession_attempt",
+        "offsession_other",
+    ] {
+        payment.metadata.insert(key.into(), "forged".into());
+    }
+    payment.metadata.insert("invoice".into(), "in_1".into());
+    let form = payment_intent_params(&payment, 2);
+    check_form(&spec, "/v1/payment_intents", "post", &form);
+    let metadata = metadata_of(&form);
+    assert_eq!(
+        metadata,
+        vec![
+            ("invoice".to_owned(), "in_1".to_owned()),
+            ("offsession_payment_id".to_owned(), "osp_real".to_owned()),
+            ("offsession_attempt".to_owned(), "2".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn at_most_fifty_metadata_keys_are_sent_the_first_48_merchant_keys_in_order() {
+    let spec = spec();
+    let mut payment = sample_record("osp_many", 1_767_225_600_000, None).payment;
+    payment.metadata.clear();
+    for i in 0..60 {
+        payment.metadata.insert(format!("k{i:02}"), format!("v{i}"));
+    }
+    payment
+        .metadata
+        .insert("offsession_payment_id".into(), "forged".into());
+    let form = payment_intent_params(&payment, 1);
+    check_form(&spec, "/v1/payment_intents", "post", &form);
+    let metadata = metadata_of(&form);
+    assert_eq!(metadata.len(), 50);
+    let expected: Vec<String> = (0..48).map(|i| format!("k{i:02}")).collect();
+    let sent: Vec<&str> = metadata[..48].iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(sent, expected);
+    assert_eq!(
+        metadata[48],
+        ("offsession_payment_id".to_owned(), "osp_many".to_owned())
+    );
+    assert_eq!(
+        metadata[49],
+        ("offsession_attempt".to_owned(), "1".to_owned())
+    );
+    // Distinct keys: the engine's appear once.
+    let mut keys: Vec<&str> = metadata.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 50);
 }

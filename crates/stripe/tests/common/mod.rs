@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use offsession_stripe::{SecretKey, StripeConfig, StripeProcessor};
 use serde_json::{json, Value};
@@ -29,12 +29,50 @@ pub enum Script {
     Error(u16, Value, Option<bool>),
     /// Executes (and stores) the charge, then answers only after this delay.
     Hang(Duration, Box<Script>),
+    // ----- misbehaviours: the charge is made and stored under the idempotency key as
+    // usual (a replay gets the real PaymentIntent); only this answer is mangled, as a
+    // proxy, a partial deploy or a broken connection would.
+    /// HTTP 200 with this raw body (not a PaymentIntent).
+    Garbage(String),
+    /// HTTP 200 with the PaymentIntent lacking `status`.
+    MissingStatus,
+    /// HTTP 200 with the PaymentIntent's `status` set to this string.
+    UnknownStatus(String),
+    /// HTTP 200 with `object` set to this (`None`: removed); `"charge"` also gets a
+    /// charge id.
+    WrongObject(Option<String>),
+    /// HTTP 200 with the PaymentIntent lacking `id`.
+    MissingId,
+    /// This status with a body of this many bytes: on 200, a real PaymentIntent padded
+    /// with a huge `description` (the charge is made); otherwise an error whose message
+    /// is that long (nothing charged).
+    Huge(u16, usize),
+    // ----- refusals that never reach the payment API: nothing charged or stored.
+    /// This 3xx with this `Location`.
+    Redirect(u16, String),
+}
+
+/// The garbage a proxy may answer with a 200.
+pub fn garbage_bodies() -> Vec<String> {
+    vec![
+        "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
+        String::new(),
+        "null".into(),
+        "[]".into(),
+        "{}".into(),
+        "{\"id\": \"pi_fake_1\", \"object\": \"payment_intent\", \"status\": \"succ".into(),
+        "\u{0}\u{1}binary\u{7f}".into(),
+        "{\"error\": {\"type\": \"card_error\", \"code\": \"card_declined\"}}".into(),
+    ]
 }
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
+    /// The route's path with ids percent-decoded (as the handler saw them).
     pub path: String,
+    /// The path and query exactly as they arrived (still percent-encoded).
+    pub raw_uri: String,
     pub form: Vec<(String, String)>,
     pub idempotency_key: Option<String>,
     pub stripe_version: Option<String>,
@@ -53,6 +91,9 @@ pub struct FakeState {
     pub payment_methods: HashMap<String, Value>,
     pub setup_intents: Vec<Value>,
     pub charges_created: u32,
+    /// Requests that reached the redirect target (`/elsewhere/...`): each would have
+    /// been a second charge.
+    pub redirect_hits: u32,
     counter: u32,
 }
 
@@ -97,6 +138,7 @@ fn record(
     state: &mut FakeState,
     method: &str,
     path: &str,
+    uri: &Uri,
     headers: &HeaderMap,
     form: Vec<(String, String)>,
 ) {
@@ -109,6 +151,9 @@ fn record(
     state.requests.push(Recorded {
         method: method.into(),
         path: path.into(),
+        raw_uri: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         form,
         idempotency_key: header("idempotency-key"),
         stripe_version: header("stripe-version"),
@@ -122,6 +167,7 @@ fn authorized(headers: &HeaderMap) -> bool {
 
 async fn create_intent(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
@@ -135,6 +181,7 @@ async fn create_intent(
             &mut state,
             "POST",
             "/v1/payment_intents",
+            &uri,
             &headers,
             form.clone(),
         );
@@ -188,21 +235,15 @@ async fn create_intent(
         intent["customer"] = json!(get("customer"));
         intent["payment_method"] = json!(pm);
         intent["last_payment_error"] = Value::Null;
+        if let Script::Redirect(status, location) = &script {
+            // A proxy's answer: Stripe never saw the request; nothing is stored.
+            let mut response = StatusCode::from_u16(*status).unwrap().into_response();
+            response
+                .headers_mut()
+                .insert("location", location.parse().unwrap());
+            return response;
+        }
         let (status, body) = match &script {
-            Script::Succeed | Script::RequiresCapture | Script::Processing => {
-                let status_name = match script {
-                    Script::Succeed => "succeeded",
-                    Script::RequiresCapture => "requires_capture",
-                    _ => "processing",
-                };
-                intent["status"] = json!(status_name);
-                if !matches!(script, Script::Processing) {
-                    state.charges_created += 1;
-                    intent["latest_charge"] = json!(format!("ch_fake_{n}"));
-                }
-                state.intents.insert(format!("pi_fake_{n}"), intent.clone());
-                (200, intent)
-            }
             Script::Error(status, error, _) => {
                 let mut error = error.clone();
                 if *status == 402 {
@@ -212,7 +253,25 @@ async fn create_intent(
                 }
                 (*status, json!({ "error": error }))
             }
-            Script::Hang(..) => unreachable!(),
+            Script::Huge(status, bytes) if *status != 200 => (
+                *status,
+                json!({"error": {"type": "api_error", "message": "x".repeat(*bytes)}}),
+            ),
+            Script::Hang(..) | Script::Redirect(..) => unreachable!(),
+            _ => {
+                let status_name = match script {
+                    Script::RequiresCapture => "requires_capture",
+                    Script::Processing => "processing",
+                    _ => "succeeded",
+                };
+                intent["status"] = json!(status_name);
+                if !matches!(script, Script::Processing) {
+                    state.charges_created += 1;
+                    intent["latest_charge"] = json!(format!("ch_fake_{n}"));
+                }
+                state.intents.insert(format!("pi_fake_{n}"), intent.clone());
+                (200, intent)
+            }
         };
         // Stripe stores results once execution starts, except rate limits.
         if let Some(key) = &key {
@@ -226,6 +285,50 @@ async fn create_intent(
             Script::Error(status, _, retry) => {
                 error_response(*status, body["error"].clone(), *retry)
             }
+            Script::Huge(status, _) if *status != 200 => {
+                error_response(*status, body["error"].clone(), None)
+            }
+            Script::Huge(_, bytes) => {
+                let mut huge = body.clone();
+                huge["description"] = json!("x".repeat(*bytes));
+                (StatusCode::OK, Json(huge)).into_response()
+            }
+            Script::Garbage(raw) => (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                raw.clone(),
+            )
+                .into_response(),
+            Script::MissingStatus | Script::MissingId => {
+                let mut mangled = body.clone();
+                let field = if matches!(script, Script::MissingStatus) {
+                    "status"
+                } else {
+                    "id"
+                };
+                mangled.as_object_mut().unwrap().remove(field);
+                (StatusCode::OK, Json(mangled)).into_response()
+            }
+            Script::UnknownStatus(status) => {
+                let mut mangled = body.clone();
+                mangled["status"] = json!(status);
+                (StatusCode::OK, Json(mangled)).into_response()
+            }
+            Script::WrongObject(object) => {
+                let mut mangled = body.clone();
+                match object {
+                    Some(object) => {
+                        mangled["object"] = json!(object);
+                        if object == "charge" {
+                            mangled["id"] = json!(format!("ch_fake_{n}"));
+                        }
+                    }
+                    None => {
+                        mangled.as_object_mut().unwrap().remove("object");
+                    }
+                }
+                (StatusCode::OK, Json(mangled)).into_response()
+            }
             _ => (StatusCode::OK, Json(body)).into_response(),
         };
         (delay, response)
@@ -236,8 +339,22 @@ async fn create_intent(
     response
 }
 
+/// Where redirects point: anything arriving here would be a second charge.
+async fn redirect_target(State(fake): State<Fake>, uri: Uri, headers: HeaderMap) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(&mut state, "ANY", uri.path(), &uri, &headers, Vec::new());
+    state.redirect_hits += 1;
+    state.charges_created += 1;
+    (
+        StatusCode::OK,
+        Json(json!({"id": "pi_elsewhere", "object": "payment_intent", "status": "succeeded"})),
+    )
+        .into_response()
+}
+
 async fn get_intent(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
@@ -246,6 +363,7 @@ async fn get_intent(
         &mut state,
         "GET",
         &format!("/v1/payment_intents/{id}"),
+        &uri,
         &headers,
         Vec::new(),
     );
@@ -268,6 +386,7 @@ async fn get_intent(
 
 async fn capture_intent(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
@@ -277,6 +396,7 @@ async fn capture_intent(
         &mut state,
         "POST",
         &format!("/v1/payment_intents/{id}/capture"),
+        &uri,
         &headers,
         form,
     );
@@ -295,6 +415,7 @@ async fn capture_intent(
 
 async fn cancel_intent(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
@@ -304,6 +425,7 @@ async fn cancel_intent(
         &mut state,
         "POST",
         &format!("/v1/payment_intents/{id}/cancel"),
+        &uri,
         &headers,
         form,
     );
@@ -322,6 +444,7 @@ async fn cancel_intent(
 
 async fn get_payment_method(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
@@ -330,6 +453,7 @@ async fn get_payment_method(
         &mut state,
         "GET",
         &format!("/v1/payment_methods/{id}"),
+        &uri,
         &headers,
         Vec::new(),
     );
@@ -345,25 +469,25 @@ async fn get_payment_method(
 
 async fn list_setup_intents(
     State(fake): State<Fake>,
+    uri: Uri,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     let mut state = fake.state.lock().unwrap();
-    let form: Vec<(String, String)> = query.clone().into_iter().collect();
-    record(&mut state, "GET", "/v1/setup_intents", &headers, form);
+    record(
+        &mut state,
+        "GET",
+        "/v1/setup_intents",
+        &uri,
+        &headers,
+        query.clone(),
+    );
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     let data: Vec<Value> = state
         .setup_intents
         .iter()
-        .filter(|si| {
-            query
-                .get("payment_method")
-                .is_none_or(|pm| si["payment_method"] == json!(pm))
-        })
-        .filter(|si| {
-            query
-                .get("customer")
-                .is_none_or(|c| si["customer"] == json!(c))
-        })
+        .filter(|si| param("payment_method").is_none_or(|pm| si["payment_method"] == json!(pm)))
+        .filter(|si| param("customer").is_none_or(|c| si["customer"] == json!(c)))
         .cloned()
         .collect();
     (
@@ -389,14 +513,20 @@ impl Fake {
             .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
             .route("/v1/payment_methods/{id}", get(get_payment_method))
             .route("/v1/setup_intents", get(list_setup_intents))
+            .route("/elsewhere/{*rest}", any(redirect_target))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         fake
     }
 
     pub fn config(&self) -> StripeConfig {
+        Fake::config_for(self.addr)
+    }
+
+    /// The test settings for a Stripe at `addr`.
+    pub fn config_for(addr: SocketAddr) -> StripeConfig {
         let mut config = StripeConfig::new("stripe", SecretKey::new(KEY));
-        config.api_base = format!("http://{}", self.addr);
+        config.api_base = format!("http://{addr}");
         config.request_timeout = Duration::from_millis(400);
         config.retry_base = Duration::from_millis(5);
         config.retry_cap = Duration::from_millis(20);
@@ -444,6 +574,10 @@ impl Fake {
 
     pub fn charges_created(&self) -> u32 {
         self.state.lock().unwrap().charges_created
+    }
+
+    pub fn redirect_hits(&self) -> u32 {
+        self.state.lock().unwrap().redirect_hits
     }
 }
 

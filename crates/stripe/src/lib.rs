@@ -692,6 +692,30 @@ impl Processor for StripeProcessor {
         &self,
         payment: &OffSessionPayment,
     ) -> Result<PaymentMethodDetails, ApiError> {
+        // The pinned PaymentIntents API has no parameter for these card options:
+        // refuse the payment rather than charge without what the merchant asked for.
+        if let Some(card) = payment
+            .payment_method_options
+            .as_ref()
+            .and_then(|o| o.card.as_ref())
+        {
+            let unsupported = [
+                ("mcc", card.mcc.is_some()),
+                (
+                    "network_transaction_id",
+                    card.network_transaction_id.is_some(),
+                ),
+            ];
+            if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+                return Err(ApiError::invalid(
+                    &format!("payment_method_options.card.{field}"),
+                    format!(
+                        "is not supported by processor `{}`: Stripe's PaymentIntents API (version {}) has no such parameter",
+                        self.config.id, self.config.stripe_version
+                    ),
+                ));
+            }
+        }
         let facts = self.facts(payment).await?;
         let method = &facts.method;
         if method.customer_id() != Some(payment.customer.as_str()) {

@@ -668,3 +668,25 @@ async fn empty_and_dot_ids_are_refused_without_a_request() {
     }
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
+
+#[tokio::test]
+async fn card_options_the_pinned_api_cannot_carry_are_refused_not_dropped() {
+    let fake = Fake::start().await;
+    fake.add_card("pm_opts", "cus_1", "visa", &[None]);
+    let processor = fake.processor();
+    let mut p = payment("pm_opts");
+    p.payment_method_options = Some(offsession_core::payment::PaymentMethodOptions {
+        card: Some(offsession_core::payment::CardOptions {
+            mcc: Some("5734".into()),
+            network_transaction_id: None,
+        }),
+    });
+    let err = processor.preflight(&p).await.unwrap_err();
+    assert_eq!(
+        err.param.as_deref(),
+        Some("payment_method_options.card.mcc")
+    );
+    assert!(fake.requests().is_empty(), "refused before any request");
+    p.payment_method_options = None;
+    assert!(processor.preflight(&p).await.is_ok());
+}

@@ -74,6 +74,14 @@ fn describe() {
         Unit::Seconds,
         "Engine time per handled attempt, excluding rate-limit waits and the processor."
     );
+    describe_counter!(
+        "offsession_attempt_faults_total",
+        "Processor answers that settled nothing, by kind: unknown, refused, rate_limited, unavailable."
+    );
+    describe_counter!(
+        "offsession_payments_unsettled_total",
+        "Payments ended by faults after their replays (refused, or outcome unknown: reconcile)."
+    );
     describe_gauge!(
         "offsession_circuit_state",
         "Circuit breaker per processor: 0 closed, 1 half-open, 2 open."

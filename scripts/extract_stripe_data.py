@@ -4,19 +4,19 @@ tests read, into crates/stripe/tests/data/, so that the tests need nothing outsi
 repository.
 
 Usage:
-    scripts/extract_stripe_data.py [FIXTURES3_JSON] [SPEC3_JSON] [--out DIR]
+    scripts/extract_stripe_data.py FIXTURES3_JSON SPEC3_JSON [--out DIR]
 
-Defaults: ../shared/stripe/fixtures3.json and ../shared/stripe/spec3.json (relative to
-the repository root), output crates/stripe/tests/data/. Standard library only.
+FIXTURES3_JSON and SPEC3_JSON are Stripe's `fixtures3.json` and `spec3.json` (from
+Stripe's openapi repository). Output: crates/stripe/tests/data/. Standard library only.
 
 What is kept:
   fixtures.json  {"resources": {...}} with only the resources the fake Stripe builds its
                  answers from (FIXTURE_RESOURCES).
   spec.json      {"openapi", "info", "paths", "components": {"schemas"}} with only the
                  operations the adapter calls (OPERATIONS), their `parameters` and
-                 `requestBody` (responses are dropped: the contract test checks requests),
-                 and every components/schemas entry reachable from them by `$ref`,
-                 transitively. Descriptions and other prose are dropped; the keys the
+                 `requestBody`, the 200 response with the object schemas it names
+                 trimmed to the fields the tests read, and every components/schemas
+                 entry reachable from the kept requests by `$ref`, transitively. Descriptions and other prose are dropped; the keys the
                  contract test reads (type, enum, maxLength, anyOf, properties,
                  additionalProperties, $ref, items, name, in, ...) are kept.
 """
@@ -175,12 +175,11 @@ def write(path, value):
 
 def main(argv):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shared = os.path.join(os.path.dirname(root), "shared", "stripe")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "fixtures", nargs="?", default=os.path.join(shared, "fixtures3.json")
+        "fixtures", help="Stripe's fixtures3.json"
     )
-    parser.add_argument("spec", nargs="?", default=os.path.join(shared, "spec3.json"))
+    parser.add_argument("spec", help="Stripe's spec3.json")
     parser.add_argument(
         "--out", default=os.path.join(root, "crates", "stripe", "tests", "data")
     )

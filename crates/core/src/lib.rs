@@ -22,6 +22,7 @@ pub mod processor;
 pub mod request;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod time;
 
 pub use attempt::{

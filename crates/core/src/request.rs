@@ -588,7 +588,9 @@ pub fn validate_create(
     }
 
     let mut option_types = Vec::new();
+    let mut payment_method_options = None;
     if let Some(options) = &request.payment_method_options {
+        let mut stored = PaymentMethodOptions::default();
         for (key, value) in options {
             let param = format!("payment_method_options.{key}");
             if !OPTION_TYPES.contains(&key.as_str()) {
@@ -600,27 +602,21 @@ pub fn validate_create(
                     ),
                 ));
             }
-            if !value.is_object() {
+            let Some(fields) = value.as_object() else {
                 return Err(ApiError::invalid(&param, "must be an object"));
-            }
-            option_types.push(key.clone());
-        }
-    }
-    let payment_method_options = match &request.payment_method_options {
-        None => None,
-        Some(options) => Some(PaymentMethodOptions {
-            card: options.get("card").map(check_card_options).transpose()?,
-        }),
-    };
-    if let Some(options) = &request.payment_method_options {
-        for (key, value) in options.iter().filter(|(k, _)| k.as_str() != "card") {
-            if let Some(field) = value.as_object().and_then(|o| o.keys().next()) {
+            };
+            if key == "card" {
+                stored.card = Some(check_card_options(value)?);
+            } else if let Some(field) = fields.keys().next() {
+                // Debit types have no options yet: only `{}` is accepted.
                 return Err(ApiError::invalid(
-                    &format!("payment_method_options.{key}.{field}"),
+                    &format!("{param}.{field}"),
                     "is not a known option",
                 ));
             }
+            option_types.push(key.clone());
         }
+        payment_method_options = Some(stored);
     }
 
     Ok(ValidCreate {

@@ -212,12 +212,12 @@ pub trait Store: Send + Sync + Debug {
     /// The earliest `claimable_at` in `scope`, if anything is scheduled.
     async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Payments, newest first; after the payment `starting_after` when given.
+    /// Payment records, newest first; after the payment `starting_after` when given.
     async fn list(
         &self,
         limit: usize,
         starting_after: Option<&str>,
-    ) -> Result<Vec<OffSessionPayment>, StoreError>;
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
 
     /// The newest `limit` attempts sent to `payment_method`, across all payments, at
     /// or after `since`, oldest first. The network rules need only the newest few

@@ -47,7 +47,8 @@ pub struct EngineConfig {
     pub replay_backoff: Vec<Duration>,
     /// An attempt that settles nothing (fault, refusal, unknown outcome) is replayed
     /// with the same key at most this many times; then the payment ends `failed`
-    /// (an unknown outcome flagged for reconciliation). 429s do not count.
+    /// (an unknown outcome flagged for reconciliation). A 429 answer never ends the
+    /// replays by count, only by `replay_deadline`.
     pub max_replays: u32,
     /// Replays of one attempt end this long after its first unsettled answer,
     /// whatever the count.

@@ -10,6 +10,7 @@ use offsession_core::request::{
     parse_create, resolve_for_method, validate_create, CreateRules, MethodRules, ValidCreate,
 };
 use offsession_core::store::Expected;
+use offsession_core::text::quote;
 use offsession_core::{
     attempt_idempotency_key, transition, ApiError, AttemptObservation, AttemptOutcome,
     AttemptRecord, AuthorizeRequest, CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope,
@@ -35,6 +36,8 @@ const CARD_HISTORY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 /// fewer than ~220 attempts that a cap does not count; the bound keeps a decision's
 /// cost flat however many payments share one card.
 const CARD_HISTORY_LIMIT: usize = 256;
+/// Longest processor text quoted on a payment (`last_authorization_attempt_error`).
+const QUOTED_CHARS: usize = 500;
 /// Retries of a manual operation that lost a race with the scheduler.
 const MANUAL_OPERATION_TRIES: usize = 3;
 
@@ -166,11 +169,28 @@ fn store_error(err: StoreError) -> ApiError {
     }
 }
 
-/// At most `max` characters of `text`, for messages that quote a processor.
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+/// What kind of answer settled nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKind {
+    /// No answer, or none the adapter could read: money may have moved.
+    Unknown,
+    /// The processor refused the request (400/401/403/3xx): nothing was charged.
+    Refused,
+    /// HTTP 429: nothing was charged; slow down.
+    RateLimited,
+    /// A passing fault (5xx, not sent): nothing was charged.
+    Unavailable,
+}
+
+impl FaultKind {
+    /// The metric label.
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Unknown => "unknown",
+            FaultKind::Refused => "refused",
+            FaultKind::RateLimited => "rate_limited",
+            FaultKind::Unavailable => "unavailable",
+        }
     }
 }
 
@@ -566,6 +586,20 @@ impl Engine {
         limit: usize,
         starting_after: Option<&str>,
     ) -> Result<Vec<OffSessionPayment>, ApiError> {
+        Ok(self
+            .list_records(limit, starting_after)
+            .await?
+            .into_iter()
+            .map(|record| record.payment)
+            .collect())
+    }
+
+    /// Payments with the engine's bookkeeping, newest first.
+    pub async fn list_records(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<PaymentRecord>, ApiError> {
         self.inner
             .store
             .list(limit, starting_after)
@@ -1202,39 +1236,34 @@ impl Engine {
         now: Timestamp,
     ) -> Option<(DeclineCodes, offsession_core::ProcessorReference)> {
         let config = &self.inner.config;
-        let (kind, message, retryable, rate_limited) = match &outcome {
-            AttemptOutcome::Unknown { message } => ("unknown", message.as_str(), true, false),
+        let (kind, message) = match &outcome {
+            AttemptOutcome::Unknown { message } => (FaultKind::Unknown, message.as_str()),
             AttemptOutcome::ProcessorFault {
                 retryable,
                 rate_limited,
                 message,
             } => (
-                if *rate_limited {
-                    "rate_limited"
-                } else if *retryable {
-                    "unavailable"
-                } else {
-                    "refused"
+                match (*rate_limited, *retryable) {
+                    (true, _) => FaultKind::RateLimited,
+                    (false, true) => FaultKind::Unavailable,
+                    (false, false) => FaultKind::Refused,
                 },
                 message.as_str(),
-                *retryable,
-                *rate_limited,
             ),
             _ => return None,
         };
-        metrics::counter!("offsession_attempt_faults_total", "processor" => processor.to_owned(), "kind" => kind).increment(1);
+        metrics::counter!("offsession_attempt_faults_total", "processor" => processor.to_owned(), "kind" => kind.as_str()).increment(1);
         let last = record.attempts.last_mut()?;
         let first_fault_at = *last.first_fault_at.get_or_insert(now);
-        if kind == "unknown" {
-            last.outcome_unknown = true;
-        }
+        last.outcome_unknown |= kind == FaultKind::Unknown;
         let unresolved = last.outcome_unknown;
         let replays = last.replays;
         let key = last.idempotency_key.clone();
-        let refused = !retryable;
+        let refused = kind == FaultKind::Refused;
+        let rate_limited = kind == FaultKind::RateLimited;
         let out_of_time = now >= first_fault_at.plus(config.replay_deadline);
         let out_of_replays = replays >= config.max_replays && !rate_limited;
-        tracing::info!(payment = %record.payment.id, %processor, %key, kind, replays, message, "attempt did not settle");
+        tracing::info!(payment = %record.payment.id, %processor, %key, kind = kind.as_str(), replays, message, "attempt did not settle");
 
         // Nothing was charged and another processor may take it: cascade now, as a
         // new attempt with its own key. Never after an unknown outcome: the first
@@ -1292,9 +1321,9 @@ impl Engine {
             record.replay_pending = false;
             record.payment.status = self.step(PaymentStatus::Processing, Transition::Fail);
             record.payment.failure_reason = Some(reason);
-            record.payment.last_authorization_attempt_error = Some(truncate(&what, 500));
+            record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
             record.due_at = None;
-            metrics::counter!("offsession_payments_unsettled_total", "processor" => processor.to_owned(), "kind" => kind).increment(1);
+            metrics::counter!("offsession_payments_unsettled_total", "processor" => processor.to_owned(), "kind" => kind.as_str()).increment(1);
             return None;
         }
         // A passing fault that outlasted its replays: nothing was charged, and the
@@ -1303,7 +1332,7 @@ impl Engine {
             DeclineCodes {
                 code: "processor_unavailable".into(),
                 decline_code: Some("processing_error".into()),
-                message: Some(truncate(message, 500)),
+                message: Some(quote(message, QUOTED_CHARS)),
                 ..DeclineCodes::default()
             },
             Default::default(),

@@ -370,29 +370,14 @@ impl Config {
             key: key.into(),
             message,
         };
-        for (key, value) in [
-            ("engine.lease", &self.engine.lease),
-            (
-                "engine.authorization_validity",
-                &self.engine.authorization_validity,
-            ),
-            ("run.horizon", &self.run.horizon),
-        ] {
-            offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
-        }
-        for value in &self.engine.replay_backoff {
-            offsession_retry::parse_duration(value)
-                .map_err(|e| invalid("engine.replay_backoff", e.to_string()))?;
-        }
-        offsession_retry::parse_duration(&self.engine.replay_deadline)
-            .map_err(|e| invalid("engine.replay_deadline", e.to_string()))?;
-        let engine = crate::wiring::engine_config(self)?;
-        engine
+        // Parses every `[engine]` duration, naming the key, then applies the
+        // engine's own checks.
+        crate::wiring::engine_config(self)?
             .check()
             .map_err(|refused| invalid(&format!("engine.{}", refused.key), refused.message))?;
-        if offsession_retry::parse_duration(&self.run.horizon)
-            .is_ok_and(|horizon| horizon.is_zero())
-        {
+        let horizon = offsession_retry::parse_duration(&self.run.horizon)
+            .map_err(|e| invalid("run.horizon", e.to_string()))?;
+        if horizon.is_zero() {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
@@ -484,23 +469,9 @@ impl Config {
                 }
             }
         }
-        for (key, value) in [
-            ("circuit_breaker.window", &self.circuit_breaker.window),
-            ("circuit_breaker.open_for", &self.circuit_breaker.open_for),
-        ] {
-            offsession_retry::parse_duration(value).map_err(|e| invalid(key, e.to_string()))?;
-        }
-        let breaker = &self.circuit_breaker;
-        offsession_orchestrator::BreakerConfig {
-            window: offsession_retry::parse_duration(&breaker.window)
-                .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
-            min_calls: breaker.min_calls,
-            failure_rate: breaker.failure_rate,
-            open_for: offsession_retry::parse_duration(&breaker.open_for)
-                .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
-        }
-        .check()
-        .map_err(|message| invalid("circuit_breaker", message))?;
+        crate::wiring::breaker_config(self)?
+            .check()
+            .map_err(|message| invalid("circuit_breaker", message))?;
         if let Some(listen) = &self.metrics.listen {
             listen
                 .parse::<std::net::SocketAddr>()

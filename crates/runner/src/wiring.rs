@@ -67,6 +67,21 @@ pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
     })
 }
 
+/// The circuit-breaker settings of `[circuit_breaker]`.
+pub fn breaker_config(
+    config: &Config,
+) -> Result<offsession_orchestrator::BreakerConfig, ConfigError> {
+    let breaker = &config.circuit_breaker;
+    Ok(offsession_orchestrator::BreakerConfig {
+        window: parse_duration(&breaker.window)
+            .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
+        min_calls: breaker.min_calls,
+        failure_rate: breaker.failure_rate,
+        open_for: parse_duration(&breaker.open_for)
+            .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
+    })
+}
+
 /// Everything built from a config.
 #[derive(Debug)]
 pub struct Wired {
@@ -222,17 +237,9 @@ pub fn build(
             }
         }
     }
-    let breaker = &config.circuit_breaker;
-    builder = builder.routing(config.routing.clone()).circuit_breaker(
-        offsession_orchestrator::BreakerConfig {
-            window: parse_duration(&breaker.window)
-                .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
-            min_calls: breaker.min_calls,
-            failure_rate: breaker.failure_rate,
-            open_for: parse_duration(&breaker.open_for)
-                .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
-        },
-    );
+    builder = builder
+        .routing(config.routing.clone())
+        .circuit_breaker(breaker_config(config)?);
 
     match config.store {
         StoreConfig::Memory => builder = builder.store(Arc::new(MemoryStore::new())),

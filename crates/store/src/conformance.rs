@@ -366,7 +366,7 @@ async fn lists_are_newest_first_and_paginate(store: &dyn Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|p| p.id)
+        .map(|r| r.payment.id)
         .collect();
     assert_eq!(page, ["osp_4", "osp_3"]);
     let next: Vec<_> = store
@@ -374,7 +374,7 @@ async fn lists_are_newest_first_and_paginate(store: &dyn Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|p| p.id)
+        .map(|r| r.payment.id)
         .collect();
     assert_eq!(next, ["osp_2", "osp_1"]);
 }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use offsession_core::{
-    CardAttempt, ClockScope, Expected, IdempotencyClaim, Lease, OffSessionPayment, PaymentRecord,
-    PaymentStatus, Store, StoreError, Timestamp,
+    CardAttempt, ClockScope, Expected, IdempotencyClaim, Lease, PaymentRecord, PaymentStatus,
+    Store, StoreError, Timestamp,
 };
 
 type DueKey = (ClockScope, Timestamp, String);
@@ -50,31 +50,35 @@ fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardA
     })
 }
 
-impl Inner {
-    /// Keeps the card index in step with a record's attempts (few per record).
-    fn reindex_card(&mut self, old: Option<&PaymentRecord>, new: &PaymentRecord) {
-        let unchanged = old.is_some_and(|old| {
-            old.attempts.len() == new.attempts.len()
-                && old.attempts.iter().zip(&new.attempts).all(|(a, b)| {
-                    a.started_at == b.started_at
-                        && a.decline_category.is_some() == b.decline_category.is_some()
-                })
-        });
-        if unchanged {
-            return;
-        }
-        let index = self
-            .by_method
-            .entry(new.payment.payment_method.clone())
-            .or_default();
-        if let Some(old) = old {
-            for (key, _) in card_attempts(old) {
-                index.remove(&key);
-            }
-        }
-        index.extend(card_attempts(new));
+/// Keeps a card's attempt index in step with a record's attempts (few per record):
+/// untouched when no attempt started or got its decline since `old`.
+fn reindex_card(
+    by_method: &mut HashMap<String, BTreeMap<CardKey, CardAttempt>>,
+    old: Option<&PaymentRecord>,
+    new: &PaymentRecord,
+) {
+    let unchanged = old.is_some_and(|old| {
+        old.attempts.len() == new.attempts.len()
+            && old.attempts.iter().zip(&new.attempts).all(|(a, b)| {
+                a.started_at == b.started_at
+                    && a.decline_category.is_some() == b.decline_category.is_some()
+            })
+    });
+    if unchanged {
+        return;
     }
+    let index = by_method
+        .entry(new.payment.payment_method.clone())
+        .or_default();
+    if let Some(old) = old {
+        for (key, _) in card_attempts(old) {
+            index.remove(&key);
+        }
+    }
+    index.extend(card_attempts(new));
+}
 
+impl Inner {
     fn reindex(&mut self, old: Option<DueKey>, new: Option<DueKey>) {
         if old == new {
             return;
@@ -118,7 +122,7 @@ impl Store for MemoryStore {
         let mut stored = record.clone();
         stored.version = 1;
         inner.reindex(None, due_key(&stored));
-        inner.reindex_card(None, &stored);
+        reindex_card(&mut inner.by_method, None, &stored);
         inner.creation_order.push(id.clone());
         inner.records.insert(id, stored);
         Ok(())
@@ -129,7 +133,8 @@ impl Store for MemoryStore {
     }
 
     async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let id = record.payment.id.as_str();
         let current = inner
             .records
@@ -146,13 +151,9 @@ impl Store for MemoryStore {
         let mut stored = record.clone();
         stored.version = expected.version + 1;
         let version = stored.version;
+        reindex_card(&mut inner.by_method, Some(current), &stored);
         inner.reindex(old_key, due_key(&stored));
-        if let Some(previous) = inner.records.insert(id.to_owned(), stored) {
-            let stored = inner.records.get(id).cloned();
-            if let Some(stored) = stored {
-                inner.reindex_card(Some(&previous), &stored);
-            }
-        }
+        inner.records.insert(id.to_owned(), stored);
         Ok(version)
     }
 
@@ -210,7 +211,7 @@ impl Store for MemoryStore {
         &self,
         limit: usize,
         starting_after: Option<&str>,
-    ) -> Result<Vec<OffSessionPayment>, StoreError> {
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
         let inner = self.lock();
         let newest_first = inner.creation_order.iter().rev();
         let mut skipping = starting_after.is_some();
@@ -226,7 +227,7 @@ impl Store for MemoryStore {
                 break;
             }
             if let Some(record) = inner.records.get(id) {
-                out.push(record.payment.clone());
+                out.push(record.clone());
             }
         }
         Ok(out)

@@ -92,23 +92,7 @@ pub fn quote(text: &str) -> String {
 
 /// [`quote`] with another limit.
 fn quote_at_most(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars + 16));
-    let mut used = 0;
-    for c in text.chars() {
-        let piece: String = if c.is_control() {
-            c.escape_default().collect()
-        } else {
-            c.into()
-        };
-        let len = piece.chars().count();
-        if used + len > max_chars {
-            out.push_str("…(truncated)");
-            return out;
-        }
-        out.push_str(&piece);
-        used += len;
-    }
-    out
+    offsession_core::text::quote(text, max_chars)
 }
 
 /// Whether a value given as the *name* of an environment variable looks like a secret

@@ -56,21 +56,34 @@ impl Processor for AlwaysFaults {
     }
 }
 
-fn faulting(answer: AttemptOutcome) -> (Harness, Arc<AlwaysFaults>) {
+fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<AlwaysFaults>) {
     let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
     let processor = Arc::new(AlwaysFaults {
         mock: mock.clone(),
         answer,
         sends: AtomicU32::new(0),
     });
-    let config = EngineConfig {
-        max_replays: 5,
-        ..EngineConfig::default()
-    };
     (
         harness_with_processor(mock, processor.clone(), config),
         processor,
     )
+}
+
+/// Engine settings with a small replay bound.
+fn five_replays() -> EngineConfig {
+    EngineConfig {
+        max_replays: 5,
+        ..EngineConfig::default()
+    }
+}
+
+/// Creates one card payment and lets `days` pass.
+async fn one_payment_after(h: &Harness, days: u32) -> offsession_core::PaymentRecord {
+    let p = h.create(h.body("pm_card_visa")).await;
+    for _ in 0..days {
+        h.advance(DAY).await;
+    }
+    h.engine.record(&p.id).await.unwrap()
 }
 
 // Item 1: ids (and so attempt idempotency keys) never repeat across engines that
@@ -126,16 +139,15 @@ async fn capture_checks_the_deadline_itself() {
 // payment fails (rejected_by_partner) instead of looping forever.
 #[tokio::test]
 async fn refused_requests_end_after_bounded_replays() {
-    let (h, processor) = faulting(AttemptOutcome::ProcessorFault {
-        retryable: false,
-        rate_limited: false,
-        message: "stripe 400 invalid_request_error".into(),
-    });
-    let p = h.create(h.body("pm_card_visa")).await;
-    for _ in 0..60 {
-        h.advance(DAY).await;
-    }
-    let done = h.engine.record(&p.id).await.unwrap();
+    let (h, processor) = faulting(
+        AttemptOutcome::ProcessorFault {
+            retryable: false,
+            rate_limited: false,
+            message: "stripe 400 invalid_request_error".into(),
+        },
+        five_replays(),
+    );
+    let done = one_payment_after(&h, 60).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     assert_eq!(
         done.payment.failure_reason,
@@ -151,14 +163,13 @@ async fn refused_requests_end_after_bounded_replays() {
 // never with a second attempt under a new key.
 #[tokio::test]
 async fn unknown_outcomes_end_flagged_after_bounded_replays() {
-    let (h, processor) = faulting(AttemptOutcome::Unknown {
-        message: "garbage answer".into(),
-    });
-    let p = h.create(h.body("pm_card_visa")).await;
-    for _ in 0..60 {
-        h.advance(DAY).await;
-    }
-    let done = h.engine.record(&p.id).await.unwrap();
+    let (h, processor) = faulting(
+        AttemptOutcome::Unknown {
+            message: "garbage answer".into(),
+        },
+        five_replays(),
+    );
+    let done = one_payment_after(&h, 60).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     assert_eq!(
         done.payment.failure_reason,
@@ -181,24 +192,19 @@ async fn unknown_outcomes_end_flagged_after_bounded_replays() {
 // Item 7: the time bound holds even while the count bound is not reached.
 #[tokio::test]
 async fn replays_end_at_the_deadline() {
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let processor = Arc::new(AlwaysFaults {
-        mock: mock.clone(),
-        answer: AttemptOutcome::Unknown {
-            message: "no answer".into(),
-        },
-        sends: AtomicU32::new(0),
-    });
     let config = EngineConfig {
         max_replays: 1_000,
         replay_deadline: Duration::from_secs(6 * 3_600),
         replay_backoff: vec![Duration::from_secs(3_600)],
         ..EngineConfig::default()
     };
-    let h = harness_with_processor(mock, processor.clone(), config);
-    let p = h.create(h.body("pm_card_visa")).await;
-    h.advance(DAY).await;
-    let done = h.engine.record(&p.id).await.unwrap();
+    let (h, processor) = faulting(
+        AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        },
+        config,
+    );
+    let done = one_payment_after(&h, 1).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     let sends = processor.sends.load(Ordering::SeqCst);
     assert!((6..=8).contains(&sends), "hourly for 6 hours, got {sends}");

@@ -25,10 +25,17 @@
 )]
 #![forbid(unsafe_code)]
 
+mod http;
+mod preflight;
+mod secret;
 pub mod transformers;
 
+pub use http::{quote, MAX_BODY_BYTES, MAX_QUOTED_CHARS};
+use http::{quote_body, redirected, Reply};
+use preflight::PreflightFacts;
+pub use secret::{looks_like_secret, SecretKey};
+
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,69 +50,6 @@ use crate::transformers::{
     capture_params, payment_intent_params, ErrorBody, Form, List, PaymentIntent, PaymentMethod,
     SetupIntent,
 };
-
-/// A Stripe secret key. Its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(String);
-
-impl SecretKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> SecretKey {
-        SecretKey(key.into())
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix: String = self.0.chars().take_while(|c| *c != '_').collect();
-        write!(f, "SecretKey({prefix}_…redacted)")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SecretKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(SecretKey)
-    }
-}
-
-impl fmt::Display for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-/// The most bytes read from any Stripe response body; the rest is never read.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// The most characters of Stripe's (or a proxy's) text quoted in a message or error.
-pub const MAX_QUOTED_CHARS: usize = 500;
-
-/// `text` for quoting in a message: control characters escaped, and cut (on a
-/// character boundary) after [`MAX_QUOTED_CHARS`] characters, marked `…(truncated)`.
-pub fn quote(text: &str) -> String {
-    quote_at_most(text, MAX_QUOTED_CHARS)
-}
-
-/// [`quote`] with another limit.
-fn quote_at_most(text: &str, max_chars: usize) -> String {
-    offsession_core::text::quote(text, max_chars)
-}
-
-/// Whether a value given as the *name* of an environment variable looks like a secret
-/// key pasted in by mistake (`sk_…`, `rk_…`, `pk_…`, very long, or characters no
-/// variable name has), so that an error message must not repeat it.
-pub fn looks_like_secret(value: &str) -> bool {
-    let value = value.trim();
-    ["sk_", "rk_", "pk_", "whsec_"]
-        .iter()
-        .any(|prefix| value.starts_with(prefix))
-        || value.chars().count() > 64
-        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// Adapter settings.
 #[derive(Debug, Clone)]
@@ -168,32 +112,6 @@ pub enum StripeError {
     Client(String),
 }
 
-/// What came back from one logical request (after transport retries).
-#[derive(Debug)]
-enum Reply {
-    /// An HTTP response. A redirect (3xx) is never followed; it arrives here.
-    Response {
-        status: StatusCode,
-        /// At most [`MAX_BODY_BYTES`] of the body (lossy UTF-8).
-        body: String,
-        /// The body was longer than [`MAX_BODY_BYTES`]; the rest was not read.
-        truncated: bool,
-        /// `Location` of a redirect, quoted.
-        location: Option<String>,
-    },
-    /// The request never left (connection refused, DNS): nothing executed.
-    NotSent(String),
-    /// The request may have been executed; no answer.
-    Lost(String),
-}
-
-#[derive(Debug, Clone)]
-struct PreflightFacts {
-    method: PaymentMethod,
-    setups: Vec<SetupIntent>,
-    fetched: Instant,
-}
-
 /// The Stripe processor.
 #[derive(Debug)]
 pub struct StripeProcessor {
@@ -202,58 +120,6 @@ pub struct StripeProcessor {
     http: reqwest::Client,
     preflight_cache: Mutex<HashMap<String, PreflightFacts>>,
     misconfigured_until: Mutex<Option<Instant>>,
-}
-
-use offsession_core::hash::fnv1a as fnv;
-
-/// Appends `segment` percent-encoded so that it stays one path segment whatever it
-/// holds: every byte but `A–Z a–z 0–9 - . _ ~` becomes `%XX` (so `/`, `?`, `#`, `%`,
-/// spaces and control characters never reach the path as themselves).
-fn encode_segment(segment: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xF)]));
-        }
-    }
-}
-
-/// Reads at most [`MAX_BODY_BYTES`] of a body; `true` when there was more (unread).
-async fn read_capped(mut response: reqwest::Response) -> Result<(String, bool), reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY_BYTES - body.len();
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            return Ok((String::from_utf8_lossy(&body).into_owned(), true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((String::from_utf8_lossy(&body).into_owned(), false))
-}
-
-/// The message for a redirect, which is never followed.
-fn redirected(what: &str, status: StatusCode, location: Option<&str>) -> String {
-    format!(
-        "{what} answered {status} redirecting to `{}`; redirects are not followed (check processor.api_base and any proxy)",
-        location.unwrap_or("")
-    )
-}
-
-/// A body quoted for a message, noting when it was cut at [`MAX_BODY_BYTES`].
-fn quote_body(body: &str, truncated: bool) -> String {
-    if truncated {
-        format!(
-            "(body over {MAX_BODY_BYTES} bytes; only that much read) {}",
-            quote(body)
-        )
-    } else {
-        quote(body)
-    }
 }
 
 impl StripeProcessor {
@@ -281,144 +147,6 @@ impl StripeProcessor {
             preflight_cache: Mutex::new(HashMap::new()),
             misconfigured_until: Mutex::new(None),
         })
-    }
-
-    fn backoff(&self, key: &str, retry: u32) -> Duration {
-        let n = f64::from(retry);
-        let base = self.config.retry_base.as_secs_f64() * (1.0 + n * n);
-        let capped = base.min(self.config.retry_cap.as_secs_f64());
-        // Jitter in [0.5, 1.0), derived from the key so that it needs no RNG.
-        let jitter = 0.5 + (fnv(&format!("{key}:{retry}")) >> 11) as f64 / (1u64 << 54) as f64;
-        Duration::from_secs_f64(capped * jitter)
-    }
-
-    /// The URL of `segments` under the API base: every segment percent-encoded as one
-    /// path segment, `query` form-encoded. `None` if the base is unusable or a segment
-    /// is empty, `.` or `..` (no request is sent then).
-    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Option<reqwest::Url> {
-        let mut url = reqwest::Url::parse(&self.config.api_base).ok()?;
-        if url.cannot_be_a_base() {
-            return None;
-        }
-        let mut path = url.path().trim_end_matches('/').to_owned();
-        for segment in segments {
-            if segment.is_empty() || *segment == "." || *segment == ".." {
-                return None;
-            }
-            path.push('/');
-            encode_segment(segment, &mut path);
-        }
-        url.set_path(&path);
-        url.set_query(None);
-        url.set_fragment(None);
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        Some(url)
-    }
-
-    /// Sends one logical request, with transport retries that reuse `idempotency_key`.
-    async fn send(
-        &self,
-        method: Method,
-        segments: &[&str],
-        query: &[(&str, &str)],
-        form: Option<&Form>,
-        idempotency_key: Option<&str>,
-    ) -> Reply {
-        let Some(url) = self.url(segments, query) else {
-            return Reply::NotSent(format!(
-                "refused to build a request for path {}",
-                quote(&format!("{segments:?}"))
-            ));
-        };
-        let label = segments.join("/");
-        let mut retry = 0;
-        loop {
-            let mut request = self
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(self.config.secret_key.expose())
-                .header("Stripe-Version", &self.config.stripe_version);
-            if let Some(key) = idempotency_key {
-                request = request.header("Idempotency-Key", key);
-            }
-            if let Some(form) = form {
-                request = request.form(form);
-            }
-            let (reply, should_retry) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let header = response
-                        .headers()
-                        .get("Stripe-Should-Retry")
-                        .and_then(|v| v.to_str().ok())
-                        .map(|v| v == "true");
-                    let location = response
-                        .headers()
-                        .get(reqwest::header::LOCATION)
-                        .map(|v| quote_at_most(&String::from_utf8_lossy(v.as_bytes()), 200));
-                    match read_capped(response).await {
-                        Ok((body, truncated)) => {
-                            let code = serde_json::from_str::<ErrorBody>(&body)
-                                .ok()
-                                .and_then(|b| b.error.code);
-                            let guess = status.is_server_error()
-                                || status == StatusCode::CONFLICT
-                                || (status == StatusCode::TOO_MANY_REQUESTS
-                                    && code.as_deref() == Some("lock_timeout"));
-                            // A redirect is a misconfiguration; sending again won't help.
-                            let retry = !status.is_redirection() && header.unwrap_or(guess);
-                            (
-                                Reply::Response {
-                                    status,
-                                    body,
-                                    truncated,
-                                    location,
-                                },
-                                retry,
-                            )
-                        }
-                        Err(err) => (
-                            Reply::Lost(format!(
-                                "reading the response: {}",
-                                quote(&err.to_string())
-                            )),
-                            true,
-                        ),
-                    }
-                }
-                Err(err) if err.is_connect() => (Reply::NotSent(quote(&err.to_string())), true),
-                Err(err) => (Reply::Lost(quote(&err.to_string())), true),
-            };
-            if !should_retry || retry >= self.config.max_network_retries {
-                return reply;
-            }
-            tracing::debug!(
-                path = %quote(&label),
-                retry,
-                "retrying a Stripe request with the same idempotency key"
-            );
-            tokio::time::sleep(self.backoff(idempotency_key.unwrap_or(&label), retry + 1)).await;
-            retry += 1;
-        }
-    }
-
-    fn is_misconfigured(&self) -> bool {
-        let until = *self
-            .misconfigured_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|until| Instant::now() < until)
-    }
-
-    fn mark_misconfigured(&self, status: StatusCode) {
-        tracing::error!(processor = %self.config.id, %status, "Stripe refused the API key; check the secret key and its permissions");
-        *self
-            .misconfigured_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + self.config.misconfigured_cooldown);
     }
 
     /// Maps a non-success, non-redirect HTTP reply to an attempt outcome.
@@ -521,144 +249,6 @@ impl StripeProcessor {
                 message: format!("stripe: payment intent {id} is processing; lookup failed: {e}"),
             },
         }
-    }
-
-    async fn facts(&self, payment: &OffSessionPayment) -> Result<PreflightFacts, ApiError> {
-        let id = &payment.payment_method;
-        if let Some(facts) = self
-            .preflight_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .filter(|f| f.fetched.elapsed() < self.config.preflight_cache_ttl)
-        {
-            return Ok(facts.clone());
-        }
-        let unavailable =
-            |what: String| ApiError::new(ErrorCode::ApiError, format!("stripe: {what}"));
-        if id.is_empty() || id == "." || id == ".." {
-            return Err(ApiError::invalid(
-                "payment_method",
-                format!("`{}` is not a payment method id", quote(id)),
-            ));
-        }
-        let method = match self
-            .send(Method::GET, &["v1", "payment_methods", id], &[], None, None)
-            .await
-        {
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } if status.is_success() => {
-                if truncated {
-                    return Err(unavailable(format!(
-                        "payment method answer over {MAX_BODY_BYTES} bytes, not read"
-                    )));
-                }
-                serde_json::from_str::<PaymentMethod>(&body).map_err(|e| {
-                    unavailable(format!(
-                        "unreadable payment method: {}",
-                        quote(&e.to_string())
-                    ))
-                })?
-            }
-            Reply::Response { status, .. } if status == StatusCode::NOT_FOUND => {
-                return Err(ApiError::invalid(
-                    "payment_method",
-                    format!("no such payment method `{}`", quote(id)),
-                ))
-            }
-            Reply::Response {
-                status, location, ..
-            } if status.is_redirection() => {
-                return Err(unavailable(redirected(
-                    "payment method lookup",
-                    status,
-                    location.as_deref(),
-                )))
-            }
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } => {
-                if matches!(status.as_u16(), 401 | 403) {
-                    self.mark_misconfigured(status);
-                }
-                return Err(unavailable(quote(&format!(
-                    "payment method lookup answered {status}: {}",
-                    quote_body(&body, truncated)
-                ))));
-            }
-            Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
-        };
-        let query = [
-            ("payment_method", id.as_str()),
-            ("customer", payment.customer.as_str()),
-            ("limit", "100"),
-        ];
-        let setups = match self
-            .send(Method::GET, &["v1", "setup_intents"], &query, None, None)
-            .await
-        {
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } if status.is_success() => {
-                if truncated {
-                    return Err(unavailable(format!(
-                        "setup intents answer over {MAX_BODY_BYTES} bytes, not read"
-                    )));
-                }
-                serde_json::from_str::<List<SetupIntent>>(&body)
-                    .map_err(|e| {
-                        unavailable(format!(
-                            "unreadable setup intents: {}",
-                            quote(&e.to_string())
-                        ))
-                    })?
-                    .data
-            }
-            Reply::Response {
-                status, location, ..
-            } if status.is_redirection() => {
-                return Err(unavailable(redirected(
-                    "setup intent lookup",
-                    status,
-                    location.as_deref(),
-                )))
-            }
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } => {
-                if matches!(status.as_u16(), 401 | 403) {
-                    self.mark_misconfigured(status);
-                }
-                return Err(unavailable(quote(&format!(
-                    "setup intent lookup answered {status}: {}",
-                    quote_body(&body, truncated)
-                ))));
-            }
-            Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
-        };
-        let facts = PreflightFacts {
-            method,
-            setups,
-            fetched: Instant::now(),
-        };
-        self.preflight_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), facts.clone());
-        Ok(facts)
     }
 }
 
@@ -847,48 +437,50 @@ impl Processor for StripeProcessor {
     }
 
     async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
-        let error = |message: String| ProcessorError {
-            processor: self.config.id.clone(),
-            operation: "capture",
-            message,
+        let Some(pi) = request.reference.payment.as_deref() else {
+            return Err(self.operation_error("capture", "no payment intent to capture".into()));
         };
-        let pi = request
-            .reference
-            .payment
-            .as_deref()
-            .ok_or_else(|| error("no payment intent to capture".into()))?;
         let form = capture_params(request.amount.value);
-        let reply = self
-            .send(
-                Method::POST,
-                &["v1", "payment_intents", pi, "capture"],
-                &[],
-                Some(&form),
-                Some(request.idempotency_key),
-            )
-            .await;
-        settle_reply("capture", reply).map_err(error)
+        self.intent_action("capture", pi, &form, request.idempotency_key)
+            .await
     }
 
     async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
-        let error = |message: String| ProcessorError {
-            processor: self.config.id.clone(),
-            operation: "cancel",
-            message,
-        };
         let Some(pi) = request.reference.payment.as_deref() else {
             return Ok(());
         };
+        self.intent_action("cancel", pi, &Vec::new(), request.idempotency_key)
+            .await
+    }
+}
+
+impl StripeProcessor {
+    /// `POST /v1/payment_intents/{pi}/{operation}` (capture or cancel).
+    async fn intent_action(
+        &self,
+        operation: &'static str,
+        pi: &str,
+        form: &Form,
+        idempotency_key: &str,
+    ) -> Result<(), ProcessorError> {
         let reply = self
             .send(
                 Method::POST,
-                &["v1", "payment_intents", pi, "cancel"],
+                &["v1", "payment_intents", pi, operation],
                 &[],
-                Some(&Vec::new()),
-                Some(request.idempotency_key),
+                Some(form),
+                Some(idempotency_key),
             )
             .await;
-        settle_reply("cancel", reply).map_err(error)
+        settle_reply(operation, reply).map_err(|message| self.operation_error(operation, message))
+    }
+
+    fn operation_error(&self, operation: &'static str, message: String) -> ProcessorError {
+        ProcessorError {
+            processor: self.config.id.clone(),
+            operation,
+            message,
+        }
     }
 }
 
@@ -913,123 +505,4 @@ fn settle_reply(what: &str, reply: Reply) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_secret_key_never_prints() {
-        let key = SecretKey::new("sk_test_51Habcdefghijklmnop");
-        assert_eq!(format!("{key:?}"), "SecretKey(sk_…redacted)");
-        assert!(!format!("{key}").contains("51Habc"));
-        let config = StripeConfig::new("stripe", key);
-        assert!(!format!("{config:?}").contains("51Habc"));
-    }
-
-    #[test]
-    fn quote_caps_on_a_char_boundary_and_escapes_control_characters() {
-        assert_eq!(quote("card declined"), "card declined");
-        let long = "é".repeat(10_000);
-        let quoted = quote(&long);
-        assert!(quoted.ends_with("…(truncated)"));
-        assert_eq!(
-            quoted.chars().count(),
-            MAX_QUOTED_CHARS + "…(truncated)".len() - 2
-        );
-        assert!(quoted.starts_with(&"é".repeat(MAX_QUOTED_CHARS)));
-        assert_eq!(quote("a\nb\u{0}"), "a\\nb\\u{0}");
-        let controls = quote(&"\u{1}".repeat(10_000));
-        assert!(
-            controls.chars().count() <= MAX_QUOTED_CHARS + 12,
-            "{controls}"
-        );
-    }
-
-    #[test]
-    fn a_pasted_secret_key_is_recognized_and_a_variable_name_is_not() {
-        for secret in [
-            "sk_test_51Habcdefghijklmnop",
-            "sk_live_51Habcdefghijklmnop",
-            "rk_live_abc",
-            "pk_test_abc",
-            " sk_live_abc ",
-            "whsec_abc",
-            &"A".repeat(65),
-            "not a name",
-            "STRIPE-KEY",
-            "key=value",
-            "abc$def",
-        ] {
-            assert!(looks_like_secret(secret), "{secret}");
-        }
-        for name in [
-            "STRIPE_SECRET_KEY",
-            "STRIPE_TEST_SECRET_KEY",
-            "stripe_key",
-            "SK_ENV",
-            &"A".repeat(64),
-        ] {
-            assert!(!looks_like_secret(name), "{name}");
-        }
-    }
-
-    fn processor(api_base: &str) -> StripeProcessor {
-        let mut config = StripeConfig::new("s", SecretKey::new("sk_test_x"));
-        config.api_base = api_base.into();
-        StripeProcessor::new(config).unwrap()
-    }
-
-    #[test]
-    fn every_segment_is_one_percent_encoded_segment_and_queries_are_form_encoded() {
-        let p = processor("https://api.stripe.com");
-        let url = p
-            .url(
-                &["v1", "payment_methods", "pm_1/../x?y=1#z %2F\n\u{7}é"],
-                &[],
-            )
-            .unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://api.stripe.com/v1/payment_methods/pm_1%2F..%2Fx%3Fy%3D1%23z%20%252F%0A%07%C3%A9"
-        );
-        assert_eq!(url.path_segments().unwrap().count(), 3);
-        let url = p
-            .url(
-                &["v1", "setup_intents"],
-                &[("payment_method", "pm_1&limit=1"), ("customer", "cus 1#x")],
-            )
-            .unwrap();
-        assert_eq!(
-            url.query(),
-            Some("payment_method=pm_1%26limit%3D1&customer=cus+1%23x")
-        );
-        for bad in ["", ".", ".."] {
-            assert!(
-                p.url(&["v1", "payment_intents", bad], &[]).is_none(),
-                "{bad:?}"
-            );
-        }
-        // A base with a path prefix keeps it.
-        let p = processor("http://127.0.0.1:9/stripe/");
-        assert_eq!(
-            p.url(&["v1", "payment_intents"], &[]).unwrap().as_str(),
-            "http://127.0.0.1:9/stripe/v1/payment_intents"
-        );
-    }
-
-    #[test]
-    fn backoff_grows_quadratically_with_jitter_and_a_cap() {
-        let processor =
-            StripeProcessor::new(StripeConfig::new("s", SecretKey::new("sk_test_x"))).unwrap();
-        let first = processor.backoff("k", 1);
-        assert!(
-            first >= Duration::from_millis(500) && first < Duration::from_millis(1000),
-            "{first:?}"
-        );
-        let third = processor.backoff("k", 3);
-        assert!(
-            third >= Duration::from_millis(2500) && third <= Duration::from_secs(5),
-            "{third:?}"
-        );
-        assert_eq!(processor.backoff("k", 2), processor.backoff("k", 2));
-    }
-}
+mod tests;

@@ -1,0 +1,231 @@
+//! One attempt: the network-rule re-check, the processor choice, the write-ahead, the
+//! send (with the lease kept while it is in flight).
+
+use super::*;
+
+impl Engine {
+    /// Runs one attempt (or replays the unresolved one) of a claimed payment.
+    /// Returns the time spent outside the engine (rate-limit wait and processor).
+    pub(super) async fn attempt(&self, claimed: PaymentRecord) -> Result<Duration, StoreError> {
+        let now = self.now_for(&claimed.payment);
+        let from = claimed.payment.status;
+        let Ok(status) = transition(from, Transition::StartAttempt) else {
+            return Ok(Duration::ZERO);
+        };
+        let expected = Expected::of(&claimed);
+        let mut record = claimed;
+        // A `processing` record whose lease lapsed crashed mid-attempt: its outcome is
+        // unknown, so the same attempt is replayed with the same key.
+        let replay = (record.replay_pending || from == PaymentStatus::Processing)
+            && !record.attempts.is_empty();
+        if from == PaymentStatus::Processing && !record.replay_pending {
+            if let Some(last) = record.attempts.last_mut() {
+                last.outcome_unknown = true;
+                last.first_fault_at.get_or_insert(now);
+                tracing::warn!(payment = %record.payment.id, key = %last.idempotency_key, "attempt was in flight when its lease lapsed; replaying with the same key");
+            }
+        }
+        if !replay && !record.attempts.is_empty() {
+            // Other payments of the same card may have been attempted since this retry
+            // was scheduled: check the network caps again before sending.
+            let brand = record
+                .method
+                .as_ref()
+                .and_then(|m| m.card.as_ref())
+                .map(|c| c.brand.clone());
+            let history = self.card_history(&record, now).await?;
+            let allowed = self.inner.declines.network_rules().earliest_allowed(
+                brand.as_deref(),
+                &history,
+                record.payment.amount_requested.value,
+                now,
+            );
+            if allowed > now {
+                let mut next = record;
+                next.lease = None;
+                if next.retry_latest.is_some_and(|latest| allowed > latest) {
+                    next.payment.status = transition(next.payment.status, Transition::Fail)
+                        .unwrap_or(PaymentStatus::Failed);
+                    next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
+                    next.due_at = None;
+                } else {
+                    next.due_at = Some(allowed);
+                }
+                self.inner.store.update(&next, expected).await?;
+                self.emit_change(from, &next.payment, now);
+                return Ok(Duration::ZERO);
+            }
+        }
+        // Which processor: a replay goes back to where the attempt was sent; a new
+        // attempt goes to the cascade target, or to the first processor of the route
+        // whose circuit breaker lets calls through.
+        let processor_id = if replay {
+            record
+                .attempts
+                .last()
+                .map(|a| a.processor.clone())
+                .unwrap_or_default()
+        } else if let Some(target) = record.cascade_to.take() {
+            target
+        } else {
+            let allowed = std::iter::once(&record.processor)
+                .chain(record.fallbacks.iter())
+                .find(|id| {
+                    self.inner
+                        .breakers
+                        .get(id.as_str())
+                        .is_none_or(|b| b.allow(now))
+                })
+                .cloned();
+            match allowed {
+                Some(id) => id,
+                None => {
+                    // Every processor of the route is out of routing: try again when
+                    // the primary's breaker lets a probe through.
+                    let mut next = record;
+                    next.lease = None;
+                    next.due_at = Some(now.plus(self.inner.breaker_config.open_for));
+                    self.inner.store.update(&next, expected).await?;
+                    return Ok(Duration::ZERO);
+                }
+            }
+        };
+        let Some(processor) = self.processor(&processor_id).cloned() else {
+            tracing::error!(payment = %record.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
+            return Ok(Duration::ZERO);
+        };
+        if replay {
+            if let Some(last) = record.attempts.last_mut() {
+                last.replays += 1;
+            }
+        } else {
+            let number = record.payment.retry_details.attempts + 1;
+            let attempt = AttemptRecord {
+                id: self.inner.ids.next("ospattempt"),
+                number,
+                idempotency_key: attempt_idempotency_key(&record.payment.id, number),
+                processor: processor_id.clone(),
+                started_at: now,
+                finished_at: None,
+                replays: 0,
+                first_fault_at: None,
+                outcome_unknown: false,
+                outcome: None,
+                decline_category: None,
+            };
+            record.payment.retry_details.attempts = number;
+            record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
+            record.first_attempt_at.get_or_insert(now);
+            record.attempts.push(attempt);
+        }
+        record.replay_pending = false;
+        record.payment.status = status;
+        record.due_at = Some(now);
+        // Write-ahead: the attempt and its key are durable before the processor is
+        // called. The claim's lease stays, so a crash makes the record claimable
+        // again (for a replay) when the lease lapses.
+        record.version = self.inner.store.update(&record, expected).await?;
+        self.emit_change(from, &record.payment, now);
+
+        let Some(attempt) = record.attempts.last().cloned() else {
+            return Ok(Duration::ZERO);
+        };
+        let outside = std::time::Instant::now();
+        let send = async {
+            if let Some(pacer) = self.inner.pacers.get(processor.id()) {
+                let waited = pacer.acquire().await;
+                metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
+                    .record(waited.as_secs_f64());
+            }
+            let sent = std::time::Instant::now();
+            let outcome = processor
+                .authorize(AuthorizeRequest {
+                    payment: &record.payment,
+                    attempt_number: attempt.number,
+                    idempotency_key: &attempt.idempotency_key,
+                })
+                .await;
+            metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
+                .record(sent.elapsed().as_secs_f64());
+            outcome
+        };
+        // While the answer is awaited the lease is renewed, so that no other
+        // scheduler takes the payment for a replay while this attempt is in flight.
+        let renewed = std::sync::Mutex::new(None::<(u64, Option<Lease>)>);
+        let outcome = {
+            let send = std::pin::pin!(send);
+            let keep = std::pin::pin!(self.keep_lease(&record, &renewed));
+            match futures::future::select(send, keep).await {
+                futures::future::Either::Left((outcome, _)) => outcome,
+                futures::future::Either::Right(((), send)) => send.await,
+            }
+        };
+        if let Some((version, lease)) = renewed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            record.version = version;
+            record.lease = lease;
+        }
+        let outside = outside.elapsed();
+        self.observe_health(processor.id(), &outcome, self.now_for(&record.payment));
+        self.apply_outcome(record, outcome).await.map(|()| outside)
+    }
+
+    /// Renews the lease of an attempt in flight every third of the lease, until it
+    /// is dropped (the answer came) or another change wins (then it stops: the
+    /// outcome write will be refused and the winner replays with the same key).
+    pub(super) async fn keep_lease(
+        &self,
+        in_flight: &PaymentRecord,
+        renewed: &std::sync::Mutex<Option<(u64, Option<Lease>)>>,
+    ) {
+        let period = (self.inner.config.lease / 3).max(Duration::from_millis(10));
+        let mut version = in_flight.version;
+        loop {
+            futures_timer::Delay::new(period).await;
+            let mut next = in_flight.clone();
+            next.lease = Some(Lease {
+                owner: self.inner.config.instance_id.clone(),
+                until: self
+                    .now_for(&in_flight.payment)
+                    .plus(self.inner.config.lease),
+            });
+            let expected = Expected {
+                version,
+                status: in_flight.payment.status,
+            };
+            match self.inner.store.update(&next, expected).await {
+                Ok(v) => {
+                    version = v;
+                    *renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, next.lease));
+                }
+                Err(err) => {
+                    tracing::warn!(payment = %in_flight.payment.id, error = %err, "could not renew the lease of an attempt in flight");
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+
+    /// Feeds the processor's circuit breaker and pacer with an answer.
+    pub(super) fn observe_health(&self, processor: &str, outcome: &AttemptOutcome, now: Timestamp) {
+        let good = matches!(
+            outcome,
+            AttemptOutcome::Approved { .. }
+                | AttemptOutcome::RequiresCapture { .. }
+                | AttemptOutcome::Declined { .. }
+        );
+        if let Some(breaker) = self.inner.breakers.get(processor) {
+            let state = breaker.record(now, good);
+            metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
+                .set(state as u8 as f64);
+        }
+        if let Some(pacer) = self.inner.pacers.get(processor) {
+            pacer.observe(matches!(
+                outcome,
+                AttemptOutcome::ProcessorFault {
+                    rate_limited: true,
+                    ..
+                }
+            ));
+        }
+    }
+}

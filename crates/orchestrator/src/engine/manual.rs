@@ -1,0 +1,176 @@
+//! Manual operations: cancel, pause, resume and capture, each a checked transition.
+
+use super::*;
+
+/// Retries of a manual operation that lost a race with the scheduler.
+const MANUAL_OPERATION_TRIES: usize = 3;
+
+/// A manual operation the payment's status does not allow.
+fn refusal(refused: offsession_core::TransitionRefused) -> ApiError {
+    let message = if refused.from == PaymentStatus::Processing {
+        format!("{refused}: an authorization attempt is in flight or its outcome is being reconciled with the processor; retry once the payment leaves `processing`")
+    } else {
+        refused.to_string()
+    };
+    ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, message)
+}
+
+impl Engine {
+    pub(super) async fn manual<F>(
+        &self,
+        id: &str,
+        transition_for: F,
+    ) -> Result<OffSessionPayment, ApiError>
+    where
+        F: Fn(&PaymentRecord) -> Transition,
+    {
+        let mut last_err = None;
+        for _ in 0..MANUAL_OPERATION_TRIES {
+            let record = self.record(id).await?;
+            let now = self.now_for(&record.payment);
+            let t = transition_for(&record);
+            let to = transition(record.payment.status, t).map_err(refusal)?;
+            let mut next = record.clone();
+            next.payment.status = to;
+            next.lease = None;
+            match t {
+                Transition::Cancel => {
+                    if record.payment.status == PaymentStatus::RequiresCapture {
+                        self.release_authorization(&record).await?;
+                    }
+                    next.due_at = None;
+                    next.payment.amount_capturable = None;
+                    next.authorization = None;
+                }
+                Transition::Pause => {
+                    next.paused_due_at = record.due_at;
+                    next.due_at = None;
+                }
+                Transition::Resume { .. } => {
+                    next.due_at = Some(record.paused_due_at.unwrap_or(now).max(now));
+                    next.paused_due_at = None;
+                }
+                _ => unreachable!("manual operations are cancel, pause and resume"),
+            };
+            match self.inner.store.update(&next, Expected::of(&record)).await {
+                Ok(_) => {
+                    self.emit_change(record.payment.status, &next.payment, now);
+                    return Ok(next.payment);
+                }
+                Err(err @ StoreError::Conflict { .. }) => last_err = Some(err),
+                Err(err) => return Err(store_error(err)),
+            }
+        }
+        Err(store_error(
+            last_err.unwrap_or_else(|| StoreError::NotFound(id.to_owned())),
+        ))
+    }
+
+    /// Cancels a payment that is not processing and not terminal; a held
+    /// authorization is released at the processor.
+    pub async fn cancel(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |_| Transition::Cancel).await
+    }
+
+    /// Suspends retries until [`Engine::resume`].
+    pub async fn pause(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |_| Transition::Pause).await
+    }
+
+    /// Resumes a paused payment; a retry that fell due meanwhile runs at once.
+    pub async fn resume(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, |record| Transition::Resume {
+            attempted: record.payment.retry_details.attempts > 0 || record.replay_pending,
+        })
+        .await
+    }
+
+    pub(super) async fn release_authorization(
+        &self,
+        record: &PaymentRecord,
+    ) -> Result<(), ApiError> {
+        let (Some(processor), Some(reference)) = (
+            self.processor(&record.processor),
+            record.authorization.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let key = format!("{}:cancel", record.payment.id);
+        processor
+            .cancel(CancelRequest {
+                payment: &record.payment,
+                reference,
+                idempotency_key: &key,
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))
+    }
+
+    /// Captures a `requires_capture` payment, the whole authorization or
+    /// `amount_to_capture` of it. At or after `capture.capture_before` (or the end of
+    /// the authorization's validity) the capture is refused: the authorization is
+    /// released and the payment ends `failed` / `authorization_expired`.
+    pub async fn capture(
+        &self,
+        id: &str,
+        amount_to_capture: Option<i64>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        let record = self.record(id).await?;
+        let now = self.now_for(&record.payment);
+        let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
+        if let Some(expires) = record.due_at.filter(|expires| now >= *expires) {
+            self.expire_authorization(record)
+                .await
+                .map_err(store_error)?;
+            return Err(ApiError::new(
+                ErrorCode::OffSessionPaymentInvalidStatus,
+                format!("the authorization expired at {expires}; it was released and the payment failed with `authorization_expired`"),
+            ));
+        }
+        let capturable = record
+            .payment
+            .amount_capturable
+            .unwrap_or(record.payment.amount_requested);
+        let value = amount_to_capture.unwrap_or(capturable.value);
+        if value <= 0 || value > capturable.value {
+            return Err(ApiError::invalid(
+                "amount_to_capture",
+                format!(
+                    "must be between 1 and the capturable amount ({})",
+                    capturable.value
+                ),
+            ));
+        }
+        let amount = offsession_core::Amount::new(value, capturable.currency);
+        let processor = self.processor(&record.processor).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ApiError,
+                format!("processor `{}` is not configured", record.processor),
+            )
+        })?;
+        let reference = record.authorization.clone().unwrap_or_default();
+        let key = format!("{}:capture", record.payment.id);
+        processor
+            .capture(CaptureRequest {
+                payment: &record.payment,
+                reference: &reference,
+                amount,
+                idempotency_key: &key,
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
+        let mut next = record.clone();
+        next.payment.status = to;
+        next.payment.amount_capturable = None;
+        next.payment.payment_record = Some(self.inner.ids.next("pr"));
+        next.due_at = None;
+        next.lease = None;
+        self.inner
+            .store
+            .update(&next, Expected::of(&record))
+            .await
+            .map_err(store_error)?;
+        self.emit_change(record.payment.status, &next.payment, now);
+        Ok(next.payment)
+    }
+}

@@ -1,0 +1,166 @@
+//! The scheduler: claim due payments under a lease and handle them, `concurrency` at a time.
+
+use super::*;
+
+impl Engine {
+    /// Runs everything due on the engine clock now.
+    pub async fn run_due(&self) -> Result<RunReport, EngineError> {
+        self.run_scope(&ClockScope::Engine, self.inner.clock.now())
+            .await
+    }
+
+    /// When the next engine-clock payment falls due.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, EngineError> {
+        Ok(self.inner.store.next_due(&ClockScope::Engine).await?)
+    }
+
+    pub(super) async fn run_scope(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+    ) -> Result<RunReport, EngineError> {
+        use futures::stream::FuturesUnordered;
+        let config = &self.inner.config;
+        let mut report = RunReport::default();
+        let mut queue: std::collections::VecDeque<PaymentRecord> =
+            std::collections::VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        // Claims are made whenever the queue runs dry and a slot is free, so that
+        // `concurrency` attempts stay in flight instead of draining batch by batch.
+        // After an empty claim the scheduler waits for the work in flight to finish
+        // before it looks again (cascades and zero-wait retries fall due now).
+        let mut exhausted = false;
+        loop {
+            while in_flight.len() < config.concurrency {
+                if queue.is_empty() && !exhausted {
+                    let batch = self.claim(scope, now).await?;
+                    exhausted = batch.is_empty();
+                    queue.extend(batch);
+                }
+                match queue.pop_front() {
+                    Some(record) => in_flight.push(self.handle(record)),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                Some(result) => report.add(result?),
+                None if exhausted => {
+                    // One more look now that nothing is in flight.
+                    let batch = self.claim(scope, now).await?;
+                    if batch.is_empty() {
+                        return Ok(report);
+                    }
+                    exhausted = false;
+                    queue.extend(batch);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Claims up to `claim_batch` due payments of `scope` under this instance's lease.
+    pub(super) async fn claim(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let config = &self.inner.config;
+        let lease = Lease {
+            owner: config.instance_id.clone(),
+            until: now.plus(config.lease),
+        };
+        self.inner
+            .store
+            .claim_due(scope, now, config.claim_batch, &lease)
+            .await
+    }
+
+    pub(super) async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {
+        let started = std::time::Instant::now();
+        let mut outside = Duration::ZERO;
+        let outcome = match record.payment.status {
+            PaymentStatus::RequiresCapture => self.expire_authorization(record).await,
+            PaymentStatus::Pending | PaymentStatus::PendingRetry | PaymentStatus::Processing => {
+                self.attempt(record).await.map(|waited| outside = waited)
+            }
+            _ => {
+                // Nothing to do for this status: drop the stale due time.
+                let mut next = record.clone();
+                next.due_at = None;
+                next.lease = None;
+                self.inner
+                    .store
+                    .update(&next, Expected::of(&record))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let total = started.elapsed();
+        let overhead = total.saturating_sub(outside);
+        metrics::histogram!("offsession_engine_overhead_seconds").record(overhead.as_secs_f64());
+        if let Some(observer) = &self.inner.timing {
+            (observer.0)(AttemptTiming {
+                total,
+                processor: outside,
+            });
+        }
+        match outcome {
+            Ok(()) => Ok(RunReport {
+                handled: 1,
+                conflicts: 0,
+            }),
+            Err(StoreError::Conflict { id, .. }) => {
+                tracing::debug!(payment = %id, "lost a race to another change; skipped");
+                Ok(RunReport {
+                    handled: 1,
+                    conflicts: 1,
+                })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub(super) async fn expire_authorization(
+        &self,
+        record: PaymentRecord,
+    ) -> Result<(), StoreError> {
+        let now = self.now_for(&record.payment);
+        let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {
+            return Ok(());
+        };
+        if let Err(err) = self.release_authorization(&record).await {
+            tracing::warn!(payment = %record.payment.id, error = %err, "releasing an expired authorization failed");
+        }
+        let mut next = record.clone();
+        next.payment.status = to;
+        next.payment.failure_reason = Some(FailureReason::AuthorizationExpired);
+        next.payment.amount_capturable = None;
+        next.authorization = None;
+        next.due_at = None;
+        next.lease = None;
+        self.inner
+            .store
+            .update(&next, Expected::of(&record))
+            .await?;
+        self.emit_change(record.payment.status, &next.payment, now);
+        Ok(())
+    }
+
+    /// Sets the gauges that need a count over the store (pending retries).
+    pub async fn update_gauges(&self) -> Result<(), EngineError> {
+        for (status, count) in self.inner.store.count_by_status().await? {
+            if status == PaymentStatus::PendingRetry {
+                metrics::gauge!("offsession_pending_retries").set(count as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pacing of a processor: (current pace as a fraction of its quota, 429s seen).
+    pub fn pacing(&self, processor: &str) -> Option<(f64, u64)> {
+        self.inner
+            .pacers
+            .get(processor)
+            .map(|p| (p.pace(), p.rate_limited()))
+    }
+}

@@ -38,7 +38,7 @@ fn classification(c: &mut Criterion) {
     let mut codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
     codes.network_decline_code = Some("51".into());
     group.bench_function("classify_insufficient_funds", |b| {
-        b.iter(|| table.classify(&codes, Some("visa")))
+        b.iter(|| table.classify(&codes, Some(&offsession_core::CardBrand::Visa)))
     });
     group.finish();
 }

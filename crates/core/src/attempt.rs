@@ -143,11 +143,8 @@ pub enum AttemptOutcome {
     /// The processor did not give the issuer's answer (timeout before sending, 429,
     /// 5xx with `Stripe-Should-Retry`, misconfiguration). No money moved.
     ProcessorFault {
-        /// Whether sending the same request again may work.
-        retryable: bool,
-        /// The processor said to slow down (HTTP 429): the engine lowers its pace.
-        #[serde(default)]
-        rate_limited: bool,
+        /// Which fault: what the engine may do next depends on it.
+        kind: FaultKind,
         /// What went wrong.
         message: String,
     },
@@ -159,7 +156,42 @@ pub enum AttemptOutcome {
     },
 }
 
+/// Why a processor did not give the issuer's answer; in every case nothing was
+/// charged (a lost answer is [`AttemptOutcome::Unknown`], not a fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// A passing fault (5xx, connection refused before sending): the same request
+    /// may work later.
+    Unavailable,
+    /// HTTP 429: slow down, then send the same request again.
+    RateLimited,
+    /// The processor refused the request itself (400/401/403, a redirect): the
+    /// merchant's configuration is wrong and the same request fails again until it
+    /// is fixed.
+    Refused,
+}
+
+impl FaultKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Unavailable => "unavailable",
+            FaultKind::RateLimited => "rate_limited",
+            FaultKind::Refused => "refused",
+        }
+    }
+}
+
 impl AttemptOutcome {
+    /// A processor fault of `kind`.
+    pub fn fault(kind: FaultKind, message: impl Into<String>) -> AttemptOutcome {
+        AttemptOutcome::ProcessorFault {
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// Short name for metrics and summaries.
     pub fn kind(&self) -> &'static str {
         match self {

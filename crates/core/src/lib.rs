@@ -1,6 +1,6 @@
 //! Domain model of offsession: off-session payments, money, statuses and the state
 //! machine, request validation, and the traits the engine is built from
-//! (`Processor`, `RetryPolicy`, `Store`, `Clock`, `EventSink`).
+//! (`Processor`, `RetryPolicy`, `Store`, `Clock`, `IdSource`, `EventSink`).
 //!
 //! This crate does no I/O and knows no vendor.
 #![warn(
@@ -12,9 +12,12 @@
 #![forbid(unsafe_code)]
 
 pub mod attempt;
+pub mod duration;
 pub mod error;
 pub mod events;
 pub mod hash;
+pub mod ids;
+pub mod method;
 pub mod money;
 pub mod payment;
 pub mod policy;
@@ -27,10 +30,12 @@ pub mod time;
 
 pub use attempt::{
     attempt_idempotency_key, AttemptOutcome, AttemptRecord, DeclineCategory, DeclineCodes,
-    ProcessorReference,
+    FaultKind, ProcessorReference,
 };
 pub use error::{ApiError, ErrorCode};
 pub use events::{CollectEvents, DiscardEvents, Event, EventSink, EventType};
+pub use ids::{IdSource, RandomIds, SeededIds};
+pub use method::{CardBrand, PaymentMethodType};
 pub use money::{Amount, Currency};
 pub use payment::{
     Cadence, Capture, CaptureMethod, FailureReason, OffSessionPayment, PaymentStatus, RetryDetails,

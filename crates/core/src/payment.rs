@@ -331,11 +331,6 @@ impl OffSessionPayment {
     }
 }
 
-/// Whether a payment method type is a bank debit (`us_bank_account`, `sepa_debit`).
-pub fn is_debit_method_type(payment_method_type: &str) -> bool {
-    matches!(payment_method_type, "us_bank_account" | "sepa_debit")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

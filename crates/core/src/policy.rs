@@ -46,6 +46,18 @@ pub struct RetryContext<'a> {
     pub now: Timestamp,
 }
 
+impl RetryContext<'_> {
+    /// The last moment a retry may run: `window` after the first attempt, or the
+    /// payment's `retry_until` when that is earlier.
+    pub fn window_end(&self, window: std::time::Duration) -> Timestamp {
+        let end = self.first_attempt_at.plus(window);
+        match self.payment.retry_details.retry_until {
+            Some(until) => end.min(until),
+            None => end,
+        }
+    }
+}
+
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryDecision {
@@ -60,6 +72,29 @@ pub enum RetryDecision {
     },
     /// Stop: the payment fails for this reason.
     Stop(FailureReason),
+}
+
+impl RetryDecision {
+    /// Keeps the decision within a window ending at `end`: a retry that cannot start
+    /// by then stops the payment (`exceeded_retry_window`), and a retry's latest time
+    /// is never later than `end`. Strategies apply their own window with it, and the
+    /// engine applies the payment's `retry_until` with it whatever the policy said:
+    /// the one place the rule is written.
+    pub fn within(self, end: Option<Timestamp>) -> RetryDecision {
+        match (self, end) {
+            (RetryDecision::RetryAt { not_before, .. }, Some(end)) if not_before > end => {
+                RetryDecision::Stop(FailureReason::ExceededRetryWindow)
+            }
+            (RetryDecision::RetryAt { not_before, latest }, end) => RetryDecision::RetryAt {
+                not_before,
+                latest: match (latest, end) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
+            (decision, _) => decision,
+        }
+    }
 }
 
 /// A retry strategy.

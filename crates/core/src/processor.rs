@@ -7,14 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::attempt::{AttemptOutcome, ProcessorReference};
 use crate::error::ApiError;
+use crate::method::{CardBrand, PaymentMethodType};
 use crate::money::Amount;
 use crate::payment::OffSessionPayment;
 
 /// What a processor can charge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
-    /// Payment method types (`card`, `us_bank_account`, `sepa_debit`).
-    pub payment_method_types: Vec<String>,
+    /// Payment method types it charges.
+    pub payment_method_types: Vec<PaymentMethodType>,
     /// Lower-case currency codes; empty means any currency in the table.
     pub currencies: Vec<String>,
     /// Whether `on_behalf_of` / `transfer_data` payments are supported.
@@ -25,18 +26,16 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Whether `payment_method_type` is supported.
-    pub fn supports_type(&self, payment_method_type: &str) -> bool {
-        self.payment_method_types
-            .iter()
-            .any(|t| t == payment_method_type)
+    pub fn supports_type(&self, payment_method_type: &PaymentMethodType) -> bool {
+        self.payment_method_types.contains(payment_method_type)
     }
 }
 
 /// Card facts the retry engine and network rules need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardDetails {
-    /// `visa`, `mastercard`, `amex`, …
-    pub brand: String,
+    /// The network whose retry rules apply.
+    pub brand: CardBrand,
     /// `credit`, `debit`, `prepaid`, `unknown`.
     pub funding: String,
     /// Issuing country, ISO 3166-1 alpha-2.
@@ -48,8 +47,8 @@ pub struct CardDetails {
 /// What preflight learned about the payment method.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentMethodDetails {
-    /// `card`, `us_bank_account`, `sepa_debit`, …
-    pub payment_method_type: String,
+    /// Card or bank debit: which retry switches and options apply.
+    pub payment_method_type: PaymentMethodType,
     /// Card facts, for cards.
     pub card: Option<CardDetails>,
 }

@@ -162,7 +162,7 @@ pub enum IdempotencyClaim {
 }
 
 /// Store failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A payment with that id exists already.
     #[error("payment `{0}` already exists")]
@@ -180,9 +180,45 @@ pub enum StoreError {
         /// Status now stored.
         current_status: PaymentStatus,
     },
-    /// The backing database failed.
-    #[error("store backend failed: {0}")]
-    Backend(String),
+    /// The backing database failed. Nothing was written.
+    #[error("store backend failed: {message}")]
+    Backend {
+        /// What the store was doing and what the database said.
+        message: String,
+        /// The same call may succeed if made again (serialization failure, deadlock,
+        /// lost connection); false for errors a retry repeats (constraint, schema).
+        retryable: bool,
+        /// The database driver's error.
+        #[source]
+        source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    /// A backend failure with the driver's error kept as its source.
+    pub fn backend(
+        message: impl Into<String>,
+        retryable: bool,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Backend {
+            message: message.into(),
+            retryable,
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// Whether the same call may succeed if made again. A `Conflict` is not: the
+    /// change must be computed again from a fresh read.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                retryable: true,
+                ..
+            }
+        )
+    }
 }
 
 /// Durable payment state.

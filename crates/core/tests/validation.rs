@@ -642,11 +642,7 @@ fn resolve_with(
     ach: bool,
 ) -> Result<ResolvedRetry, ApiError> {
     let valid = validate(body)?;
-    let types = vec![
-        "card".to_owned(),
-        "us_bank_account".to_owned(),
-        "sepa_debit".to_owned(),
-    ];
+    let types = offsession_core::PaymentMethodType::KNOWN.to_vec();
     resolve_for_method(
         &valid,
         method,
@@ -774,7 +770,7 @@ fn payment_method_options_must_match_the_method_type() {
 #[test]
 fn unsupported_payment_method_types_are_refused() {
     let valid = validate(base()).unwrap();
-    let types = vec!["card".to_owned()];
+    let types = vec![offsession_core::PaymentMethodType::Card];
     let err = resolve_for_method(
         &valid,
         &debit("sepa_debit"),

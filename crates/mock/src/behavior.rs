@@ -179,7 +179,7 @@ pub fn parse_test_method(id: &str) -> Option<TestMethod> {
     };
     Some(TestMethod {
         card: CardDetails {
-            brand: brand.to_owned(),
+            brand: offsession_core::CardBrand::from_name(brand),
             funding: funding.to_owned(),
             country: Some("US".to_owned()),
             wallet: None,

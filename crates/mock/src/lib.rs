@@ -26,8 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use offsession_core::{
     ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureMethod,
-    CaptureRequest, CardDetails, ErrorCode, OffSessionPayment, PaymentMethodDetails, Processor,
-    ProcessorError, ProcessorReference,
+    CaptureRequest, CardBrand, CardDetails, ErrorCode, OffSessionPayment, PaymentMethodDetails,
+    PaymentMethodType, Processor, ProcessorError, ProcessorReference,
 };
 use serde::Deserialize;
 
@@ -132,10 +132,10 @@ pub struct VaultPaymentMethod {
     pub customer: String,
     /// `card`, `us_bank_account`, `sepa_debit`.
     #[serde(rename = "type", default = "default_type")]
-    pub payment_method_type: String,
-    /// Card brand.
+    pub payment_method_type: PaymentMethodType,
+    /// Card brand (`visa` when absent).
     #[serde(default)]
-    pub brand: Option<String>,
+    pub brand: Option<CardBrand>,
     /// Card funding.
     #[serde(default)]
     pub funding: Option<String>,
@@ -156,8 +156,8 @@ pub struct VaultPaymentMethod {
     pub behaves_like: Option<String>,
 }
 
-fn default_type() -> String {
-    "card".into()
+fn default_type() -> PaymentMethodType {
+    PaymentMethodType::Card
 }
 
 fn default_true() -> bool {
@@ -201,7 +201,7 @@ pub struct MockConfig {
     pub unknown_rate: f64,
     /// Payment method types it accepts.
     #[serde(default = "default_types")]
-    pub payment_method_types: Vec<String>,
+    pub payment_method_types: Vec<PaymentMethodType>,
     /// Whether connect payments are supported.
     #[serde(default = "default_true")]
     pub connect: bool,
@@ -218,8 +218,34 @@ fn default_seed() -> u64 {
     1
 }
 
-fn default_types() -> Vec<String> {
-    vec!["card".into(), "us_bank_account".into(), "sepa_debit".into()]
+fn default_types() -> Vec<PaymentMethodType> {
+    PaymentMethodType::KNOWN.to_vec()
+}
+
+impl MockConfig {
+    /// Refuses settings the mock cannot honour: `(key, what is wrong)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        self.latency.check().map_err(|e| ("latency", e))?;
+        if self.enforce_rate_limit == Some(0) {
+            return Err((
+                "enforce_rate_limit",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        for (key, rate) in [
+            ("fault_rate", self.fault_rate),
+            ("unknown_rate", self.unknown_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err((key, format!("must be between 0 and 1 (got {rate})")));
+            }
+        }
+        for kind in &self.payment_method_types {
+            kind.check_known()
+                .map_err(|e| ("payment_method_types", e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for MockConfig {
@@ -437,8 +463,8 @@ impl Processor for MockProcessor {
                 }
                 _ => {}
             }
-            let card = (pm.payment_method_type == "card").then(|| CardDetails {
-                brand: pm.brand.clone().unwrap_or_else(|| "visa".into()),
+            let card = (pm.payment_method_type == PaymentMethodType::Card).then(|| CardDetails {
+                brand: pm.brand.clone().unwrap_or(CardBrand::Visa),
                 funding: pm.funding.clone().unwrap_or_else(|| "credit".into()),
                 country: pm.country.clone(),
                 wallet: pm.wallet.clone(),
@@ -452,7 +478,7 @@ impl Processor for MockProcessor {
         // connected account, as in Stripe's test mode.
         match parse_test_method(&payment.payment_method) {
             Some(test) => Ok(PaymentMethodDetails {
-                payment_method_type: "card".into(),
+                payment_method_type: PaymentMethodType::Card,
                 card: Some(test.card),
             }),
             None => Err(ApiError::invalid(
@@ -474,8 +500,7 @@ impl Processor for MockProcessor {
             if limiter.check().is_err() {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return AttemptOutcome::ProcessorFault {
-                    retryable: true,
-                    rate_limited: true,
+                    kind: offsession_core::FaultKind::RateLimited,
                     message: "mock: 429 rate limit exceeded (nothing was charged)".into(),
                 };
             }
@@ -505,8 +530,7 @@ impl Processor for MockProcessor {
         }
         if unit(send_hash) < self.config.fault_rate {
             return AttemptOutcome::ProcessorFault {
-                retryable: true,
-                rate_limited: false,
+                kind: offsession_core::FaultKind::Unavailable,
                 message: "mock: 503 service unavailable (nothing was charged)".into(),
             };
         }

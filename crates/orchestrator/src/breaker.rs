@@ -8,17 +8,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use offsession_core::Timestamp;
+use serde::{Deserialize, Serialize};
 
-/// Breaker settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Breaker settings (`[circuit_breaker]`), one breaker per processor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
-    /// Outcomes looked at.
+    /// Outcomes looked at: older ones no longer count.
+    #[serde(with = "offsession_core::duration::text")]
     pub window: Duration,
     /// Fewest outcomes in the window before the breaker may open.
     pub min_calls: u32,
     /// Share of bad outcomes that opens it.
     pub failure_rate: f64,
     /// How long it stays open before a probe.
+    #[serde(with = "offsession_core::duration::text")]
     pub open_for: Duration,
 }
 

@@ -16,19 +16,20 @@
 
 pub mod breaker;
 mod builder;
+mod config;
 mod engine;
-mod ids;
 pub mod pacing;
 pub mod routing;
 
 pub use breaker::{BreakerConfig, BreakerState};
-pub use builder::{ConfigRefused, EngineBuilder, EngineConfig};
-pub use engine::{AttemptTiming, Engine, RunReport, TestClock, TimingObserver};
+pub use builder::EngineBuilder;
+pub use config::{ConfigRefused, EngineConfig};
+pub use engine::{AttemptTiming, Engine, PaymentView, RunReport, TestClock, TimingObserver};
 pub use pacing::RateLimit;
 pub use routing::{Route, RouteMatch, RouteRule, RoutingConfig};
 
 /// Errors building or running the engine (as opposed to API errors on requests).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// The builder is missing a part or holds inconsistent parts.
     #[error("engine configuration: {0}")]

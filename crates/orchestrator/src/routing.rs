@@ -7,7 +7,10 @@
 //! (method type, currency, connect) are dropped from the route; a payment no
 //! processor can take is refused with the reason.
 
-use offsession_core::{ApiError, Cadence, OffSessionPayment, PaymentMethodDetails, Processor};
+use offsession_core::{
+    ApiError, Cadence, CardBrand, OffSessionPayment, PaymentMethodDetails, PaymentMethodType,
+    Processor,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +30,10 @@ pub struct RouteMatch {
     pub amount_max: Option<i64>,
     /// Payment method types.
     #[serde(default)]
-    pub payment_method_types: Option<Vec<String>>,
+    pub payment_method_types: Option<Vec<PaymentMethodType>>,
     /// Card brands.
     #[serde(default)]
-    pub card_brands: Option<Vec<String>>,
+    pub card_brands: Option<Vec<CardBrand>>,
     /// Card issuing countries.
     #[serde(default)]
     pub card_countries: Option<Vec<String>>,
@@ -61,11 +64,14 @@ impl RouteMatch {
             Some(payment.amount_requested.currency.as_str()),
         ) && self.amount_min.is_none_or(|min| amount >= min)
             && self.amount_max.is_none_or(|max| amount <= max)
-            && any(
-                &self.payment_method_types,
-                Some(&method.payment_method_type),
-            )
-            && any(&self.card_brands, card.map(|c| c.brand.as_str()))
+            && self
+                .payment_method_types
+                .as_ref()
+                .is_none_or(|types| types.contains(&method.payment_method_type))
+            && self
+                .card_brands
+                .as_ref()
+                .is_none_or(|brands| card.is_some_and(|c| brands.contains(&c.brand)))
             && any(
                 &self.card_countries,
                 card.and_then(|c| c.country.as_deref()),
@@ -171,6 +177,19 @@ impl Router {
     /// names must exist.
     pub fn new(config: RoutingConfig, processors: &[Arc<dyn Processor>]) -> Result<Router, String> {
         let all: Vec<String> = processors.iter().map(|p| p.id().to_owned()).collect();
+        for rule in &config.rules {
+            let types = rule.when.payment_method_types.iter().flatten();
+            if let Some(err) = types
+                .map(PaymentMethodType::check_known)
+                .find_map(Result::err)
+            {
+                return Err(format!("rule `{}`: payment_method_types: {err}", rule.name));
+            }
+            let brands = rule.when.card_brands.iter().flatten();
+            if let Some(err) = brands.map(CardBrand::check_known).find_map(Result::err) {
+                return Err(format!("rule `{}`: card_brands: {err}", rule.name));
+            }
+        }
         let routes = config
             .rules
             .iter()

@@ -78,7 +78,7 @@ fn five_replays() -> EngineConfig {
 }
 
 /// Creates one card payment and lets `days` pass.
-async fn one_payment_after(h: &Harness, days: u32) -> offsession_core::PaymentRecord {
+async fn one_payment_after(h: &Harness, days: u32) -> offsession_orchestrator::PaymentView {
     let p = h.create(h.body("pm_card_visa")).await;
     for _ in 0..days {
         h.advance(DAY).await;
@@ -118,10 +118,11 @@ async fn capture_checks_the_deadline_itself() {
     let p = h.create(body).await;
     h.advance(Duration::ZERO).await;
     // A record whose deadline has passed, as the scheduler would find it late.
-    let mut record = h.engine.record(&p.id).await.unwrap();
+    use offsession_core::Store;
+    let mut record = h.store.get(&p.id).await.unwrap().unwrap();
     let expected = offsession_core::Expected::of(&record);
     record.due_at = Some(start());
-    h.engine.store().update(&record, expected).await.unwrap();
+    h.store.update(&record, expected).await.unwrap();
     let err = h.engine.capture(&p.id, None).await.unwrap_err();
     assert_eq!(err.code.as_str(), "off_session_payment_invalid_status");
     let done = h.get(&p.id).await;
@@ -141,8 +142,7 @@ async fn capture_checks_the_deadline_itself() {
 async fn refused_requests_end_after_bounded_replays() {
     let (h, processor) = faulting(
         AttemptOutcome::ProcessorFault {
-            retryable: false,
-            rate_limited: false,
+            kind: offsession_core::FaultKind::Refused,
             message: "stripe 400 invalid_request_error".into(),
         },
         five_replays(),

@@ -203,9 +203,12 @@ async fn a_named_retry_policy_sets_the_schedule() {
     let weekly = ScheduledPolicy::new(
         "weekly",
         &ScheduledPolicyConfig {
-            offsets: vec!["7d".into(), "14d".into()],
+            offsets: vec![
+                Duration::from_secs(7 * 86_400),
+                Duration::from_secs(14 * 86_400),
+            ],
             max_attempts: None,
-            window: "15d".into(),
+            window: Duration::from_secs(15 * 86_400),
         },
     )
     .unwrap();
@@ -359,11 +362,10 @@ async fn terminal_payments_refuse_cancel_pause_resume_and_capture() {
 async fn processing_payments_refuse_manual_operations() {
     let h = harness();
     let p = h.create(h.body("pm_card_visa")).await;
-    let record = h.engine.record(&p.id).await.unwrap();
+    let record = h.store.get(&p.id).await.unwrap().unwrap();
     let mut processing = record.clone();
     processing.payment.status = PaymentStatus::Processing;
-    h.engine
-        .store()
+    h.store
         .update(&processing, Expected::of(&record))
         .await
         .unwrap();
@@ -531,6 +533,6 @@ async fn the_memory_store_is_shared_by_clones_of_the_engine() {
     let clone = h.engine.clone();
     let p = h.create(h.body("pm_card_visa")).await;
     assert_eq!(clone.retrieve(&p.id).await.unwrap().id, p.id);
-    let store: &Arc<dyn Store> = clone.store();
-    assert!(store.get(&p.id).await.unwrap().is_some());
+    assert!(h.store.get(&p.id).await.unwrap().is_some());
+    assert_eq!(clone.record(&p.id).await.unwrap().payment.id, p.id);
 }

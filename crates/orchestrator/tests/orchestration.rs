@@ -50,7 +50,10 @@ fn mock(id: &str, vault: &str, fault_rate: f64, types: &[&str]) -> Arc<MockProce
         MockConfig {
             fault_rate,
             vault: Vault::from_toml(vault).unwrap(),
-            payment_method_types: types.iter().map(|t| t.to_string()).collect(),
+            payment_method_types: types
+                .iter()
+                .map(|t| offsession_core::PaymentMethodType::from_name(t))
+                .collect(),
             ..MockConfig::default()
         },
     ))

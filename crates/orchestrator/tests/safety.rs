@@ -190,7 +190,7 @@ async fn a_crash_mid_attempt_is_replayed_with_the_same_key_after_the_lease() {
     let p = h.create(h.body("pm_card_visa")).await;
     // Simulate an instance that wrote the attempt and died before the answer: the
     // record is `processing` with a lease that lapses in 5 minutes.
-    let store = h.engine.store().clone();
+    let store = h.store.clone();
     let claimed = store
         .claim_due(
             &offsession_core::ClockScope::TestClock(h.clock.clone()),
@@ -283,9 +283,9 @@ async fn aggressive_retries_over_a_flaky_processor_never_charge_twice() {
     let aggressive = ScheduledPolicy::new(
         "aggressive",
         &ScheduledPolicyConfig {
-            offsets: (1..=11).map(|m| format!("{}m", m * 5)).collect(),
+            offsets: (1..=11).map(|m| Duration::from_secs(m * 300)).collect(),
             max_attempts: None,
-            window: "1d".into(),
+            window: Duration::from_secs(86_400),
         },
     )
     .unwrap();

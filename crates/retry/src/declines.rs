@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use offsession_core::{DeclineCategory, DeclineCodes};
+use offsession_core::{CardBrand, DeclineCategory, DeclineCodes};
 use serde::Deserialize;
 
 use crate::RetryConfigError;
@@ -95,7 +95,7 @@ impl DeclineTable {
             toml::from_str(text).map_err(|e| RetryConfigError::DeclineTable(e.to_string()))?;
         let mut retry_after = BTreeMap::new();
         for (mac, wait) in &file.mastercard.retry_after {
-            let wait = crate::parse_duration(wait).map_err(|e| {
+            let wait = offsession_core::duration::parse(wait).map_err(|e| {
                 RetryConfigError::DeclineTable(format!("mastercard.retry_after.{mac}: {e}"))
             })?;
             retry_after.insert(mac.clone(), wait);
@@ -158,13 +158,13 @@ impl DeclineTable {
 
     /// Category of a decline on a card of `brand` (`visa`, `mastercard`, …; `None`
     /// for non-card methods).
-    pub fn classify(&self, codes: &DeclineCodes, brand: Option<&str>) -> DeclineCategory {
+    pub fn classify(&self, codes: &DeclineCodes, brand: Option<&CardBrand>) -> DeclineCategory {
         let advice = codes.advice_code.as_deref();
         let advice_category = advice.and_then(|a| self.by_advice_code.get(a).copied());
         let mac = codes.network_advice_code.as_deref();
         let network_code = codes.network_decline_code.as_deref();
-        let is_mastercard = brand.is_none_or(|b| b == "mastercard");
-        let is_visa = brand == Some("visa");
+        let is_mastercard = brand.is_none_or(|b| *b == CardBrand::Mastercard);
+        let is_visa = brand == Some(&CardBrand::Visa);
 
         if advice_category == Some(DeclineCategory::Hard)
             || (is_mastercard && mac.is_some_and(|m| self.mastercard_never_retry.contains(m)))
@@ -223,7 +223,10 @@ mod tests {
         ];
         for (decline_code, category) in cases {
             assert_eq!(
-                table.classify(&decline("card_declined", Some(decline_code)), Some("visa")),
+                table.classify(
+                    &decline("card_declined", Some(decline_code)),
+                    Some(&offsession_core::CardBrand::Visa)
+                ),
                 category,
                 "{decline_code}"
             );
@@ -234,15 +237,24 @@ mod tests {
     fn codes_without_decline_code_use_the_code() {
         let table = DeclineTable::standard();
         assert_eq!(
-            table.classify(&decline("expired_card", None), Some("visa")),
+            table.classify(
+                &decline("expired_card", None),
+                Some(&offsession_core::CardBrand::Visa)
+            ),
             DeclineCategory::NeedsNewCardData
         );
         assert_eq!(
-            table.classify(&decline("processing_error", None), Some("visa")),
+            table.classify(
+                &decline("processing_error", None),
+                Some(&offsession_core::CardBrand::Visa)
+            ),
             DeclineCategory::SoftTransient
         );
         assert_eq!(
-            table.classify(&decline("something_new", None), Some("visa")),
+            table.classify(
+                &decline("something_new", None),
+                Some(&offsession_core::CardBrand::Visa)
+            ),
             DeclineCategory::SoftIssuer
         );
     }
@@ -252,7 +264,10 @@ mod tests {
         let table = DeclineTable::standard();
         let mut codes = decline("card_declined", Some("insufficient_funds"));
         codes.advice_code = Some("do_not_try_again".into());
-        assert_eq!(table.classify(&codes, Some("visa")), DeclineCategory::Hard);
+        assert_eq!(
+            table.classify(&codes, Some(&offsession_core::CardBrand::Visa)),
+            DeclineCategory::Hard
+        );
     }
 
     #[test]
@@ -260,9 +275,12 @@ mod tests {
         let table = DeclineTable::standard();
         let mut codes = decline("card_declined", Some("do_not_honor"));
         codes.network_decline_code = Some("04".into());
-        assert_eq!(table.classify(&codes, Some("visa")), DeclineCategory::Hard);
         assert_eq!(
-            table.classify(&codes, Some("amex")),
+            table.classify(&codes, Some(&offsession_core::CardBrand::Visa)),
+            DeclineCategory::Hard
+        );
+        assert_eq!(
+            table.classify(&codes, Some(&CardBrand::Amex)),
             DeclineCategory::SoftIssuer
         );
     }
@@ -279,7 +297,7 @@ mod tests {
             let mut codes = decline("card_declined", Some("insufficient_funds"));
             codes.network_advice_code = Some(mac.into());
             assert_eq!(
-                table.classify(&codes, Some("mastercard")),
+                table.classify(&codes, Some(&offsession_core::CardBrand::Mastercard)),
                 category,
                 "MAC {mac}"
             );

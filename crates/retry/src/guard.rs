@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use offsession_core::policy::terminal_reason;
 use offsession_core::{
-    AttemptObservation, CardAttempt, DeclineCodes, FailureReason, RetryContext, RetryDecision,
-    RetryPolicy, Timestamp,
+    AttemptObservation, CardAttempt, CardBrand, DeclineCodes, FailureReason, RetryContext,
+    RetryDecision, RetryPolicy, Timestamp,
 };
 
 pub use crate::declines::NetworkRules;
@@ -35,13 +35,13 @@ pub struct GuardCounters {
 
 impl NetworkRules {
     /// Whether the networks forbid any retry after this decline on a card of `brand`.
-    pub fn forbids_retry(&self, brand: Option<&str>, codes: &DeclineCodes) -> bool {
+    pub fn forbids_retry(&self, brand: Option<&CardBrand>, codes: &DeclineCodes) -> bool {
         match brand {
-            Some("visa") => codes
+            Some(CardBrand::Visa) => codes
                 .network_decline_code
                 .as_deref()
                 .is_some_and(|c| self.visa_never_retry.contains(c)),
-            Some("mastercard") => codes
+            Some(CardBrand::Mastercard) => codes
                 .network_advice_code
                 .as_deref()
                 .is_some_and(|c| self.mastercard_never_retry.contains(c)),
@@ -54,7 +54,7 @@ impl NetworkRules {
     /// keeps within the caps.
     pub fn earliest_allowed(
         &self,
-        brand: Option<&str>,
+        brand: Option<&CardBrand>,
         history: &[CardAttempt],
         amount: i64,
         at: Timestamp,
@@ -64,13 +64,13 @@ impl NetworkRules {
         // finite, so this ends after at most `history.len()` moves per rule.
         for _ in 0..=history.len() * 3 + 1 {
             let moved = match brand {
-                Some("visa") => push_past(
+                Some(CardBrand::Visa) => push_past(
                     history.iter().filter(|a| a.attempt_number >= 2),
                     t,
                     MONTH_MS,
                     self.visa_max_reattempts_30d,
                 ),
-                Some("mastercard") => push_past(
+                Some(CardBrand::Mastercard) => push_past(
                     history.iter().filter(|a| a.declined),
                     t,
                     DAY_MS,
@@ -95,8 +95,8 @@ impl NetworkRules {
     }
 
     /// The wait a Mastercard advice code 24–30 imposes after a decline.
-    pub fn advice_wait(&self, brand: Option<&str>, codes: &DeclineCodes) -> Option<Duration> {
-        if brand != Some("mastercard") {
+    pub fn advice_wait(&self, brand: Option<&CardBrand>, codes: &DeclineCodes) -> Option<Duration> {
+        if brand != Some(&CardBrand::Mastercard) {
             return None;
         }
         codes
@@ -128,7 +128,7 @@ impl NetworkRules {
         let brand = context
             .method
             .and_then(|m| m.card.as_ref())
-            .map(|c| c.brand.as_str());
+            .map(|c| &c.brand);
         if self.forbids_retry(brand, context.decline) {
             count(|c| &c.blocked);
             return RetryDecision::Stop(FailureReason::RejectedByPartner);

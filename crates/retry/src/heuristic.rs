@@ -12,18 +12,17 @@
 
 use std::time::Duration;
 
-use offsession_core::payment::is_debit_method_type;
 use offsession_core::policy::terminal_reason;
 use offsession_core::{
     DeclineCategory, FailureReason, RetryContext, RetryDecision, RetryPolicy, Timestamp,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calendar::{local, local_midnight, utc_offset_hours};
-use crate::{parse_duration, RetryConfigError};
+use crate::RetryConfigError;
 
 /// Heuristic settings as written in configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeuristicConfig {
     /// Total attempts for cards.
@@ -31,15 +30,19 @@ pub struct HeuristicConfig {
     /// Total attempts for bank debits.
     pub debit_max_attempts: u32,
     /// No attempt later than this after the first.
-    pub window: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub window: Duration,
     /// Waits after transient declines, by retry number (the last repeats).
-    pub transient_waits: Vec<String>,
+    #[serde(with = "offsession_core::duration::text_list")]
+    pub transient_waits: Vec<Duration>,
     /// Waits after issuer declines, by retry number (the last repeats).
-    pub issuer_waits: Vec<String>,
+    #[serde(with = "offsession_core::duration::text_list")]
+    pub issuer_waits: Vec<Duration>,
     /// Local hour at which funds retries are made.
     pub funding_hour: u32,
     /// Least time between a funds decline and its retry.
-    pub funds_min_wait: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub funds_min_wait: Duration,
 }
 
 impl Default for HeuristicConfig {
@@ -47,11 +50,18 @@ impl Default for HeuristicConfig {
         HeuristicConfig {
             max_attempts: 6,
             debit_max_attempts: 3,
-            window: "28d".into(),
-            transient_waits: vec!["1h".into(), "6h".into(), "1d".into()],
-            issuer_waits: vec!["1d".into(), "3d".into(), "5d".into(), "7d".into()],
+            window: Duration::from_secs(28 * DAY),
+            transient_waits: vec![
+                Duration::from_secs(HOUR),
+                Duration::from_secs(6 * HOUR),
+                Duration::from_secs(DAY),
+            ],
+            issuer_waits: [1, 3, 5, 7]
+                .into_iter()
+                .map(|d| Duration::from_secs(d * DAY))
+                .collect(),
             funding_hour: 9,
-            funds_min_wait: "12h".into(),
+            funds_min_wait: Duration::from_secs(12 * HOUR),
         }
     }
 }
@@ -68,9 +78,8 @@ pub struct HeuristicPolicy {
     funds_min_wait: Duration,
 }
 
-fn parse_all(values: &[String]) -> Result<Vec<Duration>, RetryConfigError> {
-    values.iter().map(|v| parse_duration(v)).collect()
-}
+const HOUR: u64 = 3_600;
+const DAY: u64 = 86_400;
 
 impl HeuristicPolicy {
     /// Builds the policy from its settings.
@@ -82,11 +91,11 @@ impl HeuristicPolicy {
         let policy = HeuristicPolicy {
             max_attempts: config.max_attempts,
             debit_max_attempts: config.debit_max_attempts,
-            window: parse_duration(&config.window)?,
-            transient_waits: parse_all(&config.transient_waits)?,
-            issuer_waits: parse_all(&config.issuer_waits)?,
+            window: config.window,
+            transient_waits: config.transient_waits.clone(),
+            issuer_waits: config.issuer_waits.clone(),
             funding_hour: config.funding_hour,
-            funds_min_wait: parse_duration(&config.funds_min_wait)?,
+            funds_min_wait: config.funds_min_wait,
         };
         if policy.transient_waits.is_empty() || policy.issuer_waits.is_empty() {
             return Err(err(
@@ -132,7 +141,7 @@ impl RetryPolicy for HeuristicPolicy {
         let attempts = context.payment.retry_details.attempts;
         let debit = context
             .method
-            .is_some_and(|m| is_debit_method_type(&m.payment_method_type));
+            .is_some_and(|m| m.payment_method_type.is_bank_debit());
         let limit = if debit {
             self.debit_max_attempts
         } else {
@@ -157,17 +166,11 @@ impl RetryPolicy for HeuristicPolicy {
             }
             _ => context.now.plus(pick(&self.issuer_waits)),
         };
-        let mut window_end = context.first_attempt_at.plus(self.window);
-        if let Some(until) = context.payment.retry_details.retry_until {
-            window_end = window_end.min(until);
-        }
-        if next > window_end {
-            return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
-        }
         RetryDecision::RetryAt {
             not_before: next,
-            latest: Some(window_end),
+            latest: None,
         }
+        .within(Some(context.window_end(self.window)))
     }
 }
 

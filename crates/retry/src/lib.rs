@@ -14,14 +14,12 @@
 
 pub mod calendar;
 pub mod declines;
-pub mod duration;
 pub mod guard;
 pub mod heuristic;
 pub mod scheduled;
 pub mod smart;
 
 pub use declines::{DeclineTable, NetworkRules};
-pub use duration::parse_duration;
 pub use guard::{GuardCounters, NetworkGuard};
 pub use heuristic::{HeuristicConfig, HeuristicPolicy};
 pub use scheduled::{NoRetry, ScheduledPolicy, ScheduledPolicyConfig};
@@ -41,7 +39,4 @@ pub enum RetryConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A duration string did not parse.
-    #[error("`{0}` is not a duration; use a number and a unit, e.g. `90s`, `30m`, `12h`, `3d`")]
-    Duration(String),
 }

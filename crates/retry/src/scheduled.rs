@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use offsession_core::policy::terminal_reason;
-use offsession_core::{FailureReason, RetryContext, RetryDecision, RetryPolicy, Timestamp};
-use serde::Deserialize;
+use offsession_core::{FailureReason, RetryContext, RetryDecision, RetryPolicy};
+use serde::{Deserialize, Serialize};
 
-use crate::{parse_duration, RetryConfigError};
+use crate::RetryConfigError;
 
 /// Never retries: the first decline is final.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,16 +30,18 @@ impl RetryPolicy for NoRetry {
 }
 
 /// A scheduled policy as written in configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledPolicyConfig {
     /// Offsets from the first attempt of each retry, e.g. `["1d", "3d", "5d"]`.
-    pub offsets: Vec<String>,
+    #[serde(with = "offsession_core::duration::text_list")]
+    pub offsets: Vec<Duration>,
     /// Total authorization attempts including the first; default `offsets + 1`.
     #[serde(default)]
     pub max_attempts: Option<u32>,
     /// No attempt later than this after the first attempt, e.g. `"14d"`.
-    pub window: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub window: Duration,
 }
 
 /// Fixed retry times.
@@ -61,12 +63,8 @@ impl ScheduledPolicy {
             policy: name.to_owned(),
             message,
         };
-        let offsets = config
-            .offsets
-            .iter()
-            .map(|o| parse_duration(o))
-            .collect::<Result<Vec<_>, _>>()?;
-        let window = parse_duration(&config.window)?;
+        let offsets = config.offsets.clone();
+        let window = config.window;
         if offsets.windows(2).any(|w| w[1] <= w[0]) {
             return Err(err("`offsets` must strictly increase".into()));
         }
@@ -132,17 +130,11 @@ impl RetryPolicy for ScheduledPolicy {
         let Some(offset) = self.offsets.get(attempts.saturating_sub(1) as usize) else {
             return RetryDecision::Stop(FailureReason::RetriesExhausted);
         };
-        let mut window_end = context.first_attempt_at.plus(self.window);
-        if let Some(until) = context.payment.retry_details.retry_until {
-            window_end = window_end.min(until);
-        }
-        let next: Timestamp = context.first_attempt_at.plus(*offset).max(context.now);
-        if next > window_end {
-            return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
-        }
+        let window_end = context.window_end(self.window);
         RetryDecision::RetryAt {
-            not_before: next,
-            latest: Some(window_end),
+            not_before: context.first_attempt_at.plus(*offset).max(context.now),
+            latest: None,
         }
+        .within(Some(window_end))
     }
 }

@@ -28,7 +28,6 @@
 //! Without data the model starts from a prior: a base success rate of about 15 %,
 //! transient faults favour short waits, funds declines favour paydays.
 
-use std::path::Path;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ use offsession_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{local, utc_offset_hours};
-use crate::{parse_duration, RetryConfigError};
+use crate::RetryConfigError;
 
 const DIMENSIONS: usize = 1 << 14;
 const HOUR_MS: i64 = 3_600_000;
@@ -53,11 +52,14 @@ pub struct SmartConfig {
     /// Total attempts at most.
     pub max_attempts: u32,
     /// No attempt later than this after the first.
-    pub window: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub window: Duration,
     /// Spacing of candidate times.
-    pub candidate_step: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub candidate_step: Duration,
     /// Least time between a decline and its retry.
-    pub min_wait: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub min_wait: Duration,
     /// Stop when no candidate's predicted success reaches this.
     pub min_probability: f64,
     /// Value of a recovery one day later relative to now.
@@ -74,17 +76,19 @@ pub struct SmartConfig {
     /// schedule from +15.2 % to +17.1 % on `salaried` (seed 11) but from −7.5 % to
     /// −13.2 % on `gig-economy` (seed 23), and held-out seeds were mixed.
     pub learn_from_first_attempts: bool,
-    /// Where the learned state is saved and loaded (none: not persisted).
-    pub state_path: Option<String>,
+    /// Where the runner saves and loads the learned state (none: not persisted).
+    /// This crate does no file I/O: see [`SmartPolicy::state`] and
+    /// [`SmartPolicy::restore`].
+    pub state_path: Option<std::path::PathBuf>,
 }
 
 impl Default for SmartConfig {
     fn default() -> SmartConfig {
         SmartConfig {
             max_attempts: 8,
-            window: "28d".into(),
-            candidate_step: "4h".into(),
-            min_wait: "1h".into(),
+            window: Duration::from_secs(28 * 86_400),
+            candidate_step: Duration::from_secs(4 * 3_600),
+            min_wait: Duration::from_secs(3_600),
             min_probability: 0.01,
             daily_discount: 0.97,
             exploration: 0.05,
@@ -218,7 +222,7 @@ fn situation(
             slot(CATEGORY, cat),
             slot(CODE, hash_str(code)),
             slot(ADVICE, advice.map_or(0, hash_str)),
-            slot(BRAND, card.map_or(0, |c| hash_str(&c.brand))),
+            slot(BRAND, card.map_or(0, |c| hash_str(c.brand.as_str()))),
             slot(FUNDING, card.map_or(0, |c| hash_str(&c.funding))),
             slot(COUNTRY, country.map_or(0, hash_str)),
             slot(AMOUNT, amount_band(amount)),
@@ -334,7 +338,7 @@ impl SmartPolicy {
             policy: "smart".into(),
             message: message.into(),
         };
-        let step = parse_duration(&config.candidate_step)?;
+        let step = config.candidate_step;
         if step < Duration::from_secs(600) {
             return Err(err("`candidate_step` must be at least 10m"));
         }
@@ -351,9 +355,9 @@ impl SmartPolicy {
         }
         Ok(SmartPolicy {
             max_attempts: config.max_attempts,
-            window: parse_duration(&config.window)?,
+            window: config.window,
             step_ms: step.as_millis() as i64,
-            min_wait: parse_duration(&config.min_wait)?,
+            min_wait: config.min_wait,
             min_probability: config.min_probability as f32,
             daily_discount: config.daily_discount,
             exploration: config.exploration,
@@ -393,23 +397,6 @@ impl SmartPolicy {
             observations: state.observations,
         };
         Ok(())
-    }
-
-    /// Writes the learned state to `path` (JSON), atomically.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_string(&self.state()).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| format!("writing `{}`: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("renaming to `{}`: {e}", path.display()))
-    }
-
-    /// Loads a state saved by [`SmartPolicy::save`].
-    pub fn load(&self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading `{}`: {e}", path.display()))?;
-        let state: SmartState =
-            serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
-        self.restore(state)
     }
 
     /// Retries learned from so far.
@@ -465,10 +452,7 @@ impl RetryPolicy for SmartPolicy {
         if attempts >= self.max_attempts {
             return RetryDecision::Stop(FailureReason::RetriesExhausted);
         }
-        let mut window_end = context.first_attempt_at.plus(self.window);
-        if let Some(until) = context.payment.retry_details.retry_until {
-            window_end = window_end.min(until);
-        }
+        let window_end = context.window_end(self.window);
         let earliest = context.now.plus(self.min_wait);
         if earliest > window_end {
             return RetryDecision::Stop(FailureReason::ExceededRetryWindow);

@@ -50,9 +50,11 @@ fn policy(kind: u8, delay_ms: i64, latest: Option<i64>) -> Arc<dyn RetryPolicy> 
             ScheduledPolicy::new(
                 "tight",
                 &ScheduledPolicyConfig {
-                    offsets: (1..=20).map(|m| format!("{}m", m * 10)).collect(),
+                    offsets: (1..=20)
+                        .map(|m| std::time::Duration::from_secs(m * 600))
+                        .collect(),
                     max_attempts: None,
-                    window: "1d".into(),
+                    window: std::time::Duration::from_secs(86_400),
                 },
             )
             .unwrap(),

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use offsession_core::{Clock, Event, EventSink, EventType, ManualClock, PaymentStatus, Timestamp};
-use offsession_retry::parse_duration;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -100,7 +99,7 @@ pub async fn run(
             config.run.start
         )
     })?;
-    let horizon = parse_duration(&config.run.horizon).map_err(|e| format!("`run.horizon`: {e}"))?;
+    let horizon = config.run.horizon;
     let end_of_horizon = start.plus(horizon);
     let clock = Arc::new(ManualClock::new(start));
     let tally = Arc::new(Tally::default());
@@ -185,12 +184,7 @@ pub async fn run(
     wired.save_smart_state(config_path, config)?;
 
     let mut statuses = BTreeMap::new();
-    for (status, count) in engine
-        .store()
-        .count_by_status()
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    for (status, count) in engine.count_by_status().await.map_err(|e| e.to_string())? {
         if count > 0 || matches!(status, PaymentStatus::Succeeded | PaymentStatus::Failed) {
             statuses.insert(status.as_str().to_owned(), count);
         }
@@ -262,7 +256,7 @@ impl Counts {
         Ok(counts)
     }
 
-    fn add(&mut self, record: &offsession_core::PaymentRecord) {
+    fn add(&mut self, record: &offsession_orchestrator::PaymentView) {
         use offsession_core::AttemptOutcome;
         let payment = &record.payment;
         self.attempts += u64::from(payment.retry_details.attempts);

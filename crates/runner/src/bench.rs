@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 
 use offsession_core::{DiscardEvents, SystemClock};
 use offsession_mock::{LatencyModel, MockConfig, MockProcessor};
-use offsession_orchestrator::{AttemptTiming, Engine, EngineConfig, RateLimit, TimingObserver};
+use offsession_orchestrator::{AttemptTiming, EngineConfig, RateLimit, TimingObserver};
 use offsession_store::MemoryStore;
 use serde::Serialize;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The configuration file whose engine settings and policies the bench uses
+    /// (its processors, store and clock are the bench's own).
+    pub config_path: std::path::PathBuf,
+    /// That file, loaded.
+    pub config: crate::config::Config,
     /// Payments.
     pub payments: u64,
     /// Attempts in flight.
@@ -83,13 +88,16 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let timings: Arc<Mutex<Vec<AttemptTiming>>> =
         Arc::new(Mutex::new(Vec::with_capacity(options.payments as usize)));
     let sink = timings.clone();
-    let mut builder = Engine::builder()
+    let decisions = crate::wiring::policies(&options.config_path, &options.config)
+        .map_err(|e| e.to_string())?;
+    let mut builder = decisions
+        .builder
         .config(EngineConfig {
             concurrency: options.concurrency,
             claim_batch: options.concurrency.max(1_024),
             // A 429 is replayed soon: the pacer, not the replay wait, sets the pace.
             replay_backoff: vec![Duration::from_millis(50)],
-            ..EngineConfig::default()
+            ..options.config.engine.clone()
         })
         .processor(mock.clone())
         .store(Arc::new(MemoryStore::new()))

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use offsession_mock::LatencyModel;
+use offsession_mock::MockConfig;
+use offsession_orchestrator::{BreakerConfig, EngineConfig};
 use offsession_retry::{HeuristicConfig, ScheduledPolicyConfig, SmartConfig};
 use serde::Deserialize;
 
@@ -14,9 +15,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `[engine]`.
+    /// `[engine]`: the engine's own settings type, defaults and checks.
     #[serde(default)]
-    pub engine: EngineSection,
+    pub engine: EngineConfig,
     /// `[declines]`.
     #[serde(default)]
     pub declines: DeclinesSection,
@@ -38,9 +39,9 @@ pub struct Config {
     /// `[routing]`: rules choosing processors.
     #[serde(default)]
     pub routing: offsession_orchestrator::RoutingConfig,
-    /// `[circuit_breaker]`.
+    /// `[circuit_breaker]`: one breaker per processor.
     #[serde(default)]
-    pub circuit_breaker: BreakerSection,
+    pub circuit_breaker: BreakerConfig,
     /// `[metrics]`.
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -51,103 +52,6 @@ pub struct Config {
     #[serde(default)]
     pub run: RunSection,
 }
-
-/// `[engine]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    /// Live mode (refuses test clocks).
-    pub livemode: bool,
-    /// Name on leases.
-    pub instance_id: String,
-    /// Reproducible ids (mock processors only); unset: unique time-ordered ids.
-    pub id_seed: Option<u64>,
-    /// ACH retries switch.
-    pub ach_retries_enabled: bool,
-    /// SEPA Debit retries switch.
-    pub sepa_debit_retries_enabled: bool,
-    /// Policy for `scheduled` and for `best_available` on cards.
-    pub default_retry_policy: String,
-    /// Claim lease, e.g. `5m`.
-    pub lease: String,
-    /// Manual-capture hold, e.g. `7d`.
-    pub authorization_validity: String,
-    /// Waits between replays of a faulted attempt.
-    pub replay_backoff: Vec<String>,
-    /// Replays of an unsettled attempt before the payment ends.
-    pub max_replays: u32,
-    /// Replays of one attempt end this long after its first unsettled answer, e.g. `3d`.
-    pub replay_deadline: String,
-    /// `compartment_id` shown on payments.
-    pub compartment_id: String,
-    /// Attempts at once.
-    pub concurrency: usize,
-    /// Claims per store round trip.
-    pub claim_batch: usize,
-    /// Decline categories after which an orchestrated payment cascades at once.
-    pub cascade_categories: Vec<offsession_core::DeclineCategory>,
-}
-
-/// `90s` → `"90s"`, `300s` → `"5m"`, `7 days` → `"7d"`: the largest whole unit.
-fn duration_text(duration: std::time::Duration) -> String {
-    let secs = duration.as_secs();
-    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
-            return format!("{}{unit}", secs / size);
-        }
-    }
-    format!("{secs}s")
-}
-
-impl Default for EngineSection {
-    /// The engine's own defaults (`EngineConfig::default`), written as config values.
-    fn default() -> EngineSection {
-        let d = offsession_orchestrator::EngineConfig::default();
-        EngineSection {
-            livemode: d.livemode,
-            instance_id: d.instance_id,
-            id_seed: d.id_seed,
-            ach_retries_enabled: d.ach_retries_enabled,
-            sepa_debit_retries_enabled: d.sepa_debit_retries_enabled,
-            default_retry_policy: d.default_retry_policy,
-            lease: duration_text(d.lease),
-            authorization_validity: duration_text(d.authorization_validity),
-            replay_backoff: d.replay_backoff.into_iter().map(duration_text).collect(),
-            max_replays: d.max_replays,
-            replay_deadline: duration_text(d.replay_deadline),
-            compartment_id: d.compartment_id,
-            concurrency: d.concurrency,
-            claim_batch: d.claim_batch,
-            cascade_categories: d.cascade_categories,
-        }
-    }
-}
-
-/// `[circuit_breaker]`: one breaker per processor.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSection {
-    /// Outcomes looked at, e.g. `60s`.
-    pub window: String,
-    /// Fewest outcomes before it may open.
-    pub min_calls: u32,
-    /// Share of faults that opens it.
-    pub failure_rate: f64,
-    /// How long it stays open, e.g. `30s`.
-    pub open_for: String,
-}
-
-impl Default for BreakerSection {
-    fn default() -> BreakerSection {
-        BreakerSection {
-            window: "60s".into(),
-            min_calls: 20,
-            failure_rate: 0.5,
-            open_for: "30s".into(),
-        }
-    }
-}
-
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,117 +71,56 @@ pub struct DeclinesSection {
 
 /// `[processor]`, chosen by `type`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProcessorConfig {
     /// The mock processor.
-    Mock {
-        /// Processor id.
-        #[serde(default = "default_mock_id")]
-        id: String,
-        /// Seed of faults and latency.
-        #[serde(default = "default_seed")]
-        seed: u64,
-        /// Answer latency.
-        #[serde(default)]
-        latency: LatencyModel,
-        /// Fraction of sends that fail before charging.
-        #[serde(default)]
-        fault_rate: f64,
-        /// Fraction of charges whose answer is lost.
-        #[serde(default)]
-        unknown_rate: f64,
-        /// Accepted payment method types.
-        #[serde(default)]
-        payment_method_types: Option<Vec<String>>,
-        /// Connect support.
-        #[serde(default = "default_true")]
-        connect: bool,
-        /// Vault file (customers and payment methods).
-        #[serde(default)]
-        vault: Option<PathBuf>,
-        /// Requests per second this mock answers before it returns 429 (none: no limit).
-        #[serde(default)]
-        enforce_rate_limit: Option<u32>,
-        /// The engine's pace for this processor.
-        #[serde(default)]
-        rate_limit: Option<offsession_orchestrator::RateLimit>,
-    },
+    Mock(ProcessorSection<MockConfig>),
     /// Stripe (`crates/stripe`).
-    Stripe(StripeSection),
+    Stripe(ProcessorSection<offsession_stripe::StripeConfig>),
 }
 
-/// `[processor]` with `type = "stripe"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StripeSection {
-    /// Processor id.
-    #[serde(default = "default_stripe_id")]
-    pub id: String,
-    /// The secret key itself (prefer `secret_key_env`).
-    #[serde(default)]
-    pub secret_key: Option<offsession_stripe::SecretKey>,
-    /// Environment variable holding the secret key.
-    #[serde(default = "default_secret_key_env")]
-    pub secret_key_env: String,
-    /// API base URL.
-    #[serde(default = "default_api_base")]
-    pub api_base: String,
-    /// Pinned `Stripe-Version`.
-    #[serde(default = "default_stripe_version")]
-    pub stripe_version: String,
-    /// Connect timeout, e.g. `5s`.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: String,
-    /// Request timeout, e.g. `30s`.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: String,
-    /// Transport retries per request (same idempotency key).
-    #[serde(default = "default_network_retries")]
-    pub max_network_retries: u32,
-    /// Preflight cache lifetime, e.g. `10m`.
-    #[serde(default = "default_preflight_ttl")]
-    pub preflight_cache_ttl: String,
-    /// Payment method types this account charges.
-    #[serde(default)]
-    pub payment_method_types: Option<Vec<String>>,
-    /// The engine's pace for this account (Stripe allows 100/s live, 25/s in test mode).
-    #[serde(default)]
+/// A processor's section: the adapter's own configuration type, plus the keys the
+/// runner adds (`id`, `vault`, `rate_limit`). The table is flat in the file; the
+/// runner takes its keys out and hands the rest to the adapter's type, which refuses
+/// unknown keys.
+#[derive(Debug, Clone)]
+pub struct ProcessorSection<T> {
+    /// Processor id (`mock` or `stripe` unless given).
+    pub id: Option<String>,
+    /// Mock only: vault file (customers and payment methods).
+    pub vault: Option<PathBuf>,
+    /// The pace the engine keeps with this processor.
     pub rate_limit: Option<offsession_orchestrator::RateLimit>,
+    /// The adapter's settings.
+    pub adapter: T,
 }
 
-fn default_stripe_id() -> String {
-    "stripe".into()
-}
-fn default_secret_key_env() -> String {
-    "STRIPE_SECRET_KEY".into()
-}
-fn default_api_base() -> String {
-    "https://api.stripe.com".into()
-}
-fn default_stripe_version() -> String {
-    "2022-11-15".into()
-}
-fn default_connect_timeout() -> String {
-    "5s".into()
-}
-fn default_request_timeout() -> String {
-    "30s".into()
-}
-fn default_network_retries() -> u32 {
-    2
-}
-fn default_preflight_ttl() -> String {
-    "10m".into()
-}
-
-fn default_mock_id() -> String {
-    "mock".into()
-}
-fn default_seed() -> u64 {
-    1
-}
-fn default_true() -> bool {
-    true
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for ProcessorSection<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        fn take<T: serde::de::DeserializeOwned, E: Error>(
+            table: &mut toml::Table,
+            key: &str,
+        ) -> Result<Option<T>, E> {
+            table
+                .remove(key)
+                .map(|value| {
+                    value
+                        .try_into()
+                        .map_err(|e| E::custom(format!("`{key}`: {e}")))
+                })
+                .transpose()
+        }
+        Ok(ProcessorSection {
+            id: take(&mut table, "id")?,
+            vault: take(&mut table, "vault")?,
+            rate_limit: take(&mut table, "rate_limit")?,
+            adapter: toml::Value::Table(table)
+                .try_into()
+                .map_err(D::Error::custom)?,
+        })
+    }
 }
 
 /// `[store]`, chosen by `type`.
@@ -298,7 +141,8 @@ pub struct RunSection {
     /// Simulated start time (RFC 3339).
     pub start: String,
     /// Stop the simulated clock after this long, e.g. `90d`.
-    pub horizon: String,
+    #[serde(with = "offsession_core::duration::text")]
+    pub horizon: std::time::Duration,
 }
 
 impl Default for RunSection {
@@ -306,7 +150,7 @@ impl Default for RunSection {
         RunSection {
             input: PathBuf::from("config/demo-batch.jsonl"),
             start: "2026-01-01T00:00:00Z".into(),
-            horizon: "90d".into(),
+            horizon: std::time::Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -353,8 +197,16 @@ impl ProcessorConfig {
     /// The processor id.
     pub fn id(&self) -> &str {
         match self {
-            ProcessorConfig::Mock { id, .. } => id,
-            ProcessorConfig::Stripe(stripe) => &stripe.id,
+            ProcessorConfig::Mock(mock) => mock.id.as_deref().unwrap_or("mock"),
+            ProcessorConfig::Stripe(stripe) => stripe.id.as_deref().unwrap_or(&stripe.adapter.id),
+        }
+    }
+
+    /// The pace the engine keeps with this processor.
+    pub fn rate_limit(&self) -> Option<&offsession_orchestrator::RateLimit> {
+        match self {
+            ProcessorConfig::Mock(section) => section.rate_limit.as_ref(),
+            ProcessorConfig::Stripe(section) => section.rate_limit.as_ref(),
         }
     }
 }
@@ -365,19 +217,17 @@ impl Config {
         self.processor.iter().chain(self.processors.iter())
     }
 
+    /// The checks the types cannot express, each named by its key; every section's
+    /// own checks are its library type's (`EngineConfig::check`, …).
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.into(),
             message,
         };
-        // Parses every `[engine]` duration, naming the key, then applies the
-        // engine's own checks.
-        crate::wiring::engine_config(self)?
+        self.engine
             .check()
             .map_err(|refused| invalid(&format!("engine.{}", refused.key), refused.message))?;
-        let horizon = offsession_retry::parse_duration(&self.run.horizon)
-            .map_err(|e| invalid("run.horizon", e.to_string()))?;
-        if horizon.is_zero() {
+        if self.run.horizon.is_zero() {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
@@ -392,74 +242,27 @@ impl Config {
                 "configure exactly one of `[processor]` or `[[processors]]`".into(),
             ));
         }
-        let mut ids = std::collections::BTreeSet::new();
         for processor in self.all_processors() {
-            if !ids.insert(processor.id().to_owned()) {
-                return Err(invalid(
-                    "processors",
-                    format!("processor id `{}` is used twice", processor.id()),
-                ));
+            if let Some(limit) = processor.rate_limit() {
+                limit
+                    .check()
+                    .map_err(|message| invalid("processor.rate_limit", message))?;
             }
             match processor {
-                ProcessorConfig::Mock {
-                    fault_rate,
-                    unknown_rate,
-                    latency,
-                    enforce_rate_limit,
-                    rate_limit,
-                    ..
-                } => {
-                    latency
-                        .check()
-                        .map_err(|message| invalid("processor.latency", message))?;
-                    if *enforce_rate_limit == Some(0) {
-                        return Err(invalid(
-                            "processor.enforce_rate_limit",
-                            "must be at least 1 (leave it out for no limit)".into(),
-                        ));
-                    }
-                    if let Some(limit) = rate_limit {
-                        limit
-                            .check()
-                            .map_err(|message| invalid("processor.rate_limit", message))?;
-                    }
-                    for (key, rate) in [
-                        ("processor.fault_rate", fault_rate),
-                        ("processor.unknown_rate", unknown_rate),
-                    ] {
-                        if !(0.0..=1.0).contains(rate) {
-                            return Err(invalid(
-                                key,
-                                format!("must be between 0 and 1 (got {rate})"),
-                            ));
-                        }
-                    }
-                }
+                ProcessorConfig::Mock(mock) => mock
+                    .adapter
+                    .check()
+                    .map_err(|(key, message)| invalid(&format!("processor.{key}"), message))?,
                 ProcessorConfig::Stripe(stripe) => {
-                    for (key, value) in [
-                        ("processor.connect_timeout", &stripe.connect_timeout),
-                        ("processor.request_timeout", &stripe.request_timeout),
-                        ("processor.preflight_cache_ttl", &stripe.preflight_cache_ttl),
-                    ] {
-                        let duration = offsession_retry::parse_duration(value)
-                            .map_err(|e| invalid(key, e.to_string()))?;
-                        if duration.is_zero() && key != "processor.preflight_cache_ttl" {
-                            return Err(invalid(key, "must be longer than 0s".into()));
-                        }
-                    }
-                    check_api_base(&stripe.api_base)
-                        .map_err(|message| invalid("processor.api_base", message))?;
-                    if stripe.max_network_retries > 10 {
+                    if stripe.vault.is_some() {
                         return Err(invalid(
-                            "processor.max_network_retries",
-                            format!("must be at most 10 (got {})", stripe.max_network_retries),
+                            "processor.vault",
+                            "a vault belongs to mock processors only".into(),
                         ));
                     }
-                    if let Some(limit) = &stripe.rate_limit {
-                        limit
-                            .check()
-                            .map_err(|message| invalid("processor.rate_limit", message))?;
-                    }
+                    stripe.adapter.check().map_err(|refused| {
+                        invalid(&format!("processor.{}", refused.key), refused.message)
+                    })?;
                     if self.engine.id_seed.is_some() {
                         return Err(invalid(
                             "engine.id_seed",
@@ -469,7 +272,7 @@ impl Config {
                 }
             }
         }
-        crate::wiring::breaker_config(self)?
+        self.circuit_breaker
             .check()
             .map_err(|message| invalid("circuit_breaker", message))?;
         if let Some(listen) = &self.metrics.listen {
@@ -485,79 +288,10 @@ impl Config {
             offsession_retry::ScheduledPolicy::new(name, policy)
                 .map_err(|e| invalid(&format!("retry_policies.{name}"), e.to_string()))?;
         }
-        if !self.retry_policies.is_empty()
-            && !self
-                .retry_policies
-                .contains_key(&self.engine.default_retry_policy)
-        {
-            return Err(invalid(
-                "engine.default_retry_policy",
-                format!(
-                    "`{}` is not one of the configured retry_policies ({})",
-                    self.engine.default_retry_policy,
-                    self.retry_policies
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        self.engine
+            .check_default_policy(self.retry_policies.keys().map(String::as_str))
+            .map_err(|refused| invalid(&format!("engine.{}", refused.key), refused.message))?;
+        // Processor ids are checked where the engine is built (`EngineBuilder::build`).
         Ok(())
-    }
-}
-
-/// The Stripe API base must be an https URL with a host and nothing after the path
-/// (no query, no fragment, no credentials); plain http is allowed for loopback
-/// addresses only (test fakes).
-pub fn check_api_base(api_base: &str) -> Result<(), String> {
-    let url = url::Url::parse(api_base).map_err(|e| format!("`{api_base}` is not a URL: {e}"))?;
-    let host = url
-        .host()
-        .ok_or_else(|| format!("`{api_base}` has no host"))?;
-    let loopback = match host {
-        url::Host::Domain(domain) => domain == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(format!(
-                "`{api_base}`: plain http is allowed for loopback addresses only; use https"
-            ))
-        }
-        other => return Err(format!("`{api_base}`: scheme `{other}` is not https")),
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{api_base}` must not have a query or fragment"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("the API base must not carry credentials".into());
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_defaults_round_trip_through_config_text() {
-        use std::time::Duration;
-        assert_eq!(duration_text(Duration::from_secs(90)), "90s");
-        assert_eq!(duration_text(Duration::from_secs(300)), "5m");
-        assert_eq!(duration_text(Duration::from_secs(7 * 86_400)), "1w");
-        let section = EngineSection::default();
-        let engine = offsession_orchestrator::EngineConfig::default();
-        assert_eq!(
-            offsession_retry::parse_duration(&section.lease).unwrap(),
-            engine.lease
-        );
-        assert_eq!(
-            offsession_retry::parse_duration(&section.authorization_validity).unwrap(),
-            engine.authorization_validity
-        );
     }
 }

@@ -73,6 +73,9 @@ pub enum Command {
     /// Drive payments through the engine against the mock processor on the real
     /// clock; report throughput, engine overhead, Little's-law efficiency, memory.
     Bench {
+        /// Configuration file (engine settings and policies).
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
         /// Payments.
         #[arg(long, default_value_t = 100_000)]
         payments: u64,
@@ -184,6 +187,7 @@ async fn execute(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Bench {
+            config: path,
             payments,
             concurrency,
             latency_ms,
@@ -212,7 +216,10 @@ async fn execute(command: Command) -> Result<(), String> {
                 },
                 None => offsession_mock::LatencyModel::Fixed { millis: latency_ms },
             };
+            let config = config::load(&path).map_err(|e| e.to_string())?;
             let report = bench::run(&bench::BenchOptions {
+                config_path: path,
+                config,
                 payments,
                 concurrency,
                 latency,
@@ -240,7 +247,7 @@ async fn execute(command: Command) -> Result<(), String> {
             if let Some(customers) = customers {
                 scenario.customers = customers;
             }
-            let report = simulate::run(&scenario, &config).await?;
+            let report = simulate::run(&scenario, &path, &config).await?;
             if let Some(chart) = chart {
                 report.chart(&chart)?;
             }

@@ -5,11 +5,9 @@ use std::sync::Arc;
 
 use offsession_core::RetryStrategy;
 use offsession_core::{Clock, EventSink};
-use offsession_mock::{MockConfig, MockProcessor, Vault};
-use offsession_orchestrator::{Engine, EngineConfig};
-use offsession_retry::{
-    parse_duration, DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPolicy,
-};
+use offsession_mock::{MockProcessor, Vault};
+use offsession_orchestrator::{Engine, EngineBuilder};
+use offsession_retry::{DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPolicy, SmartState};
 use offsession_store::MemoryStore;
 
 use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig};
@@ -36,52 +34,6 @@ fn read(config_path: &Path, key: &str, path: &Path) -> Result<String, ConfigErro
         .map_err(|e| invalid(key, format!("cannot read `{}`: {e}", full.display())))
 }
 
-/// The engine settings of `[engine]` (durations were checked by `config::load`).
-pub fn engine_config(config: &Config) -> Result<EngineConfig, ConfigError> {
-    let e = &config.engine;
-    let duration =
-        |key: &str, v: &str| parse_duration(v).map_err(|err| invalid(key, err.to_string()));
-    Ok(EngineConfig {
-        livemode: e.livemode,
-        instance_id: e.instance_id.clone(),
-        id_seed: e.id_seed,
-        ach_retries_enabled: e.ach_retries_enabled,
-        sepa_debit_retries_enabled: e.sepa_debit_retries_enabled,
-        default_retry_policy: e.default_retry_policy.clone(),
-        lease: duration("engine.lease", &e.lease)?,
-        authorization_validity: duration(
-            "engine.authorization_validity",
-            &e.authorization_validity,
-        )?,
-        replay_backoff: e
-            .replay_backoff
-            .iter()
-            .map(|v| duration("engine.replay_backoff", v))
-            .collect::<Result<_, _>>()?,
-        max_replays: e.max_replays,
-        replay_deadline: duration("engine.replay_deadline", &e.replay_deadline)?,
-        compartment_id: e.compartment_id.clone(),
-        concurrency: e.concurrency,
-        claim_batch: e.claim_batch,
-        cascade_categories: e.cascade_categories.clone(),
-    })
-}
-
-/// The circuit-breaker settings of `[circuit_breaker]`.
-pub fn breaker_config(
-    config: &Config,
-) -> Result<offsession_orchestrator::BreakerConfig, ConfigError> {
-    let breaker = &config.circuit_breaker;
-    Ok(offsession_orchestrator::BreakerConfig {
-        window: parse_duration(&breaker.window)
-            .map_err(|e| invalid("circuit_breaker.window", e.to_string()))?,
-        min_calls: breaker.min_calls,
-        failure_rate: breaker.failure_rate,
-        open_for: parse_duration(&breaker.open_for)
-            .map_err(|e| invalid("circuit_breaker.open_for", e.to_string()))?,
-    })
-}
-
 /// Everything built from a config.
 #[derive(Debug)]
 pub struct Wired {
@@ -97,29 +49,44 @@ impl Wired {
     /// Saves the smart strategy's state to `smart.state_path`, if configured.
     pub fn save_smart_state(&self, config_path: &Path, config: &Config) -> Result<(), String> {
         match &config.smart.state_path {
-            Some(path) => self.smart.save(&resolve(config_path, Path::new(path))),
+            Some(path) => save_smart_state(&self.smart, &resolve(config_path, path)),
             None => Ok(()),
         }
     }
 }
 
-/// Builds the engine with `clock` and `events`.
-pub fn build(
-    config_path: &Path,
-    config: &Config,
-    clock: Arc<dyn Clock>,
-    events: Arc<dyn EventSink>,
-) -> Result<Wired, ConfigError> {
+/// Writes the smart strategy's learned state to `path` (JSON), atomically.
+pub fn save_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), String> {
+    let text = serde_json::to_string(&smart.state()).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("writing `{}`: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to `{}`: {e}", path.display()))
+}
+
+/// Loads a state written by [`save_smart_state`].
+pub fn load_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading `{}`: {e}", path.display()))?;
+    let state: SmartState =
+        serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
+    smart.restore(state)
+}
+
+/// The engine settings and retry decisions of a config — `[engine]`, `[declines]`,
+/// `[retry_policies]`, `[heuristic]`, `[smart]`, `[circuit_breaker]` — on a new
+/// builder. `run`, `simulate` and `bench` all start from it, so each honours every
+/// one of these keys; they differ only in processors, store and clock.
+pub fn policies(config_path: &Path, config: &Config) -> Result<Decisions, ConfigError> {
     let mut builder = Engine::builder()
-        .config(engine_config(config)?)
-        .clock(clock)
-        .events(events);
+        .config(config.engine.clone())
+        .circuit_breaker(config.circuit_breaker);
 
     let declines = match &config.declines.path {
         Some(path) => DeclineTable::from_toml(&read(config_path, "declines.path", path)?)
             .map_err(|e| invalid("declines.path", e.to_string()))?,
         None => DeclineTable::standard(),
     };
+    let rules = declines.network_rules().clone();
     builder = builder.decline_table(declines);
 
     for (name, policy) in &config.retry_policies {
@@ -132,8 +99,36 @@ pub fn build(
         HeuristicPolicy::new(&config.heuristic).map_err(|e| invalid("heuristic", e.to_string()))?;
     let smart =
         Arc::new(SmartPolicy::new(&config.smart).map_err(|e| invalid("smart", e.to_string()))?);
+    builder = builder
+        .strategy(RetryStrategy::Heuristic, Arc::new(heuristic))
+        .strategy(RetryStrategy::Smart, smart.clone());
+    Ok(Decisions {
+        builder,
+        smart,
+        rules,
+    })
+}
+
+/// What [`policies`] builds.
+#[derive(Debug)]
+pub struct Decisions {
+    /// A builder with the engine settings and every policy installed.
+    pub builder: EngineBuilder,
+    /// The smart strategy (to load and save its learned state).
+    pub smart: Arc<SmartPolicy>,
+    /// The network rules of the configured decline table.
+    pub rules: offsession_retry::NetworkRules,
+}
+
+/// Loads the smart strategy's learned state from `smart.state_path` when the file
+/// exists (`run` only: a simulation starts every strategy from the prior).
+fn load_configured_state(
+    config_path: &Path,
+    config: &Config,
+    smart: &SmartPolicy,
+) -> Result<(), ConfigError> {
     if let Some(path) = &config.smart.state_path {
-        let full = resolve(config_path, Path::new(path));
+        let full = resolve(config_path, path);
         // Checked now, not when the state is saved at the end of a run.
         let folder = match full.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
@@ -146,100 +141,56 @@ pub fn build(
             ));
         }
         if full.exists() {
-            smart
-                .load(&full)
-                .map_err(|e| invalid("smart.state_path", e))?;
+            load_smart_state(smart, &full).map_err(|e| invalid("smart.state_path", e))?;
         }
     }
-    builder = builder
-        .strategy(RetryStrategy::Heuristic, Arc::new(heuristic))
-        .strategy(RetryStrategy::Smart, smart.clone());
+    Ok(())
+}
+
+/// Builds the engine of `run` and `check-config` with `clock` and `events`: the
+/// decisions of [`policies`], the configured processors, routing and store.
+pub fn build(
+    config_path: &Path,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    events: Arc<dyn EventSink>,
+) -> Result<Wired, ConfigError> {
+    let Decisions { builder, smart, .. } = policies(config_path, config)?;
+    load_configured_state(config_path, config, &smart)?;
+    let mut builder = builder.clock(clock).events(events);
 
     let mut mocks = Vec::new();
     for processor_config in config.all_processors() {
+        let id = processor_config.id().to_owned();
         match processor_config {
-            ProcessorConfig::Mock {
-                id,
-                seed,
-                latency,
-                fault_rate,
-                unknown_rate,
-                payment_method_types,
-                connect,
-                vault,
-                enforce_rate_limit,
-                rate_limit,
-            } => {
-                let vault = match vault {
-                    Some(path) => Vault::from_toml(&read(config_path, "processor.vault", path)?)
-                        .map_err(|e| invalid("processor.vault", e))?,
-                    None => Vault::default(),
-                };
-                let defaults = MockConfig::default();
-                let processor = Arc::new(MockProcessor::new(
-                    id,
-                    MockConfig {
-                        seed: *seed,
-                        latency: latency.clone(),
-                        fault_rate: *fault_rate,
-                        unknown_rate: *unknown_rate,
-                        payment_method_types: payment_method_types
-                            .clone()
-                            .unwrap_or(defaults.payment_method_types),
-                        connect: *connect,
-                        vault,
-                        enforce_rate_limit: *enforce_rate_limit,
-                    },
-                ));
-                builder = builder.processor(processor.clone());
-                if let Some(limit) = rate_limit {
-                    builder = builder.rate_limit(id, *limit);
+            ProcessorConfig::Mock(section) => {
+                let mut mock = section.adapter.clone();
+                if let Some(path) = &section.vault {
+                    mock.vault = Vault::from_toml(&read(config_path, "processor.vault", path)?)
+                        .map_err(|e| invalid("processor.vault", e))?;
                 }
+                let processor = Arc::new(MockProcessor::new(&id, mock));
+                builder = builder.processor(processor.clone());
                 mocks.push(processor);
             }
             ProcessorConfig::Stripe(section) => {
-                let secret_key = match &section.secret_key {
-                Some(key) => key.clone(),
-                None => offsession_stripe::SecretKey::new(std::env::var(&section.secret_key_env).map_err(|_| {
-                    invalid(
-                        "processor.secret_key_env",
-                        if offsession_stripe::looks_like_secret(&section.secret_key_env) {
-                            "`processor.secret_key_env` must name an environment variable, and the value given looks like a secret key (not shown)".to_owned()
-                        } else {
-                            format!("environment variable `{}` is not set (or set `processor.secret_key`)", section.secret_key_env)
-                        },
-                    )
-                })?),
-            };
-                let duration =
-                    |key: &str, v: &str| parse_duration(v).map_err(|e| invalid(key, e.to_string()));
-                let mut stripe = offsession_stripe::StripeConfig::new(&section.id, secret_key);
-                stripe.api_base = section.api_base.clone();
-                stripe.stripe_version = section.stripe_version.clone();
-                stripe.connect_timeout =
-                    duration("processor.connect_timeout", &section.connect_timeout)?;
-                stripe.request_timeout =
-                    duration("processor.request_timeout", &section.request_timeout)?;
-                stripe.max_network_retries = section.max_network_retries;
-                stripe.preflight_cache_ttl = duration(
-                    "processor.preflight_cache_ttl",
-                    &section.preflight_cache_ttl,
-                )?;
-                if let Some(types) = &section.payment_method_types {
-                    stripe.payment_method_types = types.clone();
-                }
-                let processor = offsession_stripe::StripeProcessor::new(stripe)
-                    .map_err(|e| invalid("processor", e.to_string()))?;
+                let mut stripe = section.adapter.clone();
+                stripe.id = id.clone();
+                let processor =
+                    offsession_stripe::StripeProcessor::new(stripe).map_err(|e| match e {
+                        offsession_stripe::StripeClientError::Config(refused) => {
+                            invalid(&format!("processor.{}", refused.key), refused.message)
+                        }
+                        other => invalid("processor", other.to_string()),
+                    })?;
                 builder = builder.processor(Arc::new(processor));
-                if let Some(limit) = &section.rate_limit {
-                    builder = builder.rate_limit(&section.id, *limit);
-                }
             }
         }
+        if let Some(limit) = processor_config.rate_limit() {
+            builder = builder.rate_limit(&id, *limit);
+        }
     }
-    builder = builder
-        .routing(config.routing.clone())
-        .circuit_breaker(breaker_config(config)?);
+    builder = builder.routing(config.routing.clone());
 
     match config.store {
         StoreConfig::Memory => builder = builder.store(Arc::new(MemoryStore::new())),

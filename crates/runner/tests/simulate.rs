@@ -30,9 +30,13 @@ fn every_shipped_scenario_parses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategies_are_compared_on_the_same_population_without_rule_violations() {
     let config = config::load(&repo_path("config/default.toml")).unwrap();
-    let report = simulate::run(&scenario("issuer-outages", 3_000), &config)
-        .await
-        .unwrap();
+    let report = simulate::run(
+        &scenario("issuer-outages", 3_000),
+        &repo_path("config/default.toml"),
+        &config,
+    )
+    .await
+    .unwrap();
     let names: Vec<_> = report
         .strategies
         .iter()
@@ -68,12 +72,20 @@ async fn strategies_are_compared_on_the_same_population_without_rule_violations(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulation_is_reproducible() {
     let config = config::load(&repo_path("config/default.toml")).unwrap();
-    let a = simulate::run(&scenario("gig-economy", 1_000), &config)
-        .await
-        .unwrap();
-    let b = simulate::run(&scenario("gig-economy", 1_000), &config)
-        .await
-        .unwrap();
+    let a = simulate::run(
+        &scenario("gig-economy", 1_000),
+        &repo_path("config/default.toml"),
+        &config,
+    )
+    .await
+    .unwrap();
+    let b = simulate::run(
+        &scenario("gig-economy", 1_000),
+        &repo_path("config/default.toml"),
+        &config,
+    )
+    .await
+    .unwrap();
     for (x, y) in a.strategies.iter().zip(&b.strategies) {
         assert_eq!(
             (x.recovered, x.attempts),

@@ -2,7 +2,12 @@
 //! transport retries under the same idempotency key, no redirects followed, bodies
 //! read up to a cap, and quoting of what came back.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+
+use crate::transformers::{error_code, Form, WireErrorCode};
+use crate::StripeProcessor;
 
 /// The most bytes read from any Stripe response body; the rest is never read.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -128,6 +133,7 @@ impl StripeProcessor {
     }
 
     /// Sends one logical request, with transport retries that reuse `idempotency_key`.
+    /// Any 401/403, whichever call drew it, marks the processor misconfigured.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -148,7 +154,7 @@ impl StripeProcessor {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
-                .bearer_auth(self.config.secret_key.expose())
+                .bearer_auth(self.secret_key.expose())
                 .header("Stripe-Version", &self.config.stripe_version);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
@@ -159,6 +165,9 @@ impl StripeProcessor {
             let (reply, should_retry) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
+                    if matches!(status.as_u16(), 401 | 403) {
+                        self.mark_misconfigured(status);
+                    }
                     let header = response
                         .headers()
                         .get("Stripe-Should-Retry")
@@ -170,13 +179,10 @@ impl StripeProcessor {
                         .map(|v| quote_at_most(&String::from_utf8_lossy(v.as_bytes()), 200));
                     match read_capped(response).await {
                         Ok((body, truncated)) => {
-                            let code = serde_json::from_str::<ErrorBody>(&body)
-                                .ok()
-                                .and_then(|b| b.error.code);
                             let guess = status.is_server_error()
                                 || status == StatusCode::CONFLICT
                                 || (status == StatusCode::TOO_MANY_REQUESTS
-                                    && code.as_deref() == Some("lock_timeout"));
+                                    && error_code(&body) == Some(WireErrorCode::LockTimeout));
                             // A redirect is a misconfiguration; sending again won't help.
                             let retry = !status.is_redirection() && header.unwrap_or(guess);
                             (
@@ -214,6 +220,7 @@ impl StripeProcessor {
         }
     }
 
+    /// Whether a 401/403 came back less than `misconfigured_cooldown` ago.
     pub(crate) fn is_misconfigured(&self) -> bool {
         let until = *self
             .misconfigured_until
@@ -222,7 +229,9 @@ impl StripeProcessor {
         until.is_some_and(|until| Instant::now() < until)
     }
 
-    pub(crate) fn mark_misconfigured(&self, status: StatusCode) {
+    /// A 401/403 means the key is wrong or lacks permissions: every call fails the
+    /// same way until it is fixed, so authorizations stop for `misconfigured_cooldown`.
+    fn mark_misconfigured(&self, status: StatusCode) {
         tracing::error!(processor = %self.config.id, %status, "Stripe refused the API key; check the secret key and its permissions");
         *self
             .misconfigured_until

@@ -17,6 +17,10 @@
 //!
 //! The adapter decides no retries of the customer's payment: it reports declines with
 //! Stripe's codes, and the engine's decline table and policy decide.
+//!
+//! [`StripeConfig`] is the adapter's only configuration type (the runner reads it
+//! from its config file as is); [`transformers`] holds every translation between
+//! Stripe's JSON and the engine's types.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -25,11 +29,13 @@
 )]
 #![forbid(unsafe_code)]
 
+mod config;
 mod http;
 mod preflight;
 mod secret;
 pub mod transformers;
 
+pub use config::{check_api_base, StripeConfig, StripeConfigRefused, MAX_NETWORK_RETRIES};
 pub use http::{quote, MAX_BODY_BYTES, MAX_QUOTED_CHARS};
 use http::{quote_body, redirected, Reply};
 use preflight::PreflightFacts;
@@ -37,85 +43,40 @@ pub use secret::{looks_like_secret, SecretKey};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use offsession_core::{
     ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest,
-    ErrorCode, OffSessionPayment, PaymentMethodDetails, Processor, ProcessorError,
+    FaultKind, OffSessionPayment, PaymentMethodDetails, Processor, ProcessorError,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 
 use crate::transformers::{
-    capture_params, payment_intent_params, ErrorBody, Form, List, PaymentIntent, PaymentMethod,
-    SetupIntent,
+    capture_params, check_card_options, error_outcome, payment_intent_params, preflight_details,
+    Form, PaymentIntent,
 };
 
-/// Adapter settings.
-#[derive(Debug, Clone)]
-pub struct StripeConfig {
-    /// Processor id in the engine.
-    pub id: String,
-    /// Secret key (`sk_test_…`, `sk_live_…`, or a restricted key).
-    pub secret_key: SecretKey,
-    /// API base URL.
-    pub api_base: String,
-    /// Pinned `Stripe-Version`.
-    pub stripe_version: String,
-    /// TCP/TLS connect timeout.
-    pub connect_timeout: Duration,
-    /// Whole-request timeout.
-    pub request_timeout: Duration,
-    /// Transport retries of one request (same idempotency key).
-    pub max_network_retries: u32,
-    /// First transport retry wait.
-    pub retry_base: Duration,
-    /// Longest transport retry wait.
-    pub retry_cap: Duration,
-    /// How long preflight results are cached per payment method.
-    pub preflight_cache_ttl: Duration,
-    /// How long the adapter refuses to call Stripe after a 401/403.
-    pub misconfigured_cooldown: Duration,
-    /// Payment method types this account charges.
-    pub payment_method_types: Vec<String>,
-}
-
-impl StripeConfig {
-    /// Defaults (Stripe's API, stripe-go's retry policy) for `id` and `secret_key`.
-    pub fn new(id: &str, secret_key: SecretKey) -> StripeConfig {
-        StripeConfig {
-            id: id.into(),
-            secret_key,
-            api_base: "https://api.stripe.com".into(),
-            stripe_version: "2022-11-15".into(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            max_network_retries: 2,
-            retry_base: Duration::from_millis(500),
-            retry_cap: Duration::from_secs(5),
-            preflight_cache_ttl: Duration::from_secs(600),
-            misconfigured_cooldown: Duration::from_secs(300),
-            payment_method_types: vec![
-                "card".into(),
-                "us_bank_account".into(),
-                "sepa_debit".into(),
-            ],
-        }
-    }
-}
-
-/// Adapter construction failures.
+/// Why [`StripeProcessor::new`] could not build an adapter.
 #[derive(Debug, thiserror::Error)]
-pub enum StripeError {
-    /// The HTTP client could not be built.
+pub enum StripeClientError {
+    /// The configuration was refused, or its secret key could not be found; the
+    /// error names the setting.
+    #[error(transparent)]
+    Config(#[from] StripeConfigRefused),
+    /// The HTTP client could not be built (TLS backend, system settings).
     #[error("building the HTTP client: {0}")]
-    Client(String),
+    Http(String),
 }
 
-/// The Stripe processor.
+/// One Stripe account as an engine processor. It holds one pooled HTTP client, the
+/// preflight cache, and the time until which a refused key (401/403) keeps it from
+/// calling Stripe.
 #[derive(Debug)]
 pub struct StripeProcessor {
     config: StripeConfig,
+    /// Resolved once at construction, so the environment is read once.
+    secret_key: SecretKey,
     capabilities: Capabilities,
     http: reqwest::Client,
     preflight_cache: Mutex<HashMap<String, PreflightFacts>>,
@@ -123,8 +84,12 @@ pub struct StripeProcessor {
 }
 
 impl StripeProcessor {
-    /// An adapter with one pooled HTTP client.
-    pub fn new(config: StripeConfig) -> Result<StripeProcessor, StripeError> {
+    /// An adapter with one pooled HTTP client, once `config` passes
+    /// [`StripeConfig::check`] and its secret key is found
+    /// ([`StripeConfig::resolve_secret_key`]).
+    pub fn new(config: StripeConfig) -> Result<StripeProcessor, StripeClientError> {
+        config.check()?;
+        let secret_key = config.resolve_secret_key()?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -133,7 +98,7 @@ impl StripeProcessor {
             // and following it would send the charge and the key somewhere else.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| StripeError::Client(e.to_string()))?;
+            .map_err(|e| StripeClientError::Http(e.to_string()))?;
         let capabilities = Capabilities {
             payment_method_types: config.payment_method_types.clone(),
             currencies: Vec::new(),
@@ -142,59 +107,12 @@ impl StripeProcessor {
         };
         Ok(StripeProcessor {
             config,
+            secret_key,
             capabilities,
             http,
             preflight_cache: Mutex::new(HashMap::new()),
             misconfigured_until: Mutex::new(None),
         })
-    }
-
-    /// Maps a non-success, non-redirect HTTP reply to an attempt outcome.
-    fn error_outcome(&self, status: StatusCode, body: &str, truncated: bool) -> AttemptOutcome {
-        let error = serde_json::from_str::<ErrorBody>(body)
-            .unwrap_or_default()
-            .error;
-        let code = error.code.clone().unwrap_or_default();
-        let text = error
-            .message
-            .clone()
-            .or_else(|| error.code.clone())
-            .unwrap_or_else(|| quote_body(body, truncated));
-        // Everything quoted from the answer is capped, whatever its size.
-        let describe = |what: &str| quote(&format!("stripe {status} {what}: {text}"));
-        match status.as_u16() {
-            402 => AttemptOutcome::Declined {
-                codes: error.decline_codes(),
-                reference: error.reference(),
-            },
-            401 | 403 => {
-                self.mark_misconfigured(status);
-                AttemptOutcome::ProcessorFault {
-                    retryable: false,
-                    rate_limited: false,
-                    message: describe("processor misconfigured"),
-                }
-            }
-            409 | 429 => AttemptOutcome::ProcessorFault {
-                retryable: true,
-                rate_limited: status == StatusCode::TOO_MANY_REQUESTS
-                    && code.as_str() != "lock_timeout",
-                message: describe(&code),
-            },
-            400..=499 => AttemptOutcome::ProcessorFault {
-                retryable: false,
-                rate_limited: false,
-                message: describe(
-                    error
-                        .error_type
-                        .as_deref()
-                        .unwrap_or("invalid_request_error"),
-                ),
-            },
-            _ => AttemptOutcome::Unknown {
-                message: describe("server error"),
-            },
-        }
     }
 
     /// Looks a `processing` PaymentIntent up by id. Anything but a readable
@@ -266,111 +184,15 @@ impl Processor for StripeProcessor {
         &self,
         payment: &OffSessionPayment,
     ) -> Result<PaymentMethodDetails, ApiError> {
-        // The pinned PaymentIntents API has no parameter for these card options:
-        // refuse the payment rather than charge without what the merchant asked for.
-        if let Some(card) = payment
-            .payment_method_options
-            .as_ref()
-            .and_then(|o| o.card.as_ref())
-        {
-            let unsupported = [
-                ("mcc", card.mcc.is_some()),
-                (
-                    "network_transaction_id",
-                    card.network_transaction_id.is_some(),
-                ),
-            ];
-            if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-                return Err(ApiError::invalid(
-                    &format!("payment_method_options.card.{field}"),
-                    format!(
-                        "is not supported by processor `{}`: Stripe's PaymentIntents API (version {}) has no such parameter",
-                        self.config.id, self.config.stripe_version
-                    ),
-                ));
-            }
-        }
+        check_card_options(payment, &self.config.id, &self.config.stripe_version)?;
         let facts = self.facts(payment).await?;
-        let method = &facts.method;
-        if method.customer_id() != Some(payment.customer.as_str()) {
-            return Err(ApiError::new(
-                ErrorCode::OspPaymentMethodNotAttached,
-                format!(
-                    "Payment method `{}` is not attached to customer `{}`; attach it with a SetupIntent first.",
-                    quote(&method.id),
-                    quote(&payment.customer)
-                ),
-            )
-            .with_param("payment_method"));
-        }
-        if !self.capabilities.supports_type(&method.method_type) {
-            return Err(ApiError::new(
-                ErrorCode::OspInvalidPaymentMethodType,
-                format!(
-                    "payment method type `{}` is not supported",
-                    quote(&method.method_type)
-                ),
-            )
-            .with_param("payment_method"));
-        }
-        let setups: Vec<&SetupIntent> = facts
-            .setups
-            .iter()
-            .filter(|s| s.is_off_session_setup())
-            .collect();
-        if setups.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::OspPmNotSetupForOffSession,
-                format!(
-                    "Payment method `{}` has no succeeded SetupIntent with `usage=off_session`; set it up on-session first.",
-                    quote(&method.id)
-                ),
-            )
-            .with_param("payment_method"));
-        }
-        let on_platform = setups.iter().any(|s| s.account().is_none());
-        match &payment.on_behalf_of {
-            Some(account) if !setups.iter().any(|s| s.account() == Some(account.as_str())) => {
-                return Err(if on_platform {
-                    ApiError::new(
-                        ErrorCode::OspPmSetUpOnlyOnPlatform,
-                        format!(
-                            "Payment method `{}` was set up on the platform, not for `{}`.",
-                            quote(&method.id),
-                            quote(account)
-                        ),
-                    )
-                } else {
-                    ApiError::new(
-                        ErrorCode::OspPmSetUpOnlyOnConnectedAccount,
-                        format!(
-                            "Payment method `{}` was set up for another connected account.",
-                            quote(&method.id)
-                        ),
-                    )
-                }
-                .with_param("on_behalf_of"));
-            }
-            None if !on_platform => {
-                return Err(ApiError::new(
-                    ErrorCode::OspPmSetUpOnlyOnConnectedAccount,
-                    format!(
-                        "Payment method `{}` was set up only on a connected account; pass the same `on_behalf_of`.",
-                        quote(&method.id)
-                    ),
-                )
-                .with_param("on_behalf_of"));
-            }
-            _ => {}
-        }
-        Ok(method.details())
+        preflight_details(payment, &self.capabilities, &facts.method, &facts.setups)
     }
 
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
         if self.is_misconfigured() {
             return AttemptOutcome::ProcessorFault {
-                retryable: false,
-                rate_limited: false,
+                kind: FaultKind::Refused,
                 message: "stripe: processor misconfigured (401/403); not called".into(),
             };
         }
@@ -412,8 +234,7 @@ impl Processor for StripeProcessor {
             Reply::Response {
                 status, location, ..
             } if status.is_redirection() => AttemptOutcome::ProcessorFault {
-                retryable: false,
-                rate_limited: false,
+                kind: FaultKind::Refused,
                 message: format!(
                     "stripe: {}",
                     redirected("payment intent creation", status, location.as_deref())
@@ -424,10 +245,9 @@ impl Processor for StripeProcessor {
                 body,
                 truncated,
                 ..
-            } => self.error_outcome(status, &body, truncated),
+            } => error_outcome(status, &body, truncated),
             Reply::NotSent(message) => AttemptOutcome::ProcessorFault {
-                retryable: true,
-                rate_limited: false,
+                kind: FaultKind::Unavailable,
                 message: format!("stripe: not sent: {message}"),
             },
             Reply::Lost(message) => AttemptOutcome::Unknown {

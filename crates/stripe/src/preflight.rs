@@ -1,7 +1,14 @@
 //! What preflight learns from Stripe about a payment method (the method itself and
 //! its SetupIntents), cached per method for `preflight_cache_ttl`.
 
-use super::*;
+use std::time::Instant;
+
+use offsession_core::{ApiError, ErrorCode, OffSessionPayment};
+use reqwest::{Method, StatusCode};
+
+use crate::http::{quote_body, redirected, Reply};
+use crate::transformers::{PaymentMethod, SetupIntent};
+use crate::{quote, StripeProcessor, MAX_BODY_BYTES};
 
 /// A payment method and its SetupIntents, as fetched.
 #[derive(Debug, Clone)]
@@ -49,12 +56,7 @@ impl StripeProcessor {
                         "payment method answer over {MAX_BODY_BYTES} bytes, not read"
                     )));
                 }
-                serde_json::from_str::<PaymentMethod>(&body).map_err(|e| {
-                    unavailable(format!(
-                        "unreadable payment method: {}",
-                        quote(&e.to_string())
-                    ))
-                })?
+                PaymentMethod::read(&body).map_err(unavailable)?
             }
             Reply::Response { status, .. } if status == StatusCode::NOT_FOUND => {
                 return Err(ApiError::invalid(
@@ -77,9 +79,6 @@ impl StripeProcessor {
                 truncated,
                 ..
             } => {
-                if matches!(status.as_u16(), 401 | 403) {
-                    self.mark_misconfigured(status);
-                }
                 return Err(unavailable(quote(&format!(
                     "payment method lookup answered {status}: {}",
                     quote_body(&body, truncated)
@@ -107,14 +106,7 @@ impl StripeProcessor {
                         "setup intents answer over {MAX_BODY_BYTES} bytes, not read"
                     )));
                 }
-                serde_json::from_str::<List<SetupIntent>>(&body)
-                    .map_err(|e| {
-                        unavailable(format!(
-                            "unreadable setup intents: {}",
-                            quote(&e.to_string())
-                        ))
-                    })?
-                    .data
+                SetupIntent::read_list(&body).map_err(unavailable)?
             }
             Reply::Response {
                 status, location, ..
@@ -131,9 +123,6 @@ impl StripeProcessor {
                 truncated,
                 ..
             } => {
-                if matches!(status.as_u16(), 401 | 403) {
-                    self.mark_misconfigured(status);
-                }
                 return Err(unavailable(quote(&format!(
                     "setup intent lookup answered {status}: {}",
                     quote_body(&body, truncated)

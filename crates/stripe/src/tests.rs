@@ -1,6 +1,8 @@
 //! Unit tests of the adapter's private parts: key redaction, quoting, URL
 //! encoding, backoff.
 
+use std::time::Duration;
+
 use super::*;
 
 #[test]

@@ -1,15 +1,78 @@
-//! Stripe wire types and their translation to and from the engine's domain. Nothing
-//! outside this file sees Stripe's field names.
+//! Stripe wire types and their translation to and from the engine's domain: request
+//! parameters from a payment, and attempt outcomes, API errors and payment method
+//! details from Stripe's answers. Nothing outside this module sees Stripe's field
+//! names or branches on Stripe's strings.
+//!
+//! Every string the adapter branches on (a PaymentIntent's `status`, an error's
+//! `type` and `code`, a SetupIntent's `status` and `usage`) is read into an enum
+//! whose catch-all `Other` keeps what Stripe wrote: a value this adapter does not
+//! know is never mistaken for a known one, and an unknown PaymentIntent status is an
+//! `Unknown` outcome (money may have moved), never a decline.
 
-use std::collections::BTreeMap;
+use offsession_core::{ApiError, Cadence, CaptureMethod, OffSessionPayment};
 
-use offsession_core::{
-    AttemptOutcome, Cadence, CaptureMethod, CardDetails, DeclineCodes, OffSessionPayment,
-    PaymentMethodDetails, ProcessorReference,
+/// Declares a Stripe string enum: the listed values, and `Other` for any other
+/// string (kept as Stripe wrote it). Deserializing never fails on an unknown value.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+            /// A value this adapter has no reading for, as Stripe wrote it.
+            Other(String),
+        }
+
+        impl $name {
+            /// Every value this adapter has a reading for.
+            pub const KNOWN: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The value Stripe spells `text`; any other string is `Other`.
+            pub fn from_stripe(text: &str) -> $name {
+                match text {
+                    $($text => $name::$variant,)*
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+
+            /// Stripe's spelling (what it sent, for `Other`).
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$variant => $text,)*
+                    $name::Other(text) => text,
+                }
+            }
+
+            /// Whether this adapter has a reading for the value (it is not `Other`).
+            pub fn is_known(&self) -> bool {
+                !matches!(self, $name::Other(_))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+                Ok($name::from_stripe(&text))
+            }
+        }
+    };
+}
+
+mod error;
+mod intent;
+mod method;
+
+pub use error::{error_code, error_outcome, ErrorBody, WireError, WireErrorCode, WireErrorType};
+pub use intent::{IntentStatus, ObjectType, PaymentIntent};
+pub use method::{
+    preflight_details, Card, List, PaymentMethod, SetupIntent, SetupIntentStatus, SetupUsage,
 };
-use serde::Deserialize;
-
-use crate::quote;
 
 /// Form parameters, in order, as `key=value` pairs (`a[b]` for nested fields).
 pub type Form = Vec<(String, String)>;
@@ -100,330 +163,40 @@ pub fn payment_intent_params(payment: &OffSessionPayment, attempt_number: u32) -
     form
 }
 
+/// Refuses a payment whose card options the pinned PaymentIntents API has no
+/// parameter for: charging without them would not be what the merchant asked for.
+/// `processor` and `stripe_version` name the adapter in the message.
+pub fn check_card_options(
+    payment: &OffSessionPayment,
+    processor: &str,
+    stripe_version: &str,
+) -> Result<(), ApiError> {
+    let Some(card) = payment
+        .payment_method_options
+        .as_ref()
+        .and_then(|o| o.card.as_ref())
+    else {
+        return Ok(());
+    };
+    let unsupported = [
+        ("mcc", card.mcc.is_some()),
+        (
+            "network_transaction_id",
+            card.network_transaction_id.is_some(),
+        ),
+    ];
+    match unsupported.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ApiError::invalid(
+            &format!("payment_method_options.card.{field}"),
+            format!(
+                "is not supported by processor `{processor}`: Stripe's PaymentIntents API (version {stripe_version}) has no such parameter"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `POST /v1/payment_intents/{id}/capture` parameters.
 pub fn capture_params(amount_to_capture: i64) -> Form {
     vec![("amount_to_capture".into(), amount_to_capture.to_string())]
-}
-
-/// A Stripe error body.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ErrorBody {
-    /// The error.
-    #[serde(default)]
-    pub error: StripeError,
-}
-
-/// `error` of a Stripe error body.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StripeError {
-    /// `card_error`, `invalid_request_error`, `idempotency_error`, `api_error`, …
-    #[serde(rename = "type", default)]
-    pub error_type: Option<String>,
-    /// `card_declined`, `rate_limit`, `lock_timeout`, `idempotency_key_in_use`, …
-    #[serde(default)]
-    pub code: Option<String>,
-    /// Issuer's reason.
-    #[serde(default)]
-    pub decline_code: Option<String>,
-    /// Stripe's advice.
-    #[serde(default)]
-    pub advice_code: Option<String>,
-    /// Raw network response code.
-    #[serde(default)]
-    pub network_decline_code: Option<String>,
-    /// Network advice (Mastercard MAC).
-    #[serde(default)]
-    pub network_advice_code: Option<String>,
-    /// Message.
-    #[serde(default)]
-    pub message: Option<String>,
-    /// Parameter at fault.
-    #[serde(default)]
-    pub param: Option<String>,
-    /// Charge id of a declined charge.
-    #[serde(default)]
-    pub charge: Option<String>,
-    /// The PaymentIntent, on PaymentIntent errors.
-    #[serde(default)]
-    pub payment_intent: Option<PaymentIntent>,
-}
-
-impl StripeError {
-    /// The decline codes of a card error.
-    pub fn decline_codes(&self) -> DeclineCodes {
-        // Every string is capped: it is Stripe's text, stored and shown by the engine.
-        let capped = |s: &Option<String>| s.as_deref().map(quote);
-        let code = capped(&self.code).unwrap_or_else(|| "card_declined".into());
-        DeclineCodes {
-            decline_code: capped(&self.decline_code).or_else(|| {
-                // Errors such as `expired_card` carry no decline_code; the code is the reason.
-                (code != "card_declined").then(|| code.clone())
-            }),
-            code,
-            advice_code: capped(&self.advice_code),
-            network_decline_code: capped(&self.network_decline_code),
-            network_advice_code: capped(&self.network_advice_code),
-            message: capped(&self.message),
-        }
-    }
-
-    /// The PaymentIntent and charge ids the error names.
-    pub fn reference(&self) -> ProcessorReference {
-        ProcessorReference {
-            payment: self
-                .payment_intent
-                .as_ref()
-                .map(|pi| pi.id.clone())
-                .filter(|id| !id.is_empty()),
-            charge: self.charge.clone(),
-        }
-    }
-}
-
-/// A PaymentIntent's `status`. Only these are read; any other string is `Unknown`,
-/// which the adapter never treats as a decline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IntentStatus {
-    /// Charged.
-    Succeeded,
-    /// Authorized, held for capture.
-    RequiresCapture,
-    /// Not settled yet (bank debits); look it up by id later.
-    Processing,
-    /// The confirmation failed (a decline); `last_payment_error` says why.
-    RequiresPaymentMethod,
-    /// Canceled.
-    Canceled,
-    /// The customer must authenticate.
-    RequiresAction,
-    /// Not confirmed.
-    RequiresConfirmation,
-    /// A status this adapter does not know.
-    #[serde(other)]
-    Unknown,
-}
-
-impl IntentStatus {
-    /// Stripe's name of a status; `Unknown` for any other string.
-    pub fn from_stripe(status: &str) -> IntentStatus {
-        serde_json::from_value(serde_json::Value::String(status.to_owned()))
-            .unwrap_or(IntentStatus::Unknown)
-    }
-}
-
-/// The parts of a PaymentIntent the adapter reads.
-///
-/// Deserializing is lenient (it is also embedded in error bodies); an answer that is
-/// meant to be a PaymentIntent is read with [`PaymentIntent::read`], which checks it.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PaymentIntent {
-    /// `pi_…`.
-    #[serde(default)]
-    pub id: String,
-    /// `payment_intent`.
-    #[serde(default)]
-    pub object: Option<String>,
-    /// Status, as Stripe spelled it.
-    #[serde(default)]
-    pub status: Option<String>,
-    /// Latest charge id (or expanded object).
-    #[serde(default)]
-    pub latest_charge: Option<serde_json::Value>,
-    /// Error of the last confirmation.
-    #[serde(default)]
-    pub last_payment_error: Option<Box<StripeError>>,
-}
-
-/// Longest PaymentIntent id accepted in an answer (the spec's `maxLength`).
-const MAX_ID_LEN: usize = 5000;
-
-impl PaymentIntent {
-    /// Reads an answer that must be a PaymentIntent: JSON, `"object": "payment_intent"`,
-    /// a non-empty `id`, and a `status`. The error says what is wrong (quoted, capped).
-    pub fn read(body: &str) -> Result<PaymentIntent, String> {
-        let intent = serde_json::from_str::<PaymentIntent>(body)
-            .map_err(|e| format!("unreadable payment intent: {}", quote(&e.to_string())))?;
-        match intent.object.as_deref() {
-            Some("payment_intent") => {}
-            Some(other) => {
-                return Err(format!(
-                    "expected a payment intent, got a `{}` object",
-                    quote(other)
-                ))
-            }
-            None => return Err("expected a payment intent; the answer has no `object`".into()),
-        }
-        if intent.id.is_empty() || intent.id.len() > MAX_ID_LEN {
-            return Err("payment intent without a usable `id`".into());
-        }
-        if intent.status.is_none() {
-            return Err(format!(
-                "payment intent {} has no `status`",
-                quote(&intent.id)
-            ));
-        }
-        Ok(intent)
-    }
-
-    /// The typed status (`Unknown` when missing or not one Stripe documents).
-    pub fn status(&self) -> IntentStatus {
-        self.status
-            .as_deref()
-            .map_or(IntentStatus::Unknown, IntentStatus::from_stripe)
-    }
-
-    /// Processor ids.
-    pub fn reference(&self) -> ProcessorReference {
-        let charge = match &self.latest_charge {
-            Some(serde_json::Value::String(id)) => Some(id.clone()),
-            Some(serde_json::Value::Object(obj)) => {
-                obj.get("id").and_then(|v| v.as_str()).map(str::to_owned)
-            }
-            _ => None,
-        };
-        ProcessorReference {
-            payment: Some(self.id.clone()),
-            charge,
-        }
-    }
-
-    /// The engine's reading of a PaymentIntent returned with HTTP 200, or `None` while
-    /// it is still `processing` (bank debits settle later). A status the adapter does
-    /// not know is `Unknown` (money may have moved), never a decline.
-    pub fn outcome(&self) -> Option<AttemptOutcome> {
-        let reference = self.reference();
-        Some(match self.status() {
-            IntentStatus::Succeeded => AttemptOutcome::Approved { reference },
-            IntentStatus::RequiresCapture => AttemptOutcome::RequiresCapture { reference },
-            IntentStatus::Processing => return None,
-            IntentStatus::RequiresAction | IntentStatus::RequiresConfirmation => {
-                AttemptOutcome::Declined {
-                    codes: DeclineCodes::new(
-                        "authentication_required",
-                        Some("authentication_required"),
-                    ),
-                    reference,
-                }
-            }
-            IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
-                AttemptOutcome::Declined {
-                    codes: self
-                        .last_payment_error
-                        .as_ref()
-                        .map(|e| e.decline_codes())
-                        .unwrap_or_else(|| {
-                            DeclineCodes::new("card_declined", Some("generic_decline"))
-                        }),
-                    reference,
-                }
-            }
-            IntentStatus::Unknown => AttemptOutcome::Unknown {
-                message: format!(
-                    "stripe: payment intent {} has status `{}`, which the adapter does not know",
-                    quote(&self.id),
-                    quote(self.status.as_deref().unwrap_or(""))
-                ),
-            },
-        })
-    }
-}
-
-/// The parts of a PaymentMethod the adapter reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PaymentMethod {
-    /// `pm_…`.
-    pub id: String,
-    /// Type.
-    #[serde(rename = "type")]
-    pub method_type: String,
-    /// Attached customer (id or expanded object).
-    #[serde(default)]
-    pub customer: Option<serde_json::Value>,
-    /// Card facts.
-    #[serde(default)]
-    pub card: Option<Card>,
-}
-
-/// `card` of a PaymentMethod.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Card {
-    /// Brand.
-    #[serde(default)]
-    pub brand: Option<String>,
-    /// Funding.
-    #[serde(default)]
-    pub funding: Option<String>,
-    /// Issuing country.
-    #[serde(default)]
-    pub country: Option<String>,
-    /// Wallet.
-    #[serde(default)]
-    pub wallet: Option<BTreeMap<String, serde_json::Value>>,
-}
-
-impl PaymentMethod {
-    /// The attached customer's id.
-    pub fn customer_id(&self) -> Option<&str> {
-        match &self.customer {
-            Some(serde_json::Value::String(id)) => Some(id),
-            Some(serde_json::Value::Object(obj)) => obj.get("id").and_then(|v| v.as_str()),
-            _ => None,
-        }
-    }
-
-    /// The engine's view.
-    pub fn details(&self) -> PaymentMethodDetails {
-        PaymentMethodDetails {
-            payment_method_type: self.method_type.clone(),
-            card: self.card.as_ref().map(|card| CardDetails {
-                brand: card.brand.clone().unwrap_or_else(|| "unknown".into()),
-                funding: card.funding.clone().unwrap_or_else(|| "unknown".into()),
-                country: card.country.clone(),
-                wallet: card
-                    .wallet
-                    .as_ref()
-                    .and_then(|w| w.get("type"))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_owned),
-            }),
-        }
-    }
-}
-
-/// A list response.
-#[derive(Debug, Clone, Deserialize)]
-pub struct List<T> {
-    /// Items.
-    pub data: Vec<T>,
-}
-
-/// The parts of a SetupIntent the adapter reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SetupIntent {
-    /// Status.
-    #[serde(default)]
-    pub status: String,
-    /// `on_session` or `off_session`.
-    #[serde(default)]
-    pub usage: String,
-    /// Connected account it was set up for (id or expanded object).
-    #[serde(default)]
-    pub on_behalf_of: Option<serde_json::Value>,
-}
-
-impl SetupIntent {
-    /// Whether it set the method up for off-session use.
-    pub fn is_off_session_setup(&self) -> bool {
-        self.status == "succeeded" && self.usage == "off_session"
-    }
-
-    /// The connected account it was set up for.
-    pub fn account(&self) -> Option<&str> {
-        match &self.on_behalf_of {
-            Some(serde_json::Value::String(id)) => Some(id),
-            Some(serde_json::Value::Object(obj)) => obj.get("id").and_then(|v| v.as_str()),
-            _ => None,
-        }
-    }
 }

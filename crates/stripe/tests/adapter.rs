@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use common::*;
 use offsession_core::{
-    AttemptOutcome, AuthorizeRequest, CancelRequest, CaptureMethod, CaptureRequest,
-    DeclineCategory, ErrorCode, OffSessionPayment, Processor, ProcessorReference,
+    AttemptOutcome, AuthorizeRequest, CancelRequest, CaptureMethod, CaptureRequest, CardBrand,
+    DeclineCategory, ErrorCode, OffSessionPayment, PaymentMethodType, Processor,
+    ProcessorReference,
 };
 use offsession_retry::DeclineTable;
 use offsession_store::conformance::sample_record;
@@ -35,7 +36,7 @@ async fn authorize(fake: &Fake, payment: &OffSessionPayment, n: u32) -> AttemptO
 fn category(outcome: &AttemptOutcome, brand: &str) -> DeclineCategory {
     match outcome {
         AttemptOutcome::Declined { codes, .. } => {
-            DeclineTable::standard().classify(codes, Some(brand))
+            DeclineTable::standard().classify(codes, Some(&CardBrand::from_name(brand)))
         }
         other => panic!("expected a decline, got {other:?}"),
     }
@@ -210,7 +211,7 @@ async fn authentication_required_needs_the_customer() {
 
 fn fault(outcome: &AttemptOutcome) -> bool {
     match outcome {
-        AttemptOutcome::ProcessorFault { retryable, .. } => *retryable,
+        AttemptOutcome::ProcessorFault { kind, .. } => *kind != offsession_core::FaultKind::Refused,
         other => panic!("expected a processor fault, got {other:?}"),
     }
 }
@@ -305,7 +306,7 @@ async fn an_invalid_request_is_a_configuration_fault_not_a_decline() {
 async fn a_refused_key_marks_the_processor_misconfigured_and_stops_calling_stripe() {
     let fake = Fake::start().await;
     let mut config = fake.config();
-    config.secret_key = offsession_stripe::SecretKey::new("sk_test_wrong");
+    config.secret_key = Some(offsession_stripe::SecretKey::new("sk_test_wrong"));
     let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
     let p = payment("pm_ok");
     let request = AuthorizeRequest {
@@ -439,8 +440,8 @@ async fn preflight_reads_type_and_card_facts_and_caches_them() {
     fake.add_card("pm_good", "cus_1", "mastercard", &[None]);
     let processor = fake.processor();
     let details = processor.preflight(&payment("pm_good")).await.unwrap();
-    assert_eq!(details.payment_method_type, "card");
-    assert_eq!(details.card.unwrap().brand, "mastercard");
+    assert_eq!(details.payment_method_type, PaymentMethodType::Card);
+    assert_eq!(details.card.unwrap().brand, CardBrand::Mastercard);
     let calls = fake.requests().len();
     assert_eq!(calls, 2, "payment method + setup intents");
     processor.preflight(&payment("pm_good")).await.unwrap();

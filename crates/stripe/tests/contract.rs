@@ -5,10 +5,11 @@
 
 use offsession_core::payment::TransferData;
 use offsession_core::AttemptOutcome;
-use offsession_core::{Amount, Cadence, CaptureMethod};
+use offsession_core::{Amount, Cadence, CaptureMethod, CardBrand, PaymentMethodType};
 use offsession_store::conformance::sample_record;
 use offsession_stripe::transformers::{
-    capture_params, payment_intent_params, IntentStatus, PaymentIntent,
+    capture_params, payment_intent_params, IntentStatus, PaymentIntent, PaymentMethod, SetupIntent,
+    SetupIntentStatus,
 };
 use serde_json::Value;
 
@@ -235,9 +236,8 @@ fn every_payment_intent_status_in_the_spec_has_an_explicit_reading() {
     assert!(statuses.len() >= 7, "{statuses:?}");
     for status in statuses {
         let status = status.as_str().unwrap();
-        assert_ne!(
-            IntentStatus::from_stripe(status),
-            IntentStatus::Unknown,
+        assert!(
+            IntentStatus::from_stripe(status).is_known(),
             "`{status}` is in Stripe's spec but the adapter does not know it"
         );
         let intent = PaymentIntent::read(&intent_with_status(Some(status))).unwrap();
@@ -265,7 +265,11 @@ fn every_payment_intent_status_in_the_spec_has_an_explicit_reading() {
 fn a_status_missing_from_the_spec_is_unknown_never_a_decline() {
     for status in ["requires_review", "", "SUCCEEDED", "succeeded "] {
         let intent = PaymentIntent::read(&intent_with_status(Some(status))).unwrap();
-        assert_eq!(intent.status(), IntentStatus::Unknown, "`{status}`");
+        assert_eq!(
+            intent.status(),
+            IntentStatus::Other(status.into()),
+            "`{status}`"
+        );
         let outcome = intent.outcome();
         assert!(
             matches!(outcome, Some(AttemptOutcome::Unknown { .. })),
@@ -280,6 +284,71 @@ fn a_status_missing_from_the_spec_is_unknown_never_a_decline() {
     charge.as_object_mut().unwrap().remove("object");
     assert!(PaymentIntent::read(&charge.to_string()).is_err());
     assert!(PaymentIntent::read("<html>502</html>").is_err());
+}
+
+#[test]
+fn every_setup_intent_status_in_the_spec_is_known_and_only_succeeded_sets_up() {
+    let spec = spec();
+    let statuses = spec["components"]["schemas"]["setup_intent"]["properties"]["status"]["enum"]
+        .as_array()
+        .expect("the spec lists SetupIntent statuses");
+    assert!(statuses.len() >= 6, "{statuses:?}");
+    let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
+    for status in statuses {
+        let status = status.as_str().unwrap();
+        assert!(
+            SetupIntentStatus::from_stripe(status).is_known(),
+            "`{status}` is in Stripe's spec but the adapter does not know it"
+        );
+        let mut setup = fixtures["resources"]["setup_intent"].clone();
+        setup["status"] = Value::from(status);
+        setup["usage"] = Value::from("off_session");
+        let list = serde_json::json!({"object": "list", "data": [setup]}).to_string();
+        let setups = SetupIntent::read_list(&list).unwrap();
+        assert_eq!(
+            setups[0].is_off_session_setup(),
+            status == "succeeded",
+            "`{status}`"
+        );
+    }
+    // An unknown status or usage is kept as written and sets nothing up.
+    let mut setup = fixtures["resources"]["setup_intent"].clone();
+    setup["status"] = Value::from("succeeded_later");
+    setup["usage"] = Value::from("off_session");
+    let list = serde_json::json!({"data": [setup]}).to_string();
+    let read = &SetupIntent::read_list(&list).unwrap()[0];
+    assert_eq!(
+        read.status,
+        Some(SetupIntentStatus::Other("succeeded_later".into()))
+    );
+    assert!(!read.is_off_session_setup());
+}
+
+#[test]
+fn payment_method_types_and_brands_map_onto_the_engine_enums() {
+    let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
+    let mut method = fixtures["resources"]["payment_method"].clone();
+    method["type"] = Value::from("card");
+    method["card"] = serde_json::json!({"brand": "amex", "funding": "credit"});
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(details.payment_method_type, PaymentMethodType::Card);
+    assert_eq!(details.card.unwrap().brand, CardBrand::Amex);
+    // A brand or type the engine does not know is kept as Stripe wrote it; a card
+    // without a brand reads as `unknown`.
+    method["type"] = Value::from("klarna");
+    method["card"] = serde_json::json!({"brand": "newnet"});
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(
+        details.payment_method_type,
+        PaymentMethodType::Other("klarna".into())
+    );
+    assert_eq!(
+        details.card.unwrap().brand,
+        CardBrand::Other("newnet".into())
+    );
+    method["card"] = serde_json::json!({});
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(details.card.unwrap().brand, CardBrand::Unknown);
 }
 
 // ----- metadata: the engine's keys are reserved, and at most 50 are sent ---------------

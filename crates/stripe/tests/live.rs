@@ -1,7 +1,7 @@
 //! Live smoke test against Stripe's test mode. Runs only when STRIPE_TEST_SECRET_KEY
 //! is set (a `sk_test_…` key); otherwise it prints "skipped" and passes.
 
-use offsession_core::{AttemptOutcome, AuthorizeRequest, DeclineCategory, Processor};
+use offsession_core::{AttemptOutcome, AuthorizeRequest, CardBrand, DeclineCategory, Processor};
 use offsession_retry::DeclineTable;
 use offsession_store::conformance::sample_record;
 use offsession_stripe::{SecretKey, StripeConfig, StripeProcessor};
@@ -70,7 +70,7 @@ async fn live_off_session_charges_in_stripe_test_mode() {
     payment.customer = customer;
     payment.payment_method = pm;
     let details = processor.preflight(&payment).await.unwrap();
-    assert_eq!(details.card.unwrap().brand, "visa");
+    assert_eq!(details.card.unwrap().brand, CardBrand::Visa);
     let key1 = format!("{}:attempt:1", payment.id);
     let outcome = processor
         .authorize(AuthorizeRequest {
@@ -104,7 +104,7 @@ async fn live_off_session_charges_in_stripe_test_mode() {
     match &outcome {
         AttemptOutcome::Declined { codes, .. } => {
             assert_eq!(
-                DeclineTable::standard().classify(codes, Some("visa")),
+                DeclineTable::standard().classify(codes, Some(&CardBrand::Visa)),
                 DeclineCategory::SoftFunds
             )
         }

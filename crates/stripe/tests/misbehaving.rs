@@ -78,7 +78,7 @@ fn is_refusal(outcome: &AttemptOutcome) -> bool {
     matches!(
         outcome,
         AttemptOutcome::ProcessorFault {
-            retryable: false,
+            kind: offsession_core::FaultKind::Refused,
             ..
         }
     )

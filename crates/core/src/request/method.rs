@@ -7,7 +7,7 @@ use super::*;
 #[derive(Debug, Clone, Copy)]
 pub struct MethodRules<'a> {
     /// Payment method types the chosen processor supports.
-    pub supported_types: &'a [String],
+    pub supported_types: &'a [PaymentMethodType],
     /// ACH (us_bank_account) retries switched on.
     pub ach_retries_enabled: bool,
     /// SEPA Debit retries switched on.
@@ -59,13 +59,18 @@ pub fn resolve_for_method(
     rules: &MethodRules<'_>,
 ) -> Result<ResolvedRetry, ApiError> {
     use RequestedRetryStrategy as R;
-    let method_type = method.payment_method_type.as_str();
-    if !rules.supported_types.iter().any(|t| t == method_type) {
+    let method_type = &method.payment_method_type;
+    if !rules.supported_types.contains(method_type) {
         return Err(ApiError::new(
             ErrorCode::OspInvalidPaymentMethodType,
             format!(
                 "payment method type `{method_type}` is not supported; supported types: {}",
-                rules.supported_types.join(", ")
+                rules
+                    .supported_types
+                    .iter()
+                    .map(PaymentMethodType::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .with_param("payment_method"));
@@ -73,7 +78,7 @@ pub fn resolve_for_method(
     if let Some(other) = valid
         .option_types
         .iter()
-        .find(|t| t.as_str() != method_type)
+        .find(|t| t.as_str() != method_type.as_str())
     {
         return Err(ApiError::new(
             ErrorCode::OffSessionPaymentIncorrectPaymentMethodTypeForOptions,
@@ -83,8 +88,10 @@ pub fn resolve_for_method(
         )
         .with_param(&format!("payment_method_options.{other}")));
     }
-    let debit = is_debit_method_type(method_type);
-    if valid.payments_orchestration.is_some_and(|o| o.enabled) && method_type != "card" {
+    let debit = method_type.is_bank_debit();
+    if valid.payments_orchestration.is_some_and(|o| o.enabled)
+        && *method_type != PaymentMethodType::Card
+    {
         return Err(ApiError::new(
             ErrorCode::OspPaymentsOrchestrationOnlySupportedForCards,
             format!("Payments orchestration is only supported for card payment methods, not `{method_type}`."),
@@ -140,14 +147,14 @@ pub fn resolve_for_method(
     };
 
     if debit && resolved.strategy != RetryStrategy::None {
-        if method_type == "us_bank_account" && !rules.ach_retries_enabled {
+        if *method_type == PaymentMethodType::UsBankAccount && !rules.ach_retries_enabled {
             return Err(ApiError::new(
                 ErrorCode::OspAchRetriesNotEnabled,
                 "ACH retries are not enabled; set `engine.ach_retries_enabled = true` or use `retry_strategy: none`.",
             )
             .with_param("retry_details.retry_strategy"));
         }
-        if method_type == "sepa_debit" && !rules.sepa_debit_retries_enabled {
+        if *method_type == PaymentMethodType::SepaDebit && !rules.sepa_debit_retries_enabled {
             return Err(ApiError::new(
                 ErrorCode::OspSepaDebitRetriesNotEnabled,
                 "SEPA Debit retries are not enabled; set `engine.sepa_debit_retries_enabled = true` or use `retry_strategy: none`.",

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::method::PaymentMethodType;
 use crate::money::{Amount, Currency};
 use crate::payment::{
-    is_debit_method_type, Cadence, Capture, CaptureMethod, CardOptions, PaymentDetails,
-    PaymentMethodOptions, PaymentsOrchestration, RetryStrategy, TransferData,
+    Cadence, Capture, CaptureMethod, CardOptions, PaymentDetails, PaymentMethodOptions,
+    PaymentsOrchestration, RetryStrategy, TransferData,
 };
 use crate::processor::PaymentMethodDetails;
 use crate::time::Timestamp;

@@ -211,7 +211,7 @@ impl Population {
                     amount,
                     bill_at,
                     card: CardDetails {
-                        brand,
+                        brand: offsession_core::CardBrand::from_name(&brand),
                         funding: if d(12) < 0.6 {
                             "debit".into()
                         } else {
@@ -309,7 +309,7 @@ impl SimulatedIssuer {
             population,
             clock,
             capabilities: Capabilities {
-                payment_method_types: vec!["card".into()],
+                payment_method_types: vec![offsession_core::PaymentMethodType::Card],
                 currencies: Vec::new(),
                 connect: true,
                 manual_capture: true,
@@ -432,7 +432,7 @@ impl Processor for SimulatedIssuer {
             .customer(&payment.payment_method)
             .ok_or_else(|| ApiError::invalid("payment_method", "not a simulated card"))?;
         Ok(PaymentMethodDetails {
-            payment_method_type: "card".into(),
+            payment_method_type: offsession_core::PaymentMethodType::Card,
             card: Some(customer.card.clone()),
         })
     }
@@ -448,8 +448,7 @@ impl Processor for SimulatedIssuer {
         }
         let Some(customer) = self.customer(&request.payment.payment_method) else {
             return AttemptOutcome::ProcessorFault {
-                retryable: false,
-                rate_limited: false,
+                kind: offsession_core::FaultKind::Refused,
                 message: "unknown simulated card".into(),
             };
         };

@@ -35,7 +35,7 @@ impl Engine {
                 .map(|c| c.brand.clone());
             let history = self.card_history(&record, now).await?;
             let allowed = self.inner.declines.network_rules().earliest_allowed(
-                brand.as_deref(),
+                brand.as_ref(),
                 &history,
                 record.payment.amount_requested.value,
                 now,
@@ -72,6 +72,7 @@ impl Engine {
                 .chain(record.fallbacks.iter())
                 .find(|id| {
                     self.inner
+                        .processors
                         .breakers
                         .get(id.as_str())
                         .is_none_or(|b| b.allow(now))
@@ -84,7 +85,7 @@ impl Engine {
                     // the primary's breaker lets a probe through.
                     let mut next = record;
                     next.lease = None;
-                    next.due_at = Some(now.plus(self.inner.breaker_config.open_for));
+                    next.due_at = Some(now.plus(self.inner.processors.breaker_config.open_for));
                     self.inner.store.update(&next, expected).await?;
                     return Ok(Duration::ZERO);
                 }
@@ -101,7 +102,7 @@ impl Engine {
         } else {
             let number = record.payment.retry_details.attempts + 1;
             let attempt = AttemptRecord {
-                id: self.inner.ids.next("ospattempt"),
+                id: self.inner.ids.next_id("ospattempt"),
                 number,
                 idempotency_key: attempt_idempotency_key(&record.payment.id, number),
                 processor: processor_id.clone(),
@@ -132,7 +133,7 @@ impl Engine {
         };
         let outside = std::time::Instant::now();
         let send = async {
-            if let Some(pacer) = self.inner.pacers.get(processor.id()) {
+            if let Some(pacer) = self.inner.processors.pacers.get(processor.id()) {
                 let waited = pacer.acquire().await;
                 metrics::histogram!("offsession_rate_limit_wait_seconds", "processor" => processor.id().to_owned())
                     .record(waited.as_secs_f64());
@@ -213,16 +214,16 @@ impl Engine {
                 | AttemptOutcome::RequiresCapture { .. }
                 | AttemptOutcome::Declined { .. }
         );
-        if let Some(breaker) = self.inner.breakers.get(processor) {
+        if let Some(breaker) = self.inner.processors.breakers.get(processor) {
             let state = breaker.record(now, good);
             metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
                 .set(state as u8 as f64);
         }
-        if let Some(pacer) = self.inner.pacers.get(processor) {
+        if let Some(pacer) = self.inner.processors.pacers.get(processor) {
             pacer.observe(matches!(
                 outcome,
                 AttemptOutcome::ProcessorFault {
-                    rate_limited: true,
+                    kind: FaultKind::RateLimited,
                     ..
                 }
             ));

@@ -50,30 +50,31 @@ impl Engine {
             &CreateRules {
                 livemode: self.inner.config.livemode,
                 now: clock_now,
-                retry_policies: &self.inner.policy_names,
+                retry_policies: &self.inner.policies.names,
             },
         )?;
         // Preflight asks the first configured processor; routing then uses the facts.
-        let processor = self.inner.processors[0].clone();
+        let processor = self.inner.processors.list[0].clone();
         let mut payment = self.new_payment(&valid, clock_now);
         let method = processor.preflight(&payment).await?;
         let resolved = resolve_for_method(
             &valid,
             &method,
             &MethodRules {
-                supported_types: &self.inner.supported_types,
+                supported_types: &self.inner.processors.supported_types,
                 ach_retries_enabled: self.inner.config.ach_retries_enabled,
                 sepa_debit_retries_enabled: self.inner.config.sepa_debit_retries_enabled,
-                available: &self.inner.available_strategies,
+                available: &self.inner.policies.available,
                 default_policy: &self.inner.config.default_retry_policy,
             },
         )?;
         payment.retry_details.retry_strategy = resolved.strategy;
         payment.retry_details.retry_policy = resolved.policy;
-        let mut route = self
-            .inner
-            .router
-            .route(&payment, &method, &self.inner.processors)?;
+        let mut route =
+            self.inner
+                .processors
+                .router
+                .route(&payment, &method, &self.inner.processors.list)?;
         if !payment.orchestrated() {
             // Without orchestration a payment stays on its primary processor.
             route.truncate(1);
@@ -129,7 +130,7 @@ impl Engine {
 
     pub(super) fn new_payment(&self, valid: &ValidCreate, now: Timestamp) -> OffSessionPayment {
         OffSessionPayment {
-            id: self.inner.ids.next("osp"),
+            id: self.inner.ids.next_id("osp"),
             object: ObjectTag::OffSessionPayment,
             amount_requested: valid.amount,
             amount_capturable: None,

@@ -26,7 +26,7 @@ impl Engine {
     {
         let mut last_err = None;
         for _ in 0..MANUAL_OPERATION_TRIES {
-            let record = self.record(id).await?;
+            let record = self.stored(id).await?;
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
             let to = transition(record.payment.status, t).map_err(refusal)?;
@@ -115,7 +115,7 @@ impl Engine {
         id: &str,
         amount_to_capture: Option<i64>,
     ) -> Result<OffSessionPayment, ApiError> {
-        let record = self.record(id).await?;
+        let record = self.stored(id).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
         if let Some(expires) = record.due_at.filter(|expires| now >= *expires) {
@@ -162,7 +162,7 @@ impl Engine {
         let mut next = record.clone();
         next.payment.status = to;
         next.payment.amount_capturable = None;
-        next.payment.payment_record = Some(self.inner.ids.next("pr"));
+        next.payment.payment_record = Some(self.inner.ids.next_id("pr"));
         next.due_at = None;
         next.lease = None;
         self.inner

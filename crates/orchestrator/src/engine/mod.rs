@@ -2,10 +2,12 @@
 //! its own module.
 
 mod attempt;
+mod emit;
 mod intake;
 mod manual;
 mod outcome;
 mod scheduler;
+mod step;
 mod test_clocks;
 
 use std::collections::HashMap;
@@ -18,20 +20,18 @@ use offsession_core::request::{
     parse_create, resolve_for_method, validate_create, CreateRules, MethodRules, ValidCreate,
 };
 use offsession_core::store::Expected;
-use offsession_core::text::quote;
 use offsession_core::{
     attempt_idempotency_key, transition, ApiError, AttemptObservation, AttemptOutcome,
     AttemptRecord, AuthorizeRequest, CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope,
     CreateOffSessionPayment, DeclineCategory, DeclineCodes, ErrorCode, Event, EventSink, EventType,
-    FailureReason, IdempotencyClaim, Lease, ManualClock, OffSessionPayment, PaymentRecord,
-    PaymentStatus, Processor, RetryContext, RetryDecision, RetryPolicy, RetryStrategy, Store,
-    StoreError, Timestamp, Transition,
+    FailureReason, FaultKind, IdSource, IdempotencyClaim, Lease, ManualClock, OffSessionPayment,
+    PaymentMethodType, PaymentRecord, PaymentStatus, Processor, RetryContext, RetryDecision,
+    RetryPolicy, RetryStrategy, Store, StoreError, Timestamp, Transition,
 };
 use offsession_retry::DeclineTable;
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::builder::{EngineBuilder, EngineConfig};
-use crate::ids::IdGenerator;
+use crate::config::EngineConfig;
 use crate::pacing::Pacer;
 use crate::routing::Router;
 use crate::EngineError;
@@ -78,6 +78,50 @@ impl std::fmt::Debug for TimingObserver {
     }
 }
 
+/// A payment with the engine's bookkeeping, read-only. The record's version and
+/// lease stay between the engine and its store: a caller changes a payment only
+/// through the engine's operations, each a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentView {
+    /// The API object.
+    pub payment: OffSessionPayment,
+    /// The primary processor.
+    pub processor: String,
+    /// Processors the payment may cascade to, in order.
+    pub fallbacks: Vec<String>,
+    /// Type and card facts from preflight.
+    pub method: Option<offsession_core::PaymentMethodDetails>,
+    /// When the scheduler next acts on it.
+    pub due_at: Option<Timestamp>,
+    /// Authorization attempts, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// The next run replays the last attempt with the same key.
+    pub replay_pending: bool,
+    /// When the first attempt was sent.
+    pub first_attempt_at: Option<Timestamp>,
+    /// Processor ids of a held authorization.
+    pub authorization: Option<offsession_core::ProcessorReference>,
+    /// The latest time the pending retry may run.
+    pub retry_latest: Option<Timestamp>,
+}
+
+impl From<PaymentRecord> for PaymentView {
+    fn from(record: PaymentRecord) -> PaymentView {
+        PaymentView {
+            payment: record.payment,
+            processor: record.processor,
+            fallbacks: record.fallbacks,
+            method: record.method,
+            due_at: record.due_at,
+            attempts: record.attempts,
+            replay_pending: record.replay_pending,
+            first_attempt_at: record.first_attempt_at,
+            authorization: record.authorization,
+            retry_latest: record.retry_latest,
+        }
+    }
+}
+
 /// A test clock as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestClock {
@@ -87,26 +131,62 @@ pub struct TestClock {
     pub frozen_time: Timestamp,
 }
 
+/// The processors and everything kept per processor.
+pub(crate) struct Processors {
+    /// In configuration order; the first is the default primary.
+    pub(crate) list: Vec<Arc<dyn Processor>>,
+    /// Every type at least one processor charges, sorted.
+    pub(crate) supported_types: Vec<PaymentMethodType>,
+    pub(crate) router: Router,
+    pub(crate) breakers: HashMap<String, Breaker>,
+    pub(crate) breaker_config: BreakerConfig,
+    pub(crate) pacers: HashMap<String, Pacer>,
+}
+
+impl Processors {
+    fn get(&self, id: &str) -> Option<&Arc<dyn Processor>> {
+        self.list.iter().find(|p| p.id() == id)
+    }
+}
+
+/// The retry policies, each wrapped by the network-rules guard.
+pub(crate) struct Policies {
+    /// Named scheduled policies (`retry_details.retry_policy`).
+    pub(crate) named: HashMap<String, Arc<dyn RetryPolicy>>,
+    /// Their names, sorted (error messages).
+    pub(crate) names: Vec<String>,
+    /// The policy behind each strategy.
+    pub(crate) strategies: HashMap<RetryStrategy, Arc<dyn RetryPolicy>>,
+    /// The strategies a request may ask for, sorted.
+    pub(crate) available: Vec<RetryStrategy>,
+    pub(crate) guards: Vec<Arc<offsession_retry::NetworkGuard>>,
+}
+
+/// Everything an engine is built from, complete: the builder fills every part.
+pub(crate) struct Parts {
+    pub(crate) config: EngineConfig,
+    pub(crate) processors: Processors,
+    pub(crate) policies: Policies,
+    pub(crate) declines: DeclineTable,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdSource>,
+    pub(crate) events: Arc<dyn EventSink>,
+    /// Benchmarks only.
+    pub(crate) timing: Option<TimingObserver>,
+}
+
 struct Inner {
     config: EngineConfig,
-    processors: Vec<Arc<dyn Processor>>,
-    policies: HashMap<String, Arc<dyn RetryPolicy>>,
-    policy_names: Vec<String>,
-    strategies: HashMap<RetryStrategy, Arc<dyn RetryPolicy>>,
-    available_strategies: Vec<RetryStrategy>,
+    processors: Processors,
+    policies: Policies,
     declines: DeclineTable,
-    guards: Vec<Arc<offsession_retry::NetworkGuard>>,
-    router: Router,
-    supported_types: Vec<String>,
-    breakers: HashMap<String, Breaker>,
-    breaker_config: BreakerConfig,
-    pacers: HashMap<String, Pacer>,
-    timing: Option<TimingObserver>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
     events: Arc<dyn EventSink>,
+    timing: Option<TimingObserver>,
     test_clocks: RwLock<HashMap<String, Arc<ManualClock>>>,
-    ids: IdGenerator,
 }
 
 /// The off-session payments engine. Cheap to clone; clones share everything.
@@ -124,11 +204,12 @@ impl std::fmt::Debug for Engine {
                 &self
                     .inner
                     .processors
+                    .list
                     .iter()
                     .map(|p| p.id())
                     .collect::<Vec<_>>(),
             )
-            .field("policies", &self.inner.policy_names)
+            .field("policies", &self.inner.policies.names)
             .finish_non_exhaustive()
     }
 }
@@ -148,78 +229,44 @@ fn store_error(err: StoreError) -> ApiError {
 }
 
 impl Engine {
-    /// A builder.
-    pub fn builder() -> EngineBuilder {
-        EngineBuilder::default()
-    }
-
-    pub(crate) fn from_builder(builder: EngineBuilder) -> Engine {
-        let mut policy_names: Vec<String> = builder.policies.keys().cloned().collect();
-        policy_names.sort();
-        let mut available_strategies: Vec<RetryStrategy> =
-            builder.strategies.keys().copied().collect();
-        available_strategies.push(RetryStrategy::Scheduled);
-        available_strategies.sort();
-        let config = builder.config;
-        let ids = IdGenerator::new(config.id_seed, config.livemode);
-        let mut supported_types: Vec<String> = builder
-            .processors
-            .iter()
-            .flat_map(|p| p.capabilities().payment_method_types.clone())
-            .collect();
-        supported_types.sort();
-        supported_types.dedup();
-        let breakers = builder
-            .processors
-            .iter()
-            .map(|p| (p.id().to_owned(), Breaker::new(builder.breaker)))
-            .collect();
-        let pacers = builder
-            .rate_limits
-            .iter()
-            .filter_map(|(id, limit)| Pacer::new(*limit).map(|p| (id.clone(), p)))
-            .collect();
+    pub(crate) fn new(parts: Parts) -> Engine {
+        let Parts {
+            config,
+            processors,
+            policies,
+            declines,
+            store,
+            clock,
+            ids,
+            events,
+            timing,
+        } = parts;
         Engine {
             inner: Arc::new(Inner {
-                processors: builder.processors,
-                policies: builder.policies,
-                policy_names,
-                strategies: builder.strategies,
-                available_strategies,
-                declines: builder.declines.unwrap_or_else(DeclineTable::standard),
-                guards: builder.guards,
-                router: builder.router.expect("router built by build"),
-                supported_types,
-                breakers,
-                breaker_config: builder.breaker,
-                pacers,
-                timing: builder.timing,
-                // `build` checked these are set.
-                store: builder.store.expect("store checked by build"),
-                clock: builder.clock.expect("clock set by build"),
-                events: builder.events.expect("events set by build"),
-                test_clocks: RwLock::new(HashMap::new()),
-                ids,
                 config,
+                processors,
+                policies,
+                declines,
+                store,
+                clock,
+                ids,
+                events,
+                timing,
+                test_clocks: RwLock::new(HashMap::new()),
             }),
         }
     }
 
-    /// Settings.
+    /// The settings the engine was built with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
     }
 
     /// How often the network-rules guard intervened: (retries blocked, retries
     /// deferred), over every policy.
     pub fn guard_interventions(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering;
-        self.inner.guards.iter().fold((0, 0), |(b, d), g| {
+        self.inner.policies.guards.iter().fold((0, 0), |(b, d), g| {
             (
                 b + g.counters().blocked.load(Ordering::Relaxed),
                 d + g.counters().deferred.load(Ordering::Relaxed),
@@ -253,33 +300,7 @@ impl Engine {
     }
 
     fn processor(&self, id: &str) -> Option<&Arc<dyn Processor>> {
-        self.inner.processors.iter().find(|p| p.id() == id)
-    }
-
-    /// Emits the events of a status change (see [`EventType::for_change`]).
-    fn emit_change(&self, from: PaymentStatus, payment: &OffSessionPayment, at: Timestamp) {
-        for event in EventType::for_change(from, payment.status) {
-            self.emit(*event, payment, at);
-        }
-    }
-
-    fn emit(&self, event_type: EventType, payment: &OffSessionPayment, at: Timestamp) {
-        if !self.inner.events.wants_events() {
-            return;
-        }
-        self.inner.events.emit(Event {
-            id: self.inner.ids.next("evt"),
-            object: "v2.core.event".into(),
-            event_type,
-            created: at,
-            livemode: payment.livemode,
-            related_object: offsession_core::events::RelatedObject {
-                id: payment.id.clone(),
-                object_type: offsession_core::payment::OBJECT_NAME.into(),
-                url: format!("/v2/payments/off_session_payments/{}", payment.id),
-            },
-            data: payment.clone(),
-        });
+        self.inner.processors.get(id)
     }
 
     /// A payment by id.
@@ -287,14 +308,27 @@ impl Engine {
         Ok(self.record(id).await?.payment)
     }
 
-    /// A payment with the engine's bookkeeping (attempt history).
-    pub async fn record(&self, id: &str) -> Result<PaymentRecord, ApiError> {
+    /// A payment with the engine's bookkeeping (attempt history, schedule).
+    pub async fn record(&self, id: &str) -> Result<PaymentView, ApiError> {
+        self.stored(id).await.map(PaymentView::from)
+    }
+
+    async fn stored(&self, id: &str) -> Result<PaymentRecord, ApiError> {
         self.inner
             .store
             .get(id)
             .await
             .map_err(store_error)?
             .ok_or_else(|| store_error(StoreError::NotFound(id.to_owned())))
+    }
+
+    /// How many payments are in each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, ApiError> {
+        self.inner
+            .store
+            .count_by_status()
+            .await
+            .map_err(store_error)
     }
 
     /// Payments, newest first.
@@ -316,11 +350,15 @@ impl Engine {
         &self,
         limit: usize,
         starting_after: Option<&str>,
-    ) -> Result<Vec<PaymentRecord>, ApiError> {
-        self.inner
+    ) -> Result<Vec<PaymentView>, ApiError> {
+        Ok(self
+            .inner
             .store
             .list(limit, starting_after)
             .await
-            .map_err(store_error)
+            .map_err(store_error)?
+            .into_iter()
+            .map(PaymentView::from)
+            .collect())
     }
 }

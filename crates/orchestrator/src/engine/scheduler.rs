@@ -159,6 +159,7 @@ impl Engine {
     /// Pacing of a processor: (current pace as a fraction of its quota, 429s seen).
     pub fn pacing(&self, processor: &str) -> Option<(f64, u64)> {
         self.inner
+            .processors
             .pacers
             .get(processor)
             .map(|p| (p.pace(), p.rate_limited()))

@@ -11,7 +11,7 @@ impl Engine {
                 "test clocks are not available in live mode",
             ));
         }
-        let id = self.inner.ids.next("clock");
+        let id = self.inner.ids.next_id("clock");
         self.inner
             .test_clocks
             .write()

@@ -18,6 +18,8 @@ pub struct Harness {
     pub engine: Engine,
     pub mock: Arc<MockProcessor>,
     pub events: Arc<CollectEvents>,
+    /// The engine's store, for tests that play a crashed or racing instance.
+    pub store: Arc<MemoryStore>,
     pub clock: String,
 }
 
@@ -36,16 +38,18 @@ pub fn harness_with_processor(
     config: EngineConfig,
 ) -> Harness {
     let events = Arc::new(CollectEvents::new());
+    let store = Arc::new(MemoryStore::new());
     let engine = Engine::builder()
         .config(config)
         .processor(processor)
-        .store(Arc::new(MemoryStore::new()))
+        .store(store.clone())
         .events(events.clone())
         .build()
         .unwrap();
     let clock = engine.create_test_clock(start()).unwrap().id;
     Harness {
         engine,
+        store,
         mock,
         events,
         clock,

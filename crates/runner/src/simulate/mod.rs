@@ -17,11 +17,11 @@ use async_trait::async_trait;
 use offsession_core::{
     ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, Clock,
     DeclineCodes, Event, EventSink, EventType, ManualClock, OffSessionPayment,
-    PaymentMethodDetails, Processor, ProcessorError, RetryStrategy, Timestamp,
+    PaymentMethodDetails, Processor, ProcessorError, Timestamp,
 };
 use offsession_mock::issuer::{Population, Scenario, SimulatedIssuer};
-use offsession_orchestrator::{Engine, EngineConfig};
-use offsession_retry::{DeclineTable, HeuristicPolicy, NetworkRules, ScheduledPolicy, SmartPolicy};
+use offsession_orchestrator::EngineConfig;
+use offsession_retry::{HeuristicPolicy, NetworkRules};
 use offsession_store::MemoryStore;
 use serde::Serialize;
 
@@ -77,7 +77,7 @@ impl Processor for Recorder {
             self.brands
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(payment.payment_method.clone(), card.brand.clone());
+                .insert(payment.payment_method.clone(), card.brand.to_string());
         }
         Ok(details)
     }
@@ -225,6 +225,7 @@ fn retry_details(strategy: &str) -> serde_json::Value {
 async fn run_strategy(
     strategy: &'static str,
     population: Arc<Population>,
+    config_path: std::path::PathBuf,
     config: Config,
 ) -> Result<StrategyReport, String> {
     let scenario = population.scenario().clone();
@@ -245,17 +246,13 @@ async fn run_strategy(
         brands: Mutex::new(HashMap::new()),
     });
     let outcomes = Arc::new(Outcomes::default());
-    let declines = DeclineTable::standard();
-    let rules = declines.network_rules().clone();
-    let scheduled = match config.retry_policies.get("stripe_recommended") {
-        Some(policy) => {
-            ScheduledPolicy::new("stripe_recommended", policy).map_err(|e| e.to_string())?
-        }
-        None => ScheduledPolicy::stripe_recommended(),
-    };
+    // Every key of the configuration applies (engine, declines, policies,
+    // strategies); the simulation sets only what makes a run reproducible.
+    let decisions = crate::wiring::policies(&config_path, &config).map_err(|e| e.to_string())?;
+    let rules = decisions.rules;
     let heuristic = HeuristicPolicy::new(&config.heuristic).map_err(|e| e.to_string())?;
-    let smart = SmartPolicy::new(&config.smart).map_err(|e| e.to_string())?;
-    let engine = Engine::builder()
+    let engine = decisions
+        .builder
         .config(EngineConfig {
             id_seed: Some(scenario.seed),
             // The simulated issuers answer at once, so concurrency buys nothing here;
@@ -263,16 +260,13 @@ async fn run_strategy(
             // the whole run, reproducible.
             concurrency: 1,
             claim_batch: 4096,
-            ..EngineConfig::default()
+            ..config.engine.clone()
         })
         .processor(recorder.clone())
         .store(Arc::new(MemoryStore::new()))
         .clock(clock.clone())
         .events(outcomes.clone())
-        .decline_table(declines)
-        .retry_policy("stripe_recommended", Arc::new(scheduled))
         .retry_policy("heuristic", Arc::new(heuristic))
-        .strategy(RetryStrategy::Smart, Arc::new(smart))
         .build()
         .map_err(|e| e.to_string())?;
 
@@ -373,7 +367,12 @@ async fn run_strategy(
 }
 
 /// Runs every strategy on `scenario` (all at once, one task each).
-pub async fn run(scenario: &Scenario, config: &Config) -> Result<SimulationReport, String> {
+/// `config_path` resolves the config's relative paths (`declines.path`).
+pub async fn run(
+    scenario: &Scenario,
+    config_path: &Path,
+    config: &Config,
+) -> Result<SimulationReport, String> {
     let started = Instant::now();
     let population = Arc::new(Population::generate(scenario));
     let mut tasks = Vec::new();
@@ -381,6 +380,7 @@ pub async fn run(scenario: &Scenario, config: &Config) -> Result<SimulationRepor
         tasks.push(tokio::spawn(run_strategy(
             strategy,
             population.clone(),
+            config_path.to_owned(),
             config.clone(),
         )));
     }
@@ -426,7 +426,9 @@ mod tests {
 
     #[test]
     fn the_rule_checker_finds_each_kind_of_violation() {
-        let rules = DeclineTable::standard().network_rules().clone();
+        let rules = offsession_retry::DeclineTable::standard()
+            .network_rules()
+            .clone();
         let mut lost = DeclineCodes::new("card_declined", Some("lost_card"));
         lost.network_decline_code = Some("41".into());
         let retried_cat1 = [

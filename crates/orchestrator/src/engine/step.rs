@@ -1,0 +1,413 @@
+//! The outcome step, pure: `(record, outcome, policy, facts) → (record, events,
+//! effects)`. It files a processor's answer on the payment — approval, held
+//! authorization, decline (cascade or the retry policy's decision), or an answer that
+//! settled nothing (replay with the same key, within bounds) — and changes the status
+//! only through [`transition`]. It reads no clock, store or breaker: the engine
+//! passes what it needs in [`Facts`] and turns the returned [`Effect`]s into metrics.
+
+use std::time::Duration;
+
+use offsession_core::text::quote;
+use offsession_core::{
+    transition, AttemptOutcome, CardBrand, DeclineCategory, DeclineCodes, EventType, FailureReason,
+    FaultKind, IdSource, PaymentRecord, ProcessorReference, RetryDecision, RetryStrategy,
+    Timestamp, Transition,
+};
+use offsession_retry::DeclineTable;
+
+use crate::config::EngineConfig;
+
+/// Longest processor text quoted on a payment (`last_authorization_attempt_error`).
+const QUOTED_CHARS: usize = 500;
+
+/// The retry policy as the step sees it: it learns from each settled attempt and
+/// decides after a decline the cascade does not take.
+pub(crate) trait StepPolicy {
+    /// The attempt just finished (the record's last) was approved or declined.
+    fn observe(&mut self, record: &PaymentRecord, approved: bool);
+    /// When, if ever, to try again after `codes` filed as `category`.
+    fn decide(
+        &mut self,
+        record: &PaymentRecord,
+        codes: &DeclineCodes,
+        category: DeclineCategory,
+    ) -> RetryDecision;
+}
+
+/// What the step needs from outside the record.
+#[derive(Debug, Clone)]
+pub(crate) struct Facts<'a> {
+    /// Now, on the payment's clock.
+    pub(crate) now: Timestamp,
+    /// The processor after the attempt's one in the payment's route whose breaker
+    /// lets calls through (orchestrated payments only).
+    pub(crate) next_hop: Option<String>,
+    pub(crate) config: &'a EngineConfig,
+    pub(crate) declines: &'a DeclineTable,
+    /// Gives an approved payment its payment record id.
+    pub(crate) ids: &'a dyn IdSource,
+}
+
+/// What happened, for the metrics (the engine counts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// An answer arrived (every outcome; `category` for issuer declines).
+    Answered {
+        processor: String,
+        outcome: &'static str,
+        category: Option<DeclineCategory>,
+    },
+    /// The answer settled nothing; the attempt is replayed or cascaded.
+    Unsettled {
+        processor: String,
+        kind: &'static str,
+    },
+    /// Replays ran out with nothing settled: the payment ended.
+    EndedUnsettled {
+        processor: String,
+        kind: &'static str,
+    },
+    /// The next attempt goes to another processor at once.
+    Cascaded { from: String, to: String },
+    /// A retry was scheduled by the payment's strategy.
+    RetryScheduled { strategy: RetryStrategy },
+}
+
+/// The step's result.
+#[derive(Debug, Clone)]
+pub(crate) struct Filed {
+    /// The record to store (compare-and-set against the record as read).
+    pub(crate) record: PaymentRecord,
+    /// The events of the status change, in order.
+    pub(crate) events: &'static [EventType],
+    pub(crate) effects: Vec<Effect>,
+}
+
+/// What kind of answer settled nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsettled {
+    /// No answer, or none the adapter could read: money may have moved.
+    Unknown,
+    /// A processor fault: nothing was charged.
+    Fault(FaultKind),
+}
+
+impl Unsettled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unsettled::Unknown => "unknown",
+            Unsettled::Fault(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// Files `outcome` of the record's last attempt. See the module doc.
+pub(crate) fn step(
+    written: &PaymentRecord,
+    outcome: AttemptOutcome,
+    policy: &mut dyn StepPolicy,
+    facts: &Facts<'_>,
+) -> Filed {
+    let now = facts.now;
+    let from = written.payment.status;
+    let mut record = written.clone();
+    record.lease = None;
+    let mut effects = Vec::new();
+    let processor = record
+        .attempts
+        .last()
+        .map(|a| a.processor.clone())
+        .unwrap_or_default();
+    // The card brand and the issuer decline's category, worked out once: the
+    // metric, the cascade rules and the retry policy all use them.
+    let brand = record
+        .method
+        .as_ref()
+        .and_then(|m| m.card.as_ref())
+        .map(|c| c.brand.clone());
+    let issuer_category = match &outcome {
+        AttemptOutcome::Declined { codes, .. } => {
+            Some(facts.declines.classify(codes, brand.as_ref()))
+        }
+        _ => None,
+    };
+    effects.push(Effect::Answered {
+        processor: processor.clone(),
+        outcome: outcome.kind(),
+        category: issuer_category,
+    });
+
+    let decline = match outcome {
+        AttemptOutcome::Approved { reference } => {
+            finish_attempt(
+                &mut record,
+                now,
+                AttemptOutcome::Approved { reference },
+                None,
+            );
+            apply(&mut record, Transition::Approve);
+            record.payment.payment_record = Some(facts.ids.next_id("pr"));
+            record.due_at = None;
+            policy.observe(&record, true);
+            None
+        }
+        AttemptOutcome::RequiresCapture { reference } => {
+            let held = AttemptOutcome::RequiresCapture {
+                reference: reference.clone(),
+            };
+            finish_attempt(&mut record, now, held, None);
+            apply(&mut record, Transition::Authorize);
+            record.payment.amount_capturable = Some(record.payment.amount_requested);
+            record.authorization = Some(reference);
+            let expires = now.plus(facts.config.authorization_validity);
+            record.due_at = Some(
+                record
+                    .payment
+                    .capture
+                    .capture_before
+                    .map_or(expires, |before| before.min(expires)),
+            );
+            policy.observe(&record, true);
+            None
+        }
+        AttemptOutcome::Declined { codes, reference } => Some((codes, reference, issuer_category)),
+        AttemptOutcome::ProcessorFault { .. } | AttemptOutcome::Unknown { .. } => {
+            file_unsettled(&mut record, outcome, &processor, facts, &mut effects)
+                .map(|(codes, reference)| (codes, reference, None))
+        }
+    };
+    if let Some((codes, reference, category)) = decline {
+        let category = category.unwrap_or_else(|| facts.declines.classify(&codes, brand.as_ref()));
+        file_decline(
+            &mut record,
+            codes,
+            reference,
+            category,
+            brand.as_ref(),
+            policy,
+            facts,
+            &mut effects,
+        );
+    }
+    Filed {
+        events: EventType::for_change(from, record.payment.status),
+        record,
+        effects,
+    }
+}
+
+/// Changes the status through the state machine. Every transition used here is
+/// allowed from `processing`, where every outcome arrives; a refused one is a bug,
+/// logged, and leaves the status as it was.
+fn apply(record: &mut PaymentRecord, t: Transition) {
+    match transition(record.payment.status, t) {
+        Ok(to) => record.payment.status = to,
+        Err(refused) => {
+            tracing::error!(payment = %record.payment.id, %refused, "outcome applied from an unexpected status")
+        }
+    }
+}
+
+fn finish_attempt(
+    record: &mut PaymentRecord,
+    now: Timestamp,
+    outcome: AttemptOutcome,
+    category: Option<DeclineCategory>,
+) {
+    if let Some(last) = record.attempts.last_mut() {
+        last.finished_at = Some(now);
+        last.outcome = Some(outcome);
+        last.decline_category = category;
+    }
+}
+
+fn cascade(record: &mut PaymentRecord, to: String, now: Timestamp, effects: &mut Vec<Effect>) {
+    let from = record
+        .attempts
+        .last()
+        .map(|a| a.processor.clone())
+        .unwrap_or_default();
+    effects.push(Effect::Cascaded {
+        from,
+        to: to.clone(),
+    });
+    record.cascade_to = Some(to);
+    record.replay_pending = false;
+    apply(record, Transition::ScheduleRetry);
+    record.due_at = Some(now);
+}
+
+/// A processor answer that is not the issuer's: a fault (nothing charged), a refusal
+/// (400/401/403/3xx: nothing charged, the merchant's configuration is wrong) or an
+/// unknown outcome (money may have moved). The same attempt is replayed with the
+/// same key, within `max_replays` and `replay_deadline`; an unknown outcome keeps the
+/// payment `processing` until an answer settles it, so it can be neither canceled
+/// nor cascaded to another processor meanwhile.
+///
+/// Returns synthetic decline codes when a passing fault outlasted its replays:
+/// nothing was charged, and the attempt is filed as a transient decline.
+fn file_unsettled(
+    record: &mut PaymentRecord,
+    outcome: AttemptOutcome,
+    processor: &str,
+    facts: &Facts<'_>,
+    effects: &mut Vec<Effect>,
+) -> Option<(DeclineCodes, ProcessorReference)> {
+    let config = facts.config;
+    let now = facts.now;
+    let (kind, message) = match &outcome {
+        AttemptOutcome::Unknown { message } => (Unsettled::Unknown, message.clone()),
+        AttemptOutcome::ProcessorFault { kind, message } => {
+            (Unsettled::Fault(*kind), message.clone())
+        }
+        _ => return None,
+    };
+    effects.push(Effect::Unsettled {
+        processor: processor.to_owned(),
+        kind: kind.as_str(),
+    });
+    let last = record.attempts.last_mut()?;
+    let first_fault_at = *last.first_fault_at.get_or_insert(now);
+    last.outcome_unknown |= kind == Unsettled::Unknown;
+    let unresolved = last.outcome_unknown;
+    let replays = last.replays;
+    let key = last.idempotency_key.clone();
+    let refused = kind == Unsettled::Fault(FaultKind::Refused);
+    let rate_limited = kind == Unsettled::Fault(FaultKind::RateLimited);
+    let out_of_time = now >= first_fault_at.plus(config.replay_deadline);
+    let out_of_replays = replays >= config.max_replays && !rate_limited;
+    tracing::info!(payment = %record.payment.id, %processor, %key, kind = kind.as_str(), replays, message, "attempt did not settle");
+
+    // Nothing was charged and another processor may take it: cascade now, as a new
+    // attempt with its own key. Never after an unknown outcome: the first processor
+    // may have charged.
+    if !unresolved {
+        if let Some(hop) = facts.next_hop.clone() {
+            finish_attempt(record, now, outcome, None);
+            cascade(record, hop, now, effects);
+            return None;
+        }
+    }
+    let replayable =
+        unresolved || refused || rate_limited || (replays as usize) < config.replay_backoff.len();
+    if replayable && !out_of_time && !out_of_replays {
+        let step = if refused {
+            usize::MAX
+        } else {
+            replays as usize
+        };
+        let wait = config
+            .replay_backoff
+            .get(step.min(config.replay_backoff.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        if refused {
+            tracing::error!(payment = %record.payment.id, %processor, message, "processor refused the request; fix the configuration");
+        }
+        record.replay_pending = true;
+        // While the outcome is unknown the payment stays `processing`.
+        if !unresolved {
+            apply(record, Transition::ScheduleRetry);
+        }
+        record.due_at = Some(now.plus(wait));
+        return None;
+    }
+    if unresolved || refused || rate_limited {
+        // Replays are spent and nothing settled the attempt: the payment ends. An
+        // unknown outcome is flagged on the attempt for reconciliation with the
+        // processor (same key) before the customer is charged again.
+        let reason = if unresolved {
+            FailureReason::RetriesExhausted
+        } else {
+            FailureReason::RejectedByPartner
+        };
+        let what = if unresolved {
+            format!("outcome unknown after {replays} replays; reconcile idempotency key `{key}` with processor `{processor}` before charging again")
+        } else {
+            format!("processor `{processor}` did not accept the request after {replays} replays: {message}")
+        };
+        tracing::error!(payment = %record.payment.id, %processor, %key, reason = reason.as_str(), "{what}");
+        finish_attempt(record, now, outcome, None);
+        record.replay_pending = false;
+        apply(record, Transition::Fail);
+        record.payment.failure_reason = Some(reason);
+        record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
+        record.due_at = None;
+        effects.push(Effect::EndedUnsettled {
+            processor: processor.to_owned(),
+            kind: kind.as_str(),
+        });
+        return None;
+    }
+    // A passing fault that outlasted its replays: nothing was charged, and the
+    // attempt counts as a transient decline, filed by the policy like any other.
+    Some((
+        DeclineCodes {
+            code: "processor_unavailable".into(),
+            decline_code: Some("processing_error".into()),
+            message: Some(quote(&message, QUOTED_CHARS)),
+            ..DeclineCodes::default()
+        },
+        ProcessorReference::default(),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn file_decline(
+    record: &mut PaymentRecord,
+    codes: DeclineCodes,
+    reference: ProcessorReference,
+    category: DeclineCategory,
+    brand: Option<&CardBrand>,
+    policy: &mut dyn StepPolicy,
+    facts: &Facts<'_>,
+    effects: &mut Vec<Effect>,
+) {
+    let now = facts.now;
+    finish_attempt(
+        record,
+        now,
+        AttemptOutcome::Declined {
+            codes: codes.clone(),
+            reference,
+        },
+        Some(category),
+    );
+    record.replay_pending = false;
+    record.payment.last_authorization_attempt_error = Some(codes.to_string());
+    policy.observe(record, false);
+    let rules = facts.declines.network_rules();
+    if let Some(hop) = facts.next_hop.clone() {
+        if facts.config.cascade_categories.contains(&category)
+            && !rules.forbids_retry(brand, &codes)
+            && rules.advice_wait(brand, &codes).is_none()
+        {
+            // Another processor may approve what this one declined: try it now.
+            cascade(record, hop, now, effects);
+            return;
+        }
+    }
+    // Whatever the policy, nothing is attempted after the payment's `retry_until`.
+    let decision = policy
+        .decide(record, &codes, category)
+        .within(record.payment.retry_details.retry_until);
+    match decision {
+        RetryDecision::RetryAt { not_before, latest } => {
+            effects.push(Effect::RetryScheduled {
+                strategy: record.payment.retry_details.retry_strategy,
+            });
+            apply(record, Transition::ScheduleRetry);
+            record.due_at = Some(not_before.max(now));
+            record.retry_latest = latest;
+        }
+        RetryDecision::Stop(reason) => {
+            apply(record, Transition::Fail);
+            record.payment.failure_reason = Some(reason);
+            record.due_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "step_tests.rs"]
+mod tests;

@@ -1,7 +1,12 @@
 //! The `RetryPolicy` trait: after a decline, when (and whether) to try again.
 //!
-//! Policies are synchronous and pure: no I/O, no `&mut self`, deterministic for the
-//! same input, so that a restarted or a second engine instance decides the same.
+//! Policies are synchronous and do no I/O: a decision never waits on a store or a
+//! network. Fixed policies (`scheduled`, `heuristic`) decide the same for the same
+//! input on every instance. `smart` does not: it learns in process from what it is
+//! told through `observe`, so two instances, or one instance before and after a
+//! restart without its saved state, may choose different times for the same decline.
+//! Every decision stays within the network rules and the payment's `retry_until`,
+//! which the engine applies whatever the policy answers.
 
 use std::fmt::Debug;
 

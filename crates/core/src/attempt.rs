@@ -238,6 +238,32 @@ pub struct AttemptRecord {
     pub decline_category: Option<DeclineCategory>,
 }
 
+impl AttemptRecord {
+    /// Attempt `number` of payment `payment_id`, sent to `processor` at
+    /// `started_at`, with no answer yet; its key is [`attempt_idempotency_key`].
+    pub fn started(
+        id: String,
+        payment_id: &str,
+        number: u32,
+        processor: &str,
+        started_at: Timestamp,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            id,
+            number,
+            idempotency_key: attempt_idempotency_key(payment_id, number),
+            processor: processor.to_owned(),
+            started_at,
+            finished_at: None,
+            replays: 0,
+            first_fault_at: None,
+            outcome_unknown: false,
+            outcome: None,
+            decline_category: None,
+        }
+    }
+}
+
 /// The idempotency key of attempt `number` of payment `payment_id`.
 pub fn attempt_idempotency_key(payment_id: &str, number: u32) -> String {
     format!("{payment_id}:attempt:{number}")

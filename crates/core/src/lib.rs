@@ -28,6 +28,12 @@ pub mod store;
 pub mod text;
 pub mod time;
 
+/// What the exported macros name; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
+
 pub use attempt::{
     attempt_idempotency_key, AttemptOutcome, AttemptRecord, DeclineCategory, DeclineCodes,
     FaultKind, ProcessorReference,

@@ -6,18 +6,18 @@
 //! (routing rules, processor capabilities) refuses `Other` with [`PaymentMethodType::check_known`]
 //! and [`CardBrand::check_known`], so a typo is an error, not a rule that never matches.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
+/// Declares a string enum: the listed values, and `Other` for any other string, kept
+/// as written. Reading never fails on an unknown value; `check_known` refuses it
+/// where a typo must be an error (configuration). Used for the core's method types
+/// and card brands and for the Stripe adapter's wire values.
+#[macro_export]
 macro_rules! named_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name {
             $($(#[$vmeta])* $variant,)*
-            /// A value the engine does not know, as the processor wrote it.
+            /// A value the engine does not know, as it was written.
             Other(String),
         }
 
@@ -25,7 +25,7 @@ macro_rules! named_enum {
             /// Every value the engine knows.
             pub const KNOWN: &'static [$name] = &[$($name::$variant,)*];
 
-            /// The wire name.
+            /// The wire name (what was written, for `Other`).
             pub fn as_str(&self) -> &str {
                 match self {
                     $($name::$variant => $text,)*
@@ -41,8 +41,13 @@ macro_rules! named_enum {
                 }
             }
 
+            /// Whether the value is one of the named ones (not `Other`).
+            pub fn is_known(&self) -> bool {
+                !matches!(self, $name::Other(_))
+            }
+
             /// Refuses `Other`, listing the known names.
-            pub fn check_known(&self) -> Result<(), String> {
+            pub fn check_known(&self) -> ::std::result::Result<(), String> {
                 match self {
                     $name::Other(text) => Err(format!(
                         "`{text}` is not one of {}",
@@ -53,9 +58,9 @@ macro_rules! named_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = std::convert::Infallible;
-            fn from_str(text: &str) -> Result<$name, Self::Err> {
+        impl ::std::str::FromStr for $name {
+            type Err = ::std::convert::Infallible;
+            fn from_str(text: &str) -> ::std::result::Result<$name, Self::Err> {
                 Ok($name::from_name(text))
             }
         }
@@ -78,21 +83,27 @@ macro_rules! named_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl $crate::__private::serde::Serialize for $name {
+            fn serialize<S: $crate::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.as_str())
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
-                Ok($name::from_name(&String::deserialize(deserializer)?))
+        impl<'de> $crate::__private::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::std::result::Result<$name, D::Error> {
+                let text = <String as $crate::__private::serde::Deserialize>::deserialize(deserializer)?;
+                Ok($name::from_name(&text))
             }
         }
     };

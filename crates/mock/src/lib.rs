@@ -499,10 +499,10 @@ impl Processor for MockProcessor {
         if let Some(limiter) = &self.limiter {
             if limiter.check().is_err() {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return AttemptOutcome::ProcessorFault {
-                    kind: offsession_core::FaultKind::RateLimited,
-                    message: "mock: 429 rate limit exceeded (nothing was charged)".into(),
-                };
+                return AttemptOutcome::fault(
+                    offsession_core::FaultKind::RateLimited,
+                    "mock: 429 rate limit exceeded (nothing was charged)",
+                );
             }
         }
         if !latency.is_zero() {
@@ -529,10 +529,10 @@ impl Processor for MockProcessor {
             return outcome.clone();
         }
         if unit(send_hash) < self.config.fault_rate {
-            return AttemptOutcome::ProcessorFault {
-                kind: offsession_core::FaultKind::Unavailable,
-                message: "mock: 503 service unavailable (nothing was charged)".into(),
-            };
+            return AttemptOutcome::fault(
+                offsession_core::FaultKind::Unavailable,
+                "mock: 503 service unavailable (nothing was charged)",
+            );
         }
         let n = self.charge_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let reference = ProcessorReference {

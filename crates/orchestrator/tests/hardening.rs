@@ -141,10 +141,10 @@ async fn capture_checks_the_deadline_itself() {
 #[tokio::test]
 async fn refused_requests_end_after_bounded_replays() {
     let (h, processor) = faulting(
-        AttemptOutcome::ProcessorFault {
-            kind: offsession_core::FaultKind::Refused,
-            message: "stripe 400 invalid_request_error".into(),
-        },
+        AttemptOutcome::fault(
+            offsession_core::FaultKind::Refused,
+            "stripe 400 invalid_request_error",
+        ),
         five_replays(),
     );
     let done = one_payment_after(&h, 60).await;

@@ -208,19 +208,15 @@ async fn a_crash_mid_attempt_is_replayed_with_the_same_key_after_the_lease() {
     written.payment.status = PaymentStatus::Processing;
     written.payment.retry_details.attempts = 1;
     written.first_attempt_at = Some(start());
-    written.attempts.push(offsession_core::AttemptRecord {
-        id: "ospattempt_dead".into(),
-        number: 1,
-        idempotency_key: format!("{}:attempt:1", p.id),
-        processor: "mock".into(),
-        started_at: start(),
-        finished_at: None,
-        replays: 0,
-        first_fault_at: None,
-        outcome_unknown: false,
-        outcome: None,
-        decline_category: None,
-    });
+    written
+        .attempts
+        .push(offsession_core::AttemptRecord::started(
+            "ospattempt_dead".into(),
+            &p.id,
+            1,
+            "mock",
+            start(),
+        ));
     store
         .update(&written, offsession_core::Expected::of(&claimed))
         .await

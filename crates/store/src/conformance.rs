@@ -402,19 +402,16 @@ async fn idempotency_keys_map_to_the_first_payment(store: &dyn Store) {
 async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
     for (id, at) in [("osp_a", 1_000), ("osp_b", 5_000)] {
         let mut record = sample_record(id, at, None);
-        record.attempts.push(AttemptRecord {
-            id: format!("{id}_att1"),
-            number: 1,
-            idempotency_key: format!("{id}:attempt:1"),
-            processor: "mock".into(),
-            started_at: Timestamp::from_millis(at),
-            finished_at: Some(Timestamp::from_millis(at)),
-            replays: 0,
-            first_fault_at: None,
-            outcome_unknown: false,
-            outcome: None,
-            decline_category: Some(DeclineCategory::SoftFunds),
-        });
+        let mut attempt = AttemptRecord::started(
+            format!("{id}_att1"),
+            id,
+            1,
+            "mock",
+            Timestamp::from_millis(at),
+        );
+        attempt.finished_at = Some(Timestamp::from_millis(at));
+        attempt.decline_category = Some(DeclineCategory::SoftFunds);
+        record.attempts.push(attempt);
         store.insert(&record).await.unwrap();
     }
     let mut other = sample_record("osp_other", 2_000, None);
@@ -447,19 +444,13 @@ async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
     // A new attempt written by `update` joins the history; its outcome is seen.
     let current = store.get("osp_other").await.unwrap().unwrap();
     let mut next = current.clone();
-    next.attempts.push(AttemptRecord {
-        id: "osp_other_att1".into(),
-        number: 1,
-        idempotency_key: "osp_other:attempt:1".into(),
-        processor: "mock".into(),
-        started_at: Timestamp::from_millis(3_000),
-        finished_at: None,
-        replays: 0,
-        first_fault_at: None,
-        outcome_unknown: false,
-        outcome: None,
-        decline_category: None,
-    });
+    next.attempts.push(AttemptRecord::started(
+        "osp_other_att1".into(),
+        "osp_other",
+        1,
+        "mock",
+        Timestamp::from_millis(3_000),
+    ));
     let version = store.update(&next, Expected::of(&current)).await.unwrap();
     let history = store
         .card_history("pm_other", Timestamp::from_millis(0), 100)

@@ -191,10 +191,10 @@ impl Processor for StripeProcessor {
 
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
         if self.is_misconfigured() {
-            return AttemptOutcome::ProcessorFault {
-                kind: FaultKind::Refused,
-                message: "stripe: processor misconfigured (401/403); not called".into(),
-            };
+            return AttemptOutcome::fault(
+                FaultKind::Refused,
+                "stripe: processor misconfigured (401/403); not called",
+            );
         }
         let form = payment_intent_params(request.payment, request.attempt_number);
         match self
@@ -233,23 +233,19 @@ impl Processor for StripeProcessor {
             // payment API, and is never followed: the charge was not made.
             Reply::Response {
                 status, location, ..
-            } if status.is_redirection() => AttemptOutcome::ProcessorFault {
-                kind: FaultKind::Refused,
-                message: format!(
-                    "stripe: {}",
-                    redirected("payment intent creation", status, location.as_deref())
-                ),
-            },
+            } if status.is_redirection() => {
+                let why = redirected("payment intent creation", status, location.as_deref());
+                AttemptOutcome::fault(FaultKind::Refused, format!("stripe: {why}"))
+            }
             Reply::Response {
                 status,
                 body,
                 truncated,
                 ..
             } => error_outcome(status, &body, truncated),
-            Reply::NotSent(message) => AttemptOutcome::ProcessorFault {
-                kind: FaultKind::Unavailable,
-                message: format!("stripe: not sent: {message}"),
-            },
+            Reply::NotSent(message) => {
+                AttemptOutcome::fault(FaultKind::Unavailable, format!("stripe: not sent: {message}"))
+            }
             Reply::Lost(message) => AttemptOutcome::Unknown {
                 message: format!("stripe: no answer: {message}"),
             },

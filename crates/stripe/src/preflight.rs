@@ -33,8 +33,6 @@ impl StripeProcessor {
         {
             return Ok(facts.clone());
         }
-        let unavailable =
-            |what: String| ApiError::new(ErrorCode::ApiError, format!("stripe: {what}"));
         if id.is_empty() || id == "." || id == ".." {
             return Err(ApiError::invalid(
                 "payment_method",
@@ -45,91 +43,26 @@ impl StripeProcessor {
             .send(Method::GET, &["v1", "payment_methods", id], &[], None, None)
             .await
         {
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } if status.is_success() => {
-                if truncated {
-                    return Err(unavailable(format!(
-                        "payment method answer over {MAX_BODY_BYTES} bytes, not read"
-                    )));
-                }
-                PaymentMethod::read(&body).map_err(unavailable)?
-            }
             Reply::Response { status, .. } if status == StatusCode::NOT_FOUND => {
                 return Err(ApiError::invalid(
                     "payment_method",
                     format!("no such payment method `{}`", quote(id)),
                 ))
             }
-            Reply::Response {
-                status, location, ..
-            } if status.is_redirection() => {
-                return Err(unavailable(redirected(
-                    "payment method lookup",
-                    status,
-                    location.as_deref(),
-                )))
+            reply => {
+                PaymentMethod::read(&lookup_body(reply, "payment method")?).map_err(unavailable)?
             }
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } => {
-                return Err(unavailable(quote(&format!(
-                    "payment method lookup answered {status}: {}",
-                    quote_body(&body, truncated)
-                ))));
-            }
-            Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
         };
         let query = [
             ("payment_method", id.as_str()),
             ("customer", payment.customer.as_str()),
             ("limit", "100"),
         ];
-        let setups = match self
+        let reply = self
             .send(Method::GET, &["v1", "setup_intents"], &query, None, None)
-            .await
-        {
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } if status.is_success() => {
-                if truncated {
-                    return Err(unavailable(format!(
-                        "setup intents answer over {MAX_BODY_BYTES} bytes, not read"
-                    )));
-                }
-                SetupIntent::read_list(&body).map_err(unavailable)?
-            }
-            Reply::Response {
-                status, location, ..
-            } if status.is_redirection() => {
-                return Err(unavailable(redirected(
-                    "setup intent lookup",
-                    status,
-                    location.as_deref(),
-                )))
-            }
-            Reply::Response {
-                status,
-                body,
-                truncated,
-                ..
-            } => {
-                return Err(unavailable(quote(&format!(
-                    "setup intent lookup answered {status}: {}",
-                    quote_body(&body, truncated)
-                ))));
-            }
-            Reply::NotSent(e) | Reply::Lost(e) => return Err(unavailable(e)),
-        };
+            .await;
+        let setups =
+            SetupIntent::read_list(&lookup_body(reply, "setup intent")?).map_err(unavailable)?;
         let facts = PreflightFacts {
             method,
             setups,
@@ -140,5 +73,47 @@ impl StripeProcessor {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), facts.clone());
         Ok(facts)
+    }
+}
+
+/// Stripe could not answer a lookup: the payment cannot be checked now.
+fn unavailable(what: String) -> ApiError {
+    ApiError::new(ErrorCode::ApiError, format!("stripe: {what}"))
+}
+
+/// The body of a successful `what` lookup; anything else (a redirect, an error
+/// status, a body too long to read, no answer) is Stripe being unavailable.
+fn lookup_body(reply: Reply, what: &str) -> Result<String, ApiError> {
+    match reply {
+        Reply::Response {
+            status,
+            body,
+            truncated,
+            ..
+        } if status.is_success() => {
+            if truncated {
+                return Err(unavailable(format!(
+                    "{what} answer over {MAX_BODY_BYTES} bytes, not read"
+                )));
+            }
+            Ok(body)
+        }
+        Reply::Response {
+            status, location, ..
+        } if status.is_redirection() => Err(unavailable(redirected(
+            &format!("{what} lookup"),
+            status,
+            location.as_deref(),
+        ))),
+        Reply::Response {
+            status,
+            body,
+            truncated,
+            ..
+        } => Err(unavailable(quote(&format!(
+            "{what} lookup answered {status}: {}",
+            quote_body(&body, truncated)
+        )))),
+        Reply::NotSent(e) | Reply::Lost(e) => Err(unavailable(e)),
     }
 }

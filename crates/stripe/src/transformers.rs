@@ -11,59 +11,6 @@
 
 use offsession_core::{ApiError, Cadence, CaptureMethod, OffSessionPayment};
 
-/// Declares a Stripe string enum: the listed values, and `Other` for any other
-/// string (kept as Stripe wrote it). Deserializing never fails on an unknown value.
-macro_rules! wire_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)*
-            /// A value this adapter has no reading for, as Stripe wrote it.
-            Other(String),
-        }
-
-        impl $name {
-            /// Every value this adapter has a reading for.
-            pub const KNOWN: &'static [$name] = &[$($name::$variant,)*];
-
-            /// The value Stripe spells `text`; any other string is `Other`.
-            pub fn from_stripe(text: &str) -> $name {
-                match text {
-                    $($text => $name::$variant,)*
-                    other => $name::Other(other.to_owned()),
-                }
-            }
-
-            /// Stripe's spelling (what it sent, for `Other`).
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $($name::$variant => $text,)*
-                    $name::Other(text) => text,
-                }
-            }
-
-            /// Whether this adapter has a reading for the value (it is not `Other`).
-            pub fn is_known(&self) -> bool {
-                !matches!(self, $name::Other(_))
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
-                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
-                Ok($name::from_stripe(&text))
-            }
-        }
-    };
-}
-
 mod error;
 mod intent;
 mod method;

@@ -237,7 +237,7 @@ fn every_payment_intent_status_in_the_spec_has_an_explicit_reading() {
     for status in statuses {
         let status = status.as_str().unwrap();
         assert!(
-            IntentStatus::from_stripe(status).is_known(),
+            IntentStatus::from_name(status).is_known(),
             "`{status}` is in Stripe's spec but the adapter does not know it"
         );
         let intent = PaymentIntent::read(&intent_with_status(Some(status))).unwrap();
@@ -297,7 +297,7 @@ fn every_setup_intent_status_in_the_spec_is_known_and_only_succeeded_sets_up() {
     for status in statuses {
         let status = status.as_str().unwrap();
         assert!(
-            SetupIntentStatus::from_stripe(status).is_known(),
+            SetupIntentStatus::from_name(status).is_known(),
             "`{status}` is in Stripe's spec but the adapter does not know it"
         );
         let mut setup = fixtures["resources"]["setup_intent"].clone();

@@ -447,10 +447,10 @@ impl Processor for SimulatedIssuer {
             return outcome.clone();
         }
         let Some(customer) = self.customer(&request.payment.payment_method) else {
-            return AttemptOutcome::ProcessorFault {
-                kind: offsession_core::FaultKind::Refused,
-                message: "unknown simulated card".into(),
-            };
+            return AttemptOutcome::fault(
+                offsession_core::FaultKind::Refused,
+                "unknown simulated card",
+            );
         };
         let outcome = match self.decline_for(customer, self.clock.now()) {
             None => {

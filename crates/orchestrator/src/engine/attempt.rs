@@ -28,14 +28,9 @@ impl Engine {
         if !replay && !record.attempts.is_empty() {
             // Other payments of the same card may have been attempted since this retry
             // was scheduled: check the network caps again before sending.
-            let brand = record
-                .method
-                .as_ref()
-                .and_then(|m| m.card.as_ref())
-                .map(|c| c.brand.clone());
             let history = self.card_history(&record, now).await?;
             let allowed = self.inner.declines.network_rules().earliest_allowed(
-                brand.as_ref(),
+                super::step::card_brand(&record),
                 &history,
                 record.payment.amount_requested.value,
                 now,
@@ -101,19 +96,13 @@ impl Engine {
             }
         } else {
             let number = record.payment.retry_details.attempts + 1;
-            let attempt = AttemptRecord {
-                id: self.inner.ids.next_id("ospattempt"),
+            let attempt = AttemptRecord::started(
+                self.inner.ids.next_id("ospattempt"),
+                &record.payment.id,
                 number,
-                idempotency_key: attempt_idempotency_key(&record.payment.id, number),
-                processor: processor_id.clone(),
-                started_at: now,
-                finished_at: None,
-                replays: 0,
-                first_fault_at: None,
-                outcome_unknown: false,
-                outcome: None,
-                decline_category: None,
-            };
+                &processor_id,
+                now,
+            );
             record.payment.retry_details.attempts = number;
             record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
             record.first_attempt_at.get_or_insert(now);

@@ -21,10 +21,10 @@ use offsession_core::request::{
 };
 use offsession_core::store::Expected;
 use offsession_core::{
-    attempt_idempotency_key, transition, ApiError, AttemptObservation, AttemptOutcome,
-    AttemptRecord, AuthorizeRequest, CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope,
-    CreateOffSessionPayment, DeclineCategory, DeclineCodes, ErrorCode, Event, EventSink, EventType,
-    FailureReason, FaultKind, IdSource, IdempotencyClaim, Lease, ManualClock, OffSessionPayment,
+    transition, ApiError, AttemptObservation, AttemptOutcome, AttemptRecord, AuthorizeRequest,
+    CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope, CreateOffSessionPayment,
+    DeclineCategory, DeclineCodes, ErrorCode, Event, EventSink, EventType, FailureReason,
+    FaultKind, IdSource, IdempotencyClaim, Lease, ManualClock, OffSessionPayment,
     PaymentMethodType, PaymentRecord, PaymentStatus, Processor, RetryContext, RetryDecision,
     RetryPolicy, RetryStrategy, Store, StoreError, Timestamp, Transition,
 };
@@ -176,17 +176,18 @@ pub(crate) struct Parts {
     pub(crate) timing: Option<TimingObserver>,
 }
 
+/// The parts, and the test clocks created since.
 struct Inner {
-    config: EngineConfig,
-    processors: Processors,
-    policies: Policies,
-    declines: DeclineTable,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    ids: Arc<dyn IdSource>,
-    events: Arc<dyn EventSink>,
-    timing: Option<TimingObserver>,
+    parts: Parts,
     test_clocks: RwLock<HashMap<String, Arc<ManualClock>>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
 }
 
 /// The off-session payments engine. Cheap to clone; clones share everything.
@@ -230,28 +231,9 @@ fn store_error(err: StoreError) -> ApiError {
 
 impl Engine {
     pub(crate) fn new(parts: Parts) -> Engine {
-        let Parts {
-            config,
-            processors,
-            policies,
-            declines,
-            store,
-            clock,
-            ids,
-            events,
-            timing,
-        } = parts;
         Engine {
             inner: Arc::new(Inner {
-                config,
-                processors,
-                policies,
-                declines,
-                store,
-                clock,
-                ids,
-                events,
-                timing,
+                parts,
                 test_clocks: RwLock::new(HashMap::new()),
             }),
         }

@@ -2,7 +2,7 @@
 //! card history and breaker state it needs, the retry policy it consults, and the
 //! compare-and-set write, metrics and events after it.
 
-use super::step::{step, Facts, StepPolicy};
+use super::step::{needs_decision, step, Facts, StepPolicy};
 use super::*;
 
 /// How far back the card history given to policies reaches (network caps use 30 days).
@@ -34,7 +34,9 @@ impl StepPolicy for EnginePolicy<'_> {
         codes: &DeclineCodes,
         category: DeclineCategory,
     ) -> RetryDecision {
-        let history = with_own_attempts(&self.stored_history, record, self.now);
+        // The step asks at most once per outcome.
+        let stored = std::mem::take(&mut self.stored_history);
+        let history = with_own_attempts(stored, record, self.now);
         self.engine
             .decide(record, &history, codes, category, self.now)
     }
@@ -47,14 +49,6 @@ impl Engine {
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError> {
         let now = self.now_for(&written.payment);
-        // A decline, or a fault that may end as one, is decided with the card's
-        // history: read it before the step, which does no I/O.
-        let stored_history = match &outcome {
-            AttemptOutcome::Declined { .. } | AttemptOutcome::ProcessorFault { .. } => {
-                self.stored_card_history(&written, now).await?
-            }
-            _ => Vec::new(),
-        };
         let facts = Facts {
             now,
             next_hop: self.next_hop(&written, now),
@@ -62,16 +56,21 @@ impl Engine {
             declines: &self.inner.declines,
             ids: self.inner.ids.as_ref(),
         };
+        // The policy decides with the card's history: read it, before the step (which
+        // does no I/O), only when the step will ask the policy.
+        let stored_history = if needs_decision(&written, &outcome, &facts) {
+            self.stored_card_history(&written, now).await?
+        } else {
+            Vec::new()
+        };
         let mut policy = EnginePolicy {
             engine: self,
             stored_history,
             now,
         };
-        let filed = step(&written, outcome, &mut policy, &facts);
-        self.inner
-            .store
-            .update(&filed.record, Expected::of(&written))
-            .await?;
+        let expected = Expected::of(&written);
+        let filed = step(written, outcome, &mut policy, &facts);
+        self.inner.store.update(&filed.record, expected).await?;
         self.count(&filed.effects);
         self.count_terminal(&filed.record.payment);
         for event in filed.events {
@@ -163,7 +162,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Vec<CardAttempt>, StoreError> {
         let stored = self.stored_card_history(record, now).await?;
-        Ok(with_own_attempts(&stored, record, now))
+        Ok(with_own_attempts(stored, record, now))
     }
 
     /// Tells every strategy the outcome of the attempt just finished.
@@ -209,12 +208,11 @@ fn history_since(now: Timestamp) -> Timestamp {
 
 /// `stored` (other payments' attempts) with `record`'s own attempts, oldest first.
 fn with_own_attempts(
-    stored: &[CardAttempt],
+    mut history: Vec<CardAttempt>,
     record: &PaymentRecord,
     now: Timestamp,
 ) -> Vec<CardAttempt> {
     let since = history_since(now);
-    let mut history = stored.to_vec();
     history.extend(
         record
             .attempts

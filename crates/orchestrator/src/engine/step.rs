@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use offsession_core::text::quote;
 use offsession_core::{
-    transition, AttemptOutcome, CardBrand, DeclineCategory, DeclineCodes, EventType, FailureReason,
-    FaultKind, IdSource, PaymentRecord, ProcessorReference, RetryDecision, RetryStrategy,
-    Timestamp, Transition,
+    transition, AttemptOutcome, AttemptRecord, CardBrand, DeclineCategory, DeclineCodes, EventType,
+    FailureReason, FaultKind, IdSource, PaymentRecord, ProcessorReference, RetryDecision,
+    RetryStrategy, Timestamp, Transition,
 };
 use offsession_retry::DeclineTable;
 
@@ -103,14 +103,13 @@ impl Unsettled {
 
 /// Files `outcome` of the record's last attempt. See the module doc.
 pub(crate) fn step(
-    written: &PaymentRecord,
+    mut record: PaymentRecord,
     outcome: AttemptOutcome,
     policy: &mut dyn StepPolicy,
     facts: &Facts<'_>,
 ) -> Filed {
     let now = facts.now;
-    let from = written.payment.status;
-    let mut record = written.clone();
+    let from = record.payment.status;
     record.lease = None;
     let mut effects = Vec::new();
     let processor = record
@@ -120,11 +119,7 @@ pub(crate) fn step(
         .unwrap_or_default();
     // The card brand and the issuer decline's category, worked out once: the
     // metric, the cascade rules and the retry policy all use them.
-    let brand = record
-        .method
-        .as_ref()
-        .and_then(|m| m.card.as_ref())
-        .map(|c| c.brand.clone());
+    let brand = card_brand(&record).cloned();
     let issuer_category = match &outcome {
         AttemptOutcome::Declined { codes, .. } => {
             Some(facts.declines.classify(codes, brand.as_ref()))
@@ -196,6 +191,15 @@ pub(crate) fn step(
     }
 }
 
+/// The card brand of the payment's method, when it is a card.
+pub(crate) fn card_brand(record: &PaymentRecord) -> Option<&CardBrand> {
+    record
+        .method
+        .as_ref()
+        .and_then(|m| m.card.as_ref())
+        .map(|c| &c.brand)
+}
+
 /// Changes the status through the state machine. Every transition used here is
 /// allowed from `processing`, where every outcome arrives; a refused one is a bug,
 /// logged, and leaves the status as it was.
@@ -237,6 +241,89 @@ fn cascade(record: &mut PaymentRecord, to: String, now: Timestamp, effects: &mut
     record.due_at = Some(now);
 }
 
+/// What becomes of an attempt whose answer settled nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Nothing was charged and another processor is open: a new attempt there, now.
+    Cascade,
+    /// Send the same attempt again, with the same key, after this wait.
+    Replay(Duration),
+    /// Replays are spent and nothing settled the attempt: the payment ends.
+    End(FailureReason),
+    /// A passing fault outlasted its waits: a transient decline for the policy.
+    Decline,
+}
+
+impl Unsettled {
+    fn of(outcome: &AttemptOutcome) -> Option<(Unsettled, &str)> {
+        match outcome {
+            AttemptOutcome::Unknown { message } => Some((Unsettled::Unknown, message)),
+            AttemptOutcome::ProcessorFault { kind, message } => {
+                Some((Unsettled::Fault(*kind), message))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The plan for `last`, the attempt that got a `kind` answer, as it was before the
+/// answer is filed. The one place the replay bounds are read.
+fn plan(last: &AttemptRecord, kind: Unsettled, facts: &Facts<'_>) -> Plan {
+    let config = facts.config;
+    let unresolved = last.outcome_unknown || kind == Unsettled::Unknown;
+    let refused = kind == Unsettled::Fault(FaultKind::Refused);
+    let rate_limited = kind == Unsettled::Fault(FaultKind::RateLimited);
+    let replays = last.replays;
+    let first_fault_at = last.first_fault_at.unwrap_or(facts.now);
+    // Never cascade after an unknown outcome: the first processor may have charged.
+    if !unresolved && facts.next_hop.is_some() {
+        return Plan::Cascade;
+    }
+    let out_of_time = facts.now >= first_fault_at.plus(config.replay_deadline);
+    let out_of_replays = replays >= config.max_replays && !rate_limited;
+    let replayable =
+        unresolved || refused || rate_limited || (replays as usize) < config.replay_backoff.len();
+    if replayable && !out_of_time && !out_of_replays {
+        let step = if refused {
+            usize::MAX
+        } else {
+            replays as usize
+        };
+        let wait = config
+            .replay_backoff
+            .get(step.min(config.replay_backoff.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        return Plan::Replay(wait);
+    }
+    if unresolved {
+        Plan::End(FailureReason::RetriesExhausted)
+    } else if refused || rate_limited {
+        Plan::End(FailureReason::RejectedByPartner)
+    } else {
+        Plan::Decline
+    }
+}
+
+/// Whether filing `outcome` on `record` asks the retry policy, so that the engine
+/// reads the card's history only then: an issuer decline, or a passing fault that
+/// has outlasted its replays.
+pub(crate) fn needs_decision(
+    record: &PaymentRecord,
+    outcome: &AttemptOutcome,
+    facts: &Facts<'_>,
+) -> bool {
+    match (outcome, Unsettled::of(outcome), record.attempts.last()) {
+        (AttemptOutcome::Declined { codes, .. }, _, _) => {
+            let brand = card_brand(record);
+            let category = facts.declines.classify(codes, brand);
+            facts.next_hop.is_none() || !cascades(codes, category, brand, facts)
+        }
+        (_, Some((kind, _)), Some(last)) => plan(last, kind, facts) == Plan::Decline,
+        _ => false,
+    }
+}
+
 /// A processor answer that is not the issuer's: a fault (nothing charged), a refusal
 /// (400/401/403/3xx: nothing charged, the merchant's configuration is wrong) or an
 /// unknown outcome (money may have moved). The same attempt is replayed with the
@@ -253,103 +340,88 @@ fn file_unsettled(
     facts: &Facts<'_>,
     effects: &mut Vec<Effect>,
 ) -> Option<(DeclineCodes, ProcessorReference)> {
-    let config = facts.config;
     let now = facts.now;
-    let (kind, message) = match &outcome {
-        AttemptOutcome::Unknown { message } => (Unsettled::Unknown, message.clone()),
-        AttemptOutcome::ProcessorFault { kind, message } => {
-            (Unsettled::Fault(*kind), message.clone())
-        }
-        _ => return None,
-    };
+    let (kind, message) = Unsettled::of(&outcome).map(|(k, m)| (k, m.to_owned()))?;
     effects.push(Effect::Unsettled {
         processor: processor.to_owned(),
         kind: kind.as_str(),
     });
     let last = record.attempts.last_mut()?;
-    let first_fault_at = *last.first_fault_at.get_or_insert(now);
+    let plan = plan(last, kind, facts);
+    last.first_fault_at.get_or_insert(now);
     last.outcome_unknown |= kind == Unsettled::Unknown;
     let unresolved = last.outcome_unknown;
     let replays = last.replays;
     let key = last.idempotency_key.clone();
-    let refused = kind == Unsettled::Fault(FaultKind::Refused);
-    let rate_limited = kind == Unsettled::Fault(FaultKind::RateLimited);
-    let out_of_time = now >= first_fault_at.plus(config.replay_deadline);
-    let out_of_replays = replays >= config.max_replays && !rate_limited;
     tracing::info!(payment = %record.payment.id, %processor, %key, kind = kind.as_str(), replays, message, "attempt did not settle");
 
-    // Nothing was charged and another processor may take it: cascade now, as a new
-    // attempt with its own key. Never after an unknown outcome: the first processor
-    // may have charged.
-    if !unresolved {
-        if let Some(hop) = facts.next_hop.clone() {
+    match plan {
+        Plan::Cascade => {
+            let hop = facts.next_hop.clone().unwrap_or_default();
             finish_attempt(record, now, outcome, None);
             cascade(record, hop, now, effects);
-            return None;
+            None
         }
-    }
-    let replayable =
-        unresolved || refused || rate_limited || (replays as usize) < config.replay_backoff.len();
-    if replayable && !out_of_time && !out_of_replays {
-        let step = if refused {
-            usize::MAX
-        } else {
-            replays as usize
-        };
-        let wait = config
-            .replay_backoff
-            .get(step.min(config.replay_backoff.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(Duration::from_secs(60));
-        if refused {
-            tracing::error!(payment = %record.payment.id, %processor, message, "processor refused the request; fix the configuration");
+        Plan::Replay(wait) => {
+            if kind == Unsettled::Fault(FaultKind::Refused) {
+                tracing::error!(payment = %record.payment.id, %processor, message, "processor refused the request; fix the configuration");
+            }
+            record.replay_pending = true;
+            // While the outcome is unknown the payment stays `processing`.
+            if !unresolved {
+                apply(record, Transition::ScheduleRetry);
+            }
+            record.due_at = Some(now.plus(wait));
+            None
         }
-        record.replay_pending = true;
-        // While the outcome is unknown the payment stays `processing`.
-        if !unresolved {
-            apply(record, Transition::ScheduleRetry);
+        Plan::End(reason) => {
+            // An unknown outcome is flagged on the attempt for reconciliation with
+            // the processor (same key) before the customer is charged again.
+            let what = if unresolved {
+                format!("outcome unknown after {replays} replays; reconcile idempotency key `{key}` with processor `{processor}` before charging again")
+            } else {
+                format!("processor `{processor}` did not accept the request after {replays} replays: {message}")
+            };
+            tracing::error!(payment = %record.payment.id, %processor, %key, reason = reason.as_str(), "{what}");
+            finish_attempt(record, now, outcome, None);
+            record.replay_pending = false;
+            apply(record, Transition::Fail);
+            record.payment.failure_reason = Some(reason);
+            record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
+            record.due_at = None;
+            effects.push(Effect::EndedUnsettled {
+                processor: processor.to_owned(),
+                kind: kind.as_str(),
+            });
+            None
         }
-        record.due_at = Some(now.plus(wait));
-        return None;
+        // Nothing was charged, and the attempt counts as a transient decline, filed
+        // by the policy like any other.
+        Plan::Decline => Some((
+            DeclineCodes {
+                code: "processor_unavailable".into(),
+                decline_code: Some("processing_error".into()),
+                message: Some(quote(&message, QUOTED_CHARS)),
+                ..DeclineCodes::default()
+            },
+            ProcessorReference::default(),
+        )),
     }
-    if unresolved || refused || rate_limited {
-        // Replays are spent and nothing settled the attempt: the payment ends. An
-        // unknown outcome is flagged on the attempt for reconciliation with the
-        // processor (same key) before the customer is charged again.
-        let reason = if unresolved {
-            FailureReason::RetriesExhausted
-        } else {
-            FailureReason::RejectedByPartner
-        };
-        let what = if unresolved {
-            format!("outcome unknown after {replays} replays; reconcile idempotency key `{key}` with processor `{processor}` before charging again")
-        } else {
-            format!("processor `{processor}` did not accept the request after {replays} replays: {message}")
-        };
-        tracing::error!(payment = %record.payment.id, %processor, %key, reason = reason.as_str(), "{what}");
-        finish_attempt(record, now, outcome, None);
-        record.replay_pending = false;
-        apply(record, Transition::Fail);
-        record.payment.failure_reason = Some(reason);
-        record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
-        record.due_at = None;
-        effects.push(Effect::EndedUnsettled {
-            processor: processor.to_owned(),
-            kind: kind.as_str(),
-        });
-        return None;
-    }
-    // A passing fault that outlasted its replays: nothing was charged, and the
-    // attempt counts as a transient decline, filed by the policy like any other.
-    Some((
-        DeclineCodes {
-            code: "processor_unavailable".into(),
-            decline_code: Some("processing_error".into()),
-            message: Some(quote(&message, QUOTED_CHARS)),
-            ..DeclineCodes::default()
-        },
-        ProcessorReference::default(),
-    ))
+}
+
+/// Whether a decline filed as `category` goes to another processor at once (when
+/// one is open): only for the configured categories, and never when the network's
+/// codes forbid or defer a retry.
+fn cascades(
+    codes: &DeclineCodes,
+    category: DeclineCategory,
+    brand: Option<&CardBrand>,
+    facts: &Facts<'_>,
+) -> bool {
+    let rules = facts.declines.network_rules();
+    facts.config.cascade_categories.contains(&category)
+        && !rules.forbids_retry(brand, codes)
+        && rules.advice_wait(brand, codes).is_none()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -376,12 +448,8 @@ fn file_decline(
     record.replay_pending = false;
     record.payment.last_authorization_attempt_error = Some(codes.to_string());
     policy.observe(record, false);
-    let rules = facts.declines.network_rules();
     if let Some(hop) = facts.next_hop.clone() {
-        if facts.config.cascade_categories.contains(&category)
-            && !rules.forbids_retry(brand, &codes)
-            && rules.advice_wait(brand, &codes).is_none()
-        {
+        if cascades(&codes, category, brand, facts) {
             // Another processor may approve what this one declined: try it now.
             cascade(record, hop, now, effects);
             return;

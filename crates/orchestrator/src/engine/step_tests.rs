@@ -1,15 +1,13 @@
 //! Table tests of the outcome step: one row per (outcome, route, policy, replays so
 //! far) with the status, schedule and bookkeeping the step must leave.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use offsession_core::payment::{Capture, ObjectTag, RetryDetails};
+use offsession_core::payment::RetryDetails;
 use offsession_core::{
-    Amount, AttemptOutcome, AttemptRecord, Cadence, CaptureMethod, CardBrand, CardDetails,
-    Currency, DeclineCategory, DeclineCodes, EventType, FailureReason, FaultKind,
-    OffSessionPayment, PaymentMethodDetails, PaymentMethodType, PaymentRecord, PaymentStatus,
-    RetryDecision, RetryStrategy, SeededIds, Timestamp,
+    AttemptOutcome, AttemptRecord, CaptureMethod, CardBrand, CardDetails, DeclineCategory,
+    DeclineCodes, EventType, FailureReason, FaultKind, PaymentMethodDetails, PaymentMethodType,
+    PaymentRecord, PaymentStatus, RetryDecision, RetryStrategy, SeededIds, Timestamp,
 };
 use offsession_retry::DeclineTable;
 
@@ -25,45 +23,16 @@ fn at(hours: i64) -> Timestamp {
 
 /// A card payment in `processing` with its attempt `number` in flight.
 fn in_flight(number: u32, replays: u32, unknown: bool, capture: CaptureMethod) -> PaymentRecord {
-    let payment = OffSessionPayment {
-        id: "osp_test_1".into(),
-        object: ObjectTag::OffSessionPayment,
-        amount_requested: Amount::new(1_000, Currency::parse("usd").unwrap()),
-        compartment_id: "wksp_test".into(),
-        amount_capturable: None,
-        cadence: Cadence::Recurring,
-        capture: Capture {
-            capture_method: capture,
-            capture_before: None,
-        },
-        created: at(-1),
-        customer: "cus_1".into(),
-        payment_method: "pm_1".into(),
-        metadata: BTreeMap::new(),
-        on_behalf_of: None,
-        transfer_data: None,
-        application_fee_amount_requested: None,
-        statement_descriptor: None,
-        statement_descriptor_suffix: None,
-        description: None,
-        payment_details: None,
-        payment_method_options: None,
-        payments_orchestration: None,
-        retry_details: RetryDetails {
-            attempts: number,
-            retry_strategy: RetryStrategy::Scheduled,
-            retry_policy: Some("stripe_recommended".into()),
-            retry_until: Some(at(24 * 10)),
-        },
-        status: PaymentStatus::Processing,
-        failure_reason: None,
-        last_authorization_attempt_error: None,
-        latest_payment_attempt_record: None,
-        payment_record: None,
-        target_date: None,
-        test_clock: None,
-        livemode: false,
+    let mut record = offsession_store::conformance::sample_record("osp_test_1", NOW - HOUR, None);
+    let payment = &mut record.payment;
+    payment.capture.capture_method = capture;
+    payment.retry_details = RetryDetails {
+        attempts: number,
+        retry_strategy: RetryStrategy::Scheduled,
+        retry_policy: Some("stripe_recommended".into()),
+        retry_until: Some(at(24 * 10)),
     };
+    payment.status = PaymentStatus::Processing;
     let method = PaymentMethodDetails {
         payment_method_type: PaymentMethodType::Card,
         card: Some(CardDetails {
@@ -73,20 +42,18 @@ fn in_flight(number: u32, replays: u32, unknown: bool, capture: CaptureMethod) -
             wallet: None,
         }),
     };
-    let mut record = PaymentRecord::new(payment, "mock".into(), Some(method), at(0));
+    record.method = Some(method);
     record.attempts = (1..=number)
-        .map(|n| AttemptRecord {
-            id: format!("ospattempt_{n}"),
-            number: n,
-            idempotency_key: format!("osp_test_1:attempt:{n}"),
-            processor: "mock".into(),
-            started_at: at(-(number as i64 - n as i64) * 24),
-            finished_at: None,
-            replays: if n == number { replays } else { 0 },
-            first_fault_at: (replays > 0 && n == number).then(|| at(-1)),
-            outcome_unknown: unknown && n == number,
-            outcome: None,
-            decline_category: None,
+        .map(|n| {
+            let started = at(-(number as i64 - n as i64) * 24);
+            let mut attempt =
+                AttemptRecord::started(format!("ospattempt_{n}"), "osp_test_1", n, "mock", started);
+            if n == number {
+                attempt.replays = replays;
+                attempt.first_fault_at = (replays > 0).then(|| at(-1));
+                attempt.outcome_unknown = unknown;
+            }
+            attempt
         })
         .collect();
     record.first_attempt_at = Some(at(-(number as i64 - 1) * 24));
@@ -268,7 +235,7 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             next_hop: None,
             decision: retry_in(1),
             status: S::PendingRetry,
-            due_in_hours: Some(0),
+            due_in_hours: Some(1),
             failure: None,
             replay_pending: true,
             cascade_to: None,
@@ -324,7 +291,7 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             next_hop: Some("backup"),
             decision: retry_in(1),
             status: S::Processing,
-            due_in_hours: Some(0),
+            due_in_hours: Some(1),
             failure: None,
             replay_pending: true,
             cascade_to: None,
@@ -407,8 +374,6 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
     let declines = DeclineTable::standard();
     let ids = SeededIds::new(1, false);
     for row in rows {
-        // Replay waits are measured in hours above; the first wait is due "now + 1h",
-        // which the rows write as 0 for "now" only where the step schedules at once.
         let facts = Facts {
             now: at(0),
             next_hop: row.next_hop.map(str::to_owned),
@@ -421,18 +386,17 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             observed: Vec::new(),
             asked: 0,
         };
-        let before = row.record.clone();
-        let filed = step(&row.record, row.outcome.clone(), &mut policy, &facts);
+        let needs = super::needs_decision(&row.record, &row.outcome, &facts);
+        let filed = step(row.record, row.outcome, &mut policy, &facts);
         let record = &filed.record;
         let name = row.name;
-        assert_eq!(row.record, before, "{name}: the input is not changed");
+        assert_eq!(
+            needs,
+            row.asked == 1,
+            "{name}: history read only for a decision"
+        );
         assert_eq!(record.payment.status, row.status, "{name}: status");
-        let expected_due = row.due_in_hours.map(|h| match (row.replay_pending, h) {
-            // A replay's first wait is 1h (`replay_backoff[0]`).
-            (true, 0) => at(1),
-            _ => at(h),
-        });
-        assert_eq!(record.due_at, expected_due, "{name}: due_at");
+        assert_eq!(record.due_at, row.due_in_hours.map(at), "{name}: due_at");
         assert_eq!(
             record.payment.failure_reason, row.failure,
             "{name}: failure"

@@ -9,7 +9,7 @@ use super::PaymentIntent;
 use crate::http::quote_body;
 use crate::quote;
 
-wire_enum! {
+offsession_core::named_enum! {
     /// An error's `type`: which part of the request Stripe blames.
     WireErrorType {
         /// Stripe failed; the same request may work later.
@@ -23,7 +23,7 @@ wire_enum! {
     }
 }
 
-wire_enum! {
+offsession_core::named_enum! {
     /// An error's `code`. Only the codes the adapter acts on are named; every other
     /// code is `Other` and is passed on verbatim in the decline codes.
     WireErrorCode {

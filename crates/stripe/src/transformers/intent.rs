@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::WireError;
 use crate::quote;
 
-wire_enum! {
+offsession_core::named_enum! {
     /// A PaymentIntent's `status`: every status in Stripe's spec has a reading (the
     /// contract test checks it); any other is `Other`, an `Unknown` outcome.
     IntentStatus {
@@ -27,7 +27,7 @@ wire_enum! {
     }
 }
 
-wire_enum! {
+offsession_core::named_enum! {
     /// An answer's `object`: which kind of resource it is, so that another kind (a
     /// proxy's JSON, a charge) is never read as a PaymentIntent.
     ObjectType {

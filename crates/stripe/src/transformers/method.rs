@@ -93,7 +93,7 @@ pub struct List<T> {
     pub data: Vec<T>,
 }
 
-wire_enum! {
+offsession_core::named_enum! {
     /// A SetupIntent's `status`; only `succeeded` set a method up.
     SetupIntentStatus {
         /// The method is set up.
@@ -111,7 +111,7 @@ wire_enum! {
     }
 }
 
-wire_enum! {
+offsession_core::named_enum! {
     /// A SetupIntent's `usage`: what the customer agreed the method may be used for.
     SetupUsage {
         /// Charges while the customer is present only.

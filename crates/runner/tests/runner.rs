@@ -321,3 +321,24 @@ fn the_runner_selects_the_stripe_processor_from_config() {
     .unwrap();
     assert!(format!("{:?}", wired.engine).contains("stripe"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_on_the_default_config_and_settles_every_payment() {
+    use offsession_runner::bench;
+    let path = repo_path("config/default.toml");
+    let report = bench::run(&bench::BenchOptions {
+        config: config::load(&path).unwrap(),
+        config_path: path,
+        payments: 500,
+        concurrency: 16,
+        latency: offsession_mock::LatencyModel::Fixed { millis: 0 },
+        rate_limit: None,
+    })
+    .await
+    .unwrap();
+    // The engine's own checks accept the bench's settings (a 50 ms replay wait was
+    // refused once, and `bench` failed before sending anything).
+    assert_eq!(report.payments, 500);
+    assert!(report.settled_per_second > 0.0, "{report:?}");
+    assert_eq!(report.rate_limited, 0);
+}

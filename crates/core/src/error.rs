@@ -140,7 +140,7 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
-    /// The code.
+    /// The API's error code; decides the HTTP status.
     pub code: ErrorCode,
     /// What is wrong and, where it helps, what to do.
     pub message: String,

@@ -18,13 +18,13 @@ pub enum EventType {
     /// An attempt started (authorization or replay).
     #[serde(rename = "v2.payments.off_session_payment.attempt_started")]
     AttemptStarted,
-    /// An attempt failed.
+    /// An attempt was declined or faulted; a retry may follow.
     #[serde(rename = "v2.payments.off_session_payment.attempt_failed")]
     AttemptFailed,
-    /// An authorization attempt started.
+    /// An authorization-only attempt (manual capture) was sent.
     #[serde(rename = "v2.payments.off_session_payment.authorization_attempt_started")]
     AuthorizationAttemptStarted,
-    /// An authorization attempt failed.
+    /// An authorization-only attempt was declined or faulted.
     #[serde(rename = "v2.payments.off_session_payment.authorization_attempt_failed")]
     AuthorizationAttemptFailed,
     /// Authorized; waiting for capture.
@@ -36,13 +36,13 @@ pub enum EventType {
     /// Terminally failed.
     #[serde(rename = "v2.payments.off_session_payment.failed")]
     Failed,
-    /// Canceled.
+    /// Stopped by the merchant; no further attempt.
     #[serde(rename = "v2.payments.off_session_payment.canceled")]
     Canceled,
-    /// Paused.
+    /// Retries held by the merchant until resumed.
     #[serde(rename = "v2.payments.off_session_payment.paused")]
     Paused,
-    /// Resumed.
+    /// Retries allowed again after a pause.
     #[serde(rename = "v2.payments.off_session_payment.resumed")]
     Resumed,
 }
@@ -143,7 +143,7 @@ pub struct Event {
     pub id: String,
     /// Always `v2.core.event`.
     pub object: String,
-    /// Event type.
+    /// What happened (`v2.payments.off_session_payment.*`).
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// When it happened, by the payment's clock.

@@ -17,11 +17,12 @@
 
 pub mod behavior;
 pub mod issuer;
+mod latency;
+mod vault;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use offsession_core::{
@@ -32,156 +33,10 @@ use offsession_core::{
 use serde::Deserialize;
 
 pub use behavior::{parse_test_method, Behavior, TestMethod};
+pub use latency::LatencyModel;
+pub use vault::{Vault, VaultPaymentMethod};
 
-/// How long the mock takes to answer.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LatencyModel {
-    /// Always the same.
-    Fixed {
-        /// Milliseconds.
-        millis: u64,
-    },
-    /// Uniform between two bounds.
-    Uniform {
-        /// Lower bound, milliseconds.
-        min_millis: u64,
-        /// Upper bound, milliseconds.
-        max_millis: u64,
-    },
-    /// Log-normal: most answers near the median, a long tail.
-    LogNormal {
-        /// Median, milliseconds.
-        median_millis: f64,
-        /// Shape (0.5 gives p99 ≈ 3.2 × median).
-        sigma: f64,
-    },
-}
-
-impl LatencyModel {
-    /// Refuses a model that cannot be sampled (bounds the wrong way round,
-    /// negative or non-finite parameters).
-    pub fn check(&self) -> Result<(), String> {
-        match *self {
-            LatencyModel::Fixed { .. } => Ok(()),
-            LatencyModel::Uniform {
-                min_millis,
-                max_millis,
-            } if min_millis > max_millis => Err(format!(
-                "`min_millis` ({min_millis}) must not be above `max_millis` ({max_millis})"
-            )),
-            LatencyModel::Uniform { .. } => Ok(()),
-            LatencyModel::LogNormal {
-                median_millis,
-                sigma,
-            } => {
-                if !(median_millis.is_finite() && median_millis >= 0.0) {
-                    return Err(format!(
-                        "`median_millis` must be a number of at least 0 (got {median_millis})"
-                    ));
-                }
-                if !(sigma.is_finite() && sigma >= 0.0) {
-                    return Err(format!(
-                        "`sigma` must be a number of at least 0 (got {sigma})"
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Default for LatencyModel {
-    fn default() -> LatencyModel {
-        LatencyModel::Fixed { millis: 0 }
-    }
-}
-
-impl LatencyModel {
-    /// The latency for two uniform draws in [0, 1).
-    pub fn sample(&self, u1: f64, u2: f64) -> Duration {
-        match *self {
-            LatencyModel::Fixed { millis } => Duration::from_millis(millis),
-            LatencyModel::Uniform {
-                min_millis,
-                max_millis,
-            } => {
-                let span = max_millis.saturating_sub(min_millis) as f64;
-                Duration::from_micros(((min_millis as f64 + span * u1) * 1000.0) as u64)
-            }
-            LatencyModel::LogNormal {
-                median_millis,
-                sigma,
-            } => {
-                // Box-Muller: a standard normal from two uniforms.
-                let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                let ms = median_millis * (sigma * z).exp();
-                Duration::from_micros((ms.clamp(0.0, 600_000.0) * 1000.0) as u64)
-            }
-        }
-    }
-}
-
-/// A payment method in the vault.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultPaymentMethod {
-    /// `pm_…`.
-    pub id: String,
-    /// The customer it is attached to.
-    pub customer: String,
-    /// `card`, `us_bank_account`, `sepa_debit`.
-    #[serde(rename = "type", default = "default_type")]
-    pub payment_method_type: PaymentMethodType,
-    /// Card brand (`visa` when absent).
-    #[serde(default)]
-    pub brand: Option<CardBrand>,
-    /// Card funding.
-    #[serde(default)]
-    pub funding: Option<String>,
-    /// Issuing country.
-    #[serde(default)]
-    pub country: Option<String>,
-    /// Wallet.
-    #[serde(default)]
-    pub wallet: Option<String>,
-    /// Whether a SetupIntent with `usage = off_session` succeeded for it.
-    #[serde(default = "default_true")]
-    pub off_session: bool,
-    /// The `on_behalf_of` it was set up with (None: on the platform).
-    #[serde(default)]
-    pub on_behalf_of: Option<String>,
-    /// A Stripe-style test name whose behaviour it copies; approves when absent.
-    #[serde(default)]
-    pub behaves_like: Option<String>,
-}
-
-fn default_type() -> PaymentMethodType {
-    PaymentMethodType::Card
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// Customers and their saved payment methods.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Vault {
-    /// Known customers; when empty, any customer id is accepted.
-    #[serde(default)]
-    pub customers: Vec<String>,
-    /// Saved payment methods.
-    #[serde(default)]
-    pub payment_methods: Vec<VaultPaymentMethod>,
-}
-
-impl Vault {
-    /// Parses a vault file.
-    pub fn from_toml(text: &str) -> Result<Vault, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-}
+use vault::default_true;
 
 /// Mock processor settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -268,7 +123,7 @@ impl Default for MockConfig {
 pub struct LedgerEntry {
     /// The engine's payment id.
     pub payment_id: String,
-    /// Attempt number.
+    /// The engine's attempt number for that payment (1 for the first).
     pub attempt_number: u32,
     /// Times the key was sent.
     pub sends: u32,
@@ -284,7 +139,8 @@ fn hash_str(seed: u64, text: &str) -> u64 {
     text.bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
 }
 
-/// The mock processor.
+/// A processor in memory: answers from the payment method's behaviour, keeps a
+/// ledger by idempotency key, and never charges a key twice.
 #[derive(Debug)]
 pub struct MockProcessor {
     id: String,

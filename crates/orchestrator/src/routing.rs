@@ -28,10 +28,10 @@ pub struct RouteMatch {
     /// Largest amount (minor units), inclusive.
     #[serde(default)]
     pub amount_max: Option<i64>,
-    /// Payment method types.
+    /// Matches only these payment method types.
     #[serde(default)]
     pub payment_method_types: Option<Vec<PaymentMethodType>>,
-    /// Card brands.
+    /// Matches only cards of these brands.
     #[serde(default)]
     pub card_brands: Option<Vec<CardBrand>>,
     /// Card issuing countries.
@@ -40,7 +40,7 @@ pub struct RouteMatch {
     /// Card funding (`credit`, `debit`, `prepaid`).
     #[serde(default)]
     pub funding: Option<Vec<String>>,
-    /// Cadences.
+    /// Matches only these cadences.
     #[serde(default)]
     pub cadences: Option<Vec<Cadence>>,
     /// Whether `on_behalf_of` is set.

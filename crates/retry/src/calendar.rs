@@ -10,7 +10,7 @@ const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
 /// A local calendar view of an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalTime {
-    /// Year.
+    /// Calendar year in the local zone.
     pub year: i64,
     /// Month 1–12.
     pub month: u32,

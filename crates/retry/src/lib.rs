@@ -23,7 +23,7 @@ pub use declines::{DeclineTable, NetworkRules};
 pub use guard::{GuardCounters, NetworkGuard};
 pub use heuristic::{HeuristicConfig, HeuristicPolicy};
 pub use scheduled::{NoRetry, ScheduledPolicy, ScheduledPolicyConfig};
-pub use smart::{SmartConfig, SmartPolicy, SmartState};
+pub use smart::{SmartConfig, SmartPolicy, SmartState, StateRefused};
 
 /// Errors building retry components from configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

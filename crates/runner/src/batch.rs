@@ -12,7 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use offsession_core::{Clock, Event, EventSink, EventType, ManualClock, PaymentStatus, Timestamp};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::error::RunnerError;
 use crate::wiring;
 
 /// Counts settled payments as the events report them (for the progress bar).
@@ -39,7 +40,7 @@ pub struct InvalidLine {
     pub line: usize,
     /// API error code.
     pub code: String,
-    /// Message.
+    /// Why the line was refused, naming the field.
     pub message: String,
 }
 
@@ -75,9 +76,9 @@ pub struct Summary {
     pub outcome_unknown: u64,
     /// Payments still pending, processing or pending a retry when the run ended.
     pub stuck: u64,
-    /// Simulated start.
+    /// The simulated clock when the batch was submitted (RFC 3339).
     pub simulated_start: String,
-    /// Simulated end.
+    /// The simulated clock when the last due attempt ran (RFC 3339).
     pub simulated_end: String,
     /// Wall-clock seconds.
     pub wall_seconds: f64,
@@ -91,13 +92,13 @@ pub async fn run(
     config: &Config,
     input: Option<&Path>,
     show_progress: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, RunnerError> {
     let started = Instant::now();
     let start = Timestamp::parse_rfc3339(&config.run.start).ok_or_else(|| {
-        format!(
-            "`run.start`: `{}` is not an RFC 3339 time",
-            config.run.start
-        )
+        RunnerError::Config(ConfigError::Invalid {
+            key: "run.start".into(),
+            message: format!("`{}` is not an RFC 3339 time", config.run.start),
+        })
     })?;
     let horizon = config.run.horizon;
     let end_of_horizon = start.plus(horizon);
@@ -105,14 +106,16 @@ pub async fn run(
     let tally = Arc::new(Tally::default());
     if let Some(listen) = &config.metrics.listen {
         let handle = crate::exporter::install()?;
-        let addr = listen
-            .parse()
-            .map_err(|e| format!("`metrics.listen`: {e}"))?;
+        let addr = listen.parse().map_err(|e: std::net::AddrParseError| {
+            RunnerError::Config(ConfigError::Invalid {
+                key: "metrics.listen".into(),
+                message: e.to_string(),
+            })
+        })?;
         let bound = crate::exporter::serve(addr, handle).await?;
         eprintln!("serving Prometheus metrics on http://{bound}/metrics");
     }
-    let wired = wiring::build(config_path, config, clock.clone(), tally.clone())
-        .map_err(|e| e.to_string())?;
+    let wired = wiring::build(config_path, config, clock.clone(), tally.clone())?;
     let engine = wired.engine.clone();
 
     let input_path = match input {
@@ -120,12 +123,12 @@ pub async fn run(
         None => wiring::resolve(config_path, &config.run.input),
     };
     let file = std::fs::File::open(&input_path)
-        .map_err(|e| format!("cannot open input `{}`: {e}", input_path.display()))?;
+        .map_err(|e| RunnerError::file("opening the input", &input_path, e))?;
     let mut submitted = 0;
     let mut accepted = 0;
     let mut invalid = Vec::new();
     for (index, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|e| format!("reading `{}`: {e}", input_path.display()))?;
+        let line = line.map_err(|e| RunnerError::file("reading the input", &input_path, e))?;
         if line.trim_ascii().is_empty() {
             continue;
         }
@@ -167,13 +170,23 @@ pub async fn run(
         ProgressBar::hidden()
     };
     loop {
-        engine.run_due().await.map_err(|e| e.to_string())?;
+        engine
+            .run_due()
+            .await
+            .map_err(RunnerError::engine("running due payments"))?;
         if config.metrics.listen.is_some() {
-            engine.update_gauges().await.map_err(|e| e.to_string())?;
+            engine
+                .update_gauges()
+                .await
+                .map_err(RunnerError::engine("updating gauges"))?;
         }
         progress.set_position(tally.terminal.load(Ordering::Relaxed));
         progress.set_message(clock.now().to_string());
-        match engine.next_due().await.map_err(|e| e.to_string())? {
+        match engine
+            .next_due()
+            .await
+            .map_err(RunnerError::engine("reading the next due time"))?
+        {
             Some(next) if next <= end_of_horizon => {
                 clock.set(next);
             }
@@ -184,7 +197,11 @@ pub async fn run(
     wired.save_smart_state(config_path, config)?;
 
     let mut statuses = BTreeMap::new();
-    for (status, count) in engine.count_by_status().await.map_err(|e| e.to_string())? {
+    let by_status = engine
+        .count_by_status()
+        .await
+        .map_err(RunnerError::api("counting payments by status"))?;
+    for (status, count) in by_status {
         if count > 0 || matches!(status, PaymentStatus::Succeeded | PaymentStatus::Failed) {
             statuses.insert(status.as_str().to_owned(), count);
         }
@@ -233,14 +250,14 @@ struct Counts {
 }
 
 impl Counts {
-    async fn of(engine: &offsession_orchestrator::Engine) -> Result<Counts, String> {
+    async fn of(engine: &offsession_orchestrator::Engine) -> Result<Counts, RunnerError> {
         let mut counts = Counts::default();
         let mut after: Option<String> = None;
         loop {
             let page = engine
                 .list(1_000, after.as_deref())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(RunnerError::api("listing payments"))?;
             let Some(last) = page.last() else {
                 break;
             };
@@ -249,7 +266,7 @@ impl Counts {
                 let record = engine
                     .record(&payment.id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(RunnerError::api("reading a payment"))?;
                 counts.add(&record);
             }
         }

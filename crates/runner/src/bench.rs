@@ -11,6 +11,8 @@ use offsession_orchestrator::{AttemptTiming, EngineConfig, RateLimit, TimingObse
 use offsession_store::MemoryStore;
 use serde::Serialize;
 
+use crate::error::RunnerError;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -19,7 +21,7 @@ pub struct BenchOptions {
     pub config_path: std::path::PathBuf,
     /// That file, loaded.
     pub config: crate::config::Config,
-    /// Payments.
+    /// How many payments to create and settle.
     pub payments: u64,
     /// Attempts in flight.
     pub concurrency: usize,
@@ -32,7 +34,7 @@ pub struct BenchOptions {
 /// The measurements.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Payments.
+    /// Payments created and settled.
     pub payments: u64,
     /// Attempts in flight.
     pub concurrency: usize,
@@ -76,7 +78,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// Runs the benchmark.
-pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
+pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
     let mock = Arc::new(MockProcessor::new(
         "mock",
         MockConfig {
@@ -88,8 +90,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let timings: Arc<Mutex<Vec<AttemptTiming>>> =
         Arc::new(Mutex::new(Vec::with_capacity(options.payments as usize)));
     let sink = timings.clone();
-    let decisions = crate::wiring::policies(&options.config_path, &options.config)
-        .map_err(|e| e.to_string())?;
+    let decisions = crate::wiring::policies(&options.config_path, &options.config)?;
     let mut builder = decisions
         .builder
         .config(EngineConfig {
@@ -119,7 +120,9 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
             },
         );
     }
-    let engine = builder.build().map_err(|e| e.to_string())?;
+    let engine = builder
+        .build()
+        .map_err(RunnerError::engine("building the engine"))?;
 
     let intake_started = Instant::now();
     for i in 0..options.payments {
@@ -129,14 +132,21 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         engine
             .create_json(body.as_bytes(), None)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RunnerError::api("creating a benchmark payment"))?;
     }
     let intake = intake_started.elapsed();
 
     let settle_started = Instant::now();
     loop {
-        engine.run_due().await.map_err(|e| e.to_string())?;
-        match engine.next_due().await.map_err(|e| e.to_string())? {
+        engine
+            .run_due()
+            .await
+            .map_err(RunnerError::engine("running due payments"))?;
+        match engine
+            .next_due()
+            .await
+            .map_err(RunnerError::engine("reading the next due time"))?
+        {
             None => break,
             Some(next) => {
                 let wait = next.as_millis() - engine.now().as_millis();

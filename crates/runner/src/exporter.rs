@@ -9,6 +9,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::error::RunnerError;
+
 /// Latency buckets in seconds, for every `_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -18,16 +20,16 @@ static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// Installs the Prometheus recorder for this process (once, even when called from
 /// several threads) and returns its handle.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, RunnerError> {
     let mut installed = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)
-        .map_err(|e| e.to_string())?
+        .map_err(RunnerError::setup("setting the histogram buckets"))?
         .install_recorder()
-        .map_err(|e| format!("installing the Prometheus recorder: {e}"))?;
+        .map_err(RunnerError::setup("installing the Prometheus recorder"))?;
     describe();
     *installed = Some(handle.clone());
     Ok(handle)
@@ -89,11 +91,13 @@ fn describe() {
 }
 
 /// Serves `/metrics` on `addr` until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> Result<SocketAddr, String> {
+pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> Result<SocketAddr, RunnerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("binding the metrics listener on {addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(RunnerError::setup("binding the metrics listener"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(RunnerError::setup("reading the metrics listener's address"))?;
     let app = Router::new().route(
         "/metrics",
         get(move || {

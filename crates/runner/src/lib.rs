@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod bench;
 pub mod config;
+pub mod error;
 pub mod exporter;
 pub mod simulate;
 pub mod wiring;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use offsession_core::{DiscardEvents, SystemClock};
+
+pub use error::RunnerError;
 
 /// Self-hosted engine for off-session payments.
 #[derive(Debug, Parser)]
@@ -76,7 +79,7 @@ pub enum Command {
         /// Configuration file (engine settings and policies).
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
-        /// Payments.
+        /// How many payments to create and settle.
         #[arg(long, default_value_t = 100_000)]
         payments: u64,
         /// Attempts in flight.
@@ -114,7 +117,7 @@ const MAX_BENCH_CONCURRENCY: usize = 100_000;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `warn`), as text or, with
 /// `OFFSESSION_LOG_FORMAT=json`, one JSON object per line.
-fn install_logging() -> Result<(), String> {
+fn install_logging() -> Result<(), RunnerError> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
@@ -124,12 +127,13 @@ fn install_logging() -> Result<(), String> {
         Ok("json") => builder.json().try_init(),
         Ok("human") | Err(_) => builder.try_init(),
         Ok(other) => {
-            return Err(format!(
-                "`OFFSESSION_LOG_FORMAT`: `{other}` is not `human` or `json`"
-            ))
+            return Err(RunnerError::Setup {
+                action: "reading `OFFSESSION_LOG_FORMAT`",
+                message: format!("`{other}` is not `human` or `json`"),
+            })
         }
     };
-    installed.map_err(|e| format!("installing the log subscriber: {e}"))
+    installed.map_err(RunnerError::setup("installing the log subscriber"))
 }
 
 /// Entry point of the `offsession` binary.
@@ -159,11 +163,16 @@ pub fn main() -> ExitCode {
 }
 
 /// Prints a report as JSON or as its rendered text.
-fn print_report<T: serde::Serialize>(report: &T, json: bool, text: String) -> Result<(), String> {
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    text: String,
+) -> Result<(), RunnerError> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(report).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(report)
+                .map_err(RunnerError::setup("writing the report as JSON"))?
         );
     } else {
         print!("{text}");
@@ -171,17 +180,16 @@ fn print_report<T: serde::Serialize>(report: &T, json: bool, text: String) -> Re
     Ok(())
 }
 
-async fn execute(command: Command) -> Result<(), String> {
+async fn execute(command: Command) -> Result<(), RunnerError> {
     match command {
         Command::CheckConfig { config: path } => {
-            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let config = config::load(&path)?;
             let wired = wiring::build(
                 &path,
                 &config,
                 Arc::new(SystemClock),
                 Arc::new(DiscardEvents),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             println!("{}: ok", path.display());
             println!("  {:?}", wired.engine);
             Ok(())
@@ -197,17 +205,28 @@ async fn execute(command: Command) -> Result<(), String> {
             json,
         } => {
             if payments == 0 || concurrency == 0 {
-                return Err("`--payments` and `--concurrency` must be at least 1".into());
+                return Err(RunnerError::Flag {
+                    flag: if payments == 0 {
+                        "--payments"
+                    } else {
+                        "--concurrency"
+                    },
+                    message: "must be at least 1".into(),
+                });
             }
             if payments > MAX_BENCH_PAYMENTS {
-                return Err(format!(
-                    "`--payments` must be at most {MAX_BENCH_PAYMENTS} (got {payments}): every payment is kept in memory"
-                ));
+                return Err(RunnerError::Flag {
+                    flag: "--payments",
+                    message: format!(
+                        "must be at most {MAX_BENCH_PAYMENTS} (got {payments}): every payment is kept in memory"
+                    ),
+                });
             }
             if concurrency > MAX_BENCH_CONCURRENCY {
-                return Err(format!(
-                    "`--concurrency` must be at most {MAX_BENCH_CONCURRENCY} (got {concurrency})"
-                ));
+                return Err(RunnerError::Flag {
+                    flag: "--concurrency",
+                    message: format!("must be at most {MAX_BENCH_CONCURRENCY} (got {concurrency})"),
+                });
             }
             let latency = match latency_median_ms {
                 Some(median_millis) => offsession_mock::LatencyModel::LogNormal {
@@ -216,7 +235,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 },
                 None => offsession_mock::LatencyModel::Fixed { millis: latency_ms },
             };
-            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let config = config::load(&path)?;
             let report = bench::run(&bench::BenchOptions {
                 config_path: path,
                 config,
@@ -236,11 +255,16 @@ async fn execute(command: Command) -> Result<(), String> {
             json,
             chart,
         } => {
-            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let config = config::load(&path)?;
             let text = std::fs::read_to_string(&scenario)
-                .map_err(|e| format!("cannot read scenario `{}`: {e}", scenario.display()))?;
-            let mut scenario = offsession_mock::issuer::Scenario::from_toml(&text)
-                .map_err(|e| format!("scenario `{}`: {e}", scenario.display()))?;
+                .map_err(|e| RunnerError::file("reading the scenario", &scenario, e))?;
+            let mut scenario =
+                offsession_mock::issuer::Scenario::from_toml(&text).map_err(|message| {
+                    RunnerError::Content {
+                        path: scenario.clone(),
+                        message,
+                    }
+                })?;
             if let Some(seed) = seed {
                 scenario.seed = seed;
             }
@@ -258,16 +282,16 @@ async fn execute(command: Command) -> Result<(), String> {
             input,
             json,
         } => {
-            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let config = config::load(&path)?;
             let progress = !json && std::io::stderr().is_terminal();
             let summary = batch::run(&path, &config, input.as_deref(), progress).await?;
             print_report(&summary, json, summary.render())?;
             match summary.unsettled() {
                 0 => Ok(()),
-                n => Err(format!(
+                n => Err(RunnerError::Unsettled(format!(
                     "{n} payments were not settled: {} stuck, {} ended by processor faults ({} with an unknown outcome to reconcile)",
                     summary.stuck, summary.ended_by_faults, summary.outcome_unknown
-                )),
+                ))),
             }
         }
     }

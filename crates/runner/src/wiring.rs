@@ -11,6 +11,7 @@ use offsession_retry::{DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPoli
 use offsession_store::MemoryStore;
 
 use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig};
+use crate::error::RunnerError;
 
 /// A relative path in the config file is relative to the file's folder.
 pub fn resolve(config_path: &Path, path: &Path) -> PathBuf {
@@ -47,7 +48,7 @@ pub struct Wired {
 
 impl Wired {
     /// Saves the smart strategy's state to `smart.state_path`, if configured.
-    pub fn save_smart_state(&self, config_path: &Path, config: &Config) -> Result<(), String> {
+    pub fn save_smart_state(&self, config_path: &Path, config: &Config) -> Result<(), RunnerError> {
         match &config.smart.state_path {
             Some(path) => save_smart_state(&self.smart, &resolve(config_path, path)),
             None => Ok(()),
@@ -56,20 +57,23 @@ impl Wired {
 }
 
 /// Writes the smart strategy's learned state to `path` (JSON), atomically.
-pub fn save_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), String> {
-    let text = serde_json::to_string(&smart.state()).map_err(|e| e.to_string())?;
+pub fn save_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), RunnerError> {
+    let text = serde_json::to_string(&smart.state())
+        .map_err(RunnerError::setup("encoding the smart state"))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("writing `{}`: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to `{}`: {e}", path.display()))
+    std::fs::write(&tmp, text).map_err(|e| RunnerError::file("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| RunnerError::file("renaming to", path, e))
 }
 
 /// Loads a state written by [`save_smart_state`].
-pub fn load_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading `{}`: {e}", path.display()))?;
-    let state: SmartState =
-        serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
-    smart.restore(state)
+pub fn load_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), RunnerError> {
+    let content = |message: String| RunnerError::Content {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| RunnerError::file("reading", path, e))?;
+    let state: SmartState = serde_json::from_str(&text).map_err(|e| content(e.to_string()))?;
+    smart.restore(state).map_err(|e| content(e.to_string()))
 }
 
 /// The engine settings and retry decisions of a config — `[engine]`, `[declines]`,
@@ -141,7 +145,8 @@ fn load_configured_state(
             ));
         }
         if full.exists() {
-            load_smart_state(smart, &full).map_err(|e| invalid("smart.state_path", e))?;
+            load_smart_state(smart, &full)
+                .map_err(|e| invalid("smart.state_path", e.to_string()))?;
         }
     }
     Ok(())

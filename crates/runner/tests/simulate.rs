@@ -95,3 +95,64 @@ async fn a_simulation_is_reproducible() {
         );
     }
 }
+
+/// A config folder holding `default.toml` and the given `declines.toml`.
+fn config_with_declines(declines: Option<&str>) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "offsession-sim-declines-{}-{}",
+        std::process::id(),
+        declines.map_or(0, str::len)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo_path("config/default.toml"), dir.join("default.toml")).unwrap();
+    if let Some(declines) = declines {
+        std::fs::write(dir.join("declines.toml"), declines).unwrap();
+    }
+    dir.join("default.toml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_reads_the_configured_decline_table() {
+    // The shipped table without its soft categories, and hard by default: no
+    // strategy may retry, so none recovers anything.
+    let shipped = std::fs::read_to_string(repo_path("config/declines.toml")).unwrap();
+    let (head, rest) = shipped.split_once("[categories.soft_funds]").unwrap();
+    let (_, tail) = rest.split_once("[visa]").unwrap();
+    let all_hard = format!("{head}[visa]{tail}").replace(
+        "default_category = \"soft_issuer\"",
+        "default_category = \"hard\"",
+    );
+    let path = config_with_declines(Some(&all_hard));
+    let config = config::load(&path).unwrap();
+    let report = simulate::run(&scenario("gig-economy", 500), &path, &config)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(report.strategies[0].first_attempt_failures > 0);
+    for s in &report.strategies {
+        assert_eq!(s.recovered, 0, "{} retried a hard decline", s.strategy);
+    }
+
+    let shipped = repo_path("config/default.toml");
+    let config = config::load(&shipped).unwrap();
+    let report = simulate::run(&scenario("gig-economy", 500), &shipped, &config)
+        .await
+        .unwrap();
+    assert!(
+        report.strategies[1].recovered > 0,
+        "the shipped table retries"
+    );
+}
+
+#[tokio::test]
+async fn simulate_names_a_missing_decline_table() {
+    let path = config_with_declines(None);
+    let config = config::load(&path).unwrap();
+    let err = simulate::run(&scenario("gig-economy", 10), &path, &config)
+        .await
+        .unwrap_err();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    let message = err.to_string();
+    assert!(message.starts_with("`declines.path`"), "{message}");
+    assert!(message.contains("declines.toml"), "{message}");
+}

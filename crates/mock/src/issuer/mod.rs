@@ -62,7 +62,7 @@ fn utc_offset(country: &str) -> i64 {
     }
 }
 
-/// A pay cycle.
+/// When a simulated customer's pay lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayCycle {
     /// The 1st.

@@ -26,7 +26,7 @@ pub struct Scenario {
     pub amount_min: i64,
     /// Upper bound of charge amounts.
     pub amount_max: i64,
-    /// Currency.
+    /// Currency of every simulated charge (ISO 4217, lowercase).
     #[serde(default = "default_currency")]
     pub currency: String,
     /// Weights of pay cycles.
@@ -97,7 +97,7 @@ pub struct DeclineModel {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outage {
-    /// Brand.
+    /// The card brand whose issuers are down (`visa`, `mastercard`, …).
     pub brand: String,
     /// Start, days after the simulation start (fractions allowed).
     pub start_day: f64,

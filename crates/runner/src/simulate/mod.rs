@@ -25,7 +25,8 @@ use offsession_retry::{HeuristicPolicy, NetworkRules};
 use offsession_store::MemoryStore;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::error::RunnerError;
 
 const DAY_MS: i64 = 86_400_000;
 /// Estimated fine per attempt that breaks a network rule (Visa's excessive-reattempt
@@ -227,7 +228,7 @@ async fn run_strategy(
     population: Arc<Population>,
     config_path: std::path::PathBuf,
     config: Config,
-) -> Result<StrategyReport, String> {
+) -> Result<StrategyReport, RunnerError> {
     let scenario = population.scenario().clone();
     let start = scenario.start();
     let end = start.plus(std::time::Duration::from_secs(
@@ -248,9 +249,14 @@ async fn run_strategy(
     let outcomes = Arc::new(Outcomes::default());
     // Every key of the configuration applies (engine, declines, policies,
     // strategies); the simulation sets only what makes a run reproducible.
-    let decisions = crate::wiring::policies(&config_path, &config).map_err(|e| e.to_string())?;
+    let decisions = crate::wiring::policies(&config_path, &config)?;
     let rules = decisions.rules;
-    let heuristic = HeuristicPolicy::new(&config.heuristic).map_err(|e| e.to_string())?;
+    let heuristic = HeuristicPolicy::new(&config.heuristic).map_err(|e| {
+        RunnerError::Config(ConfigError::Invalid {
+            key: "heuristic".into(),
+            message: e.to_string(),
+        })
+    })?;
     let engine = decisions
         .builder
         .config(EngineConfig {
@@ -268,7 +274,7 @@ async fn run_strategy(
         .events(outcomes.clone())
         .retry_policy("heuristic", Arc::new(heuristic))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(RunnerError::engine("building the engine"))?;
 
     let mut customers: Vec<_> = population.customers().iter().collect();
     customers.sort_by_key(|c| (c.bill_at, c.index));
@@ -276,7 +282,10 @@ async fn run_strategy(
     let mut next_customer = 0;
     loop {
         let next_bill = customers.get(next_customer).map(|c| c.bill_at);
-        let next_due = engine.next_due().await.map_err(|e| e.to_string())?;
+        let next_due = engine
+            .next_due()
+            .await
+            .map_err(RunnerError::engine("reading the next due time"))?;
         let next = match (next_bill, next_due) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) => a,
@@ -298,10 +307,13 @@ async fn run_strategy(
             engine
                 .create_json(body.to_string().as_bytes(), None)
                 .await
-                .map_err(|e| format!("creating a simulated payment: {e}"))?;
+                .map_err(RunnerError::api("creating a simulated payment"))?;
             next_customer += 1;
         }
-        engine.run_due().await.map_err(|e| e.to_string())?;
+        engine
+            .run_due()
+            .await
+            .map_err(RunnerError::engine("running due payments"))?;
     }
 
     let sent = std::mem::take(&mut *recorder.sent.lock().unwrap_or_else(|p| p.into_inner()));
@@ -372,7 +384,7 @@ pub async fn run(
     scenario: &Scenario,
     config_path: &Path,
     config: &Config,
-) -> Result<SimulationReport, String> {
+) -> Result<SimulationReport, RunnerError> {
     let started = Instant::now();
     let population = Arc::new(Population::generate(scenario));
     let mut tasks = Vec::new();
@@ -388,7 +400,7 @@ pub async fn run(
     for task in tasks {
         strategies.push(
             task.await
-                .map_err(|e| format!("simulation task failed: {e}"))??,
+                .map_err(RunnerError::setup("running a simulation task"))??,
         );
     }
     Ok(SimulationReport {

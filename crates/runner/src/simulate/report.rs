@@ -18,7 +18,7 @@ pub struct StrategyReport {
     pub recovery_rate: f64,
     /// Authorization attempts.
     pub attempts: u64,
-    /// Attempts per payment.
+    /// Authorization attempts divided by payments (1.0: no retries).
     pub attempts_per_payment: f64,
     /// Retry attempts (after the first) per recovered payment.
     pub retries_per_recovery: f64,
@@ -43,7 +43,7 @@ pub struct SimulationReport {
     pub scenario: String,
     /// Seed used.
     pub seed: u64,
-    /// Customers.
+    /// Customers in the population, one payment each.
     pub customers: u64,
     /// Simulated days.
     pub days: u32,
@@ -108,10 +108,10 @@ impl SimulationReport {
     }
 
     /// Writes an SVG chart of cumulative recovery over time.
-    pub fn chart(&self, path: &Path) -> Result<(), String> {
+    pub fn chart(&self, path: &Path) -> Result<(), RunnerError> {
         use plotters::prelude::*;
         let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(drawing)?;
         let most = self
             .strategies
             .iter()
@@ -131,13 +131,13 @@ impl SimulationReport {
             .x_label_area_size(40)
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..f64::from(self.days), 0f64..100f64)
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing)?;
         chart
             .configure_mesh()
             .x_desc("simulated day")
             .y_desc("% of first-attempt failures recovered")
             .draw()
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing)?;
         let colors = [BLACK, BLUE, GREEN, RED];
         for (s, color) in self.strategies.iter().zip(colors) {
             let points: Vec<(f64, f64)> = s
@@ -148,7 +148,7 @@ impl SimulationReport {
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
+                .map_err(drawing)?
                 .label(s.strategy.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -160,7 +160,14 @@ impl SimulationReport {
             .background_style(WHITE.mix(0.8))
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())
+            .map_err(drawing)?;
+        root.present().map_err(drawing)
+    }
+}
+
+fn drawing<E: std::fmt::Display>(e: E) -> RunnerError {
+    RunnerError::Setup {
+        action: "drawing the chart",
+        message: e.to_string(),
     }
 }

@@ -33,13 +33,17 @@ use std::time::Duration;
 
 use offsession_core::policy::terminal_reason;
 use offsession_core::{
-    AttemptObservation, Cadence, DeclineCategory, FailureReason, RetryContext, RetryDecision,
-    RetryPolicy, Timestamp,
+    AttemptObservation, DeclineCategory, FailureReason, RetryContext, RetryDecision, RetryPolicy,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{local, utc_offset_hours};
 use crate::RetryConfigError;
+use offsession_core::hash::{fnv1a as hash_str, mix64 as mix};
+
+mod features;
+
+use features::*;
 
 const DIMENSIONS: usize = 1 << 14;
 const HOUR_MS: i64 = 3_600_000;
@@ -100,6 +104,19 @@ impl Default for SmartConfig {
     }
 }
 
+/// A saved state this version cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "smart state has version {version} and {weights} weights; expected version 1 and {}",
+    DIMENSIONS
+)]
+pub struct StateRefused {
+    /// The state's version.
+    pub version: u32,
+    /// How many weights it holds.
+    pub weights: usize,
+}
+
 /// The learned state, as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SmartState {
@@ -111,153 +128,6 @@ pub struct SmartState {
     pub squared_gradients: Vec<f32>,
     /// Retries learned from.
     pub observations: u64,
-}
-
-use offsession_core::hash::{fnv1a as hash_str, mix64 as mix};
-
-fn slot(feature: u64, value: u64) -> usize {
-    (mix((feature << 48) ^ value) as usize) & (DIMENSIONS - 1)
-}
-
-// Feature families.
-const BIAS: u64 = 1;
-const CATEGORY: u64 = 2;
-const CODE: u64 = 3;
-const ADVICE: u64 = 4;
-const BRAND: u64 = 5;
-const FUNDING: u64 = 6;
-const COUNTRY: u64 = 7;
-const AMOUNT: u64 = 8;
-const CADENCE: u64 = 9;
-const ATTEMPTS: u64 = 10;
-const SINCE: u64 = 11;
-const WAIT: u64 = 12;
-const HOUR: u64 = 13;
-const WEEKDAY: u64 = 14;
-const MONTHDAY: u64 = 15;
-/// Weekday and 4-hour block together (paydays land at a time of a given day).
-const WEEKDAY_HOUR: u64 = 16;
-/// Crosses of the category with a time family: `CROSS + family`.
-const CROSS: u64 = 100;
-
-fn category_id(category: DeclineCategory) -> u64 {
-    category as u64 + 1
-}
-
-fn since_bucket(ms: i64) -> u64 {
-    match ms / DAY_MS {
-        0 => 0,
-        1 => 1,
-        2..=3 => 2,
-        4..=7 => 3,
-        8..=14 => 4,
-        _ => 5,
-    }
-}
-
-fn wait_bucket(ms: i64) -> u64 {
-    match ms / HOUR_MS {
-        0..=1 => 0,
-        2..=11 => 1,
-        12..=23 => 2,
-        24..=71 => 3,
-        72..=167 => 4,
-        _ => 5,
-    }
-}
-
-fn monthday_bucket(day: u32) -> u64 {
-    match day {
-        1..=2 => 0,
-        3..=5 => 1,
-        6..=10 => 2,
-        11..=14 => 3,
-        15..=16 => 4,
-        17..=20 => 5,
-        21..=27 => 6,
-        _ => 7,
-    }
-}
-
-fn amount_band(minor: i64) -> u64 {
-    match minor {
-        ..=999 => 0,
-        1_000..=4_999 => 1,
-        5_000..=19_999 => 2,
-        20_000..=99_999 => 3,
-        _ => 4,
-    }
-}
-
-/// What is known about a retry when it is decided, except the candidate time.
-#[derive(Debug, Clone, Copy)]
-struct Situation {
-    category: u64,
-    slots: [usize; 10],
-    decided_at: Timestamp,
-    first_failure_at: Timestamp,
-    offset_hours: i32,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn situation(
-    category: Option<DeclineCategory>,
-    code: &str,
-    advice: Option<&str>,
-    card: Option<&offsession_core::CardDetails>,
-    amount: i64,
-    cadence: Cadence,
-    attempts: u32,
-    decided_at: Timestamp,
-    first_failure_at: Timestamp,
-) -> Situation {
-    // First attempts (no decline yet) get category 0: their own bias, and shared
-    // plain time features.
-    let cat = category.map_or(0, category_id);
-    let country = card.and_then(|c| c.country.as_deref());
-    Situation {
-        category: cat,
-        slots: [
-            slot(BIAS, 0),
-            slot(CATEGORY, cat),
-            slot(CODE, hash_str(code)),
-            slot(ADVICE, advice.map_or(0, hash_str)),
-            slot(BRAND, card.map_or(0, |c| hash_str(c.brand.as_str()))),
-            slot(FUNDING, card.map_or(0, |c| hash_str(&c.funding))),
-            slot(COUNTRY, country.map_or(0, hash_str)),
-            slot(AMOUNT, amount_band(amount)),
-            slot(CADENCE, cadence as u64),
-            slot(ATTEMPTS, u64::from(attempts.min(8))),
-        ],
-        decided_at,
-        first_failure_at,
-        offset_hours: utc_offset_hours(country),
-    }
-}
-
-fn time_slots(s: &Situation, at: Timestamp) -> [usize; 12] {
-    let cal = local(at, s.offset_hours);
-    let values = [
-        (
-            SINCE,
-            since_bucket(at.as_millis() - s.first_failure_at.as_millis()),
-        ),
-        (WAIT, wait_bucket(at.as_millis() - s.decided_at.as_millis())),
-        (HOUR, u64::from(cal.hour / 4)),
-        (WEEKDAY, u64::from(cal.weekday)),
-        (MONTHDAY, monthday_bucket(cal.day)),
-        (WEEKDAY_HOUR, u64::from(cal.weekday * 6 + cal.hour / 4)),
-    ];
-    let mut out = [0; 12];
-    for (i, (family, value)) in values.into_iter().enumerate() {
-        out[i] = slot(family, value);
-        out[6 + i] = slot(CROSS + family, (s.category << 8) | value);
-    }
-    out
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
 }
 
 /// The model behind the strategy.
@@ -380,16 +250,15 @@ impl SmartPolicy {
     }
 
     /// Replaces the model with a saved state.
-    pub fn restore(&self, state: SmartState) -> Result<(), String> {
+    pub fn restore(&self, state: SmartState) -> Result<(), StateRefused> {
         if state.version != 1
             || state.weights.len() != DIMENSIONS
             || state.squared_gradients.len() != DIMENSIONS
         {
-            return Err(format!(
-                "smart state has version {} and {} weights; expected version 1 and {DIMENSIONS}",
-                state.version,
-                state.weights.len()
-            ));
+            return Err(StateRefused {
+                version: state.version,
+                weights: state.weights.len(),
+            });
         }
         *self.model.write().unwrap_or_else(|p| p.into_inner()) = Model {
             weights: state.weights,

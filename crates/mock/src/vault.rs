@@ -1,0 +1,65 @@
+//! Customers and their saved payment methods, as the mock knows them.
+
+use offsession_core::{CardBrand, PaymentMethodType};
+use serde::Deserialize;
+
+/// A payment method in the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPaymentMethod {
+    /// `pm_…`.
+    pub id: String,
+    /// The customer it is attached to.
+    pub customer: String,
+    /// `card`, `us_bank_account`, `sepa_debit`.
+    #[serde(rename = "type", default = "default_type")]
+    pub payment_method_type: PaymentMethodType,
+    /// Card brand (`visa` when absent).
+    #[serde(default)]
+    pub brand: Option<CardBrand>,
+    /// Card funding.
+    #[serde(default)]
+    pub funding: Option<String>,
+    /// Issuing country.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Wallet the card was saved from (`apple_pay`, `google_pay`), if any.
+    #[serde(default)]
+    pub wallet: Option<String>,
+    /// Whether a SetupIntent with `usage = off_session` succeeded for it.
+    #[serde(default = "default_true")]
+    pub off_session: bool,
+    /// The `on_behalf_of` it was set up with (None: on the platform).
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    /// A Stripe-style test name whose behaviour it copies; approves when absent.
+    #[serde(default)]
+    pub behaves_like: Option<String>,
+}
+
+fn default_type() -> PaymentMethodType {
+    PaymentMethodType::Card
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// Customers and their saved payment methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vault {
+    /// Known customers; when empty, any customer id is accepted.
+    #[serde(default)]
+    pub customers: Vec<String>,
+    /// Saved payment methods.
+    #[serde(default)]
+    pub payment_methods: Vec<VaultPaymentMethod>,
+}
+
+impl Vault {
+    /// Parses a vault file.
+    pub fn from_toml(text: &str) -> Result<Vault, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}

@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let start = Timestamp::parse_rfc3339("2026-03-01T08:00:00Z").ok_or("bad start time")?;
-    let clock = engine.create_test_clock(start)?;
+    let clock = engine.create_test_clock(start).await?;
 
     // A renewal whose card is short of funds twice before the customer's payday.
     let renewal = json!({

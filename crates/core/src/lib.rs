@@ -54,5 +54,8 @@ pub use processor::{
 };
 pub use request::CreateOffSessionPayment;
 pub use state::{transition, Transition, TransitionRefused};
-pub use store::{ClockScope, Expected, IdempotencyClaim, Lease, PaymentRecord, Store, StoreError};
+pub use store::{
+    ClockScope, Expected, IdempotencyClaim, Lease, NewIdempotencyKey, OutboxEvent, PaymentRecord,
+    Store, StoreError,
+};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

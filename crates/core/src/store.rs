@@ -8,6 +8,10 @@
 //!   it calls the processor (write-ahead), so a crash leaves a `processing` record
 //!   whose lease lapses and whose attempt is replayed with the same key;
 //! - `claim_due` hands each due record to one claimant at a time, under a lease.
+//! - `create` and `commit` write the change and its events (the outbox) together:
+//!   an event exists exactly when its change committed.
+//! - a create's idempotency key is written with the payment, so no key ever maps to a
+//!   payment that does not exist.
 
 use std::fmt::Debug;
 
@@ -15,6 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::attempt::{AttemptRecord, ProcessorReference};
+use crate::events::Event;
 use crate::payment::{OffSessionPayment, PaymentStatus};
 use crate::policy::CardAttempt;
 use crate::processor::PaymentMethodDetails;
@@ -161,6 +166,29 @@ pub enum IdempotencyClaim {
     },
 }
 
+/// An idempotency key to register with a new payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewIdempotencyKey<'a> {
+    /// The key as the client sent it.
+    pub key: &'a str,
+    /// Fingerprint of the request body: a repeat with another body is refused.
+    pub fingerprint: &'a str,
+    /// Now, by the engine's clock: a key registered before `now - ttl` is expired and
+    /// counts as new.
+    pub now: Timestamp,
+    /// How long a key is kept.
+    pub ttl: std::time::Duration,
+}
+
+/// An event as the outbox keeps it: its position in the stream, and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Position in the store's event stream; increases with every committed event.
+    pub sequence: u64,
+    /// The event.
+    pub event: Event,
+}
+
 /// Store failures.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -224,15 +252,55 @@ impl StoreError {
 /// Durable payment state.
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
+    /// Stores a new payment, its idempotency key (if any) and its events in one
+    /// transaction. When the key is already registered (and not expired) nothing is
+    /// written and the original mapping is returned. Fails with `Duplicate` if the id
+    /// exists.
+    async fn create(
+        &self,
+        record: &PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[Event],
+    ) -> Result<IdempotencyClaim, StoreError>;
+
     /// Stores a new payment. Fails with `Duplicate` if the id exists.
-    async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError>;
+    async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError> {
+        self.create(record, None, &[]).await.map(|_| ())
+    }
 
     /// Reads a payment.
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError>;
 
     /// Replaces a payment if its stored version and status still match `expected`;
     /// returns the new version. `record.version` is ignored and set by the store.
-    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError>;
+    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
+        self.commit(record, expected, &[]).await
+    }
+
+    /// `update`, with `events` appended to the outbox in the same transaction: both
+    /// or neither are written.
+    async fn commit(
+        &self,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[Event],
+    ) -> Result<u64, StoreError>;
+
+    /// Whether `commit` and `create` keep their events (an outbox another component
+    /// reads); when false the engine builds events only if its sink wants them.
+    fn keeps_events(&self) -> bool {
+        true
+    }
+
+    /// Committed events after position `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// A named piece of engine state (test clocks, the smart model, breakers) as the
+    /// engine saved it.
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Saves a named piece of engine state, replacing what was there.
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
     /// Claims up to `limit` records of `scope` whose `claimable_at` is at or before
     /// `now`, oldest due first, by setting `lease` on them. Each record goes to one

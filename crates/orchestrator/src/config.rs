@@ -34,6 +34,10 @@ pub struct EngineConfig {
     /// How long a manual-capture authorization is held before it expires.
     #[serde(with = "offsession_core::duration::text")]
     pub authorization_validity: Duration,
+    /// How long a create request's idempotency key is kept; a key older than this
+    /// counts as new (30 days by default, as Stripe's v2 API).
+    #[serde(with = "offsession_core::duration::text")]
+    pub idempotency_ttl: Duration,
     /// Waits before replaying an attempt after a processor fault or unknown outcome,
     /// with the same idempotency key. After the last one a fault counts as a
     /// transient decline; an unknown outcome keeps being reconciled at the last wait.
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             default_retry_policy: "stripe_recommended".into(),
             lease: Duration::from_secs(300),
             authorization_validity: Duration::from_secs(7 * 86_400),
+            idempotency_ttl: Duration::from_secs(30 * 86_400),
             replay_backoff: [60, 300, 1_800, 7_200]
                 .into_iter()
                 .map(Duration::from_secs)
@@ -97,6 +102,15 @@ impl EngineConfig {
         }
         if self.claim_batch == 0 {
             return refuse("claim_batch", "must be at least 1".into());
+        }
+        if self.idempotency_ttl < Duration::from_secs(86_400) {
+            return refuse(
+                "idempotency_ttl",
+                format!(
+                    "must be at least 1d (got {}): a client retrying a create after a longer outage would charge twice",
+                    offsession_core::duration::format(self.idempotency_ttl)
+                ),
+            );
         }
         if self.lease < Duration::from_secs(1) {
             return refuse(

@@ -56,7 +56,7 @@ impl Processor for AlwaysFaults {
     }
 }
 
-fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<AlwaysFaults>) {
+async fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<AlwaysFaults>) {
     let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
     let processor = Arc::new(AlwaysFaults {
         mock: mock.clone(),
@@ -64,7 +64,7 @@ fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<Alway
         sends: AtomicU32::new(0),
     });
     (
-        harness_with_processor(mock, processor.clone(), config),
+        harness_with_processor(mock, processor.clone(), config).await,
         processor,
     )
 }
@@ -90,8 +90,8 @@ async fn one_payment_after(h: &Harness, days: u32) -> offsession_orchestrator::P
 // were started with the same configuration.
 #[tokio::test]
 async fn two_engines_with_the_default_configuration_never_share_an_id() {
-    let a = harness();
-    let b = harness();
+    let a = harness().await;
+    let b = harness().await;
     let pa = a.create(a.body("pm_card_visa")).await;
     let pb = b.create(b.body("pm_card_visa")).await;
     assert_ne!(pa.id, pb.id);
@@ -111,7 +111,7 @@ async fn two_engines_with_the_default_configuration_never_share_an_id() {
 // run yet when the merchant calls).
 #[tokio::test]
 async fn capture_checks_the_deadline_itself() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     let before = start().plus(Duration::from_secs(3_600));
     body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
@@ -146,7 +146,8 @@ async fn refused_requests_end_after_bounded_replays() {
             "stripe 400 invalid_request_error",
         ),
         five_replays(),
-    );
+    )
+    .await;
     let done = one_payment_after(&h, 60).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     assert_eq!(
@@ -168,7 +169,8 @@ async fn unknown_outcomes_end_flagged_after_bounded_replays() {
             message: "garbage answer".into(),
         },
         five_replays(),
-    );
+    )
+    .await;
     let done = one_payment_after(&h, 60).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     assert_eq!(
@@ -203,7 +205,8 @@ async fn replays_end_at_the_deadline() {
             message: "no answer".into(),
         },
         config,
-    );
+    )
+    .await;
     let done = one_payment_after(&h, 1).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     let sends = processor.sends.load(Ordering::SeqCst);
@@ -214,7 +217,7 @@ async fn replays_end_at_the_deadline() {
 // emits attempt_failed and authorization_attempt_failed.
 #[tokio::test]
 async fn attempt_failed_only_while_retries_remain() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds");
     body["retry_details"] = json!({"retry_policy": "stripe_recommended"});
     let p = h.create(body).await;
@@ -287,7 +290,7 @@ proptest::proptest! {
             let h = harness_with(
                 MockConfig { seed, fault_rate: 0.2, unknown_rate: 0.2, ..MockConfig::default() },
                 EngineConfig { max_replays: 3, ..EngineConfig::default() },
-            );
+            ).await;
             let mut ids = Vec::new();
             for (i, m) in methods.iter().enumerate() {
                 let mut body = h.body(&format!("{}__{i}", names[*m]));
@@ -422,7 +425,7 @@ async fn an_attempt_in_flight_keeps_its_lease() {
 // requested; payment_method_options.card is stored and returned.
 #[tokio::test]
 async fn the_object_carries_compartment_orchestration_and_card_options() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     let value = serde_json::to_value(&p).unwrap();
     assert_eq!(value["compartment_id"], "wksp_test_offsession");
@@ -483,7 +486,7 @@ async fn a_decision_reads_a_bounded_card_history() {
         .events(events)
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     for i in 0..600 {
         let body = json!({
             "amount": {"value": 2000 + i, "currency": "usd"},

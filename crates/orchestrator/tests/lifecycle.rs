@@ -18,7 +18,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_new_payment_is_pending_with_the_resolved_strategy() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     assert_eq!(p.status, PaymentStatus::Pending);
     assert_eq!(p.retry_details.attempts, 0);
@@ -42,7 +42,7 @@ async fn a_new_payment_is_pending_with_the_resolved_strategy() {
 
 #[tokio::test]
 async fn an_approved_first_attempt_succeeds() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     let p = h.get(&p.id).await;
@@ -63,7 +63,7 @@ async fn an_approved_first_attempt_succeeds() {
 
 #[tokio::test]
 async fn insufficient_funds_recovers_on_the_scheduled_retry() {
-    let h = harness();
+    let h = harness().await;
     let p = h
         .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2"))
         .await;
@@ -100,7 +100,7 @@ async fn insufficient_funds_recovers_on_the_scheduled_retry() {
 
 #[tokio::test]
 async fn advancing_a_test_clock_runs_exactly_the_attempts_due_in_between() {
-    let h = harness();
+    let h = harness().await;
     let p = h
         .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds"))
         .await;
@@ -115,7 +115,7 @@ async fn advancing_a_test_clock_runs_exactly_the_attempts_due_in_between() {
 
 #[tokio::test]
 async fn soft_declines_stop_with_retries_exhausted_after_the_last_try() {
-    let h = harness();
+    let h = harness().await;
     let p = h
         .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds"))
         .await;
@@ -129,7 +129,7 @@ async fn soft_declines_stop_with_retries_exhausted_after_the_last_try() {
 
 #[tokio::test]
 async fn hard_declines_fail_at_once_as_rejected_by_partner() {
-    let h = harness();
+    let h = harness().await;
     for pm in [
         "pm_card_visa_chargeDeclinedLostCard",
         "pm_card_visa_chargeDeclinedStolenCard",
@@ -150,7 +150,7 @@ async fn hard_declines_fail_at_once_as_rejected_by_partner() {
 
 #[tokio::test]
 async fn expired_cards_and_authentication_required_fail_as_no_valid_payment_method() {
-    let h = harness();
+    let h = harness().await;
     for pm in [
         "pm_card_chargeDeclinedExpiredCard",
         "pm_card_authenticationRequired",
@@ -170,7 +170,7 @@ async fn expired_cards_and_authentication_required_fail_as_no_valid_payment_meth
 
 #[tokio::test]
 async fn retry_strategy_none_fails_after_one_attempt() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1");
     body["retry_details"] = json!({"retry_strategy": "none"});
     let p = h.create(body).await;
@@ -184,7 +184,7 @@ async fn retry_strategy_none_fails_after_one_attempt() {
 
 #[tokio::test]
 async fn a_retry_past_retry_until_fails_with_exceeded_retry_window() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds");
     body["retry_details"] = json!({"retry_until": start().plus(2 * DAY).to_string()});
     let p = h.create(body).await;
@@ -227,7 +227,7 @@ async fn a_named_retry_policy_sets_the_schedule() {
         .events(events)
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     let body = json!({
         "amount": {"value": 2000, "currency": "usd"}, "cadence": "recurring",
         "customer": "cus_1", "payment_method": "pm_card_visa_chargeDeclined",
@@ -255,7 +255,7 @@ async fn a_named_retry_policy_sets_the_schedule() {
 
 #[tokio::test]
 async fn manual_capture_holds_funds_until_captured() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["capture"] = json!({"capture_method": "manual"});
     let p = h.create(body).await;
@@ -283,7 +283,7 @@ async fn manual_capture_holds_funds_until_captured() {
 
 #[tokio::test]
 async fn an_uncaptured_authorization_expires_as_authorization_expired() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["capture"] = json!({"capture_method": "manual"});
     let p = h.create(body).await;
@@ -299,7 +299,7 @@ async fn an_uncaptured_authorization_expires_as_authorization_expired() {
 
 #[tokio::test]
 async fn capture_before_shortens_the_authorization() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["capture"] =
         json!({"capture_method": "manual", "capture_before": start().plus(DAY).to_string()});
@@ -313,7 +313,7 @@ async fn capture_before_shortens_the_authorization() {
 
 #[tokio::test]
 async fn a_pending_payment_can_be_canceled_and_is_never_attempted() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     let canceled = h.engine.cancel(&p.id).await.unwrap();
     assert_eq!(canceled.status, PaymentStatus::Canceled);
@@ -330,7 +330,7 @@ async fn a_pending_payment_can_be_canceled_and_is_never_attempted() {
 
 #[tokio::test]
 async fn a_held_authorization_can_be_canceled() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["capture"] = json!({"capture_method": "manual"});
     let p = h.create(body).await;
@@ -342,7 +342,7 @@ async fn a_held_authorization_can_be_canceled() {
 
 #[tokio::test]
 async fn terminal_payments_refuse_cancel_pause_resume_and_capture() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     for result in [
@@ -360,7 +360,7 @@ async fn terminal_payments_refuse_cancel_pause_resume_and_capture() {
 
 #[tokio::test]
 async fn processing_payments_refuse_manual_operations() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     let record = h.store.get(&p.id).await.unwrap().unwrap();
     let mut processing = record.clone();
@@ -382,7 +382,7 @@ async fn processing_payments_refuse_manual_operations() {
 
 #[tokio::test]
 async fn paused_payments_are_not_retried_until_resumed() {
-    let h = harness();
+    let h = harness().await;
     let p = h
         .create(h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1"))
         .await;
@@ -411,7 +411,7 @@ async fn paused_payments_are_not_retried_until_resumed() {
 
 #[tokio::test]
 async fn a_payment_paused_before_its_first_attempt_resumes_as_pending() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.engine.pause(&p.id).await.unwrap();
     assert_eq!(
@@ -422,7 +422,7 @@ async fn a_payment_paused_before_its_first_attempt_resumes_as_pending() {
 
 #[tokio::test]
 async fn target_date_defers_the_first_attempt() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["target_date"] = json!("2026-01-08");
     let p = h.create(body).await;
@@ -434,7 +434,7 @@ async fn target_date_defers_the_first_attempt() {
 
 #[tokio::test]
 async fn test_clock_payments_do_not_move_on_the_engine_clock() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.engine.run_due().await.unwrap();
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::Pending);
@@ -443,7 +443,7 @@ async fn test_clock_payments_do_not_move_on_the_engine_clock() {
 
 #[tokio::test]
 async fn a_test_clock_cannot_go_backwards() {
-    let h = harness();
+    let h = harness().await;
     h.advance(DAY).await;
     let err = h
         .engine
@@ -455,7 +455,7 @@ async fn a_test_clock_cannot_go_backwards() {
 
 #[tokio::test]
 async fn an_unknown_test_clock_is_refused() {
-    let h = harness();
+    let h = harness().await;
     let mut body = h.body("pm_card_visa");
     body["test_clock"] = json!("clock_nope");
     let err = h.create_err(body).await;
@@ -464,7 +464,7 @@ async fn an_unknown_test_clock_is_refused() {
 
 #[tokio::test]
 async fn list_returns_newest_first() {
-    let h = harness();
+    let h = harness().await;
     let a = h.create(h.body("pm_card_visa")).await;
     let b = h.create(h.body("pm_card_visa")).await;
     let listed: Vec<_> = h
@@ -482,7 +482,7 @@ async fn list_returns_newest_first() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_and_body_return_the_original_payment() {
-    let h = harness();
+    let h = harness().await;
     let body = h.body("pm_card_visa").to_string();
     let first = h
         .engine
@@ -508,7 +508,7 @@ async fn the_same_idempotency_key_and_body_return_the_original_payment() {
 
 #[tokio::test]
 async fn attempts_only_grow_and_each_has_its_own_key() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa_chargeDeclined")).await;
     let mut last = 0;
     for _ in 0..20 {
@@ -529,7 +529,7 @@ async fn attempts_only_grow_and_each_has_its_own_key() {
 
 #[tokio::test]
 async fn the_memory_store_is_shared_by_clones_of_the_engine() {
-    let h = harness();
+    let h = harness().await;
     let clone = h.engine.clone();
     let p = h.create(h.body("pm_card_visa")).await;
     assert_eq!(clone.retrieve(&p.id).await.unwrap().id, p.id);

@@ -59,7 +59,7 @@ fn mock(id: &str, vault: &str, fault_rate: f64, types: &[&str]) -> Arc<MockProce
     ))
 }
 
-fn setup(
+async fn setup(
     a: Arc<MockProcessor>,
     b: Arc<MockProcessor>,
     routing: RoutingConfig,
@@ -74,7 +74,7 @@ fn setup(
         .events(Arc::new(CollectEvents::new()))
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     Setup {
         engine,
         clock,
@@ -83,13 +83,14 @@ fn setup(
     }
 }
 
-fn both(a_vault: &str, a_faults: f64) -> Setup {
+async fn both(a_vault: &str, a_faults: f64) -> Setup {
     setup(
         mock("a", a_vault, a_faults, &["card"]),
         mock("b", VAULT_APPROVES, 0.0, &["card", "sepa_debit"]),
         RoutingConfig::default(),
         BreakerConfig::default(),
     )
+    .await
 }
 
 impl Setup {
@@ -115,6 +116,7 @@ impl Setup {
         let now = self
             .engine
             .retrieve_test_clock(&self.clock)
+            .await
             .unwrap()
             .frozen_time;
         self.engine
@@ -159,7 +161,8 @@ async fn rules_route_by_payment_facts_and_the_default_takes_the_rest() {
         mock("b", VAULT_APPROVES, 0.0, &["card"]),
         routing,
         BreakerConfig::default(),
-    );
+    )
+    .await;
     let mut eur = s.body("pm_card_visa", false);
     eur["amount"] = json!({"value": 2000, "currency": "eur"});
     let eur = s.create(eur).await.unwrap();
@@ -183,7 +186,8 @@ async fn a_weighted_split_keeps_every_attempt_of_a_payment_on_one_processor() {
         mock("b", VAULT_APPROVES, 0.0, &["card"]),
         routing,
         BreakerConfig::default(),
-    );
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..40 {
         ids.push(
@@ -208,7 +212,7 @@ async fn a_weighted_split_keeps_every_attempt_of_a_payment_on_one_processor() {
 
 #[tokio::test]
 async fn without_orchestration_a_fault_is_replayed_on_the_primary() {
-    let s = both(VAULT_APPROVES, 1.0);
+    let s = both(VAULT_APPROVES, 1.0).await;
     let id = s.create(s.body("pm_x", false)).await.unwrap();
     s.advance(Duration::ZERO).await;
     assert_eq!(s.processors_tried(&id).await, ["a"]);
@@ -217,7 +221,7 @@ async fn without_orchestration_a_fault_is_replayed_on_the_primary() {
 
 #[tokio::test]
 async fn with_orchestration_a_processor_fault_cascades_at_once() {
-    let s = both(VAULT_APPROVES, 1.0);
+    let s = both(VAULT_APPROVES, 1.0).await;
     let id = s.create(s.body("pm_x", true)).await.unwrap();
     s.advance(Duration::ZERO).await;
     let record = s.engine.record(&id).await.unwrap();
@@ -243,7 +247,7 @@ async fn with_orchestration_a_processor_fault_cascades_at_once() {
 
 #[tokio::test]
 async fn a_soft_decline_cascades_and_a_hard_decline_does_not() {
-    let s = both(VAULT_DECLINES, 0.0);
+    let s = both(VAULT_DECLINES, 0.0).await;
     let soft = s.create(s.body("pm_x", true)).await.unwrap();
     let hard = s.create(s.body("pm_lost", true)).await.unwrap();
     s.advance(Duration::ZERO).await;
@@ -260,7 +264,7 @@ async fn a_soft_decline_cascades_and_a_hard_decline_does_not() {
 
 #[tokio::test]
 async fn the_restrictions_of_orchestration_are_enforced() {
-    let s = both(VAULT_APPROVES, 0.0);
+    let s = both(VAULT_APPROVES, 0.0).await;
     let mut connect = s.body("pm_card_visa", true);
     connect["on_behalf_of"] = json!("acct_1");
     assert_eq!(
@@ -284,7 +288,8 @@ type = "sepa_debit"
         mock("b", vault, 0.0, &["card", "sepa_debit"]),
         RoutingConfig::default(),
         BreakerConfig::default(),
-    );
+    )
+    .await;
     let mut sepa = s.body("pm_sepa", true);
     sepa["retry_details"] = json!({"retry_strategy": "none"});
     assert_eq!(
@@ -313,7 +318,8 @@ type = "sepa_debit"
         mock("b", vault, 0.0, &["card", "sepa_debit"]),
         routing,
         BreakerConfig::default(),
-    );
+    )
+    .await;
     let mut sepa = s.body("pm_sepa", false);
     sepa["retry_details"] = json!({"retry_strategy": "none"});
     let err = s.create(sepa).await.unwrap_err();
@@ -354,7 +360,8 @@ async fn a_failing_processor_leaves_routing_and_comes_back_after_a_probe() {
         mock("b", VAULT_APPROVES, 0.0, &["card"]),
         RoutingConfig::default(),
         breaker,
-    );
+    )
+    .await;
     for i in 0..5 {
         s.create(s.body(&format!("pm_card_visa__{i}"), true))
             .await
@@ -400,7 +407,7 @@ async fn a_429_slows_the_engine_down() {
         .store(Arc::new(MemoryStore::new()))
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     for i in 0..40 {
         let body = json!({
             "amount": {"value": 2000, "currency": "usd"}, "cadence": "recurring",

@@ -37,13 +37,13 @@ customer = "cus_123"
 type = "sepa_debit"
 "#;
 
-fn h() -> Harness {
-    harness_with(vault(VAULT), EngineConfig::default())
+async fn h() -> Harness {
+    harness_with(vault(VAULT), EngineConfig::default()).await
 }
 
 #[tokio::test]
 async fn a_method_attached_to_another_customer_is_not_attached() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_attached");
     body["customer"] = json!("cus_other");
     assert_eq!(
@@ -54,7 +54,7 @@ async fn a_method_attached_to_another_customer_is_not_attached() {
 
 #[tokio::test]
 async fn an_unknown_customer_or_method_is_named() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_attached");
     body["customer"] = json!("cus_ghost");
     assert_eq!(h.create_err(body).await.param.as_deref(), Some("customer"));
@@ -65,7 +65,7 @@ async fn an_unknown_customer_or_method_is_named() {
 
 #[tokio::test]
 async fn a_method_never_set_up_for_off_session_is_refused() {
-    let h = h();
+    let h = h().await;
     assert_eq!(
         h.create_err(h.body("pm_never_set_up")).await.code,
         ErrorCode::OspPmNotSetupForOffSession
@@ -74,7 +74,7 @@ async fn a_method_never_set_up_for_off_session_is_refused() {
 
 #[tokio::test]
 async fn a_method_set_up_on_a_connected_account_needs_that_on_behalf_of() {
-    let h = h();
+    let h = h().await;
     assert_eq!(
         h.create_err(h.body("pm_connected")).await.code,
         ErrorCode::OspPmSetUpOnlyOnConnectedAccount
@@ -92,7 +92,7 @@ async fn a_method_set_up_on_a_connected_account_needs_that_on_behalf_of() {
 
 #[tokio::test]
 async fn a_method_set_up_on_the_platform_refuses_on_behalf_of() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_attached");
     body["on_behalf_of"] = json!("acct_connected");
     assert_eq!(
@@ -107,7 +107,7 @@ async fn a_method_type_the_processor_does_not_take_is_invalid() {
         payment_method_types: vec!["card".into()],
         ..vault(VAULT)
     };
-    let h = harness_with(config, EngineConfig::default());
+    let h = harness_with(config, EngineConfig::default()).await;
     let mut body = h.body("pm_sepa");
     body["retry_details"] = json!({"retry_strategy": "none"});
     assert_eq!(
@@ -118,7 +118,7 @@ async fn a_method_type_the_processor_does_not_take_is_invalid() {
 
 #[tokio::test]
 async fn debit_retries_follow_the_retry_matrix() {
-    let h = h();
+    let h = h().await;
     let with_retry = |pm: &str, retry: serde_json::Value| {
         let mut body = h.body(pm);
         body["retry_details"] = retry;
@@ -165,7 +165,7 @@ async fn debit_retries_follow_the_retry_matrix() {
 
 #[tokio::test]
 async fn heuristic_retries_are_refused_for_cards() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_attached");
     body["retry_details"] = json!({"retry_strategy": "heuristic"});
     assert_eq!(
@@ -176,7 +176,7 @@ async fn heuristic_retries_are_refused_for_cards() {
 
 #[tokio::test]
 async fn orchestration_is_refused_for_debits() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_ach");
     body["payments_orchestration"] = json!({"enabled": true});
     body["retry_details"] = json!({"retry_strategy": "none"});
@@ -188,7 +188,7 @@ async fn orchestration_is_refused_for_debits() {
 
 #[tokio::test]
 async fn options_for_another_method_type_are_refused() {
-    let h = h();
+    let h = h().await;
     let mut body = h.body("pm_attached");
     body["payment_method_options"] = json!({"us_bank_account": {}});
     assert_eq!(
@@ -199,7 +199,7 @@ async fn options_for_another_method_type_are_refused() {
 
 #[tokio::test]
 async fn a_refused_create_stores_nothing() {
-    let h = h();
+    let h = h().await;
     h.create_err(h.body("pm_never_set_up")).await;
     assert!(h.engine.list(10, None).await.unwrap().is_empty());
 }

@@ -70,7 +70,7 @@ async fn a_lost_answer_is_reconciled_with_the_same_key_and_charges_once() {
         mock: mock.clone(),
         lose: AtomicU32::new(2),
     });
-    let h = harness_with_processor(mock.clone(), lossy, EngineConfig::default());
+    let h = harness_with_processor(mock.clone(), lossy, EngineConfig::default()).await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     let waiting = h.engine.record(&p.id).await.unwrap();
@@ -163,7 +163,7 @@ async fn the_attempt_is_stored_before_the_processor_is_called() {
         .store(store)
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     let body = json!({
         "amount": {"value": 2000, "currency": "usd"}, "cadence": "recurring",
         "customer": "cus_1", "payment_method": "pm_card_visa_chargeDeclined_recoversAfter2",
@@ -186,7 +186,7 @@ async fn the_attempt_is_stored_before_the_processor_is_called() {
 
 #[tokio::test]
 async fn a_crash_mid_attempt_is_replayed_with_the_same_key_after_the_lease() {
-    let h = harness();
+    let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;
     // Simulate an instance that wrote the attempt and died before the answer: the
     // record is `processing` with a lease that lapses in 5 minutes.
@@ -249,7 +249,7 @@ async fn processor_faults_replay_without_spending_retry_budget() {
         fault_rate: 1.0,
         ..MockConfig::default()
     };
-    let h = harness_with(config, EngineConfig::default());
+    let h = harness_with(config, EngineConfig::default()).await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     let r = h.engine.record(&p.id).await.unwrap();
@@ -309,7 +309,7 @@ async fn aggressive_retries_over_a_flaky_processor_never_charge_twice() {
         .events(events)
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     let methods = [
         "pm_card_visa",
         "pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter3",

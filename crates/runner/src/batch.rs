@@ -115,8 +115,23 @@ pub async fn run(
         let bound = crate::exporter::serve(addr, handle).await?;
         eprintln!("serving Prometheus metrics on http://{bound}/metrics");
     }
-    let wired = wiring::build(config_path, config, clock.clone(), tally.clone())?;
+    let wired = wiring::build(config_path, config, clock.clone(), tally.clone()).await?;
     let engine = wired.engine.clone();
+    let stored: u64 = engine
+        .count_by_status()
+        .await
+        .map_err(RunnerError::api("counting stored payments"))?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    if stored > 0 {
+        return Err(RunnerError::Config(ConfigError::Invalid {
+            key: "store.url".into(),
+            message: format!(
+                "the store already holds {stored} payments; `run` is a demo that starts from an empty store: point `store.url` at a new file or schema"
+            ),
+        }));
+    }
 
     let input_path = match input {
         Some(path) => path.to_owned(),
@@ -194,7 +209,7 @@ pub async fn run(
         }
     }
     progress.finish_and_clear();
-    wired.save_smart_state(config_path, config)?;
+    wired.save_smart_state(config_path, config).await?;
 
     let mut statuses = BTreeMap::new();
     let by_status = engine

@@ -123,13 +123,95 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for ProcessorSection<
     }
 }
 
-/// `[store]`, chosen by `type`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// In memory (lost on exit).
-    #[default]
+/// `[store]`: where payments live, chosen by `url` (overridable as
+/// `OFFSESSION_STORE__URL`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory:` (lost on exit), `sqlite://PATH` (one file; relative to the config
+    /// file's folder) or `postgres://user@host:port/database`.
+    pub url: String,
+    /// Postgres: the schema the tables live in.
+    pub schema: String,
+    /// Postgres: connections per instance.
+    pub max_connections: usize,
+    /// SQLite: `normal` (a process crash loses nothing; a power loss may lose the
+    /// last commits) or `full` (fsync at every commit).
+    pub synchronous: SynchronousMode,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            url: "sqlite://offsession.db".into(),
+            schema: "offsession".into(),
+            max_connections: 16,
+            synchronous: SynchronousMode::Normal,
+        }
+    }
+}
+
+/// `store.synchronous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynchronousMode {
+    /// WAL, `synchronous = NORMAL`.
+    Normal,
+    /// `synchronous = FULL`.
+    Full,
+}
+
+/// What `store.url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory:`.
     Memory,
+    /// `sqlite://PATH`.
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`, as given.
+    Postgres(String),
+}
+
+impl StoreConfig {
+    /// The parsed `url`; the error names the key and the accepted forms.
+    pub fn parsed_url(&self) -> Result<StoreUrl, ConfigError> {
+        let url = self.url.trim();
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "store.url".into(),
+            message,
+        };
+        if url == "memory:" || url == "memory://" {
+            Ok(StoreUrl::Memory)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid(
+                    "`sqlite://` needs a file path, e.g. `sqlite://offsession.db`".into(),
+                ));
+            }
+            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(url.to_owned()))
+        } else {
+            Err(invalid(format!(
+                "`{}` is not `memory:`, `sqlite://PATH` or `postgres://…`",
+                redact(url)
+            )))
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// `[run]`: the batch job.
@@ -229,6 +311,13 @@ impl Config {
             .map_err(|refused| invalid(&format!("engine.{}", refused.key), refused.message))?;
         if self.run.horizon.is_zero() {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
+        }
+        self.store.parsed_url()?;
+        if self.store.max_connections == 0 {
+            return Err(invalid(
+                "store.max_connections",
+                "must be at least 1".into(),
+            ));
         }
         if offsession_core::Timestamp::parse_rfc3339(&self.run.start).is_none() {
             return Err(invalid(

@@ -102,6 +102,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open the configured store and bring its schema to this binary's version
+    /// (every command that opens a store does this too); refuses a newer schema.
+    Migrate {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
     /// Load and check a configuration file, build the engine, and report.
     CheckConfig {
         /// Configuration file.
@@ -182,6 +189,16 @@ fn print_report<T: serde::Serialize>(
 
 async fn execute(command: Command) -> Result<(), RunnerError> {
     match command {
+        Command::Migrate { config: path } => {
+            let config = config::load(&path)?;
+            wiring::open_store(&path, &config).await?;
+            println!(
+                "{}: schema version {}",
+                config::redact(&config.store.url),
+                offsession_store::SCHEMA_VERSION
+            );
+            Ok(())
+        }
         Command::CheckConfig { config: path } => {
             let config = config::load(&path)?;
             let wired = wiring::build(
@@ -189,9 +206,16 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
                 &config,
                 Arc::new(SystemClock),
                 Arc::new(DiscardEvents),
-            )?;
+            )
+            .await?;
+            drop(wired);
+            let processors: Vec<_> = config.all_processors().map(|p| p.id()).collect();
+            let policies: Vec<_> = config.retry_policies.keys().map(String::as_str).collect();
             println!("{}: ok", path.display());
-            println!("  {:?}", wired.engine);
+            println!("  instance    {}", config.engine.instance_id);
+            println!("  processors  {}", processors.join(", "));
+            println!("  policies    {}", policies.join(", "));
+            println!("  store       {}", config::redact(&config.store.url));
             Ok(())
         }
         Command::Bench {

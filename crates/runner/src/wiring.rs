@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use offsession_core::RetryStrategy;
+use offsession_core::Store;
 use offsession_core::{Clock, EventSink};
 use offsession_mock::{MockProcessor, Vault};
 use offsession_orchestrator::{Engine, EngineBuilder};
 use offsession_retry::{DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPolicy, SmartState};
-use offsession_store::MemoryStore;
+use offsession_store::{MemoryStore, PostgresStore, SqliteStore, Synchronous};
 
-use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig};
+use crate::config::{Config, ConfigError, ProcessorConfig, StoreUrl, SynchronousMode};
 use crate::error::RunnerError;
 
 /// A relative path in the config file is relative to the file's folder.
@@ -44,17 +45,32 @@ pub struct Wired {
     pub mocks: Vec<Arc<MockProcessor>>,
     /// The smart strategy (to save its learned state).
     pub smart: Arc<SmartPolicy>,
+    /// The store the engine writes to.
+    pub store: Arc<dyn Store>,
 }
 
 impl Wired {
-    /// Saves the smart strategy's state to `smart.state_path`, if configured.
-    pub fn save_smart_state(&self, config_path: &Path, config: &Config) -> Result<(), RunnerError> {
-        match &config.smart.state_path {
-            Some(path) => save_smart_state(&self.smart, &resolve(config_path, path)),
-            None => Ok(()),
+    /// Saves the smart strategy's state: to `smart.state_path` when configured, and
+    /// to the store (key `smart`), where the next run on that store finds it.
+    pub async fn save_smart_state(
+        &self,
+        config_path: &Path,
+        config: &Config,
+    ) -> Result<(), RunnerError> {
+        if let Some(path) = &config.smart.state_path {
+            save_smart_state(&self.smart, &resolve(config_path, path))?;
         }
+        let text = serde_json::to_string(&self.smart.state())
+            .map_err(RunnerError::setup("encoding the smart state"))?;
+        self.store
+            .save_state(SMART_STATE_KEY, &text)
+            .await
+            .map_err(RunnerError::setup("saving the smart state to the store"))
     }
 }
+
+/// The store key of the smart strategy's learned state.
+pub const SMART_STATE_KEY: &str = "smart";
 
 /// Writes the smart strategy's learned state to `path` (JSON), atomically.
 pub fn save_smart_state(smart: &SmartPolicy, path: &Path) -> Result<(), RunnerError> {
@@ -152,9 +168,32 @@ fn load_configured_state(
     Ok(())
 }
 
+/// Opens the store `[store] url` names, applying its migrations.
+pub async fn open_store(
+    config_path: &Path,
+    config: &Config,
+) -> Result<Arc<dyn Store>, ConfigError> {
+    let refused = |e: offsession_core::StoreError| invalid("store.url", e.to_string());
+    Ok(match config.store.parsed_url()? {
+        StoreUrl::Memory => Arc::new(MemoryStore::new()),
+        StoreUrl::Sqlite(path) => {
+            let synchronous = match config.store.synchronous {
+                SynchronousMode::Normal => Synchronous::Normal,
+                SynchronousMode::Full => Synchronous::Full,
+            };
+            Arc::new(SqliteStore::open(&resolve(config_path, &path), synchronous).map_err(refused)?)
+        }
+        StoreUrl::Postgres(url) => Arc::new(
+            PostgresStore::connect(&url, &config.store.schema, config.store.max_connections)
+                .await
+                .map_err(refused)?,
+        ),
+    })
+}
+
 /// Builds the engine of `run` and `check-config` with `clock` and `events`: the
 /// decisions of [`policies`], the configured processors, routing and store.
-pub fn build(
+pub async fn build(
     config_path: &Path,
     config: &Config,
     clock: Arc<dyn Clock>,
@@ -197,9 +236,22 @@ pub fn build(
     }
     builder = builder.routing(config.routing.clone());
 
-    match config.store {
-        StoreConfig::Memory => builder = builder.store(Arc::new(MemoryStore::new())),
+    let store = open_store(config_path, config).await?;
+    if config.smart.state_path.is_none() {
+        // A state file, when configured, was loaded above; otherwise the store's.
+        let saved = store
+            .load_state(SMART_STATE_KEY)
+            .await
+            .map_err(|e| invalid("store.url", e.to_string()))?;
+        if let Some(text) = saved {
+            let state: SmartState = serde_json::from_str(&text)
+                .map_err(|e| invalid("store.url", format!("the stored smart state: {e}")))?;
+            smart
+                .restore(state)
+                .map_err(|e| invalid("store.url", format!("the stored smart state: {e}")))?;
+        }
     }
+    builder = builder.store(store.clone());
 
     let engine = builder
         .build()
@@ -208,5 +260,6 @@ pub fn build(
         engine,
         mocks,
         smart,
+        store,
     })
 }

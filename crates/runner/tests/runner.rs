@@ -210,8 +210,8 @@ async fn bad_lines_are_reported_and_the_batch_goes_on() {
     assert_eq!(summary.unsettled(), 0);
 }
 
-#[test]
-fn a_state_path_in_a_missing_folder_is_refused_before_the_run() {
+#[tokio::test]
+async fn a_state_path_in_a_missing_folder_is_refused_before_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
         &dir,
@@ -225,6 +225,7 @@ fn a_state_path_in_a_missing_folder_is_refused_before_the_run() {
         std::sync::Arc::new(offsession_core::SystemClock),
         std::sync::Arc::new(offsession_core::DiscardEvents),
     )
+    .await
     .unwrap_err()
     .to_string();
     assert!(
@@ -272,8 +273,8 @@ async fn the_demo_batch_settles_every_payment() {
     assert!(summary.recovered_by_retry > 0);
 }
 
-#[test]
-fn the_runner_selects_the_stripe_processor_from_config() {
+#[tokio::test]
+async fn the_runner_selects_the_stripe_processor_from_config() {
     let example = repo_path("config/stripe.example.toml");
     let config = config::load(&example).unwrap();
     assert!(matches!(
@@ -294,6 +295,7 @@ fn the_runner_selects_the_stripe_processor_from_config() {
         std::sync::Arc::new(offsession_core::SystemClock),
         std::sync::Arc::new(offsession_core::DiscardEvents),
     )
+    .await
     .unwrap_err()
     .to_string();
     assert!(
@@ -318,6 +320,7 @@ fn the_runner_selects_the_stripe_processor_from_config() {
         std::sync::Arc::new(offsession_core::SystemClock),
         std::sync::Arc::new(offsession_core::DiscardEvents),
     )
+    .await
     .unwrap();
     assert!(format!("{:?}", wired.engine).contains("stripe"));
 }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use offsession_core::{
-    CardAttempt, ClockScope, Expected, IdempotencyClaim, Lease, PaymentRecord, PaymentStatus,
-    Store, StoreError, Timestamp,
+    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
+    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 
 type DueKey = (ClockScope, Timestamp, String);
@@ -22,7 +22,10 @@ struct Inner {
     /// Every attempt per payment method, by time: the network guard's question is a
     /// range read here, not a scan of the card's payments.
     by_method: HashMap<String, BTreeMap<CardKey, CardAttempt>>,
-    idempotency: HashMap<String, (String, String)>,
+    /// Key → (fingerprint, payment id, registered at; `None`: never expires).
+    idempotency: HashMap<String, (String, String, Option<Timestamp>)>,
+    outbox: Vec<Event>,
+    state: HashMap<String, String>,
 }
 
 fn due_key(record: &PaymentRecord) -> Option<DueKey> {
@@ -96,12 +99,22 @@ impl Inner {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    keep_events: bool,
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that keeps no events: nothing reads an outbox in memory, and
+    /// keeping every event would grow without bound.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store that keeps every committed event, as the durable stores do.
+    pub fn with_outbox() -> MemoryStore {
+        MemoryStore {
+            keep_events: true,
+            ..MemoryStore::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -113,11 +126,33 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError> {
+    async fn create(
+        &self,
+        record: &PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[Event],
+    ) -> Result<IdempotencyClaim, StoreError> {
         let mut inner = self.lock();
         let id = record.payment.id.clone();
+        if let Some(key) = &key {
+            if let Some((fingerprint, payment_id, at)) = inner.idempotency.get(key.key) {
+                let expired = at.is_some_and(|at| at.plus(key.ttl) <= key.now);
+                if !expired {
+                    return Ok(IdempotencyClaim::Existing {
+                        fingerprint: fingerprint.clone(),
+                        payment_id: payment_id.clone(),
+                    });
+                }
+            }
+        }
         if inner.records.contains_key(&id) {
             return Err(StoreError::Duplicate(id));
+        }
+        if let Some(key) = key {
+            inner.idempotency.insert(
+                key.key.to_owned(),
+                (key.fingerprint.to_owned(), id.clone(), Some(key.now)),
+            );
         }
         let mut stored = record.clone();
         stored.version = 1;
@@ -125,14 +160,22 @@ impl Store for MemoryStore {
         reindex_card(&mut inner.by_method, None, &stored);
         inner.creation_order.push(id.clone());
         inner.records.insert(id, stored);
-        Ok(())
+        if self.keep_events {
+            inner.outbox.extend_from_slice(events);
+        }
+        Ok(IdempotencyClaim::Inserted)
     }
 
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(self.lock().records.get(id).cloned())
     }
 
-    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
+    async fn commit(
+        &self,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[Event],
+    ) -> Result<u64, StoreError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let id = record.payment.id.as_str();
@@ -154,7 +197,38 @@ impl Store for MemoryStore {
         reindex_card(&mut inner.by_method, Some(current), &stored);
         inner.reindex(old_key, due_key(&stored));
         inner.records.insert(id.to_owned(), stored);
+        if self.keep_events {
+            inner.outbox.extend_from_slice(events);
+        }
         Ok(version)
+    }
+
+    fn keeps_events(&self) -> bool {
+        self.keep_events
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .outbox
+            .iter()
+            .enumerate()
+            .skip(after as usize)
+            .take(limit)
+            .map(|(index, event)| OutboxEvent {
+                sequence: index as u64 + 1,
+                event: event.clone(),
+            })
+            .collect())
+    }
+
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().state.get(key).cloned())
+    }
+
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.lock().state.insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 
     async fn claim_due(
@@ -260,7 +334,7 @@ impl Store for MemoryStore {
         payment_id: &str,
     ) -> Result<IdempotencyClaim, StoreError> {
         let mut inner = self.lock();
-        if let Some((fingerprint, payment_id)) = inner.idempotency.get(key) {
+        if let Some((fingerprint, payment_id, _)) = inner.idempotency.get(key) {
             return Ok(IdempotencyClaim::Existing {
                 fingerprint: fingerprint.clone(),
                 payment_id: payment_id.clone(),
@@ -268,7 +342,7 @@ impl Store for MemoryStore {
         }
         inner.idempotency.insert(
             key.to_owned(),
-            (fingerprint.to_owned(), payment_id.to_owned()),
+            (fingerprint.to_owned(), payment_id.to_owned(), None),
         );
         Ok(IdempotencyClaim::Inserted)
     }

@@ -25,7 +25,7 @@ async fn engine(fake: &Fake, config: offsession_stripe::StripeConfig) -> (Engine
         .store(Arc::new(MemoryStore::new()))
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     let _ = fake;
     (engine, clock)
 }

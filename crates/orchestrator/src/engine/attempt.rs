@@ -46,8 +46,7 @@ impl Engine {
                 } else {
                     next.due_at = Some(allowed);
                 }
-                self.inner.store.update(&next, expected).await?;
-                self.emit_change(from, &next.payment, now);
+                self.commit_change(&next, expected, from, now).await?;
                 return Ok(Duration::ZERO);
             }
         }
@@ -114,8 +113,7 @@ impl Engine {
         // Write-ahead: the attempt and its key are durable before the processor is
         // called. The claim's lease stays, so a crash makes the record claimable
         // again (for a replay) when the lease lapses.
-        record.version = self.inner.store.update(&record, expected).await?;
-        self.emit_change(from, &record.payment, now);
+        record.version = self.commit_change(&record, expected, from, now).await?;
 
         let Some(attempt) = record.attempts.last().cloned() else {
             return Ok(Duration::ZERO);

@@ -6,34 +6,73 @@ use super::*;
 
 impl Engine {
     /// Emits the events of a status change (see [`EventType::for_change`]).
-    pub(super) fn emit_change(
+    /// Writes `next` (computed from a read matching `expected`) and the events of its
+    /// status change from `from` in one store transaction, then hands the events to
+    /// the sink: an event is seen only for a change that committed.
+    pub(super) async fn commit_change(
         &self,
+        next: &PaymentRecord,
+        expected: Expected,
         from: PaymentStatus,
-        payment: &OffSessionPayment,
         at: Timestamp,
-    ) {
-        for event in EventType::for_change(from, payment.status) {
-            self.emit(*event, payment, at);
-        }
+    ) -> Result<u64, StoreError> {
+        let types = EventType::for_change(from, next.payment.status);
+        self.commit_events(next, expected, types, at).await
     }
 
-    pub(super) fn emit(&self, event_type: EventType, payment: &OffSessionPayment, at: Timestamp) {
-        if !self.inner.events.wants_events() {
-            return;
+    /// Writes `next` with events of `types` in one store transaction, then hands the
+    /// events to the sink.
+    pub(super) async fn commit_events(
+        &self,
+        next: &PaymentRecord,
+        expected: Expected,
+        types: &[EventType],
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let events = self.build_events(types, &next.payment, at);
+        let version = self.inner.store.commit(next, expected, &events).await?;
+        self.publish(events);
+        Ok(version)
+    }
+
+    /// The events of `types` for `payment`; none when neither the store keeps them
+    /// nor the sink wants them (each holds a snapshot of the payment).
+    pub(super) fn build_events(
+        &self,
+        types: &[EventType],
+        payment: &OffSessionPayment,
+        at: Timestamp,
+    ) -> Vec<Event> {
+        if types.is_empty()
+            || !(self.inner.store.keeps_events() || self.inner.events.wants_events())
+        {
+            return Vec::new();
         }
-        self.inner.events.emit(Event {
-            id: self.inner.ids.next_id("evt"),
-            object: "v2.core.event".into(),
-            event_type,
-            created: at,
-            livemode: payment.livemode,
-            related_object: offsession_core::events::RelatedObject {
-                id: payment.id.clone(),
-                object_type: offsession_core::payment::OBJECT_NAME.into(),
-                url: format!("/v2/payments/off_session_payments/{}", payment.id),
-            },
-            data: payment.clone(),
-        });
+        types
+            .iter()
+            .map(|event_type| Event {
+                id: self.inner.ids.next_id("evt"),
+                object: "v2.core.event".into(),
+                event_type: *event_type,
+                created: at,
+                livemode: payment.livemode,
+                related_object: offsession_core::events::RelatedObject {
+                    id: payment.id.clone(),
+                    object_type: offsession_core::payment::OBJECT_NAME.into(),
+                    url: format!("/v2/payments/off_session_payments/{}", payment.id),
+                },
+                data: payment.clone(),
+            })
+            .collect()
+    }
+
+    /// Hands committed events to the in-process sink.
+    pub(super) fn publish(&self, events: Vec<Event>) {
+        if self.inner.events.wants_events() {
+            for event in events {
+                self.inner.events.emit(event);
+            }
+        }
     }
 
     /// Counts the step's effects.

@@ -34,7 +34,7 @@ impl Engine {
         idempotency_key: Option<&str>,
     ) -> Result<OffSessionPayment, ApiError> {
         let clock_now = match &request.test_clock {
-            Some(id) if !self.inner.config.livemode => match self.test_clock(id) {
+            Some(id) if !self.inner.config.livemode => match self.load_test_clock(id).await? {
                 Some(clock) => clock.now(),
                 None => {
                     return Err(ApiError::invalid(
@@ -80,32 +80,6 @@ impl Engine {
             route.truncate(1);
         }
 
-        if let Some(key) = idempotency_key {
-            let request_fingerprint =
-                fingerprint(&serde_json::to_string(request).unwrap_or_default());
-            match self
-                .inner
-                .store
-                .claim_idempotency_key(key, &request_fingerprint, &payment.id)
-                .await
-                .map_err(store_error)?
-            {
-                IdempotencyClaim::Inserted => {}
-                IdempotencyClaim::Existing {
-                    fingerprint: original,
-                    payment_id,
-                } => {
-                    if original != request_fingerprint {
-                        return Err(ApiError::new(
-                            ErrorCode::IdempotencyError,
-                            format!("idempotency key `{key}` was used with a different request"),
-                        ));
-                    }
-                    return self.retrieve(&payment_id).await;
-                }
-            }
-        }
-
         let due = valid
             .target_date
             .as_ref()
@@ -113,12 +87,43 @@ impl Engine {
             .unwrap_or(clock_now);
         let mut record = PaymentRecord::new(payment.clone(), route.remove(0), Some(method), due);
         record.fallbacks = route;
-        self.inner
+        let request_fingerprint = idempotency_key
+            .map(|_| fingerprint(&serde_json::to_string(request).unwrap_or_default()));
+        let key = idempotency_key
+            .zip(request_fingerprint.as_deref())
+            .map(|(key, fingerprint)| offsession_core::NewIdempotencyKey {
+                key,
+                fingerprint,
+                now: self.inner.clock.now(),
+                ttl: self.inner.config.idempotency_ttl,
+            });
+        let events = self.build_events(&[EventType::Created], &payment, clock_now);
+        // The key, the payment and its event are written together: a key never maps
+        // to a payment that does not exist.
+        match self
+            .inner
             .store
-            .insert(&record)
+            .create(&record, key, &events)
             .await
-            .map_err(store_error)?;
-        self.emit(EventType::Created, &payment, clock_now);
+            .map_err(store_error)?
+        {
+            IdempotencyClaim::Inserted => self.publish(events),
+            IdempotencyClaim::Existing {
+                fingerprint: original,
+                payment_id,
+            } => {
+                if Some(original.as_str()) != request_fingerprint.as_deref() {
+                    return Err(ApiError::new(
+                        ErrorCode::IdempotencyError,
+                        format!(
+                            "idempotency key `{}` was used with a different request",
+                            idempotency_key.unwrap_or_default()
+                        ),
+                    ));
+                }
+                return self.retrieve(&payment_id).await;
+            }
+        }
         metrics::counter!(
             "offsession_payments_created_total",
             "cadence" => cadence_label(payment.cadence),

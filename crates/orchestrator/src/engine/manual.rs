@@ -52,11 +52,11 @@ impl Engine {
                 }
                 _ => unreachable!("manual operations are cancel, pause and resume"),
             };
-            match self.inner.store.update(&next, Expected::of(&record)).await {
-                Ok(_) => {
-                    self.emit_change(record.payment.status, &next.payment, now);
-                    return Ok(next.payment);
-                }
+            match self
+                .commit_change(&next, Expected::of(&record), record.payment.status, now)
+                .await
+            {
+                Ok(_) => return Ok(next.payment),
                 Err(err @ StoreError::Conflict { .. }) => last_err = Some(err),
                 Err(err) => return Err(store_error(err)),
             }
@@ -165,12 +165,9 @@ impl Engine {
         next.payment.payment_record = Some(self.inner.ids.next_id("pr"));
         next.due_at = None;
         next.lease = None;
-        self.inner
-            .store
-            .update(&next, Expected::of(&record))
+        self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await
             .map_err(store_error)?;
-        self.emit_change(record.payment.status, &next.payment, now);
         Ok(next.payment)
     }
 }

@@ -70,12 +70,10 @@ impl Engine {
         };
         let expected = Expected::of(&written);
         let filed = step(written, outcome, &mut policy, &facts);
-        self.inner.store.update(&filed.record, expected).await?;
+        self.commit_events(&filed.record, expected, filed.events, now)
+            .await?;
         self.count(&filed.effects);
         self.count_terminal(&filed.record.payment);
-        for event in filed.events {
-            self.emit(*event, &filed.record.payment, now);
-        }
         Ok(())
     }
 

@@ -19,33 +19,53 @@ impl Engine {
         scope: &ClockScope,
         now: Timestamp,
     ) -> Result<RunReport, EngineError> {
+        use futures::future::{Either, FutureExt};
         use futures::stream::FuturesUnordered;
+        enum Done {
+            Handled(Result<RunReport, EngineError>),
+            Claimed(Result<Vec<PaymentRecord>, StoreError>),
+        }
         let config = &self.inner.config;
         let mut report = RunReport::default();
         let mut queue: std::collections::VecDeque<PaymentRecord> =
             std::collections::VecDeque::new();
+        // Claims run beside the attempts in flight, in one set of futures: a claim
+        // never waits while attempts that hold store connections go unpolled.
         let mut in_flight = FuturesUnordered::new();
-        // Claims are made whenever the queue runs dry and a slot is free, so that
-        // `concurrency` attempts stay in flight instead of draining batch by batch.
-        // After an empty claim the scheduler waits for the work in flight to finish
-        // before it looks again (cascades and zero-wait retries fall due now).
+        let mut handling = 0;
+        let mut claiming = false;
+        // Claims are made whenever the queue runs dry, so that `concurrency` attempts
+        // stay in flight instead of draining batch by batch. After an empty claim the
+        // scheduler waits for the work in flight to finish before it looks again
+        // (cascades and zero-wait retries fall due now).
         let mut exhausted = false;
         loop {
-            while in_flight.len() < config.concurrency {
-                if queue.is_empty() && !exhausted {
-                    let batch = self.claim(scope, now).await?;
-                    exhausted = batch.is_empty();
-                    queue.extend(batch);
-                }
+            if queue.is_empty() && !exhausted && !claiming {
+                in_flight.push(Either::Left(self.claim(scope, now).map(Done::Claimed)));
+                claiming = true;
+            }
+            while handling < config.concurrency {
                 match queue.pop_front() {
-                    Some(record) => in_flight.push(self.handle(record)),
+                    Some(record) => {
+                        in_flight.push(Either::Right(self.handle(record).map(Done::Handled)));
+                        handling += 1;
+                    }
                     None => break,
                 }
             }
             match in_flight.next().await {
-                Some(result) => report.add(result?),
-                None if exhausted => {
-                    // One more look now that nothing is in flight.
+                Some(Done::Handled(result)) => {
+                    handling -= 1;
+                    report.add(result?);
+                }
+                Some(Done::Claimed(batch)) => {
+                    claiming = false;
+                    let batch = batch?;
+                    exhausted = batch.is_empty();
+                    queue.extend(batch);
+                }
+                None => {
+                    // Nothing in flight: one more look, now that every attempt ended.
                     let batch = self.claim(scope, now).await?;
                     if batch.is_empty() {
                         return Ok(report);
@@ -53,7 +73,6 @@ impl Engine {
                     exhausted = false;
                     queue.extend(batch);
                 }
-                None => {}
             }
         }
     }
@@ -138,11 +157,8 @@ impl Engine {
         next.authorization = None;
         next.due_at = None;
         next.lease = None;
-        self.inner
-            .store
-            .update(&next, Expected::of(&record))
+        self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await?;
-        self.emit_change(record.payment.status, &next.payment, now);
         Ok(())
     }
 

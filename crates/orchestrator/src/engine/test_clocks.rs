@@ -3,8 +3,9 @@
 use super::*;
 
 impl Engine {
-    /// Creates a test clock frozen at `frozen_time`. Refused in live mode.
-    pub fn create_test_clock(&self, frozen_time: Timestamp) -> Result<TestClock, ApiError> {
+    /// Creates a test clock frozen at `frozen_time`, kept in the store so that it
+    /// survives a restart and every instance sees it. Refused in live mode.
+    pub async fn create_test_clock(&self, frozen_time: Timestamp) -> Result<TestClock, ApiError> {
         if self.inner.config.livemode {
             return Err(ApiError::new(
                 ErrorCode::OffSessionPaymentTestClockInLivemode,
@@ -12,6 +13,7 @@ impl Engine {
             ));
         }
         let id = self.inner.ids.next_id("clock");
+        self.save_test_clock(&id, frozen_time).await?;
         self.inner
             .test_clocks
             .write()
@@ -21,8 +23,8 @@ impl Engine {
     }
 
     /// A test clock and its current time.
-    pub fn retrieve_test_clock(&self, id: &str) -> Result<TestClock, ApiError> {
-        let clock = self.test_clock(id).ok_or_else(|| {
+    pub async fn retrieve_test_clock(&self, id: &str) -> Result<TestClock, ApiError> {
+        let clock = self.load_test_clock(id).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
         })?;
         Ok(TestClock {
@@ -34,7 +36,7 @@ impl Engine {
     /// Moves a test clock to `to`, running, in order, exactly the attempts (and
     /// authorization expiries) of its payments that fall due on the way.
     pub async fn advance_test_clock(&self, id: &str, to: Timestamp) -> Result<TestClock, ApiError> {
-        let clock = self.test_clock(id).ok_or_else(|| {
+        let clock = self.load_test_clock(id).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
         })?;
         if to < clock.now() {
@@ -57,6 +59,7 @@ impl Engine {
             match next {
                 Some(due) if due <= to => {
                     clock.set(due);
+                    self.save_test_clock(id, due).await?;
                     let report = self
                         .run_scope(&scope, clock.now())
                         .await
@@ -71,9 +74,51 @@ impl Engine {
             }
         }
         clock.set(to);
+        self.save_test_clock(id, to).await?;
         Ok(TestClock {
             id: id.to_owned(),
             frozen_time: clock.now(),
         })
     }
+
+    /// The test clock `id`, from memory or, after a restart or from another
+    /// instance, from the store.
+    pub(super) async fn load_test_clock(
+        &self,
+        id: &str,
+    ) -> Result<Option<Arc<ManualClock>>, ApiError> {
+        if let Some(clock) = self.test_clock(id) {
+            return Ok(Some(clock));
+        }
+        let saved = self
+            .inner
+            .store
+            .load_state(&test_clock_key(id))
+            .await
+            .map_err(store_error)?;
+        let Some(millis) = saved.and_then(|text| text.parse::<i64>().ok()) else {
+            return Ok(None);
+        };
+        let clock = self
+            .inner
+            .test_clocks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(ManualClock::new(Timestamp::from_millis(millis))))
+            .clone();
+        Ok(Some(clock))
+    }
+
+    async fn save_test_clock(&self, id: &str, at: Timestamp) -> Result<(), ApiError> {
+        self.inner
+            .store
+            .save_state(&test_clock_key(id), &at.as_millis().to_string())
+            .await
+            .map_err(store_error)
+    }
+}
+
+fn test_clock_key(id: &str) -> String {
+    format!("test_clock/{id}")
 }

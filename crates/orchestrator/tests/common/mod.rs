@@ -27,12 +27,12 @@ pub fn start() -> Timestamp {
     Timestamp::parse_rfc3339(START).unwrap()
 }
 
-pub fn harness_with(mock_config: MockConfig, config: EngineConfig) -> Harness {
+pub async fn harness_with(mock_config: MockConfig, config: EngineConfig) -> Harness {
     let mock = Arc::new(MockProcessor::new("mock", mock_config));
-    harness_with_processor(mock.clone(), mock, config)
+    harness_with_processor(mock.clone(), mock, config).await
 }
 
-pub fn harness_with_processor(
+pub async fn harness_with_processor(
     mock: Arc<MockProcessor>,
     processor: Arc<dyn Processor>,
     config: EngineConfig,
@@ -46,7 +46,7 @@ pub fn harness_with_processor(
         .events(events.clone())
         .build()
         .unwrap();
-    let clock = engine.create_test_clock(start()).unwrap().id;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
     Harness {
         engine,
         store,
@@ -56,8 +56,8 @@ pub fn harness_with_processor(
     }
 }
 
-pub fn harness() -> Harness {
-    harness_with(MockConfig::default(), EngineConfig::default())
+pub async fn harness() -> Harness {
+    harness_with(MockConfig::default(), EngineConfig::default()).await
 }
 
 pub fn vault(text: &str) -> MockConfig {
@@ -105,6 +105,7 @@ impl Harness {
     pub async fn now(&self) -> Timestamp {
         self.engine
             .retrieve_test_clock(&self.clock)
+            .await
             .unwrap()
             .frozen_time
     }

@@ -1,6 +1,8 @@
 //! The `Store` contract as executable checks. Every implementation runs
 //! [`run_all`] in its tests; a check panics with the rule it found broken.
 
+mod atomic;
+
 use std::collections::BTreeMap;
 
 use offsession_core::payment::ObjectTag;
@@ -80,7 +82,15 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     idempotency_keys_map_to_the_first_payment(&make()).await;
     card_history_spans_every_payment_of_the_method(&make()).await;
     status_counts_cover_every_status(&make()).await;
+    atomic::a_create_writes_key_payment_and_event_together(&make()).await;
+    atomic::a_refused_create_registers_no_key_and_no_event(&make()).await;
+    atomic::an_expired_key_counts_as_new(&make()).await;
+    atomic::a_change_and_its_events_commit_together(&make()).await;
+    atomic::events_come_in_commit_order_and_page(&make()).await;
+    atomic::engine_state_round_trips(&make()).await;
 }
+
+pub use atomic::sample_event;
 
 async fn insert_then_get_round_trips(store: &dyn Store) {
     let record = sample_record("osp_a", 1_000, None);
@@ -487,5 +497,10 @@ mod tests {
     #[tokio::test]
     async fn the_memory_store_keeps_the_store_contract() {
         super::run_all(MemoryStore::new).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_with_an_outbox_keeps_the_store_contract() {
+        super::run_all(MemoryStore::with_outbox).await;
     }
 }

@@ -1,0 +1,205 @@
+//! The runner on each store `[store] url` names: the same batch settles the same way
+//! on memory, SQLite and (with `OFFSESSION_TEST_POSTGRES_URL`) Postgres, and what a
+//! durable store keeps survives the process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::write;
+use offsession_core::{EventType, ManualClock, Store, Timestamp};
+use offsession_orchestrator::Engine;
+use offsession_runner::{batch, config, wiring};
+use offsession_store::{PostgresStore, SqliteStore, Synchronous};
+
+const BATCH: &[&str] = &[
+    "pm_card_visa",
+    "pm_card_visa",
+    "pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter2",
+    "pm_card_visa_chargeDeclinedInsufficientFunds",
+    "pm_card_visa_chargeDeclinedLostCard",
+    "pm_card_chargeDeclinedExpiredCard",
+];
+
+fn config_text(url: &str, schema: &str) -> String {
+    format!(
+        r#"
+[engine]
+id_seed = 7
+
+[processor]
+type = "mock"
+
+[store]
+url = "{url}"
+schema = "{schema}"
+
+[run]
+input = "batch.jsonl"
+"#
+    )
+}
+
+fn batch_lines() -> String {
+    BATCH
+        .iter()
+        .map(|pm| {
+            format!(
+                r#"{{"amount":{{"value":1000,"currency":"usd"}},"cadence":"recurring","customer":"cus_1","payment_method":"{pm}","retry_details":{{"retry_policy":"stripe_recommended"}}}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+type Outcome = (BTreeMap<String, u64>, BTreeMap<String, u64>, u64, u64);
+
+async fn run_on(url: &str, schema: &str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", &config_text(url, schema));
+    write(&dir, "batch.jsonl", &batch_lines());
+    let config = config::load(&path).unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.unsettled(), 0, "{}", summary.render());
+    (
+        summary.statuses,
+        summary.failure_reasons,
+        summary.attempts,
+        summary.recovered_by_retry,
+    )
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set (Postgres part)");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_settles_the_same_way_on_every_store() {
+    let memory = run_on("memory:", "unused").await;
+    assert_eq!(memory.0["succeeded"], 3);
+    assert_eq!(memory.0["failed"], 3);
+    assert_eq!(memory.2, 15, "attempts");
+    let sqlite = run_on("sqlite://offsession.db", "unused").await;
+    assert_eq!(sqlite, memory, "SQLite");
+    if let Some(url) = postgres_url() {
+        let schema = format!("offsession_test_runner_{}", std::process::id());
+        let postgres = run_on(&url, &schema).await;
+        PostgresStore::connect(&url, &schema, 1)
+            .await
+            .unwrap()
+            .drop_schema()
+            .await
+            .unwrap();
+        assert_eq!(postgres, memory, "Postgres");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_run_leaves_payments_events_and_state_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", &config_text("sqlite://state.db", "unused"));
+    write(&dir, "batch.jsonl", &batch_lines());
+    let config = config::load(&path).unwrap();
+    let summary = batch::run(&path, &config, None, false).await.unwrap();
+    assert_eq!(summary.accepted, 6);
+
+    // A second run on the same file is refused, naming the key; nothing is changed.
+    let err = batch::run(&path, &config, None, false).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.starts_with("`store.url`"), "{message}");
+    assert!(message.contains("6 payments"), "{message}");
+
+    let store = SqliteStore::open(&dir.path().join("state.db"), Synchronous::Normal).unwrap();
+    let counts: u64 = store
+        .count_by_status()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(counts, 6);
+    let events = store.events_after(0, 1_000).await.unwrap();
+    let created = events
+        .iter()
+        .filter(|e| e.event.event_type == EventType::Created)
+        .count();
+    let terminal = events
+        .iter()
+        .filter(|e| matches!(e.event.event_type, EventType::Succeeded | EventType::Failed))
+        .count();
+    assert_eq!(
+        (created, terminal),
+        (6, 6),
+        "one created and one end per payment"
+    );
+    assert!(events.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert!(
+        store
+            .load_state(wiring::SMART_STATE_KEY)
+            .await
+            .unwrap()
+            .is_some(),
+        "the smart model's state is kept in the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_clock_outlives_the_engine_that_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clocks.db");
+    let engine = |store: Arc<dyn Store>| {
+        Engine::builder()
+            .processor(Arc::new(offsession_mock::MockProcessor::new(
+                "mock",
+                offsession_mock::MockConfig::default(),
+            )))
+            .store(store)
+            .clock(Arc::new(ManualClock::new(Timestamp::from_millis(0))))
+            .build()
+            .unwrap()
+    };
+    let start = Timestamp::parse_rfc3339("2026-03-01T00:00:00Z").unwrap();
+    let later = Timestamp::parse_rfc3339("2026-03-04T00:00:00Z").unwrap();
+    let id = {
+        let first = engine(Arc::new(
+            SqliteStore::open(&file, Synchronous::Normal).unwrap(),
+        ));
+        let clock = first.create_test_clock(start).await.unwrap();
+        first.advance_test_clock(&clock.id, later).await.unwrap();
+        clock.id
+    };
+    let second = engine(Arc::new(
+        SqliteStore::open(&file, Synchronous::Normal).unwrap(),
+    ));
+    let clock = second.retrieve_test_clock(&id).await.unwrap();
+    assert_eq!(clock.frozen_time, later);
+}
+
+#[tokio::test]
+async fn a_bad_store_url_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, needle) in [
+        ("mysql://localhost/x", "is not `memory:`"),
+        ("sqlite://", "needs a file path"),
+        ("postgres://u:hunter2@127.0.0.1:1/x", "store.url"),
+    ] {
+        let path = write(&dir, "c.toml", &config_text(url, "offsession"));
+        let err = match config::load(&path) {
+            Err(err) => err.to_string(),
+            Ok(config) => wiring::open_store(&path, &config)
+                .await
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(err.contains("store.url"), "{url}: {err}");
+        assert!(err.contains(needle), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    }
+}

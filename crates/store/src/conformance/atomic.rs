@@ -1,0 +1,230 @@
+//! What the durable stores add to the contract: a create writes its idempotency key,
+//! payment and events together; a change and its events commit together; keys
+//! expire; engine state round-trips.
+
+use std::time::Duration;
+
+use offsession_core::events::RelatedObject;
+use offsession_core::{
+    Event, EventType, Expected, IdempotencyClaim, NewIdempotencyKey, PaymentRecord, PaymentStatus,
+    Store, StoreError, Timestamp,
+};
+
+use super::sample_record;
+
+/// An event of `event_type` for `record`'s payment.
+pub fn sample_event(record: &PaymentRecord, id: &str, event_type: EventType) -> Event {
+    Event {
+        id: id.into(),
+        object: "v2.core.event".into(),
+        event_type,
+        created: record.payment.created,
+        livemode: false,
+        related_object: RelatedObject {
+            id: record.payment.id.clone(),
+            object_type: "v2.payments.off_session_payment".into(),
+            url: format!("/v2/payments/off_session_payments/{}", record.payment.id),
+        },
+        data: record.payment.clone(),
+    }
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn key<'a>(key: &'a str, fingerprint: &'a str, now: i64) -> NewIdempotencyKey<'a> {
+    NewIdempotencyKey {
+        key,
+        fingerprint,
+        now: Timestamp::from_millis(now),
+        ttl: DAY,
+    }
+}
+
+async fn event_ids(store: &dyn Store) -> Vec<String> {
+    store
+        .events_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect()
+}
+
+pub(super) async fn a_create_writes_key_payment_and_event_together(store: &dyn Store) {
+    let a = sample_record("osp_a", 1_000, None);
+    let created = sample_event(&a, "evt_a", EventType::Created);
+    let claim = store
+        .create(
+            &a,
+            Some(key("k1", "fp-a", 1_000)),
+            std::slice::from_ref(&created),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, IdempotencyClaim::Inserted);
+    assert!(store.get("osp_a").await.unwrap().is_some());
+    if store.keeps_events() {
+        let events = store.events_after(0, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, created, "the outbox round-trips the event");
+    }
+
+    // Same key again: the original mapping, and nothing of the second request is
+    // written (no payment, no event).
+    let b = sample_record("osp_b", 2_000, None);
+    let repeat = store
+        .create(
+            &b,
+            Some(key("k1", "fp-b", 2_000)),
+            &[sample_event(&b, "evt_b", EventType::Created)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        IdempotencyClaim::Existing {
+            fingerprint: "fp-a".into(),
+            payment_id: "osp_a".into()
+        }
+    );
+    assert!(store.get("osp_b").await.unwrap().is_none());
+    if store.keeps_events() {
+        assert_eq!(event_ids(store).await, ["evt_a"]);
+    }
+}
+
+pub(super) async fn a_refused_create_registers_no_key_and_no_event(store: &dyn Store) {
+    let a = sample_record("osp_a", 1_000, None);
+    store.insert(&a).await.unwrap();
+    // Same payment id with a new key: refused, and the key stays free.
+    let err = store
+        .create(
+            &a,
+            Some(key("k2", "fp", 1_000)),
+            &[sample_event(&a, "evt_dup", EventType::Created)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err}");
+    let b = sample_record("osp_b", 2_000, None);
+    let claim = store
+        .create(&b, Some(key("k2", "fp", 2_000)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        claim,
+        IdempotencyClaim::Inserted,
+        "a refused create must not keep its key"
+    );
+    if store.keeps_events() {
+        assert!(event_ids(store).await.is_empty());
+    }
+}
+
+pub(super) async fn an_expired_key_counts_as_new(store: &dyn Store) {
+    let a = sample_record("osp_a", 1_000, None);
+    store
+        .create(&a, Some(key("k3", "fp-a", 1_000)), &[])
+        .await
+        .unwrap();
+    let b = sample_record("osp_b", 2_000, None);
+    let day_later = 1_000 + DAY.as_millis() as i64;
+    let claim = store
+        .create(&b, Some(key("k3", "fp-b", day_later - 1)), &[])
+        .await
+        .unwrap();
+    assert!(matches!(claim, IdempotencyClaim::Existing { .. }));
+    let claim = store
+        .create(&b, Some(key("k3", "fp-b", day_later)), &[])
+        .await
+        .unwrap();
+    assert_eq!(claim, IdempotencyClaim::Inserted, "expired after its ttl");
+    let claim = store
+        .create(
+            &sample_record("osp_c", 3_000, None),
+            Some(key("k3", "fp-c", day_later + 1)),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claim,
+        IdempotencyClaim::Existing {
+            fingerprint: "fp-b".into(),
+            payment_id: "osp_b".into()
+        },
+        "the renewed key maps to the payment that renewed it"
+    );
+}
+
+pub(super) async fn a_change_and_its_events_commit_together(store: &dyn Store) {
+    let a = sample_record("osp_a", 1_000, None);
+    store.insert(&a).await.unwrap();
+    let stored = store.get("osp_a").await.unwrap().unwrap();
+    let mut next = stored.clone();
+    next.payment.status = PaymentStatus::Canceled;
+    next.due_at = None;
+    let canceled = sample_event(&next, "evt_1", EventType::Canceled);
+    store
+        .commit(
+            &next,
+            Expected::of(&stored),
+            std::slice::from_ref(&canceled),
+        )
+        .await
+        .unwrap();
+    // A stale change is refused and its event is not written.
+    let stale = store
+        .commit(
+            &next,
+            Expected::of(&stored),
+            &[sample_event(&next, "evt_stale", EventType::Canceled)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    if store.keeps_events() {
+        assert_eq!(event_ids(store).await, ["evt_1"]);
+    }
+}
+
+pub(super) async fn events_come_in_commit_order_and_page(store: &dyn Store) {
+    if !store.keeps_events() {
+        return;
+    }
+    for i in 0..5 {
+        let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+        let events: Vec<_> = (0..2)
+            .map(|j| sample_event(&record, &format!("evt_{i}_{j}"), EventType::Created))
+            .collect();
+        store.create(&record, None, &events).await.unwrap();
+    }
+    let first = store.events_after(0, 4).await.unwrap();
+    assert_eq!(first.len(), 4);
+    let ids: Vec<_> = first.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(ids, ["evt_0_0", "evt_0_1", "evt_1_0", "evt_1_1"]);
+    assert!(first.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    let rest = store.events_after(first[3].sequence, 100).await.unwrap();
+    assert_eq!(rest.len(), 6);
+    assert_eq!(rest[0].event.id, "evt_2_0");
+    assert!(store
+        .events_after(rest[5].sequence, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub(super) async fn engine_state_round_trips(store: &dyn Store) {
+    assert_eq!(store.load_state("smart").await.unwrap(), None);
+    store.save_state("smart", "{\"v\":1}").await.unwrap();
+    store.save_state("breakers", "[]").await.unwrap();
+    store.save_state("smart", "{\"v\":2}").await.unwrap();
+    assert_eq!(
+        store.load_state("smart").await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
+    assert_eq!(
+        store.load_state("breakers").await.unwrap().as_deref(),
+        Some("[]")
+    );
+}

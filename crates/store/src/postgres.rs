@@ -1,0 +1,710 @@
+//! The Postgres store: several engine instances share one database.
+//!
+//! - Due work is claimed with `FOR UPDATE SKIP LOCKED` in batches: two instances
+//!   claiming at once take disjoint payments, and neither waits for the other.
+//! - Every change is a compare-and-set on `version` and `status` in one transaction
+//!   with its attempts and its events (the outbox).
+//! - Event sequence numbers are taken under a transaction-level advisory lock held
+//!   from the event insert to the commit, so events commit in sequence order and a
+//!   reader paging by sequence never skips one that commits late.
+//! - A create's idempotency key is inserted in the payment's transaction; a
+//!   concurrent create with the same key waits for that transaction and then reads
+//!   the original payment.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use offsession_core::{
+    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
+    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
+};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use crate::row::{self, RecordRow, SCHEMA_VERSION};
+
+/// Advisory lock keys (arbitrary, fixed): migrations, and the outbox's order.
+const MIGRATION_LOCK: i64 = 0x0ff5_e551_0000_0001;
+const OUTBOX_LOCK: i64 = 0x0ff5_e551_0000_0002;
+
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE payments (
+    seq            BIGSERIAL UNIQUE,
+    id             TEXT PRIMARY KEY,
+    version        BIGINT NOT NULL,
+    status         TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    due_at         BIGINT,
+    claimable_at   BIGINT,
+    lease_owner    TEXT,
+    lease_until    BIGINT,
+    processor      TEXT NOT NULL,
+    payment_method TEXT NOT NULL,
+    customer       TEXT NOT NULL,
+    created        BIGINT NOT NULL,
+    body           JSONB NOT NULL
+);
+CREATE INDEX payments_claimable ON payments (scope, claimable_at, id)
+    WHERE claimable_at IS NOT NULL;
+CREATE INDEX payments_status ON payments (status);
+CREATE INDEX payments_customer ON payments (customer);
+CREATE TABLE attempts (
+    payment_id     TEXT NOT NULL,
+    number         INTEGER NOT NULL,
+    payment_method TEXT NOT NULL,
+    started_at     BIGINT NOT NULL,
+    declined       BOOLEAN NOT NULL,
+    amount         BIGINT NOT NULL,
+    PRIMARY KEY (payment_id, number)
+);
+CREATE INDEX attempts_by_method ON attempts (payment_method, started_at);
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    payment_id  TEXT NOT NULL,
+    created_at  BIGINT
+);
+CREATE TABLE events (
+    sequence   BIGSERIAL PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    payment_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    created    BIGINT NOT NULL,
+    body       JSONB NOT NULL
+);
+CREATE INDEX events_by_payment ON events (payment_id, sequence);
+CREATE TABLE engine_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// A Postgres database (one schema of it) shared by every engine instance.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+    crash: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+fn pg_error(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let retryable = e.is_closed()
+            || matches!(
+                e.code(),
+                Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
+            )
+            || e.code().is_none();
+        StoreError::backend(format!("postgres: {action}"), retryable, e)
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::backend("postgres: taking a connection from the pool", true, e)
+}
+
+/// Whether `schema` is a plain identifier (it is spliced into `SET search_path`).
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Backend {
+            message: format!(
+                "postgres: schema `{schema}` must be 1–63 lowercase letters, digits or `_`, not starting with a digit"
+            ),
+            retryable: false,
+            source: None,
+        })
+    }
+}
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), creates `schema` if needed,
+    /// applies the migrations this binary knows (one instance at a time) and refuses
+    /// a schema newer than this binary's. Every connection works in `schema`.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        max_connections: usize,
+    ) -> Result<PostgresStore, StoreError> {
+        check_schema(schema)?;
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::backend("postgres: reading the store URL", false, e))?;
+        config.options(format!("-c search_path={schema}"));
+        config.application_name("offsession");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection is checked with an empty query before reuse: a session
+                // the server ended (restart, failover, killed) is replaced, not handed out.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .build()
+            .map_err(|e| StoreError::backend("postgres: building the pool", false, e))?;
+        let store = PostgresStore {
+            pool,
+            schema: schema.to_owned(),
+            crash: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Fault injection for crash tests: the `step`th step (1-based) of the next
+    /// writing transaction kills its own server session (`pg_terminate_backend`), as
+    /// a crash of the engine or a lost connection would, and the call fails.
+    #[doc(hidden)]
+    pub fn crash_at_step(&self, step: u32) {
+        self.crash
+            .store(i64::from(step), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Counts a step of a writing transaction; kills the session at the armed one.
+    async fn step(&self, client: &impl GenericClient) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.crash.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        if self.crash.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return Ok(());
+        }
+        let killed = client
+            .execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+            .await;
+        Err(StoreError::Backend {
+            message: format!("postgres: session killed by crash_at_step ({killed:?})"),
+            retryable: true,
+            source: None,
+        })
+    }
+
+    /// The schema this store works in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Drops the store's schema and everything in it (tests use their own schema).
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .await
+            .map_err(pg_error("dropping the schema"))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(pg_error("starting the migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_error("locking the migration"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_version (version BIGINT NOT NULL);",
+            schema = self.schema
+        ))
+        .await
+        .map_err(pg_error("creating the schema"))?;
+        let current: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(pg_error("reading the schema version"))?
+            .get(0);
+        if current > SCHEMA_VERSION {
+            return Err(row::newer_schema(current));
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            let version = index as i64 + 1;
+            if version > current {
+                tx.batch_execute(migration)
+                    .await
+                    .map_err(pg_error("applying a migration"))?;
+                tx.execute("DELETE FROM schema_version", &[])
+                    .await
+                    .map_err(pg_error("recording the schema version"))?;
+                tx.execute("INSERT INTO schema_version VALUES ($1)", &[&version])
+                    .await
+                    .map_err(pg_error("recording the schema version"))?;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(pg_error("committing the migration"))
+    }
+}
+
+async fn write_attempts(
+    client: &impl GenericClient,
+    record: &PaymentRecord,
+) -> Result<(), StoreError> {
+    if record.attempts.is_empty() {
+        return Ok(());
+    }
+    let upsert = client
+        .prepare_cached(
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (payment_id, number) DO UPDATE
+             SET started_at = excluded.started_at, declined = excluded.declined",
+        )
+        .await
+        .map_err(pg_error("preparing the attempt upsert"))?;
+    for attempt in row::card_attempts(record) {
+        let number = attempt.attempt_number as i32;
+        let at = attempt.at.as_millis();
+        client
+            .execute(
+                &upsert,
+                &[
+                    &attempt.payment_id,
+                    &number,
+                    &record.payment.payment_method,
+                    &at,
+                    &attempt.declined,
+                    &attempt.amount,
+                ],
+            )
+            .await
+            .map_err(pg_error("writing an attempt"))?;
+    }
+    Ok(())
+}
+
+async fn write_events(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // Held to the commit: sequences commit in order (see the module docs).
+    if std::env::var("NOLOCK").is_err() {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
+            .await
+            .map_err(pg_error("locking the outbox"))?;
+    }
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO events (id, payment_id, type, created, body)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+        )
+        .await
+        .map_err(pg_error("preparing the event insert"))?;
+    for event in events {
+        let body = row::event_body(event)?;
+        let created = event.created.as_millis();
+        client
+            .execute(
+                &insert,
+                &[
+                    &event.id,
+                    &event.related_object.id,
+                    &event.event_type.as_str(),
+                    &created,
+                    &body,
+                ],
+            )
+            .await
+            .map_err(pg_error("writing an event"))?;
+    }
+    Ok(())
+}
+
+const RECORD_COLUMNS: &str = "body::text, version, lease_owner, lease_until";
+
+fn records_from(rows: &[tokio_postgres::Row]) -> Result<Vec<PaymentRecord>, StoreError> {
+    rows.iter()
+        .map(|r| row::record_from(r.get::<_, &str>(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create(
+        &self,
+        record: &PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[Event],
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let row = RecordRow::of(record)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(pg_error("starting a create"))?;
+        self.step(&tx).await?;
+        if let Some(key) = &key {
+            let now = key.now.as_millis();
+            let ttl = key.ttl.as_millis() as i64;
+            // Waits for a concurrent create holding the same key, then sees its row.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                    &[&key.key, &key.fingerprint, &row.id, &now],
+                )
+                .await
+                .map_err(pg_error("writing an idempotency key"))?;
+            self.step(&tx).await?;
+            if inserted == 0 {
+                let existing = tx
+                    .query_one(
+                        "SELECT fingerprint, payment_id, created_at FROM idempotency_keys
+                         WHERE key = $1 FOR UPDATE",
+                        &[&key.key],
+                    )
+                    .await
+                    .map_err(pg_error("reading an idempotency key"))?;
+                let at: Option<i64> = existing.get(2);
+                if at.is_none_or(|at| at + ttl > now) {
+                    return Ok(IdempotencyClaim::Existing {
+                        fingerprint: existing.get(0),
+                        payment_id: existing.get(1),
+                    });
+                }
+                tx.execute(
+                    "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3, created_at = $4
+                     WHERE key = $1",
+                    &[&key.key, &key.fingerprint, &row.id, &now],
+                )
+                .await
+                .map_err(pg_error("renewing an expired idempotency key"))?;
+            }
+        }
+        let insert = tx
+            .execute(
+                "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
+                     lease_until, processor, payment_method, customer, created, body)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)",
+                &[
+                    &row.id as Param<'_>,
+                    &row.status,
+                    &row.scope,
+                    &row.due_at,
+                    &row.claimable_at,
+                    &row.lease_owner,
+                    &row.lease_until,
+                    &row.processor,
+                    &row.payment_method,
+                    &row.customer,
+                    &row.created,
+                    &row.body,
+                ],
+            )
+            .await;
+        if let Err(e) = insert {
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                return Err(StoreError::Duplicate(record.payment.id.clone()));
+            }
+            return Err(pg_error("inserting a payment")(e));
+        }
+        self.step(&tx).await?;
+        write_attempts(&tx, record).await?;
+        self.step(&tx).await?;
+        write_events(&tx, events).await?;
+        self.step(&tx).await?;
+        tx.commit().await.map_err(pg_error("committing a create"))?;
+        Ok(IdempotencyClaim::Inserted)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                &format!("SELECT {RECORD_COLUMNS} FROM payments WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_error("reading a payment"))?;
+        Ok(records_from(&rows)?.pop())
+    }
+
+    async fn commit(
+        &self,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[Event],
+    ) -> Result<u64, StoreError> {
+        let row = RecordRow::of(record)?;
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(pg_error("starting a change"))?;
+        self.step(&tx).await?;
+        let expected_version = expected.version as i64;
+        let changed = tx
+            .execute(
+                "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
+                     claimable_at = $4, lease_owner = $5, lease_until = $6, processor = $7,
+                     payment_method = $8, customer = $9, body = $10::text::jsonb
+                 WHERE id = $11 AND version = $12 AND status = $13",
+                &[
+                    &row.status as Param<'_>,
+                    &row.scope,
+                    &row.due_at,
+                    &row.claimable_at,
+                    &row.lease_owner,
+                    &row.lease_until,
+                    &row.processor,
+                    &row.payment_method,
+                    &row.customer,
+                    &row.body,
+                    &row.id,
+                    &expected_version,
+                    &expected.status.as_str(),
+                ],
+            )
+            .await
+            .map_err(pg_error("updating a payment"))?;
+        if changed == 0 {
+            let current = tx
+                .query_opt(
+                    "SELECT version, status FROM payments WHERE id = $1",
+                    &[&row.id],
+                )
+                .await
+                .map_err(pg_error("reading a payment's version"))?;
+            return Err(match current {
+                None => StoreError::NotFound(record.payment.id.clone()),
+                Some(current) => StoreError::Conflict {
+                    id: record.payment.id.clone(),
+                    current_version: current.get::<_, i64>(0) as u64,
+                    current_status: row::status_from(current.get(1))?,
+                },
+            });
+        }
+        self.step(&tx).await?;
+        write_attempts(&tx, record).await?;
+        self.step(&tx).await?;
+        write_events(&tx, events).await?;
+        self.step(&tx).await?;
+        tx.commit().await.map_err(pg_error("committing a change"))?;
+        Ok(expected.version + 1)
+    }
+
+    async fn claim_due(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let scope = row::scope_column(scope);
+        let now = now.as_millis();
+        let limit = limit as i64;
+        let until = lease.until.as_millis();
+        // One statement: rows another claimant has locked are skipped, not waited for.
+        let rows = client
+            .query(
+                &format!(
+                    "WITH due AS (
+                         SELECT id FROM payments
+                         WHERE scope = $1 AND claimable_at <= $2
+                         ORDER BY claimable_at, id LIMIT $3
+                         FOR UPDATE SKIP LOCKED
+                     )
+                     UPDATE payments p SET version = p.version + 1, lease_owner = $4,
+                         lease_until = $5, claimable_at = GREATEST(p.due_at, $5)
+                     FROM due WHERE p.id = due.id
+                     RETURNING {}",
+                    "p.body::text, p.version, p.lease_owner, p.lease_until"
+                ),
+                &[&scope, &now, &limit, &lease.owner, &until],
+            )
+            .await
+            .map_err(pg_error("claiming due payments"))?;
+        let mut claimed = records_from(&rows)?;
+        claimed.sort_by(|a, b| (a.due_at, a.id()).cmp(&(b.due_at, b.id())));
+        Ok(claimed)
+    }
+
+    async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_one(
+                "SELECT MIN(claimable_at) FROM payments WHERE scope = $1",
+                &[&row::scope_column(scope)],
+            )
+            .await
+            .map_err(pg_error("reading the next due time"))?;
+        Ok(row.get::<_, Option<i64>>(0).map(Timestamp::from_millis))
+    }
+
+    async fn list(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let limit = limit as i64;
+        let rows = match starting_after {
+            None => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {RECORD_COLUMNS} FROM payments ORDER BY seq DESC LIMIT $1"
+                        ),
+                        &[&limit],
+                    )
+                    .await
+            }
+            Some(after) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {RECORD_COLUMNS} FROM payments
+                         WHERE seq < (SELECT seq FROM payments WHERE id = $1)
+                         ORDER BY seq DESC LIMIT $2"
+                        ),
+                        &[&after, &limit],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg_error("listing payments"))?;
+        records_from(&rows)
+    }
+
+    async fn card_history(
+        &self,
+        payment_method: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CardAttempt>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let since = since.as_millis();
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT payment_id, number, started_at, declined, amount FROM attempts
+                 WHERE payment_method = $1 AND started_at >= $2
+                 ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3",
+                &[&payment_method, &since, &limit],
+            )
+            .await
+            .map_err(pg_error("reading the card history"))?;
+        let mut history: Vec<CardAttempt> = rows
+            .iter()
+            .map(|r| CardAttempt {
+                payment_id: r.get(0),
+                attempt_number: r.get::<_, i32>(1) as u32,
+                at: Timestamp::from_millis(r.get(2)),
+                declined: r.get(3),
+                amount: r.get(4),
+            })
+            .collect();
+        history.reverse();
+        Ok(history)
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let inserted = client
+            .execute(
+                "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
+                 VALUES ($1, $2, $3, NULL) ON CONFLICT (key) DO NOTHING",
+                &[&key, &fingerprint, &payment_id],
+            )
+            .await
+            .map_err(pg_error("writing an idempotency key"))?;
+        if inserted == 1 {
+            return Ok(IdempotencyClaim::Inserted);
+        }
+        let row = client
+            .query_one(
+                "SELECT fingerprint, payment_id FROM idempotency_keys WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(pg_error("reading an idempotency key"))?;
+        Ok(IdempotencyClaim::Existing {
+            fingerprint: row.get(0),
+            payment_id: row.get(1),
+        })
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query("SELECT status, COUNT(*) FROM payments GROUP BY status", &[])
+            .await
+            .map_err(pg_error("counting payments"))?;
+        let mut counts = std::collections::HashMap::new();
+        for r in &rows {
+            counts.insert(row::status_from(r.get(0))?, r.get::<_, i64>(1) as u64);
+        }
+        Ok(PaymentStatus::ALL
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let after = after as i64;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT sequence, body::text FROM events WHERE sequence > $1
+                 ORDER BY sequence LIMIT $2",
+                &[&after, &limit],
+            )
+            .await
+            .map_err(pg_error("reading events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEvent {
+                    sequence: r.get::<_, i64>(0) as u64,
+                    event: row::event_from(r.get(1))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_opt("SELECT value FROM engine_state WHERE key = $1", &[&key])
+            .await
+            .map_err(pg_error("reading engine state"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO engine_state (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+            .await
+            .map_err(pg_error("writing engine state"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The Postgres store keeps the store contract, and two stores on one database never
+//! claim the same payment. Needs `OFFSESSION_TEST_POSTGRES_URL`; each test works in a
+//! schema of its own and drops it.
+#![cfg(feature = "postgres")]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use offsession_core::{ClockScope, Lease, Store, StoreError, Timestamp};
+use offsession_store::conformance::{run_all, sample_record};
+use offsession_store::PostgresStore;
+
+fn url() -> Option<String> {
+    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn schema(name: &str) -> String {
+    format!(
+        "offsession_test_{}_{}_{}",
+        std::process::id(),
+        name,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_keeps_the_store_contract() {
+    let Some(url) = url() else { return };
+    // run_all makes a fresh store per check: a fresh schema each, dropped after.
+    let stores = std::sync::Mutex::new(Vec::new());
+    let runtime = tokio::runtime::Handle::current();
+    run_all(|| {
+        let store = tokio::task::block_in_place(|| {
+            runtime.block_on(PostgresStore::connect(&url, &schema("contract"), 4))
+        })
+        .unwrap();
+        stores.lock().unwrap().push(store.clone());
+        store
+    })
+    .await;
+    for store in stores.into_inner().unwrap() {
+        store.drop_schema().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_claim_the_same_payment() {
+    let Some(url) = url() else { return };
+    let schema = schema("claims");
+    let a = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let b = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    for i in 0..400 {
+        a.insert(&sample_record(&format!("osp_{i:04}"), 1_000 + i, None))
+            .await
+            .unwrap();
+    }
+    let now = Timestamp::from_millis(10_000);
+    let claim = |store: PostgresStore, owner: &'static str| async move {
+        let lease = Lease {
+            owner: owner.into(),
+            until: Timestamp::from_millis(60_000),
+        };
+        let mut ids = Vec::new();
+        loop {
+            let batch = store
+                .claim_due(&ClockScope::Engine, now, 25, &lease)
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                return ids;
+            }
+            for record in batch {
+                assert_eq!(record.lease.as_ref(), Some(&lease));
+                ids.push(record.payment.id);
+            }
+        }
+    };
+    let (from_a, from_b) = tokio::join!(
+        tokio::spawn(claim(a.clone(), "a")),
+        tokio::spawn(claim(b.clone(), "b"))
+    );
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    let a_ids: HashSet<_> = from_a.iter().collect();
+    let b_ids: HashSet<_> = from_b.iter().collect();
+    assert_eq!(a_ids.len(), from_a.len());
+    assert_eq!(b_ids.len(), from_b.len());
+    assert!(a_ids.is_disjoint(&b_ids), "a payment was claimed twice");
+    assert_eq!(a_ids.len() + b_ids.len(), 400, "every payment claimed once");
+    a.drop_schema().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let Some(url) = url() else { return };
+    let schema = schema("newer");
+    let store = PostgresStore::connect(&url, &schema, 1).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("UPDATE {schema}.schema_version SET version = 99"))
+        .await
+        .unwrap();
+    let err = PostgresStore::connect(&url, &schema, 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }));
+    assert!(err.to_string().contains("version 99"), "{err}");
+    store.drop_schema().await.unwrap();
+}
+
+fn created_key(key: &str) -> offsession_core::NewIdempotencyKey<'_> {
+    offsession_core::NewIdempotencyKey {
+        key,
+        fingerprint: "fp",
+        now: Timestamp::from_millis(1_000),
+        ttl: std::time::Duration::from_secs(86_400),
+    }
+}
+
+async fn event_ids(store: &PostgresStore) -> Vec<String> {
+    store
+        .events_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_killed_at_any_step_leaves_nothing_half_made() {
+    use offsession_core::{AttemptRecord, EventType, Expected, IdempotencyClaim, PaymentStatus};
+    use offsession_store::conformance::sample_event;
+
+    let Some(url) = url() else { return };
+    let store = PostgresStore::connect(&url, &schema("crash"), 2)
+        .await
+        .unwrap();
+
+    // Create: key, payment, attempts, event; killed after each step in turn.
+    for step in 1..=5 {
+        let id = format!("osp_create_{step}");
+        let key = format!("key_{step}");
+        let record = sample_record(&id, 1_000, None);
+        let event = sample_event(&record, &format!("evt_create_{step}"), EventType::Created);
+        store.crash_at_step(step);
+        let err = store
+            .create(
+                &record,
+                Some(created_key(&key)),
+                std::slice::from_ref(&event),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("crash_at_step"),
+            "step {step}: {err}"
+        );
+        assert!(
+            store.get(&id).await.unwrap().is_none(),
+            "step {step}: payment"
+        );
+        assert!(
+            !event_ids(&store).await.contains(&event.id),
+            "step {step}: an event without its payment"
+        );
+        // The key was not kept: the client's retry creates the payment, once.
+        let claim = store
+            .create(
+                &record,
+                Some(created_key(&key)),
+                std::slice::from_ref(&event),
+            )
+            .await
+            .unwrap();
+        assert_eq!(claim, IdempotencyClaim::Inserted, "step {step}");
+        let ids = event_ids(&store).await;
+        assert_eq!(ids.iter().filter(|e| **e == event.id).count(), 1);
+    }
+
+    // An attempt's write-ahead: status, attempt row and event; killed after each step.
+    let method = sample_record("osp_create_1", 1_000, None)
+        .payment
+        .payment_method;
+    for step in 1..=4 {
+        let stored = store.get("osp_create_1").await.unwrap().unwrap();
+        let history = store
+            .card_history(&method, Timestamp::from_millis(0), 100)
+            .await
+            .unwrap();
+        let mut next = stored.clone();
+        let number = next.attempts.len() as u32 + 1;
+        next.payment.status = PaymentStatus::Processing;
+        next.attempts.push(AttemptRecord::started(
+            format!("att_{step}"),
+            "osp_create_1",
+            number,
+            "mock",
+            Timestamp::from_millis(2_000 + i64::from(step)),
+        ));
+        let event = sample_event(
+            &next,
+            &format!("evt_attempt_{step}"),
+            EventType::AttemptStarted,
+        );
+        store.crash_at_step(step);
+        let err = store
+            .commit(&next, Expected::of(&stored), std::slice::from_ref(&event))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("crash_at_step"),
+            "step {step}: {err}"
+        );
+        assert_eq!(
+            store.get("osp_create_1").await.unwrap().unwrap(),
+            stored,
+            "step {step}: the record changed"
+        );
+        assert_eq!(
+            store
+                .card_history(&method, Timestamp::from_millis(0), 100)
+                .await
+                .unwrap(),
+            history,
+            "step {step}: an attempt row without its record"
+        );
+        assert!(!event_ids(&store).await.contains(&event.id), "step {step}");
+        // Back to pending for the next round, committed whole.
+        let mut reset = next.clone();
+        reset.payment.status = PaymentStatus::Pending;
+        store
+            .commit(&next, Expected::of(&stored), std::slice::from_ref(&event))
+            .await
+            .unwrap();
+        let written = store.get("osp_create_1").await.unwrap().unwrap();
+        store
+            .commit(&reset, Expected::of(&written), &[])
+            .await
+            .unwrap();
+    }
+    store.drop_schema().await.unwrap();
+}

@@ -1,0 +1,85 @@
+//! The SQLite store keeps the store contract, in memory and in a file, and a file
+//! keeps its payments across a reopen.
+#![cfg(feature = "sqlite")]
+
+use offsession_core::{EventType, Expected, PaymentStatus, Store, StoreError};
+use offsession_store::conformance::{run_all, sample_event, sample_record};
+use offsession_store::{SqliteStore, Synchronous};
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("offsession-sqlite-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("offsession.db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_store_keeps_the_store_contract() {
+    run_all(|| SqliteStore::open_in_memory().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_keeps_payments_events_and_state_across_a_reopen() {
+    let path = temp_db("reopen");
+    {
+        let store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+        let record = sample_record("osp_a", 1_000, None);
+        store
+            .create(
+                &record,
+                None,
+                &[sample_event(&record, "evt_1", EventType::Created)],
+            )
+            .await
+            .unwrap();
+        let stored = store.get("osp_a").await.unwrap().unwrap();
+        let mut next = stored.clone();
+        next.payment.status = PaymentStatus::Canceled;
+        next.due_at = None;
+        store
+            .commit(
+                &next,
+                Expected::of(&stored),
+                &[sample_event(&next, "evt_2", EventType::Canceled)],
+            )
+            .await
+            .unwrap();
+        store.save_state("smart", "{}").await.unwrap();
+    }
+    let store = SqliteStore::open(&path, Synchronous::Full).unwrap();
+    let record = store.get("osp_a").await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::Canceled);
+    assert_eq!(record.version, 2);
+    let events = store.events_after(0, 10).await.unwrap();
+    let ids: Vec<_> = events.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(ids, ["evt_1", "evt_2"]);
+    assert_eq!(
+        store.load_state("smart").await.unwrap().as_deref(),
+        Some("{}")
+    );
+    drop(store);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_untouched() {
+    let path = temp_db("newer");
+    drop(SqliteStore::open(&path, Synchronous::Normal).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+    }
+    let err = SqliteStore::open(&path, Synchronous::Normal).unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }));
+    let message = err.to_string();
+    assert!(message.contains("version 99"), "{message}");
+    assert!(message.contains("newer than this binary"), "{message}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 99);
+    drop(conn);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}

@@ -5,12 +5,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use offsession_core::{DiscardEvents, SystemClock};
+use futures::StreamExt;
+use offsession_core::{DiscardEvents, Store, SystemClock};
 use offsession_mock::{LatencyModel, MockConfig, MockProcessor};
-use offsession_orchestrator::{AttemptTiming, EngineConfig, RateLimit, TimingObserver};
-use offsession_store::MemoryStore;
+use offsession_orchestrator::{AttemptTiming, Engine, EngineConfig, RateLimit, TimingObserver};
+use offsession_store::baseline::Baseline;
+use offsession_store::{MemoryStore, PostgresStore, SqliteStore, Synchronous};
 use serde::Serialize;
 
+use crate::config::{StoreConfig, StoreUrl};
 use crate::error::RunnerError;
 
 /// What to run.
@@ -29,6 +32,11 @@ pub struct BenchOptions {
     pub latency: LatencyModel,
     /// Requests per second the mock accepts (and the engine paces to); none: no limit.
     pub rate_limit: Option<u32>,
+    /// Where payments live: `memory:`, `sqlite://NEW_FILE` or `postgres://…` (a
+    /// fresh schema is made and dropped).
+    pub store: String,
+    /// Engine instances sharing the store (Postgres only).
+    pub instances: usize,
 }
 
 /// The measurements.
@@ -60,6 +68,16 @@ pub struct BenchReport {
     pub rate_limit_utilization: Option<f64>,
     /// 429s the processor returned.
     pub rate_limited: u64,
+    /// The store (password redacted).
+    pub store: String,
+    /// Engine instances sharing it.
+    pub instances: usize,
+    /// Payments per second end to end: intake and settle together.
+    pub end_to_end_per_second: f64,
+    /// Payments per second of the plain-SQL baseline (durable stores).
+    pub baseline_per_second: Option<f64>,
+    /// end_to_end_per_second ÷ baseline_per_second.
+    pub baseline_ratio: Option<f64>,
 }
 
 fn peak_memory_mib() -> Option<f64> {
@@ -90,71 +108,114 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
     let timings: Arc<Mutex<Vec<AttemptTiming>>> =
         Arc::new(Mutex::new(Vec::with_capacity(options.payments as usize)));
     let sink = timings.clone();
-    let decisions = crate::wiring::policies(&options.config_path, &options.config)?;
-    let mut builder = decisions
-        .builder
-        .config(EngineConfig {
-            concurrency: options.concurrency,
-            claim_batch: options.concurrency.max(1_024),
-            // A 429 is replayed after the shortest wait the engine allows (1s); the
-            // pacer keeps the engine under the limit, so none are expected.
-            replay_backoff: vec![Duration::from_secs(1)],
-            ..options.config.engine.clone()
-        })
-        .processor(mock.clone())
-        .store(Arc::new(MemoryStore::new()))
-        .clock(Arc::new(SystemClock))
-        .events(Arc::new(DiscardEvents))
-        .timing_observer(TimingObserver(Arc::new(move |timing| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(timing);
-        })));
-    if let Some(per_second) = options.rate_limit {
-        // The engine's burst (1/50 s of requests) stays under the mock's (1/20 s), so
-        // timer jitter lets the engine catch up on slots it missed without ever
-        // presenting more than the processor accepts.
-        builder = builder.rate_limit(
-            "mock",
-            RateLimit {
-                per_second,
-                burst: (per_second / 50).max(1),
-            },
+    let url = StoreConfig {
+        url: options.store.clone(),
+        ..StoreConfig::default()
+    }
+    .parsed_url()?;
+    let schema = format!("offsession_bench_{}", std::process::id());
+    let instances = options.instances.max(1);
+    if instances > 1 && !matches!(url, StoreUrl::Postgres(_)) {
+        return Err(RunnerError::Flag {
+            flag: "--instances",
+            message: "several instances share a store only on Postgres".into(),
+        });
+    }
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..instances {
+        stores.push(match &url {
+            StoreUrl::Memory => Arc::new(MemoryStore::new()),
+            StoreUrl::Sqlite(path) => {
+                if path.exists() {
+                    return Err(RunnerError::Flag {
+                        flag: "--store",
+                        message: format!(
+                            "`{}` exists: the bench writes a new file",
+                            path.display()
+                        ),
+                    });
+                }
+                Arc::new(
+                    SqliteStore::open(path, Synchronous::Normal)
+                        .map_err(RunnerError::setup("opening the bench store"))?,
+                )
+            }
+            StoreUrl::Postgres(url) => Arc::new(
+                PostgresStore::connect(url, &schema, options.concurrency.clamp(4, 32))
+                    .await
+                    .map_err(RunnerError::setup("opening the bench store"))?,
+            ),
+        });
+    }
+    let mut engines = Vec::new();
+    for (index, store) in stores.iter().enumerate() {
+        let decisions = crate::wiring::policies(&options.config_path, &options.config)?;
+        let sink = sink.clone();
+        let mut builder = decisions
+            .builder
+            .config(EngineConfig {
+                instance_id: format!("bench-{index}"),
+                // Instances sharing a store draw ids from distinct seeds.
+                id_seed: options
+                    .config
+                    .engine
+                    .id_seed
+                    .map(|seed| seed.wrapping_add(index as u64)),
+                concurrency: options.concurrency,
+                claim_batch: options.concurrency.max(1_024),
+                // A 429 is replayed after the shortest wait the engine allows (1s); the
+                // pacer keeps the engine under the limit, so none are expected.
+                replay_backoff: vec![Duration::from_secs(1)],
+                ..options.config.engine.clone()
+            })
+            .processor(mock.clone())
+            .store(store.clone())
+            .clock(Arc::new(SystemClock))
+            .events(Arc::new(DiscardEvents))
+            .timing_observer(TimingObserver(Arc::new(move |timing| {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(timing);
+            })));
+        if let Some(per_second) = options.rate_limit {
+            // The engine's burst (1/50 s of requests) stays under the mock's (1/20 s),
+            // so timer jitter lets the engine catch up on slots it missed without
+            // ever presenting more than the processor accepts.
+            builder = builder.rate_limit(
+                "mock",
+                RateLimit {
+                    per_second,
+                    burst: (per_second / 50).max(1),
+                },
+            );
+        }
+        engines.push(
+            builder
+                .build()
+                .map_err(RunnerError::engine("building the engine"))?,
         );
     }
-    let engine = builder
-        .build()
-        .map_err(RunnerError::engine("building the engine"))?;
 
+    // Intake: `concurrency` creates in flight, spread over the instances.
     let intake_started = Instant::now();
-    for i in 0..options.payments {
-        let body = format!(
-            r#"{{"amount":{{"value":2000,"currency":"usd"}},"cadence":"recurring","customer":"cus_{i}","payment_method":"pm_card_visa__{i}","retry_details":{{"retry_strategy":"none"}}}}"#
-        );
-        engine
-            .create_json(body.as_bytes(), None)
-            .await
-            .map_err(RunnerError::api("creating a benchmark payment"))?;
+    let creates = futures::stream::iter(0..options.payments).map(|i| {
+        let engine = &engines[i as usize % engines.len()];
+        async move {
+            let body = format!(
+                r#"{{"amount":{{"value":2000,"currency":"usd"}},"cadence":"recurring","customer":"cus_{i}","payment_method":"pm_card_visa__{i}","retry_details":{{"retry_strategy":"none"}}}}"#
+            );
+            engine.create_json(body.as_bytes(), None).await
+        }
+    });
+    let mut creates = creates.buffer_unordered(options.concurrency.max(1));
+    while let Some(created) = creates.next().await {
+        created.map_err(RunnerError::api("creating a benchmark payment"))?;
     }
+    drop(creates);
     let intake = intake_started.elapsed();
 
     let settle_started = Instant::now();
-    loop {
-        engine
-            .run_due()
-            .await
-            .map_err(RunnerError::engine("running due payments"))?;
-        match engine
-            .next_due()
-            .await
-            .map_err(RunnerError::engine("reading the next due time"))?
-        {
-            None => break,
-            Some(next) => {
-                let wait = next.as_millis() - engine.now().as_millis();
-                if wait > 0 {
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-                }
-            }
-        }
+    let settles = engines.iter().map(settle);
+    for settled in futures::future::join_all(settles).await {
+        settled?;
     }
     let settle = settle_started.elapsed();
 
@@ -172,6 +233,10 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
         _ => true,
     };
     let answered = mock.requests() - mock.rate_limited();
+    let baseline_seconds = baseline(&url, &schema, options, &stores[0]).await?;
+    drop_bench_store(&url, &schema).await?;
+    let baseline_per_second = baseline_seconds.map(|s| options.payments as f64 / s);
+    let end_to_end_per_second = options.payments as f64 / (intake + settle).as_secs_f64();
     Ok(BenchReport {
         payments: options.payments,
         concurrency: options.concurrency,
@@ -191,7 +256,105 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
             .rate_limit
             .map(|limit| answered as f64 / settle.as_secs_f64() / f64::from(limit)),
         rate_limited: mock.rate_limited(),
+        store: crate::config::redact(&options.store),
+        instances,
+        end_to_end_per_second,
+        baseline_per_second,
+        baseline_ratio: baseline_per_second.map(|b| end_to_end_per_second / b),
     })
+}
+
+/// Runs one instance's due work until nothing is due.
+async fn settle(engine: &Engine) -> Result<(), RunnerError> {
+    loop {
+        engine
+            .run_due()
+            .await
+            .map_err(RunnerError::engine("running due payments"))?;
+        match engine
+            .next_due()
+            .await
+            .map_err(RunnerError::engine("reading the next due time"))?
+        {
+            None => return Ok(()),
+            Some(next) => {
+                let wait = next.as_millis() - engine.now().as_millis();
+                tokio::time::sleep(Duration::from_millis(wait.clamp(1, 1_000) as u64)).await;
+            }
+        }
+    }
+}
+
+/// Times the plain-SQL baseline on a store like the bench's (durable stores only).
+async fn baseline(
+    url: &StoreUrl,
+    schema: &str,
+    options: &BenchOptions,
+    store: &Arc<dyn Store>,
+) -> Result<Option<f64>, RunnerError> {
+    // Rows as large as the engine's: the first stored record's JSON.
+    let sample = store
+        .list(1, None)
+        .await
+        .map_err(RunnerError::setup("reading a stored payment"))?;
+    let body = sample
+        .first()
+        .map(|r| serde_json::to_string(r).unwrap_or_default())
+        .unwrap_or_else(|| "{}".into());
+    let failed = RunnerError::setup("running the plain-SQL baseline");
+    let elapsed = match url {
+        StoreUrl::Memory => return Ok(None),
+        StoreUrl::Sqlite(path) => {
+            let file = path.with_extension("baseline.db");
+            let result = offsession_store::baseline::sqlite(
+                &file,
+                &Baseline {
+                    payments: options.payments,
+                    batch: options.concurrency,
+                    body,
+                },
+            );
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            result.map_err(failed)?
+        }
+        StoreUrl::Postgres(url) => {
+            let baseline_schema = format!("{schema}_baseline");
+            let store = PostgresStore::connect(url, &baseline_schema, 1)
+                .await
+                .map_err(RunnerError::setup("opening the baseline schema"))?;
+            let result = offsession_store::baseline::postgres(
+                url,
+                &baseline_schema,
+                &Baseline {
+                    payments: options.payments,
+                    batch: options.concurrency.clamp(4, 32),
+                    body,
+                },
+            )
+            .await;
+            store
+                .drop_schema()
+                .await
+                .map_err(RunnerError::setup("dropping the baseline schema"))?;
+            result.map_err(failed)?
+        }
+    };
+    Ok(Some(elapsed.as_secs_f64()))
+}
+
+/// Drops what the bench made on Postgres; a SQLite file is left for inspection.
+async fn drop_bench_store(url: &StoreUrl, schema: &str) -> Result<(), RunnerError> {
+    if let StoreUrl::Postgres(url) = url {
+        PostgresStore::connect(url, schema, 1)
+            .await
+            .map_err(RunnerError::setup("opening the bench schema"))?
+            .drop_schema()
+            .await
+            .map_err(RunnerError::setup("dropping the bench schema"))?;
+    }
+    Ok(())
 }
 
 impl BenchReport {
@@ -201,8 +364,15 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "offsession bench: {} payments, concurrency {}",
-            self.payments, self.concurrency
+            "offsession bench: {} payments, concurrency {}, store {}{}",
+            self.payments,
+            self.concurrency,
+            self.store,
+            if self.instances > 1 {
+                format!(", {} instances", self.instances)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
@@ -233,6 +403,18 @@ impl BenchReport {
         );
         if let Some(memory) = self.peak_memory_mib {
             let _ = writeln!(out, "  peak memory          {memory:>10.1} MiB");
+        }
+        let _ = writeln!(
+            out,
+            "  end to end           {:>10.0} payments/s  (intake + settle)",
+            self.end_to_end_per_second
+        );
+        if let (Some(baseline), Some(ratio)) = (self.baseline_per_second, self.baseline_ratio) {
+            let _ = writeln!(
+                out,
+                "  plain-SQL baseline   {baseline:>10.0} payments/s  (engine end to end: {:.1} % of it)",
+                ratio * 100.0
+            );
         }
         if let Some(utilization) = self.rate_limit_utilization {
             let _ = writeln!(

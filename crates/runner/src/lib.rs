@@ -98,6 +98,14 @@ pub enum Command {
         /// paces to it.
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// Store: `memory:`, `sqlite://NEW_FILE` or `postgres://…` (the bench makes a
+        /// schema of its own and drops it). Durable stores also time a plain-SQL
+        /// baseline doing the same writes.
+        #[arg(long, default_value = "memory:")]
+        store: String,
+        /// Engine instances sharing the store (Postgres).
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -226,6 +234,8 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             latency_median_ms,
             latency_sigma,
             rate_limit,
+            store,
+            instances,
             json,
         } => {
             if payments == 0 || concurrency == 0 {
@@ -267,6 +277,8 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
                 concurrency,
                 latency,
                 rate_limit,
+                store,
+                instances,
             })
             .await?;
             print_report(&report, json, report.render())

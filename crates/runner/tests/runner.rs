@@ -328,20 +328,36 @@ async fn the_runner_selects_the_stripe_processor_from_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_on_the_default_config_and_settles_every_payment() {
     use offsession_runner::bench;
+    let dir = tempfile::tempdir().unwrap();
     let path = repo_path("config/default.toml");
-    let report = bench::run(&bench::BenchOptions {
-        config: config::load(&path).unwrap(),
-        config_path: path,
-        payments: 500,
-        concurrency: 16,
-        latency: offsession_mock::LatencyModel::Fixed { millis: 0 },
-        rate_limit: None,
-    })
-    .await
-    .unwrap();
-    // The engine's own checks accept the bench's settings (a 50 ms replay wait was
-    // refused once, and `bench` failed before sending anything).
-    assert_eq!(report.payments, 500);
-    assert!(report.settled_per_second > 0.0, "{report:?}");
-    assert_eq!(report.rate_limited, 0);
+    let mut stores = vec![
+        "memory:".to_owned(),
+        format!("sqlite://{}", dir.path().join("bench.db").display()),
+    ];
+    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => stores.push(url),
+        _ => println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set (Postgres bench)"),
+    }
+    for store in stores {
+        let durable = store != "memory:";
+        let report = bench::run(&bench::BenchOptions {
+            config: config::load(&path).unwrap(),
+            config_path: path.clone(),
+            payments: 500,
+            concurrency: 16,
+            latency: offsession_mock::LatencyModel::Fixed { millis: 0 },
+            rate_limit: None,
+            store: store.clone(),
+            instances: 1,
+        })
+        .await
+        .unwrap();
+        // The engine's own checks accept the bench's settings (a 50 ms replay wait was
+        // refused once, and `bench` failed before sending anything).
+        assert_eq!(report.payments, 500, "{store}");
+        assert!(report.settled_per_second > 0.0, "{report:?}");
+        assert_eq!(report.rate_limited, 0);
+        assert_eq!(report.baseline_per_second.is_some(), durable, "{report:?}");
+        assert_eq!(report.baseline_ratio.is_some(), durable, "{report:?}");
+    }
 }

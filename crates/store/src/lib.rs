@@ -9,6 +9,8 @@
 )]
 #![forbid(unsafe_code)]
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod baseline;
 pub mod conformance;
 pub mod memory;
 #[cfg(feature = "postgres")]

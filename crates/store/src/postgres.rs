@@ -253,11 +253,8 @@ impl PostgresStore {
     }
 }
 
-async fn write_attempts(
-    client: &impl GenericClient,
-    record: &PaymentRecord,
-) -> Result<(), StoreError> {
-    if record.attempts.is_empty() {
+async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<(), StoreError> {
+    if row.attempts.is_empty() {
         return Ok(());
     }
     let upsert = client
@@ -269,7 +266,7 @@ async fn write_attempts(
         )
         .await
         .map_err(pg_error("preparing the attempt upsert"))?;
-    for attempt in row::card_attempts(record) {
+    for attempt in &row.attempts {
         let number = attempt.attempt_number as i32;
         let at = attempt.at.as_millis();
         client
@@ -278,7 +275,7 @@ async fn write_attempts(
                 &[
                     &attempt.payment_id,
                     &number,
-                    &record.payment.payment_method,
+                    &row.payment_method,
                     &at,
                     &attempt.declined,
                     &attempt.amount,
@@ -295,12 +292,10 @@ async fn write_events(client: &impl GenericClient, events: &[Event]) -> Result<(
         return Ok(());
     }
     // Held to the commit: sequences commit in order (see the module docs).
-    if std::env::var("NOLOCK").is_err() {
-        client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
-            .await
-            .map_err(pg_error("locking the outbox"))?;
-    }
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
+        .await
+        .map_err(pg_error("locking the outbox"))?;
     let insert = client
         .prepare_cached(
             "INSERT INTO events (id, payment_id, type, created, body)
@@ -417,7 +412,7 @@ impl Store for PostgresStore {
             return Err(pg_error("inserting a payment")(e));
         }
         self.step(&tx).await?;
-        write_attempts(&tx, record).await?;
+        write_attempts(&tx, &row).await?;
         self.step(&tx).await?;
         write_events(&tx, events).await?;
         self.step(&tx).await?;
@@ -493,7 +488,7 @@ impl Store for PostgresStore {
             });
         }
         self.step(&tx).await?;
-        write_attempts(&tx, record).await?;
+        write_attempts(&tx, &row).await?;
         self.step(&tx).await?;
         write_events(&tx, events).await?;
         self.step(&tx).await?;

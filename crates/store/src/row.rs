@@ -19,47 +19,42 @@ pub(crate) fn scope_column(scope: &ClockScope) -> &str {
     }
 }
 
-/// The columns of a record, and its JSON without lease and version.
+/// The columns of a record, and the record as JSON. Lease and version are read back
+/// from their columns only (a claim changes the columns, not the JSON).
 #[derive(Debug)]
-pub(crate) struct RecordRow<'a> {
-    pub(crate) id: &'a str,
+pub(crate) struct RecordRow {
+    pub(crate) id: String,
     pub(crate) status: &'static str,
-    pub(crate) scope: &'a str,
+    pub(crate) scope: String,
     pub(crate) due_at: Option<i64>,
     pub(crate) claimable_at: Option<i64>,
-    pub(crate) lease_owner: Option<&'a str>,
+    pub(crate) lease_owner: Option<String>,
     pub(crate) lease_until: Option<i64>,
-    pub(crate) processor: &'a str,
-    pub(crate) payment_method: &'a str,
-    pub(crate) customer: &'a str,
+    pub(crate) processor: String,
+    pub(crate) payment_method: String,
+    pub(crate) customer: String,
     pub(crate) created: i64,
     pub(crate) body: String,
+    /// The attempts as the network rules read them.
+    pub(crate) attempts: Vec<CardAttempt>,
 }
 
-impl<'a> RecordRow<'a> {
-    pub(crate) fn of(record: &'a PaymentRecord) -> Result<RecordRow<'a>, StoreError> {
-        let scope = match &record.payment.test_clock {
-            Some(id) => id.as_str(),
-            None => "",
-        };
-        let mut body = serde_json::to_value(record).map_err(|e| encode_error("record", e))?;
-        if let Some(object) = body.as_object_mut() {
-            object.remove("lease");
-            object.remove("version");
-        }
+impl RecordRow {
+    pub(crate) fn of(record: &PaymentRecord) -> Result<RecordRow, StoreError> {
         Ok(RecordRow {
-            id: &record.payment.id,
+            id: record.payment.id.clone(),
             status: record.payment.status.as_str(),
-            scope,
+            scope: record.payment.test_clock.clone().unwrap_or_default(),
             due_at: record.due_at.map(Timestamp::as_millis),
             claimable_at: record.claimable_at().map(Timestamp::as_millis),
-            lease_owner: record.lease.as_ref().map(|l| l.owner.as_str()),
+            lease_owner: record.lease.as_ref().map(|l| l.owner.clone()),
             lease_until: record.lease.as_ref().map(|l| l.until.as_millis()),
-            processor: &record.processor,
-            payment_method: &record.payment.payment_method,
-            customer: &record.payment.customer,
+            processor: record.processor.clone(),
+            payment_method: record.payment.payment_method.clone(),
+            customer: record.payment.customer.clone(),
             created: record.payment.created.as_millis(),
-            body: body.to_string(),
+            body: serde_json::to_string(record).map_err(|e| encode_error("record", e))?,
+            attempts: card_attempts(record).collect(),
         })
     }
 }
@@ -71,19 +66,43 @@ pub(crate) fn record_from(
     lease_owner: Option<String>,
     lease_until: Option<i64>,
 ) -> Result<PaymentRecord, StoreError> {
-    let mut value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| decode_error("record", e))?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert("version".into(), serde_json::json!(version));
-        object.insert("lease".into(), serde_json::Value::Null);
-    }
     let mut record: PaymentRecord =
-        serde_json::from_value(value).map_err(|e| decode_error("record", e))?;
+        serde_json::from_str(body).map_err(|e| decode_error("record", e))?;
+    record.version = version as u64;
     record.lease = lease_owner.zip(lease_until).map(|(owner, until)| Lease {
         owner,
         until: Timestamp::from_millis(until),
     });
     Ok(record)
+}
+
+/// A stored row before it is decoded: body, version, lease owner, lease until.
+pub(crate) type RawRecord = (String, i64, Option<String>, Option<i64>);
+
+/// Decodes rows read by a store.
+pub(crate) fn records_from(rows: Vec<RawRecord>) -> Result<Vec<PaymentRecord>, StoreError> {
+    rows.into_iter()
+        .map(|(body, version, owner, until)| record_from(&body, version, owner, until))
+        .collect()
+}
+
+/// An event ready to insert: id, payment id, type, created, JSON.
+pub(crate) type EventRow = (String, String, &'static str, i64, String);
+
+/// Events ready to insert.
+pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<EventRow>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            Ok((
+                e.id.clone(),
+                e.related_object.id.clone(),
+                e.event_type.as_str(),
+                e.created.as_millis(),
+                event_body(e)?,
+            ))
+        })
+        .collect()
 }
 
 /// A status column read back.

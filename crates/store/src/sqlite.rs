@@ -28,7 +28,7 @@ use offsession_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::row::{self, RecordRow, SCHEMA_VERSION};
+use crate::row::{self, RawRecord, RecordRow, SCHEMA_VERSION};
 
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;
@@ -294,12 +294,7 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Job>) {
     }
 }
 
-fn write_payment(
-    tx: &Transaction<'_>,
-    record: &PaymentRecord,
-    version: i64,
-) -> Result<(), StoreError> {
-    let row = RecordRow::of(record)?;
+fn write_payment(tx: &Transaction<'_>, row: &RecordRow, version: i64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
              lease_until, processor, payment_method, customer, created, body)
@@ -324,7 +319,7 @@ fn write_payment(
     })
     .map_err(|e| {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
-            StoreError::Duplicate(record.payment.id.clone())
+            StoreError::Duplicate(row.id.clone())
         } else {
             sql_error("inserting a payment")(e)
         }
@@ -332,8 +327,8 @@ fn write_payment(
     Ok(())
 }
 
-fn write_attempts(tx: &Transaction<'_>, record: &PaymentRecord) -> Result<(), StoreError> {
-    if record.attempts.is_empty() {
+fn write_attempts(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreError> {
+    if row.attempts.is_empty() {
         return Ok(());
     }
     let mut upsert = tx
@@ -344,12 +339,12 @@ fn write_attempts(tx: &Transaction<'_>, record: &PaymentRecord) -> Result<(), St
              SET started_at = excluded.started_at, declined = excluded.declined",
         )
         .map_err(sql_error("preparing the attempt upsert"))?;
-    for attempt in row::card_attempts(record) {
+    for attempt in &row.attempts {
         upsert
             .execute(params![
                 attempt.payment_id,
                 attempt.attempt_number,
-                record.payment.payment_method,
+                row.payment_method,
                 attempt.at.as_millis(),
                 attempt.declined,
                 attempt.amount
@@ -359,7 +354,7 @@ fn write_attempts(tx: &Transaction<'_>, record: &PaymentRecord) -> Result<(), St
     Ok(())
 }
 
-fn write_events(tx: &Transaction<'_>, events: &[Event]) -> Result<(), StoreError> {
+fn write_events(tx: &Transaction<'_>, events: &[row::EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -368,63 +363,31 @@ fn write_events(tx: &Transaction<'_>, events: &[Event]) -> Result<(), StoreError
             "INSERT INTO events (id, payment_id, type, created, body) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .map_err(sql_error("preparing the event insert"))?;
-    for event in events {
+    for (id, payment_id, event_type, created, body) in events {
         insert
-            .execute(params![
-                event.id,
-                event.related_object.id,
-                event.event_type.as_str(),
-                event.created.as_millis(),
-                row::event_body(event)?
-            ])
+            .execute(params![id, payment_id, event_type, created, body])
             .map_err(sql_error("writing an event"))?;
     }
     Ok(())
 }
 
-fn read_record(tx: &Transaction<'_>, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-    tx.prepare_cached("SELECT body, version, lease_owner, lease_until FROM payments WHERE id = ?1")
-        .and_then(|mut select| {
-            select
-                .query_row([id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                    ))
-                })
-                .optional()
-        })
-        .map_err(sql_error("reading a payment"))?
-        .map(|(body, version, owner, until)| row::record_from(&body, version, owner, until))
-        .transpose()
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 fn read_records(
     tx: &Transaction<'_>,
     sql: &str,
     params: impl rusqlite::Params,
-) -> Result<Vec<PaymentRecord>, StoreError> {
+) -> Result<Vec<RawRecord>, StoreError> {
     let mut select = tx
         .prepare_cached(sql)
         .map_err(sql_error("preparing a payment query"))?;
     let rows = select
-        .query_map(params, |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })
+        .query_map(params, raw_row)
         .map_err(sql_error("querying payments"))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (body, version, owner, until) = row.map_err(sql_error("reading a payment row"))?;
-        out.push(row::record_from(&body, version, owner, until)?);
-    }
-    Ok(out)
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(sql_error("reading a payment row"))
 }
 
 #[async_trait]
@@ -435,7 +398,7 @@ impl Store for SqliteStore {
         key: Option<NewIdempotencyKey<'_>>,
         events: &[Event],
     ) -> Result<IdempotencyClaim, StoreError> {
-        let record = record.clone();
+        let row = RecordRow::of(record)?;
         let key = key.map(|k| {
             (
                 k.key.to_owned(),
@@ -444,7 +407,7 @@ impl Store for SqliteStore {
                 k.ttl.as_millis() as i64,
             )
         });
-        let events = events.to_vec();
+        let events = row::event_rows(events)?;
         self.call(move |tx| {
             if let Some((key, _, now, ttl)) = &key {
                 let existing = tx
@@ -471,16 +434,16 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            write_payment(tx, &record, 1)?;
+            write_payment(tx, &row, 1)?;
             if let Some((key, fingerprint, now, _)) = &key {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, payment_id, created_at)
                      VALUES (?1, ?2, ?3, ?4)",
                 )
-                .and_then(|mut s| s.execute(params![key, fingerprint, record.payment.id, now]))
+                .and_then(|mut s| s.execute(params![key, fingerprint, row.id, now]))
                 .map_err(sql_error("writing an idempotency key"))?;
             }
-            write_attempts(tx, &record)?;
+            write_attempts(tx, &row)?;
             write_events(tx, &events)?;
             Ok(IdempotencyClaim::Inserted)
         })
@@ -489,7 +452,16 @@ impl Store for SqliteStore {
 
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         let id = id.to_owned();
-        self.call(move |tx| read_record(tx, &id)).await
+        let rows = self
+            .call(move |tx| {
+                read_records(
+                    tx,
+                    "SELECT body, version, lease_owner, lease_until FROM payments WHERE id = ?1",
+                    [id],
+                )
+            })
+            .await?;
+        Ok(row::records_from(rows)?.pop())
     }
 
     async fn commit(
@@ -498,10 +470,9 @@ impl Store for SqliteStore {
         expected: Expected,
         events: &[Event],
     ) -> Result<u64, StoreError> {
-        let record = record.clone();
-        let events = events.to_vec();
+        let row = RecordRow::of(record)?;
+        let events = row::event_rows(events)?;
         self.call(move |tx| {
-            let row = RecordRow::of(&record)?;
             let changed = tx
                 .prepare_cached(
                     "UPDATE payments SET version = version + 1, status = ?1, scope = ?2,
@@ -531,22 +502,22 @@ impl Store for SqliteStore {
                 let current = tx
                     .prepare_cached("SELECT version, status FROM payments WHERE id = ?1")
                     .and_then(|mut s| {
-                        s.query_row([row.id], |r| {
+                        s.query_row([&row.id], |r| {
                             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                         })
                         .optional()
                     })
                     .map_err(sql_error("reading a payment's version"))?;
                 return Err(match current {
-                    None => StoreError::NotFound(record.payment.id.clone()),
+                    None => StoreError::NotFound(row.id.clone()),
                     Some((version, status)) => StoreError::Conflict {
-                        id: record.payment.id.clone(),
+                        id: row.id.clone(),
                         current_version: version as u64,
                         current_status: row::status_from(&status)?,
                     },
                 });
             }
-            write_attempts(tx, &record)?;
+            write_attempts(tx, &row)?;
             write_events(tx, &events)?;
             Ok(expected.version + 1)
         })
@@ -562,36 +533,30 @@ impl Store for SqliteStore {
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let scope = row::scope_column(scope).to_owned();
         let lease = lease.clone();
-        self.call(move |tx| {
-            let mut claimed = read_records(
-                tx,
-                "SELECT body, version, lease_owner, lease_until FROM payments
-                 WHERE scope = ?1 AND claimable_at <= ?2
-                 ORDER BY claimable_at, id LIMIT ?3",
-                params![scope, now.as_millis(), limit as i64],
-            )?;
-            let mut update = tx
-                .prepare_cached(
-                    "UPDATE payments SET version = ?1, lease_owner = ?2, lease_until = ?3,
-                         claimable_at = ?4 WHERE id = ?5",
-                )
-                .map_err(sql_error("preparing the claim"))?;
-            for record in &mut claimed {
-                record.lease = Some(lease.clone());
-                record.version += 1;
-                update
-                    .execute(params![
-                        record.version as i64,
+        let rows = self
+            .call(move |tx| {
+                read_records(
+                    tx,
+                    "UPDATE payments SET version = version + 1, lease_owner = ?4,
+                         lease_until = ?5, claimable_at = MAX(due_at, ?5)
+                     WHERE id IN (
+                         SELECT id FROM payments WHERE scope = ?1 AND claimable_at <= ?2
+                         ORDER BY claimable_at, id LIMIT ?3
+                     )
+                     RETURNING body, version, lease_owner, lease_until",
+                    params![
+                        scope,
+                        now.as_millis(),
+                        limit as i64,
                         lease.owner,
-                        lease.until.as_millis(),
-                        record.claimable_at().map(Timestamp::as_millis),
-                        record.payment.id
-                    ])
-                    .map_err(sql_error("claiming a payment"))?;
-            }
-            Ok(claimed)
-        })
-        .await
+                        lease.until.as_millis()
+                    ],
+                )
+            })
+            .await?;
+        let mut claimed = row::records_from(rows)?;
+        claimed.sort_by(|a, b| (a.due_at, a.id()).cmp(&(b.due_at, b.id())));
+        Ok(claimed)
     }
 
     async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
@@ -611,22 +576,24 @@ impl Store for SqliteStore {
         starting_after: Option<&str>,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let after = starting_after.map(str::to_owned);
-        self.call(move |tx| match after {
-            None => read_records(
-                tx,
-                "SELECT body, version, lease_owner, lease_until FROM payments
-                 ORDER BY seq DESC LIMIT ?1",
-                params![limit as i64],
-            ),
-            Some(after) => read_records(
-                tx,
-                "SELECT body, version, lease_owner, lease_until FROM payments
-                 WHERE seq < (SELECT seq FROM payments WHERE id = ?1)
-                 ORDER BY seq DESC LIMIT ?2",
-                params![after, limit as i64],
-            ),
-        })
-        .await
+        let rows = self
+            .call(move |tx| match after {
+                None => read_records(
+                    tx,
+                    "SELECT body, version, lease_owner, lease_until FROM payments
+                     ORDER BY seq DESC LIMIT ?1",
+                    params![limit as i64],
+                ),
+                Some(after) => read_records(
+                    tx,
+                    "SELECT body, version, lease_owner, lease_until FROM payments
+                     WHERE seq < (SELECT seq FROM payments WHERE id = ?1)
+                     ORDER BY seq DESC LIMIT ?2",
+                    params![after, limit as i64],
+                ),
+            })
+            .await?;
+        row::records_from(rows)
     }
 
     async fn card_history(

@@ -1,0 +1,172 @@
+//! The plain-SQL baseline `offsession bench` compares the engine with: per payment,
+//! one insert and three updates (claim, attempt start, outcome) and one outbox insert,
+//! in the same tables and the same transaction shapes as the engine's store, with no
+//! engine around them. It measures what the database allows on this machine, so that
+//! the engine's figure can be read as a share of it.
+
+use std::time::{Duration, Instant};
+
+/// What the baseline writes per payment.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// Payments.
+    pub payments: u64,
+    /// SQLite: payments per transaction (the writer's group size); Postgres: parallel
+    /// connections, one transaction per step of a payment.
+    pub batch: usize,
+    /// The stored JSON of one payment (the engine's record, so rows are the same size).
+    pub body: String,
+}
+
+/// Runs the baseline against a new SQLite file at `path`; returns the elapsed time.
+#[cfg(feature = "sqlite")]
+pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, String> {
+    use rusqlite::params;
+    drop(crate::SqliteStore::open(path, crate::Synchronous::Normal).map_err(|e| e.to_string())?);
+    let mut conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let batch = baseline.batch.max(1) as u64;
+    let mut first = 0;
+    while first < baseline.payments {
+        let ids: Vec<String> = (first..(first + batch).min(baseline.payments))
+            .map(|i| format!("osp_baseline_{i:010}"))
+            .collect();
+        let step = |conn: &mut rusqlite::Connection, sql: &str, event: bool| {
+            let tx = conn.transaction().map_err(|e| e.to_string())?;
+            {
+                let mut statement = tx.prepare_cached(sql).map_err(|e| e.to_string())?;
+                let mut outbox = tx
+                    .prepare_cached(
+                        "INSERT INTO events (id, payment_id, type, created, body) VALUES (?1, ?2, 't', 0, ?3)",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let with_body = sql.contains("?2");
+                for id in &ids {
+                    if with_body {
+                        statement.execute(params![id, baseline.body])
+                    } else {
+                        statement.execute(params![id])
+                    }
+                    .map_err(|e| e.to_string())?;
+                    if event {
+                        outbox
+                            .execute(params![
+                                format!("evt_{id}_{}", sql.len()),
+                                id,
+                                baseline.body
+                            ])
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        };
+        step(
+            &mut conn,
+            "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, processor,
+                 payment_method, customer, created, body)
+             VALUES (?1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, ?2)",
+            false,
+        )?;
+        step(
+            &mut conn,
+            "UPDATE payments SET version = version + 1, lease_owner = 'bench', lease_until = 1,
+                 claimable_at = 1 WHERE id = ?1",
+            false,
+        )?;
+        step(
+            &mut conn,
+            "UPDATE payments SET version = version + 1, status = 'processing', body = ?2
+             WHERE id = ?1",
+            false,
+        )?;
+        step(
+            &mut conn,
+            "UPDATE payments SET version = version + 1, status = 'succeeded', claimable_at = NULL,
+                 due_at = NULL, body = ?2 WHERE id = ?1",
+            true,
+        )?;
+        first += batch;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the baseline against `schema` (created by a `PostgresStore` first) with
+/// `batch` connections in parallel; returns the elapsed time.
+#[cfg(feature = "postgres")]
+pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Duration, String> {
+    use std::str::FromStr;
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+    config.options(format!("-c search_path={schema}"));
+    let workers = baseline.batch.max(1) as u64;
+    let mut clients = Vec::new();
+    for _ in 0..workers {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        clients.push(client);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (worker, mut client) in clients.into_iter().enumerate() {
+        let body = baseline.body.clone();
+        let payments = baseline.payments;
+        tasks.push(tokio::spawn(async move {
+            let mut i = worker as u64;
+            while i < payments {
+                let id = format!("osp_baseline_{i:010}");
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "INSERT INTO payments (id, version, status, scope, due_at, claimable_at,
+                         processor, payment_method, customer, created, body)
+                     VALUES ($1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, $2::text::jsonb)",
+                    &[&id, &body],
+                )
+                .await?;
+                tx.commit().await?;
+                client
+                    .execute(
+                        "UPDATE payments SET version = version + 1, lease_owner = 'bench',
+                             lease_until = 1, claimable_at = 1 WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "UPDATE payments SET version = version + 1, status = 'processing',
+                             body = $2::text::jsonb WHERE id = $1",
+                        &[&id, &body],
+                    )
+                    .await?;
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "UPDATE payments SET version = version + 1, status = 'succeeded',
+                         claimable_at = NULL, due_at = NULL, body = $2::text::jsonb WHERE id = $1",
+                    &[&id, &body],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO events (id, payment_id, type, created, body)
+                     VALUES ($1, $2, 't', 0, $3::text::jsonb)",
+                    &[&format!("evt_{id}"), &id, &body],
+                )
+                .await?;
+                tx.commit().await?;
+                i += workers;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(started.elapsed())
+}

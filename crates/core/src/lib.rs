@@ -55,7 +55,7 @@ pub use processor::{
 pub use request::CreateOffSessionPayment;
 pub use state::{transition, Transition, TransitionRefused};
 pub use store::{
-    ClockScope, Expected, IdempotencyClaim, Lease, NewIdempotencyKey, OutboxEvent, PaymentRecord,
-    Store, StoreError,
+    CardLock, ClockScope, Expected, IdempotencyClaim, Lease, NewIdempotencyKey, OutboxEvent,
+    PaymentRecord, Store, StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

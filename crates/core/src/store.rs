@@ -189,6 +189,32 @@ pub struct OutboxEvent {
     pub event: Event,
 }
 
+/// A payment method's lock: held while one engine re-checks a card's network caps and
+/// writes the attempt it decided, so that two decisions for one card (two instances,
+/// or two payments of the card in one instance) do not both spend the last slot.
+/// Released when dropped.
+pub struct CardLock {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl CardLock {
+    /// A lock that holds nothing beyond the engine's own (stores used by one process).
+    pub fn in_process() -> CardLock {
+        CardLock { _held: None }
+    }
+
+    /// A lock released when `held` is dropped.
+    pub fn holding(held: Box<dyn Send + Sync>) -> CardLock {
+        CardLock { _held: Some(held) }
+    }
+}
+
+impl Debug for CardLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CardLock")
+    }
+}
+
 /// Store failures.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -332,6 +358,14 @@ pub trait Store: Send + Sync + Debug {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError>;
+
+    /// Takes the lock of `payment_method` across every engine instance sharing the
+    /// store, waiting while another holds it. Stores that serve one process return
+    /// [`CardLock::in_process`]: the engine's own lock then suffices.
+    async fn lock_card(&self, payment_method: &str) -> Result<CardLock, StoreError> {
+        let _ = payment_method;
+        Ok(CardLock::in_process())
+    }
 
     /// Registers a create-request idempotency key, or returns what it mapped to.
     async fn claim_idempotency_key(

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use offsession_core::{
-    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
+    CardAttempt, CardLock, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
     OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 use tokio_postgres::error::SqlState;
@@ -81,10 +81,43 @@ CREATE TABLE engine_state (
 );
 "#];
 
+/// A card lock's connection, in a transaction holding (once `locked`) the advisory
+/// lock.
+struct HeldCard {
+    client: Option<deadpool_postgres::Object>,
+    locked: bool,
+}
+
+impl Drop for HeldCard {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            // Roll back (releasing the lock), then return the connection to the pool.
+            Ok(runtime) if self.locked => {
+                runtime.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        // Never hand out a connection that may still hold the lock.
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            // Dropped while waiting for the lock (or with no runtime to roll back on):
+            // close the connection, which ends the wait and the transaction.
+            _ => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
+
 /// A Postgres database (one schema of it) shared by every engine instance.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Connections that hold card locks: a pool of their own, so a holder that needs
+    /// a connection for its writes never waits on one another holder keeps.
+    card_pool: Pool,
     schema: String,
     crash: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
@@ -145,21 +178,27 @@ impl PostgresStore {
             .map_err(|e| StoreError::backend("postgres: reading the store URL", false, e))?;
         config.options(format!("-c search_path={schema}"));
         config.application_name("offsession");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A connection is checked with an empty query before reuse: a session
-                // the server ended (restart, failover, killed) is replaced, not handed out.
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            .build()
-            .map_err(|e| StoreError::backend("postgres: building the pool", false, e))?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    // A connection is checked with an empty query before reuse: a
+                    // session the server ended (restart, failover, killed) is
+                    // replaced, not handed out.
+                    recycling_method: RecyclingMethod::Verified,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|e| StoreError::backend("postgres: building the pool", false, e))
+        };
+        let card_pool = pool((max_connections / 4).max(2))?;
+        let pool = pool(max_connections.max(1))?;
         let store = PostgresStore {
             pool,
+            card_pool,
             schema: schema.to_owned(),
             crash: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
         };
@@ -610,6 +649,31 @@ impl Store for PostgresStore {
             .collect();
         history.reverse();
         Ok(history)
+    }
+
+    async fn lock_card(&self, payment_method: &str) -> Result<CardLock, StoreError> {
+        // A transaction-level advisory lock on a connection of its own, held until
+        // the guard is dropped: the transaction then rolls back, which releases the
+        // lock, and the connection goes back to the pool.
+        let mut held = HeldCard {
+            client: Some(self.card_pool.get().await.map_err(pool_error)?),
+            locked: false,
+        };
+        if let Some(client) = &held.client {
+            client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(pg_error("starting a card lock"))?;
+            client
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&payment_method],
+                )
+                .await
+                .map_err(pg_error("locking a card"))?;
+        }
+        held.locked = true;
+        Ok(CardLock::holding(Box::new(held)))
     }
 
     async fn claim_idempotency_key(

@@ -249,3 +249,38 @@ async fn a_transaction_killed_at_any_step_leaves_nothing_half_made() {
     }
     store.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_lock_excludes_other_instances_until_released() {
+    use std::time::Duration;
+    let Some(url) = url() else { return };
+    let schema = schema("cardlock");
+    let a = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let b = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let held = a.lock_card("pm_1").await.unwrap();
+    // Another instance waits for the same card; the wait given up here ends cleanly.
+    let waited = tokio::time::timeout(Duration::from_millis(300), b.lock_card("pm_1")).await;
+    assert!(waited.is_err(), "two instances held one card's lock");
+    // Another card is free.
+    let other = tokio::time::timeout(Duration::from_secs(10), b.lock_card("pm_2"))
+        .await
+        .expect("another card's lock is free")
+        .unwrap();
+    drop(other);
+    drop(held);
+    // Released: the other instance gets it, again and again (no lock is left behind
+    // on a pooled connection by the abandoned wait or by the releases).
+    for _ in 0..5 {
+        let again = tokio::time::timeout(Duration::from_secs(10), b.lock_card("pm_1"))
+            .await
+            .expect("the lock is released on drop")
+            .unwrap();
+        drop(again);
+        let back = tokio::time::timeout(Duration::from_secs(10), a.lock_card("pm_1"))
+            .await
+            .expect("and taken back")
+            .unwrap();
+        drop(back);
+    }
+    a.drop_schema().await.unwrap();
+}

@@ -25,6 +25,14 @@ impl Engine {
                 tracing::warn!(payment = %record.payment.id, key = %last.idempotency_key, "attempt was in flight when its lease lapsed; replaying with the same key");
             }
         }
+        // A retry's cap check and its write-ahead happen under the card's lock (in
+        // this process and across instances sharing the store), so two decisions for
+        // one card cannot both spend its last slot.
+        let card_lock = if !replay && !record.attempts.is_empty() {
+            Some(self.lock_card(&record.payment.payment_method).await?)
+        } else {
+            None
+        };
         if !replay && !record.attempts.is_empty() {
             // Other payments of the same card may have been attempted since this retry
             // was scheduled: check the network caps again before sending.
@@ -114,6 +122,8 @@ impl Engine {
         // called. The claim's lease stays, so a crash makes the record claimable
         // again (for a replay) when the lease lapses.
         record.version = self.commit_change(&record, expected, from, now).await?;
+        // The attempt is in the card's history now: the next decision sees it.
+        drop(card_lock);
 
         let Some(attempt) = record.attempts.last().cloned() else {
             return Ok(Duration::ZERO);
@@ -214,6 +224,56 @@ impl Engine {
                     ..
                 }
             ));
+        }
+    }
+
+    /// Takes a payment method's lock: this process's first, then the store's.
+    async fn lock_card(&self, payment_method: &str) -> Result<HeldCard, StoreError> {
+        let local = {
+            let mut locks = self
+                .inner
+                .card_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks
+                .entry(payment_method.to_owned())
+                .or_insert_with(|| Arc::new(futures::lock::Mutex::new(())))
+                .clone()
+        };
+        let local = local.lock_owned().await;
+        let store = self.inner.store.lock_card(payment_method).await?;
+        Ok(HeldCard {
+            engine: self.clone(),
+            payment_method: payment_method.to_owned(),
+            _store: store,
+            local: Some(local),
+        })
+    }
+}
+
+/// A payment method's lock, released on drop (the store's, then this process's).
+pub(super) struct HeldCard {
+    engine: Engine,
+    payment_method: String,
+    _store: offsession_core::CardLock,
+    local: Option<futures::lock::OwnedMutexGuard<()>>,
+}
+
+impl Drop for HeldCard {
+    fn drop(&mut self) {
+        drop(self.local.take());
+        // Forget the card's lock once nobody holds or waits for it.
+        let mut locks = self
+            .engine
+            .inner
+            .card_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if locks
+            .get(&self.payment_method)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(&self.payment_method);
         }
     }
 }

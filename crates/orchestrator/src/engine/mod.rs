@@ -180,6 +180,8 @@ pub(crate) struct Parts {
 struct Inner {
     parts: Parts,
     test_clocks: RwLock<HashMap<String, Arc<ManualClock>>>,
+    /// One lock per payment method with a cap decision under way in this process.
+    card_locks: std::sync::Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -235,6 +237,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 parts,
                 test_clocks: RwLock::new(HashMap::new()),
+                card_locks: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }

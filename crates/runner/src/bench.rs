@@ -64,6 +64,9 @@ pub struct BenchReport {
     pub overhead_p99_us: f64,
     /// Peak resident memory of the process (MiB), from /proc/self/status.
     pub peak_memory_mib: Option<f64>,
+    /// Peak memory ÷ payments (KiB): an upper bound of the memory a stored payment
+    /// costs (the memory store keeps every payment; durable stores keep none).
+    pub peak_memory_per_payment_kib: Option<f64>,
     /// Processor requests answered (not 429) per second ÷ the rate limit.
     pub rate_limit_utilization: Option<f64>,
     /// 429s the processor returned.
@@ -252,6 +255,8 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
         overhead_p50_us: percentile(&overheads, 0.50),
         overhead_p99_us: percentile(&overheads, 0.99),
         peak_memory_mib: peak_memory_mib(),
+        peak_memory_per_payment_kib: peak_memory_mib()
+            .map(|mib| mib * 1024.0 / options.payments.max(1) as f64),
         rate_limit_utilization: options
             .rate_limit
             .map(|limit| answered as f64 / settle.as_secs_f64() / f64::from(limit)),
@@ -402,7 +407,11 @@ impl BenchReport {
             self.overhead_p50_us, self.overhead_p99_us
         );
         if let Some(memory) = self.peak_memory_mib {
-            let _ = writeln!(out, "  peak memory          {memory:>10.1} MiB");
+            let _ = writeln!(
+                out,
+                "  peak memory          {memory:>10.1} MiB  ({:.2} KiB per payment)",
+                self.peak_memory_per_payment_kib.unwrap_or_default()
+            );
         }
         let _ = writeln!(
             out,

@@ -284,3 +284,41 @@ async fn a_card_lock_excludes_other_instances_until_released() {
     }
     a.drop_schema().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_with_one_key_make_one_payment() {
+    use offsession_core::IdempotencyClaim;
+    let Some(url) = url() else { return };
+    let schema = schema("samekey");
+    let a = PostgresStore::connect(&url, &schema, 8).await.unwrap();
+    let b = PostgresStore::connect(&url, &schema, 8).await.unwrap();
+    for round in 0..20 {
+        let key = format!("key_{round}");
+        let first = sample_record(&format!("osp_a_{round}"), 1_000, None);
+        let second = sample_record(&format!("osp_b_{round}"), 1_000, None);
+        let (x, y) = tokio::join!(
+            a.create(&first, Some(created_key(&key)), &[]),
+            b.create(&second, Some(created_key(&key)), &[])
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        // One of the two made the payment; the other got it back, never an error.
+        let (winner, existing) = match (&x, &y) {
+            (IdempotencyClaim::Inserted, IdempotencyClaim::Existing { payment_id, .. }) => {
+                (first.payment.id.clone(), payment_id.clone())
+            }
+            (IdempotencyClaim::Existing { payment_id, .. }, IdempotencyClaim::Inserted) => {
+                (second.payment.id.clone(), payment_id.clone())
+            }
+            other => panic!("round {round}: {other:?}"),
+        };
+        assert_eq!(winner, existing, "round {round}");
+        assert!(a.get(&existing).await.unwrap().is_some(), "never a 404");
+        let loser = if winner == first.payment.id {
+            &second
+        } else {
+            &first
+        };
+        assert!(a.get(&loser.payment.id).await.unwrap().is_none());
+    }
+    a.drop_schema().await.unwrap();
+}

@@ -1,0 +1,130 @@
+//! The store's answers to the engine's questions: lists, idempotency keys, a card's
+//! attempt history across payments, counts by status.
+
+use super::*;
+
+pub(super) async fn lists_are_newest_first_and_paginate(store: &dyn Store) {
+    for (i, id) in ["osp_1", "osp_2", "osp_3", "osp_4"].iter().enumerate() {
+        store
+            .insert(&sample_record(id, i as i64 * 1_000, None))
+            .await
+            .unwrap();
+    }
+    let page: Vec<_> = store
+        .list(2, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payment.id)
+        .collect();
+    assert_eq!(page, ["osp_4", "osp_3"]);
+    let next: Vec<_> = store
+        .list(2, Some("osp_3"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.payment.id)
+        .collect();
+    assert_eq!(next, ["osp_2", "osp_1"]);
+}
+
+pub(super) async fn idempotency_keys_map_to_the_first_payment(store: &dyn Store) {
+    assert_eq!(
+        store
+            .claim_idempotency_key("key-1", "fp-a", "osp_a")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Inserted
+    );
+    assert_eq!(
+        store
+            .claim_idempotency_key("key-1", "fp-b", "osp_b")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Existing {
+            fingerprint: "fp-a".into(),
+            payment_id: "osp_a".into()
+        }
+    );
+}
+
+pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {
+    for (id, at) in [("osp_a", 1_000), ("osp_b", 5_000)] {
+        let mut record = sample_record(id, at, None);
+        let mut attempt = AttemptRecord::started(
+            format!("{id}_att1"),
+            id,
+            1,
+            "mock",
+            Timestamp::from_millis(at),
+        );
+        attempt.finished_at = Some(Timestamp::from_millis(at));
+        attempt.decline_category = Some(DeclineCategory::SoftFunds);
+        record.attempts.push(attempt);
+        store.insert(&record).await.unwrap();
+    }
+    let mut other = sample_record("osp_other", 2_000, None);
+    other.payment.payment_method = "pm_other".into();
+    store.insert(&other).await.unwrap();
+    let all = store
+        .card_history("pm_card_visa", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "attempts of both payments on the same method");
+    assert!(all[0].at < all[1].at && all.iter().all(|a| a.declined));
+    assert_eq!(all[0].payment_id, "osp_a");
+    assert_eq!(all[0].attempt_number, 1);
+    assert_eq!(all[0].amount, 2000);
+    let recent = store
+        .card_history("pm_card_visa", Timestamp::from_millis(2_000), 100)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1, "`since` bounds the history");
+    let newest = store
+        .card_history("pm_card_visa", Timestamp::from_millis(0), 1)
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1, "`limit` bounds the history");
+    assert_eq!(
+        newest[0].payment_id, "osp_b",
+        "the newest attempts are kept"
+    );
+
+    // A new attempt written by `update` joins the history; its outcome is seen.
+    let current = store.get("osp_other").await.unwrap().unwrap();
+    let mut next = current.clone();
+    next.attempts.push(AttemptRecord::started(
+        "osp_other_att1".into(),
+        "osp_other",
+        1,
+        "mock",
+        Timestamp::from_millis(3_000),
+    ));
+    let version = store.update(&next, Expected::of(&current)).await.unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(!history[0].declined);
+    next.version = version;
+    let mut declined = next.clone();
+    declined.attempts[0].decline_category = Some(DeclineCategory::SoftFunds);
+    store.update(&declined, Expected::of(&next)).await.unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "an attempt is listed once");
+    assert!(history[0].declined, "the decline written later is seen");
+}
+
+pub(super) async fn status_counts_cover_every_status(store: &dyn Store) {
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!(counts.len(), PaymentStatus::ALL.len());
+    assert!(counts.contains(&(PaymentStatus::Pending, 1)));
+}

@@ -1,0 +1,296 @@
+//! The SQLite store: one file, the embedded default of every long-running mode.
+//!
+//! # Durability
+//! The database runs in WAL mode with `synchronous = NORMAL`. A commit is in the
+//! write-ahead log, in the operating system's cache, when `commit` returns: a crash
+//! of the process loses nothing. A power loss or kernel crash may lose the last
+//! transactions before the next checkpoint's fsync. What is lost then is at most an
+//! attempt's write-ahead record or its outcome; the engine re-sends that attempt with
+//! the same idempotency key (keys depend only on the payment and the attempt number),
+//! so the processor answers with the charge it already made instead of charging
+//! again. `[store] synchronous = "full"` trades write speed for losing nothing on a
+//! power loss too.
+//!
+//! # Concurrency
+//! One thread owns the connection. Calls queue to it; the thread takes every call
+//! waiting, runs them in one transaction and commits once — a group commit, so that
+//! many small changes cost one write to the log. A call that is refused (duplicate id,
+//! stale version, unknown payment) decides so before it writes anything, so it needs
+//! no savepoint; a database failure inside a call rolls the whole group back and every
+//! call of the group fails with it (savepoints per call cost a statement journal
+//! write per page and halved the writer's throughput).
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use offsession_core::{
+    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
+    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
+};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::row::{self, RawRecord, RecordRow, SCHEMA_VERSION};
+
+mod store;
+
+/// How many queued calls one transaction takes at most.
+const GROUP_MAX: usize = 512;
+
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE payments (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    version        INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    due_at         INTEGER,
+    claimable_at   INTEGER,
+    lease_owner    TEXT,
+    lease_until    INTEGER,
+    processor      TEXT NOT NULL,
+    payment_method TEXT NOT NULL,
+    customer       TEXT NOT NULL,
+    created        INTEGER NOT NULL,
+    body           TEXT NOT NULL
+);
+CREATE INDEX payments_claimable ON payments (scope, claimable_at, id)
+    WHERE claimable_at IS NOT NULL;
+CREATE INDEX payments_status ON payments (status);
+CREATE INDEX payments_customer ON payments (customer);
+CREATE TABLE attempts (
+    payment_id     TEXT NOT NULL,
+    number         INTEGER NOT NULL,
+    payment_method TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    declined       INTEGER NOT NULL,
+    amount         INTEGER NOT NULL,
+    PRIMARY KEY (payment_id, number)
+);
+CREATE INDEX attempts_by_method ON attempts (payment_method, started_at);
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    payment_id  TEXT NOT NULL,
+    created_at  INTEGER
+);
+CREATE TABLE events (
+    sequence   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    payment_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX events_by_payment ON events (payment_id, sequence);
+CREATE TABLE engine_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// WAL with `synchronous = NORMAL`: a process crash loses nothing; a power loss
+    /// may lose the last commits (see the module docs).
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit waits for fsync.
+    Full,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A call queued to the writer thread.
+trait Call: Send {
+    /// Runs in the group transaction; returns the database failure that breaks the
+    /// group, if any, and how to answer once the transaction ends.
+    fn run(self: Box<Self>, tx: &Transaction<'_>) -> (Option<StoreError>, Finish);
+    /// Answers without running (no transaction could be started).
+    fn fail(self: Box<Self>, err: StoreError);
+}
+
+struct Typed<T, W> {
+    work: W,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, W> Call for Typed<T, W>
+where
+    T: Send + 'static,
+    W: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, tx: &Transaction<'_>) -> (Option<StoreError>, Finish) {
+        let Typed { work, reply } = *self;
+        let result = work(tx);
+        // Refusals (duplicate, conflict, not found) are decided before a call writes
+        // anything; only a database failure can leave a call half-written.
+        let broke = match &result {
+            Err(err @ StoreError::Backend { .. }) => Some(err.clone()),
+            _ => None,
+        };
+        let finish: Finish = Box::new(move |committed| {
+            let _ = reply.send(committed.and(result));
+        });
+        (broke, finish)
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+type Job = Box<dyn Call>;
+
+/// A SQLite database file behind one writer thread.
+#[derive(Debug)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn sql_error(action: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |e| {
+        let retryable = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        StoreError::backend(format!("sqlite: {action}"), retryable, e)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies the migrations this
+    /// binary knows, and refuses a database whose schema is newer.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(sql_error("opening the database"))?;
+        Self::start(conn, synchronous)
+    }
+
+    /// A private database in memory, with the same schema (for tests).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(sql_error("opening the database"))?;
+        Self::start(conn, Synchronous::Normal)
+    }
+
+    fn start(mut conn: Connection, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(sql_error("setting the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql_error("switching to WAL"))?;
+        let sync = match synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(sql_error("setting synchronous"))?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sql_error("setting temp_store"))?;
+        migrate(&mut conn)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("offsession-sqlite".into())
+            .spawn(move || writer(conn, queue))
+            .map_err(|e| StoreError::backend("sqlite: starting the writer thread", false, e))?;
+        Ok(SqliteStore { jobs })
+    }
+
+    /// Runs `work` on the writer thread inside a group transaction; its result is
+    /// returned once that transaction committed.
+    async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(Typed { work, reply });
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend {
+        message: "sqlite: the writer thread stopped".into(),
+        retryable: false,
+        source: None,
+    }
+}
+
+/// Applies the migrations the database lacks; refuses a newer schema.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql_error("starting the migration"))?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(sql_error("creating schema_version"))?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error("reading the schema version"))?;
+    if current > SCHEMA_VERSION {
+        return Err(row::newer_schema(current));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version > current {
+            tx.execute_batch(migration)
+                .map_err(sql_error("applying a migration"))?;
+            tx.execute("DELETE FROM schema_version", [])
+                .map_err(sql_error("recording the schema version"))?;
+            tx.execute("INSERT INTO schema_version VALUES (?1)", [version])
+                .map_err(sql_error("recording the schema version"))?;
+        }
+    }
+    tx.commit().map_err(sql_error("committing the migration"))
+}
+
+/// The writer thread: takes every queued call, runs them in one transaction, commits,
+/// then answers each.
+fn writer(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = sql_error("starting a transaction")(e);
+                for job in jobs {
+                    job.fail(err.clone());
+                }
+                continue;
+            }
+        };
+        let mut finishes = Vec::with_capacity(jobs.len());
+        let mut broken = None;
+        for job in jobs {
+            if let Some(err) = &broken {
+                job.fail(StoreError::clone(err));
+                continue;
+            }
+            let (broke, finish) = job.run(&tx);
+            broken = broke;
+            finishes.push(finish);
+        }
+        let committed = match broken {
+            // A call failed in the database, maybe half-way: commit nothing of the
+            // group, and every call of it fails with that error (it may be retried).
+            Some(err) => {
+                let _ = tx.rollback();
+                Err(err)
+            }
+            None => tx.commit().map_err(sql_error("committing a transaction")),
+        };
+        for finish in finishes {
+            finish(committed.clone());
+        }
+    }
+}

@@ -334,7 +334,7 @@ async fn baseline(
                 &baseline_schema,
                 &Baseline {
                     payments: options.payments,
-                    batch: options.concurrency.clamp(4, 32),
+                    batch: options.concurrency,
                     body,
                 },
             )

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Baseline {
     /// Payments.
     pub payments: u64,
-    /// SQLite: payments per transaction (the writer's group size); Postgres: parallel
-    /// connections, one transaction per step of a payment.
+    /// Payments per transaction (the engine's concurrency: the most its group commit
+    /// can gather).
     pub batch: usize,
     /// The stored JSON of one payment (the engine's record, so rows are the same size).
     pub body: String,
@@ -95,16 +95,20 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
     Ok(started.elapsed())
 }
 
-/// Runs the baseline against `schema` (created by a `PostgresStore` first) with
-/// `batch` connections in parallel; returns the elapsed time.
+/// Runs the baseline against `schema` (created by a `PostgresStore` first): two
+/// connections (as the store's two group writers), each taking `batch` payments at a
+/// time through four transactions — inserts, claims, attempt starts, outcomes with
+/// their events — with the statements of a transaction pipelined, as the store's group
+/// commit sends them. Returns the elapsed time.
 #[cfg(feature = "postgres")]
 pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Duration, String> {
+    use futures::future::try_join_all;
     use std::str::FromStr;
+    const WORKERS: u64 = 2;
     let mut config = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
     config.options(format!("-c search_path={schema}"));
-    let workers = baseline.batch.max(1) as u64;
     let mut clients = Vec::new();
-    for _ in 0..workers {
+    for _ in 0..WORKERS {
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
@@ -112,53 +116,72 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
         tokio::spawn(connection);
         clients.push(client);
     }
+    let batch = baseline.batch.max(1) as u64;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (worker, mut client) in clients.into_iter().enumerate() {
         let body = baseline.body.clone();
         let payments = baseline.payments;
         tasks.push(tokio::spawn(async move {
-            let mut i = worker as u64;
-            while i < payments {
-                let id = format!("osp_baseline_{i:010}");
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "INSERT INTO payments (id, version, status, scope, due_at, claimable_at,
-                         processor, payment_method, customer, created, body)
-                     VALUES ($1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, $2::text::jsonb)",
-                    &[&id, &body],
-                )
-                .await?;
-                tx.commit().await?;
-                client
-                    .execute(
+            let mut first = worker as u64 * batch;
+            while first < payments {
+                let ids: Vec<String> = (first..(first + batch).min(payments))
+                    .map(|i| format!("osp_baseline_{i:010}"))
+                    .collect();
+                let steps: [(&str, bool, bool); 4] = [
+                    (
+                        "INSERT INTO payments (id, version, status, scope, due_at, claimable_at,
+                             processor, payment_method, customer, created, body)
+                         VALUES ($1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, $2::text::jsonb)",
+                        true,
+                        false,
+                    ),
+                    (
                         "UPDATE payments SET version = version + 1, lease_owner = 'bench',
                              lease_until = 1, claimable_at = 1 WHERE id = $1",
-                        &[&id],
-                    )
-                    .await?;
-                client
-                    .execute(
+                        false,
+                        false,
+                    ),
+                    (
                         "UPDATE payments SET version = version + 1, status = 'processing',
                              body = $2::text::jsonb WHERE id = $1",
-                        &[&id, &body],
-                    )
+                        true,
+                        false,
+                    ),
+                    (
+                        "UPDATE payments SET version = version + 1, status = 'succeeded',
+                             claimable_at = NULL, due_at = NULL, body = $2::text::jsonb WHERE id = $1",
+                        true,
+                        true,
+                    ),
+                ];
+                for (sql, with_body, event) in steps {
+                    let tx = client.transaction().await?;
+                    let statement = tx.prepare(sql).await?;
+                    let outbox = tx
+                        .prepare(
+                            "INSERT INTO events (id, payment_id, type, created, body)
+                             VALUES ($1, $2, 't', 0, $3::text::jsonb)",
+                        )
+                        .await?;
+                    try_join_all(ids.iter().map(|id| {
+                        let (tx, statement, outbox, body) = (&tx, &statement, &outbox, &body);
+                        async move {
+                            if with_body {
+                                tx.execute(statement, &[id, body]).await?;
+                            } else {
+                                tx.execute(statement, &[id]).await?;
+                            }
+                            if event {
+                                tx.execute(outbox, &[&format!("evt_{id}"), id, body]).await?;
+                            }
+                            Ok::<(), tokio_postgres::Error>(())
+                        }
+                    }))
                     .await?;
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "UPDATE payments SET version = version + 1, status = 'succeeded',
-                         claimable_at = NULL, due_at = NULL, body = $2::text::jsonb WHERE id = $1",
-                    &[&id, &body],
-                )
-                .await?;
-                tx.execute(
-                    "INSERT INTO events (id, payment_id, type, created, body)
-                     VALUES ($1, $2, 't', 0, $3::text::jsonb)",
-                    &[&format!("evt_{id}"), &id, &body],
-                )
-                .await?;
-                tx.commit().await?;
-                i += workers;
+                    tx.commit().await?;
+                }
+                first += WORKERS * batch;
             }
             Ok::<(), tokio_postgres::Error>(())
         }));

@@ -12,6 +12,7 @@
 //!   the original payment.
 
 use std::str::FromStr;
+use std::sync::atomic::AtomicI64;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -25,6 +26,7 @@ use tokio_postgres::NoTls;
 
 use crate::row::{self, RecordRow, SCHEMA_VERSION};
 
+mod group;
 mod store;
 
 /// Advisory lock keys (arbitrary, fixed): migrations, and the outbox's order.
@@ -121,7 +123,9 @@ pub struct PostgresStore {
     /// a connection for its writes never waits on one another holder keeps.
     card_pool: Pool,
     schema: String,
-    crash: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    crash: std::sync::Arc<AtomicI64>,
+    /// Changes queued for the group-commit writers.
+    changes: tokio::sync::mpsc::UnboundedSender<group::Change>,
 }
 
 fn pg_error(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
@@ -198,11 +202,14 @@ impl PostgresStore {
         };
         let card_pool = pool((max_connections / 4).max(2))?;
         let pool = pool(max_connections.max(1))?;
+        let crash = std::sync::Arc::new(AtomicI64::new(0));
+        let changes = group::start(pool.clone(), crash.clone(), 2);
         let store = PostgresStore {
             pool,
             card_pool,
             schema: schema.to_owned(),
-            crash: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            crash,
+            changes,
         };
         store.migrate().await?;
         Ok(store)
@@ -215,25 +222,6 @@ impl PostgresStore {
     pub fn crash_at_step(&self, step: u32) {
         self.crash
             .store(i64::from(step), std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Counts a step of a writing transaction; kills the session at the armed one.
-    async fn step(&self, client: &impl GenericClient) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
-        if self.crash.load(Ordering::Relaxed) == 0 {
-            return Ok(());
-        }
-        if self.crash.fetch_sub(1, Ordering::SeqCst) != 1 {
-            return Ok(());
-        }
-        let killed = client
-            .execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
-            .await;
-        Err(StoreError::Backend {
-            message: format!("postgres: session killed by crash_at_step ({killed:?})"),
-            retryable: true,
-            source: None,
-        })
     }
 
     /// The schema this store works in.
@@ -292,4 +280,23 @@ impl PostgresStore {
             .await
             .map_err(pg_error("committing the migration"))
     }
+}
+
+/// Counts a step of a writing transaction; kills the session at the armed one.
+pub(super) async fn step(crash: &AtomicI64, client: &impl GenericClient) -> Result<(), StoreError> {
+    use std::sync::atomic::Ordering;
+    if crash.load(Ordering::Relaxed) == 0 {
+        return Ok(());
+    }
+    if crash.fetch_sub(1, Ordering::SeqCst) != 1 {
+        return Ok(());
+    }
+    let killed = client
+        .execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+        .await;
+    Err(StoreError::Backend {
+        message: format!("postgres: session killed by crash_at_step ({killed:?})"),
+        retryable: true,
+        source: None,
+    })
 }

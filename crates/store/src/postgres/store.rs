@@ -2,7 +2,10 @@
 
 use super::*;
 
-async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<(), StoreError> {
+pub(super) async fn write_attempts(
+    client: &impl GenericClient,
+    row: &RecordRow,
+) -> Result<(), StoreError> {
     if row.attempts.is_empty() {
         return Ok(());
     }
@@ -36,7 +39,10 @@ async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<
     Ok(())
 }
 
-async fn write_events(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
+pub(super) async fn write_events(
+    client: &impl GenericClient,
+    events: &[Event],
+) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -88,85 +94,21 @@ impl Store for PostgresStore {
         key: Option<NewIdempotencyKey<'_>>,
         events: &[Event],
     ) -> Result<IdempotencyClaim, StoreError> {
-        let row = RecordRow::of(record)?;
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(pg_error("starting a create"))?;
-        self.step(&tx).await?;
-        if let Some(key) = &key {
-            let now = key.now.as_millis();
-            let ttl = key.ttl.as_millis() as i64;
-            // Waits for a concurrent create holding the same key, then sees its row.
-            let inserted = tx
-                .execute(
-                    "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-                    &[&key.key, &key.fingerprint, &row.id, &now],
-                )
-                .await
-                .map_err(pg_error("writing an idempotency key"))?;
-            self.step(&tx).await?;
-            if inserted == 0 {
-                let existing = tx
-                    .query_one(
-                        "SELECT fingerprint, payment_id, created_at FROM idempotency_keys
-                         WHERE key = $1 FOR UPDATE",
-                        &[&key.key],
-                    )
-                    .await
-                    .map_err(pg_error("reading an idempotency key"))?;
-                let at: Option<i64> = existing.get(2);
-                if at.is_none_or(|at| at + ttl > now) {
-                    return Ok(IdempotencyClaim::Existing {
-                        fingerprint: existing.get(0),
-                        payment_id: existing.get(1),
-                    });
-                }
-                tx.execute(
-                    "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3, created_at = $4
-                     WHERE key = $1",
-                    &[&key.key, &key.fingerprint, &row.id, &now],
-                )
-                .await
-                .map_err(pg_error("renewing an expired idempotency key"))?;
-            }
-        }
-        let insert = tx
-            .execute(
-                "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
-                     lease_until, processor, payment_method, customer, created, body)
-                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)",
-                &[
-                    &row.id as Param<'_>,
-                    &row.status,
-                    &row.scope,
-                    &row.due_at,
-                    &row.claimable_at,
-                    &row.lease_owner,
-                    &row.lease_until,
-                    &row.processor,
-                    &row.payment_method,
-                    &row.customer,
-                    &row.created,
-                    &row.body,
-                ],
-            )
-            .await;
-        if let Err(e) = insert {
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                return Err(StoreError::Duplicate(record.payment.id.clone()));
-            }
-            return Err(pg_error("inserting a payment")(e));
-        }
-        self.step(&tx).await?;
-        write_attempts(&tx, &row).await?;
-        self.step(&tx).await?;
-        write_events(&tx, events).await?;
-        self.step(&tx).await?;
-        tx.commit().await.map_err(pg_error("committing a create"))?;
-        Ok(IdempotencyClaim::Inserted)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.changes
+            .send(group::Change::Create {
+                row: RecordRow::of(record)?,
+                key: key.map(|k| group::Key {
+                    key: k.key.to_owned(),
+                    fingerprint: k.fingerprint.to_owned(),
+                    now: k.now.as_millis(),
+                    ttl: k.ttl.as_millis() as i64,
+                }),
+                events: events.to_vec(),
+                reply,
+            })
+            .map_err(|_| writers_stopped())?;
+        answer.await.map_err(|_| writers_stopped())?
     }
 
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -187,62 +129,16 @@ impl Store for PostgresStore {
         expected: Expected,
         events: &[Event],
     ) -> Result<u64, StoreError> {
-        let row = RecordRow::of(record)?;
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(pg_error("starting a change"))?;
-        self.step(&tx).await?;
-        let expected_version = expected.version as i64;
-        let changed = tx
-            .execute(
-                "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
-                     claimable_at = $4, lease_owner = $5, lease_until = $6, processor = $7,
-                     payment_method = $8, customer = $9, body = $10::text::jsonb
-                 WHERE id = $11 AND version = $12 AND status = $13",
-                &[
-                    &row.status as Param<'_>,
-                    &row.scope,
-                    &row.due_at,
-                    &row.claimable_at,
-                    &row.lease_owner,
-                    &row.lease_until,
-                    &row.processor,
-                    &row.payment_method,
-                    &row.customer,
-                    &row.body,
-                    &row.id,
-                    &expected_version,
-                    &expected.status.as_str(),
-                ],
-            )
-            .await
-            .map_err(pg_error("updating a payment"))?;
-        if changed == 0 {
-            let current = tx
-                .query_opt(
-                    "SELECT version, status FROM payments WHERE id = $1",
-                    &[&row.id],
-                )
-                .await
-                .map_err(pg_error("reading a payment's version"))?;
-            return Err(match current {
-                None => StoreError::NotFound(record.payment.id.clone()),
-                Some(current) => StoreError::Conflict {
-                    id: record.payment.id.clone(),
-                    current_version: current.get::<_, i64>(0) as u64,
-                    current_status: row::status_from(current.get(1))?,
-                },
-            });
-        }
-        self.step(&tx).await?;
-        write_attempts(&tx, &row).await?;
-        self.step(&tx).await?;
-        write_events(&tx, events).await?;
-        self.step(&tx).await?;
-        tx.commit().await.map_err(pg_error("committing a change"))?;
-        Ok(expected.version + 1)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.changes
+            .send(group::Change::Commit {
+                row: RecordRow::of(record)?,
+                expected,
+                events: events.to_vec(),
+                reply,
+            })
+            .map_err(|_| writers_stopped())?;
+        answer.await.map_err(|_| writers_stopped())?
     }
 
     async fn claim_due(
@@ -475,5 +371,13 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_error("writing engine state"))?;
         Ok(())
+    }
+}
+
+fn writers_stopped() -> StoreError {
+    StoreError::Backend {
+        message: "postgres: the group-commit writers stopped".into(),
+        retryable: false,
+        source: None,
     }
 }

@@ -1,0 +1,344 @@
+//! Group commit: the changes (`Store::commit`) that every task of an instance queues are
+//! written in one transaction per group, on one connection, with the statements of
+//! all of them pipelined — N attempt starts or N outcomes cost one transaction and a
+//! few round trips instead of N transactions of seven.
+//!
+//! Refusals (a stale version, an unknown payment) are found by the compare-and-set
+//! update matching no row, which is not an error in Postgres: they leave the group's
+//! transaction intact. A database error aborts the transaction, so every change of the
+//! group fails with it and may be retried.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use futures::future::join_all;
+use offsession_core::{Event, Expected, IdempotencyClaim, StoreError};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::store::{write_attempts, write_events};
+use super::{pg_error, pool_error, step, Param};
+use crate::row::{self, RecordRow};
+
+/// Changes per transaction at most.
+const GROUP_MAX: usize = 512;
+
+/// One queued write.
+pub(super) enum Change {
+    /// `Store::commit`.
+    Commit {
+        row: RecordRow,
+        expected: Expected,
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// `Store::create`.
+    Create {
+        row: RecordRow,
+        key: Option<Key>,
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<IdempotencyClaim, StoreError>>,
+    },
+}
+
+/// An idempotency key to register: key, fingerprint, now and time to live (ms).
+pub(super) struct Key {
+    pub(super) key: String,
+    pub(super) fingerprint: String,
+    pub(super) now: i64,
+    pub(super) ttl: i64,
+}
+
+/// A change's own result, sent once the group committed.
+enum Answer {
+    Commit(Result<u64, StoreError>),
+    Create(Result<IdempotencyClaim, StoreError>),
+}
+
+impl Change {
+    fn answer(self, answer: Result<Answer, StoreError>) {
+        match (self, answer) {
+            (Change::Commit { reply, .. }, Ok(Answer::Commit(result))) => {
+                let _ = reply.send(result);
+            }
+            (Change::Create { reply, .. }, Ok(Answer::Create(result))) => {
+                let _ = reply.send(result);
+            }
+            (Change::Commit { reply, .. }, Err(err)) => {
+                let _ = reply.send(Err(err));
+            }
+            (Change::Create { reply, .. }, Err(err)) => {
+                let _ = reply.send(Err(err));
+            }
+            // `apply` answers each change in kind.
+            (Change::Commit { reply, .. }, Ok(Answer::Create(_))) => {
+                let _ = reply.send(Err(mismatch()));
+            }
+            (Change::Create { reply, .. }, Ok(Answer::Commit(_))) => {
+                let _ = reply.send(Err(mismatch()));
+            }
+        }
+    }
+}
+
+fn mismatch() -> StoreError {
+    StoreError::Backend {
+        message: "postgres: a group answer did not match its change".into(),
+        retryable: false,
+        source: None,
+    }
+}
+
+/// Starts `writers` writer tasks; they end when every sender is dropped.
+pub(super) fn start(
+    pool: Pool,
+    crash: Arc<AtomicI64>,
+    writers: usize,
+) -> mpsc::UnboundedSender<Change> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..writers.max(1) {
+        tokio::spawn(writer(pool.clone(), crash.clone(), receiver.clone()));
+    }
+    sender
+}
+
+async fn writer(
+    pool: Pool,
+    crash: Arc<AtomicI64>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Change>>>,
+) {
+    loop {
+        let group = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match receiver.try_recv() {
+                    Ok(change) => group.push(change),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        run(&pool, &crash, group).await;
+    }
+}
+
+/// Writes a group in one transaction and answers every change of it.
+async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
+    let written = async {
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(pg_error("starting a group of changes"))?;
+        step(crash, &tx).await?;
+        let outcomes = join_all(group.iter().map(|change| apply(&tx, crash, change))).await;
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            answers.push(outcome?);
+        }
+        tx.commit()
+            .await
+            .map_err(pg_error("committing a group of changes"))?;
+        Ok::<_, StoreError>(answers)
+    }
+    .await;
+    match written {
+        Ok(answers) => {
+            for (change, answer) in group.into_iter().zip(answers) {
+                change.answer(Ok(answer));
+            }
+        }
+        Err(err) => {
+            for change in group {
+                change.answer(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// One change inside the group's transaction: `Err` aborts the group; an answer
+/// holding an error is this change's refusal.
+async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    crash: &AtomicI64,
+    change: &Change,
+) -> Result<Answer, StoreError> {
+    match change {
+        Change::Commit {
+            row,
+            expected,
+            events,
+            ..
+        } => Ok(Answer::Commit(
+            apply_commit(tx, crash, row, *expected, events).await?,
+        )),
+        Change::Create {
+            row, key, events, ..
+        } => Ok(Answer::Create(
+            apply_create(tx, crash, row, key.as_ref(), events).await?,
+        )),
+    }
+}
+
+async fn apply_commit(
+    tx: &deadpool_postgres::Transaction<'_>,
+    crash: &AtomicI64,
+    row: &RecordRow,
+    expected: Expected,
+    events: &[Event],
+) -> Result<Result<u64, StoreError>, StoreError> {
+    let expected_version = expected.version as i64;
+    let changed = tx
+        .execute(
+            "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
+                 claimable_at = $4, lease_owner = $5, lease_until = $6, processor = $7,
+                 payment_method = $8, customer = $9, body = $10::text::jsonb
+             WHERE id = $11 AND version = $12 AND status = $13",
+            &[
+                &row.status as Param<'_>,
+                &row.scope,
+                &row.due_at,
+                &row.claimable_at,
+                &row.lease_owner,
+                &row.lease_until,
+                &row.processor,
+                &row.payment_method,
+                &row.customer,
+                &row.body,
+                &row.id,
+                &expected_version,
+                &expected.status.as_str(),
+            ],
+        )
+        .await
+        .map_err(pg_error("updating a payment"))?;
+    if changed == 0 {
+        let current = tx
+            .query_opt(
+                "SELECT version, status FROM payments WHERE id = $1",
+                &[&row.id],
+            )
+            .await
+            .map_err(pg_error("reading a payment's version"))?;
+        return Ok(Err(match current {
+            None => StoreError::NotFound(row.id.clone()),
+            Some(current) => StoreError::Conflict {
+                id: row.id.clone(),
+                current_version: current.get::<_, i64>(0) as u64,
+                current_status: row::status_from(current.get(1))?,
+            },
+        }));
+    }
+    step(crash, tx).await?;
+    write_attempts(tx, row).await?;
+    step(crash, tx).await?;
+    write_events(tx, events).await?;
+    step(crash, tx).await?;
+    Ok(Ok(expected.version + 1))
+}
+
+/// A create: the key (waiting for a concurrent holder of it), the payment, its
+/// attempts and events. A refusal undoes what it wrote before it was found.
+async fn apply_create(
+    tx: &deadpool_postgres::Transaction<'_>,
+    crash: &AtomicI64,
+    row: &RecordRow,
+    key: Option<&Key>,
+    events: &[Event],
+) -> Result<Result<IdempotencyClaim, StoreError>, StoreError> {
+    // What the key held before this create took it: None when it was new.
+    let mut previous: Option<(String, String, Option<i64>)> = None;
+    if let Some(key) = key {
+        let inserted = tx
+            .execute(
+                "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                &[&key.key, &key.fingerprint, &row.id, &key.now],
+            )
+            .await
+            .map_err(pg_error("writing an idempotency key"))?;
+        step(crash, tx).await?;
+        if inserted == 0 {
+            let existing = tx
+                .query_one(
+                    "SELECT fingerprint, payment_id, created_at FROM idempotency_keys
+                     WHERE key = $1 FOR UPDATE",
+                    &[&key.key],
+                )
+                .await
+                .map_err(pg_error("reading an idempotency key"))?;
+            let at: Option<i64> = existing.get(2);
+            if at.is_none_or(|at| at + key.ttl > key.now) {
+                return Ok(Ok(IdempotencyClaim::Existing {
+                    fingerprint: existing.get(0),
+                    payment_id: existing.get(1),
+                }));
+            }
+            previous = Some((existing.get(0), existing.get(1), at));
+            tx.execute(
+                "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3, created_at = $4
+                 WHERE key = $1",
+                &[&key.key, &key.fingerprint, &row.id, &key.now],
+            )
+            .await
+            .map_err(pg_error("renewing an expired idempotency key"))?;
+        }
+    }
+    let inserted = tx
+        .execute(
+            "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
+                 lease_until, processor, payment_method, customer, created, body)
+             VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &row.id as Param<'_>,
+                &row.status,
+                &row.scope,
+                &row.due_at,
+                &row.claimable_at,
+                &row.lease_owner,
+                &row.lease_until,
+                &row.processor,
+                &row.payment_method,
+                &row.customer,
+                &row.created,
+                &row.body,
+            ],
+        )
+        .await
+        .map_err(pg_error("inserting a payment"))?;
+    if inserted == 0 {
+        // The id exists: give the key back as it was.
+        if let Some(key) = key {
+            match previous {
+                None => tx
+                    .execute(
+                        "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
+                        &[&key.key, &row.id],
+                    )
+                    .await
+                    .map_err(pg_error("releasing an idempotency key"))?,
+                Some((fingerprint, payment_id, at)) => tx
+                    .execute(
+                        "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3,
+                             created_at = $4 WHERE key = $1",
+                        &[&key.key, &fingerprint, &payment_id, &at],
+                    )
+                    .await
+                    .map_err(pg_error("restoring an idempotency key"))?,
+            };
+        }
+        return Ok(Err(StoreError::Duplicate(row.id.clone())));
+    }
+    step(crash, tx).await?;
+    write_attempts(tx, row).await?;
+    step(crash, tx).await?;
+    write_events(tx, events).await?;
+    step(crash, tx).await?;
+    Ok(Ok(IdempotencyClaim::Inserted))
+}

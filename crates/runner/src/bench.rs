@@ -98,8 +98,26 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1_000.0
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark. A Postgres schema it made is dropped whether it succeeds or
+/// fails.
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
+    let schema = format!("offsession_bench_{}", std::process::id());
+    let measured = measure(options, &schema).await;
+    let url = StoreConfig {
+        url: options.store.clone(),
+        ..StoreConfig::default()
+    }
+    .parsed_url();
+    if let Ok(url) = url {
+        let dropped = drop_bench_store(&url, &schema).await;
+        if measured.is_ok() {
+            dropped?;
+        }
+    }
+    measured
+}
+
+async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, RunnerError> {
     let mock = Arc::new(MockProcessor::new(
         "mock",
         MockConfig {
@@ -116,7 +134,6 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
         ..StoreConfig::default()
     }
     .parsed_url()?;
-    let schema = format!("offsession_bench_{}", std::process::id());
     let instances = options.instances.max(1);
     if instances > 1 && !matches!(url, StoreUrl::Postgres(_)) {
         return Err(RunnerError::Flag {
@@ -144,7 +161,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
                 )
             }
             StoreUrl::Postgres(url) => Arc::new(
-                PostgresStore::connect(url, &schema, options.concurrency.clamp(4, 32))
+                PostgresStore::connect(url, schema, options.concurrency.clamp(4, 32))
                     .await
                     .map_err(RunnerError::setup("opening the bench store"))?,
             ),
@@ -236,8 +253,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
         _ => true,
     };
     let answered = mock.requests() - mock.rate_limited();
-    let baseline_seconds = baseline(&url, &schema, options, &stores[0]).await?;
-    drop_bench_store(&url, &schema).await?;
+    let baseline_seconds = baseline(&url, schema, options, &stores[0]).await?;
     let baseline_per_second = baseline_seconds.map(|s| options.payments as f64 / s);
     let end_to_end_per_second = options.payments as f64 / (intake + settle).as_secs_f64();
     Ok(BenchReport {

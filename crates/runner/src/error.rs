@@ -100,3 +100,20 @@ impl RunnerError {
         }
     }
 }
+
+/// An error's message followed by each of its causes (`a: b: c`), so that a store's
+/// "taking a connection" says whether the connection was refused, the database is
+/// missing or the role unknown.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let next_text = next.to_string();
+        if !text.contains(&next_text) {
+            text.push_str(": ");
+            text.push_str(&next_text);
+        }
+        cause = next.source();
+    }
+    text
+}

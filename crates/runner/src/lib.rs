@@ -199,12 +199,21 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
     match command {
         Command::Migrate { config: path } => {
             let config = config::load(&path)?;
+            let url = config.store.parsed_url()?;
             wiring::open_store(&path, &config).await?;
-            println!(
-                "{}: schema version {}",
-                config::redact(&config.store.url),
-                offsession_store::SCHEMA_VERSION
-            );
+            let at = match url {
+                config::StoreUrl::Memory => {
+                    println!("memory: the memory store keeps nothing; nothing to migrate");
+                    return Ok(());
+                }
+                config::StoreUrl::Sqlite(_) => config::redact(&config.store.url),
+                config::StoreUrl::Postgres(_) => format!(
+                    "{} (schema `{}`)",
+                    config::redact(&config.store.url),
+                    config.store.schema
+                ),
+            };
+            println!("{at}: schema version {}", offsession_store::SCHEMA_VERSION);
             Ok(())
         }
         Command::CheckConfig { config: path } => {

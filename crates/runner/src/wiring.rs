@@ -173,7 +173,8 @@ pub async fn open_store(
     config_path: &Path,
     config: &Config,
 ) -> Result<Arc<dyn Store>, ConfigError> {
-    let refused = |e: offsession_core::StoreError| invalid("store.url", e.to_string());
+    let refused =
+        |e: offsession_core::StoreError| invalid("store.url", crate::error::with_causes(&e));
     Ok(match config.store.parsed_url()? {
         StoreUrl::Memory => Arc::new(MemoryStore::new()),
         StoreUrl::Sqlite(path) => {

@@ -101,6 +101,7 @@ fn retry_decisions(c: &mut Criterion) {
             attempt_number: 1 + i % 3,
             at: Timestamp::from_millis(now.as_millis() - i as i64 * 86_400_000),
             declined: true,
+            answered: true,
             amount: 2000,
         })
         .collect();

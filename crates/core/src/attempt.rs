@@ -240,6 +240,11 @@ pub struct AttemptRecord {
 
 impl AttemptRecord {
     /// Attempt `number` of payment `payment_id`, sent to `processor` at
+    /// Whether the processor's answer is known (not in flight, not lost).
+    pub fn answered(&self) -> bool {
+        self.outcome.is_some() && !self.outcome_unknown
+    }
+
     /// `started_at`, with no answer yet; its key is [`attempt_idempotency_key`].
     pub fn started(
         id: String,
@@ -272,6 +277,26 @@ pub fn attempt_idempotency_key(payment_id: &str, number: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempt_is_answered_once_its_outcome_is_known() {
+        let started = AttemptRecord::started(
+            "att_1".into(),
+            "osp_1",
+            1,
+            "mock",
+            Timestamp::from_millis(0),
+        );
+        assert!(!started.answered(), "in flight");
+        let mut approved = started.clone();
+        approved.outcome = Some(AttemptOutcome::Approved {
+            reference: ProcessorReference::default(),
+        });
+        assert!(approved.answered());
+        let mut lost = approved.clone();
+        lost.outcome_unknown = true;
+        assert!(!lost.answered(), "a lost answer is not known");
+    }
 
     #[test]
     fn idempotency_key_depends_only_on_payment_and_attempt_number() {

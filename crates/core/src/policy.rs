@@ -26,6 +26,11 @@ pub struct CardAttempt {
     pub at: Timestamp,
     /// Whether it was declined.
     pub declined: bool,
+    /// Whether its answer is known. The decline caps count an unanswered attempt (in
+    /// flight, or its answer lost) as a decline, so that attempts in flight at once
+    /// on one card cannot together overrun a cap such as Mastercard's 10 declines in
+    /// 24 hours.
+    pub answered: bool,
     /// Amount in minor units (Mastercard counts declines per card and amount).
     pub amount: i64,
 }

@@ -71,14 +71,16 @@ impl NetworkRules {
                     self.visa_max_reattempts_30d,
                 ),
                 Some(CardBrand::Mastercard) => push_past(
-                    history.iter().filter(|a| a.declined),
+                    history.iter().filter(|a| a.declined || !a.answered),
                     t,
                     DAY_MS,
                     self.mastercard_max_declines_24h,
                 )
                 .or_else(|| {
                     push_past(
-                        history.iter().filter(|a| a.declined && a.amount == amount),
+                        history
+                            .iter()
+                            .filter(|a| (a.declined || !a.answered) && a.amount == amount),
                         t,
                         MONTH_MS,
                         self.mastercard_max_declines_30d_same_amount,

@@ -85,6 +85,7 @@ prop_compose! {
             attempt_number: number,
             at: Timestamp::from_millis(NOW - age),
             declined,
+            answered: true,
             amount: [1000, 2000][amount_pick],
         }
     }
@@ -242,6 +243,7 @@ fn visa_reattempts_past_the_cap_wait_for_the_oldest_to_age_out() {
             attempt_number: 2,
             at: Timestamp::from_millis(NOW - 29 * DAY + i * HOUR),
             declined: true,
+            answered: true,
             amount: 2000,
         })
         .collect();
@@ -312,4 +314,35 @@ fn the_caps_are_configurable() {
     let table = DeclineTable::from_toml(&text).unwrap();
     assert_eq!(table.network_rules().visa_max_reattempts_30d, 20);
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn attempts_in_flight_count_against_mastercard_decline_caps() {
+    // Nine declines and one attempt whose answer is not known yet, in the last hours:
+    // the tenth slot is taken by the attempt in flight, so another must wait until the
+    // oldest ages out of the 24-hour window.
+    let brand = offsession_core::CardBrand::Mastercard;
+    let mut history: Vec<_> = (0..10)
+        .map(|i| CardAttempt {
+            payment_id: format!("osp_{i}"),
+            attempt_number: 2,
+            at: Timestamp::from_millis(NOW - 10 * HOUR + i * HOUR),
+            declined: i < 9,
+            answered: i < 9,
+            amount: 2000,
+        })
+        .collect();
+    let rules = rules();
+    let now = Timestamp::from_millis(NOW);
+    assert_eq!(
+        rules.earliest_allowed(Some(&brand), &history, 2000, now),
+        Timestamp::from_millis(NOW - 10 * HOUR + DAY),
+        "the attempt in flight fills the cap"
+    );
+    // Once it is answered and approved, the slot is free again.
+    history[9].answered = true;
+    assert_eq!(
+        rules.earliest_allowed(Some(&brand), &history, 2000, now),
+        now
+    );
 }

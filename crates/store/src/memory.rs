@@ -47,6 +47,7 @@ fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardA
                 attempt_number: a.number,
                 at: a.started_at,
                 declined: a.decline_category.is_some(),
+                answered: a.answered(),
                 amount: record.payment.amount_requested.value,
             },
         )
@@ -65,6 +66,7 @@ fn reindex_card(
             && old.attempts.iter().zip(&new.attempts).all(|(a, b)| {
                 a.started_at == b.started_at
                     && a.decline_category.is_some() == b.decline_category.is_some()
+                    && a.answered() == b.answered()
             })
     });
     if unchanged {

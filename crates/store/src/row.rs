@@ -125,6 +125,7 @@ pub(crate) fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = Card
         attempt_number: a.number,
         at: a.started_at,
         declined: a.decline_category.is_some(),
+        answered: a.answered(),
         amount: record.payment.amount_requested.value,
     })
 }

@@ -221,6 +221,7 @@ fn with_own_attempts(
                 attempt_number: a.number,
                 at: a.started_at,
                 declined: a.decline_category.is_some(),
+                answered: a.answered(),
                 amount: record.payment.amount_requested.value,
             }),
     );

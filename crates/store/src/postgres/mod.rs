@@ -60,6 +60,7 @@ CREATE TABLE attempts (
     payment_method TEXT NOT NULL,
     started_at     BIGINT NOT NULL,
     declined       BOOLEAN NOT NULL,
+    answered       BOOLEAN NOT NULL,
     amount         BIGINT NOT NULL,
     PRIMARY KEY (payment_id, number)
 );

@@ -11,10 +11,11 @@ pub(super) async fn write_attempts(
     }
     let upsert = client
         .prepare_cached(
-            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (payment_id, number) DO UPDATE
-             SET started_at = excluded.started_at, declined = excluded.declined",
+             SET started_at = excluded.started_at, declined = excluded.declined,
+                 answered = excluded.answered",
         )
         .await
         .map_err(pg_error("preparing the attempt upsert"))?;
@@ -31,6 +32,7 @@ pub(super) async fn write_attempts(
                     &at,
                     &attempt.declined,
                     &attempt.amount,
+                    &attempt.answered,
                 ],
             )
             .await
@@ -236,7 +238,7 @@ impl Store for PostgresStore {
         let limit = limit as i64;
         let rows = client
             .query(
-                "SELECT payment_id, number, started_at, declined, amount FROM attempts
+                "SELECT payment_id, number, started_at, declined, amount, answered FROM attempts
                  WHERE payment_method = $1 AND started_at >= $2
                  ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3",
                 &[&payment_method, &since, &limit],
@@ -250,6 +252,7 @@ impl Store for PostgresStore {
                 attempt_number: r.get::<_, i32>(1) as u32,
                 at: Timestamp::from_millis(r.get(2)),
                 declined: r.get(3),
+                answered: r.get(5),
                 amount: r.get(4),
             })
             .collect();

@@ -65,6 +65,7 @@ CREATE TABLE attempts (
     payment_method TEXT NOT NULL,
     started_at     INTEGER NOT NULL,
     declined       INTEGER NOT NULL,
+    answered       INTEGER NOT NULL,
     amount         INTEGER NOT NULL,
     PRIMARY KEY (payment_id, number)
 );

@@ -41,10 +41,11 @@ fn write_attempts(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreErro
     }
     let mut upsert = tx
         .prepare_cached(
-            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (payment_id, number) DO UPDATE
-             SET started_at = excluded.started_at, declined = excluded.declined",
+             SET started_at = excluded.started_at, declined = excluded.declined,
+                 answered = excluded.answered",
         )
         .map_err(sql_error("preparing the attempt upsert"))?;
     for attempt in &row.attempts {
@@ -55,7 +56,8 @@ fn write_attempts(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreErro
                 row.payment_method,
                 attempt.at.as_millis(),
                 attempt.declined,
-                attempt.amount
+                attempt.amount,
+                attempt.answered
             ])
             .map_err(sql_error("writing an attempt"))?;
     }
@@ -314,7 +316,7 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT payment_id, number, started_at, declined, amount FROM attempts
+                    "SELECT payment_id, number, started_at, declined, amount, answered FROM attempts
                      WHERE payment_method = ?1 AND started_at >= ?2
                      ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT ?3",
                 )
@@ -326,6 +328,7 @@ impl Store for SqliteStore {
                         attempt_number: r.get(1)?,
                         at: Timestamp::from_millis(r.get(2)?),
                         declined: r.get(3)?,
+                        answered: r.get(5)?,
                         amount: r.get(4)?,
                     })
                 })

@@ -138,6 +138,9 @@ pub struct StoreConfig {
     /// SQLite: `normal` (a process crash loses nothing; a power loss may lose the
     /// last commits) or `full` (fsync at every commit).
     pub synchronous: SynchronousMode,
+    /// Memory store: keep only this many settled payments, forgetting the oldest
+    /// settled ones (none: keep every payment).
+    pub memory_keep_settled: Option<usize>,
 }
 
 impl Default for StoreConfig {
@@ -147,6 +150,7 @@ impl Default for StoreConfig {
             schema: "offsession".into(),
             max_connections: 16,
             synchronous: SynchronousMode::Normal,
+            memory_keep_settled: None,
         }
     }
 }

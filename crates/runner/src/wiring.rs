@@ -176,7 +176,10 @@ pub async fn open_store(
     let refused =
         |e: offsession_core::StoreError| invalid("store.url", crate::error::with_causes(&e));
     Ok(match config.store.parsed_url()? {
-        StoreUrl::Memory => Arc::new(MemoryStore::new()),
+        StoreUrl::Memory => match config.store.memory_keep_settled {
+            Some(keep) => Arc::new(MemoryStore::with_retention(keep)),
+            None => Arc::new(MemoryStore::new()),
+        },
         StoreUrl::Sqlite(path) => {
             let synchronous = match config.store.synchronous {
                 SynchronousMode::Normal => Synchronous::Normal,

@@ -18,7 +18,12 @@ type CardKey = (Timestamp, String, u32);
 struct Inner {
     records: HashMap<String, PaymentRecord>,
     due: BTreeSet<DueKey>,
-    creation_order: Vec<String>,
+    /// Payments by creation sequence (for newest-first lists), and each one's sequence.
+    creation_order: BTreeMap<u64, String>,
+    sequence_of: HashMap<String, u64>,
+    next_sequence: u64,
+    /// Settled payments, oldest settlement first (pruned beyond the retention).
+    settled: std::collections::VecDeque<String>,
     /// Every attempt per payment method, by time: the network guard's question is a
     /// range read here, not a scan of the card's payments.
     by_method: HashMap<String, BTreeMap<CardKey, CardAttempt>>,
@@ -83,7 +88,27 @@ fn reindex_card(
     index.extend(card_attempts(new));
 }
 
+/// Whether nothing more will happen to a payment.
+fn settled(record: &PaymentRecord) -> bool {
+    record.due_at.is_none()
+        && matches!(
+            record.payment.status,
+            PaymentStatus::Succeeded | PaymentStatus::Failed | PaymentStatus::Canceled
+        )
+}
+
 impl Inner {
+    /// Drops a settled payment (not its card history or idempotency key).
+    fn forget(&mut self, id: &str) {
+        if let Some(record) = self.records.remove(id) {
+            let key = due_key(&record);
+            self.reindex(key, None);
+        }
+        if let Some(sequence) = self.sequence_of.remove(id) {
+            self.creation_order.remove(&sequence);
+        }
+    }
+
     fn reindex(&mut self, old: Option<DueKey>, new: Option<DueKey>) {
         if old == new {
             return;
@@ -102,6 +127,7 @@ impl Inner {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     keep_events: bool,
+    keep_settled: Option<usize>,
 }
 
 impl MemoryStore {
@@ -115,6 +141,19 @@ impl MemoryStore {
     pub fn with_outbox() -> MemoryStore {
         MemoryStore {
             keep_events: true,
+            ..MemoryStore::default()
+        }
+    }
+
+    /// An empty store that keeps only the `keep` most recently settled payments
+    /// (succeeded, failed or canceled, with nothing due) and forgets older ones, so a
+    /// long-running process does not grow without bound. A forgotten payment is no
+    /// longer listed or found; its idempotency key still maps to its id, so a repeated
+    /// create is refused rather than charged again, and its attempts stay in the
+    /// card's history for the network rules.
+    pub fn with_retention(keep: usize) -> MemoryStore {
+        MemoryStore {
+            keep_settled: Some(keep),
             ..MemoryStore::default()
         }
     }
@@ -160,7 +199,10 @@ impl Store for MemoryStore {
         stored.version = 1;
         inner.reindex(None, due_key(&stored));
         reindex_card(&mut inner.by_method, None, &stored);
-        inner.creation_order.push(id.clone());
+        let sequence = inner.next_sequence;
+        inner.next_sequence += 1;
+        inner.creation_order.insert(sequence, id.clone());
+        inner.sequence_of.insert(id.clone(), sequence);
         inner.records.insert(id, stored);
         if self.keep_events {
             inner.outbox.extend_from_slice(events);
@@ -196,11 +238,20 @@ impl Store for MemoryStore {
         let mut stored = record.clone();
         stored.version = expected.version + 1;
         let version = stored.version;
+        let settles = !settled(current) && settled(&stored);
         reindex_card(&mut inner.by_method, Some(current), &stored);
         inner.reindex(old_key, due_key(&stored));
         inner.records.insert(id.to_owned(), stored);
         if self.keep_events {
             inner.outbox.extend_from_slice(events);
+        }
+        if let (true, Some(keep)) = (settles, self.keep_settled) {
+            inner.settled.push_back(id.to_owned());
+            while inner.settled.len() > keep {
+                if let Some(old) = inner.settled.pop_front() {
+                    inner.forget(&old);
+                }
+            }
         }
         Ok(version)
     }
@@ -289,24 +340,20 @@ impl Store for MemoryStore {
         starting_after: Option<&str>,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let inner = self.lock();
-        let newest_first = inner.creation_order.iter().rev();
-        let mut skipping = starting_after.is_some();
-        let mut out = Vec::new();
-        for id in newest_first {
-            if skipping {
-                if Some(id.as_str()) == starting_after {
-                    skipping = false;
-                }
-                continue;
-            }
-            if out.len() == limit {
-                break;
-            }
-            if let Some(record) = inner.records.get(id) {
-                out.push(record.clone());
-            }
-        }
-        Ok(out)
+        let before = match starting_after {
+            None => u64::MAX,
+            Some(id) => match inner.sequence_of.get(id) {
+                Some(sequence) => *sequence,
+                None => return Ok(Vec::new()),
+            },
+        };
+        Ok(inner
+            .creation_order
+            .range(..before)
+            .rev()
+            .filter_map(|(_, id)| inner.records.get(id).cloned())
+            .take(limit)
+            .collect())
     }
 
     async fn card_history(
@@ -359,5 +406,65 @@ impl Store for MemoryStore {
             .iter()
             .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{run_all, sample_record};
+
+    #[tokio::test]
+    async fn a_store_with_retention_keeps_the_store_contract() {
+        run_all(|| MemoryStore::with_retention(1_000)).await;
+    }
+
+    #[tokio::test]
+    async fn only_the_most_recently_settled_payments_are_kept() {
+        let store = MemoryStore::with_retention(2);
+        for i in 0..5 {
+            store
+                .insert(&sample_record(&format!("osp_{i}"), 1_000 + i, None))
+                .await
+                .unwrap();
+        }
+        // Settle 0, 1, 2 and 3 in that order; 4 stays pending.
+        for i in 0..4 {
+            let id = format!("osp_{i}");
+            let current = store.get(&id).await.unwrap().unwrap();
+            let mut next = current.clone();
+            next.payment.status = PaymentStatus::Succeeded;
+            next.due_at = None;
+            store.update(&next, Expected::of(&current)).await.unwrap();
+        }
+        let listed: Vec<_> = store
+            .list(10, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payment.id)
+            .collect();
+        assert_eq!(
+            listed,
+            ["osp_4", "osp_3", "osp_2"],
+            "0 and 1 were forgotten"
+        );
+        assert!(store.get("osp_0").await.unwrap().is_none());
+        assert!(
+            store.get("osp_4").await.unwrap().is_some(),
+            "pending is never pruned"
+        );
+        let counts = store.count_by_status().await.unwrap();
+        assert!(counts.contains(&(PaymentStatus::Succeeded, 2)));
+        assert!(counts.contains(&(PaymentStatus::Pending, 1)));
+        // Paging still works across the gap.
+        let page: Vec<_> = store
+            .list(10, Some("osp_3"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payment.id)
+            .collect();
+        assert_eq!(page, ["osp_2"]);
     }
 }

@@ -131,6 +131,22 @@ impl Breaker {
         }
     }
 
+    /// When an open breaker lets a probe through; `None` while closed.
+    pub fn open_until(&self) -> Option<Timestamp> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open_until
+    }
+
+    /// Puts the breaker back as it was saved: open until `until`, or closed.
+    pub fn restore(&self, until: Option<Timestamp>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.reset();
+        inner.probing = false;
+        inner.open_until = until;
+    }
+
     /// The state at `now`.
     pub fn state(&self, now: Timestamp) -> BreakerState {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -260,6 +260,10 @@ pub async fn build(
     let engine = builder
         .build()
         .map_err(|e| invalid("engine", e.to_string()))?;
+    engine
+        .restore_breakers()
+        .await
+        .map_err(|e| invalid("store.url", crate::error::with_causes(&e)))?;
     Ok(Wired {
         engine,
         mocks,

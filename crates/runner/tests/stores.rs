@@ -203,3 +203,54 @@ async fn a_bad_store_url_is_refused_by_key() {
         assert!(!err.contains("hunter2"), "the password leaked: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_breaker_outlives_the_engine_that_opened_it() {
+    use offsession_orchestrator::BreakerState;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("breakers.db");
+    let now = Timestamp::parse_rfc3339("2026-03-01T00:00:00Z").unwrap();
+    let engine = |store: Arc<dyn Store>, fault_rate: f64| {
+        Engine::builder()
+            .processor(Arc::new(offsession_mock::MockProcessor::new(
+                "mock",
+                offsession_mock::MockConfig {
+                    fault_rate,
+                    ..offsession_mock::MockConfig::default()
+                },
+            )))
+            .store(store)
+            .clock(Arc::new(ManualClock::new(now)))
+            .build()
+            .unwrap()
+    };
+    {
+        // Every send faults: after 20 the breaker opens, and its state is saved.
+        let first = engine(
+            Arc::new(SqliteStore::open(&file, Synchronous::Normal).unwrap()),
+            1.0,
+        );
+        for i in 0..30 {
+            let body = format!(
+                r#"{{"amount":{{"value":1000,"currency":"usd"}},"cadence":"recurring","customer":"cus_{i}","payment_method":"pm_card_visa__{i}"}}"#
+            );
+            first.create_json(body.as_bytes(), None).await.unwrap();
+        }
+        first.run_due().await.unwrap();
+        assert_eq!(first.circuit_state("mock", now), Some(BreakerState::Open));
+    }
+    let second = engine(
+        Arc::new(SqliteStore::open(&file, Synchronous::Normal).unwrap()),
+        0.0,
+    );
+    assert_eq!(
+        second.circuit_state("mock", now),
+        Some(BreakerState::Closed)
+    );
+    second.restore_breakers().await.unwrap();
+    assert_eq!(
+        second.circuit_state("mock", now),
+        Some(BreakerState::Open),
+        "restored from the store"
+    );
+}

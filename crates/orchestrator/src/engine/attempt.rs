@@ -163,7 +163,11 @@ impl Engine {
             record.lease = lease;
         }
         let outside = outside.elapsed();
-        self.observe_health(processor.id(), &outcome, self.now_for(&record.payment));
+        if let Some(open_until) =
+            self.observe_health(processor.id(), &outcome, self.now_for(&record.payment))
+        {
+            self.save_breaker(processor.id(), open_until).await;
+        }
         self.apply_outcome(record, outcome).await.map(|()| outside)
     }
 
@@ -204,17 +208,29 @@ impl Engine {
     }
 
     /// Feeds the processor's circuit breaker and pacer with an answer.
-    pub(super) fn observe_health(&self, processor: &str, outcome: &AttemptOutcome, now: Timestamp) {
+    /// Returns the breaker's new `open_until` when the answer opened or closed it.
+    pub(super) fn observe_health(
+        &self,
+        processor: &str,
+        outcome: &AttemptOutcome,
+        now: Timestamp,
+    ) -> Option<Option<Timestamp>> {
         let good = matches!(
             outcome,
             AttemptOutcome::Approved { .. }
                 | AttemptOutcome::RequiresCapture { .. }
                 | AttemptOutcome::Declined { .. }
         );
+        let mut changed = None;
         if let Some(breaker) = self.inner.processors.breakers.get(processor) {
+            let before = breaker.open_until();
             let state = breaker.record(now, good);
             metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
                 .set(state as u8 as f64);
+            let after = breaker.open_until();
+            if before.is_some() != after.is_some() {
+                changed = Some(after);
+            }
         }
         if let Some(pacer) = self.inner.processors.pacers.get(processor) {
             pacer.observe(matches!(
@@ -225,6 +241,48 @@ impl Engine {
                 }
             ));
         }
+        changed
+    }
+
+    /// Saves a breaker's state in the store, so a restarted engine (or another
+    /// instance) does not send to a processor known to be failing. A failed save is
+    /// logged: the breaker itself works from memory.
+    pub(super) async fn save_breaker(&self, processor: &str, open_until: Option<Timestamp>) {
+        let value = match open_until {
+            Some(until) => until.as_millis().to_string(),
+            None => "closed".to_owned(),
+        };
+        if let Err(err) = self
+            .inner
+            .store
+            .save_state(&breaker_key(processor), &value)
+            .await
+        {
+            tracing::warn!(processor, error = %err, "could not save the circuit breaker's state");
+        }
+    }
+
+    /// Loads every breaker's saved state (call once after building the engine).
+    pub async fn restore_breakers(&self) -> Result<(), StoreError> {
+        for (processor, breaker) in &self.inner.processors.breakers {
+            if let Some(value) = self.inner.store.load_state(&breaker_key(processor)).await? {
+                breaker.restore(value.parse::<i64>().ok().map(Timestamp::from_millis));
+            }
+        }
+        Ok(())
+    }
+
+    /// A processor's circuit breaker state at `now` (`None`: no such processor).
+    pub fn circuit_state(
+        &self,
+        processor: &str,
+        now: Timestamp,
+    ) -> Option<crate::breaker::BreakerState> {
+        self.inner
+            .processors
+            .breakers
+            .get(processor)
+            .map(|b| b.state(now))
     }
 
     /// Takes a payment method's lock: this process's first, then the store's.
@@ -276,4 +334,8 @@ impl Drop for HeldCard {
             locks.remove(&self.payment_method);
         }
     }
+}
+
+fn breaker_key(processor: &str) -> String {
+    format!("breaker/{processor}")
 }

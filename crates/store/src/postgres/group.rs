@@ -195,10 +195,14 @@ async fn apply_commit(
     let expected_version = expected.version as i64;
     let changed = tx
         .execute(
-            "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
+            &tx.prepare_cached(
+                "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
                  claimable_at = $4, lease_owner = $5, lease_until = $6, processor = $7,
                  payment_method = $8, customer = $9, body = $10::text::jsonb
              WHERE id = $11 AND version = $12 AND status = $13",
+            )
+            .await
+            .map_err(pg_error("preparing a statement"))?,
             &[
                 &row.status as Param<'_>,
                 &row.scope,
@@ -256,8 +260,12 @@ async fn apply_create(
     if let Some(key) = key {
         let inserted = tx
             .execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
+                &tx.prepare_cached(
+                    "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                )
+                .await
+                .map_err(pg_error("preparing a statement"))?,
                 &[&key.key, &key.fingerprint, &row.id, &key.now],
             )
             .await
@@ -291,10 +299,12 @@ async fn apply_create(
     }
     let inserted = tx
         .execute(
-            "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
+            &tx.prepare_cached("INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
                  lease_until, processor, payment_method, customer, created, body)
              VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING")
+                .await
+                .map_err(pg_error("preparing a statement"))?,
             &[
                 &row.id as Param<'_>,
                 &row.status,
@@ -318,15 +328,23 @@ async fn apply_create(
             match previous {
                 None => tx
                     .execute(
-                        "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
+                        &tx.prepare_cached(
+                            "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
+                        )
+                        .await
+                        .map_err(pg_error("preparing a statement"))?,
                         &[&key.key, &row.id],
                     )
                     .await
                     .map_err(pg_error("releasing an idempotency key"))?,
                 Some((fingerprint, payment_id, at)) => tx
                     .execute(
-                        "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3,
+                        &tx.prepare_cached(
+                            "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3,
                              created_at = $4 WHERE key = $1",
+                        )
+                        .await
+                        .map_err(pg_error("preparing a statement"))?,
                         &[&key.key, &fingerprint, &payment_id, &at],
                     )
                     .await

@@ -49,8 +49,12 @@ pub(super) async fn write_events(
         return Ok(());
     }
     // Held to the commit: sequences commit in order (see the module docs).
+    let lock = client
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+        .await
+        .map_err(pg_error("preparing the outbox lock"))?;
     client
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
+        .execute(&lock, &[&OUTBOX_LOCK])
         .await
         .map_err(pg_error("locking the outbox"))?;
     let insert = client

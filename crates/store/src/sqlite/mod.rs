@@ -148,7 +148,20 @@ type Job = Box<dyn Call>;
 /// A SQLite database file behind one writer thread.
 #[derive(Debug)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    /// Closes the queue and waits for the writer to finish its last group and close
+    /// the database (which checkpoints the WAL and removes its files).
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn sql_error(action: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
@@ -190,11 +203,14 @@ impl SqliteStore {
             .map_err(sql_error("setting temp_store"))?;
         migrate(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("offsession-sqlite".into())
             .spawn(move || writer(conn, queue))
             .map_err(|e| StoreError::backend("sqlite: starting the writer thread", false, e))?;
-        Ok(SqliteStore { jobs })
+        Ok(SqliteStore {
+            jobs: Some(jobs),
+            writer: Some(writer),
+        })
     }
 
     /// Runs `work` on the writer thread inside a group transaction; its result is
@@ -205,7 +221,11 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(Typed { work, reply });
-        self.jobs.send(job).map_err(|_| stopped())?;
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use futures::future::join_all;
-use offsession_core::{Event, Expected, IdempotencyClaim, StoreError};
+use offsession_core::{Expected, IdempotencyClaim, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::store::{write_attempts, write_events};
-use super::{pg_error, pool_error, step, Param};
-use crate::row::{self, RecordRow};
+use deadpool_postgres::GenericClient;
+
+use super::{pg_error, pool_error, step, Param, OUTBOX_LOCK};
+use crate::row::{self, EventRow, RecordRow};
 
 /// Changes per transaction at most.
 const GROUP_MAX: usize = 512;
@@ -29,14 +30,14 @@ pub(super) enum Change {
     Commit {
         row: RecordRow,
         expected: Expected,
-        events: Vec<Event>,
+        events: Vec<EventRow>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     /// `Store::create`.
     Create {
         row: RecordRow,
         key: Option<Key>,
-        events: Vec<Event>,
+        events: Vec<EventRow>,
         reply: oneshot::Sender<Result<IdempotencyClaim, StoreError>>,
     },
 }
@@ -56,6 +57,12 @@ enum Answer {
 }
 
 impl Change {
+    fn has_events(&self) -> bool {
+        match self {
+            Change::Commit { events, .. } | Change::Create { events, .. } => !events.is_empty(),
+        }
+    }
+
     fn answer(self, answer: Result<Answer, StoreError>) {
         match (self, answer) {
             (Change::Commit { reply, .. }, Ok(Answer::Commit(result))) => {
@@ -136,6 +143,18 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             .await
             .map_err(pg_error("starting a group of changes"))?;
         step(crash, &tx).await?;
+        if group.iter().any(Change::has_events) {
+            // Held to the commit, once per group: event sequences commit in order
+            // across instances (see the module docs of `postgres`).
+            tx.execute(
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                    .await
+                    .map_err(pg_error("preparing the outbox lock"))?,
+                &[&OUTBOX_LOCK],
+            )
+            .await
+            .map_err(pg_error("locking the outbox"))?;
+        }
         let outcomes = join_all(group.iter().map(|change| apply(&tx, crash, change))).await;
         let mut answers = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
@@ -190,7 +209,7 @@ async fn apply_commit(
     crash: &AtomicI64,
     row: &RecordRow,
     expected: Expected,
-    events: &[Event],
+    events: &[EventRow],
 ) -> Result<Result<u64, StoreError>, StoreError> {
     let expected_version = expected.version as i64;
     let changed = tx
@@ -253,7 +272,7 @@ async fn apply_create(
     crash: &AtomicI64,
     row: &RecordRow,
     key: Option<&Key>,
-    events: &[Event],
+    events: &[EventRow],
 ) -> Result<Result<IdempotencyClaim, StoreError>, StoreError> {
     // What the key held before this create took it: None when it was new.
     let mut previous: Option<(String, String, Option<i64>)> = None;
@@ -359,4 +378,61 @@ async fn apply_create(
     write_events(tx, events).await?;
     step(crash, tx).await?;
     Ok(Ok(IdempotencyClaim::Inserted))
+}
+
+async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<(), StoreError> {
+    if row.attempts.is_empty() {
+        return Ok(());
+    }
+    let upsert = client
+        .prepare_cached(
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (payment_id, number) DO UPDATE
+             SET started_at = excluded.started_at, declined = excluded.declined,
+                 answered = excluded.answered",
+        )
+        .await
+        .map_err(pg_error("preparing the attempt upsert"))?;
+    for attempt in &row.attempts {
+        let number = attempt.attempt_number as i32;
+        let at = attempt.at.as_millis();
+        client
+            .execute(
+                &upsert,
+                &[
+                    &attempt.payment_id,
+                    &number,
+                    &row.payment_method,
+                    &at,
+                    &attempt.declined,
+                    &attempt.amount,
+                    &attempt.answered,
+                ],
+            )
+            .await
+            .map_err(pg_error("writing an attempt"))?;
+    }
+    Ok(())
+}
+
+/// Inserts events; the group took the outbox lock (see [`run`]).
+async fn write_events(client: &impl GenericClient, events: &[EventRow]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO events (id, payment_id, type, created, body)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+        )
+        .await
+        .map_err(pg_error("preparing the event insert"))?;
+    for (id, payment_id, event_type, created, body) in events {
+        client
+            .execute(&insert, &[id, payment_id, event_type, created, body])
+            .await
+            .map_err(pg_error("writing an event"))?;
+    }
+    Ok(())
 }

@@ -4,9 +4,10 @@
 //!   claiming at once take disjoint payments, and neither waits for the other.
 //! - Every change is a compare-and-set on `version` and `status` in one transaction
 //!   with its attempts and its events (the outbox).
-//! - Event sequence numbers are taken under a transaction-level advisory lock held
-//!   from the event insert to the commit, so events commit in sequence order and a
-//!   reader paging by sequence never skips one that commits late.
+//! - Changes are written in groups (`group.rs`). A group that carries events takes a
+//!   transaction-level advisory lock once, before its statements, and holds it to the
+//!   commit, so events commit in sequence order and a reader paging by sequence never
+//!   skips one that commits late.
 //! - A create's idempotency key is inserted in the payment's transaction; a
 //!   concurrent create with the same key waits for that transaction and then reads
 //!   the original payment.

@@ -2,88 +2,6 @@
 
 use super::*;
 
-pub(super) async fn write_attempts(
-    client: &impl GenericClient,
-    row: &RecordRow,
-) -> Result<(), StoreError> {
-    if row.attempts.is_empty() {
-        return Ok(());
-    }
-    let upsert = client
-        .prepare_cached(
-            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (payment_id, number) DO UPDATE
-             SET started_at = excluded.started_at, declined = excluded.declined,
-                 answered = excluded.answered",
-        )
-        .await
-        .map_err(pg_error("preparing the attempt upsert"))?;
-    for attempt in &row.attempts {
-        let number = attempt.attempt_number as i32;
-        let at = attempt.at.as_millis();
-        client
-            .execute(
-                &upsert,
-                &[
-                    &attempt.payment_id,
-                    &number,
-                    &row.payment_method,
-                    &at,
-                    &attempt.declined,
-                    &attempt.amount,
-                    &attempt.answered,
-                ],
-            )
-            .await
-            .map_err(pg_error("writing an attempt"))?;
-    }
-    Ok(())
-}
-
-pub(super) async fn write_events(
-    client: &impl GenericClient,
-    events: &[Event],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    // Held to the commit: sequences commit in order (see the module docs).
-    let lock = client
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await
-        .map_err(pg_error("preparing the outbox lock"))?;
-    client
-        .execute(&lock, &[&OUTBOX_LOCK])
-        .await
-        .map_err(pg_error("locking the outbox"))?;
-    let insert = client
-        .prepare_cached(
-            "INSERT INTO events (id, payment_id, type, created, body)
-             VALUES ($1, $2, $3, $4, $5::text::jsonb)",
-        )
-        .await
-        .map_err(pg_error("preparing the event insert"))?;
-    for event in events {
-        let body = row::event_body(event)?;
-        let created = event.created.as_millis();
-        client
-            .execute(
-                &insert,
-                &[
-                    &event.id,
-                    &event.related_object.id,
-                    &event.event_type.as_str(),
-                    &created,
-                    &body,
-                ],
-            )
-            .await
-            .map_err(pg_error("writing an event"))?;
-    }
-    Ok(())
-}
-
 const RECORD_COLUMNS: &str = "body::text, version, lease_owner, lease_until";
 
 fn records_from(rows: &[tokio_postgres::Row]) -> Result<Vec<PaymentRecord>, StoreError> {
@@ -110,7 +28,7 @@ impl Store for PostgresStore {
                     now: k.now.as_millis(),
                     ttl: k.ttl.as_millis() as i64,
                 }),
-                events: events.to_vec(),
+                events: row::event_rows(events)?,
                 reply,
             })
             .map_err(|_| writers_stopped())?;
@@ -140,7 +58,7 @@ impl Store for PostgresStore {
             .send(group::Change::Commit {
                 row: RecordRow::of(record)?,
                 expected,
-                events: events.to_vec(),
+                events: row::event_rows(events)?,
                 reply,
             })
             .map_err(|_| writers_stopped())?;

@@ -2,6 +2,7 @@
 //! on the real clock, and reports throughput, engine overhead, Little's-law
 //! efficiency, peak memory and rate-limit use.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use offsession_core::{DiscardEvents, Store, SystemClock};
 use offsession_mock::{LatencyModel, MockConfig, MockProcessor};
 use offsession_orchestrator::{AttemptTiming, Engine, EngineConfig, RateLimit, TimingObserver};
 use offsession_store::baseline::Baseline;
-use offsession_store::{MemoryStore, PostgresStore, SqliteStore, Synchronous};
+use offsession_store::PostgresStore;
 use serde::Serialize;
 
 use crate::config::{StoreConfig, StoreUrl};
@@ -103,12 +104,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, RunnerError> {
     let schema = format!("offsession_bench_{}", std::process::id());
     let measured = measure(options, &schema).await;
-    let url = StoreConfig {
-        url: options.store.clone(),
-        ..StoreConfig::default()
-    }
-    .parsed_url();
-    if let Ok(url) = url {
+    if let Ok(url) = store_section(options, &schema).parsed_url() {
         let dropped = drop_bench_store(&url, &schema).await;
         if measured.is_ok() {
             dropped?;
@@ -129,11 +125,8 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     let timings: Arc<Mutex<Vec<AttemptTiming>>> =
         Arc::new(Mutex::new(Vec::with_capacity(options.payments as usize)));
     let sink = timings.clone();
-    let url = StoreConfig {
-        url: options.store.clone(),
-        ..StoreConfig::default()
-    }
-    .parsed_url()?;
+    let section = store_section(options, schema);
+    let url = section.parsed_url()?;
     let instances = options.instances.max(1);
     if instances > 1 && !matches!(url, StoreUrl::Postgres(_)) {
         return Err(RunnerError::Flag {
@@ -141,31 +134,18 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
             message: "several instances share a store only on Postgres".into(),
         });
     }
+    if let StoreUrl::Sqlite(path) = &url {
+        if path.exists() {
+            return Err(RunnerError::Flag {
+                flag: "--store",
+                message: format!("`{}` exists: the bench writes a new file", path.display()),
+            });
+        }
+    }
     let mut stores: Vec<Arc<dyn Store>> = Vec::new();
     for _ in 0..instances {
-        stores.push(match &url {
-            StoreUrl::Memory => Arc::new(MemoryStore::new()),
-            StoreUrl::Sqlite(path) => {
-                if path.exists() {
-                    return Err(RunnerError::Flag {
-                        flag: "--store",
-                        message: format!(
-                            "`{}` exists: the bench writes a new file",
-                            path.display()
-                        ),
-                    });
-                }
-                Arc::new(
-                    SqliteStore::open(path, Synchronous::Normal)
-                        .map_err(RunnerError::setup("opening the bench store"))?,
-                )
-            }
-            StoreUrl::Postgres(url) => Arc::new(
-                PostgresStore::connect(url, schema, options.concurrency.clamp(4, 32))
-                    .await
-                    .map_err(RunnerError::setup("opening the bench store"))?,
-            ),
-        });
+        // Relative paths in `--store` are relative to the working folder.
+        stores.push(crate::wiring::open_store_section(Path::new(""), &section).await?);
     }
     let mut engines = Vec::new();
     for (index, store) in stores.iter().enumerate() {
@@ -283,6 +263,17 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
         baseline_per_second,
         baseline_ratio: baseline_per_second.map(|b| end_to_end_per_second / b),
     })
+}
+
+/// The `[store]` section the bench runs on: `--store`, in a schema of its own, with a
+/// pool sized to the concurrency.
+fn store_section(options: &BenchOptions, schema: &str) -> StoreConfig {
+    StoreConfig {
+        url: options.store.clone(),
+        schema: schema.to_owned(),
+        max_connections: options.concurrency.clamp(4, 32),
+        ..StoreConfig::default()
+    }
 }
 
 /// Runs one instance's due work until nothing is due.

@@ -11,7 +11,7 @@ use offsession_orchestrator::{Engine, EngineBuilder};
 use offsession_retry::{DeclineTable, HeuristicPolicy, ScheduledPolicy, SmartPolicy, SmartState};
 use offsession_store::{MemoryStore, PostgresStore, SqliteStore, Synchronous};
 
-use crate::config::{Config, ConfigError, ProcessorConfig, StoreUrl, SynchronousMode};
+use crate::config::{Config, ConfigError, ProcessorConfig, StoreConfig, StoreUrl, SynchronousMode};
 use crate::error::RunnerError;
 
 /// A relative path in the config file is relative to the file's folder.
@@ -173,22 +173,31 @@ pub async fn open_store(
     config_path: &Path,
     config: &Config,
 ) -> Result<Arc<dyn Store>, ConfigError> {
+    open_store_section(config_path, &config.store).await
+}
+
+/// Opens the store a `[store]` section names; a relative SQLite path is relative to
+/// `config_path`'s folder.
+pub async fn open_store_section(
+    config_path: &Path,
+    store: &StoreConfig,
+) -> Result<Arc<dyn Store>, ConfigError> {
     let refused =
         |e: offsession_core::StoreError| invalid("store.url", crate::error::with_causes(&e));
-    Ok(match config.store.parsed_url()? {
-        StoreUrl::Memory => match config.store.memory_keep_settled {
+    Ok(match store.parsed_url()? {
+        StoreUrl::Memory => match store.memory_keep_settled {
             Some(keep) => Arc::new(MemoryStore::with_retention(keep)),
             None => Arc::new(MemoryStore::new()),
         },
         StoreUrl::Sqlite(path) => {
-            let synchronous = match config.store.synchronous {
+            let synchronous = match store.synchronous {
                 SynchronousMode::Normal => Synchronous::Normal,
                 SynchronousMode::Full => Synchronous::Full,
             };
             Arc::new(SqliteStore::open(&resolve(config_path, &path), synchronous).map_err(refused)?)
         }
         StoreUrl::Postgres(url) => Arc::new(
-            PostgresStore::connect(&url, &config.store.schema, config.store.max_connections)
+            PostgresStore::connect(&url, &store.schema, store.max_connections)
                 .await
                 .map_err(refused)?,
         ),

@@ -334,10 +334,9 @@ async fn bench_runs_on_the_default_config_and_settles_every_payment() {
         "memory:".to_owned(),
         format!("sqlite://{}", dir.path().join("bench.db").display()),
     ];
-    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => stores.push(url),
-        _ => println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set (Postgres bench)"),
-    }
+    stores.extend(offsession_store::conformance::test_postgres_url(
+        "Postgres bench",
+    ));
     for store in stores {
         let durable = store != "memory:";
         let report = bench::run(&bench::BenchOptions {

@@ -71,13 +71,7 @@ async fn run_on(url: &str, schema: &str) -> Outcome {
 }
 
 fn postgres_url() -> Option<String> {
-    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set (Postgres part)");
-            None
-        }
-    }
+    offsession_store::conformance::test_postgres_url("Postgres part")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

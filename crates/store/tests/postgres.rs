@@ -11,13 +11,7 @@ use offsession_store::conformance::{run_all, sample_record};
 use offsession_store::PostgresStore;
 
 fn url() -> Option<String> {
-    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set");
-            None
-        }
-    }
+    offsession_store::conformance::test_postgres_url("Postgres store")
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -93,6 +93,19 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
 
 pub use atomic::sample_event;
 
+/// The Postgres server tests run against: `OFFSESSION_TEST_POSTGRES_URL` (`.ci/run`
+/// sets it when the server answers). Without it, prints `skipped: …` naming `what`
+/// and returns `None`, so a test never passes silently without its database.
+pub fn test_postgres_url(what: &str) -> Option<String> {
+    match std::env::var("OFFSESSION_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set ({what})");
+            None
+        }
+    }
+}
+
 async fn insert_then_get_round_trips(store: &dyn Store) {
     let record = sample_record("osp_a", 1_000, None);
     store.insert(&record).await.unwrap();

@@ -21,6 +21,26 @@ use deadpool_postgres::GenericClient;
 use super::{pg_error, pool_error, step, Param, OUTBOX_LOCK};
 use crate::row::{self, EventRow, RecordRow};
 
+/// A row's written columns as statement parameters, `$1`…`$12` in every statement
+/// that writes one: id, status, scope, due_at, claimable_at, lease_owner,
+/// lease_until, processor, payment_method, customer, created, body.
+fn row_values(row: &RecordRow) -> [Param<'_>; 12] {
+    [
+        &row.id,
+        &row.status,
+        &row.scope,
+        &row.due_at,
+        &row.claimable_at,
+        &row.lease_owner,
+        &row.lease_until,
+        &row.processor,
+        &row.payment_method,
+        &row.customer,
+        &row.created,
+        &row.body,
+    ]
+}
+
 /// Changes per transaction at most.
 const GROUP_MAX: usize = 512;
 
@@ -212,31 +232,21 @@ async fn apply_commit(
     events: &[EventRow],
 ) -> Result<Result<u64, StoreError>, StoreError> {
     let expected_version = expected.version as i64;
+    let status = expected.status.as_str();
+    let mut params = row_values(row).to_vec();
+    params.extend([&expected_version as Param<'_>, &status]);
     let changed = tx
         .execute(
             &tx.prepare_cached(
-                "UPDATE payments SET version = version + 1, status = $1, scope = $2, due_at = $3,
-                 claimable_at = $4, lease_owner = $5, lease_until = $6, processor = $7,
-                 payment_method = $8, customer = $9, body = $10::text::jsonb
-             WHERE id = $11 AND version = $12 AND status = $13",
+                "UPDATE payments SET version = version + 1, status = $2, scope = $3, due_at = $4,
+                     claimable_at = $5, lease_owner = $6, lease_until = $7, processor = $8,
+                     payment_method = $9, customer = $10, created = $11,
+                     body = $12::text::jsonb
+                 WHERE id = $1 AND version = $13 AND status = $14",
             )
             .await
             .map_err(pg_error("preparing a statement"))?,
-            &[
-                &row.status as Param<'_>,
-                &row.scope,
-                &row.due_at,
-                &row.claimable_at,
-                &row.lease_owner,
-                &row.lease_until,
-                &row.processor,
-                &row.payment_method,
-                &row.customer,
-                &row.body,
-                &row.id,
-                &expected_version,
-                &expected.status.as_str(),
-            ],
+            &params,
         )
         .await
         .map_err(pg_error("updating a payment"))?;
@@ -324,20 +334,7 @@ async fn apply_create(
              ON CONFLICT (id) DO NOTHING")
                 .await
                 .map_err(pg_error("preparing a statement"))?,
-            &[
-                &row.id as Param<'_>,
-                &row.status,
-                &row.scope,
-                &row.due_at,
-                &row.claimable_at,
-                &row.lease_owner,
-                &row.lease_until,
-                &row.processor,
-                &row.payment_method,
-                &row.customer,
-                &row.created,
-                &row.body,
-            ],
+            &row_values(row),
         )
         .await
         .map_err(pg_error("inserting a payment"))?;

@@ -2,29 +2,33 @@
 
 use super::*;
 
-fn write_payment(tx: &Transaction<'_>, row: &RecordRow, version: i64) -> Result<(), StoreError> {
+/// A row's written columns as statement parameters, `?1`…`?12` in every statement
+/// that writes one: id, status, scope, due_at, claimable_at, lease_owner,
+/// lease_until, processor, payment_method, customer, created, body.
+fn row_values(row: &RecordRow) -> [&dyn rusqlite::ToSql; 12] {
+    [
+        &row.id,
+        &row.status,
+        &row.scope,
+        &row.due_at,
+        &row.claimable_at,
+        &row.lease_owner,
+        &row.lease_until,
+        &row.processor,
+        &row.payment_method,
+        &row.customer,
+        &row.created,
+        &row.body,
+    ]
+}
+
+fn write_payment(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
              lease_until, processor, payment_method, customer, created, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
-    .and_then(|mut insert| {
-        insert.execute(params![
-            row.id,
-            version,
-            row.status,
-            row.scope,
-            row.due_at,
-            row.claimable_at,
-            row.lease_owner,
-            row.lease_until,
-            row.processor,
-            row.payment_method,
-            row.customer,
-            row.created,
-            row.body
-        ])
-    })
+    .and_then(|mut insert| insert.execute(&row_values(row)[..]))
     .map_err(|e| {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
             StoreError::Duplicate(row.id.clone())
@@ -144,7 +148,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            write_payment(tx, &row, 1)?;
+            write_payment(tx, &row)?;
             if let Some((key, fingerprint, now, _)) = &key {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, payment_id, created_at)
@@ -185,27 +189,18 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let changed = tx
                 .prepare_cached(
-                    "UPDATE payments SET version = version + 1, status = ?1, scope = ?2,
-                         claimable_at = ?3, lease_owner = ?4, lease_until = ?5, processor = ?6,
-                         payment_method = ?7, customer = ?8, body = ?9, due_at = ?13
-                     WHERE id = ?10 AND version = ?11 AND status = ?12",
+                    "UPDATE payments SET version = version + 1, status = ?2, scope = ?3,
+                         due_at = ?4, claimable_at = ?5, lease_owner = ?6, lease_until = ?7,
+                         processor = ?8, payment_method = ?9, customer = ?10, created = ?11,
+                         body = ?12
+                     WHERE id = ?1 AND version = ?13 AND status = ?14",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![
-                        row.status,
-                        row.scope,
-                        row.claimable_at,
-                        row.lease_owner,
-                        row.lease_until,
-                        row.processor,
-                        row.payment_method,
-                        row.customer,
-                        row.body,
-                        row.id,
-                        expected.version as i64,
-                        expected.status.as_str(),
-                        row.due_at
-                    ])
+                    let version = expected.version as i64;
+                    let status = expected.status.as_str();
+                    let mut params = row_values(&row).to_vec();
+                    params.extend([&version as &dyn rusqlite::ToSql, &status]);
+                    s.execute(&params[..])
                 })
                 .map_err(sql_error("updating a payment"))?;
             if changed == 0 {

@@ -4,7 +4,7 @@
 //! The contract every implementation (in-memory, SQLite, Postgres) keeps:
 //! - `update` is a compare-and-set on the record's `version` and `status`: a change
 //!   computed from a stale read is refused, never applied.
-//! - the engine writes an attempt (with its idempotency key) with `update` *before*
+//! - the engine writes an attempt (with its idempotency key) with `commit` *before*
 //!   it calls the processor (write-ahead), so a crash leaves a `processing` record
 //!   whose lease lapses and whose attempt is replayed with the same key;
 //! - `claim_due` hands each due record to one claimant at a time, under a lease.

@@ -236,6 +236,7 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     let baseline_seconds = baseline(&url, schema, options, &stores[0]).await?;
     let baseline_per_second = baseline_seconds.map(|s| options.payments as f64 / s);
     let end_to_end_per_second = options.payments as f64 / (intake + settle).as_secs_f64();
+    let peak_memory = peak_memory_mib();
     Ok(BenchReport {
         payments: options.payments,
         concurrency: options.concurrency,
@@ -250,8 +251,8 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
             .then(|| settled_per_second / (options.concurrency as f64 / mean_processor)),
         overhead_p50_us: percentile(&overheads, 0.50),
         overhead_p99_us: percentile(&overheads, 0.99),
-        peak_memory_mib: peak_memory_mib(),
-        peak_memory_per_payment_kib: peak_memory_mib()
+        peak_memory_mib: peak_memory,
+        peak_memory_per_payment_kib: peak_memory
             .map(|mib| mib * 1024.0 / options.payments.max(1) as f64),
         rate_limit_utilization: options
             .rate_limit

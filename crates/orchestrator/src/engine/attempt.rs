@@ -303,7 +303,7 @@ impl Engine {
         Ok(HeldCard {
             engine: self.clone(),
             payment_method: payment_method.to_owned(),
-            _store: store,
+            store: Some(store),
             local: Some(local),
         })
     }
@@ -313,12 +313,14 @@ impl Engine {
 pub(super) struct HeldCard {
     engine: Engine,
     payment_method: String,
-    _store: offsession_core::CardLock,
+    store: Option<offsession_core::CardLock>,
     local: Option<futures::lock::OwnedMutexGuard<()>>,
 }
 
 impl Drop for HeldCard {
     fn drop(&mut self) {
+        // The store's lock first: a waiter in this process then finds it free.
+        drop(self.store.take());
         drop(self.local.take());
         // Forget the card's lock once nobody holds or waits for it.
         let mut locks = self

@@ -35,6 +35,20 @@ pub struct CardAttempt {
     pub amount: i64,
 }
 
+impl CardAttempt {
+    /// An attempt of `payment` as the network rules read it.
+    pub fn of(payment: &OffSessionPayment, attempt: &AttemptRecord) -> CardAttempt {
+        CardAttempt {
+            payment_id: payment.id.clone(),
+            attempt_number: attempt.number,
+            at: attempt.started_at,
+            declined: attempt.decline_category.is_some(),
+            answered: attempt.answered(),
+            amount: payment.amount_requested.value,
+        }
+    }
+}
+
 /// Everything a policy may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryContext<'a> {

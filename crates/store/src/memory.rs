@@ -47,14 +47,7 @@ fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardA
     record.attempts.iter().map(move |a| {
         (
             (a.started_at, record.payment.id.clone(), a.number),
-            CardAttempt {
-                payment_id: record.payment.id.clone(),
-                attempt_number: a.number,
-                at: a.started_at,
-                declined: a.decline_category.is_some(),
-                answered: a.answered(),
-                amount: record.payment.amount_requested.value,
-            },
+            CardAttempt::of(&record.payment, a),
         )
     })
 }

@@ -44,7 +44,7 @@ impl RecordRow {
         Ok(RecordRow {
             id: record.payment.id.clone(),
             status: record.payment.status.as_str(),
-            scope: record.payment.test_clock.clone().unwrap_or_default(),
+            scope: scope_column(&ClockScope::of(&record.payment)).to_owned(),
             due_at: record.due_at.map(Timestamp::as_millis),
             claimable_at: record.claimable_at().map(Timestamp::as_millis),
             lease_owner: record.lease.as_ref().map(|l| l.owner.clone()),
@@ -120,14 +120,10 @@ pub(crate) fn status_from(text: &str) -> Result<PaymentStatus, StoreError> {
 
 /// One row of the attempts table: what the network rules read.
 pub(crate) fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = CardAttempt> + '_ {
-    record.attempts.iter().map(move |a| CardAttempt {
-        payment_id: record.payment.id.clone(),
-        attempt_number: a.number,
-        at: a.started_at,
-        declined: a.decline_category.is_some(),
-        answered: a.answered(),
-        amount: record.payment.amount_requested.value,
-    })
+    record
+        .attempts
+        .iter()
+        .map(|a| CardAttempt::of(&record.payment, a))
 }
 
 /// An event as stored.

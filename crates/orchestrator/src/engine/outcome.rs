@@ -216,14 +216,7 @@ fn with_own_attempts(
             .attempts
             .iter()
             .filter(|a| a.started_at >= since)
-            .map(|a| CardAttempt {
-                payment_id: record.payment.id.clone(),
-                attempt_number: a.number,
-                at: a.started_at,
-                declined: a.decline_category.is_some(),
-                answered: a.answered(),
-                amount: record.payment.amount_requested.value,
-            }),
+            .map(|a| CardAttempt::of(&record.payment, a)),
     );
     history.sort_by_key(|a| a.at);
     history

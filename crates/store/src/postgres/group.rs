@@ -76,10 +76,20 @@ enum Answer {
     Create(Result<IdempotencyClaim, StoreError>),
 }
 
+impl Answer {
+    /// Whether the change wrote its row (so its events are written too).
+    fn written(&self) -> bool {
+        matches!(
+            self,
+            Answer::Commit(Ok(_)) | Answer::Create(Ok(IdempotencyClaim::Inserted))
+        )
+    }
+}
+
 impl Change {
-    fn has_events(&self) -> bool {
+    fn events(&self) -> &[EventRow] {
         match self {
-            Change::Commit { events, .. } | Change::Create { events, .. } => !events.is_empty(),
+            Change::Commit { events, .. } | Change::Create { events, .. } => events,
         }
     }
 
@@ -163,9 +173,22 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             .await
             .map_err(pg_error("starting a group of changes"))?;
         step(crash, &tx).await?;
-        if group.iter().any(Change::has_events) {
-            // Held to the commit, once per group: event sequences commit in order
-            // across instances (see the module docs of `postgres`).
+        let outcomes = join_all(group.iter().map(|change| apply(&tx, crash, change))).await;
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            answers.push(outcome?);
+        }
+        // The events of the changes that were written, after every change's own
+        // statements: the outbox lock is taken once per group and as late as it can
+        // be, then held to the commit, so event sequences commit in order across
+        // instances (see the module docs of `postgres`).
+        let events: Vec<&EventRow> = group
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.written())
+            .flat_map(|(change, _)| change.events())
+            .collect();
+        if !events.is_empty() {
             tx.execute(
                 &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
                     .await
@@ -174,11 +197,8 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             )
             .await
             .map_err(pg_error("locking the outbox"))?;
-        }
-        let outcomes = join_all(group.iter().map(|change| apply(&tx, crash, change))).await;
-        let mut answers = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            answers.push(outcome?);
+            write_events(&tx, &events).await?;
+            step(crash, &tx).await?;
         }
         tx.commit()
             .await
@@ -208,18 +228,11 @@ async fn apply(
     change: &Change,
 ) -> Result<Answer, StoreError> {
     match change {
-        Change::Commit {
-            row,
-            expected,
-            events,
-            ..
-        } => Ok(Answer::Commit(
-            apply_commit(tx, crash, row, *expected, events).await?,
+        Change::Commit { row, expected, .. } => Ok(Answer::Commit(
+            apply_commit(tx, crash, row, *expected).await?,
         )),
-        Change::Create {
-            row, key, events, ..
-        } => Ok(Answer::Create(
-            apply_create(tx, crash, row, key.as_ref(), events).await?,
+        Change::Create { row, key, .. } => Ok(Answer::Create(
+            apply_create(tx, crash, row, key.as_ref()).await?,
         )),
     }
 }
@@ -229,7 +242,6 @@ async fn apply_commit(
     crash: &AtomicI64,
     row: &RecordRow,
     expected: Expected,
-    events: &[EventRow],
 ) -> Result<Result<u64, StoreError>, StoreError> {
     let expected_version = expected.version as i64;
     let status = expected.status.as_str();
@@ -270,8 +282,6 @@ async fn apply_commit(
     step(crash, tx).await?;
     write_attempts(tx, row).await?;
     step(crash, tx).await?;
-    write_events(tx, events).await?;
-    step(crash, tx).await?;
     Ok(Ok(expected.version + 1))
 }
 
@@ -282,7 +292,6 @@ async fn apply_create(
     crash: &AtomicI64,
     row: &RecordRow,
     key: Option<&Key>,
-    events: &[EventRow],
 ) -> Result<Result<IdempotencyClaim, StoreError>, StoreError> {
     // What the key held before this create took it: None when it was new.
     let mut previous: Option<(String, String, Option<i64>)> = None;
@@ -372,8 +381,6 @@ async fn apply_create(
     step(crash, tx).await?;
     write_attempts(tx, row).await?;
     step(crash, tx).await?;
-    write_events(tx, events).await?;
-    step(crash, tx).await?;
     Ok(Ok(IdempotencyClaim::Inserted))
 }
 
@@ -414,7 +421,7 @@ async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<
 }
 
 /// Inserts events; the group took the outbox lock (see [`run`]).
-async fn write_events(client: &impl GenericClient, events: &[EventRow]) -> Result<(), StoreError> {
+async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -425,11 +432,18 @@ async fn write_events(client: &impl GenericClient, events: &[EventRow]) -> Resul
         )
         .await
         .map_err(pg_error("preparing the event insert"))?;
-    for (id, payment_id, event_type, created, body) in events {
-        client
-            .execute(&insert, &[id, payment_id, event_type, created, body])
-            .await
-            .map_err(pg_error("writing an event"))?;
-    }
+    // Pipelined on the connection, executed in this order (so sequences follow it).
+    futures::future::try_join_all(events.iter().map(
+        |(id, payment_id, event_type, created, body)| {
+            let insert = &insert;
+            async move {
+                client
+                    .execute(insert, &[id, payment_id, event_type, created, body])
+                    .await
+            }
+        },
+    ))
+    .await
+    .map_err(pg_error("writing an event"))?;
     Ok(())
 }

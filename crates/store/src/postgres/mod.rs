@@ -5,8 +5,8 @@
 //! - Every change is a compare-and-set on `version` and `status` in one transaction
 //!   with its attempts and its events (the outbox).
 //! - Changes are written in groups (`group.rs`). A group that carries events takes a
-//!   transaction-level advisory lock once, before its statements, and holds it to the
-//!   commit, so events commit in sequence order and a reader paging by sequence never
+//!   transaction-level advisory lock once, after its changes' own statements and
+//!   before their events, and holds it to the commit, so events commit in sequence order and a reader paging by sequence never
 //!   skips one that commits late.
 //! - A create's idempotency key is inserted in the payment's transaction; a
 //!   concurrent create with the same key waits for that transaction and then reads

@@ -136,7 +136,43 @@ pub struct RelatedObject {
     pub url: String,
 }
 
-/// A v2 event: the thin notification plus the payment as it was after the change.
+/// A v2 "thin" event: what the outbox keeps, webhooks deliver and the events API
+/// returns (Stripe's v2 events carry no copy of the object; a reader fetches it from
+/// `related_object.url`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventNotification {
+    /// `evt_…`.
+    pub id: String,
+    /// Always `v2.core.event`.
+    pub object: String,
+    /// What happened (`v2.payments.off_session_payment.*`).
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened, by the payment's clock.
+    pub created: Timestamp,
+    /// Live or test mode.
+    pub livemode: bool,
+    /// The payment.
+    pub related_object: RelatedObject,
+}
+
+impl EventNotification {
+    /// The event as the in-process sink receives it, with the payment after the change.
+    pub fn with_data(self, data: OffSessionPayment) -> Event {
+        Event {
+            id: self.id,
+            object: self.object,
+            event_type: self.event_type,
+            created: self.created,
+            livemode: self.livemode,
+            related_object: self.related_object,
+            data,
+        }
+    }
+}
+
+/// A v2 event as the in-process sink receives it: the thin notification plus the
+/// payment as it was after the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// `evt_…`.
@@ -157,16 +193,21 @@ pub struct Event {
 }
 
 impl Event {
+    /// The thin notification (without `data`), as the outbox keeps it.
+    pub fn notification(&self) -> EventNotification {
+        EventNotification {
+            id: self.id.clone(),
+            object: self.object.clone(),
+            event_type: self.event_type,
+            created: self.created,
+            livemode: self.livemode,
+            related_object: self.related_object.clone(),
+        }
+    }
+
     /// The thin notification as delivered to webhooks (without `data`).
     pub fn thin(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "object": self.object,
-            "type": self.event_type,
-            "created": self.created,
-            "livemode": self.livemode,
-            "related_object": self.related_object,
-        })
+        serde_json::to_value(self.notification()).unwrap_or(serde_json::Value::Null)
     }
 }
 

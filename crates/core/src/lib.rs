@@ -39,7 +39,7 @@ pub use attempt::{
     FaultKind, ProcessorReference,
 };
 pub use error::{ApiError, ErrorCode};
-pub use events::{CollectEvents, DiscardEvents, Event, EventSink, EventType};
+pub use events::{CollectEvents, DiscardEvents, Event, EventNotification, EventSink, EventType};
 pub use ids::{IdSource, RandomIds, SeededIds};
 pub use method::{CardBrand, PaymentMethodType};
 pub use money::{Amount, Currency};

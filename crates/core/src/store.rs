@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::attempt::{AttemptRecord, ProcessorReference};
-use crate::events::Event;
+use crate::events::EventNotification;
 use crate::payment::{OffSessionPayment, PaymentStatus};
 use crate::policy::CardAttempt;
 use crate::processor::PaymentMethodDetails;
@@ -180,13 +180,13 @@ pub struct NewIdempotencyKey<'a> {
     pub ttl: std::time::Duration,
 }
 
-/// An event as the outbox keeps it: its position in the stream, and the event.
+/// An event as the outbox keeps it: its position in the stream, and the thin event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
     /// Position in the store's event stream; increases with every committed event.
     pub sequence: u64,
     /// The event.
-    pub event: Event,
+    pub event: EventNotification,
 }
 
 /// A payment method's lock: held while one engine re-checks a card's network caps and
@@ -286,7 +286,7 @@ pub trait Store: Send + Sync + Debug {
         &self,
         record: &PaymentRecord,
         key: Option<NewIdempotencyKey<'_>>,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError>;
 
     /// Stores a new payment. Fails with `Duplicate` if the id exists.
@@ -309,7 +309,7 @@ pub trait Store: Send + Sync + Debug {
         &self,
         record: &PaymentRecord,
         expected: Expected,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<u64, StoreError>;
 
     /// Whether `commit` and `create` keep their events (an outbox another component

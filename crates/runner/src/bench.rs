@@ -305,7 +305,15 @@ async fn baseline(
     options: &BenchOptions,
     store: &Arc<dyn Store>,
 ) -> Result<Option<f64>, RunnerError> {
-    // Rows as large as the engine's: the first stored record's JSON.
+    // Rows as large as the engine's: the first stored record's JSON, and the first
+    // event's.
+    let event = store
+        .events_after(0, 1)
+        .await
+        .map_err(RunnerError::setup("reading a stored event"))?
+        .first()
+        .map(|e| serde_json::to_string(&e.event).unwrap_or_default())
+        .unwrap_or_else(|| "{}".into());
     let sample = store
         .list(1, None)
         .await
@@ -325,6 +333,7 @@ async fn baseline(
                     payments: options.payments,
                     batch: options.concurrency,
                     body,
+                    event,
                 },
             );
             for suffix in ["", "-wal", "-shm"] {
@@ -344,6 +353,7 @@ async fn baseline(
                     payments: options.payments,
                     batch: options.concurrency,
                     body,
+                    event,
                 },
             )
             .await;

@@ -16,6 +16,8 @@ pub struct Baseline {
     pub batch: usize,
     /// The stored JSON of one payment (the engine's record, so rows are the same size).
     pub body: String,
+    /// The stored JSON of one event (the engine's outbox row, for the same reason).
+    pub event: String,
 }
 
 /// Runs the baseline against a new SQLite file at `path`; returns the elapsed time.
@@ -24,10 +26,7 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
     use rusqlite::params;
     drop(crate::SqliteStore::open(path, crate::Synchronous::Normal).map_err(|e| e.to_string())?);
     let mut conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(|e| e.to_string())?;
+    crate::sqlite::configure(&conn, crate::Synchronous::Normal).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let batch = baseline.batch.max(1) as u64;
     let mut first = 0;
@@ -57,7 +56,7 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
                             .execute(params![
                                 format!("evt_{id}_{}", sql.len()),
                                 id,
-                                baseline.body
+                                baseline.event
                             ])
                             .map_err(|e| e.to_string())?;
                     }
@@ -121,6 +120,7 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
     let mut tasks = Vec::new();
     for (worker, mut client) in clients.into_iter().enumerate() {
         let body = baseline.body.clone();
+        let event_body = baseline.event.clone();
         let payments = baseline.payments;
         tasks.push(tokio::spawn(async move {
             let mut first = worker as u64 * batch;
@@ -165,7 +165,8 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                         )
                         .await?;
                     try_join_all(ids.iter().map(|id| {
-                        let (tx, statement, outbox, body) = (&tx, &statement, &outbox, &body);
+                        let (tx, statement, outbox, body, event_body) =
+                            (&tx, &statement, &outbox, &body, &event_body);
                         async move {
                             if with_body {
                                 tx.execute(statement, &[id, body]).await?;
@@ -173,7 +174,8 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                                 tx.execute(statement, &[id]).await?;
                             }
                             if event {
-                                tx.execute(outbox, &[&format!("evt_{id}"), id, body]).await?;
+                                tx.execute(outbox, &[&format!("evt_{id}"), id, event_body])
+                                    .await?;
                             }
                             Ok::<(), tokio_postgres::Error>(())
                         }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use offsession_core::{
-    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
-    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
+    CardAttempt, ClockScope, EventNotification, Expected, IdempotencyClaim, Lease,
+    NewIdempotencyKey, OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 
 type DueKey = (ClockScope, Timestamp, String);
@@ -29,7 +29,7 @@ struct Inner {
     by_method: HashMap<String, BTreeMap<CardKey, CardAttempt>>,
     /// Key → (fingerprint, payment id, registered at; `None`: never expires).
     idempotency: HashMap<String, (String, String, Option<Timestamp>)>,
-    outbox: Vec<Event>,
+    outbox: Vec<EventNotification>,
     state: HashMap<String, String>,
 }
 
@@ -164,7 +164,7 @@ impl Store for MemoryStore {
         &self,
         record: &PaymentRecord,
         key: Option<NewIdempotencyKey<'_>>,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError> {
         let mut inner = self.lock();
         let id = record.payment.id.clone();
@@ -211,7 +211,7 @@ impl Store for MemoryStore {
         &self,
         record: &PaymentRecord,
         expected: Expected,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<u64, StoreError> {
         let mut guard = self.lock();
         let inner = &mut *guard;

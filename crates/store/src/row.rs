@@ -4,7 +4,8 @@
 //! so a claim changes columns, not the JSON.
 
 use offsession_core::{
-    CardAttempt, ClockScope, Event, Lease, PaymentRecord, PaymentStatus, StoreError, Timestamp,
+    CardAttempt, ClockScope, EventNotification, Lease, PaymentRecord, PaymentStatus, StoreError,
+    Timestamp,
 };
 
 /// The schema version this binary writes. A database at a newer version is refused.
@@ -40,8 +41,25 @@ pub(crate) struct RecordRow {
 }
 
 impl RecordRow {
-    pub(crate) fn of(record: &PaymentRecord) -> Result<RecordRow, StoreError> {
-        Ok(RecordRow {
+    /// The row and the (thin) events of one change, encoded on the caller's thread.
+    pub(crate) fn with_events(
+        record: &PaymentRecord,
+        events: &[EventNotification],
+    ) -> Result<(RecordRow, Vec<EventRow>), StoreError> {
+        let body = serde_json::to_string(record).map_err(|e| encode_error("record", e))?;
+        let events = events
+            .iter()
+            .map(|e| {
+                Ok((
+                    e.id.clone(),
+                    e.related_object.id.clone(),
+                    e.event_type.as_str(),
+                    e.created.as_millis(),
+                    serde_json::to_string(e).map_err(|e| encode_error("event", e))?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let row = RecordRow {
             id: record.payment.id.clone(),
             status: record.payment.status.as_str(),
             scope: scope_column(&ClockScope::of(&record.payment)).to_owned(),
@@ -53,9 +71,20 @@ impl RecordRow {
             payment_method: record.payment.payment_method.clone(),
             customer: record.payment.customer.clone(),
             created: record.payment.created.as_millis(),
-            body: serde_json::to_string(record).map_err(|e| encode_error("record", e))?,
+            body,
             attempts: card_attempts(record).collect(),
-        })
+        };
+        Ok((row, events))
+    }
+
+    /// The attempts an update writes: the newest only. Attempts are appended one per
+    /// write-ahead, and after that only the newest changes (its answer, a replay), so
+    /// older rows are already as stored.
+    pub(crate) fn newest_attempt(&self) -> &[CardAttempt] {
+        match self.attempts.len() {
+            0 => &[],
+            n => &self.attempts[n - 1..],
+        }
     }
 }
 
@@ -89,22 +118,6 @@ pub(crate) fn records_from(rows: Vec<RawRecord>) -> Result<Vec<PaymentRecord>, S
 /// An event ready to insert: id, payment id, type, created, JSON.
 pub(crate) type EventRow = (String, String, &'static str, i64, String);
 
-/// Events ready to insert.
-pub(crate) fn event_rows(events: &[Event]) -> Result<Vec<EventRow>, StoreError> {
-    events
-        .iter()
-        .map(|e| {
-            Ok((
-                e.id.clone(),
-                e.related_object.id.clone(),
-                e.event_type.as_str(),
-                e.created.as_millis(),
-                event_body(e)?,
-            ))
-        })
-        .collect()
-}
-
 /// A status column read back.
 pub(crate) fn status_from(text: &str) -> Result<PaymentStatus, StoreError> {
     PaymentStatus::ALL
@@ -126,13 +139,8 @@ pub(crate) fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = Card
         .map(|a| CardAttempt::of(&record.payment, a))
 }
 
-/// An event as stored.
-pub(crate) fn event_body(event: &Event) -> Result<String, StoreError> {
-    serde_json::to_string(event).map_err(|e| encode_error("event", e))
-}
-
 /// An event read back.
-pub(crate) fn event_from(body: &str) -> Result<Event, StoreError> {
+pub(crate) fn event_from(body: &str) -> Result<EventNotification, StoreError> {
     serde_json::from_str(body).map_err(|e| decode_error("event", e))
 }
 

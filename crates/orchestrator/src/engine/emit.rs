@@ -31,18 +31,18 @@ impl Engine {
     ) -> Result<u64, StoreError> {
         let events = self.build_events(types, &next.payment, at);
         let version = self.inner.store.commit(next, expected, &events).await?;
-        self.publish(events);
+        self.publish(events, &next.payment);
         Ok(version)
     }
 
-    /// The events of `types` for `payment`; none when neither the store keeps them
-    /// nor the sink wants them (each holds a snapshot of the payment).
+    /// The (thin) events of `types` for `payment`; none when neither the store keeps
+    /// them nor the sink wants them.
     pub(super) fn build_events(
         &self,
         types: &[EventType],
         payment: &OffSessionPayment,
         at: Timestamp,
-    ) -> Vec<Event> {
+    ) -> Vec<EventNotification> {
         if types.is_empty()
             || !(self.inner.store.keeps_events() || self.inner.events.wants_events())
         {
@@ -50,7 +50,7 @@ impl Engine {
         }
         types
             .iter()
-            .map(|event_type| Event {
+            .map(|event_type| EventNotification {
                 id: self.inner.ids.next_id("evt"),
                 object: "v2.core.event".into(),
                 event_type: *event_type,
@@ -61,16 +61,16 @@ impl Engine {
                     object_type: offsession_core::payment::OBJECT_NAME.into(),
                     url: format!("/v2/payments/off_session_payments/{}", payment.id),
                 },
-                data: payment.clone(),
             })
             .collect()
     }
 
-    /// Hands committed events to the in-process sink.
-    pub(super) fn publish(&self, events: Vec<Event>) {
+    /// Hands committed events to the in-process sink, each with `payment` as it was
+    /// after the change.
+    pub(super) fn publish(&self, events: Vec<EventNotification>, payment: &OffSessionPayment) {
         if self.inner.events.wants_events() {
             for event in events {
-                self.inner.events.emit(event);
+                self.inner.events.emit(event.with_data(payment.clone()));
             }
         }
     }

@@ -107,7 +107,7 @@ impl Engine {
             .await
             .map_err(store_error)?
         {
-            IdempotencyClaim::Inserted => self.publish(events),
+            IdempotencyClaim::Inserted => self.publish(events, &payment),
             IdempotencyClaim::Existing {
                 fingerprint: original,
                 payment_id,

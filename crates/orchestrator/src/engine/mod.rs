@@ -23,8 +23,8 @@ use offsession_core::store::Expected;
 use offsession_core::{
     transition, ApiError, AttemptObservation, AttemptOutcome, AttemptRecord, AuthorizeRequest,
     CancelRequest, CaptureRequest, CardAttempt, Clock, ClockScope, CreateOffSessionPayment,
-    DeclineCategory, DeclineCodes, ErrorCode, Event, EventSink, EventType, FailureReason,
-    FaultKind, IdSource, IdempotencyClaim, Lease, ManualClock, OffSessionPayment,
+    DeclineCategory, DeclineCodes, ErrorCode, EventNotification, EventSink, EventType,
+    FailureReason, FaultKind, IdSource, IdempotencyClaim, Lease, ManualClock, OffSessionPayment,
     PaymentMethodType, PaymentRecord, PaymentStatus, Processor, RetryContext, RetryDecision,
     RetryPolicy, RetryStrategy, Store, StoreError, Timestamp, Transition,
 };

@@ -41,13 +41,19 @@ impl Engine {
         let mut exhausted = false;
         loop {
             if queue.is_empty() && !exhausted && !claiming {
-                in_flight.push(Either::Left(self.claim(scope, now).map(Done::Claimed)));
+                in_flight.push(Either::Left(
+                    Box::pin(self.claim(scope, now)).map(Done::Claimed),
+                ));
                 claiming = true;
             }
             while handling < config.concurrency {
                 match queue.pop_front() {
                     Some(record) => {
-                        in_flight.push(Either::Right(self.handle(record).map(Done::Handled)));
+                        // Boxed where it is made: the attempt's state is large, and
+                        // moving it into the set unboxed copies all of it several times.
+                        in_flight.push(Either::Right(
+                            Box::pin(self.handle(record)).map(Done::Handled),
+                        ));
                         handling += 1;
                     }
                     None => break,

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use offsession_core::events::RelatedObject;
 use offsession_core::{
-    Event, EventType, Expected, IdempotencyClaim, NewIdempotencyKey, PaymentRecord, PaymentStatus,
-    Store, StoreError, Timestamp,
+    EventNotification, EventType, Expected, IdempotencyClaim, NewIdempotencyKey, PaymentRecord,
+    PaymentStatus, Store, StoreError, Timestamp,
 };
 
 use super::sample_record;
 
 /// An event of `event_type` for `record`'s payment.
-pub fn sample_event(record: &PaymentRecord, id: &str, event_type: EventType) -> Event {
-    Event {
+pub fn sample_event(record: &PaymentRecord, id: &str, event_type: EventType) -> EventNotification {
+    EventNotification {
         id: id.into(),
         object: "v2.core.event".into(),
         event_type,
@@ -25,7 +25,6 @@ pub fn sample_event(record: &PaymentRecord, id: &str, event_type: EventType) -> 
             object_type: "v2.payments.off_session_payment".into(),
             url: format!("/v2/payments/off_session_payments/{}", record.payment.id),
         },
-        data: record.payment.clone(),
     }
 }
 

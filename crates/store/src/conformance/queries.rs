@@ -117,6 +117,41 @@ pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn S
         .unwrap();
     assert_eq!(history.len(), 1, "an attempt is listed once");
     assert!(history[0].declined, "the decline written later is seen");
+    // A second attempt, then its answer: each update writes only the newest attempt,
+    // and the first keeps what was written for it.
+    let mut retry = declined.clone();
+    retry.version = store
+        .get("osp_other")
+        .await
+        .unwrap()
+        .map(|r| r.version)
+        .unwrap();
+    let mut second = retry.clone();
+    second.attempts.push(AttemptRecord::started(
+        "osp_other_att2".into(),
+        "osp_other",
+        2,
+        "mock",
+        Timestamp::from_millis(4_000),
+    ));
+    second.version = store.update(&second, Expected::of(&retry)).await.unwrap();
+    let mut answered = second.clone();
+    answered.attempts[1].decline_category = Some(DeclineCategory::SoftFunds);
+    store
+        .update(&answered, Expected::of(&second))
+        .await
+        .unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().all(|a| a.declined), "{history:?}");
+    assert_eq!(
+        history.iter().map(|a| a.attempt_number).collect::<Vec<_>>(),
+        vec![1, 2],
+        "oldest first"
+    );
 }
 
 pub(super) async fn status_counts_cover_every_status(store: &dyn Store) {

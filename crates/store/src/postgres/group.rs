@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use futures::future::join_all;
-use offsession_core::{Expected, IdempotencyClaim, StoreError};
+use offsession_core::{CardAttempt, Expected, IdempotencyClaim, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use deadpool_postgres::GenericClient;
@@ -245,16 +245,26 @@ async fn apply_commit(
 ) -> Result<Result<u64, StoreError>, StoreError> {
     let expected_version = expected.version as i64;
     let status = expected.status.as_str();
-    let mut params = row_values(row).to_vec();
-    params.extend([&expected_version as Param<'_>, &status]);
+    // Only the columns a change can move: scope, processor, payment method, customer
+    // and created are fixed at create.
+    let params: [Param<'_>; 9] = [
+        &row.id,
+        &row.status,
+        &row.due_at,
+        &row.claimable_at,
+        &row.lease_owner,
+        &row.lease_until,
+        &row.body,
+        &expected_version,
+        &status,
+    ];
     let changed = tx
         .execute(
             &tx.prepare_cached(
-                "UPDATE payments SET version = version + 1, status = $2, scope = $3, due_at = $4,
-                     claimable_at = $5, lease_owner = $6, lease_until = $7, processor = $8,
-                     payment_method = $9, customer = $10, created = $11,
-                     body = $12::text::jsonb
-                 WHERE id = $1 AND version = $13 AND status = $14",
+                "UPDATE payments SET version = version + 1, status = $2, due_at = $3,
+                     claimable_at = $4, lease_owner = $5, lease_until = $6,
+                     body = $7::text::jsonb
+                 WHERE id = $1 AND version = $8 AND status = $9",
             )
             .await
             .map_err(pg_error("preparing a statement"))?,
@@ -280,7 +290,7 @@ async fn apply_commit(
         }));
     }
     step(crash, tx).await?;
-    write_attempts(tx, row).await?;
+    write_attempts(tx, row, row.newest_attempt()).await?;
     step(crash, tx).await?;
     Ok(Ok(expected.version + 1))
 }
@@ -379,13 +389,17 @@ async fn apply_create(
         return Ok(Err(StoreError::Duplicate(row.id.clone())));
     }
     step(crash, tx).await?;
-    write_attempts(tx, row).await?;
+    write_attempts(tx, row, &row.attempts).await?;
     step(crash, tx).await?;
     Ok(Ok(IdempotencyClaim::Inserted))
 }
 
-async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<(), StoreError> {
-    if row.attempts.is_empty() {
+async fn write_attempts(
+    client: &impl GenericClient,
+    row: &RecordRow,
+    attempts: &[CardAttempt],
+) -> Result<(), StoreError> {
+    if attempts.is_empty() {
         return Ok(());
     }
     let upsert = client
@@ -398,7 +412,7 @@ async fn write_attempts(client: &impl GenericClient, row: &RecordRow) -> Result<
         )
         .await
         .map_err(pg_error("preparing the attempt upsert"))?;
-    for attempt in &row.attempts {
+    for attempt in attempts {
         let number = attempt.attempt_number as i32;
         let at = attempt.at.as_millis();
         client

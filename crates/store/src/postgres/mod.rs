@@ -18,8 +18,8 @@ use std::sync::atomic::AtomicI64;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use offsession_core::{
-    CardAttempt, CardLock, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
-    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
+    CardAttempt, CardLock, ClockScope, EventNotification, Expected, IdempotencyClaim, Lease,
+    NewIdempotencyKey, OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;

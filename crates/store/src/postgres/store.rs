@@ -16,19 +16,20 @@ impl Store for PostgresStore {
         &self,
         record: &PaymentRecord,
         key: Option<NewIdempotencyKey<'_>>,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError> {
+        let (row, events) = RecordRow::with_events(record, events)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.changes
             .send(group::Change::Create {
-                row: RecordRow::of(record)?,
+                row,
                 key: key.map(|k| group::Key {
                     key: k.key.to_owned(),
                     fingerprint: k.fingerprint.to_owned(),
                     now: k.now.as_millis(),
                     ttl: k.ttl.as_millis() as i64,
                 }),
-                events: row::event_rows(events)?,
+                events,
                 reply,
             })
             .map_err(|_| writers_stopped())?;
@@ -51,14 +52,15 @@ impl Store for PostgresStore {
         &self,
         record: &PaymentRecord,
         expected: Expected,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<u64, StoreError> {
+        let (row, events) = RecordRow::with_events(record, events)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.changes
             .send(group::Change::Commit {
-                row: RecordRow::of(record)?,
+                row,
                 expected,
-                events: row::event_rows(events)?,
+                events,
                 reply,
             })
             .map_err(|_| writers_stopped())?;

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use offsession_core::{
-    CardAttempt, ClockScope, Event, Expected, IdempotencyClaim, Lease, NewIdempotencyKey,
-    OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
+    CardAttempt, ClockScope, EventNotification, Expected, IdempotencyClaim, Lease,
+    NewIdempotencyKey, OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -189,18 +189,7 @@ impl SqliteStore {
     }
 
     fn start(mut conn: Connection, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(sql_error("setting the busy timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql_error("switching to WAL"))?;
-        let sync = match synchronous {
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-        };
-        conn.pragma_update(None, "synchronous", sync)
-            .map_err(sql_error("setting synchronous"))?;
-        conn.pragma_update(None, "temp_store", "MEMORY")
-            .map_err(sql_error("setting temp_store"))?;
+        configure(&conn, synchronous)?;
         migrate(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
@@ -228,6 +217,24 @@ impl SqliteStore {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// The connection settings of the store (and of the bench's plain-SQL baseline, so
+/// both run on the same database settings).
+pub(crate) fn configure(conn: &Connection, synchronous: Synchronous) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(sql_error("setting the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql_error("switching to WAL"))?;
+    let sync = match synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(sql_error("setting synchronous"))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(sql_error("setting temp_store"))?;
+    Ok(())
 }
 
 fn stopped() -> StoreError {

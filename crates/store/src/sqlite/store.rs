@@ -39,8 +39,12 @@ fn write_payment(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreError
     Ok(())
 }
 
-fn write_attempts(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreError> {
-    if row.attempts.is_empty() {
+fn write_attempts(
+    tx: &Transaction<'_>,
+    row: &RecordRow,
+    attempts: &[CardAttempt],
+) -> Result<(), StoreError> {
+    if attempts.is_empty() {
         return Ok(());
     }
     let mut upsert = tx
@@ -52,7 +56,7 @@ fn write_attempts(tx: &Transaction<'_>, row: &RecordRow) -> Result<(), StoreErro
                  answered = excluded.answered",
         )
         .map_err(sql_error("preparing the attempt upsert"))?;
-    for attempt in &row.attempts {
+    for attempt in attempts {
         upsert
             .execute(params![
                 attempt.payment_id,
@@ -110,9 +114,9 @@ impl Store for SqliteStore {
         &self,
         record: &PaymentRecord,
         key: Option<NewIdempotencyKey<'_>>,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError> {
-        let row = RecordRow::of(record)?;
+        let (row, events) = RecordRow::with_events(record, events)?;
         let key = key.map(|k| {
             (
                 k.key.to_owned(),
@@ -121,7 +125,6 @@ impl Store for SqliteStore {
                 k.ttl.as_millis() as i64,
             )
         });
-        let events = row::event_rows(events)?;
         self.call(move |tx| {
             if let Some((key, _, now, ttl)) = &key {
                 let existing = tx
@@ -157,7 +160,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.execute(params![key, fingerprint, row.id, now]))
                 .map_err(sql_error("writing an idempotency key"))?;
             }
-            write_attempts(tx, &row)?;
+            write_attempts(tx, &row, &row.attempts)?;
             write_events(tx, &events)?;
             Ok(IdempotencyClaim::Inserted)
         })
@@ -182,16 +185,18 @@ impl Store for SqliteStore {
         &self,
         record: &PaymentRecord,
         expected: Expected,
-        events: &[Event],
+        events: &[EventNotification],
     ) -> Result<u64, StoreError> {
-        let row = RecordRow::of(record)?;
-        let events = row::event_rows(events)?;
+        let (row, events) = RecordRow::with_events(record, events)?;
         self.call(move |tx| {
             let changed = tx
                 .prepare_cached(
-                    "UPDATE payments SET version = version + 1, status = ?2, scope = ?3,
+                    // Only the columns a change can move: scope, processor, payment
+                    // method, customer and created are fixed at create, and setting
+                    // an indexed column rewrites its index entry even when the value
+                    // is the same (?3 and ?8–?11 are bound and unused).
+                    "UPDATE payments SET version = version + 1, status = ?2,
                          due_at = ?4, claimable_at = ?5, lease_owner = ?6, lease_until = ?7,
-                         processor = ?8, payment_method = ?9, customer = ?10, created = ?11,
                          body = ?12
                      WHERE id = ?1 AND version = ?13 AND status = ?14",
                 )
@@ -222,7 +227,7 @@ impl Store for SqliteStore {
                     },
                 });
             }
-            write_attempts(tx, &row)?;
+            write_attempts(tx, &row, row.newest_attempt())?;
             write_events(tx, &events)?;
             Ok(expected.version + 1)
         })

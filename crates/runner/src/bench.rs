@@ -63,6 +63,11 @@ pub struct BenchReport {
     pub overhead_p50_us: f64,
     /// Same, p99 (µs).
     pub overhead_p99_us: f64,
+    /// CPU time of the whole process (user + system, every thread: intake, claims,
+    /// attempts, outcomes, the store's writer, the mock) from the first create to
+    /// the last outcome, ÷ payments (µs): the engine's whole time per payment, where
+    /// the overhead percentiles time only the attempt. From /proc/self/stat.
+    pub cpu_per_payment_us: Option<f64>,
     /// Peak resident memory of the process (MiB), from /proc/self/status.
     pub peak_memory_mib: Option<f64>,
     /// Peak memory ÷ payments (KiB): an upper bound of the memory a stored payment
@@ -89,6 +94,17 @@ fn peak_memory_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// CPU time the process used so far (user + system), from /proc/self/stat, whose
+/// counts are in the kernel's fixed user-visible tick of 1/100 s.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -195,6 +211,7 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     }
 
     // Intake: `concurrency` creates in flight, spread over the instances.
+    let cpu_started = process_cpu();
     let intake_started = Instant::now();
     let creates = futures::stream::iter(0..options.payments).map(|i| {
         let engine = &engines[i as usize % engines.len()];
@@ -218,6 +235,9 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
         settled?;
     }
     let settle = settle_started.elapsed();
+    let cpu_used = process_cpu()
+        .zip(cpu_started)
+        .map(|(now, then)| now.saturating_sub(then));
 
     let timings = std::mem::take(&mut *timings.lock().unwrap_or_else(|p| p.into_inner()));
     let mut overheads: Vec<u64> = timings
@@ -251,6 +271,8 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
             .then(|| settled_per_second / (options.concurrency as f64 / mean_processor)),
         overhead_p50_us: percentile(&overheads, 0.50),
         overhead_p99_us: percentile(&overheads, 0.99),
+        cpu_per_payment_us: cpu_used
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / options.payments.max(1) as f64),
         peak_memory_mib: peak_memory,
         peak_memory_per_payment_kib: peak_memory
             .map(|mib| mib * 1024.0 / options.payments.max(1) as f64),
@@ -421,9 +443,15 @@ impl BenchReport {
         }
         let _ = writeln!(
             out,
-            "  engine overhead      {:>10.1} µs p50, {:.1} µs p99",
+            "  attempt overhead     {:>10.1} µs p50, {:.1} µs p99",
             self.overhead_p50_us, self.overhead_p99_us
         );
+        if let Some(cpu) = self.cpu_per_payment_us {
+            let _ = writeln!(
+                out,
+                "  CPU per payment      {cpu:>10.1} µs  (whole process, intake to last outcome)"
+            );
+        }
         if let Some(memory) = self.peak_memory_mib {
             let _ = writeln!(
                 out,

@@ -356,6 +356,7 @@ async fn bench_runs_on_the_default_config_and_settles_every_payment() {
         assert_eq!(report.payments, 500, "{store}");
         assert!(report.settled_per_second > 0.0, "{report:?}");
         assert_eq!(report.rate_limited, 0);
+        assert!(report.cpu_per_payment_us.is_some(), "{report:?}");
         assert_eq!(report.baseline_per_second.is_some(), durable, "{report:?}");
         assert_eq!(report.baseline_ratio.is_some(), durable, "{report:?}");
     }

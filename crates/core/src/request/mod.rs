@@ -66,6 +66,12 @@ pub fn parse_create(body: &[u8]) -> Result<CreateOffSessionPayment, ApiError> {
             "request body must be a JSON object (`{...}`)",
         ));
     }
+    // The plain parse first; only a body it refuses is parsed again with the path
+    // tracked, for an error that names the field (tracking costs about as much as
+    // the parse itself).
+    if let Ok(request) = serde_json::from_slice::<CreateOffSessionPayment>(body) {
+        return Ok(request);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed: Result<CreateOffSessionPayment, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {

@@ -227,14 +227,20 @@ impl Store for MemoryStore {
                 current_status: current.payment.status,
             });
         }
-        let old_key = due_key(current);
         let mut stored = record.clone();
         stored.version = expected.version + 1;
         let version = stored.version;
         let settles = !settled(current) && settled(&stored);
         reindex_card(&mut inner.by_method, Some(current), &stored);
-        inner.reindex(old_key, due_key(&stored));
-        inner.records.insert(id.to_owned(), stored);
+        // The due index keys on (scope, claimable time, id); the scope and id never
+        // change, so the entry moves only when the claimable time does.
+        if current.claimable_at() != stored.claimable_at() {
+            let old_key = due_key(current);
+            inner.reindex(old_key, due_key(&stored));
+        }
+        if let Some(slot) = inner.records.get_mut(id) {
+            *slot = stored;
+        }
         if self.keep_events {
             inner.outbox.extend_from_slice(events);
         }

@@ -188,7 +188,8 @@ pub struct Event {
     pub livemode: bool,
     /// The payment.
     pub related_object: RelatedObject,
-    /// Snapshot of the payment after the change (the "full" event's data).
+    /// The payment after the change. In process only: the outbox keeps the
+    /// notification without it.
     pub data: OffSessionPayment,
 }
 

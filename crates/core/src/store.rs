@@ -304,7 +304,9 @@ pub trait Store: Send + Sync + Debug {
     }
 
     /// `update`, with `events` appended to the outbox in the same transaction: both
-    /// or neither are written.
+    /// or neither are written. What a create fixed stays fixed: the SQL stores do not
+    /// rewrite the columns of the processor, payment method, customer, creation time
+    /// and test clock (the engine never changes them).
     async fn commit(
         &self,
         record: &PaymentRecord,

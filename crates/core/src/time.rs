@@ -116,8 +116,14 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        let now = OffsetDateTime::now_utc();
-        Timestamp((now.unix_timestamp_nanos() / 1_000_000) as i64)
+        // Milliseconds straight from the system time: no calendar date is needed.
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or_else(
+                |before| -(before.duration().as_millis() as i64),
+                |after| after.as_millis() as i64,
+            );
+        Timestamp(since_epoch)
     }
 }
 

@@ -12,7 +12,7 @@ use offsession_core::{
 
 type DueKey = (ClockScope, Timestamp, String);
 /// The store's hash maps: foldhash, seeded per map (SipHash, the standard default,
-/// cost about 2,800 instructions per payment in the bench's callgrind profile).
+/// took about 3,700 instructions per payment in the bench's callgrind profile).
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// An attempt in a card's history: (sent at, payment id, attempt number).
 type CardKey = (Timestamp, String, u32);

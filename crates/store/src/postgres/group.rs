@@ -178,6 +178,22 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
         for outcome in outcomes {
             answers.push(outcome?);
         }
+        // The attempts of the changes that were written, in one statement: a
+        // create's every attempt, an update's newest (see `RecordRow::newest_attempt`).
+        let attempts: Vec<(&RecordRow, &CardAttempt)> = group
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.written())
+            .flat_map(|(change, _)| {
+                let (row, attempts) = match change {
+                    Change::Commit { row, .. } => (row, row.newest_attempt()),
+                    Change::Create { row, .. } => (row, &row.attempts[..]),
+                };
+                attempts.iter().map(move |a| (row, a))
+            })
+            .collect();
+        write_attempts(&tx, &attempts).await?;
+        step(crash, &tx).await?;
         // The events of the changes that were written, after every change's own
         // statements: the outbox lock is taken once per group and as late as it can
         // be, then held to the commit, so event sequences commit in order across
@@ -290,8 +306,6 @@ async fn apply_commit(
         }));
     }
     step(crash, tx).await?;
-    write_attempts(tx, row, row.newest_attempt()).await?;
-    step(crash, tx).await?;
     Ok(Ok(expected.version + 1))
 }
 
@@ -389,52 +403,66 @@ async fn apply_create(
         return Ok(Err(StoreError::Duplicate(row.id.clone())));
     }
     step(crash, tx).await?;
-    write_attempts(tx, row, &row.attempts).await?;
-    step(crash, tx).await?;
     Ok(Ok(IdempotencyClaim::Inserted))
 }
 
+/// Upserts attempts in one statement. A group holds at most one change per payment
+/// (a change waits for its answer before the next is made), so no attempt appears
+/// twice; were one to, the last is kept, as the statement may touch a row only once.
 async fn write_attempts(
     client: &impl GenericClient,
-    row: &RecordRow,
-    attempts: &[CardAttempt],
+    attempts: &[(&RecordRow, &CardAttempt)],
 ) -> Result<(), StoreError> {
     if attempts.is_empty() {
         return Ok(());
     }
+    let mut last = std::collections::HashMap::with_capacity(attempts.len());
+    for (index, (_, a)) in attempts.iter().enumerate() {
+        last.insert((a.payment_id.as_str(), a.attempt_number), index);
+    }
+    let kept: Vec<&(&RecordRow, &CardAttempt)> = attempts
+        .iter()
+        .enumerate()
+        .filter(|(index, (_, a))| {
+            last.get(&(a.payment_id.as_str(), a.attempt_number)) == Some(index)
+        })
+        .map(|(_, pair)| pair)
+        .collect();
     let upsert = client
         .prepare_cached(
             "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::bool[],
+                                  $6::int8[], $7::bool[])
              ON CONFLICT (payment_id, number) DO UPDATE
              SET started_at = excluded.started_at, declined = excluded.declined,
                  answered = excluded.answered",
         )
         .await
         .map_err(pg_error("preparing the attempt upsert"))?;
-    for attempt in attempts {
-        let number = attempt.attempt_number as i32;
-        let at = attempt.at.as_millis();
-        client
-            .execute(
-                &upsert,
-                &[
-                    &attempt.payment_id,
-                    &number,
-                    &row.payment_method,
-                    &at,
-                    &attempt.declined,
-                    &attempt.amount,
-                    &attempt.answered,
-                ],
-            )
-            .await
-            .map_err(pg_error("writing an attempt"))?;
-    }
+    let payments: Vec<&str> = kept.iter().map(|(_, a)| a.payment_id.as_str()).collect();
+    let numbers: Vec<i32> = kept.iter().map(|(_, a)| a.attempt_number as i32).collect();
+    let methods: Vec<&str> = kept
+        .iter()
+        .map(|(row, _)| row.payment_method.as_str())
+        .collect();
+    let started: Vec<i64> = kept.iter().map(|(_, a)| a.at.as_millis()).collect();
+    let declined: Vec<bool> = kept.iter().map(|(_, a)| a.declined).collect();
+    let amounts: Vec<i64> = kept.iter().map(|(_, a)| a.amount).collect();
+    let answered: Vec<bool> = kept.iter().map(|(_, a)| a.answered).collect();
+    client
+        .execute(
+            &upsert,
+            &[
+                &payments, &numbers, &methods, &started, &declined, &amounts, &answered,
+            ],
+        )
+        .await
+        .map_err(pg_error("writing attempts"))?;
     Ok(())
 }
 
-/// Inserts events; the group took the outbox lock (see [`run`]).
+/// Inserts the group's events in one statement, in the group's order (so sequences
+/// follow it); the group took the outbox lock (see [`run`]).
 async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -442,22 +470,21 @@ async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Resu
     let insert = client
         .prepare_cached(
             "INSERT INTO events (id, payment_id, type, created, body)
-             VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+             SELECT id, payment_id, type, created, body::jsonb
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[])
+                  WITH ORDINALITY AS e(id, payment_id, type, created, body, n)
+             ORDER BY n",
         )
         .await
         .map_err(pg_error("preparing the event insert"))?;
-    // Pipelined on the connection, executed in this order (so sequences follow it).
-    futures::future::try_join_all(events.iter().map(
-        |(id, payment_id, event_type, created, body)| {
-            let insert = &insert;
-            async move {
-                client
-                    .execute(insert, &[id, payment_id, event_type, created, body])
-                    .await
-            }
-        },
-    ))
-    .await
-    .map_err(pg_error("writing an event"))?;
+    let ids: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    let payments: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.2).collect();
+    let created: Vec<i64> = events.iter().map(|e| e.3).collect();
+    let bodies: Vec<&str> = events.iter().map(|e| e.4.as_str()).collect();
+    client
+        .execute(&insert, &[&ids, &payments, &types, &created, &bodies])
+        .await
+        .map_err(pg_error("writing events"))?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Group commit: the changes (`Store::commit`) that every task of an instance queues are
 //! written in one transaction per group, on one connection, with the statements of
 //! all of them pipelined — N attempt starts or N outcomes cost one transaction and a
-//! few round trips instead of N transactions of seven.
+//! few round trips instead of N transactions of seven. The group's attempts and its
+//! events are then written as one multi-row statement each.
 //!
 //! Refusals (a stale version, an unknown payment) are found by the compare-and-set
 //! update matching no row, which is not an error in Postgres: they leave the group's

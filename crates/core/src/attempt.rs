@@ -220,6 +220,10 @@ pub struct AttemptRecord {
     pub processor: String,
     /// When the attempt was first started.
     pub started_at: Timestamp,
+    /// When it was due (the payment's due time when it was claimed): `started_at -
+    /// due_at` is how late the scheduler sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
     /// When the final answer came (None while unresolved).
     pub finished_at: Option<Timestamp>,
     /// How many times the same attempt was sent again after a fault or unknown outcome.
@@ -259,6 +263,7 @@ impl AttemptRecord {
             idempotency_key: attempt_idempotency_key(payment_id, number),
             processor: processor.to_owned(),
             started_at,
+            due_at: None,
             finished_at: None,
             replays: 0,
             first_fault_at: None,

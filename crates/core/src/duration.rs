@@ -9,10 +9,10 @@ use std::time::Duration;
 
 /// A duration that is not `<integer><unit>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a duration: write a whole number and a unit (s, m, h, d or w), e.g. `90s` or `3d`")]
+#[error("`{0}` is not a duration: write a whole number and a unit (ms, s, m, h, d or w), e.g. `250ms`, `90s` or `3d`")]
 pub struct DurationError(pub String);
 
-/// Parses `<integer><unit>` with unit `s`, `m`, `h`, `d` or `w`.
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h`, `d` or `w`.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let trimmed = text.trim();
     let err = || DurationError(trimmed.to_owned());
@@ -21,6 +21,9 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         .ok_or_else(err)?;
     let (number, unit) = trimmed.split_at(split);
     let n: u64 = number.parse().map_err(|_| err())?;
+    if unit == "ms" {
+        return Ok(Duration::from_millis(n));
+    }
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -32,8 +35,12 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_secs(n.checked_mul(seconds).ok_or_else(err)?))
 }
 
-/// The largest whole unit: `90s`, `5m`, `1w`. Sub-second parts are dropped.
+/// The largest whole unit: `90s`, `5m`, `1w`; `250ms` when not whole seconds
+/// (sub-millisecond parts are dropped).
 pub fn format(duration: Duration) -> String {
+    if duration.subsec_millis() != 0 {
+        return format!("{}ms", duration.as_millis());
+    }
     let secs = duration.as_secs();
     for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
         if secs >= size && secs % size == 0 {
@@ -97,9 +104,19 @@ mod tests {
         assert_eq!(parse("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse("3d").unwrap(), Duration::from_secs(3 * 86_400));
         assert_eq!(parse(" 2w ").unwrap(), Duration::from_secs(14 * 86_400));
-        for bad in ["3", "d", "3 days", "-1d", "1.5h", "99999999999999999999w"] {
+        assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
+        for bad in [
+            "3",
+            "d",
+            "3 days",
+            "-1d",
+            "1.5h",
+            "99999999999999999999w",
+            "5us",
+            "ms",
+        ] {
             let err = parse(bad).unwrap_err();
-            assert!(err.to_string().contains("(s, m, h, d or w)"), "{err}");
+            assert!(err.to_string().contains("(ms, s, m, h, d or w)"), "{err}");
         }
     }
 
@@ -108,6 +125,8 @@ mod tests {
         assert_eq!(format(Duration::from_secs(90)), "90s");
         assert_eq!(format(Duration::from_secs(300)), "5m");
         assert_eq!(format(Duration::from_secs(7 * 86_400)), "1w");
+        assert_eq!(format(Duration::from_millis(1_250)), "1250ms");
+        assert_eq!(parse("1250ms").unwrap(), Duration::from_millis(1_250));
         for secs in [
             0, 1, 59, 60, 3_599, 3_600, 86_400, 90_000, 604_800, 1_209_600,
         ] {

@@ -330,6 +330,10 @@ pub trait Store: Send + Sync + Debug {
     /// Saves a named piece of engine state, replacing what was there.
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
+    /// Every piece of engine state whose key starts with `prefix`, sorted by key
+    /// (instances' heartbeats, `instance/…`).
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+
     /// Claims up to `limit` records of `scope` whose `claimable_at` is at or before
     /// `now`, oldest due first, by setting `lease` on them. Each record goes to one
     /// claimant until the lease lapses or the claimant updates it.

@@ -46,11 +46,17 @@ fn default_burst() -> u32 {
     1
 }
 
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
 /// A paced processor.
 #[derive(Debug)]
 pub struct Pacer {
-    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    /// Replaced when the number of instances sharing the quota changes.
+    limiter: std::sync::RwLock<std::sync::Arc<Limiter>>,
     per_second: u32,
+    burst: u32,
+    /// Instances sharing the processor account's quota (this one included).
+    sharing: std::sync::atomic::AtomicU32,
     /// Pace as a fraction of the quota, in millionths.
     pace: AtomicU64,
     rate_limited: AtomicU64,
@@ -64,8 +70,12 @@ impl Pacer {
         let per_second = NonZeroU32::new(limit.per_second)?;
         let burst = NonZeroU32::new(limit.burst.max(1))?;
         Some(Pacer {
-            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            limiter: std::sync::RwLock::new(std::sync::Arc::new(RateLimiter::direct(
+                Quota::per_second(per_second).allow_burst(burst),
+            ))),
             per_second: limit.per_second,
+            burst: limit.burst.max(1),
+            sharing: std::sync::atomic::AtomicU32::new(1),
             pace: AtomicU64::new(FULL),
             rate_limited: AtomicU64::new(0),
         })
@@ -74,15 +84,42 @@ impl Pacer {
     /// Waits for a permit; returns how long it waited.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
-        self.limiter.until_ready().await;
+        let limiter = self
+            .limiter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        limiter.until_ready().await;
         let pace = self.pace.load(Ordering::Relaxed).max(1);
         if pace < FULL {
             // Below the full quota: stretch the interval between permits.
-            let interval = 1.0 / f64::from(self.per_second);
+            let share = f64::from(self.per_second) / f64::from(self.sharing().max(1));
+            let interval = 1.0 / share;
             let extra = interval * (FULL as f64 / pace as f64 - 1.0);
             tokio_sleep(Duration::from_secs_f64(extra)).await;
         }
         started.elapsed()
+    }
+
+    /// Shares the quota among `instances` engine instances sending to the same
+    /// processor account: this one then paces at `per_second / instances` (and a burst
+    /// of `burst / instances`, at least 1), so together they stay within the quota.
+    pub fn share_among(&self, instances: u32) {
+        let instances = instances.max(1);
+        if self.sharing.swap(instances, Ordering::Relaxed) == instances {
+            return;
+        }
+        let period = Duration::from_secs_f64(f64::from(instances) / f64::from(self.per_second));
+        let burst = NonZeroU32::new((self.burst / instances).max(1)).unwrap_or(NonZeroU32::MIN);
+        if let Some(quota) = Quota::with_period(period) {
+            *self.limiter.write().unwrap_or_else(|p| p.into_inner()) =
+                std::sync::Arc::new(RateLimiter::direct(quota.allow_burst(burst)));
+        }
+    }
+
+    /// How many instances the quota is shared among.
+    pub fn sharing(&self) -> u32 {
+        self.sharing.load(Ordering::Relaxed)
     }
 
     /// Adjusts the pace after an answer.

@@ -51,6 +51,75 @@ pub struct Config {
     /// `[run]`.
     #[serde(default)]
     pub run: RunSection,
+    /// `[worker]`: `worker`, `submit` and `status` on the real clock.
+    #[serde(default)]
+    pub worker: WorkerSection,
+}
+
+/// `[worker]`: the long-running worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Longest sleep between looks at the store when nothing is due sooner: new work
+    /// from `submit` or another instance is picked up within this.
+    #[serde(with = "offsession_core::duration::text")]
+    pub poll_interval: std::time::Duration,
+    /// On SIGTERM or SIGINT, how long attempts in flight may take to finish before
+    /// the worker exits anyway (their leases then lapse and the payments are replayed
+    /// with the same idempotency keys).
+    #[serde(with = "offsession_core::duration::text")]
+    pub shutdown_deadline: std::time::Duration,
+    /// How often the worker writes its heartbeat, re-splits rate limits among the
+    /// instances alive, reloads circuit breakers and reconciles the smart model with
+    /// the store.
+    #[serde(with = "offsession_core::duration::text")]
+    pub heartbeat_interval: std::time::Duration,
+    /// An instance whose heartbeat is older than this no longer counts for rate-limit
+    /// shares.
+    #[serde(with = "offsession_core::duration::text")]
+    pub instance_timeout: std::time::Duration,
+    /// Concurrent creates while `submit` stores a batch.
+    pub submit_concurrency: usize,
+}
+
+impl Default for WorkerSection {
+    fn default() -> WorkerSection {
+        WorkerSection {
+            poll_interval: std::time::Duration::from_millis(250),
+            shutdown_deadline: std::time::Duration::from_secs(30),
+            heartbeat_interval: std::time::Duration::from_secs(1),
+            instance_timeout: std::time::Duration::from_secs(5),
+            submit_concurrency: 32,
+        }
+    }
+}
+
+impl WorkerSection {
+    /// Refuses settings that would spin or never wake.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: format!("worker.{key}"),
+            message: message.into(),
+        };
+        if self.poll_interval < std::time::Duration::from_millis(10)
+            || self.poll_interval > std::time::Duration::from_secs(60)
+        {
+            return Err(invalid("poll_interval", "must be between 10ms and 60s"));
+        }
+        if self.heartbeat_interval < std::time::Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.instance_timeout <= self.heartbeat_interval {
+            return Err(invalid(
+                "instance_timeout",
+                "must be longer than `heartbeat_interval`",
+            ));
+        }
+        if self.submit_concurrency == 0 || self.submit_concurrency > 1024 {
+            return Err(invalid("submit_concurrency", "must be between 1 and 1024"));
+        }
+        Ok(())
+    }
 }
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -316,6 +385,7 @@ impl Config {
         if self.run.horizon.is_zero() {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
+        self.worker.check()?;
         self.store.parsed_url()?;
         if self.store.max_connections == 0 {
             return Err(invalid(

@@ -90,7 +90,7 @@ fn describe() {
     );
 }
 
-/// Serves `/metrics` on `addr` until the process ends; returns the bound address.
+/// Serves `/metrics` (and `/healthz`, answering 200 while the process runs) on `addr` until the process ends; returns the bound address.
 pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> Result<SocketAddr, RunnerError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -98,13 +98,15 @@ pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> Result<SocketA
     let bound = listener
         .local_addr()
         .map_err(RunnerError::setup("reading the metrics listener's address"))?;
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             eprintln!("metrics listener stopped: {err}");

@@ -15,6 +15,7 @@ pub mod error;
 pub mod exporter;
 pub mod simulate;
 pub mod wiring;
+pub mod worker;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -110,6 +111,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attempt stored payments as they fall due, on the real clock, against the
+    /// configured durable store, until SIGTERM or SIGINT (then finish the attempts in
+    /// flight, give back leases and exit 0). Several workers may share one Postgres.
+    Worker {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Print what the worker did as JSON when it stops.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate and store a batch of create requests (JSON Lines) for workers to
+    /// attempt, and exit. Submitting the same file again creates nothing twice.
+    Submit {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// JSON Lines of create requests.
+        #[arg(long)]
+        input: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report what the configured store holds: payments by status and failure reason,
+    /// due work, stuck payments, instances alive.
+    Status {
+        /// Configuration file.
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// An unknown outcome (or a due time) older than this counts as stuck.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        stuck_after: std::time::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the configured store and bring its schema to this binary's version
     /// (every command that opens a store does this too); refuses a newer schema.
     Migrate {
@@ -123,6 +161,10 @@ pub enum Command {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    offsession_core::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// Largest `bench --payments`: the memory store keeps every payment (about 3 KB each).
@@ -197,6 +239,37 @@ fn print_report<T: serde::Serialize>(
 
 async fn execute(command: Command) -> Result<(), RunnerError> {
     match command {
+        Command::Worker { config: path, json } => {
+            let config = config::load(&path)?;
+            let report = worker::run(&path, &config, worker::termination()).await?;
+            if json {
+                print_report(&report, true, String::new())?;
+            }
+            if report.abandoned {
+                return Err(RunnerError::Unsettled(
+                    "attempts were still in flight at `worker.shutdown_deadline`; their leases lapse and another worker replays them".into(),
+                ));
+            }
+            Ok(())
+        }
+        Command::Submit {
+            config: path,
+            input,
+            json,
+        } => {
+            let config = config::load(&path)?;
+            let report = worker::submit(&path, &config, &input).await?;
+            print_report(&report, json, report.render())
+        }
+        Command::Status {
+            config: path,
+            stuck_after,
+            json,
+        } => {
+            let config = config::load(&path)?;
+            let report = worker::status(&path, &config, stuck_after).await?;
+            print_report(&report, json, report.render())
+        }
         Command::Migrate { config: path } => {
             let config = config::load(&path)?;
             let url = config.store.parsed_url()?;

@@ -286,6 +286,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut found: Vec<(String, String)> = self
+            .lock()
+            .state
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
     async fn claim_due(
         &self,
         scope: &ClockScope,

@@ -86,7 +86,7 @@ fn unknown_keys_and_unitless_durations_are_refused() {
     let err = from_toml("request_timeout = \"30\"")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("(s, m, h, d or w)"), "{err}");
+    assert!(err.contains("(ms, s, m, h, d or w)"), "{err}");
     let err = from_toml("request_timeout = 30").unwrap_err().to_string();
     assert!(err.contains("request_timeout"), "{err}");
 }

@@ -103,13 +103,19 @@ impl Engine {
             }
         } else {
             let number = record.payment.retry_details.attempts + 1;
-            let attempt = AttemptRecord::started(
+            if let Some(due) = record.due_at {
+                let late = now.as_millis().saturating_sub(due.as_millis()).max(0);
+                metrics::histogram!("offsession_due_to_attempt_seconds")
+                    .record(late as f64 / 1000.0);
+            }
+            let mut attempt = AttemptRecord::started(
                 self.inner.ids.next_id("ospattempt"),
                 &record.payment.id,
                 number,
                 &processor_id,
                 now,
             );
+            attempt.due_at = record.due_at;
             record.payment.retry_details.attempts = number;
             record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
             record.first_attempt_at.get_or_insert(now);

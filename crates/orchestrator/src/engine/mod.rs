@@ -3,6 +3,7 @@
 
 mod attempt;
 mod emit;
+pub(crate) mod instances;
 mod intake;
 mod manual;
 mod outcome;

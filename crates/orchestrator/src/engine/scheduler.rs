@@ -14,10 +14,33 @@ impl Engine {
         Ok(self.inner.store.next_due(&ClockScope::Engine).await?)
     }
 
+    /// Runs what is due on the engine clock until nothing is, or until `stop`
+    /// completes: then it claims nothing more, gives back the leases of payments
+    /// claimed but not started, and returns once the attempts in flight have written
+    /// their outcomes. Payments falling due while it runs are claimed too (the
+    /// clock is read at every claim). A long-running worker calls this in a loop.
+    pub async fn run_due_until(
+        &self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<RunReport, EngineError> {
+        self.run_scope_until(&ClockScope::Engine, self.inner.clock.now(), stop)
+            .await
+    }
+
     pub(super) async fn run_scope(
         &self,
         scope: &ClockScope,
         now: Timestamp,
+    ) -> Result<RunReport, EngineError> {
+        self.run_scope_until(scope, now, std::future::pending())
+            .await
+    }
+
+    async fn run_scope_until(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+        stop: impl std::future::Future<Output = ()>,
     ) -> Result<RunReport, EngineError> {
         use futures::future::{Either, FutureExt};
         use futures::stream::FuturesUnordered;
@@ -26,6 +49,14 @@ impl Engine {
             Claimed(Result<Vec<PaymentRecord>, StoreError>),
         }
         let config = &self.inner.config;
+        // On the engine clock a claim reads the clock again, so work that fell due
+        // during a long pass is picked up; a test clock stays where it was advanced to.
+        let claim_now = || match scope {
+            ClockScope::Engine => self.inner.clock.now().max(now),
+            _ => now,
+        };
+        let mut stop = std::pin::pin!(stop);
+        let mut stopping = false;
         let mut report = RunReport::default();
         let mut queue: std::collections::VecDeque<PaymentRecord> =
             std::collections::VecDeque::new();
@@ -39,14 +70,28 @@ impl Engine {
         // scheduler waits for the work in flight to finish before it looks again
         // (cascades and zero-wait retries fall due now).
         let mut exhausted = false;
+        let mut failure: Option<EngineError> = None;
+        let mut failed_with: Option<EngineError> = None;
         loop {
-            if queue.is_empty() && !exhausted && !claiming {
+            if let Some(err) = failure.take() {
+                // The store (or the engine) failed: claim nothing more, let the
+                // attempts in flight write their outcomes, then report the first
+                // failure. Dropping them instead would leave their payments leased
+                // until the leases lapse.
+                tracing::warn!(error = %err, "a scheduler pass failed; finishing the attempts in flight");
+                failed_with.get_or_insert(err);
+                if !stopping {
+                    stopping = true;
+                    self.release(queue.drain(..)).await;
+                }
+            }
+            if !stopping && queue.is_empty() && !exhausted && !claiming {
                 in_flight.push(Either::Left(
-                    Box::pin(self.claim(scope, now)).map(Done::Claimed),
+                    Box::pin(self.claim(scope, claim_now())).map(Done::Claimed),
                 ));
                 claiming = true;
             }
-            while handling < config.concurrency {
+            while !stopping && handling < config.concurrency {
                 match queue.pop_front() {
                     Some(record) => {
                         // Boxed where it is made: the attempt's state is large, and
@@ -59,20 +104,49 @@ impl Engine {
                     None => break,
                 }
             }
-            match in_flight.next().await {
-                Some(Done::Handled(result)) => {
-                    handling -= 1;
-                    report.add(result?);
+            let done = if stopping {
+                in_flight.next().await
+            } else {
+                match futures::future::select(stop.as_mut(), in_flight.next()).await {
+                    Either::Left(((), _)) => {
+                        stopping = true;
+                        self.release(queue.drain(..)).await;
+                        continue;
+                    }
+                    Either::Right((done, _)) => done,
                 }
-                Some(Done::Claimed(batch)) => {
+            };
+            match done {
+                Some(Done::Handled(Ok(handled))) => {
+                    handling -= 1;
+                    report.add(handled);
+                }
+                Some(Done::Claimed(Ok(batch))) => {
                     claiming = false;
-                    let batch = batch?;
                     exhausted = batch.is_empty();
-                    queue.extend(batch);
+                    if stopping {
+                        self.release(batch).await;
+                    } else {
+                        queue.extend(batch);
+                    }
+                }
+                Some(Done::Handled(Err(err))) => {
+                    handling -= 1;
+                    failure = Some(err);
+                }
+                Some(Done::Claimed(Err(err))) => {
+                    claiming = false;
+                    failure = Some(err.into());
+                }
+                None if stopping => {
+                    return match failed_with {
+                        Some(err) => Err(err),
+                        None => Ok(report),
+                    }
                 }
                 None => {
                     // Nothing in flight: one more look, now that every attempt ended.
-                    let batch = self.claim(scope, now).await?;
+                    let batch = self.claim(scope, claim_now()).await?;
                     if batch.is_empty() {
                         return Ok(report);
                     }
@@ -81,6 +155,23 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Gives back the leases of claimed payments that were not started, so another
+    /// instance (or this one, restarted) takes them at once instead of when the
+    /// lease lapses. A payment changed since is left alone.
+    async fn release(&self, claimed: impl IntoIterator<Item = PaymentRecord>) {
+        let releases = claimed.into_iter().map(|record| async move {
+            let mut next = record.clone();
+            next.lease = None;
+            match self.inner.store.update(&next, Expected::of(&record)).await {
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(payment = %record.payment.id, error = %err, "could not give back a lease; it lapses on its own");
+                }
+            }
+        });
+        futures::future::join_all(releases).await;
     }
 
     /// Claims up to `claim_batch` due payments of `scope` under this instance's lease.

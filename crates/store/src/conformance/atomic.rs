@@ -227,3 +227,20 @@ pub(super) async fn engine_state_round_trips(store: &dyn Store) {
         Some("[]")
     );
 }
+
+pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {
+    assert!(store.list_state("instance/").await.unwrap().is_empty());
+    store.save_state("instance/b", "2").await.unwrap();
+    store.save_state("instance/a", "1").await.unwrap();
+    store.save_state("instances", "not one").await.unwrap();
+    store.save_state("smart", "{}").await.unwrap();
+    store.save_state("instance/a", "3").await.unwrap();
+    assert_eq!(
+        store.list_state("instance/").await.unwrap(),
+        vec![
+            ("instance/a".to_owned(), "3".to_owned()),
+            ("instance/b".to_owned(), "2".to_owned())
+        ]
+    );
+    assert_eq!(store.list_state("").await.unwrap().len(), 4);
+}

@@ -89,6 +89,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     atomic::a_change_and_its_events_commit_together(&make()).await;
     atomic::events_come_in_commit_order_and_page(&make()).await;
     atomic::engine_state_round_trips(&make()).await;
+    atomic::engine_state_lists_by_prefix(&make()).await;
 }
 
 pub use atomic::sample_event;

@@ -185,7 +185,9 @@ impl PostgresStore {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::backend("postgres: reading the store URL", false, e))?;
         config.options(format!("-c search_path={schema}"));
-        config.application_name("offsession");
+        // `offsession/<schema>`: operators (and the fault tests) find an instance's
+        // sessions in `pg_stat_activity` by it.
+        config.application_name(format!("offsession/{schema}"));
         let pool = |size: usize| {
             let manager = Manager::from_config(
                 config.clone(),

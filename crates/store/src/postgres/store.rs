@@ -299,6 +299,19 @@ impl Store for PostgresStore {
             .map_err(pg_error("writing engine state"))?;
         Ok(())
     }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = client
+            .query(
+                "SELECT key, value FROM engine_state
+                 WHERE left(key, length($1)) = $1 ORDER BY key",
+                &[&prefix],
+            )
+            .await
+            .map_err(pg_error("listing engine state"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }
 
 fn writers_stopped() -> StoreError {

@@ -447,4 +447,22 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.call(move |tx| {
+            let mut statement = tx
+                .prepare_cached(
+                    "SELECT key, value FROM engine_state
+                     WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+                )
+                .map_err(sql_error("listing engine state"))?;
+            let rows = statement
+                .query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql_error("listing engine state"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(sql_error("listing engine state"))
+        })
+        .await
+    }
 }

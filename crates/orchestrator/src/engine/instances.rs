@@ -1,0 +1,50 @@
+//! Instances sharing one store: heartbeats, and each processor's rate limit split
+//! among the instances alive, so that together they stay within the account's quota.
+
+use super::*;
+
+/// The store key prefix of instances' heartbeats.
+pub const INSTANCE_PREFIX: &str = "instance/";
+
+impl Engine {
+    /// Records that this instance is alive now (engine state `instance/<instance_id>`
+    /// = now in milliseconds), counts the instances whose heartbeat is at most
+    /// `live_within` old (this one included), and shares every processor's rate limit
+    /// among them. Call it periodically, more often than `live_within`. Returns the
+    /// number of instances alive.
+    pub async fn heartbeat(&self, live_within: Duration) -> Result<u32, StoreError> {
+        let now = self.inner.clock.now();
+        let me = format!("{INSTANCE_PREFIX}{}", self.inner.config.instance_id);
+        self.inner
+            .store
+            .save_state(&me, &now.as_millis().to_string())
+            .await?;
+        let oldest = now.as_millis() - live_within.as_millis() as i64;
+        let alive = self
+            .inner
+            .store
+            .list_state(INSTANCE_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|(key, value)| *key == me || value.parse::<i64>().is_ok_and(|at| at >= oldest))
+            .count()
+            .max(1) as u32;
+        self.share_rate_limits(alive);
+        Ok(alive)
+    }
+
+    /// Marks this instance stopped, so the others take its share of the rate limits at
+    /// their next heartbeat.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        let me = format!("{INSTANCE_PREFIX}{}", self.inner.config.instance_id);
+        self.inner.store.save_state(&me, "stopped").await
+    }
+
+    /// Paces every processor at `1 / instances` of its rate limit.
+    pub fn share_rate_limits(&self, instances: u32) {
+        for pacer in self.inner.processors.pacers.values() {
+            pacer.share_among(instances);
+        }
+        metrics::gauge!("offsession_instances_sharing_rate_limits").set(f64::from(instances));
+    }
+}

@@ -115,7 +115,7 @@ async fn a_worker_killed_twenty_times_settles_every_payment_exactly_once() {
         "only {faulted} of {creates} creates faulted"
     );
     println!(
-        "sqlite chaos: {kills} kills in {:.1}s; {summary}; {:.1}% of creates timed out after charging or failed with 5xx",
+        "sqlite chaos: {kills} kills, {:.1}s in all; {summary}; {:.1}% of creates timed out after charging or failed with 5xx",
         started.elapsed().as_secs_f64(),
         100.0 * faulted / creates
     );

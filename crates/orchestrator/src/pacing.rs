@@ -117,6 +117,11 @@ impl Pacer {
         }
     }
 
+    /// This instance's share of the quota, per second.
+    pub fn per_second_share(&self) -> f64 {
+        f64::from(self.per_second) / f64::from(self.sharing().max(1))
+    }
+
     /// How many instances the quota is shared among.
     pub fn sharing(&self) -> u32 {
         self.sharing.load(Ordering::Relaxed)

@@ -17,6 +17,7 @@ use offsession_core::{
     CollectEvents, EventType, FailureReason, OffSessionPayment, PaymentMethodDetails,
     PaymentStatus, Processor, ProcessorError, SystemClock,
 };
+use offsession_core::{ClockScope, Expected, Lease, PaymentRecord, Store, StoreError, Timestamp};
 use offsession_mock::{LatencyModel, MockConfig, MockProcessor};
 use offsession_orchestrator::{Engine, EngineConfig};
 use offsession_store::MemoryStore;
@@ -508,4 +509,156 @@ async fn a_decision_reads_a_bounded_card_history() {
         longest <= 257,
         "bounded: {longest} attempts read for one decision"
     );
+}
+
+/// A memory store with one writer, as the SQL stores have: writes land in the order
+/// they were sent, and an `update` (the lease renewal's write) takes a second and
+/// lands even when its caller stops waiting for it.
+#[derive(Debug)]
+struct SlowRenewals {
+    inner: Arc<MemoryStore>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[async_trait]
+impl Store for SlowRenewals {
+    async fn create(
+        &self,
+        record: &PaymentRecord,
+        key: Option<offsession_core::store::NewIdempotencyKey<'_>>,
+        events: &[offsession_core::EventNotification],
+    ) -> Result<offsession_core::IdempotencyClaim, StoreError> {
+        let _writer = self.writer.lock().await;
+        self.inner.create(record, key, events).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
+        let (inner, record) = (self.inner.clone(), record.clone());
+        let writer = self.writer.clone().lock_owned().await;
+        tokio::spawn(async move {
+            let _writer = writer;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            inner.update(&record, expected).await
+        })
+        .await
+        .unwrap()
+    }
+    async fn commit(
+        &self,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[offsession_core::EventNotification],
+    ) -> Result<u64, StoreError> {
+        let _writer = self.writer.lock().await;
+        self.inner.commit(record, expected, events).await
+    }
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<offsession_core::OutboxEvent>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.load_state(key).await
+    }
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.save_state(key, value).await
+    }
+    async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.list_state(prefix).await
+    }
+    async fn claim_due(
+        &self,
+        scope: &ClockScope,
+        now: Timestamp,
+        limit: usize,
+        lease: &Lease,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.claim_due(scope, now, limit, lease).await
+    }
+    async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_due(scope).await
+    }
+    async fn list(
+        &self,
+        limit: usize,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.inner.list(limit, starting_after).await
+    }
+    async fn card_history(
+        &self,
+        payment_method: &str,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<offsession_core::CardAttempt>, StoreError> {
+        self.inner.card_history(payment_method, since, limit).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        payment_id: &str,
+    ) -> Result<offsession_core::IdempotencyClaim, StoreError> {
+        self.inner
+            .claim_idempotency_key(key, fingerprint, payment_id)
+            .await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+}
+
+// An answer that arrives while the lease's renewal is being written: the renewal
+// lands (its version included) before the outcome is written, so the outcome is not
+// refused as stale and the payment is not left `processing` for a needless replay.
+// The renewal starts a third of a lease (1 s) into the send and takes 1 s; the
+// answer comes at 1.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_during_a_lease_renewal_is_written() {
+    let store = Arc::new(SlowRenewals {
+        inner: Arc::new(MemoryStore::new()),
+        writer: Arc::new(tokio::sync::Mutex::new(())),
+    });
+    let mock = Arc::new(MockProcessor::new(
+        "mock",
+        MockConfig {
+            latency: LatencyModel::Fixed { millis: 1_500 },
+            ..MockConfig::default()
+        },
+    ));
+    let engine = Engine::builder()
+        .config(EngineConfig {
+            lease: Duration::from_secs(3),
+            ..EngineConfig::default()
+        })
+        .processor(mock.clone())
+        .store(store.clone())
+        .clock(Arc::new(SystemClock))
+        .events(Arc::new(CollectEvents::new()))
+        .build()
+        .unwrap();
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa__renewal",
+    });
+    let id = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap()
+        .id;
+    let report = engine.run_due().await.unwrap();
+    assert_eq!(
+        report.conflicts, 0,
+        "the outcome's write was refused as stale"
+    );
+    let record = engine.record(&id).await.unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::Succeeded);
+    assert!(record.attempts[0].answered());
+    assert_eq!(mock.ledger().len(), 1);
 }

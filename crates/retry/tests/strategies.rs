@@ -284,6 +284,50 @@ fn smart_state_survives_a_save_and_load() {
 }
 
 #[test]
+fn two_instances_reconciling_through_the_store_learn_from_both() {
+    let method = card("US");
+    let record = sample_record("osp_r", NOW, None);
+    let codes = DeclineCodes::new("card_declined", Some("generic_decline"));
+    let learn = |policy: &SmartPolicy, from: i64, n: i64| {
+        for i in from..from + n {
+            policy.observe(&AttemptObservation {
+                payment: &record.payment,
+                method: Some(&method),
+                attempt_number: 2,
+                at: Timestamp::from_millis(NOW + i * HOUR),
+                first_failure_at: Some(Timestamp::from_millis(NOW)),
+                previous_attempt_at: Some(Timestamp::from_millis(NOW)),
+                previous_decline: Some((&codes, DeclineCategory::SoftIssuer)),
+                approved: i % 3 == 0,
+            });
+        }
+    };
+    let a = SmartPolicy::new(&no_exploration()).unwrap();
+    let b = SmartPolicy::new(&no_exploration()).unwrap();
+    let prior = a.state();
+    learn(&a, 0, 60);
+    learn(&b, 60, 40);
+    // A folds its learning into the empty store, then B into what A saved.
+    let stored = a.reconcile(&prior, prior.clone()).unwrap();
+    assert_eq!(stored.observations, 60);
+    let stored = b.reconcile(&prior, stored).unwrap();
+    assert_eq!(stored.observations, 100, "both instances' retries count");
+    assert_eq!(b.observations(), 100);
+    // B's model moved by A's learning too: it is not what B learned alone.
+    let alone = SmartPolicy::new(&no_exploration()).unwrap();
+    learn(&alone, 60, 40);
+    assert_ne!(b.state().weights, alone.state().weights);
+    // A reconciling again with nothing new adopts the store's state exactly.
+    let base = a.state();
+    let again = a.reconcile(&base, stored.clone()).unwrap();
+    assert_eq!(again, stored);
+    // A state of the wrong shape is refused.
+    let mut truncated = stored;
+    truncated.weights.truncate(3);
+    assert!(a.reconcile(&base, truncated).is_err());
+}
+
+#[test]
 fn smart_learns_time_of_week_from_first_attempts_when_asked() {
     let config = SmartConfig {
         learn_from_first_attempts: true,

@@ -111,6 +111,24 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    // Register before sending anything. When other instances are alive, wait until
+    // each has had a heartbeat to see this one and lower its rate-limit share: until
+    // then their shares and this one's would add up to more than the quota.
+    match engine.heartbeat(settings.instance_timeout).await {
+        Ok(alive) if alive > 1 => {
+            tracing::info!(
+                alive,
+                "other instances are alive; waiting for them to share the rate limits"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(settings.heartbeat_interval.mul_f64(1.5)) => {}
+                () = stopped(stop_rx.clone()) => {}
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "the first heartbeat failed"),
+    }
+
     // Heartbeats, rate-limit shares, breakers and the smart model, in the background.
     let shared = {
         let engine = engine.clone();
@@ -398,6 +416,38 @@ pub struct StatusReport {
     /// Instances by id, with the age of their last heartbeat in seconds
     /// (`null`: stopped).
     pub instances: BTreeMap<String, Option<f64>>,
+    /// How late attempts were sent after they fell due, in milliseconds: first
+    /// attempts (queued behind the work submitted with them) and retries (scheduled).
+    pub due_to_attempt_ms: BTreeMap<&'static str, Lateness>,
+}
+
+/// Percentiles of how late attempts were sent, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lateness {
+    /// Attempts counted.
+    pub attempts: u64,
+    /// Median.
+    pub p50: i64,
+    /// 99th percentile.
+    pub p99: i64,
+    /// Largest.
+    pub max: i64,
+}
+
+impl Lateness {
+    fn of(mut late: Vec<i64>) -> Lateness {
+        if late.is_empty() {
+            return Lateness::default();
+        }
+        late.sort_unstable();
+        let at = |q: f64| late[((late.len() - 1) as f64 * q).round() as usize];
+        Lateness {
+            attempts: late.len() as u64,
+            p50: at(0.50),
+            p99: at(0.99),
+            max: late[late.len() - 1],
+        }
+    }
 }
 
 impl StatusReport {
@@ -423,6 +473,14 @@ impl StatusReport {
         ));
         for id in &self.stuck_examples {
             out.push_str(&format!("    {id}\n"));
+        }
+        for (kind, late) in &self.due_to_attempt_ms {
+            if late.attempts > 0 {
+                out.push_str(&format!(
+                    "  due to attempt, {kind:<15} p50 {} ms, p99 {} ms, max {} ms ({} attempts)\n",
+                    late.p50, late.p99, late.max, late.attempts
+                ));
+            }
         }
         if !self.instances.is_empty() {
             out.push_str("  instances\n");
@@ -465,6 +523,7 @@ pub async fn status(
     let hour = now.plus(Duration::from_secs(3_600));
     let mut report = StatusReport::default();
     let mut after: Option<String> = None;
+    let (mut first_late, mut retry_late) = (Vec::new(), Vec::new());
     let read = |e: offsession_core::StoreError| RunnerError::Setup {
         action: "reading the store",
         message: crate::error::with_causes(&e),
@@ -492,6 +551,16 @@ pub async fn status(
                     _ => {}
                 }
             }
+            for attempt in &record.attempts {
+                if let Some(due) = attempt.due_at {
+                    let late = attempt.started_at.as_millis() - due.as_millis();
+                    if attempt.number == 1 {
+                        first_late.push(late);
+                    } else {
+                        retry_late.push(late);
+                    }
+                }
+            }
             if is_stuck(record, now, stuck_after) {
                 report.stuck += 1;
                 if report.stuck_examples.len() < 20 {
@@ -500,6 +569,12 @@ pub async fn status(
             }
         }
     }
+    report
+        .due_to_attempt_ms
+        .insert("first attempts", Lateness::of(first_late));
+    report
+        .due_to_attempt_ms
+        .insert("retries", Lateness::of(retry_late));
     for (key, value) in store
         .list_state(offsession_orchestrator::INSTANCE_PREFIX)
         .await

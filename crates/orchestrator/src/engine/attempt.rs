@@ -125,8 +125,14 @@ impl Engine {
         record.payment.status = status;
         record.due_at = Some(now);
         // Write-ahead: the attempt and its key are durable before the processor is
-        // called. The claim's lease stays, so a crash makes the record claimable
-        // again (for a replay) when the lease lapses.
+        // called, under a lease renewed from now (the claim's may be nearly spent if
+        // the payment waited in the queue), so a crash makes the record claimable
+        // again (for a replay) when the lease lapses, and no other scheduler takes it
+        // for a replay while this attempt is sent.
+        record.lease = Some(Lease {
+            owner: self.inner.config.instance_id.clone(),
+            until: now.plus(self.inner.config.lease),
+        });
         record.version = self.commit_change(&record, expected, from, now).await?;
         // The attempt is in the card's history now: the next decision sees it.
         drop(card_lock);
@@ -156,11 +162,23 @@ impl Engine {
         // While the answer is awaited the lease is renewed, so that no other
         // scheduler takes the payment for a replay while this attempt is in flight.
         let renewed = std::sync::Mutex::new(None::<(u64, Option<Lease>)>);
+        let renewing = Renewing::default();
         let outcome = {
             let send = std::pin::pin!(send);
-            let keep = std::pin::pin!(self.keep_lease(&record, &renewed));
+            let keep = std::pin::pin!(self.keep_lease(&record, &renewed, &renewing));
             match futures::future::select(send, keep).await {
-                futures::future::Either::Left((outcome, _)) => outcome,
+                futures::future::Either::Left((outcome, keep)) => {
+                    // A renewal sent to the store lands whether or not its future is
+                    // dropped: finish it and keep its version, or the outcome's write
+                    // would be refused as stale and the payment replayed for nothing.
+                    renewing
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    if renewing.writing.load(std::sync::atomic::Ordering::SeqCst) {
+                        keep.await;
+                    }
+                    outcome
+                }
                 futures::future::Either::Right(((), send)) => send.await,
             }
         };
@@ -184,11 +202,16 @@ impl Engine {
         &self,
         in_flight: &PaymentRecord,
         renewed: &std::sync::Mutex<Option<(u64, Option<Lease>)>>,
+        renewing: &Renewing,
     ) {
+        use std::sync::atomic::Ordering;
         let period = (self.inner.config.lease / 3).max(Duration::from_millis(10));
         let mut version = in_flight.version;
         loop {
             futures_timer::Delay::new(period).await;
+            if renewing.stop.load(Ordering::SeqCst) {
+                return;
+            }
             let mut next = in_flight.clone();
             next.lease = Some(Lease {
                 owner: self.inner.config.instance_id.clone(),
@@ -200,13 +223,22 @@ impl Engine {
                 version,
                 status: in_flight.payment.status,
             };
-            match self.inner.store.update(&next, expected).await {
+            renewing.writing.store(true, Ordering::SeqCst);
+            let written = self.inner.store.update(&next, expected).await;
+            renewing.writing.store(false, Ordering::SeqCst);
+            match written {
                 Ok(v) => {
                     version = v;
                     *renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, next.lease));
+                    if renewing.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(payment = %in_flight.payment.id, error = %err, "could not renew the lease of an attempt in flight");
+                    if renewing.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                     return std::future::pending().await;
                 }
             }
@@ -342,6 +374,14 @@ impl Drop for HeldCard {
             locks.remove(&self.payment_method);
         }
     }
+}
+
+/// Between an attempt in flight and the renewal of its lease: whether a renewal is
+/// being written, and whether the answer came (renew no more).
+#[derive(Debug, Default)]
+pub(super) struct Renewing {
+    writing: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
 }
 
 fn breaker_key(processor: &str) -> String {

@@ -55,6 +55,11 @@ impl Engine {
             ClockScope::Engine => self.inner.clock.now().max(now),
             _ => now,
         };
+        // Attempts waiting for a rate-limit permit hold their payments: no more in
+        // flight than can be sent in half a lease.
+        let concurrency = self
+            .paced_capacity()
+            .map_or(config.concurrency, |cap| config.concurrency.min(cap));
         let mut stop = std::pin::pin!(stop);
         let mut stopping = false;
         let mut report = RunReport::default();
@@ -91,7 +96,7 @@ impl Engine {
                 ));
                 claiming = true;
             }
-            while !stopping && handling < config.concurrency {
+            while !stopping && handling < concurrency {
                 match queue.pop_front() {
                     Some(record) => {
                         // Boxed where it is made: the attempt's state is large, and
@@ -185,10 +190,33 @@ impl Engine {
             owner: config.instance_id.clone(),
             until: now.plus(config.lease),
         };
-        self.inner
-            .store
-            .claim_due(scope, now, config.claim_batch, &lease)
-            .await
+        let limit = self
+            .paced_capacity()
+            .map_or(config.claim_batch, |cap| config.claim_batch.min(cap));
+        self.inner.store.claim_due(scope, now, limit, &lease).await
+    }
+
+    /// When every processor is rate-limited: how many attempts this instance can
+    /// start in half a lease at its share of the limits. Claiming more only hoards
+    /// payments that other instances could send, and lets their leases lapse while
+    /// they wait.
+    pub(super) fn paced_capacity(&self) -> Option<usize> {
+        let processors = &self.inner.processors;
+        if processors.list.is_empty()
+            || processors
+                .list
+                .iter()
+                .any(|p| !processors.pacers.contains_key(p.id()))
+        {
+            return None;
+        }
+        let per_second: f64 = processors
+            .pacers
+            .values()
+            .map(|p| p.per_second_share())
+            .sum();
+        let half_lease = self.inner.config.lease.as_secs_f64() / 2.0;
+        Some(((per_second * half_lease) as usize).max(1))
     }
 
     pub(super) async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {

@@ -116,7 +116,7 @@ pub enum Command {
     /// flight, give back leases and exit 0). Several workers may share one Postgres.
     Worker {
         /// Configuration file.
-        #[arg(long, default_value = "config/default.toml")]
+        #[arg(long, default_value = "config/worker.toml")]
         config: PathBuf,
         /// Print what the worker did as JSON when it stops.
         #[arg(long)]
@@ -126,7 +126,7 @@ pub enum Command {
     /// attempt, and exit. Submitting the same file again creates nothing twice.
     Submit {
         /// Configuration file.
-        #[arg(long, default_value = "config/default.toml")]
+        #[arg(long, default_value = "config/worker.toml")]
         config: PathBuf,
         /// JSON Lines of create requests.
         #[arg(long)]
@@ -139,7 +139,7 @@ pub enum Command {
     /// due work, stuck payments, instances alive.
     Status {
         /// Configuration file.
-        #[arg(long, default_value = "config/default.toml")]
+        #[arg(long, default_value = "config/worker.toml")]
         config: PathBuf,
         /// An unknown outcome (or a due time) older than this counts as stuck.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]

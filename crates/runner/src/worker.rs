@@ -44,6 +44,14 @@ pub struct WorkerReport {
 }
 
 fn durable_only(config: &Config, command: &str) -> Result<(), RunnerError> {
+    if let Some(seed) = config.engine.id_seed {
+        return Err(RunnerError::Config(ConfigError::Invalid {
+            key: "engine.id_seed".into(),
+            message: format!(
+                "`{command}` refuses seeded ids (seed {seed}): they repeat from run to run, so payment ids and attempt idempotency keys would collide in the store and at the processor; remove `id_seed`"
+            ),
+        }));
+    }
     if matches!(config.store.parsed_url()?, StoreUrl::Memory) {
         return Err(RunnerError::Config(ConfigError::Invalid {
             key: "store.url".into(),

@@ -494,8 +494,8 @@ impl StatusReport {
             out.push_str("  instances\n");
             for (id, age) in &self.instances {
                 match age {
-                    Some(age) => out.push_str(&format!("    {id:<24}heartbeat {age:.1}s ago\n")),
-                    None => out.push_str(&format!("    {id:<24}stopped\n")),
+                    Some(age) => out.push_str(&format!("    {id:<24} heartbeat {age:.1}s ago\n")),
+                    None => out.push_str(&format!("    {id:<24} stopped\n")),
                 }
             }
         }

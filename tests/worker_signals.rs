@@ -17,6 +17,11 @@ async fn sigterm_mid_batch_finishes_in_flight_attempts_and_releases_every_lease(
     let (_fake, addr) = start_fake(&dir, &["--latency-ms", "300"]);
     let db = dir.path("store.db");
     let config = dir.path("worker.toml");
+    // A free port for /metrics and /healthz.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     std::fs::write(
         &config,
         worker_config(
@@ -24,7 +29,7 @@ async fn sigterm_mid_batch_finishes_in_flight_attempts_and_releases_every_lease(
             &format!("sqlite://{}", db.display()),
             "offsession",
             "w1",
-        ),
+        ) + &format!("\n[metrics]\nlisten = \"{metrics}\"\n"),
     )
     .unwrap();
     let input = dir.path("batch.jsonl");
@@ -75,6 +80,22 @@ async fn sigterm_mid_batch_finishes_in_flight_attempts_and_releases_every_lease(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // While it runs: /healthz answers, /metrics counts the attempts.
+    let health = reqwest::get(format!("http://{metrics}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let exported = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(exported.contains("offsession_attempts_total"), "{exported}");
+    assert!(
+        exported.contains("offsession_due_to_attempt_seconds"),
+        "{exported}"
+    );
     let signalled = Instant::now();
     let exit = worker.sigterm(Duration::from_secs(10));
     let took = signalled.elapsed();

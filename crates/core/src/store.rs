@@ -323,6 +323,48 @@ pub trait Store: Send + Sync + Debug {
     /// Committed events after position `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// The committed event with this id (`evt_…`). The default pages through
+    /// [`Store::events_after`]; stores with an index on event ids answer directly.
+    async fn event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        let mut after = 0;
+        loop {
+            let page = self.events_after(after, 1_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            after = last.sequence;
+            if let Some(found) = page.into_iter().find(|e| e.event.id == id) {
+                return Ok(Some(found));
+            }
+        }
+    }
+
+    /// The committed events of one payment, oldest first, at most `limit`. The
+    /// default pages through [`Store::events_after`].
+    async fn events_for(
+        &self,
+        payment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut after = 0;
+        let mut found = Vec::new();
+        loop {
+            let page = self.events_after(after, 1_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(found);
+            };
+            after = last.sequence;
+            found.extend(
+                page.into_iter()
+                    .filter(|e| e.event.related_object.id == payment_id),
+            );
+            if found.len() >= limit {
+                found.truncate(limit);
+                return Ok(found);
+            }
+        }
+    }
+
     /// A named piece of engine state (test clocks, the smart model, breakers) as the
     /// engine saved it.
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -54,6 +54,55 @@ pub struct Config {
     /// `[worker]`: `worker`, `submit` and `status` on the real clock.
     #[serde(default)]
     pub worker: WorkerSection,
+    /// `[server]`: `serve`, the HTTP API.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[[webhooks]]`: endpoints `serve` delivers events to.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
+}
+
+/// `[server]`: the HTTP API of `serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on (`OFFSESSION_SERVER__LISTEN`).
+    pub listen: String,
+    /// Accepted secret keys as `sha256:<64 hex digits>` (`offsession hash-key` prints
+    /// one); `OFFSESSION_API_KEY` adds one key from the environment.
+    pub api_key_hashes: Vec<String>,
+    /// Largest request body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Requests per second per key (429 with `Retry-After` above); 0: no limit.
+    pub requests_per_second: u32,
+}
+
+impl Default for ServerSection {
+    fn default() -> ServerSection {
+        ServerSection {
+            listen: "127.0.0.1:4242".into(),
+            api_key_hashes: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            requests_per_second: 1_000,
+        }
+    }
+}
+
+/// `[[webhooks]]`: one endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Where events are POSTed (http only for loopback).
+    pub url: String,
+    /// `whsec_…`.
+    pub secret: String,
+    /// Event types (`v2.payments.off_session_payment.succeeded`, …) or `*`.
+    #[serde(default = "all_events")]
+    pub enabled_events: Vec<String>,
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
 }
 
 /// `[worker]`: the long-running worker.
@@ -386,6 +435,33 @@ impl Config {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         self.worker.check()?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            if !webhook.secret.starts_with("whsec_") || webhook.secret.len() < 14 {
+                return Err(invalid(
+                    &format!("webhooks[{i}].secret"),
+                    "must be `whsec_` and at least 8 more characters".into(),
+                ));
+            }
+            let url = url::Url::parse(&webhook.url).map_err(|e| {
+                invalid(
+                    &format!("webhooks[{i}].url"),
+                    format!("`{}`: {e}", webhook.url),
+                )
+            })?;
+            let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(invalid(
+                    &format!("webhooks[{i}].url"),
+                    "must be https (plain http only for loopback)".into(),
+                ));
+            }
+        }
         self.store.parsed_url()?;
         if self.store.max_connections == 0 {
             return Err(invalid(

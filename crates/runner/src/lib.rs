@@ -13,6 +13,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod exporter;
+pub mod serve;
 pub mod simulate;
 pub mod wiring;
 pub mod worker;
@@ -122,6 +123,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the Off-Session Payments API over HTTP (Stripe's v2 paths and bodies),
+    /// deliver signed webhooks from the outbox, and attempt payments as they fall due,
+    /// until SIGTERM or SIGINT. Needs an API key: `OFFSESSION_API_KEY=sk_test_…`.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "config/worker.toml")]
+        config: PathBuf,
+    },
+    /// Print the `sha256:` hash of a secret key read from stdin, for
+    /// `[server] api_key_hashes` (the key itself is never stored).
+    HashKey,
     /// Validate and store a batch of create requests (JSON Lines) for workers to
     /// attempt, and exit. Submitting the same file again creates nothing twice.
     Submit {
@@ -239,6 +251,31 @@ fn print_report<T: serde::Serialize>(
 
 async fn execute(command: Command) -> Result<(), RunnerError> {
     match command {
+        Command::Serve { config: path } => {
+            let config = config::load(&path)?;
+            let report = serve::run(&path, &config, worker::termination()).await?;
+            if report.abandoned {
+                return Err(RunnerError::Unsettled(
+                    "attempts were still in flight at `worker.shutdown_deadline`; their leases lapse and another instance replays them".into(),
+                ));
+            }
+            Ok(())
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .map_err(RunnerError::setup("reading the key from stdin"))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(RunnerError::Flag {
+                    flag: "stdin",
+                    message: "give the secret key on stdin".into(),
+                });
+            }
+            println!("sha256:{}", offsession_server::hash_key(key));
+            Ok(())
+        }
         Command::Worker { config: path, json } => {
             let config = config::load(&path)?;
             let report = worker::run(&path, &config, worker::termination()).await?;

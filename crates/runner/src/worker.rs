@@ -64,7 +64,7 @@ fn durable_only(config: &Config, command: &str) -> Result<(), RunnerError> {
 }
 
 /// Completes when `stopped` turns true.
-async fn stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+pub async fn stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
@@ -93,7 +93,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkerReport, RunnerError> {
     durable_only(config, "worker")?;
-    let settings = config.worker.clone();
+    serve_metrics(config).await?;
+    let wired = wiring::build(
+        config_path,
+        config,
+        Arc::new(SystemClock),
+        Arc::new(DiscardEvents),
+    )
+    .await?;
+    run_wired(config_path, config, wired, shutdown).await
+}
+
+/// Serves `/metrics` and `/healthz` when `[metrics] listen` is set.
+pub async fn serve_metrics(config: &Config) -> Result<(), RunnerError> {
     if let Some(listen) = &config.metrics.listen {
         let handle = crate::exporter::install()?;
         let addr = listen.parse().map_err(|e: std::net::AddrParseError| {
@@ -105,13 +117,17 @@ pub async fn run(
         let bound = crate::exporter::serve(addr, handle).await?;
         tracing::info!(%bound, "serving /metrics and /healthz");
     }
-    let wired = wiring::build(
-        config_path,
-        config,
-        Arc::new(SystemClock),
-        Arc::new(DiscardEvents),
-    )
-    .await?;
+    Ok(())
+}
+
+/// The worker loop on an engine already built (`serve` shares it with the HTTP API).
+pub async fn run_wired(
+    config_path: &Path,
+    config: &Config,
+    wired: wiring::Wired,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<WorkerReport, RunnerError> {
+    let settings = config.worker.clone();
     let engine = wired.engine.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -213,6 +213,28 @@ pub(super) async fn events_come_in_commit_order_and_page(store: &dyn Store) {
         .is_empty());
 }
 
+pub(super) async fn events_are_found_by_id_and_by_payment(store: &dyn Store) {
+    if !store.keeps_events() {
+        return;
+    }
+    for i in 0..3 {
+        let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+        let events: Vec<_> = (0..3)
+            .map(|j| sample_event(&record, &format!("evt_{i}_{j}"), EventType::Created))
+            .collect();
+        store.create(&record, None, &events).await.unwrap();
+    }
+    let found = store.event("evt_1_2").await.unwrap().unwrap();
+    assert_eq!(found.event.id, "evt_1_2");
+    assert_eq!(found.event.related_object.id, "osp_1");
+    assert!(store.event("evt_9").await.unwrap().is_none());
+    let of_one = store.events_for("osp_2", 10).await.unwrap();
+    let ids: Vec<_> = of_one.iter().map(|e| e.event.id.as_str()).collect();
+    assert_eq!(ids, ["evt_2_0", "evt_2_1", "evt_2_2"]);
+    assert_eq!(store.events_for("osp_0", 2).await.unwrap().len(), 2);
+    assert!(store.events_for("osp_9", 10).await.unwrap().is_empty());
+}
+
 pub(super) async fn engine_state_round_trips(store: &dyn Store) {
     assert_eq!(store.load_state("smart").await.unwrap(), None);
     store.save_state("smart", "{\"v\":1}").await.unwrap();

@@ -90,6 +90,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     atomic::events_come_in_commit_order_and_page(&make()).await;
     atomic::engine_state_round_trips(&make()).await;
     atomic::engine_state_lists_by_prefix(&make()).await;
+    atomic::events_are_found_by_id_and_by_payment(&make()).await;
 }
 
 pub use atomic::sample_event;

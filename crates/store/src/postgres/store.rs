@@ -278,6 +278,49 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_opt(
+                "SELECT sequence, body::text FROM events WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error("reading an event"))?;
+        row.map(|r| {
+            Ok(OutboxEvent {
+                sequence: r.get::<_, i64>(0) as u64,
+                event: row::event_from(r.get(1))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn events_for(
+        &self,
+        payment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT sequence, body::text FROM events WHERE payment_id = $1
+                 ORDER BY sequence LIMIT $2",
+                &[&payment_id, &limit],
+            )
+            .await
+            .map_err(pg_error("reading events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEvent {
+                    sequence: r.get::<_, i64>(0) as u64,
+                    event: row::event_from(r.get(1))?,
+                })
+            })
+            .collect()
+    }
+
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client

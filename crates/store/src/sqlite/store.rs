@@ -424,6 +424,58 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |tx| {
+            let row = tx
+                .prepare_cached("SELECT sequence, body FROM events WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                        .optional()
+                })
+                .map_err(sql_error("reading an event"))?;
+            row.map(|(sequence, body)| {
+                Ok(OutboxEvent {
+                    sequence: sequence as u64,
+                    event: row::event_from(&body)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn events_for(
+        &self,
+        payment_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let payment_id = payment_id.to_owned();
+        self.call(move |tx| {
+            let mut select = tx
+                .prepare_cached(
+                    "SELECT sequence, body FROM events WHERE payment_id = ?1
+                     ORDER BY sequence LIMIT ?2",
+                )
+                .map_err(sql_error("reading events"))?;
+            let rows = select
+                .query_map(params![payment_id, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(sql_error("reading events"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (sequence, body) = row.map_err(sql_error("reading events"))?;
+                out.push(OutboxEvent {
+                    sequence: sequence as u64,
+                    event: row::event_from(&body)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.call(move |tx| {

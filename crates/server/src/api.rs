@@ -1,0 +1,586 @@
+//! The routes and their handlers.
+// Helpers return the error `Response` itself, ready to answer with; boxing it would
+// only add an allocation on the error path.
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use offsession_core::{OutboxEvent, Timestamp};
+use serde_json::{json, Map, Value};
+
+use crate::errors::{self, invalid};
+use crate::AppState;
+
+const PAYMENTS: &str = "/v2/payments/off_session_payments";
+
+/// Every route of the API on `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    let api = Router::new()
+        .route(PAYMENTS, post(create).get(list))
+        .route("/v2/payments/off_session_payments/{id}", get(retrieve))
+        .route(
+            "/v2/payments/off_session_payments/{id}/{action}",
+            post(action),
+        )
+        .route("/v2/core/events", get(list_events))
+        .route("/v2/core/events/{id}", get(retrieve_event))
+        .route("/v1/test_helpers/test_clocks", post(create_clock))
+        .route("/v1/test_helpers/test_clocks/{id}", get(retrieve_clock))
+        .route(
+            "/v1/test_helpers/test_clocks/{id}/advance",
+            post(advance_clock),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { errors::not_found("Unrecognized request URL.") })
+        .method_not_allowed_fallback(|| async {
+            errors::error(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "This method is not allowed on this URL.",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// `Authorization: Bearer <key>`, the key's mode, and its rate limit. The key is never
+/// logged.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = presented.filter(|k| !k.is_empty()) else {
+        return errors::error(
+            401,
+            "invalid_request_error",
+            "api_key_missing",
+            "No API key provided: send `Authorization: Bearer <secret key>`.",
+        );
+    };
+    if !state.settings.keys.accepts(key) {
+        return errors::error(
+            401,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API key provided.",
+        );
+    }
+    let live = key.starts_with("sk_live_") || key.starts_with("rk_live_");
+    if live != state.engine.config().livemode {
+        return errors::error(
+            401,
+            "invalid_request_error",
+            "api_key_wrong_mode",
+            if live {
+                "A live-mode key was sent to a server in test mode."
+            } else {
+                "A test-mode key was sent to a server in live mode."
+            },
+        );
+    }
+    if let Err(wait) = state.limiter.check(&crate::auth::hash_key(key)) {
+        return errors::rate_limited(wait);
+    }
+    tracing::info!(method = %request.method(), path = %request.uri().path(), "request");
+    next.run(request).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.load_state("readyz").await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "store unreachable");
+            errors::error(
+                503,
+                "api_error",
+                "store_unavailable",
+                "The store cannot be reached.",
+            )
+        }
+    }
+}
+
+/// A JSON body: `Content-Type: application/json` when there is one; an empty body
+/// is `{}` where `empty_ok`.
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty_ok: bool,
+) -> Result<Bytes, Response> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            errors::error(
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                "The request body is larger than this server accepts.",
+            )
+        } else {
+            invalid(format!("the request body could not be read: {rejection}"))
+        }
+    })?;
+    if body.is_empty() {
+        return if empty_ok {
+            Ok(Bytes::from_static(b"{}"))
+        } else {
+            Err(invalid("a JSON body is required"))
+        };
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(errors::error(
+            415,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!("the body must be `application/json` (got `{mime}`)"),
+        ));
+    }
+    Ok(body)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_owned())),
+            _ => Err(invalid(
+                "`Idempotency-Key` must be 1 to 255 visible ASCII characters",
+            )),
+        },
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match json_body(&headers, body, false) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    match state.engine.create_json(&body, key.as_deref()).await {
+        Ok(payment) => Json(payment).into_response(),
+        Err(err) => errors::api(err),
+    }
+}
+
+async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.engine.retrieve(&id).await {
+        Ok(payment) => Json(payment).into_response(),
+        Err(err) => errors::api(err),
+    }
+}
+
+fn query_value(query: &[(String, String)], allowed: &[&str]) -> Result<(), Response> {
+    for (name, _) in query {
+        if !allowed.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "unknown query parameter `{name}` (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn limit_of(query: &[(String, String)]) -> Result<usize, Response> {
+    match query.iter().find(|(k, _)| k == "limit") {
+        None => Ok(20),
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(invalid(format!(
+                "`limit` must be an integer from 1 to 100 (got `{v}`)"
+            ))),
+        },
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(response) = query_value(&query, &["limit", "page"]) {
+        return response;
+    }
+    let limit = match limit_of(&query) {
+        Ok(limit) => limit,
+        Err(response) => return response,
+    };
+    let page = query
+        .iter()
+        .find(|(k, _)| k == "page")
+        .map(|(_, v)| v.as_str());
+    if let Some(page) = page {
+        if !page.starts_with("osp_") {
+            return invalid(format!("`page` `{page}` is not a page token of this list"));
+        }
+    }
+    let mut payments = match state.engine.list(limit + 1, page).await {
+        Ok(payments) => payments,
+        Err(err) => return errors::api(err),
+    };
+    let more = payments.len() > limit;
+    payments.truncate(limit);
+    let next = match payments.last() {
+        Some(last) if more => Value::String(format!("{PAYMENTS}?limit={limit}&page={}", last.id)),
+        _ => Value::Null,
+    };
+    Json(json!({"data": payments, "next_page_url": next, "previous_page_url": null}))
+        .into_response()
+}
+
+/// A POST other than a create, under its `Idempotency-Key`: a repeat with the same
+/// request answers what the first answered (`Idempotent-Replayed: true`); the same key
+/// with another request is an `idempotency_error`. Answers below 500 are kept for
+/// `idempotency_ttl`. The operations themselves are compare-and-set changes, so two
+/// concurrent requests with one key cannot both change the payment.
+async fn idempotent<F>(state: &AppState, headers: &HeaderMap, request: String, run: F) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
+    let key = match idempotency_key(headers) {
+        Ok(Some(key)) => key,
+        Ok(None) => return run.await,
+        Err(response) => return response,
+    };
+    let state_key = format!("idempotency/{key}");
+    let now = state.engine.now().as_millis();
+    let ttl = state.settings.idempotency_ttl.as_millis() as i64;
+    if let Ok(Some(saved)) = state.store.load_state(&state_key).await {
+        if let Ok(saved) = serde_json::from_str::<Value>(&saved) {
+            let fresh = saved["at"].as_i64().is_some_and(|at| now - at < ttl);
+            if fresh {
+                if saved["request"] != Value::String(request.clone()) {
+                    return errors::error(
+                        400,
+                        "idempotency_error",
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                    );
+                }
+                let status = saved["status"].as_u64().unwrap_or(200) as u16;
+                let mut response = (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    Json(saved["body"].clone()),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", "true".parse().expect("header"));
+                return response;
+            }
+        }
+    }
+    let response = run.await;
+    let status = response.status().as_u16();
+    if status >= 500 {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let saved = json!({"request": request, "status": status, "body": body, "at": now});
+    if let Err(err) = state.store.save_state(&state_key, &saved.to_string()).await {
+        tracing::warn!(error = %err, "could not keep an idempotent answer");
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+    format!(
+        "{method} {path} {}",
+        crate::auth::hash_key(&String::from_utf8_lossy(body))
+    )
+}
+
+async fn action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !matches!(action.as_str(), "cancel" | "pause" | "resume" | "capture") {
+        return errors::not_found("Unrecognized request URL.");
+    }
+    let body = match json_body(&headers, body, true) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let params: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return invalid("the body must be a JSON object"),
+        Err(err) => return invalid(format!("the body is not valid JSON: {err}")),
+    };
+    let allowed: &[&str] = if action == "capture" {
+        &["amount_to_capture"]
+    } else {
+        &[]
+    };
+    if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return invalid(format!("unknown parameter `{unknown}` for `{action}`"));
+    }
+    let amount = match params.get("amount_to_capture") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) => Some(n),
+            None => return invalid("`amount_to_capture` must be an integer"),
+        },
+    };
+    let request = fingerprint("POST", &format!("{PAYMENTS}/{id}/{action}"), &body);
+    let engine = state.engine.clone();
+    idempotent(&state, &headers, request, async move {
+        let result = match action.as_str() {
+            "cancel" => engine.cancel(&id).await,
+            "pause" => engine.pause(&id).await,
+            "resume" => engine.resume(&id).await,
+            _ => engine.capture(&id, amount).await,
+        };
+        match result {
+            Ok(payment) => Json(payment).into_response(),
+            Err(err) => errors::api(err),
+        }
+    })
+    .await
+}
+
+/// The full event of a thin notification.
+fn full_event(event: &OutboxEvent) -> Value {
+    let mut value = serde_json::to_value(&event.event).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("context".into(), Value::Null);
+        map.insert("reason".into(), Value::Null);
+        map.insert("changes".into(), Value::Null);
+    }
+    value
+}
+
+async fn retrieve_event(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.store.event(&id).await {
+        Ok(Some(event)) => Json(full_event(&event)).into_response(),
+        Ok(None) => errors::not_found(&format!("No such event: `{id}`")),
+        Err(err) => errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        )),
+    }
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(response) = query_value(&query, &["object_id", "limit"]) {
+        return response;
+    }
+    let limit = match limit_of(&query) {
+        Ok(limit) => limit,
+        Err(response) => return response,
+    };
+    let Some((_, object_id)) = query.iter().find(|(k, _)| k == "object_id") else {
+        return invalid("`object_id` is required: events are listed per object");
+    };
+    match state.store.events_for(object_id, 10_000).await {
+        Ok(events) => {
+            let data: Vec<Value> = events.iter().rev().take(limit).map(full_event).collect();
+            Json(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
+                .into_response()
+        }
+        Err(err) => errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        )),
+    }
+}
+
+fn clock_object(state: &AppState, id: &str, frozen: Timestamp, name: Option<&str>) -> Value {
+    let advancing = state
+        .advancing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(id);
+    let created = state.engine.now().as_millis() / 1000;
+    json!({
+        "id": id,
+        "object": "test_helpers.test_clock",
+        "created": created,
+        "deletes_after": created + 30 * 86_400,
+        "frozen_time": frozen.as_millis() / 1000,
+        "livemode": false,
+        "name": name,
+        "status": if advancing { "advancing" } else { "ready" },
+        "status_details": {},
+    })
+}
+
+fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn frozen_time(form: &[(String, String)]) -> Result<Timestamp, Response> {
+    let Some(text) = form_value(form, "frozen_time") else {
+        return Err(invalid("`frozen_time` is required (Unix seconds)"));
+    };
+    match text.parse::<i64>() {
+        Ok(secs) if secs > 0 && secs < 253_402_300_800 => Ok(Timestamp::from_millis(secs * 1000)),
+        _ => Err(invalid(format!(
+            "`frozen_time` must be Unix seconds (got `{text}`)"
+        ))),
+    }
+}
+
+fn v1_form(body: Result<Bytes, BytesRejection>) -> Result<Vec<(String, String)>, Response> {
+    let body = body.map_err(|r| invalid(format!("the request body could not be read: {r}")))?;
+    serde_urlencoded_pairs(&body)
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs.
+fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| invalid("the form body is not valid UTF-8"))?;
+    let decode = |s: &str| -> Result<String, Response> {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| invalid("the form body has a bad `%` escape"))?;
+                out.push(hex);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).map_err(|_| invalid("the form body is not valid UTF-8"))
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+async fn create_clock(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let form = match v1_form(body) {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    if let Some((unknown, _)) = form
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "frozen_time" | "name"))
+    {
+        return invalid(format!("unknown parameter `{unknown}`"));
+    }
+    let at = match frozen_time(&form) {
+        Ok(at) => at,
+        Err(response) => return response,
+    };
+    match state.engine.create_test_clock(at).await {
+        Ok(clock) => Json(clock_object(
+            &state,
+            &clock.id,
+            clock.frozen_time,
+            form_value(&form, "name"),
+        ))
+        .into_response(),
+        Err(err) => errors::api(err),
+    }
+}
+
+async fn retrieve_clock(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.engine.retrieve_test_clock(&id).await {
+        Ok(clock) => Json(clock_object(&state, &clock.id, clock.frozen_time, None)).into_response(),
+        Err(err) => errors::api(err),
+    }
+}
+
+/// Moves the clock to `frozen_time` and runs the attempts due in between, in order,
+/// in the background; the clock shows `advancing` until they have run.
+async fn advance_clock(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let form = match v1_form(body) {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    if let Some((unknown, _)) = form.iter().find(|(k, _)| k != "frozen_time") {
+        return invalid(format!("unknown parameter `{unknown}`"));
+    }
+    let to = match frozen_time(&form) {
+        Ok(at) => at,
+        Err(response) => return response,
+    };
+    let clock = match state.engine.retrieve_test_clock(&id).await {
+        Ok(clock) => clock,
+        Err(err) => return errors::api(err),
+    };
+    if to <= clock.frozen_time {
+        return invalid("`frozen_time` must be later than the clock's current time");
+    }
+    {
+        let mut advancing = state.advancing.lock().unwrap_or_else(|p| p.into_inner());
+        if !advancing.insert(id.clone()) {
+            return errors::error(
+                400,
+                "invalid_request_error",
+                "test_clock_advancing",
+                "The test clock is already advancing; wait until its status is `ready`.",
+            );
+        }
+    }
+    let engine = state.engine.clone();
+    let set = state.advancing.clone();
+    let clock_id = id.clone();
+    tokio::spawn(async move {
+        if let Err(err) = engine.advance_test_clock(&clock_id, to).await {
+            tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
+        }
+        // Let a caller polling right after see `advancing` at least once.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&clock_id);
+    });
+    Json(clock_object(&state, &id, to, None)).into_response()
+}

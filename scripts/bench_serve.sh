@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates per second and latency of `offsession serve` on loopback, client included,
+# on a fresh store per run: the maximum (closed loop, 64 clients), then open loop at
+# 50 % and 90 % of it. The worker runs in the same process, attempting what is created.
+#   cargo build --release --bin offsession --example load
+#   scripts/bench_serve.sh sqlite            # or: scripts/bench_serve.sh postgres [URL]
+set -euo pipefail
+store=${1:-sqlite}
+pg=${2:-postgres://postgres@127.0.0.1:5432/test}
+key=sk_test_bench_serve_123
+port=4299
+tmp=$(mktemp -d)
+trap 'pkill -TERM -f "offsession serve" || true; rm -rf "$tmp"' EXIT
+run() {
+  local name=$1; shift
+  local url schema=""
+  if [ "$store" = sqlite ]; then url="sqlite://$tmp/$name.db"; else url=$pg; schema="bench_serve_${name}_$$"; fi
+  OFFSESSION_API_KEY=$key OFFSESSION_SERVER__LISTEN=127.0.0.1:$port OFFSESSION_SERVER__REQUESTS_PER_SECOND=0 \
+    OFFSESSION_STORE__URL=$url OFFSESSION_STORE__SCHEMA=${schema:-offsession} \
+    target/release/offsession serve --config config/worker.toml >/dev/null 2>"$tmp/$name.log" &
+  local pid=$!
+  until curl -s -o /dev/null "http://127.0.0.1:$port/healthz"; do sleep 0.1; done
+  target/release/examples/load --url "http://127.0.0.1:$port" --key $key --seconds 10 "$@"
+  kill -TERM $pid; wait $pid || true
+  if [ -n "$schema" ]; then psql -q "$pg" -c "set client_min_messages = warning; drop schema if exists $schema cascade" >/dev/null; fi
+}
+max=$(run max --concurrency 64)
+echo "$max"
+rate=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['creates_per_second'])" "$max")
+for share in 0.5 0.9; do
+  run "open_${share/./}" --rate "$(python3 -c "print(round($rate * $share))")"
+done

@@ -44,6 +44,15 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [("content-type", "application/json")],
+                    include_str!("../openapi.json"),
+                )
+            }),
+        )
         .fallback(|| async { errors::not_found("Unrecognized request URL.") })
         .method_not_allowed_fallback(|| async {
             errors::error(

@@ -106,6 +106,26 @@ empty = {"type": "object", "additionalProperties": False, "properties": {}}
 form = lambda schema: {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
 frozen = {"type": "integer", "minimum": 1, "maximum": 253402300799}
 
+destination_body = {
+    "type": "object", "additionalProperties": False,
+    "required": ["name", "type", "event_payload", "enabled_events", "webhook_endpoint"],
+    "properties": {
+        "name": {"type": "string"}, "type": {"type": "string", "enum": ["webhook_endpoint"]},
+        "event_payload": {"type": "string", "enum": ["thin"]},
+        "enabled_events": {"type": "array", "items": {"type": "string"}},
+        "webhook_endpoint": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+        "description": {"type": "string"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "include": {"type": "array", "items": {"type": "string", "enum": ["webhook_endpoint.signing_secret"]}}}}
+
+destination = {
+    "type": "object", "required": ["id", "object", "status", "type", "enabled_events", "webhook_endpoint"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"type": "string", "enum": ["v2.core.event_destination"]},
+        "status": {"type": "string", "enum": ["enabled", "disabled"]},
+        "type": {"type": "string"}, "enabled_events": {"type": "array", "items": {"type": "string"}},
+        "webhook_endpoint": {"type": "object", "properties": {"url": {"type": "string"}}}}}
+
 links = {name: {"operationId": f"{name}OffSessionPayment", "parameters": {"id": "$response.body#/id"}}
          for name in ["retrieve", "cancel", "pause", "resume", "capture"]}
 
@@ -151,6 +171,23 @@ doc = {
             "requestBody": form({"type": "object", "required": ["frozen_time"], "additionalProperties": False,
                                  "properties": {"frozen_time": frozen}}),
             "responses": {"200": ok(ref("TestClock")), **ERRORS}}},
+        "/v2/core/event_destinations": {
+            "post": {"operationId": "createEventDestination", "parameters": [idem],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": destination_body}}},
+                     "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
+            "get": {"operationId": "listEventDestinations", "parameters": [limit],
+                    "responses": {"200": ok(page_of(ref("EventDestination"))), **ERRORS}}},
+        "/v2/core/event_destinations/{id}": {
+            "get": {"operationId": "retrieveEventDestination", "parameters": [id_param],
+                    "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
+            "delete": {"operationId": "deleteEventDestination", "parameters": [id_param],
+                       "responses": {"200": ok({"type": "object"}), **ERRORS}}},
+        "/v2/core/event_destinations/{id}/enable": {"post": {
+            "operationId": "enableEventDestination", "parameters": [id_param, idem],
+            "responses": {"200": ok(ref("EventDestination")), **ERRORS}}},
+        "/v2/core/event_destinations/{id}/disable": {"post": {
+            "operationId": "disableEventDestination", "parameters": [id_param, idem],
+            "responses": {"200": ok(ref("EventDestination")), **ERRORS}}},
         "/healthz": {"get": {"operationId": "health", "security": [],
                              "responses": {"200": ok({"type": "object"})}}},
         "/readyz": {"get": {"operationId": "ready", "security": [],
@@ -158,7 +195,7 @@ doc = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"OffSessionPayment": payment, "Event": event, "TestClock": clock, "Error": {
+        "schemas": {"EventDestination": destination, "OffSessionPayment": payment, "Event": event, "TestClock": clock, "Error": {
             "type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["type", "message"],
                 "properties": {"type": {"type": "string"}, "code": {"type": "string"},

@@ -26,6 +26,7 @@ fn the_stripe_python_sdk_drives_the_server() {
     let dir = Scratch::new("sdk");
     let port = free_port();
     let hook_port = free_port();
+    let hook_port2 = free_port();
     let key = "sk_test_sdk_0123456789";
     let secret = "whsec_sdk_test_secret_0123";
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/worker.toml");
@@ -70,6 +71,7 @@ fn the_stripe_python_sdk_drives_the_server() {
         .env("OFFSESSION_URL", format!("http://127.0.0.1:{port}"))
         .env("OFFSESSION_KEY", key)
         .env("WEBHOOK_PORT", hook_port.to_string())
+        .env("WEBHOOK_PORT2", hook_port2.to_string())
         .env("WEBHOOK_SECRET", secret)
         .output()
         .expect("running the SDK script");

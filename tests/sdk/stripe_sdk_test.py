@@ -35,6 +35,21 @@ class Hook(http.server.BaseHTTPRequestHandler):
 server = http.server.HTTPServer(("127.0.0.1", PORT), Hook)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 
+PORT2 = int(os.environ["WEBHOOK_PORT2"])
+destination_deliveries = queue.Queue()
+
+
+class DestinationHook(Hook):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        destination_deliveries.put((body, self.headers.get("Stripe-Signature")))
+        self.send_response(200)
+        self.end_headers()
+
+
+server2 = http.server.HTTPServer(("127.0.0.1", PORT2), DestinationHook)
+threading.Thread(target=server2.serve_forever, daemon=True).start()
+
 client = stripe.StripeClient(KEY, base_addresses={"api": URL}, max_network_retries=0)
 payments = client.v2.payments.off_session_payments
 
@@ -168,4 +183,35 @@ try:
     check("a wrong secret fails verification", False)
 except stripe.SignatureVerificationError:
     check("a wrong secret fails verification", True)
+# an event destination created through the API, its secret returned once
+destinations = client.v2.core.event_destinations
+destination = destinations.create({
+    "name": "sdk destination",
+    "type": "webhook_endpoint",
+    "event_payload": "thin",
+    "enabled_events": ["v2.payments.off_session_payment.succeeded"],
+    "webhook_endpoint": {"url": f"http://127.0.0.1:{PORT2}/dest"},
+    "include": ["webhook_endpoint.signing_secret"],
+})
+dest_secret = destination.webhook_endpoint.signing_secret
+check("event destination create returns its secret once", dest_secret.startswith("whsec_") and destination.status == "enabled", destination)
+again = destinations.retrieve(destination.id)
+check("a retrieved destination carries no secret", getattr(again.webhook_endpoint, "signing_secret", None) is None, again)
+time.sleep(1.5)  # the server starts delivering to new destinations within a second
+paid = payments.create(body("pm_card_visa__sdk8"))
+deadline = time.time() + 20
+seen = None
+while time.time() < deadline and seen is None:
+    try:
+        raw, signature = destination_deliveries.get(timeout=1)
+    except queue.Empty:
+        continue
+    notification = client.parse_event_notification(raw, signature, dest_secret)
+    if notification.related_object.id == paid.id:
+        seen = notification
+check("the destination receives its events, signed with its secret", seen is not None and seen.type == "v2.payments.off_session_payment.succeeded")
+disabled = destinations.disable(destination.id)
+check("disable", disabled.status == "disabled", disabled)
+listed = destinations.list()
+check("list shows it", any(d.id == destination.id and d.status == "disabled" for d in listed.data))
 print("all SDK checks passed")

@@ -150,6 +150,11 @@ pub async fn run(
             worker::stopped(stop_rx.clone()),
         ));
     }
+    tokio::spawn(offsession_server::destinations::supervise(
+        wired.store.clone(),
+        DeliverySettings::default(),
+        worker::stopped(stop_rx.clone()),
+    ));
     let report = worker::run_wired(config_path, config, wired, worker::stopped(stop_rx)).await?;
     match http.await {
         Ok(Ok(())) => Ok(report),

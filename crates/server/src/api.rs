@@ -33,6 +33,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v2/core/events", get(list_events))
         .route("/v2/core/events/{id}", get(retrieve_event))
+        .route(
+            "/v2/core/event_destinations",
+            post(crate::destinations::create).get(crate::destinations::list),
+        )
+        .route(
+            "/v2/core/event_destinations/{id}",
+            get(crate::destinations::retrieve).delete(crate::destinations::delete),
+        )
+        .route(
+            "/v2/core/event_destinations/{id}/{action}",
+            post(crate::destinations::action),
+        )
         .route("/v1/test_helpers/test_clocks", post(create_clock))
         .route("/v1/test_helpers/test_clocks/{id}", get(retrieve_clock))
         .route(
@@ -128,7 +140,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// A JSON body: `Content-Type: application/json` when there is one; an empty body
 /// is `{}` where `empty_ok`.
-fn json_body(
+pub(crate) fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     empty_ok: bool,

@@ -1,0 +1,311 @@
+//! Event destinations created through the API (`/v2/core/event_destinations`, type
+//! `webhook_endpoint`, thin payloads), kept in the store's engine state
+//! (`destination/<id>`) and delivered to by [`supervise`], beside the endpoints of
+//! the configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use offsession_core::Store;
+use serde_json::{json, Map, Value};
+
+use crate::errors::{self, invalid};
+use crate::webhooks::{deliver, DeliverySettings, WebhookEndpoint};
+use crate::AppState;
+
+const PREFIX: &str = "destination/";
+const EVENT_TYPES: &[&str] = &[
+    "v2.payments.off_session_payment.created",
+    "v2.payments.off_session_payment.attempt_started",
+    "v2.payments.off_session_payment.attempt_failed",
+    "v2.payments.off_session_payment.authorization_attempt_started",
+    "v2.payments.off_session_payment.authorization_attempt_failed",
+    "v2.payments.off_session_payment.requires_capture",
+    "v2.payments.off_session_payment.succeeded",
+    "v2.payments.off_session_payment.failed",
+    "v2.payments.off_session_payment.canceled",
+    "v2.payments.off_session_payment.paused",
+    "v2.payments.off_session_payment.resumed",
+];
+
+fn new_secret() -> String {
+    format!(
+        "whsec_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The API object, without the secret unless `with_secret`.
+fn object(stored: &Value, with_secret: bool) -> Value {
+    let mut out = stored.clone();
+    if let Some(map) = out.as_object_mut() {
+        let secret = map.remove("signing_secret");
+        if with_secret {
+            if let Some(endpoint) = map
+                .get_mut("webhook_endpoint")
+                .and_then(Value::as_object_mut)
+            {
+                endpoint.insert("signing_secret".into(), secret.unwrap_or(Value::Null));
+            }
+        }
+    }
+    out
+}
+
+async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {
+    match store.load_state(&format!("{PREFIX}{id}")).await {
+        Ok(Some(text)) => Ok(serde_json::from_str(&text).ok()),
+        Ok(None) => Ok(None),
+        Err(err) => Err(errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        ))),
+    }
+}
+
+async fn save(store: &dyn Store, stored: &Value) -> Result<(), Response> {
+    let id = stored["id"].as_str().unwrap_or_default();
+    store
+        .save_state(&format!("{PREFIX}{id}"), &stored.to_string())
+        .await
+        .map_err(|err| {
+            errors::api(offsession_core::ApiError::new(
+                offsession_core::ErrorCode::ApiError,
+                err.to_string(),
+            ))
+        })
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match crate::api::json_body(&headers, body, false) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let params: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        _ => return invalid("the body must be a JSON object"),
+    };
+    const KNOWN: &[&str] = &[
+        "name",
+        "type",
+        "event_payload",
+        "enabled_events",
+        "webhook_endpoint",
+        "description",
+        "metadata",
+        "include",
+    ];
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return invalid(format!("unknown parameter `{unknown}`"));
+    }
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return invalid("`name` is required");
+    };
+    if params.get("type").and_then(Value::as_str) != Some("webhook_endpoint") {
+        return invalid(
+            "`type` must be `webhook_endpoint` (the only destination this server delivers to)",
+        );
+    }
+    if params.get("event_payload").and_then(Value::as_str) != Some("thin") {
+        return invalid("`event_payload` must be `thin`");
+    }
+    let Some(events) = params.get("enabled_events").and_then(Value::as_array) else {
+        return invalid("`enabled_events` is required: a list of event types or `*`");
+    };
+    let mut enabled = Vec::new();
+    for event in events {
+        match event.as_str() {
+            Some(e) if e == "*" || EVENT_TYPES.contains(&e) => enabled.push(e.to_owned()),
+            _ => return invalid(format!("`enabled_events`: `{event}` is not an event type")),
+        }
+    }
+    let Some(url) = params
+        .get("webhook_endpoint")
+        .and_then(|w| w.get("url"))
+        .and_then(Value::as_str)
+    else {
+        return invalid("`webhook_endpoint.url` is required");
+    };
+    let loopback = url.starts_with("http://127.0.0.1")
+        || url.starts_with("http://localhost")
+        || url.starts_with("http://[::1]");
+    if !(url.starts_with("https://") || loopback) {
+        return invalid("`webhook_endpoint.url` must be https (plain http only for loopback)");
+    }
+    let with_secret = params
+        .get("include")
+        .and_then(Value::as_array)
+        .is_some_and(|i| i.iter().any(|v| v == "webhook_endpoint.signing_secret"));
+    let now = state.engine.now();
+    let stored = json!({
+        "id": format!("ed_{}", uuid::Uuid::new_v4().simple()),
+        "object": "v2.core.event_destination",
+        "created": now,
+        "updated": now,
+        "name": name,
+        "description": params.get("description").cloned().unwrap_or(Value::Null),
+        "metadata": params.get("metadata").cloned().unwrap_or(json!({})),
+        "type": "webhook_endpoint",
+        "event_payload": "thin",
+        "enabled_events": enabled,
+        "livemode": state.engine.config().livemode,
+        "status": "enabled",
+        "status_details": null,
+        "webhook_endpoint": {"url": url},
+        "signing_secret": new_secret(),
+    });
+    if let Err(response) = save(state.store.as_ref(), &stored).await {
+        return response;
+    }
+    Json(object(&stored, with_secret)).into_response()
+}
+
+pub(crate) async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match load(state.store.as_ref(), &id).await {
+        Ok(Some(stored)) if stored["status"] != "deleted" => {
+            Json(object(&stored, false)).into_response()
+        }
+        Ok(_) => errors::not_found(&format!("No such event destination: `{id}`")),
+        Err(response) => response,
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    if let Some((unknown, _)) = query.iter().find(|(k, _)| k != "limit") {
+        return invalid(format!("unknown query parameter `{unknown}`"));
+    }
+    match state.store.list_state(PREFIX).await {
+        Ok(all) => {
+            let data: Vec<Value> = all
+                .iter()
+                .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
+                .filter(|d| d["status"] != "deleted")
+                .map(|d| object(&d, false))
+                .collect();
+            Json(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
+                .into_response()
+        }
+        Err(err) => errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        )),
+    }
+}
+
+/// `enable`, `disable` and `DELETE`.
+async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
+    let mut stored = match load(state.store.as_ref(), id).await {
+        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+        Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
+        Err(response) => return response,
+    };
+    stored["status"] = json!(status);
+    stored["updated"] = json!(state.engine.now());
+    if let Err(response) = save(state.store.as_ref(), &stored).await {
+        return response;
+    }
+    if status == "deleted" {
+        return Json(json!({"id": id, "object": "v2.core.event_destination", "deleted": true}))
+            .into_response();
+    }
+    Json(object(&stored, false)).into_response()
+}
+
+pub(crate) async fn action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    match action.as_str() {
+        "enable" => set_status(&state, &id, "enabled").await,
+        "disable" => set_status(&state, &id, "disabled").await,
+        _ => errors::not_found("Unrecognized request URL."),
+    }
+}
+
+pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    set_status(&state, &id, "deleted").await
+}
+
+/// Delivers to the destinations created through the API: every second it reads them
+/// from the store, starts a deliverer for each enabled one it has not started, and
+/// stops the deliverer of one disabled or deleted (on any instance).
+pub async fn supervise(
+    store: Arc<dyn Store>,
+    settings: DeliverySettings,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    loop {
+        if let Ok(all) = store.list_state(PREFIX).await {
+            let mut enabled = HashMap::new();
+            for (_, text) in all {
+                let Ok(d) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if d["status"] == "enabled" {
+                    let id = d["id"].as_str().unwrap_or_default().to_owned();
+                    enabled.insert(id, d);
+                }
+            }
+            running.retain(|id, handle| {
+                let keep = enabled.contains_key(id);
+                if !keep {
+                    handle.abort();
+                }
+                keep
+            });
+            for (id, d) in enabled {
+                if running.contains_key(&id) {
+                    continue;
+                }
+                let endpoint = WebhookEndpoint {
+                    id: id.clone(),
+                    url: d["webhook_endpoint"]["url"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    secret: d["signing_secret"].as_str().unwrap_or_default().to_owned(),
+                    enabled_events: d["enabled_events"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                };
+                tracing::info!(destination = %id, url = %endpoint.url, "delivering to an event destination");
+                let task = tokio::spawn(deliver(
+                    store.clone(),
+                    endpoint,
+                    settings,
+                    std::future::pending(),
+                ));
+                running.insert(id, task.abort_handle());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut stop => break,
+        }
+    }
+    for handle in running.values() {
+        handle.abort();
+    }
+}

@@ -103,6 +103,7 @@ fn retry_decisions(c: &mut Criterion) {
             declined: true,
             answered: true,
             amount: 2000,
+            advice_code: None,
         })
         .collect();
     let context = RetryContext {

@@ -33,6 +33,9 @@ pub struct CardAttempt {
     pub answered: bool,
     /// Amount in minor units (Mastercard counts declines per card and amount).
     pub amount: i64,
+    /// The network advice code of its decline (Mastercard's merchant advice code),
+    /// if any: codes 03 and 21 bar the card for 30 days, across payments.
+    pub advice_code: Option<String>,
 }
 
 impl CardAttempt {
@@ -45,6 +48,12 @@ impl CardAttempt {
             declined: attempt.decline_category.is_some(),
             answered: attempt.answered(),
             amount: payment.amount_requested.value,
+            advice_code: match &attempt.outcome {
+                Some(crate::attempt::AttemptOutcome::Declined { codes, .. }) => {
+                    codes.network_advice_code.clone()
+                }
+                _ => None,
+            },
         }
     }
 }

@@ -36,6 +36,7 @@ pub struct EngineBuilder {
     breaker: BreakerConfig,
     rate_limits: HashMap<String, RateLimit>,
     timing: Option<TimingObserver>,
+    unguarded: bool,
 }
 
 impl Engine {
@@ -46,6 +47,14 @@ impl Engine {
 }
 
 impl EngineBuilder {
+    /// Builds the engine without the card-network rules guard: policies decide alone
+    /// and nothing re-checks the caps before an attempt. Only for simulations that
+    /// show what the guard prevents; no configuration key reaches it.
+    pub fn without_network_guard(mut self) -> Self {
+        self.unguarded = true;
+        self
+    }
+
     /// The engine's settings (default: [`EngineConfig::default`]).
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -143,6 +152,7 @@ impl EngineBuilder {
             breaker,
             rate_limits,
             timing,
+            unguarded,
         } = self;
         if processors.is_empty() {
             return Err(EngineError::Config(
@@ -192,7 +202,11 @@ impl EngineBuilder {
         let declines = declines.unwrap_or_else(DeclineTable::standard);
         let rules = declines.network_rules().clone();
         let mut guards = Vec::new();
+        let guarded = !unguarded;
         let mut guard = |policy: &mut Arc<dyn RetryPolicy>| {
+            if !guarded {
+                return;
+            }
             let guarded = Arc::new(NetworkGuard::new(policy.clone(), rules.clone()));
             guards.push(guarded.clone());
             *policy = guarded;
@@ -238,6 +252,7 @@ impl EngineBuilder {
                 strategies,
                 available,
                 guards,
+                guarded,
             },
             declines,
             store,

@@ -44,8 +44,33 @@ struct MastercardRows {
     new_account_information: Vec<String>,
     max_declines_24h: u32,
     max_declines_30d_same_amount: u32,
+    #[serde(default = "thirty")]
+    never_retry_days: u32,
     #[serde(default)]
     retry_after: BTreeMap<String, String>,
+}
+
+fn thirty() -> u32 {
+    30
+}
+
+fn three() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BankDebitRows {
+    #[serde(default = "three")]
+    max_presentments: u32,
+}
+
+impl Default for BankDebitRows {
+    fn default() -> BankDebitRows {
+        BankDebitRows {
+            max_presentments: three(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +80,8 @@ struct TableFile {
     categories: BTreeMap<DeclineCategory, CategoryRows>,
     visa: VisaRows,
     mastercard: MastercardRows,
+    #[serde(default)]
+    bank_debits: BankDebitRows,
 }
 
 /// Card-network retry rules (see `declines-and-network-rules.md`); defaults in
@@ -73,6 +100,12 @@ pub struct NetworkRules {
     pub mastercard_max_declines_30d_same_amount: u32,
     /// Mastercard advice codes 24–30 → earliest next attempt.
     pub mastercard_retry_after: BTreeMap<String, std::time::Duration>,
+    /// Days a Mastercard card stays barred, for every payment of the card (first
+    /// attempts included), after a decline with a `never_retry` advice code.
+    pub mastercard_never_retry_days: u32,
+    /// Bank debits (ACH, SEPA): presentments per payment at most (NACHA: a debit
+    /// returned for insufficient funds may be presented twice more).
+    pub debit_max_presentments: u32,
 }
 
 /// Classifies declines. Built from TOML; see `config/declines.toml` for precedence.
@@ -107,7 +140,14 @@ impl DeclineTable {
             mastercard_max_declines_24h: file.mastercard.max_declines_24h,
             mastercard_max_declines_30d_same_amount: file.mastercard.max_declines_30d_same_amount,
             mastercard_retry_after: retry_after,
+            mastercard_never_retry_days: file.mastercard.never_retry_days,
+            debit_max_presentments: file.bank_debits.max_presentments,
         };
+        if rules.debit_max_presentments == 0 {
+            return Err(RetryConfigError::DeclineTable(
+                "bank_debits.max_presentments must be at least 1".into(),
+            ));
+        }
         let mut table = DeclineTable {
             rules,
             default_category: file.default_category,

@@ -60,6 +60,9 @@ impl NetworkRules {
         at: Timestamp,
     ) -> Timestamp {
         let mut t = at.as_millis();
+        if let Some(until) = self.barred_until(brand, history) {
+            t = t.max(until.as_millis());
+        }
         // Each step moves `t` past the oldest attempt that keeps a cap full; history is
         // finite, so this ends after at most `history.len()` moves per rule.
         for _ in 0..=history.len() * 3 + 1 {
@@ -94,6 +97,30 @@ impl NetworkRules {
             }
         }
         Timestamp::from_millis(t)
+    }
+
+    /// Until when a card is barred by a Mastercard `never_retry` advice code (03, 21)
+    /// in its history: no attempt of any payment on it, first attempts included.
+    pub fn barred_until(
+        &self,
+        brand: Option<&CardBrand>,
+        history: &[CardAttempt],
+    ) -> Option<Timestamp> {
+        if brand != Some(&CardBrand::Mastercard) || self.mastercard_never_retry_days == 0 {
+            return None;
+        }
+        history
+            .iter()
+            .filter(|a| {
+                a.advice_code
+                    .as_deref()
+                    .is_some_and(|c| self.mastercard_never_retry.contains(c))
+            })
+            .map(|a| a.at.as_millis())
+            .max()
+            .map(|at| {
+                Timestamp::from_millis(at + i64::from(self.mastercard_never_retry_days) * DAY_MS)
+            })
     }
 
     /// The wait a Mastercard advice code 24–30 imposes after a decline.
@@ -131,6 +158,14 @@ impl NetworkRules {
             .method
             .and_then(|m| m.card.as_ref())
             .map(|c| &c.brand);
+        if context
+            .method
+            .is_some_and(|m| m.payment_method_type.is_bank_debit())
+            && context.payment.retry_details.attempts >= self.debit_max_presentments
+        {
+            count(|c| &c.blocked);
+            return RetryDecision::Stop(FailureReason::RetriesExhausted);
+        }
         if self.forbids_retry(brand, context.decline) {
             count(|c| &c.blocked);
             return RetryDecision::Stop(FailureReason::RejectedByPartner);

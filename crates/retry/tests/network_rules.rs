@@ -87,6 +87,7 @@ prop_compose! {
             declined,
             answered: true,
             amount: [1000, 2000][amount_pick],
+            advice_code: None,
         }
     }
 }
@@ -245,6 +246,7 @@ fn visa_reattempts_past_the_cap_wait_for_the_oldest_to_age_out() {
             declined: true,
             answered: true,
             amount: 2000,
+            advice_code: None,
         })
         .collect();
     let guard = NetworkGuard::new(
@@ -330,6 +332,7 @@ fn attempts_in_flight_count_against_mastercard_decline_caps() {
             declined: i < 9,
             answered: i < 9,
             amount: 2000,
+            advice_code: None,
         })
         .collect();
     let rules = rules();
@@ -344,5 +347,85 @@ fn attempts_in_flight_count_against_mastercard_decline_caps() {
     assert_eq!(
         rules.earliest_allowed(Some(&brand), &history, 2000, now),
         now
+    );
+}
+
+#[test]
+fn mastercard_advice_21_bars_the_card_for_thirty_days_across_payments() {
+    let brand = offsession_core::CardBrand::Mastercard;
+    let rules = rules();
+    let barred = CardAttempt {
+        payment_id: "osp_other".into(),
+        attempt_number: 1,
+        at: Timestamp::from_millis(NOW - 5 * DAY),
+        declined: true,
+        answered: true,
+        amount: 1000,
+        advice_code: Some("21".into()),
+    };
+    let now = Timestamp::from_millis(NOW);
+    let until = Timestamp::from_millis(NOW + 25 * DAY);
+    assert_eq!(
+        rules.barred_until(Some(&brand), std::slice::from_ref(&barred)),
+        Some(until)
+    );
+    assert_eq!(
+        rules.earliest_allowed(Some(&brand), std::slice::from_ref(&barred), 2000, now),
+        until,
+        "another payment's retry waits for the bar to end"
+    );
+    // A retry of another payment of the card inside a 14-day window stops.
+    let record = sample_record("osp_1", NOW, None);
+    let codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
+    let guard = NetworkGuard::new(
+        Arc::new(Reckless {
+            delay_ms: HOUR,
+            latest: Some(NOW + 14 * DAY),
+        }),
+        rules.clone(),
+    );
+    let history = [barred.clone()];
+    assert_eq!(
+        guard.decide(&context_for(&record, &card("mastercard"), &codes, &history)),
+        RetryDecision::Stop(offsession_core::FailureReason::ExceededRetryWindow)
+    );
+    // Other advice codes and other brands do not bar.
+    let plain = CardAttempt {
+        advice_code: Some("02".into()),
+        ..barred.clone()
+    };
+    assert_eq!(rules.barred_until(Some(&brand), &[plain]), None);
+    assert_eq!(
+        rules.barred_until(Some(&offsession_core::CardBrand::Visa), &[barred]),
+        None
+    );
+}
+
+#[test]
+fn bank_debits_stop_at_the_presentment_limit() {
+    let mut record = sample_record("osp_1", NOW, None);
+    let debit = PaymentMethodDetails {
+        payment_method_type: "us_bank_account".into(),
+        card: None,
+    };
+    let mut codes = DeclineCodes::new("insufficient_funds", Some("insufficient_funds"));
+    codes.network_decline_code = Some("R01".into());
+    let guard = NetworkGuard::new(
+        Arc::new(Reckless {
+            delay_ms: DAY,
+            latest: None,
+        }),
+        rules(),
+    );
+    record.payment.retry_details.attempts = 2;
+    assert!(matches!(
+        guard.decide(&context_for(&record, &debit, &codes, &[])),
+        RetryDecision::RetryAt { .. }
+    ));
+    record.payment.retry_details.attempts = 3;
+    assert_eq!(
+        guard.decide(&context_for(&record, &debit, &codes, &[])),
+        RetryDecision::Stop(offsession_core::FailureReason::RetriesExhausted),
+        "NACHA: a returned debit is presented at most twice more"
     );
 }

@@ -74,6 +74,12 @@ pub enum Command {
         /// Write an SVG chart of cumulative recovery to this file.
         #[arg(long)]
         chart: Option<PathBuf>,
+        /// Every strategy's retry window (e.g. `28d`).
+        #[arg(long, default_value = "28d")]
+        window: String,
+        /// Every strategy's attempts per payment at most, the first included.
+        #[arg(long, default_value_t = 8)]
+        max_attempts: u32,
     },
     /// Drive payments through the engine against the mock processor on the real
     /// clock; report throughput, engine overhead, Little's-law efficiency, memory.
@@ -409,8 +415,20 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             customers,
             json,
             chart,
+            window,
+            max_attempts,
         } => {
             let config = config::load(&path)?;
+            let window = offsession_core::duration::parse(&window).map_err(|e| {
+                RunnerError::Config(config::ConfigError::Invalid {
+                    key: "--window".into(),
+                    message: e.to_string(),
+                })
+            })?;
+            let options = simulate::Options {
+                window,
+                max_attempts,
+            };
             let text = std::fs::read_to_string(&scenario)
                 .map_err(|e| RunnerError::file("reading the scenario", &scenario, e))?;
             let mut scenario =
@@ -426,7 +444,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             if let Some(customers) = customers {
                 scenario.customers = customers;
             }
-            let report = simulate::run(&scenario, &path, &config).await?;
+            let report = simulate::run(&scenario, &path, &config, &options).await?;
             if let Some(chart) = chart {
                 report.chart(&chart)?;
             }

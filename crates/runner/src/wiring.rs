@@ -101,11 +101,7 @@ pub fn policies(config_path: &Path, config: &Config) -> Result<Decisions, Config
         .config(config.engine.clone())
         .circuit_breaker(config.circuit_breaker);
 
-    let declines = match &config.declines.path {
-        Some(path) => DeclineTable::from_toml(&read(config_path, "declines.path", path)?)
-            .map_err(|e| invalid("declines.path", e.to_string()))?,
-        None => DeclineTable::standard(),
-    };
+    let declines = decline_table(config_path, config)?;
     let rules = declines.network_rules().clone();
     builder = builder.decline_table(declines);
 
@@ -126,6 +122,15 @@ pub fn policies(config_path: &Path, config: &Config) -> Result<Decisions, Config
         builder,
         smart,
         rules,
+    })
+}
+
+/// The decline table `[declines] path` names (the shipped one without it).
+pub fn decline_table(config_path: &Path, config: &Config) -> Result<DeclineTable, ConfigError> {
+    Ok(match &config.declines.path {
+        Some(path) => DeclineTable::from_toml(&read(config_path, "declines.path", path)?)
+            .map_err(|e| invalid("declines.path", e.to_string()))?,
+        None => DeclineTable::standard(),
     })
 }
 

@@ -9,7 +9,7 @@ use offsession_core::{
 };
 
 /// The schema version this binary writes. A database at a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A clock scope as stored: empty for the engine's clock, the test clock's id
 /// otherwise (test clock ids start with `clock_`, never empty).

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use offsession_core::{
     ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest,
-    CardDetails, Clock, DeclineCodes, OffSessionPayment, PaymentMethodDetails, Processor,
-    ProcessorError, ProcessorReference, Timestamp,
+    CardDetails, Clock, DeclineCodes, OffSessionPayment, PaymentMethodDetails, PaymentMethodType,
+    Processor, ProcessorError, ProcessorReference, Timestamp,
 };
 use serde::Deserialize;
 
@@ -26,7 +26,7 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 mod scenario;
 
-pub use scenario::{BalanceModel, DeclineModel, Outage, PayCycleMix, Scenario};
+pub use scenario::{BalanceModel, DeclineModel, Outage, PayCycleMix, PayRule, Scenario, TimeZones};
 
 use offsession_core::hash::{mix64 as mix, unit_interval as unit};
 
@@ -62,42 +62,51 @@ fn utc_offset(country: &str) -> i64 {
     }
 }
 
-/// When a simulated customer's pay lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayCycle {
-    /// The 1st.
-    Monthly,
-    /// The 1st and 15th.
-    SemiMonthly,
-    /// Every other Friday; `phase` picks which.
-    Biweekly {
-        /// 0 or 1.
-        phase: i64,
-    },
-    /// Every Friday.
-    Weekly,
+fn pick_index(weights: &[f64], u: f64) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut left = u * total;
+    for (i, w) in weights.iter().enumerate() {
+        left -= w;
+        if left <= 0.0 && *w > 0.0 {
+            return i;
+        }
+    }
+    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
 }
 
-/// One customer, their card and their charge.
+/// One charge (a subscription's renewal) of a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// Amount, minor units.
+    pub amount: i64,
+    /// When it is created.
+    pub bill_at: Timestamp,
+}
+
+/// One customer, their payment method and their charges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Customer {
     /// Index in the population.
     pub index: u64,
-    /// Charge amount, minor units.
-    pub amount: i64,
-    /// When the charge is created.
-    pub bill_at: Timestamp,
-    /// Card facts.
+    /// Charges on this payment method, oldest first.
+    pub charges: Vec<Charge>,
+    /// Card facts (for cards; drawn for every customer).
     pub card: CardDetails,
-    /// Pay cycle.
-    pub cycle: PayCycle,
-    utc_offset_hours: i64,
+    /// Card or bank debit.
+    pub method_type: PaymentMethodType,
+    /// Index of the customer's pay rule in [`Scenario::rules`].
+    pub pay_rule: usize,
+    /// The customer's UTC offset, hours.
+    pub utc_offset_hours: i64,
     start_balance: f64,
-    income_per_payday: f64,
     daily_spend: f64,
+    /// Income landing times (ms) and amounts, in time order.
+    deposits: Vec<(i64, f64)>,
     hard: Option<&'static str>,
     expires_at: Option<Timestamp>,
     replaced_at: Option<Timestamp>,
+    /// When a Mastercard holder stops recurring payments, and the advice code.
+    stopped: Option<(Timestamp, &'static str)>,
 }
 
 impl Customer {
@@ -111,38 +120,74 @@ impl Customer {
         format!("pm_sim_{}", self.index)
     }
 
-    /// Paydays (income landing times) in `(from, to]`.
-    fn paydays_between(&self, from: Timestamp, to: Timestamp) -> u64 {
-        let offset = self.utc_offset_hours * HOUR_MS;
-        // Income lands at 06:00 local; count local days d in range whose 06:00 is in (from, to].
-        let first_day = (from.as_millis() + offset - 6 * HOUR_MS).div_euclid(DAY_MS) + 1;
-        let last_day = (to.as_millis() + offset - 6 * HOUR_MS).div_euclid(DAY_MS);
-        (first_day..=last_day)
-            .filter(|&day| self.is_payday(day))
-            .count() as u64
+    /// Income landed in `(from, to]`.
+    fn income_between(&self, from: Timestamp, to: Timestamp) -> f64 {
+        let (from, to) = (from.as_millis(), to.as_millis());
+        let a = self.deposits.partition_point(|(t, _)| *t <= from);
+        let b = self.deposits.partition_point(|(t, _)| *t <= to);
+        self.deposits[a..b.max(a)].iter().map(|(_, v)| v).sum()
     }
 
-    fn is_payday(&self, days_since_epoch: i64) -> bool {
-        let weekday = (days_since_epoch + 4).rem_euclid(7); // 0 = Sunday
-        let day_of_month = day_of_month(days_since_epoch);
-        match self.cycle {
-            PayCycle::Monthly => day_of_month == 1,
-            PayCycle::SemiMonthly => day_of_month == 1 || day_of_month == 15,
-            PayCycle::Weekly => weekday == 5,
-            PayCycle::Biweekly { phase } => {
-                weekday == 5 && (days_since_epoch / 7).rem_euclid(2) == phase
-            }
-        }
+    /// Income landing times in `(from, to]`.
+    pub fn deposit_times(&self, from: Timestamp, to: Timestamp) -> Vec<Timestamp> {
+        self.deposits
+            .iter()
+            .filter(|(t, _)| *t > from.as_millis() && *t <= to.as_millis())
+            .map(|(t, _)| Timestamp::from_millis(*t))
+            .collect()
     }
 }
 
-fn day_of_month(days: i64) -> u32 {
+/// `(year, month, day)` of a day number since 1970-01-01.
+fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
+    let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    (doy - (153 * mp + 2) / 5 + 1) as u32
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+fn weekday(days: i64) -> i64 {
+    (days + 4).rem_euclid(7) // 0 = Sunday
+}
+
+/// Whether day `days` is a nominal day-of-month payday of `rule` (29–31 fall back to
+/// a shorter month's last day).
+fn nominal_month_payday(rule: &PayRule, days: i64) -> bool {
+    let (_, month, day) = civil(days);
+    let last = civil(days + 1).1 != month;
+    rule.days_of_month
+        .iter()
+        .any(|&d| d == day || (last && d > day))
+}
+
+fn is_payday(rule: &PayRule, phase: i64, days: i64) -> bool {
+    let wd = weekday(days);
+    let weekend = |d: i64| matches!(weekday(d), 0 | 6);
+    if !rule.days_of_month.is_empty() {
+        if nominal_month_payday(rule, days) && !(rule.weekend_before && weekend(days)) {
+            return true;
+        }
+        if rule.weekend_before && wd == 5 && (1..=2).any(|k| nominal_month_payday(rule, days + k)) {
+            return true;
+        }
+    }
+    if let Some(w) = rule.weekday_number() {
+        if wd == w && (rule.every_weeks == 1 || (days / 7).rem_euclid(2) == phase) {
+            return true;
+        }
+    }
+    if rule.last_business_day && (1..=5).contains(&wd) {
+        let next_business = if wd == 5 { days + 3 } else { days + 1 };
+        if civil(next_business).1 != civil(days).1 {
+            return true;
+        }
+    }
+    false
 }
 
 /// The population of a scenario.
@@ -157,45 +202,48 @@ impl Population {
     pub fn generate(scenario: &Scenario) -> Population {
         let start = scenario.start();
         let seed = scenario.seed;
-        let cycles = &scenario.pay_cycles;
-        let cycle_total = cycles.monthly + cycles.semi_monthly + cycles.biweekly + cycles.weekly;
+        let rules = scenario.rules();
+        let shares: Vec<f64> = rules.iter().map(|r| r.share).collect();
+        let horizon_days = i64::from(scenario.days) + 62;
         let customers = (0..scenario.customers)
             .map(|i| {
                 let d = |k: u64| draw(seed, i, k);
-                let amount = scenario.amount_min
-                    + ((scenario.amount_max - scenario.amount_min) as f64 * d(1)) as i64;
-                let amount = (amount / 100).max(1) * 100;
-                let bill_at = Timestamp::from_millis(
-                    start.as_millis()
-                        + (d(2) * f64::from(scenario.billing_days) * DAY_MS as f64) as i64,
-                );
+                let amount_of = |u: f64| {
+                    let amount = scenario.amount_min
+                        + ((scenario.amount_max - scenario.amount_min) as f64 * u) as i64;
+                    (amount / 100).max(1) * 100
+                };
+                let bill_of = |u: f64| {
+                    Timestamp::from_millis(
+                        start.as_millis()
+                            + (u * f64::from(scenario.billing_days) * DAY_MS as f64) as i64,
+                    )
+                };
+                let mut charges = vec![Charge {
+                    amount: amount_of(d(1)),
+                    bill_at: bill_of(d(2)),
+                }];
+                let count = pick_index(&scenario.charges_per_customer, d(21)) + 1;
+                for j in 1..count as u64 {
+                    charges.push(Charge {
+                        amount: amount_of(d(100 + 10 * j + 1)),
+                        bill_at: bill_of(d(100 + 10 * j + 2)),
+                    });
+                }
+                let first = charges[0];
+                charges.sort_by_key(|c| c.bill_at);
                 let brand = pick(&scenario.brands, d(3)).to_owned();
                 let country = pick(&scenario.countries, d(4)).to_owned();
-                let c = d(5) * cycle_total;
-                let cycle = if c < cycles.monthly {
-                    PayCycle::Monthly
-                } else if c < cycles.monthly + cycles.semi_monthly {
-                    PayCycle::SemiMonthly
-                } else if c < cycles.monthly + cycles.semi_monthly + cycles.biweekly {
-                    PayCycle::Biweekly {
-                        phase: (d(6) * 2.0) as i64,
-                    }
-                } else {
-                    PayCycle::Weekly
-                };
-                let paydays_per_month = match cycle {
-                    PayCycle::Monthly => 1.0,
-                    PayCycle::SemiMonthly => 2.0,
-                    PayCycle::Biweekly { .. } => 2.17,
-                    PayCycle::Weekly => 4.33,
-                };
-                let a = amount as f64;
+                let pay_rule = pick_index(&shares, d(5));
+                let rule = &rules[pay_rule];
+                let phase = (d(6) * 2.0) as i64;
+                let a = first.amount as f64;
                 let balance = &scenario.balance;
                 let broke = d(7) < balance.broke_share;
                 let income_per_payday = if broke {
                     0.0
                 } else {
-                    a * balance.monthly_income * (0.5 + d(8)) / paydays_per_month
+                    a * balance.monthly_income * (0.5 + d(8)) / rule.paydays_per_month().max(0.1)
                 };
                 let daily_spend = a * balance.daily_spend * (0.5 + d(9));
                 // Balance at the billing time: covered customers have up to four
@@ -206,10 +254,50 @@ impl Population {
                 } else {
                     a * (0.95 * d(11))
                 };
+                let utc_offset_hours =
+                    match scenario.time_zones.iter().find(|z| z.country == country) {
+                        Some(zones) => zones.offsets[pick_index(&zones.weights, d(19))],
+                        None => utc_offset(&country),
+                    };
+                let method_type = if scenario.payment_methods.is_empty() {
+                    PaymentMethodType::Card
+                } else {
+                    match pick(&scenario.payment_methods, d(20)) {
+                        "us_bank_account" => PaymentMethodType::UsBankAccount,
+                        "sepa_debit" => PaymentMethodType::SepaDebit,
+                        _ => PaymentMethodType::Card,
+                    }
+                };
+                // Income lands at the rule's hour, local time, on each payday.
+                let offset = utc_offset_hours * HOUR_MS;
+                let first_day = (start.as_millis() + offset).div_euclid(DAY_MS) - 1;
+                let mut deposits = Vec::new();
+                if income_per_payday > 0.0 {
+                    for day in first_day..first_day + horizon_days {
+                        if !is_payday(rule, phase, day) {
+                            continue;
+                        }
+                        let jitter = if rule.jitter_hours > 0 {
+                            (unit(mix(mix(seed ^ mix(i)) ^ mix(day as u64 ^ 0x9e37)))
+                                * f64::from(rule.jitter_hours)
+                                * HOUR_MS as f64) as i64
+                        } else {
+                            0
+                        };
+                        let at =
+                            day * DAY_MS + i64::from(rule.landing_hour) * HOUR_MS + jitter - offset;
+                        let split = income_per_payday * rule.split_share;
+                        deposits.push((at, income_per_payday - split));
+                        if split > 0.0 {
+                            deposits.push((at + i64::from(rule.split_days) * DAY_MS, split));
+                        }
+                    }
+                    deposits.retain(|(at, _)| *at > start.as_millis());
+                    deposits.sort_by_key(|(at, _)| *at);
+                }
                 let mut customer = Customer {
                     index: i,
-                    amount,
-                    bill_at,
+                    charges,
                     card: CardDetails {
                         brand: offsession_core::CardBrand::from_name(&brand),
                         funding: if d(12) < 0.6 {
@@ -220,19 +308,22 @@ impl Population {
                         country: Some(country.clone()),
                         wallet: None,
                     },
-                    cycle,
-                    utc_offset_hours: utc_offset(&country),
+                    method_type: method_type.clone(),
+                    pay_rule,
+                    utc_offset_hours,
                     start_balance: 0.0,
-                    income_per_payday,
                     daily_spend,
+                    deposits,
                     hard: None,
                     expires_at: None,
                     replaced_at: None,
+                    stopped: None,
                 };
-                // Solve for the start balance that gives the target at billing time.
-                let paid = customer.paydays_between(start, bill_at) as f64 * income_per_payday;
-                let spent =
-                    daily_spend * (bill_at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
+                // Solve for the start balance that gives the target at the first
+                // charge's billing time.
+                let paid = customer.income_between(start, first.bill_at);
+                let spent = daily_spend * (first.bill_at.as_millis() - start.as_millis()) as f64
+                    / DAY_MS as f64;
                 customer.start_balance = target_at_bill - paid + spent;
                 let declines = &scenario.declines;
                 let u = d(13);
@@ -247,11 +338,17 @@ impl Population {
                             + (d(k) * f64::from(scenario.days) * DAY_MS as f64) as i64,
                     )
                 };
-                if d(15) < declines.expiring_share {
-                    customer.expires_at = Some(horizon(16));
-                }
-                if d(17) < declines.replaced_share {
-                    customer.replaced_at = Some(horizon(18));
+                if method_type == PaymentMethodType::Card {
+                    if d(15) < declines.expiring_share {
+                        customer.expires_at = Some(horizon(16));
+                    }
+                    if d(17) < declines.replaced_share {
+                        customer.replaced_at = Some(horizon(18));
+                    }
+                    if brand == "mastercard" && d(22) < declines.mastercard_stop_share {
+                        customer.stopped =
+                            Some((horizon(23), if d(24) < 0.5 { "21" } else { "03" }));
+                    }
                 }
                 customer
             })
@@ -270,6 +367,145 @@ impl Population {
     /// The scenario.
     pub fn scenario(&self) -> &Scenario {
         &self.scenario
+    }
+
+    /// The customer of a simulated payment method id.
+    pub fn customer_of(&self, payment_method: &str) -> Option<&Customer> {
+        let index: u64 = payment_method.strip_prefix("pm_sim_")?.parse().ok()?;
+        self.customers.get(index as usize)
+    }
+
+    /// The issuer's answer to an attempt of `amount` on `customer`'s payment method at
+    /// `at`, when `charged` has already been taken from the account during the run:
+    /// `None` approves. Pure: the same arguments give the same answer.
+    pub fn answer(
+        &self,
+        customer: &Customer,
+        amount: i64,
+        at: Timestamp,
+        charged: f64,
+    ) -> Option<DeclineCodes> {
+        let scenario = &self.scenario;
+        if customer.method_type != PaymentMethodType::Card {
+            let ach = customer.method_type == PaymentMethodType::UsBankAccount;
+            if customer.hard.is_some() {
+                let mut codes = DeclineCodes::new("invalid_account", Some("invalid_account"));
+                codes.network_decline_code = Some(if ach { "R03" } else { "AC01" }.into());
+                return Some(codes);
+            }
+            if self.balance(customer, at, charged) < amount as f64 {
+                let mut codes = DeclineCodes::new("insufficient_funds", Some("insufficient_funds"));
+                codes.network_decline_code = Some(if ach { "R01" } else { "AM04" }.into());
+                return Some(codes);
+            }
+            return None;
+        }
+        let brand = customer.card.brand.as_str();
+        if let Some(hard) = customer.hard {
+            let (visa, mac) = match hard {
+                "lost_card" => ("41", "03"),
+                "stolen_card" => ("43", "03"),
+                _ => ("59", "21"),
+            };
+            return Some(decline("card_declined", hard, visa, Some(mac), brand));
+        }
+        if customer.expires_at.is_some_and(|e| at >= e) {
+            return Some(decline(
+                "expired_card",
+                "expired_card",
+                "54",
+                Some("01"),
+                brand,
+            ));
+        }
+        if customer.replaced_at.is_some_and(|r| at >= r) {
+            return Some(decline(
+                "card_declined",
+                "new_account_information_available",
+                "14",
+                Some("01"),
+                brand,
+            ));
+        }
+        if let Some((since, mac)) = customer.stopped {
+            if at >= since {
+                return Some(decline(
+                    "card_declined",
+                    "do_not_honor",
+                    "05",
+                    Some(mac),
+                    brand,
+                ));
+            }
+        }
+        let since_start = (at.as_millis() - scenario.start().as_millis()) as f64 / DAY_MS as f64;
+        for outage in scenario.outages.iter().filter(|o| o.brand == brand) {
+            let into = since_start - outage.start_day;
+            let into = match outage.every_days {
+                Some(every) if every > 0.0 && into >= 0.0 => into.rem_euclid(every),
+                _ => into,
+            };
+            if into >= 0.0 && into < outage.hours / 24.0 {
+                return Some(decline(
+                    "card_declined",
+                    "issuer_not_available",
+                    "91",
+                    None,
+                    brand,
+                ));
+            }
+        }
+        let declines = &scenario.declines;
+        let soft_mac = || {
+            let u = unit(mix(mix(scenario.seed ^ customer.index)
+                ^ at.as_millis() as u64
+                ^ 0x5bd1));
+            if u < declines.mastercard_retry_after_share {
+                let k = (u / declines.mastercard_retry_after_share * 7.0) as u32 % 7;
+                ["24", "25", "26", "27", "28", "29", "30"][k as usize]
+            } else {
+                "02"
+            }
+        };
+        let local_hour = ((at.as_millis() + customer.utc_offset_hours * HOUR_MS).rem_euclid(DAY_MS)
+            / HOUR_MS) as u32;
+        let [from, to] = declines.night_hours;
+        let night = if from <= to {
+            local_hour >= from && local_hour < to
+        } else {
+            local_hour >= from || local_hour < to
+        };
+        let noise = declines.issuer_noise * if night { declines.night_factor } else { 1.0 };
+        if unit(mix(
+            mix(scenario.seed ^ customer.index) ^ at.as_millis() as u64
+        )) < noise
+        {
+            return Some(decline(
+                "card_declined",
+                "do_not_honor",
+                "05",
+                Some(soft_mac()),
+                brand,
+            ));
+        }
+        if self.balance(customer, at, charged) < amount as f64 {
+            return Some(decline(
+                "card_declined",
+                "insufficient_funds",
+                "51",
+                Some(soft_mac()),
+                brand,
+            ));
+        }
+        None
+    }
+
+    fn balance(&self, customer: &Customer, at: Timestamp, charged: f64) -> f64 {
+        let start = self.scenario.start();
+        let days = (at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
+        customer.start_balance + customer.income_between(start, at)
+            - customer.daily_spend * days
+            - charged
     }
 }
 
@@ -309,7 +545,11 @@ impl SimulatedIssuer {
             population,
             clock,
             capabilities: Capabilities {
-                payment_method_types: vec![offsession_core::PaymentMethodType::Card],
+                payment_method_types: vec![
+                    PaymentMethodType::Card,
+                    PaymentMethodType::UsBankAccount,
+                    PaymentMethodType::SepaDebit,
+                ],
                 currencies: Vec::new(),
                 connect: true,
                 manual_capture: true,
@@ -320,97 +560,7 @@ impl SimulatedIssuer {
     }
 
     fn customer(&self, payment_method: &str) -> Option<&Customer> {
-        let index: u64 = payment_method.strip_prefix("pm_sim_")?.parse().ok()?;
-        self.population.customers.get(index as usize)
-    }
-
-    /// The issuer's decline of an attempt at `at`, or `None` when it approves.
-    fn decline_for(&self, customer: &Customer, at: Timestamp) -> Option<DeclineCodes> {
-        let brand = customer.card.brand.as_str();
-        if let Some(hard) = customer.hard {
-            let (visa, mac) = match hard {
-                "lost_card" => ("41", "03"),
-                "stolen_card" => ("43", "03"),
-                _ => ("59", "21"),
-            };
-            return Some(decline("card_declined", hard, visa, Some(mac), brand));
-        }
-        if customer.expires_at.is_some_and(|e| at >= e) {
-            return Some(decline(
-                "expired_card",
-                "expired_card",
-                "54",
-                Some("01"),
-                brand,
-            ));
-        }
-        if customer.replaced_at.is_some_and(|r| at >= r) {
-            return Some(decline(
-                "card_declined",
-                "new_account_information_available",
-                "14",
-                Some("01"),
-                brand,
-            ));
-        }
-        let scenario = &self.population.scenario;
-        let since_start = (at.as_millis() - scenario.start().as_millis()) as f64 / DAY_MS as f64;
-        for outage in scenario.outages.iter().filter(|o| o.brand == brand) {
-            if since_start >= outage.start_day
-                && since_start < outage.start_day + outage.hours / 24.0
-            {
-                return Some(decline(
-                    "card_declined",
-                    "issuer_not_available",
-                    "91",
-                    None,
-                    brand,
-                ));
-            }
-        }
-        let local_hour =
-            (at.as_millis() + customer.utc_offset_hours * HOUR_MS).rem_euclid(DAY_MS) / HOUR_MS;
-        let noise = scenario.declines.issuer_noise
-            * if local_hour < 6 {
-                scenario.declines.night_factor
-            } else {
-                1.0
-            };
-        if unit(mix(
-            mix(scenario.seed ^ customer.index) ^ at.as_millis() as u64
-        )) < noise
-        {
-            return Some(decline(
-                "card_declined",
-                "do_not_honor",
-                "05",
-                Some("02"),
-                brand,
-            ));
-        }
-        let start = scenario.start();
-        let days = (at.as_millis() - start.as_millis()) as f64 / DAY_MS as f64;
-        let charged = self
-            .charged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&customer.index)
-            .copied()
-            .unwrap_or(0.0);
-        let balance = customer.start_balance
-            + customer.paydays_between(start, at) as f64 * customer.income_per_payday
-            - customer.daily_spend * days
-            - charged;
-        if balance < customer.amount as f64 {
-            return Some(decline(
-                "card_declined",
-                "insufficient_funds",
-                "51",
-                Some("02"),
-                brand,
-            ));
-        }
-        None
+        self.population.customer_of(payment_method)
     }
 }
 
@@ -432,8 +582,8 @@ impl Processor for SimulatedIssuer {
             .customer(&payment.payment_method)
             .ok_or_else(|| ApiError::invalid("payment_method", "not a simulated card"))?;
         Ok(PaymentMethodDetails {
-            payment_method_type: offsession_core::PaymentMethodType::Card,
-            card: Some(customer.card.clone()),
+            payment_method_type: customer.method_type.clone(),
+            card: (customer.method_type == PaymentMethodType::Card).then(|| customer.card.clone()),
         })
     }
 
@@ -452,14 +602,25 @@ impl Processor for SimulatedIssuer {
                 "unknown simulated card",
             );
         };
-        let outcome = match self.decline_for(customer, self.clock.now()) {
+        let amount = request.payment.amount_requested.value;
+        let charged = self
+            .charged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&customer.index)
+            .copied()
+            .unwrap_or(0.0);
+        let outcome = match self
+            .population
+            .answer(customer, amount, self.clock.now(), charged)
+        {
             None => {
                 *self
                     .charged
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(customer.index)
-                    .or_default() += customer.amount as f64;
+                    .or_default() += amount as f64;
                 AttemptOutcome::Approved {
                     reference: ProcessorReference::default(),
                 }

@@ -28,12 +28,36 @@ impl Engine {
         // A retry's cap check and its write-ahead happen under the card's lock (in
         // this process and across instances sharing the store), so two decisions for
         // one card cannot both spend its last slot.
-        let card_lock = if !replay && !record.attempts.is_empty() {
+        let guarded = self.inner.policies.guarded;
+        let card_lock = if guarded && !replay && !record.attempts.is_empty() {
             Some(self.lock_card(&record.payment.payment_method).await?)
         } else {
             None
         };
-        if !replay && !record.attempts.is_empty() {
+        if guarded && !replay && record.attempts.is_empty() {
+            // A Mastercard card barred by advice code 03 or 21 on any payment takes no
+            // attempt at all, first attempts included, until the bar ends.
+            let brand = super::step::card_brand(&record);
+            if brand == Some(&offsession_core::CardBrand::Mastercard) {
+                let history = self.card_history(&record, now).await?;
+                let rules = self.inner.declines.network_rules();
+                if rules
+                    .barred_until(brand, &history)
+                    .is_some_and(|until| until > now)
+                {
+                    tracing::info!(payment = %record.payment.id, "card barred by a Mastercard do-not-retry advice code; failing without an attempt");
+                    let mut next = record;
+                    next.lease = None;
+                    next.payment.status = transition(next.payment.status, Transition::Fail)
+                        .unwrap_or(PaymentStatus::Failed);
+                    next.payment.failure_reason = Some(FailureReason::RejectedByPartner);
+                    next.due_at = None;
+                    self.commit_change(&next, expected, from, now).await?;
+                    return Ok(Duration::ZERO);
+                }
+            }
+        }
+        if guarded && !replay && !record.attempts.is_empty() {
             // Other payments of the same card may have been attempted since this retry
             // was scheduled: check the network caps again before sending.
             let history = self.card_history(&record, now).await?;

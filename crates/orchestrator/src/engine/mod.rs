@@ -161,6 +161,8 @@ pub(crate) struct Policies {
     /// The strategies a request may ask for, sorted.
     pub(crate) available: Vec<RetryStrategy>,
     pub(crate) guards: Vec<Arc<offsession_retry::NetworkGuard>>,
+    /// Whether the network rules apply (always, outside simulations).
+    pub(crate) guarded: bool,
 }
 
 /// Everything an engine is built from, complete: the builder fills every part.

@@ -8,6 +8,8 @@ use super::*;
 pub struct StrategyReport {
     /// Strategy name.
     pub strategy: String,
+    /// Whether the network-rules guard was on (off only for `reckless_unguarded`).
+    pub guarded: bool,
     /// Payments created.
     pub payments: u64,
     /// Payments whose first attempt failed.
@@ -24,8 +26,12 @@ pub struct StrategyReport {
     pub retries_per_recovery: f64,
     /// Median hours from first failure to recovery.
     pub median_hours_to_recovery: f64,
-    /// Attempts that broke a network rule (must be 0).
+    /// Recovered payments as a percentage of the oracle's.
+    pub percent_of_oracle: f64,
+    /// Rule breaches the checker found (must be 0 with the guard).
     pub network_rule_violations: u64,
+    /// The same, by rule.
+    pub violations_by_rule: std::collections::BTreeMap<String, u64>,
     /// Retries the guard blocked.
     pub guard_blocked: u64,
     /// Retries the guard moved later.
@@ -34,6 +40,38 @@ pub struct StrategyReport {
     pub fines_avoided_usd: f64,
     /// Cumulative recovered payments at the end of each simulated day.
     pub recovered_by_day: Vec<u64>,
+    /// Wall-clock seconds of this strategy's run (runs share the cores).
+    pub wall_seconds: f64,
+}
+
+/// The omniscient single retry.
+#[derive(Debug, Clone, Serialize)]
+pub struct OracleReport {
+    /// Payments whose first attempt failed (the same as every strategy's).
+    pub first_attempt_failures: u64,
+    /// Of those, payments one retry at the first approving hour recovers.
+    pub recovered: u64,
+    /// `recovered / first_attempt_failures`.
+    pub recovery_rate: f64,
+    /// Attempts per payment.
+    pub attempts_per_payment: f64,
+    /// Median hours from first failure to recovery.
+    pub median_hours_to_recovery: f64,
+}
+
+/// A fixed schedule the baseline was chosen from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleCandidate {
+    /// Name (`every_2d`, `odd_days`, …).
+    pub name: String,
+    /// Retry offsets from the first attempt, hours.
+    pub offsets_hours: Vec<f64>,
+    /// Payments it recovers in the engine-free world run.
+    pub recovered: u64,
+    /// Its attempts per payment there.
+    pub attempts_per_payment: f64,
+    #[serde(skip)]
+    pub(super) offsets_ms: Vec<i64>,
 }
 
 /// A scenario's results.
@@ -47,6 +85,16 @@ pub struct SimulationReport {
     pub customers: u64,
     /// Simulated days.
     pub days: u32,
+    /// Every strategy's retry window, days.
+    pub window_days: f64,
+    /// Every strategy's attempt budget per payment, the first attempt included.
+    pub max_attempts: u32,
+    /// The fixed schedule used as `scheduled`: the best candidate.
+    pub baseline: String,
+    /// The oracle.
+    pub oracle: OracleReport,
+    /// The fixed schedules tried, best first.
+    pub schedule_candidates: Vec<ScheduleCandidate>,
     /// Wall-clock seconds for all strategies.
     pub wall_seconds: f64,
     /// Per strategy.
@@ -60,50 +108,96 @@ impl SimulationReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario {} (seed {}): {} payments over {} days, {:.1} s",
-            self.scenario, self.seed, self.customers, self.days, self.wall_seconds
+            "scenario {} (seed {}): {} customers over {} days; every strategy: {:.0}-day window, {} attempts at most; {:.1} s",
+            self.scenario, self.seed, self.customers, self.days, self.window_days, self.max_attempts, self.wall_seconds
         );
         let _ = writeln!(
             out,
-            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+            "{:<19} {:>8} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>7}",
             "strategy",
             "failed",
             "recovered",
             "rate",
+            "% oracle",
             "att/pay",
             "retry/rec",
             "median h",
             "violations",
             "guarded",
-            "fines $"
+            "wall s"
+        );
+        let o = &self.oracle;
+        let _ = writeln!(
+            out,
+            "{:<19} {:>8} {:>9} {:>6.1}% {:>7.1}% {:>8.3} {:>9} {:>8.1} {:>10} {:>8} {:>7}",
+            "oracle",
+            o.first_attempt_failures,
+            o.recovered,
+            o.recovery_rate * 100.0,
+            100.0,
+            o.attempts_per_payment,
+            "-",
+            o.median_hours_to_recovery,
+            "-",
+            "-",
+            "-"
         );
         for s in &self.strategies {
+            let name = if s.strategy == "scheduled" {
+                format!("scheduled:{}", self.baseline)
+            } else {
+                s.strategy.clone()
+            };
             let _ = writeln!(
                 out,
-                "{:<10} {:>9} {:>9} {:>8.1}% {:>9.3} {:>9.2} {:>9.1} {:>10} {:>9} {:>9.2}",
-                s.strategy,
+                "{:<19} {:>8} {:>9} {:>6.1}% {:>7.1}% {:>8.3} {:>9.2} {:>8.1} {:>10} {:>8} {:>7.1}",
+                name,
                 s.first_attempt_failures,
                 s.recovered,
                 s.recovery_rate * 100.0,
+                s.percent_of_oracle,
                 s.attempts_per_payment,
                 s.retries_per_recovery,
                 s.median_hours_to_recovery,
                 s.network_rule_violations,
                 s.guard_blocked + s.guard_deferred,
-                s.fines_avoided_usd
+                s.wall_seconds
             );
         }
+        for s in self
+            .strategies
+            .iter()
+            .filter(|s| s.network_rule_violations > 0)
+        {
+            let rules: Vec<String> = s
+                .violations_by_rule
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "violations of {}: {}", s.strategy, rules.join(", "));
+        }
         let by = |name: &str| self.strategies.iter().find(|s| s.strategy == name);
-        if let (Some(smart), Some(scheduled)) = (by("smart"), by("scheduled")) {
+        if let (Some(best), Some(scheduled)) = (by("best_available"), by("scheduled")) {
             if scheduled.recovered > 0 {
                 let _ = writeln!(
                     out,
-                    "smart vs scheduled: {:+.1}% recovered, {:+.3} attempts per payment",
-                    (smart.recovered as f64 / scheduled.recovered as f64 - 1.0) * 100.0,
-                    smart.attempts_per_payment - scheduled.attempts_per_payment
+                    "best_available vs the best equal-window, equal-budget schedule ({}): {:+.1}% recovered, {:+.3} attempts per payment",
+                    self.baseline,
+                    (best.recovered as f64 / scheduled.recovered as f64 - 1.0) * 100.0,
+                    best.attempts_per_payment - scheduled.attempts_per_payment
                 );
             }
         }
+        let candidates: Vec<String> = self
+            .schedule_candidates
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.recovered))
+            .collect();
+        let _ = writeln!(
+            out,
+            "schedules tried (recovered, engine-free replay): {}",
+            candidates.join(", ")
+        );
         out
     }
 
@@ -138,8 +232,13 @@ impl SimulationReport {
             .y_desc("% of first-attempt failures recovered")
             .draw()
             .map_err(drawing)?;
-        let colors = [BLACK, BLUE, GREEN, RED];
-        for (s, color) in self.strategies.iter().zip(colors) {
+        let colors = [BLACK, BLUE, GREEN, RED, MAGENTA];
+        for (s, color) in self
+            .strategies
+            .iter()
+            .filter(|s| !s.strategy.starts_with("reckless"))
+            .zip(colors)
+        {
             let points: Vec<(f64, f64)> = s
                 .recovered_by_day
                 .iter()

@@ -60,6 +60,12 @@ pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn S
         );
         attempt.finished_at = Some(Timestamp::from_millis(at));
         attempt.decline_category = Some(DeclineCategory::SoftFunds);
+        let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+        codes.network_advice_code = (id == "osp_a").then(|| "21".to_owned());
+        attempt.outcome = Some(offsession_core::AttemptOutcome::Declined {
+            codes,
+            reference: Default::default(),
+        });
         record.attempts.push(attempt);
         store.insert(&record).await.unwrap();
     }
@@ -75,6 +81,11 @@ pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn S
     assert_eq!(all[0].payment_id, "osp_a");
     assert_eq!(all[0].attempt_number, 1);
     assert_eq!(all[0].amount, 2000);
+    assert_eq!(
+        (all[0].advice_code.as_deref(), all[1].advice_code.as_deref()),
+        (Some("21"), None),
+        "the advice code of a decline is kept (it bars the card)"
+    );
     let recent = store
         .card_history("pm_card_visa", Timestamp::from_millis(2_000), 100)
         .await

@@ -431,12 +431,12 @@ async fn write_attempts(
         .collect();
     let upsert = client
         .prepare_cached(
-            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered, advice_code)
              SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::bool[],
-                                  $6::int8[], $7::bool[])
+                                  $6::int8[], $7::bool[], $8::text[])
              ON CONFLICT (payment_id, number) DO UPDATE
              SET started_at = excluded.started_at, declined = excluded.declined,
-                 answered = excluded.answered",
+                 answered = excluded.answered, advice_code = excluded.advice_code",
         )
         .await
         .map_err(pg_error("preparing the attempt upsert"))?;
@@ -450,11 +450,12 @@ async fn write_attempts(
     let declined: Vec<bool> = kept.iter().map(|(_, a)| a.declined).collect();
     let amounts: Vec<i64> = kept.iter().map(|(_, a)| a.amount).collect();
     let answered: Vec<bool> = kept.iter().map(|(_, a)| a.answered).collect();
+    let advice: Vec<Option<&str>> = kept.iter().map(|(_, a)| a.advice_code.as_deref()).collect();
     client
         .execute(
             &upsert,
             &[
-                &payments, &numbers, &methods, &started, &declined, &amounts, &answered,
+                &payments, &numbers, &methods, &started, &declined, &amounts, &answered, &advice,
             ],
         )
         .await

@@ -34,7 +34,8 @@ mod store;
 const MIGRATION_LOCK: i64 = 0x0ff5_e551_0000_0001;
 const OUTBOX_LOCK: i64 = 0x0ff5_e551_0000_0002;
 
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE payments (
     seq            BIGSERIAL UNIQUE,
     id             TEXT PRIMARY KEY,
@@ -85,7 +86,11 @@ CREATE TABLE engine_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: the network advice code of each attempt's decline, for the rule that bars a
+    // card for 30 days after Mastercard advice code 03 or 21.
+    "ALTER TABLE attempts ADD COLUMN advice_code TEXT;",
+];
 
 /// A card lock's connection, in a transaction holding (once `locked`) the advisory
 /// lock.

@@ -162,7 +162,7 @@ impl Store for PostgresStore {
         let limit = limit as i64;
         let rows = client
             .query(
-                "SELECT payment_id, number, started_at, declined, amount, answered FROM attempts
+                "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
                  WHERE payment_method = $1 AND started_at >= $2
                  ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3",
                 &[&payment_method, &since, &limit],
@@ -178,6 +178,7 @@ impl Store for PostgresStore {
                 declined: r.get(3),
                 answered: r.get(5),
                 amount: r.get(4),
+                advice_code: r.get(6),
             })
             .collect();
         history.reverse();

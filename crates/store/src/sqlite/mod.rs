@@ -38,7 +38,8 @@ mod store;
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;
 
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE payments (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT NOT NULL UNIQUE,
@@ -89,7 +90,11 @@ CREATE TABLE engine_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: the network advice code of each attempt's decline, for the rule that bars a
+    // card for 30 days after Mastercard advice code 03 or 21.
+    "ALTER TABLE attempts ADD COLUMN advice_code TEXT;",
+];
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -49,11 +49,11 @@ fn write_attempts(
     }
     let mut upsert = tx
         .prepare_cached(
-            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered, advice_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (payment_id, number) DO UPDATE
              SET started_at = excluded.started_at, declined = excluded.declined,
-                 answered = excluded.answered",
+                 answered = excluded.answered, advice_code = excluded.advice_code",
         )
         .map_err(sql_error("preparing the attempt upsert"))?;
     for attempt in attempts {
@@ -65,7 +65,8 @@ fn write_attempts(
                 attempt.at.as_millis(),
                 attempt.declined,
                 attempt.amount,
-                attempt.answered
+                attempt.answered,
+                attempt.advice_code
             ])
             .map_err(sql_error("writing an attempt"))?;
     }
@@ -316,7 +317,7 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT payment_id, number, started_at, declined, amount, answered FROM attempts
+                    "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
                      WHERE payment_method = ?1 AND started_at >= ?2
                      ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT ?3",
                 )
@@ -330,6 +331,7 @@ impl Store for SqliteStore {
                         declined: r.get(3)?,
                         answered: r.get(5)?,
                         amount: r.get(4)?,
+                        advice_code: r.get(6)?,
                     })
                 })
                 .map_err(sql_error("reading the card history"))?;

@@ -113,8 +113,19 @@ pub fn policies(config_path: &Path, config: &Config) -> Result<Decisions, Config
 
     let heuristic =
         HeuristicPolicy::new(&config.heuristic).map_err(|e| invalid("heuristic", e.to_string()))?;
-    let smart =
-        Arc::new(SmartPolicy::new(&config.smart).map_err(|e| invalid("smart", e.to_string()))?);
+    // The smart strategy's rule-based plan is `[heuristic]` within smart's own
+    // window and attempt budget.
+    let smart_rules = HeuristicPolicy::new(&offsession_retry::HeuristicConfig {
+        window: config.smart.window,
+        max_attempts: config.smart.max_attempts,
+        ..config.heuristic.clone()
+    })
+    .map_err(|e| invalid("heuristic", e.to_string()))?;
+    let smart = Arc::new(
+        SmartPolicy::new(&config.smart)
+            .map_err(|e| invalid("smart", e.to_string()))?
+            .with_rules(smart_rules),
+    );
     builder = builder
         .strategy(RetryStrategy::Heuristic, Arc::new(heuristic))
         .strategy(RetryStrategy::Smart, smart.clone());

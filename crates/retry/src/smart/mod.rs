@@ -80,6 +80,13 @@ pub struct SmartConfig {
     /// schedule from +15.2 % to +17.1 % on `salaried` (seed 11) but from −7.5 % to
     /// −13.2 % on `gig-economy` (seed 23), and held-out seeds were mixed.
     pub learn_from_first_attempts: bool,
+    /// Choose between the learned model and the rule-based plan (`[heuristic]`) by
+    /// evidence: a share of payments (`evidence_share`, split evenly) always follows
+    /// one or the other, and every other payment follows whichever has recovered
+    /// more of its share's failed payments so far.
+    pub select_by_evidence: bool,
+    /// Share of payments that gather that evidence.
+    pub evidence_share: f64,
     /// Where the runner saves and loads the learned state (none: not persisted).
     /// This crate does no file I/O: see [`SmartPolicy::state`] and
     /// [`SmartPolicy::restore`].
@@ -99,6 +106,8 @@ impl Default for SmartConfig {
             optimism: 1.0,
             learning_rate: 0.3,
             learn_from_first_attempts: false,
+            select_by_evidence: true,
+            evidence_share: 0.2,
             state_path: None,
         }
     }
@@ -128,6 +137,10 @@ pub struct SmartState {
     pub squared_gradients: Vec<f32>,
     /// Retries learned from.
     pub observations: u64,
+    /// Evidence of the two plans: failed payments and recoveries of the model's
+    /// share, then of the rules' share.
+    #[serde(default)]
+    pub evidence: [u64; 4],
 }
 
 /// The model behind the strategy.
@@ -198,7 +211,19 @@ pub struct SmartPolicy {
     optimism: f32,
     learning_rate: f32,
     learn_from_first_attempts: bool,
+    select_by_evidence: bool,
+    evidence_share: f64,
+    rules: crate::HeuristicPolicy,
+    /// Failed payments and recoveries: model share, then rules share.
+    evidence: [std::sync::atomic::AtomicU64; 4],
     model: RwLock<Model>,
+}
+
+/// Which plan a payment follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Model,
+    Rules,
 }
 
 impl SmartPolicy {
@@ -234,8 +259,63 @@ impl SmartPolicy {
             optimism: config.optimism as f32,
             learning_rate: config.learning_rate as f32,
             learn_from_first_attempts: config.learn_from_first_attempts,
+            select_by_evidence: config.select_by_evidence,
+            evidence_share: config.evidence_share.clamp(0.0, 1.0),
+            rules: crate::HeuristicPolicy::new(&crate::HeuristicConfig {
+                max_attempts: config.max_attempts,
+                window: config.window,
+                ..crate::HeuristicConfig::default()
+            })?,
+            evidence: Default::default(),
             model: RwLock::new(Model::prior()),
         })
+    }
+
+    /// Uses `rules` as the rule-based plan (default: `[heuristic]`'s defaults with
+    /// this policy's window and attempt budget).
+    pub fn with_rules(mut self, rules: crate::HeuristicPolicy) -> SmartPolicy {
+        self.rules = rules;
+        self
+    }
+
+    fn evidence(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.evidence[i].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set_evidence(&self, values: [u64; 4]) {
+        for (slot, value) in self.evidence.iter().zip(values) {
+            slot.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The plan a payment follows, and whether it is in the evidence share.
+    fn arm(&self, payment_id: &str) -> (Arm, bool) {
+        if !self.select_by_evidence {
+            return (Arm::Model, false);
+        }
+        let u = (mix(hash_str(payment_id) ^ 0x0e71_de9c) >> 11) as f64 / (1u64 << 53) as f64;
+        if u < self.evidence_share / 2.0 {
+            return (Arm::Model, true);
+        }
+        if u < self.evidence_share {
+            return (Arm::Rules, true);
+        }
+        let [mf, mr, rf, rr] = self.evidence();
+        // Recovered share of each plan's failed payments (Laplace-smoothed); the
+        // model leads until both have some evidence.
+        let rate = |recovered: u64, failed: u64| (recovered as f64 + 1.0) / (failed as f64 + 2.0);
+        if mf.min(rf) >= 100 && rate(rr, rf) > rate(mr, mf) {
+            (Arm::Rules, false)
+        } else {
+            (Arm::Model, false)
+        }
+    }
+
+    /// Evidence gathered so far: (failed, recovered) of the model's share and of the
+    /// rules' share.
+    pub fn evidence_counts(&self) -> ((u64, u64), (u64, u64)) {
+        let [mf, mr, rf, rr] = self.evidence();
+        ((mf, mr), (rf, rr))
     }
 
     /// The learned state.
@@ -246,6 +326,7 @@ impl SmartPolicy {
             weights: model.weights.clone(),
             squared_gradients: model.squared_gradients.clone(),
             observations: model.observations,
+            evidence: self.evidence(),
         }
     }
 
@@ -260,6 +341,7 @@ impl SmartPolicy {
                 weights: state.weights.len(),
             });
         }
+        self.set_evidence(state.evidence);
         *self.model.write().unwrap_or_else(|p| p.into_inner()) = Model {
             weights: state.weights,
             squared_gradients: state.squared_gradients,
@@ -307,11 +389,16 @@ impl SmartPolicy {
         }
         model.observations =
             stored.observations + model.observations.saturating_sub(base.observations);
+        let local = self.evidence();
+        let evidence: [u64; 4] =
+            std::array::from_fn(|i| stored.evidence[i] + local[i].saturating_sub(base.evidence[i]));
+        self.set_evidence(evidence);
         Ok(SmartState {
             version: 1,
             weights: model.weights.clone(),
             squared_gradients: model.squared_gradients.clone(),
             observations: model.observations,
+            evidence,
         })
     }
 
@@ -373,33 +460,75 @@ impl RetryPolicy for SmartPolicy {
         if earliest > window_end {
             return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
         }
+        let (arm, sampled) = self.arm(&context.payment.id);
+        if sampled && attempts == 1 {
+            let slot = if arm == Arm::Model { 0 } else { 2 };
+            self.evidence[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if arm == Arm::Rules {
+            return self.rules.decide(context);
+        }
         let s = self.situation_of(context);
         let model = self.model.read().unwrap_or_else(|p| p.into_inner());
         let base = model.score(&s.slots);
         let log_discount = self.daily_discount.ln();
-        let mut best: Option<(f64, Timestamp, f32)> = None;
-        let mut candidates = 0u64;
+        // Every candidate's predicted chance (optimistic where evidence is thin) and
+        // its discounted value.
+        let mut candidates: Vec<(f32, Timestamp, f32)> = Vec::with_capacity(256);
         let mut t = earliest;
-        while t <= window_end {
+        while t <= window_end && candidates.len() < 4096 {
             let slots = time_slots(&s, t);
             let logit = base + model.score(&slots);
-            let p = sigmoid(logit);
             let optimistic = sigmoid(logit + self.optimism * model.novelty(&slots));
             let days = (t.as_millis() - context.now.as_millis()) as f64 / DAY_MS as f64;
-            let value = f64::from(optimistic) * (log_discount * days).exp();
-            if best.is_none_or(|(v, _, _)| value > v) {
-                best = Some((value, t, p));
-            }
-            candidates += 1;
+            let value = optimistic * (log_discount * days).exp() as f32;
+            candidates.push((value, t, sigmoid(logit)));
             t = Timestamp::from_millis(t.as_millis() + self.step_ms);
         }
         drop(model);
-        let Some((_, mut chosen, p)) = best else {
+        if candidates.is_empty() {
+            return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
+        }
+        // Plan the attempts left: pick the best candidates one by one, each pick
+        // discounting its neighbours (attempts a few hours apart meet the same
+        // balance), and send the earliest of the plan next. With many attempts left
+        // the plan spreads over the window and starts early; with one left it waits
+        // for the single best time.
+        let left = self.max_attempts.saturating_sub(attempts).max(1) as usize;
+        let mut weight = vec![1.0f32; candidates.len()];
+        let mut plan_failure = 1.0f32;
+        let mut chosen: Option<Timestamp> = None;
+        let mut best_p = 0.0f32;
+        for _ in 0..left {
+            let Some((i, value)) = candidates
+                .iter()
+                .zip(&weight)
+                .map(|((v, _, _), w)| v * w)
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+            else {
+                break;
+            };
+            if value <= 0.0 {
+                break;
+            }
+            let (_, at, p) = candidates[i];
+            plan_failure *= 1.0 - p * weight[i];
+            best_p = best_p.max(p);
+            chosen = Some(chosen.map_or(at, |c: Timestamp| c.min(at)));
+            for (j, (_, other, _)) in candidates.iter().enumerate() {
+                let apart = (other.as_millis() - at.as_millis()).abs() as f32 / DAY_MS as f32;
+                weight[j] *= apart.min(1.0);
+            }
+        }
+        let Some(mut chosen) = chosen else {
             return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
         };
-        if p < self.min_probability {
+        // Calibrated give-up: stop when the whole plan is unlikely to recover.
+        if 1.0 - plan_failure < self.min_probability || best_p <= 0.0 {
             return RetryDecision::Stop(FailureReason::RetriesExhausted);
         }
+        let candidates = candidates.len() as u64;
         // Deterministic exploration: the same payment and attempt always explore (or
         // not) the same way, on any instance.
         let seed = mix(hash_str(&context.payment.id) ^ u64::from(attempts));
@@ -414,6 +543,16 @@ impl RetryPolicy for SmartPolicy {
     }
 
     fn observe(&self, observation: &AttemptObservation<'_>) {
+        if observation.approved
+            && observation.attempt_number > 1
+            && observation.payment.retry_details.retry_strategy
+                == offsession_core::RetryStrategy::Smart
+        {
+            if let (arm, true) = self.arm(&observation.payment.id) {
+                let slot = if arm == Arm::Model { 1 } else { 3 };
+                self.evidence[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let card = observation.method.and_then(|m| m.card.as_ref());
         let s = match (
             observation.previous_decline,

@@ -161,6 +161,9 @@ async fn run_strategy(
     config.heuristic.max_attempts = options.max_attempts;
     config.smart.window = options.window;
     config.smart.max_attempts = options.max_attempts;
+    // `smart` is the learned model alone; `best_available` (smart's default) also
+    // weighs it against the rule-based plan by evidence.
+    config.smart.select_by_evidence = strategy == "best_available";
     let start = scenario.start();
     let end = start.plus(std::time::Duration::from_secs(
         u64::from(scenario.days) * 86_400,

@@ -151,3 +151,146 @@ pub(super) fn time_slots(s: &Situation, at: Timestamp) -> [usize; 12] {
 pub(super) fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
+
+/// Bucket counts of the time families, in [`time_slots`] order.
+const FAMILY_SIZES: [usize; 6] = [6, 6, 6, 7, 8, 42];
+const FAMILIES: [u64; 6] = [SINCE, WAIT, HOUR, WEEKDAY, MONTHDAY, WEEKDAY_HOUR];
+
+/// One decision's time weights, looked up once per bucket value rather than hashed
+/// per candidate: for each time family and value, the plain weight plus the
+/// category cross, and the cross's novelty term.
+pub(super) struct TimeTables {
+    score: [Vec<f32>; 6],
+    novelty: [Vec<f32>; 6],
+}
+
+impl TimeTables {
+    pub(super) fn new(weights: &[f32], squared_gradients: &[f32], category: u64) -> TimeTables {
+        let table = |f: usize, novelty: bool| -> Vec<f32> {
+            (0..FAMILY_SIZES[f] as u64)
+                .map(|v| {
+                    let cross = slot(CROSS + FAMILIES[f], (category << 8) | v);
+                    if novelty {
+                        1.0 / (1.0 + 10.0 * squared_gradients[cross]).sqrt()
+                    } else {
+                        weights[slot(FAMILIES[f], v)] + weights[cross]
+                    }
+                })
+                .collect()
+        };
+        TimeTables {
+            score: std::array::from_fn(|f| table(f, false)),
+            novelty: std::array::from_fn(|f| table(f, true)),
+        }
+    }
+
+    /// The time score and novelty of a candidate with these bucket values.
+    #[inline]
+    pub(super) fn lookup(&self, values: [usize; 6]) -> (f32, f32) {
+        let mut score = 0.0;
+        let mut novelty = 0.0;
+        for (f, v) in values.into_iter().enumerate() {
+            score += self.score[f][v];
+            novelty += self.novelty[f][v];
+        }
+        (score, novelty / 6.0)
+    }
+}
+
+/// Walks candidate times `step_ms` apart from `first`, giving each one's bucket
+/// values without a calendar conversion per candidate: the local day's day of
+/// month comes from a per-day cache.
+pub(super) struct CandidateWalk {
+    offset_ms: i64,
+    first_day: i64,
+    day_of_month: Vec<u8>,
+}
+
+impl CandidateWalk {
+    pub(super) fn new(s: &Situation, first: Timestamp, last: Timestamp) -> CandidateWalk {
+        let offset_ms = i64::from(s.offset_hours) * HOUR_MS;
+        let first_day = (first.as_millis() + offset_ms).div_euclid(DAY_MS);
+        let last_day = (last.as_millis() + offset_ms).div_euclid(DAY_MS);
+        let day_of_month = (first_day..=last_day.max(first_day))
+            .map(|day| local(Timestamp::from_millis(day * DAY_MS + HOUR_MS), 0).day as u8)
+            .collect();
+        CandidateWalk {
+            offset_ms,
+            first_day,
+            day_of_month,
+        }
+    }
+
+    /// Bucket values of a candidate at `at`, in [`time_slots`] order.
+    #[inline]
+    pub(super) fn values(&self, s: &Situation, at: Timestamp) -> [usize; 6] {
+        let ms = at.as_millis() + self.offset_ms;
+        let day = ms.div_euclid(DAY_MS);
+        let hour = (ms.rem_euclid(DAY_MS) / HOUR_MS) as usize;
+        let weekday = (day + 4).rem_euclid(7) as usize;
+        let dom = self
+            .day_of_month
+            .get((day - self.first_day) as usize)
+            .copied()
+            .unwrap_or(1);
+        [
+            since_bucket(at.as_millis() - s.first_failure_at.as_millis()) as usize,
+            wait_bucket(at.as_millis() - s.decided_at.as_millis()) as usize,
+            hour / 4,
+            weekday,
+            monthday_bucket(u32::from(dom)) as usize,
+            weekday * 6 + hour / 4,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offsession_core::hash::unit_interval;
+
+    #[test]
+    fn the_tables_score_as_the_hashed_slots_do() {
+        let weights: Vec<f32> = (0..DIMENSIONS as u64)
+            .map(|i| unit_interval(mix(i)) as f32 - 0.5)
+            .collect();
+        let squared: Vec<f32> = (0..DIMENSIONS as u64)
+            .map(|i| unit_interval(mix(i ^ 77)) as f32)
+            .collect();
+        let now = Timestamp::parse_rfc3339("2026-01-27T13:20:00Z").unwrap();
+        let card = offsession_core::CardDetails {
+            brand: "visa".into(),
+            funding: "debit".into(),
+            country: Some("JP".into()),
+            wallet: None,
+        };
+        let s = situation(
+            Some(DeclineCategory::SoftFunds),
+            "insufficient_funds",
+            None,
+            Some(&card),
+            2_000,
+            Cadence::Recurring,
+            2,
+            now,
+            Timestamp::from_millis(now.as_millis() - 3 * DAY_MS),
+        );
+        let last = Timestamp::from_millis(now.as_millis() + 28 * DAY_MS);
+        let tables = TimeTables::new(&weights, &squared, s.category);
+        let walk = CandidateWalk::new(&s, now, last);
+        let mut t = now;
+        while t <= last {
+            let slots = time_slots(&s, t);
+            let score: f32 = slots.iter().map(|&i| weights[i]).sum();
+            let novelty = slots[6..]
+                .iter()
+                .map(|&i| 1.0 / (1.0 + 10.0 * squared[i]).sqrt())
+                .sum::<f32>()
+                / 6.0;
+            let (table_score, table_novelty) = tables.lookup(walk.values(&s, t));
+            assert!((score - table_score).abs() < 1e-4, "{t}");
+            assert!((novelty - table_novelty).abs() < 1e-5, "{t}");
+            t = Timestamp::from_millis(t.as_millis() + 3 * HOUR_MS + 7 * 60_000);
+        }
+    }
+}

@@ -82,8 +82,9 @@ pub struct SmartConfig {
     pub learn_from_first_attempts: bool,
     /// Choose between the learned model and the rule-based plan (`[heuristic]`) by
     /// evidence: a share of payments (`evidence_share`, split evenly) always follows
-    /// one or the other, and every other payment follows whichever has recovered
-    /// more of its share's failed payments so far.
+    /// one or the other, and every other payment follows whichever has recovered the
+    /// larger share of its failed payments, counted once their window has passed
+    /// (the rule-based plan until both have 100 such payments).
     pub select_by_evidence: bool,
     /// Share of payments that gather that evidence.
     pub evidence_share: f64,
@@ -186,16 +187,6 @@ impl Model {
     fn score(&self, slots: &[usize]) -> f32 {
         slots.iter().map(|&i| self.weights[i]).sum()
     }
-
-    /// How little is known about the category × time crosses of a candidate: 1 with no
-    /// evidence, towards 0 with much.
-    fn novelty(&self, time_slots: &[usize; 12]) -> f32 {
-        time_slots[6..]
-            .iter()
-            .map(|&i| 1.0 / (1.0 + 10.0 * self.squared_gradients[i]).sqrt())
-            .sum::<f32>()
-            / 6.0
-    }
 }
 
 /// The smart strategy.
@@ -214,9 +205,42 @@ pub struct SmartPolicy {
     select_by_evidence: bool,
     evidence_share: f64,
     rules: crate::HeuristicPolicy,
-    /// Failed payments and recoveries: model share, then rules share.
-    evidence: [std::sync::atomic::AtomicU64; 4],
+    /// Failed payments and their recoveries, model share then rules share.
+    evidence: std::sync::Mutex<Cohorts>,
     model: RwLock<Model>,
+}
+
+/// Evidence of the two plans: matured counts `[model failed, model recovered, rules
+/// failed, rules recovered]`, and counts still inside the horizon by failure hour.
+/// Both plans are compared on recoveries within the retry window of the failure,
+/// counted only once the window has passed, so that a plan that recovers sooner is
+/// not favoured by the lag.
+#[derive(Debug, Default)]
+struct Cohorts {
+    horizon_ms: i64,
+    matured: [u64; 4],
+    pending: std::collections::BTreeMap<(i64, usize), u64>,
+}
+
+impl Cohorts {
+    fn add(&mut self, failed_at: Timestamp, slot: usize, now: Timestamp) {
+        *self
+            .pending
+            .entry((failed_at.as_millis() / HOUR_MS, slot))
+            .or_default() += 1;
+        self.mature(now);
+    }
+
+    fn mature(&mut self, now: Timestamp) {
+        let cut = (now.as_millis() - self.horizon_ms) / HOUR_MS;
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > cut {
+                break;
+            }
+            let ((_, slot), count) = entry.remove_entry();
+            self.matured[slot] += count;
+        }
+    }
 }
 
 /// Which plan a payment follows.
@@ -266,7 +290,10 @@ impl SmartPolicy {
                 window: config.window,
                 ..crate::HeuristicConfig::default()
             })?,
-            evidence: Default::default(),
+            evidence: std::sync::Mutex::new(Cohorts {
+                horizon_ms: config.window.as_millis() as i64,
+                ..Cohorts::default()
+            }),
             model: RwLock::new(Model::prior()),
         })
     }
@@ -278,14 +305,16 @@ impl SmartPolicy {
         self
     }
 
+    fn cohorts(&self) -> std::sync::MutexGuard<'_, Cohorts> {
+        self.evidence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn evidence(&self) -> [u64; 4] {
-        std::array::from_fn(|i| self.evidence[i].load(std::sync::atomic::Ordering::Relaxed))
+        self.cohorts().matured
     }
 
     fn set_evidence(&self, values: [u64; 4]) {
-        for (slot, value) in self.evidence.iter().zip(values) {
-            slot.store(value, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.cohorts().matured = values;
     }
 
     /// The plan a payment follows, and whether it is in the evidence share.
@@ -301,13 +330,14 @@ impl SmartPolicy {
             return (Arm::Rules, true);
         }
         let [mf, mr, rf, rr] = self.evidence();
-        // Recovered share of each plan's failed payments (Laplace-smoothed); the
-        // model leads until both have some evidence.
+        // Share of each plan's failed payments recovered within the horizon
+        // (Laplace-smoothed). Until both have 100 matured failures the rule-based
+        // plan, which needs no data, leads.
         let rate = |recovered: u64, failed: u64| (recovered as f64 + 1.0) / (failed as f64 + 2.0);
-        if mf.min(rf) >= 100 && rate(rr, rf) > rate(mr, mf) {
-            (Arm::Rules, false)
-        } else {
+        if mf.min(rf) >= 100 && rate(mr, mf) > rate(rr, rf) {
             (Arm::Model, false)
+        } else {
+            (Arm::Rules, false)
         }
     }
 
@@ -463,7 +493,7 @@ impl RetryPolicy for SmartPolicy {
         let (arm, sampled) = self.arm(&context.payment.id);
         if sampled && attempts == 1 {
             let slot = if arm == Arm::Model { 0 } else { 2 };
-            self.evidence[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.cohorts().add(context.now, slot, context.now);
         }
         if arm == Arm::Rules {
             return self.rules.decide(context);
@@ -471,21 +501,26 @@ impl RetryPolicy for SmartPolicy {
         let s = self.situation_of(context);
         let model = self.model.read().unwrap_or_else(|p| p.into_inner());
         let base = model.score(&s.slots);
-        let log_discount = self.daily_discount.ln();
+        let tables = TimeTables::new(&model.weights, &model.squared_gradients, s.category);
+        drop(model);
+        let walk = CandidateWalk::new(&s, earliest, window_end);
         // Every candidate's predicted chance (optimistic where evidence is thin) and
-        // its discounted value.
+        // its discounted value; the discount steps by one factor per candidate.
+        let days_first = (earliest.as_millis() - context.now.as_millis()) as f64 / DAY_MS as f64;
+        let mut discount = self.daily_discount.powf(days_first) as f32;
+        let step_discount = self
+            .daily_discount
+            .powf(self.step_ms as f64 / DAY_MS as f64) as f32;
         let mut candidates: Vec<(f32, Timestamp, f32)> = Vec::with_capacity(256);
         let mut t = earliest;
         while t <= window_end && candidates.len() < 4096 {
-            let slots = time_slots(&s, t);
-            let logit = base + model.score(&slots);
-            let optimistic = sigmoid(logit + self.optimism * model.novelty(&slots));
-            let days = (t.as_millis() - context.now.as_millis()) as f64 / DAY_MS as f64;
-            let value = optimistic * (log_discount * days).exp() as f32;
-            candidates.push((value, t, sigmoid(logit)));
+            let (score, novelty) = tables.lookup(walk.values(&s, t));
+            let logit = base + score;
+            let optimistic = sigmoid(logit + self.optimism * novelty);
+            candidates.push((optimistic * discount, t, sigmoid(logit)));
+            discount *= step_discount;
             t = Timestamp::from_millis(t.as_millis() + self.step_ms);
         }
-        drop(model);
         if candidates.is_empty() {
             return RetryDecision::Stop(FailureReason::ExceededRetryWindow);
         }
@@ -516,9 +551,13 @@ impl RetryPolicy for SmartPolicy {
             plan_failure *= 1.0 - p * weight[i];
             best_p = best_p.max(p);
             chosen = Some(chosen.map_or(at, |c: Timestamp| c.min(at)));
-            for (j, (_, other, _)) in candidates.iter().enumerate() {
-                let apart = (other.as_millis() - at.as_millis()).abs() as f32 / DAY_MS as f32;
-                weight[j] *= apart.min(1.0);
+            // Candidates are evenly spaced: only those within a day of the pick move.
+            let reach = (DAY_MS / self.step_ms.max(1)) as usize;
+            let from = i.saturating_sub(reach);
+            let to = (i + reach).min(candidates.len() - 1);
+            for (j, w) in weight.iter_mut().enumerate().take(to + 1).skip(from) {
+                let apart = (j.abs_diff(i) as i64 * self.step_ms) as f32 / DAY_MS as f32;
+                *w *= apart.min(1.0);
             }
         }
         let Some(mut chosen) = chosen else {
@@ -549,8 +588,9 @@ impl RetryPolicy for SmartPolicy {
                 == offsession_core::RetryStrategy::Smart
         {
             if let (arm, true) = self.arm(&observation.payment.id) {
+                let failed_at = observation.first_failure_at.unwrap_or(observation.at);
                 let slot = if arm == Arm::Model { 1 } else { 3 };
-                self.evidence[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.cohorts().add(failed_at, slot, observation.at);
             }
         }
         let card = observation.method.and_then(|m| m.card.as_ref());

@@ -58,17 +58,9 @@ pub(super) fn wait_bucket(ms: i64) -> u64 {
     }
 }
 
+/// The day of the month, 0-based: 31 buckets, so that any payday can be learned.
 pub(super) fn monthday_bucket(day: u32) -> u64 {
-    match day {
-        1..=2 => 0,
-        3..=5 => 1,
-        6..=10 => 2,
-        11..=14 => 3,
-        15..=16 => 4,
-        17..=20 => 5,
-        21..=27 => 6,
-        _ => 7,
-    }
+    u64::from(day.clamp(1, 31) - 1)
 }
 
 pub(super) fn amount_band(minor: i64) -> u64 {
@@ -153,35 +145,34 @@ pub(super) fn sigmoid(z: f32) -> f32 {
 }
 
 /// Bucket counts of the time families, in [`time_slots`] order.
-const FAMILY_SIZES: [usize; 6] = [6, 6, 6, 7, 8, 42];
+const FAMILY_SIZES: [usize; 6] = [6, 6, 6, 7, 31, 42];
 const FAMILIES: [u64; 6] = [SINCE, WAIT, HOUR, WEEKDAY, MONTHDAY, WEEKDAY_HOUR];
 
 /// One decision's time weights, looked up once per bucket value rather than hashed
 /// per candidate: for each time family and value, the plain weight plus the
 /// category cross, and the cross's novelty term.
 pub(super) struct TimeTables {
-    score: [Vec<f32>; 6],
-    novelty: [Vec<f32>; 6],
+    /// Per family and value, flat: (score, novelty term).
+    entries: [(f32, f32); TABLE_LEN],
 }
+
+/// Where each family's values start in the flat table.
+const FAMILY_START: [usize; 6] = [0, 6, 12, 18, 25, 56];
+const TABLE_LEN: usize = 98;
 
 impl TimeTables {
     pub(super) fn new(weights: &[f32], squared_gradients: &[f32], category: u64) -> TimeTables {
-        let table = |f: usize, novelty: bool| -> Vec<f32> {
-            (0..FAMILY_SIZES[f] as u64)
-                .map(|v| {
-                    let cross = slot(CROSS + FAMILIES[f], (category << 8) | v);
-                    if novelty {
-                        1.0 / (1.0 + 10.0 * squared_gradients[cross]).sqrt()
-                    } else {
-                        weights[slot(FAMILIES[f], v)] + weights[cross]
-                    }
-                })
-                .collect()
-        };
-        TimeTables {
-            score: std::array::from_fn(|f| table(f, false)),
-            novelty: std::array::from_fn(|f| table(f, true)),
+        let mut entries = [(0.0, 0.0); TABLE_LEN];
+        for f in 0..6 {
+            for v in 0..FAMILY_SIZES[f] {
+                let cross = slot(CROSS + FAMILIES[f], (category << 8) | v as u64);
+                entries[FAMILY_START[f] + v] = (
+                    weights[slot(FAMILIES[f], v as u64)] + weights[cross],
+                    1.0 / (1.0 + 10.0 * squared_gradients[cross]).sqrt(),
+                );
+            }
         }
+        TimeTables { entries }
     }
 
     /// The time score and novelty of a candidate with these bucket values.
@@ -190,8 +181,9 @@ impl TimeTables {
         let mut score = 0.0;
         let mut novelty = 0.0;
         for (f, v) in values.into_iter().enumerate() {
-            score += self.score[f][v];
-            novelty += self.novelty[f][v];
+            let (s, n) = self.entries[FAMILY_START[f] + v.min(FAMILY_SIZES[f] - 1)];
+            score += s;
+            novelty += n;
         }
         (score, novelty / 6.0)
     }

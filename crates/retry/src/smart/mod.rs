@@ -164,8 +164,11 @@ impl Model {
         set(cross(WAIT, DeclineCategory::SoftTransient, 0), 0.8);
         set(cross(WAIT, DeclineCategory::SoftTransient, 1), 0.6);
         // Funds arrive on paydays: the 1st–2nd, the 15th–16th, Fridays; rarely overnight.
-        set(cross(MONTHDAY, DeclineCategory::SoftFunds, 0), 0.8);
-        set(cross(MONTHDAY, DeclineCategory::SoftFunds, 4), 0.6);
+        // A cold-start guess only: every day of the month and of the week has its
+        // own weight, learned from outcomes.
+        for (day, weight) in [(0, 0.8), (1, 0.8), (14, 0.6), (15, 0.6)] {
+            set(cross(MONTHDAY, DeclineCategory::SoftFunds, day), weight);
+        }
         set(cross(WEEKDAY, DeclineCategory::SoftFunds, 5), 0.3);
         set(cross(WAIT, DeclineCategory::SoftFunds, 0), -0.8);
         set(cross(WAIT, DeclineCategory::SoftFunds, 1), -0.5);
@@ -517,7 +520,7 @@ impl RetryPolicy for SmartPolicy {
             let (score, novelty) = tables.lookup(walk.values(&s, t));
             let logit = base + score;
             let optimistic = sigmoid(logit + self.optimism * novelty);
-            candidates.push((optimistic * discount, t, sigmoid(logit)));
+            candidates.push((optimistic * discount, t, logit));
             discount *= step_discount;
             t = Timestamp::from_millis(t.as_millis() + self.step_ms);
         }
@@ -547,7 +550,8 @@ impl RetryPolicy for SmartPolicy {
             if value <= 0.0 {
                 break;
             }
-            let (_, at, p) = candidates[i];
+            let (_, at, logit) = candidates[i];
+            let p = sigmoid(logit);
             plan_failure *= 1.0 - p * weight[i];
             best_p = best_p.max(p);
             chosen = Some(chosen.map_or(at, |c: Timestamp| c.min(at)));

@@ -80,6 +80,9 @@ pub enum Command {
         /// Every strategy's attempts per payment at most, the first included.
         #[arg(long, default_value_t = 8)]
         max_attempts: u32,
+        /// Run only these strategies (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        strategies: Vec<String>,
     },
     /// Drive payments through the engine against the mock processor on the real
     /// clock; report throughput, engine overhead, Little's-law efficiency, memory.
@@ -417,6 +420,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             chart,
             window,
             max_attempts,
+            strategies,
         } => {
             let config = config::load(&path)?;
             let window = offsession_core::duration::parse(&window).map_err(|e| {
@@ -428,6 +432,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             let options = simulate::Options {
                 window,
                 max_attempts,
+                strategies,
             };
             let text = std::fs::read_to_string(&scenario)
                 .map_err(|e| RunnerError::file("reading the scenario", &scenario, e))?;

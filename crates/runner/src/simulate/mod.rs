@@ -64,12 +64,14 @@ use recorder::{check, Recorder};
 pub use report::{OracleReport, ScheduleCandidate, SimulationReport, StrategyReport};
 
 /// The bounds every strategy of a simulation shares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// No retry later than this after the first attempt.
     pub window: Duration,
     /// Attempts per payment at most, the first included.
     pub max_attempts: u32,
+    /// The strategies to run (empty: all of [`STRATEGIES`]).
+    pub strategies: Vec<String>,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
         Options {
             window: Duration::from_secs(28 * 86_400),
             max_attempts: 8,
+            strategies: Vec::new(),
         }
     }
 }
@@ -375,7 +378,22 @@ pub async fn run(
     options: &Options,
 ) -> Result<SimulationReport, RunnerError> {
     let started = Instant::now();
-    let options = *options;
+    if let Some(unknown) = options
+        .strategies
+        .iter()
+        .find(|s| !STRATEGIES.contains(&s.as_str()))
+    {
+        return Err(RunnerError::Config(ConfigError::Invalid {
+            key: "--strategies".into(),
+            message: format!("`{unknown}` is not one of {}", STRATEGIES.join(", ")),
+        }));
+    }
+    let chosen = options.strategies.clone();
+    let selected = |s: &str| chosen.is_empty() || chosen.iter().any(|x| x == s);
+    let options = Options {
+        strategies: Vec::new(),
+        ..options.clone()
+    };
     if options.max_attempts < 2 || options.window < Duration::from_secs(3_600) {
         return Err(RunnerError::Config(ConfigError::Invalid {
             key: "simulate".into(),
@@ -429,13 +447,13 @@ pub async fn run(
             })
         })?;
     let mut tasks = Vec::new();
-    for strategy in STRATEGIES {
+    for strategy in STRATEGIES.into_iter().filter(|s| selected(s)) {
         tasks.push(tokio::spawn(run_strategy(
             strategy,
             population.clone(),
             config_path.to_owned(),
             config.clone(),
-            options,
+            options.clone(),
             best.clone(),
         )));
     }

@@ -662,3 +662,60 @@ async fn an_answer_during_a_lease_renewal_is_written() {
     assert!(record.attempts[0].answered());
     assert_eq!(mock.ledger().len(), 1);
 }
+
+/// Mastercard advice code 21 bars the card: another payment of the same card, first
+/// attempt included, takes no attempt for 30 days; after them it is attempted again.
+#[tokio::test]
+async fn mastercard_advice_21_bars_every_payment_of_the_card_for_thirty_days() {
+    let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+    codes.network_advice_code = Some("21".into());
+    let (h, processor) = faulting(
+        AttemptOutcome::Declined {
+            codes,
+            reference: Default::default(),
+        },
+        EngineConfig::default(),
+    )
+    .await;
+    let card = "pm_card_mastercard";
+    let first = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    let first = h.get(&first.id).await;
+    assert_eq!(first.status, PaymentStatus::Failed);
+    assert_eq!(first.failure_reason, Some(FailureReason::RejectedByPartner));
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
+
+    // Ten days later a new renewal on the same card fails without an attempt.
+    for _ in 0..10 {
+        h.advance(DAY).await;
+    }
+    let second = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    let second = h.get(&second.id).await;
+    assert_eq!(second.status, PaymentStatus::Failed);
+    assert_eq!(
+        second.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(second.retry_details.attempts, 0);
+    assert_eq!(
+        processor.sends.load(Ordering::SeqCst),
+        1,
+        "nothing was sent to the barred card"
+    );
+
+    // A Visa card of the same customer is not barred.
+    let visa = h.create(h.body("pm_card_visa")).await;
+    h.advance(DAY).await;
+    assert!(h.get(&visa.id).await.retry_details.attempts >= 1);
+
+    // Thirty days after the decline the card is attempted again.
+    for _ in 0..20 {
+        h.advance(DAY).await;
+    }
+    let before = processor.sends.load(Ordering::SeqCst);
+    let third = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    assert_eq!(h.get(&third.id).await.retry_details.attempts, 1);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), before + 1);
+}

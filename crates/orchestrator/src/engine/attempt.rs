@@ -55,6 +55,22 @@ impl Engine {
                     self.commit_change(&next, expected, from, now).await?;
                     return Ok(Duration::ZERO);
                 }
+                // Mastercard counts every decline on the card against its caps (10 in
+                // 24 hours, 35 per amount in 30 days), first attempts included: a
+                // first attempt that could be the one too many waits.
+                let allowed = rules.earliest_allowed(
+                    brand,
+                    &history,
+                    record.payment.amount_requested.value,
+                    now,
+                );
+                if allowed > now {
+                    let mut next = record;
+                    next.lease = None;
+                    next.due_at = Some(allowed);
+                    self.commit_change(&next, expected, from, now).await?;
+                    return Ok(Duration::ZERO);
+                }
             }
         }
         if guarded && !replay && !record.attempts.is_empty() {

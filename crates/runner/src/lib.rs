@@ -53,8 +53,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a simulated population through the engine once per retry strategy
-    /// (none, scheduled, heuristic, smart) and compare recovery.
+    /// Run a simulated population through the engine once per retry strategy (none,
+    /// the best equal-bound schedule, heuristic, smart, best_available, and a
+    /// reckless strategy with and without the network guard) and compare recovery
+    /// with an omniscient single retry (the oracle).
     Simulate {
         /// Scenario file (`config/scenarios/*.toml`).
         #[arg(long)]
@@ -434,12 +436,13 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
                 max_attempts,
                 strategies,
             };
-            let text = std::fs::read_to_string(&scenario)
-                .map_err(|e| RunnerError::file("reading the scenario", &scenario, e))?;
+            let scenario_path = scenario;
+            let text = std::fs::read_to_string(&scenario_path)
+                .map_err(|e| RunnerError::file("reading the scenario", &scenario_path, e))?;
             let mut scenario =
                 offsession_mock::issuer::Scenario::from_toml(&text).map_err(|message| {
                     RunnerError::Content {
-                        path: scenario.clone(),
+                        path: scenario_path.clone(),
                         message,
                     }
                 })?;
@@ -449,6 +452,10 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             if let Some(customers) = customers {
                 scenario.customers = customers;
             }
+            scenario.check().map_err(|message| RunnerError::Content {
+                path: scenario_path.clone(),
+                message,
+            })?;
             let report = simulate::run(&scenario, &path, &config, &options).await?;
             if let Some(chart) = chart {
                 report.chart(&chart)?;

@@ -251,3 +251,53 @@ async fn worlds_with_debits_several_charges_and_advice_codes_keep_the_rules() {
         );
     }
 }
+
+#[test]
+fn a_bad_scenario_is_refused_naming_the_key_and_the_rule() {
+    let shipped = std::fs::read_to_string(repo_path("config/scenarios/off-calendar.toml")).unwrap();
+    for (from, to, expected) in [
+        (
+            "days_of_month = [28]",
+            "days_of_month = [32]",
+            "`pay_rules[0]`: `days_of_month` must be 1–31",
+        ),
+        (
+            "weekday = \"thu\"",
+            "weekday = \"thursday\"",
+            "`pay_rules[3]`: `weekday` must be one of",
+        ),
+        (
+            "hard_share = 0.008",
+            "hard_share = 2.0",
+            "`declines.hard_share` must be in [0, 1]",
+        ),
+        (
+            "visa = 0.50",
+            "viza = 0.50",
+            "`brands`: `viza` is not one of",
+        ),
+        (
+            "US = 0.9",
+            "USA = 0.9",
+            "`countries`: `USA` is not an ISO 3166 country code",
+        ),
+        (
+            "brand = \"mastercard\"",
+            "brand = \"mastercrd\"",
+            "`outages[0].brand`: `mastercrd`",
+        ),
+        (
+            "jitter_hours = 8\n",
+            "jiter_hours = 8\n",
+            "unknown field `jiter_hours`",
+        ),
+    ] {
+        assert!(shipped.contains(from), "{from}");
+        let text = shipped.replacen(from, to, 1);
+        let err = Scenario::from_toml(&text).unwrap_err();
+        assert!(err.contains(expected), "{to}: {err}");
+    }
+    let mut scenario = Scenario::from_toml(&shipped).unwrap();
+    scenario.customers = 0;
+    assert!(scenario.check().unwrap_err().contains("`customers`"));
+}

@@ -267,9 +267,17 @@ pub struct Outage {
 }
 
 impl Scenario {
-    /// Parses a scenario file.
+    /// Parses a scenario file and checks it.
     pub fn from_toml(text: &str) -> Result<Scenario, String> {
         let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Checks every key's rule (again after a caller overrides one, such as
+    /// `customers`).
+    pub fn check(&self) -> Result<(), String> {
+        let scenario = self;
         if scenario.customers == 0 || scenario.days == 0 || scenario.billing_days > scenario.days {
             return Err(
                 "`customers` and `days` must be positive and `billing_days` ≤ `days`".into(),
@@ -349,15 +357,78 @@ impl Scenario {
         if night[0] > 24 || night[1] > 24 {
             return Err("`declines.night_hours` must be hours 0–24".into());
         }
-        for share in [
-            scenario.declines.mastercard_retry_after_share,
-            scenario.declines.mastercard_stop_share,
+        let d = &scenario.declines;
+        let b = &scenario.balance;
+        for (key, share) in [
+            (
+                "declines.mastercard_retry_after_share",
+                d.mastercard_retry_after_share,
+            ),
+            ("declines.mastercard_stop_share", d.mastercard_stop_share),
+            ("declines.hard_share", d.hard_share),
+            ("declines.expiring_share", d.expiring_share),
+            ("declines.replaced_share", d.replaced_share),
+            ("declines.issuer_noise", d.issuer_noise),
+            ("balance.covered_share", b.covered_share),
+            ("balance.broke_share", b.broke_share),
         ] {
             if !(0.0..=1.0).contains(&share) {
-                return Err("`declines.mastercard_*_share` must be in [0, 1]".into());
+                return Err(format!("`{key}` must be in [0, 1] (got {share})"));
             }
         }
-        Ok(scenario)
+        if d.night_factor < 0.0 || b.monthly_income < 0.0 || b.daily_spend < 0.0 {
+            return Err(
+                "`declines.night_factor`, `balance.monthly_income` and `balance.daily_spend` must not be negative"
+                    .into(),
+            );
+        }
+        for (key, weights) in [
+            ("brands", &scenario.brands),
+            ("countries", &scenario.countries),
+        ] {
+            if weights.is_empty()
+                || weights.values().any(|w| *w < 0.0)
+                || weights.values().sum::<f64>() <= 0.0
+            {
+                return Err(format!(
+                    "`{key}` needs at least one positive weight and none negative"
+                ));
+            }
+        }
+        for brand in scenario.brands.keys() {
+            offsession_core::CardBrand::from_name(brand)
+                .check_known()
+                .map_err(|e| format!("`brands`: {e}"))?;
+        }
+        for country in scenario.countries.keys() {
+            if country.len() != 2 || !country.bytes().all(|c| c.is_ascii_uppercase()) {
+                return Err(format!(
+                    "`countries`: `{country}` is not an ISO 3166 country code (two capital letters)"
+                ));
+            }
+        }
+        if scenario.pay_rules.iter().map(|r| r.share).sum::<f64>() <= 0.0
+            && scenario.pay_cycles.is_none()
+        {
+            return Err("`pay_rules` need at least one positive `share`".into());
+        }
+        for (i, outage) in scenario.outages.iter().enumerate() {
+            if !scenario.brands.contains_key(&outage.brand) {
+                return Err(format!(
+                    "`outages[{i}].brand`: `{}` is not one of the scenario's `brands`",
+                    outage.brand
+                ));
+            }
+            if outage.hours <= 0.0
+                || outage.start_day < 0.0
+                || outage.every_days.is_some_and(|e| e <= 0.0)
+            {
+                return Err(format!(
+                    "`outages[{i}]`: `hours` and `every_days` must be positive and `start_day` not negative"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The simulation start.

@@ -63,8 +63,11 @@ fn the_server_keeps_its_openapi_document() {
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--max-examples",
             "25",
+            // One worker: with two, schemathesis 4.32.5 once crashed inside its own
+            // coverage phase (a KeyError in hypothesis' lambda-source cache, a race
+            // between its worker threads) after every case had passed.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "20261124",
         ])

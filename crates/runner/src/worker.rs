@@ -184,6 +184,11 @@ pub async fn run_wired(
         })
     };
     tracing::info!(instance = %config.engine.instance_id, store = %crate::config::redact(&config.store.url), "worker started");
+    eprintln!(
+        "worker {} started on {}; Ctrl-C or SIGTERM stops it after the attempts in flight",
+        config.engine.instance_id,
+        crate::config::redact(&config.store.url)
+    );
 
     let mut report = WorkerReport::default();
     let mut backoff = Duration::from_millis(100);
@@ -269,6 +274,15 @@ pub async fn run_wired(
         handled = report.handled,
         abandoned = report.abandoned,
         "worker stopped"
+    );
+    eprintln!(
+        "worker stopped: {} payments handled{}",
+        report.handled,
+        if report.abandoned {
+            "; attempts still in flight at the deadline were left (their leases lapse)"
+        } else {
+            ""
+        }
     );
     Ok(report)
 }

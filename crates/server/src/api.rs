@@ -3,8 +3,6 @@
 // only add an allocation on the error path.
 #![allow(clippy::result_large_err)]
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -13,9 +11,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use offsession_core::{OutboxEvent, Timestamp};
+use offsession_core::OutboxEvent;
 use serde_json::{json, Map, Value};
 
+use crate::clocks::{advance_clock, create_clock, retrieve_clock};
 use crate::errors::{self, invalid};
 use crate::AppState;
 
@@ -439,169 +438,4 @@ async fn list_events(
             err.to_string(),
         )),
     }
-}
-
-fn clock_object(state: &AppState, id: &str, frozen: Timestamp, name: Option<&str>) -> Value {
-    let advancing = state
-        .advancing
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(id);
-    let created = state.engine.now().as_millis() / 1000;
-    json!({
-        "id": id,
-        "object": "test_helpers.test_clock",
-        "created": created,
-        "deletes_after": created + 30 * 86_400,
-        "frozen_time": frozen.as_millis() / 1000,
-        "livemode": false,
-        "name": name,
-        "status": if advancing { "advancing" } else { "ready" },
-        "status_details": {},
-    })
-}
-
-fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    form.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn frozen_time(form: &[(String, String)]) -> Result<Timestamp, Response> {
-    let Some(text) = form_value(form, "frozen_time") else {
-        return Err(invalid("`frozen_time` is required (Unix seconds)"));
-    };
-    match text.parse::<i64>() {
-        Ok(secs) if secs > 0 && secs < 253_402_300_800 => Ok(Timestamp::from_millis(secs * 1000)),
-        _ => Err(invalid(format!(
-            "`frozen_time` must be Unix seconds (got `{text}`)"
-        ))),
-    }
-}
-
-fn v1_form(body: Result<Bytes, BytesRejection>) -> Result<Vec<(String, String)>, Response> {
-    let body = body.map_err(|r| invalid(format!("the request body could not be read: {r}")))?;
-    serde_urlencoded_pairs(&body)
-}
-
-/// Decodes `application/x-www-form-urlencoded` pairs.
-fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Response> {
-    let text =
-        std::str::from_utf8(body).map_err(|_| invalid("the form body is not valid UTF-8"))?;
-    let decode = |s: &str| -> Result<String, Response> {
-        let s = s.replace('+', " ");
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| invalid("the form body has a bad `%` escape"))?;
-                out.push(hex);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).map_err(|_| invalid("the form body is not valid UTF-8"))
-    };
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-async fn create_clock(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let form = match v1_form(body) {
-        Ok(form) => form,
-        Err(response) => return response,
-    };
-    if let Some((unknown, _)) = form
-        .iter()
-        .find(|(k, _)| !matches!(k.as_str(), "frozen_time" | "name"))
-    {
-        return invalid(format!("unknown parameter `{unknown}`"));
-    }
-    let at = match frozen_time(&form) {
-        Ok(at) => at,
-        Err(response) => return response,
-    };
-    match state.engine.create_test_clock(at).await {
-        Ok(clock) => Json(clock_object(
-            &state,
-            &clock.id,
-            clock.frozen_time,
-            form_value(&form, "name"),
-        ))
-        .into_response(),
-        Err(err) => errors::api(err),
-    }
-}
-
-async fn retrieve_clock(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.engine.retrieve_test_clock(&id).await {
-        Ok(clock) => Json(clock_object(&state, &clock.id, clock.frozen_time, None)).into_response(),
-        Err(err) => errors::api(err),
-    }
-}
-
-/// Moves the clock to `frozen_time` and runs the attempts due in between, in order,
-/// in the background; the clock shows `advancing` until they have run.
-async fn advance_clock(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let form = match v1_form(body) {
-        Ok(form) => form,
-        Err(response) => return response,
-    };
-    if let Some((unknown, _)) = form.iter().find(|(k, _)| k != "frozen_time") {
-        return invalid(format!("unknown parameter `{unknown}`"));
-    }
-    let to = match frozen_time(&form) {
-        Ok(at) => at,
-        Err(response) => return response,
-    };
-    let clock = match state.engine.retrieve_test_clock(&id).await {
-        Ok(clock) => clock,
-        Err(err) => return errors::api(err),
-    };
-    if to <= clock.frozen_time {
-        return invalid("`frozen_time` must be later than the clock's current time");
-    }
-    {
-        let mut advancing = state.advancing.lock().unwrap_or_else(|p| p.into_inner());
-        if !advancing.insert(id.clone()) {
-            return errors::error(
-                400,
-                "invalid_request_error",
-                "test_clock_advancing",
-                "The test clock is already advancing; wait until its status is `ready`.",
-            );
-        }
-    }
-    let engine = state.engine.clone();
-    let set = state.advancing.clone();
-    let clock_id = id.clone();
-    tokio::spawn(async move {
-        if let Err(err) = engine.advance_test_clock(&clock_id, to).await {
-            tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
-        }
-        // Let a caller polling right after see `advancing` at least once.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        set.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&clock_id);
-    });
-    Json(clock_object(&state, &id, to, None)).into_response()
 }

@@ -10,6 +10,7 @@
 
 mod api;
 mod auth;
+mod clocks;
 pub mod destinations;
 mod errors;
 pub mod webhooks;

@@ -24,7 +24,12 @@ use serde::Deserialize;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
+mod paydays;
+mod processor;
 mod scenario;
+
+use paydays::is_payday;
+pub use processor::SimulatedIssuer;
 
 pub use scenario::{BalanceModel, DeclineModel, Outage, PayCycleMix, PayRule, Scenario, TimeZones};
 
@@ -136,58 +141,6 @@ impl Customer {
             .map(|(t, _)| Timestamp::from_millis(*t))
             .collect()
     }
-}
-
-/// `(year, month, day)` of a day number since 1970-01-01.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-fn weekday(days: i64) -> i64 {
-    (days + 4).rem_euclid(7) // 0 = Sunday
-}
-
-/// Whether day `days` is a nominal day-of-month payday of `rule` (29–31 fall back to
-/// a shorter month's last day).
-fn nominal_month_payday(rule: &PayRule, days: i64) -> bool {
-    let (_, month, day) = civil(days);
-    let last = civil(days + 1).1 != month;
-    rule.days_of_month
-        .iter()
-        .any(|&d| d == day || (last && d > day))
-}
-
-fn is_payday(rule: &PayRule, phase: i64, days: i64) -> bool {
-    let wd = weekday(days);
-    let weekend = |d: i64| matches!(weekday(d), 0 | 6);
-    if !rule.days_of_month.is_empty() {
-        if nominal_month_payday(rule, days) && !(rule.weekend_before && weekend(days)) {
-            return true;
-        }
-        if rule.weekend_before && wd == 5 && (1..=2).any(|k| nominal_month_payday(rule, days + k)) {
-            return true;
-        }
-    }
-    if let Some(w) = rule.weekday_number() {
-        if wd == w && (rule.every_weeks == 1 || (days / 7).rem_euclid(2) == phase) {
-            return true;
-        }
-    }
-    if rule.last_business_day && (1..=5).contains(&wd) {
-        let next_business = if wd == 5 { days + 3 } else { days + 1 };
-        if civil(next_business).1 != civil(days).1 {
-            return true;
-        }
-    }
-    false
 }
 
 /// The population of a scenario.
@@ -524,124 +477,4 @@ fn decline(
         codes.network_advice_code = mac.map(str::to_owned);
     }
     codes
-}
-
-/// A processor whose answers come from a [`Population`]'s issuers.
-#[derive(Debug)]
-pub struct SimulatedIssuer {
-    id: String,
-    population: Arc<Population>,
-    clock: Arc<dyn Clock>,
-    capabilities: Capabilities,
-    charged: Mutex<HashMap<u64, f64>>,
-    answered: Mutex<HashMap<String, AttemptOutcome>>,
-}
-
-impl SimulatedIssuer {
-    /// A processor `id` for `population`, reading time from `clock`.
-    pub fn new(id: &str, population: Arc<Population>, clock: Arc<dyn Clock>) -> SimulatedIssuer {
-        SimulatedIssuer {
-            id: id.into(),
-            population,
-            clock,
-            capabilities: Capabilities {
-                payment_method_types: vec![
-                    PaymentMethodType::Card,
-                    PaymentMethodType::UsBankAccount,
-                    PaymentMethodType::SepaDebit,
-                ],
-                currencies: Vec::new(),
-                connect: true,
-                manual_capture: true,
-            },
-            charged: Mutex::new(HashMap::new()),
-            answered: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn customer(&self, payment_method: &str) -> Option<&Customer> {
-        self.population.customer_of(payment_method)
-    }
-}
-
-#[async_trait]
-impl Processor for SimulatedIssuer {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
-    }
-
-    async fn preflight(
-        &self,
-        payment: &OffSessionPayment,
-    ) -> Result<PaymentMethodDetails, ApiError> {
-        let customer = self
-            .customer(&payment.payment_method)
-            .ok_or_else(|| ApiError::invalid("payment_method", "not a simulated card"))?;
-        Ok(PaymentMethodDetails {
-            payment_method_type: customer.method_type.clone(),
-            card: (customer.method_type == PaymentMethodType::Card).then(|| customer.card.clone()),
-        })
-    }
-
-    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
-        if let Some(outcome) = self
-            .answered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(request.idempotency_key)
-        {
-            return outcome.clone();
-        }
-        let Some(customer) = self.customer(&request.payment.payment_method) else {
-            return AttemptOutcome::fault(
-                offsession_core::FaultKind::Refused,
-                "unknown simulated card",
-            );
-        };
-        let amount = request.payment.amount_requested.value;
-        let charged = self
-            .charged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&customer.index)
-            .copied()
-            .unwrap_or(0.0);
-        let outcome = match self
-            .population
-            .answer(customer, amount, self.clock.now(), charged)
-        {
-            None => {
-                *self
-                    .charged
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(customer.index)
-                    .or_default() += amount as f64;
-                AttemptOutcome::Approved {
-                    reference: ProcessorReference::default(),
-                }
-            }
-            Some(codes) => AttemptOutcome::Declined {
-                codes,
-                reference: ProcessorReference::default(),
-            },
-        };
-        self.answered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request.idempotency_key.to_owned(), outcome.clone());
-        outcome
-    }
-
-    async fn capture(&self, _request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
-        Ok(())
-    }
-
-    async fn cancel(&self, _request: CancelRequest<'_>) -> Result<(), ProcessorError> {
-        Ok(())
-    }
 }

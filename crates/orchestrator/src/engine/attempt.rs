@@ -34,62 +34,37 @@ impl Engine {
         } else {
             None
         };
-        if guarded && !replay && record.attempts.is_empty() {
-            // A Mastercard card barred by advice code 03 or 21 on any payment takes no
-            // attempt at all, first attempts included, until the bar ends.
-            let brand = super::step::card_brand(&record);
-            if brand == Some(&offsession_core::CardBrand::Mastercard) {
-                let history = self.card_history(&record, now).await?;
-                let rules = self.inner.declines.network_rules();
-                if rules
-                    .barred_until(brand, &history)
-                    .is_some_and(|until| until > now)
+        // Other payments of the same card may have been attempted since this retry
+        // was scheduled: check the network caps again before sending. A first
+        // attempt is checked on Mastercard cards only, whose caps count every
+        // decline (10 in 24 hours, 35 per amount in 30 days) and whose advice codes
+        // 03 / 21 bar the card for every payment; Visa's cap counts reattempts.
+        let first = record.attempts.is_empty();
+        let brand = super::step::card_brand(&record);
+        if guarded && !replay && (!first || brand == Some(&offsession_core::CardBrand::Mastercard))
+        {
+            let history = self.card_history(&record, now).await?;
+            let rules = self.inner.declines.network_rules();
+            let allowed =
+                rules.earliest_allowed(brand, &history, record.payment.amount_requested.value, now);
+            if allowed > now {
+                // A barred first attempt fails at once; a retry that cannot happen
+                // within its window fails; anything else waits.
+                let fails = if first && rules.barred_until(brand, &history).is_some_and(|u| u > now)
                 {
                     tracing::info!(payment = %record.payment.id, "card barred by a Mastercard do-not-retry advice code; failing without an attempt");
-                    let mut next = record;
-                    next.lease = None;
-                    next.payment.status = transition(next.payment.status, Transition::Fail)
-                        .unwrap_or(PaymentStatus::Failed);
-                    next.payment.failure_reason = Some(FailureReason::RejectedByPartner);
-                    next.due_at = None;
-                    self.commit_change(&next, expected, from, now).await?;
-                    return Ok(Duration::ZERO);
-                }
-                // Mastercard counts every decline on the card against its caps (10 in
-                // 24 hours, 35 per amount in 30 days), first attempts included: a
-                // first attempt that could be the one too many waits.
-                let allowed = rules.earliest_allowed(
-                    brand,
-                    &history,
-                    record.payment.amount_requested.value,
-                    now,
-                );
-                if allowed > now {
-                    let mut next = record;
-                    next.lease = None;
-                    next.due_at = Some(allowed);
-                    self.commit_change(&next, expected, from, now).await?;
-                    return Ok(Duration::ZERO);
-                }
-            }
-        }
-        if guarded && !replay && !record.attempts.is_empty() {
-            // Other payments of the same card may have been attempted since this retry
-            // was scheduled: check the network caps again before sending.
-            let history = self.card_history(&record, now).await?;
-            let allowed = self.inner.declines.network_rules().earliest_allowed(
-                super::step::card_brand(&record),
-                &history,
-                record.payment.amount_requested.value,
-                now,
-            );
-            if allowed > now {
+                    Some(FailureReason::RejectedByPartner)
+                } else if record.retry_latest.is_some_and(|latest| allowed > latest) {
+                    Some(FailureReason::ExceededRetryWindow)
+                } else {
+                    None
+                };
                 let mut next = record;
                 next.lease = None;
-                if next.retry_latest.is_some_and(|latest| allowed > latest) {
+                if let Some(reason) = fails {
                     next.payment.status = transition(next.payment.status, Transition::Fail)
                         .unwrap_or(PaymentStatus::Failed);
-                    next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
+                    next.payment.failure_reason = Some(reason);
                     next.due_at = None;
                 } else {
                     next.due_at = Some(allowed);

@@ -132,15 +132,6 @@ impl Customer {
         let b = self.deposits.partition_point(|(t, _)| *t <= to);
         self.deposits[a..b.max(a)].iter().map(|(_, v)| v).sum()
     }
-
-    /// Income landing times in `(from, to]`.
-    pub fn deposit_times(&self, from: Timestamp, to: Timestamp) -> Vec<Timestamp> {
-        self.deposits
-            .iter()
-            .filter(|(t, _)| *t > from.as_millis() && *t <= to.as_millis())
-            .map(|(t, _)| Timestamp::from_millis(*t))
-            .collect()
-    }
 }
 
 /// The population of a scenario.

@@ -344,13 +344,6 @@ impl SmartPolicy {
         }
     }
 
-    /// Evidence gathered so far: (failed, recovered) of the model's share and of the
-    /// rules' share.
-    pub fn evidence_counts(&self) -> ((u64, u64), (u64, u64)) {
-        let [mf, mr, rf, rr] = self.evidence();
-        ((mf, mr), (rf, rr))
-    }
-
     /// The learned state.
     pub fn state(&self) -> SmartState {
         let model = self.model.read().unwrap_or_else(|p| p.into_inner());

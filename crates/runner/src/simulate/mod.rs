@@ -388,12 +388,8 @@ pub async fn run(
             message: format!("`{unknown}` is not one of {}", STRATEGIES.join(", ")),
         }));
     }
-    let chosen = options.strategies.clone();
-    let selected = |s: &str| chosen.is_empty() || chosen.iter().any(|x| x == s);
-    let options = Options {
-        strategies: Vec::new(),
-        ..options.clone()
-    };
+    let selected =
+        |s: &str| options.strategies.is_empty() || options.strategies.iter().any(|x| x == s);
     if options.max_attempts < 2 || options.window < Duration::from_secs(3_600) {
         return Err(RunnerError::Config(ConfigError::Invalid {
             key: "simulate".into(),

@@ -41,8 +41,11 @@ use serde::{Deserialize, Serialize};
 use crate::RetryConfigError;
 use offsession_core::hash::{fnv1a as hash_str, mix64 as mix};
 
+mod evidence;
 mod features;
+mod state;
 
+use evidence::{Arm, Cohorts};
 use features::*;
 
 const DIMENSIONS: usize = 1 << 14;
@@ -213,46 +216,6 @@ pub struct SmartPolicy {
     model: RwLock<Model>,
 }
 
-/// Evidence of the two plans: matured counts `[model failed, model recovered, rules
-/// failed, rules recovered]`, and counts still inside the horizon by failure hour.
-/// Both plans are compared on recoveries within the retry window of the failure,
-/// counted only once the window has passed, so that a plan that recovers sooner is
-/// not favoured by the lag.
-#[derive(Debug, Default)]
-struct Cohorts {
-    horizon_ms: i64,
-    matured: [u64; 4],
-    pending: std::collections::BTreeMap<(i64, usize), u64>,
-}
-
-impl Cohorts {
-    fn add(&mut self, failed_at: Timestamp, slot: usize, now: Timestamp) {
-        *self
-            .pending
-            .entry((failed_at.as_millis() / HOUR_MS, slot))
-            .or_default() += 1;
-        self.mature(now);
-    }
-
-    fn mature(&mut self, now: Timestamp) {
-        let cut = (now.as_millis() - self.horizon_ms) / HOUR_MS;
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 > cut {
-                break;
-            }
-            let ((_, slot), count) = entry.remove_entry();
-            self.matured[slot] += count;
-        }
-    }
-}
-
-/// Which plan a payment follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arm {
-    Model,
-    Rules,
-}
-
 impl SmartPolicy {
     /// A policy with `config`, starting from the prior.
     pub fn new(config: &SmartConfig) -> Result<SmartPolicy, RetryConfigError> {
@@ -293,10 +256,7 @@ impl SmartPolicy {
                 window: config.window,
                 ..crate::HeuristicConfig::default()
             })?,
-            evidence: std::sync::Mutex::new(Cohorts {
-                horizon_ms: config.window.as_millis() as i64,
-                ..Cohorts::default()
-            }),
+            evidence: std::sync::Mutex::new(Cohorts::new(config.window.as_millis() as i64)),
             model: RwLock::new(Model::prior()),
         })
     }
@@ -306,126 +266,6 @@ impl SmartPolicy {
     pub fn with_rules(mut self, rules: crate::HeuristicPolicy) -> SmartPolicy {
         self.rules = rules;
         self
-    }
-
-    fn cohorts(&self) -> std::sync::MutexGuard<'_, Cohorts> {
-        self.evidence.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn evidence(&self) -> [u64; 4] {
-        self.cohorts().matured
-    }
-
-    fn set_evidence(&self, values: [u64; 4]) {
-        self.cohorts().matured = values;
-    }
-
-    /// The plan a payment follows, and whether it is in the evidence share.
-    fn arm(&self, payment_id: &str) -> (Arm, bool) {
-        if !self.select_by_evidence {
-            return (Arm::Model, false);
-        }
-        let u = (mix(hash_str(payment_id) ^ 0x0e71_de9c) >> 11) as f64 / (1u64 << 53) as f64;
-        if u < self.evidence_share / 2.0 {
-            return (Arm::Model, true);
-        }
-        if u < self.evidence_share {
-            return (Arm::Rules, true);
-        }
-        let [mf, mr, rf, rr] = self.evidence();
-        // Share of each plan's failed payments recovered within the horizon
-        // (Laplace-smoothed). Until both have 100 matured failures the rule-based
-        // plan, which needs no data, leads.
-        let rate = |recovered: u64, failed: u64| (recovered as f64 + 1.0) / (failed as f64 + 2.0);
-        if mf.min(rf) >= 100 && rate(mr, mf) > rate(rr, rf) {
-            (Arm::Model, false)
-        } else {
-            (Arm::Rules, false)
-        }
-    }
-
-    /// The learned state.
-    pub fn state(&self) -> SmartState {
-        let model = self.model.read().unwrap_or_else(|p| p.into_inner());
-        SmartState {
-            version: 1,
-            weights: model.weights.clone(),
-            squared_gradients: model.squared_gradients.clone(),
-            observations: model.observations,
-            evidence: self.evidence(),
-        }
-    }
-
-    /// Replaces the model with a saved state.
-    pub fn restore(&self, state: SmartState) -> Result<(), StateRefused> {
-        if state.version != 1
-            || state.weights.len() != DIMENSIONS
-            || state.squared_gradients.len() != DIMENSIONS
-        {
-            return Err(StateRefused {
-                version: state.version,
-                weights: state.weights.len(),
-            });
-        }
-        self.set_evidence(state.evidence);
-        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Model {
-            weights: state.weights,
-            squared_gradients: state.squared_gradients,
-            observations: state.observations,
-        };
-        Ok(())
-    }
-
-    /// Folds what this instance learned since `base` into `stored` (what the store
-    /// holds now, written by any instance): the model becomes `stored + (model -
-    /// base)`, weights, AdaGrad sums and observations alike, and is returned to be
-    /// saved and used as the next `base`. Instances that each reconcile in turn so
-    /// learn from every instance's retries, not only their own.
-    pub fn reconcile(
-        &self,
-        base: &SmartState,
-        stored: SmartState,
-    ) -> Result<SmartState, StateRefused> {
-        let refused = |state: &SmartState| StateRefused {
-            version: state.version,
-            weights: state.weights.len(),
-        };
-        for state in [base, &stored] {
-            if state.version != 1
-                || state.weights.len() != DIMENSIONS
-                || state.squared_gradients.len() != DIMENSIONS
-            {
-                return Err(refused(state));
-            }
-        }
-        let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
-        let fold = |local: &mut [f32], base: &[f32], stored: &[f32]| {
-            for ((l, b), s) in local.iter_mut().zip(base).zip(stored) {
-                *l = s + (*l - b);
-            }
-        };
-        fold(&mut model.weights, &base.weights, &stored.weights);
-        fold(
-            &mut model.squared_gradients,
-            &base.squared_gradients,
-            &stored.squared_gradients,
-        );
-        for g in &mut model.squared_gradients {
-            *g = g.max(0.0);
-        }
-        model.observations =
-            stored.observations + model.observations.saturating_sub(base.observations);
-        let local = self.evidence();
-        let evidence: [u64; 4] =
-            std::array::from_fn(|i| stored.evidence[i] + local[i].saturating_sub(base.evidence[i]));
-        self.set_evidence(evidence);
-        Ok(SmartState {
-            version: 1,
-            weights: model.weights.clone(),
-            squared_gradients: model.squared_gradients.clone(),
-            observations: model.observations,
-            evidence,
-        })
     }
 
     /// Retries learned from so far.

@@ -1,0 +1,133 @@
+//! The fake's other routes: retrieving, capturing and cancelling a PaymentIntent,
+//! payment methods, setup intents, and the ledger.
+
+use super::*;
+
+pub(crate) async fn get_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut ledger = fake.lock();
+    ledger.counters.requests += 1;
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    match ledger.intents.get(&id) {
+        Some(intent) => (StatusCode::OK, Json(intent.clone())).into_response(),
+        None => missing("payment_intent", &id),
+    }
+}
+
+pub(crate) async fn capture_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut ledger = fake.lock();
+    ledger.counters.requests += 1;
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some(intent) = ledger.intents.get_mut(&id) else {
+        return missing("payment_intent", &id);
+    };
+    if intent["status"] == "requires_capture" {
+        intent["status"] = json!("succeeded");
+        let answer = intent.clone();
+        if let Some(charge) = ledger.charges.iter_mut().find(|c| c.payment_intent == id) {
+            charge.status = "succeeded".into();
+        }
+        return (StatusCode::OK, Json(answer)).into_response();
+    }
+    error(
+        400,
+        json!({"type": "invalid_request_error", "code": "payment_intent_unexpected_state"}),
+    )
+}
+
+pub(crate) async fn cancel_intent(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut ledger = fake.lock();
+    ledger.counters.requests += 1;
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some(intent) = ledger.intents.get_mut(&id) else {
+        return missing("payment_intent", &id);
+    };
+    if intent["status"] != "requires_capture" {
+        return error(
+            400,
+            json!({"type": "invalid_request_error", "code": "payment_intent_unexpected_state"}),
+        );
+    }
+    intent["status"] = json!("canceled");
+    let answer = intent.clone();
+    ledger.charges.retain(|c| c.payment_intent != id);
+    (StatusCode::OK, Json(answer)).into_response()
+}
+
+/// `pm_X` belongs to `cus_X`.
+pub(crate) fn customer_of(payment_method: &str) -> Option<String> {
+    payment_method
+        .strip_prefix("pm_")
+        .filter(|rest| !rest.is_empty())
+        .map(|rest| format!("cus_{rest}"))
+}
+
+pub(crate) async fn get_payment_method(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    fake.lock().counters.requests += 1;
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let Some(customer) = customer_of(&id) else {
+        return missing("payment_method", &id);
+    };
+    let brand = if id.contains("mastercard") {
+        "mastercard"
+    } else {
+        "visa"
+    };
+    Json(json!({
+        "id": id, "object": "payment_method", "type": "card", "customer": customer,
+        "livemode": false,
+        "card": {"brand": brand, "funding": "credit", "country": "US", "last4": "4242",
+                 "exp_month": 8, "exp_year": 2030, "wallet": null},
+    }))
+    .into_response()
+}
+
+pub(crate) async fn list_setup_intents(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    fake.lock().counters.requests += 1;
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let payment_method = field(&query, "payment_method");
+    let customer = field(&query, "customer");
+    let data = match customer_of(payment_method) {
+        Some(owner) if customer.is_empty() || owner == customer => vec![json!({
+            "id": format!("seti_{payment_method}"), "object": "setup_intent",
+            "payment_method": payment_method, "customer": owner, "status": "succeeded",
+            "usage": "off_session", "on_behalf_of": null, "livemode": false,
+        })],
+        _ => Vec::new(),
+    };
+    Json(json!({"object": "list", "data": data, "has_more": false, "url": "/v1/setup_intents"}))
+        .into_response()
+}
+
+pub(crate) async fn ledger(State(fake): State<Fake>) -> Response {
+    Json(fake.ledger()).into_response()
+}

@@ -48,6 +48,26 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 11] = [
+        EventType::Created,
+        EventType::AttemptStarted,
+        EventType::AttemptFailed,
+        EventType::AuthorizationAttemptStarted,
+        EventType::AuthorizationAttemptFailed,
+        EventType::RequiresCapture,
+        EventType::Succeeded,
+        EventType::Failed,
+        EventType::Canceled,
+        EventType::Paused,
+        EventType::Resumed,
+    ];
+
+    /// The type named by its v2 name (`as_str`), if any.
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     /// The events a status change emits: one group per change, none when the status
     /// stays (a replay of an attempt whose outcome is unknown, a deferred retry).
     /// `attempt_failed` therefore only appears while another attempt will follow; a
@@ -157,6 +177,29 @@ pub struct EventNotification {
 }
 
 impl EventNotification {
+    /// The event of `event_type` about payment `payment_id`, as the engine makes
+    /// every event.
+    pub fn about_payment(
+        id: String,
+        event_type: EventType,
+        created: Timestamp,
+        livemode: bool,
+        payment_id: &str,
+    ) -> EventNotification {
+        EventNotification {
+            id,
+            object: "v2.core.event".into(),
+            event_type,
+            created,
+            livemode,
+            related_object: RelatedObject {
+                id: payment_id.to_owned(),
+                object_type: crate::payment::OBJECT_NAME.into(),
+                url: format!("/v2/payments/off_session_payments/{payment_id}"),
+            },
+        }
+    }
+
     /// The event as the in-process sink receives it, with the payment after the change.
     pub fn with_data(self, data: OffSessionPayment) -> Event {
         Event {

@@ -328,13 +328,13 @@ async fn baseline(
     store: &Arc<dyn Store>,
 ) -> Result<Option<f64>, RunnerError> {
     // Rows as large as the engine's: the first stored record's JSON, and the first
-    // event's.
+    // event's body column.
     let event = store
         .events_after(0, 1)
         .await
         .map_err(RunnerError::setup("reading a stored event"))?
         .first()
-        .map(|e| serde_json::to_string(&e.event).unwrap_or_default())
+        .map(|e| offsession_store::event_body(&e.event).unwrap_or_default())
         .unwrap_or_else(|| "{}".into());
     let sample = store
         .list(1, None)

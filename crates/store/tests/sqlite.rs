@@ -83,3 +83,36 @@ async fn a_newer_schema_is_refused_and_left_untouched() {
     drop(conn);
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_copied_into_the_database_beside_the_writer() {
+    // The writer checkpoints by itself only past 16,384 WAL pages; below that, pages
+    // reach the database file only through the checkpointer thread.
+    let path = temp_db("checkpoint");
+    let store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    for i in 0..300 {
+        let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+        store.insert(&record).await.unwrap();
+    }
+    let wal = path.with_extension("db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 300 * 1_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size > before + 300 * 1_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {size} bytes (from {before}): nothing was checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(store);
+    assert!(
+        !wal.exists(),
+        "the last connection to close removes the WAL"
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}

@@ -50,17 +50,14 @@ impl Engine {
         }
         types
             .iter()
-            .map(|event_type| EventNotification {
-                id: self.inner.ids.next_id("evt"),
-                object: "v2.core.event".into(),
-                event_type: *event_type,
-                created: at,
-                livemode: payment.livemode,
-                related_object: offsession_core::events::RelatedObject {
-                    id: payment.id.clone(),
-                    object_type: offsession_core::payment::OBJECT_NAME.into(),
-                    url: format!("/v2/payments/off_session_payments/{}", payment.id),
-                },
+            .map(|event_type| {
+                EventNotification::about_payment(
+                    self.inner.ids.next_id("evt"),
+                    *event_type,
+                    at,
+                    payment.livemode,
+                    &payment.id,
+                )
             })
             .collect()
     }

@@ -227,6 +227,35 @@ pub(super) async fn events_are_found_by_id_and_by_payment(store: &dyn Store) {
     let found = store.event("evt_1_2").await.unwrap().unwrap();
     assert_eq!(found.event.id, "evt_1_2");
     assert_eq!(found.event.related_object.id, "osp_1");
+    assert_eq!(
+        found.event,
+        sample_event(
+            &sample_record("osp_1", 1_001, None),
+            "evt_1_2",
+            EventType::Created
+        ),
+        "read back whole"
+    );
+    // Events in live mode, and events not made as the engine makes them, read back
+    // exactly as written too.
+    let record = sample_record("osp_live", 2_000, None);
+    let mut live = sample_event(&record, "evt_live", EventType::Created);
+    live.livemode = true;
+    let mut odd = sample_event(&record, "evt_odd", EventType::Canceled);
+    odd.related_object.url = "/elsewhere".into();
+    store
+        .create(&record, None, &[live.clone(), odd.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.event("evt_live").await.unwrap().unwrap().event, live);
+    let both: Vec<_> = store
+        .events_for("osp_live", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(both, [live, odd]);
     assert!(store.event("evt_9").await.unwrap().is_none());
     let of_one = store.events_for("osp_2", 10).await.unwrap();
     let ids: Vec<_> = of_one.iter().map(|e| e.event.id.as_str()).collect();

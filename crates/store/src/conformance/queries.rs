@@ -163,6 +163,26 @@ pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn S
         vec![1, 2],
         "oldest first"
     );
+    // An answer that also moves the attempt's start time moves it in the history
+    // (the SQL stores write an answer without the start time when it is unchanged).
+    let mut moved = answered.clone();
+    moved.version = store
+        .get("osp_other")
+        .await
+        .unwrap()
+        .map(|r| r.version)
+        .unwrap();
+    let mut later = moved.clone();
+    later.attempts[1].started_at = Timestamp::from_millis(4_500);
+    later.attempts[1].decline_category = None;
+    store.update(&later, Expected::of(&moved)).await.unwrap();
+    let history = store
+        .card_history("pm_other", Timestamp::from_millis(4_200), 100)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].at, Timestamp::from_millis(4_500));
+    assert!(!history[0].declined, "the rewritten answer is kept");
 }
 
 pub(super) async fn status_counts_cover_every_status(store: &dyn Store) {

@@ -263,7 +263,8 @@ impl Store for PostgresStore {
         let limit = limit as i64;
         let rows = client
             .query(
-                "SELECT sequence, body::text FROM events WHERE sequence > $1
+                "SELECT sequence, id, payment_id, type, created, body::text FROM events
+                 WHERE sequence > $1
                  ORDER BY sequence LIMIT $2",
                 &[&after, &limit],
             )
@@ -273,7 +274,7 @@ impl Store for PostgresStore {
             .map(|r| {
                 Ok(OutboxEvent {
                     sequence: r.get::<_, i64>(0) as u64,
-                    event: row::event_from(r.get(1))?,
+                    event: row::event_from(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))?,
                 })
             })
             .collect()
@@ -283,7 +284,7 @@ impl Store for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
             .query_opt(
-                "SELECT sequence, body::text FROM events WHERE id = $1",
+                "SELECT sequence, id, payment_id, type, created, body::text FROM events WHERE id = $1",
                 &[&id],
             )
             .await
@@ -291,7 +292,7 @@ impl Store for PostgresStore {
         row.map(|r| {
             Ok(OutboxEvent {
                 sequence: r.get::<_, i64>(0) as u64,
-                event: row::event_from(r.get(1))?,
+                event: row::event_from(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))?,
             })
         })
         .transpose()
@@ -306,7 +307,8 @@ impl Store for PostgresStore {
         let limit = limit as i64;
         let rows = client
             .query(
-                "SELECT sequence, body::text FROM events WHERE payment_id = $1
+                "SELECT sequence, id, payment_id, type, created, body::text FROM events
+                 WHERE payment_id = $1
                  ORDER BY sequence LIMIT $2",
                 &[&payment_id, &limit],
             )
@@ -316,7 +318,7 @@ impl Store for PostgresStore {
             .map(|r| {
                 Ok(OutboxEvent {
                     sequence: r.get::<_, i64>(0) as u64,
-                    event: row::event_from(r.get(1))?,
+                    event: row::event_from(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))?,
                 })
             })
             .collect()

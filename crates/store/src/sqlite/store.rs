@@ -47,28 +47,41 @@ fn write_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
+    // The answer of an attempt already written changes only its answer columns: not
+    // naming `started_at` keeps SQLite from rewriting its `attempts_by_method` entry.
+    // An attempt whose start time moved (none does today) takes the second statement.
     let mut upsert = tx
         .prepare_cached(
             "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered, advice_code)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (payment_id, number) DO UPDATE
-             SET started_at = excluded.started_at, declined = excluded.declined,
-                 answered = excluded.answered, advice_code = excluded.advice_code",
+             SET declined = excluded.declined, answered = excluded.answered,
+                 advice_code = excluded.advice_code
+             WHERE started_at = excluded.started_at",
         )
         .map_err(sql_error("preparing the attempt upsert"))?;
     for attempt in attempts {
-        upsert
-            .execute(params![
-                attempt.payment_id,
-                attempt.attempt_number,
-                row.payment_method,
-                attempt.at.as_millis(),
-                attempt.declined,
-                attempt.amount,
-                attempt.answered,
-                attempt.advice_code
-            ])
+        let values = params![
+            attempt.payment_id,
+            attempt.attempt_number,
+            row.payment_method,
+            attempt.at.as_millis(),
+            attempt.declined,
+            attempt.amount,
+            attempt.answered,
+            attempt.advice_code
+        ];
+        let written = upsert
+            .execute(values)
             .map_err(sql_error("writing an attempt"))?;
+        if written == 0 {
+            tx.prepare_cached(
+                "UPDATE attempts SET started_at = ?4, declined = ?5, answered = ?7, advice_code = ?8
+                 WHERE payment_id = ?1 AND number = ?2",
+            )
+            .and_then(|mut update| update.execute(values))
+            .map_err(sql_error("writing an attempt"))?;
+        }
     }
     Ok(())
 }
@@ -88,6 +101,29 @@ fn write_events(tx: &Transaction<'_>, events: &[row::EventRow]) -> Result<(), St
             .map_err(sql_error("writing an event"))?;
     }
     Ok(())
+}
+
+/// An outbox row as read: sequence, id, payment id, type, created, body.
+type RawEvent = (i64, String, String, String, i64, String);
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn outbox_event(
+    (sequence, id, payment_id, event_type, created, body): RawEvent,
+) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        sequence: sequence as u64,
+        event: row::event_from(id, &payment_id, &event_type, created, &body)?,
+    })
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -405,23 +441,15 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT sequence, body FROM events WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+                    "SELECT sequence, id, payment_id, type, created, body FROM events
+                     WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
                 )
                 .map_err(sql_error("reading events"))?;
             let rows = select
-                .query_map(params![after as i64, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
+                .query_map(params![after as i64, limit as i64], outbox_row)
                 .map_err(sql_error("reading events"))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (sequence, body) = row.map_err(sql_error("reading events"))?;
-                out.push(OutboxEvent {
-                    sequence: sequence as u64,
-                    event: row::event_from(&body)?,
-                });
-            }
-            Ok(out)
+            rows.map(|row| outbox_event(row.map_err(sql_error("reading events"))?))
+                .collect()
         })
         .await
     }
@@ -430,19 +458,10 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.call(move |tx| {
             let row = tx
-                .prepare_cached("SELECT sequence, body FROM events WHERE id = ?1")
-                .and_then(|mut s| {
-                    s.query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                        .optional()
-                })
+                .prepare_cached("SELECT sequence, id, payment_id, type, created, body FROM events WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], outbox_row).optional())
                 .map_err(sql_error("reading an event"))?;
-            row.map(|(sequence, body)| {
-                Ok(OutboxEvent {
-                    sequence: sequence as u64,
-                    event: row::event_from(&body)?,
-                })
-            })
-            .transpose()
+            row.map(outbox_event).transpose()
         })
         .await
     }
@@ -456,24 +475,15 @@ impl Store for SqliteStore {
         self.call(move |tx| {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT sequence, body FROM events WHERE payment_id = ?1
-                     ORDER BY sequence LIMIT ?2",
+                    "SELECT sequence, id, payment_id, type, created, body FROM events
+                     WHERE payment_id = ?1 ORDER BY sequence LIMIT ?2",
                 )
                 .map_err(sql_error("reading events"))?;
             let rows = select
-                .query_map(params![payment_id, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
+                .query_map(params![payment_id, limit as i64], outbox_row)
                 .map_err(sql_error("reading events"))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (sequence, body) = row.map_err(sql_error("reading events"))?;
-                out.push(OutboxEvent {
-                    sequence: sequence as u64,
-                    event: row::event_from(&body)?,
-                });
-            }
-            Ok(out)
+            rows.map(|row| outbox_event(row.map_err(sql_error("reading events"))?))
+                .collect()
         })
         .await
     }

@@ -73,6 +73,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     a_duplicate_id_is_refused(&make()).await;
     a_stale_update_is_refused_and_changes_nothing(&make()).await;
     an_update_from_another_status_is_refused(&make()).await;
+    of_two_concurrent_changes_from_one_version_one_wins(&make()).await;
     updating_a_missing_payment_is_not_found(&make()).await;
     claims_come_oldest_due_first_up_to_the_limit(&make()).await;
     a_claimed_record_waits_for_its_lease_to_lapse(&make()).await;
@@ -169,6 +170,47 @@ async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
     );
     let now = store.get("osp_a").await.unwrap().unwrap();
     assert_eq!(now.payment.status, PaymentStatus::Canceled);
+}
+
+async fn of_two_concurrent_changes_from_one_version_one_wins(store: &dyn Store) {
+    // Sent together, both may reach a store in one group commit.
+    for round in 0..20 {
+        let id = format!("osp_race_{round}");
+        store
+            .insert(&sample_record(&id, 1_000, None))
+            .await
+            .unwrap();
+        let read = store.get(&id).await.unwrap().unwrap();
+        let mut cancel = read.clone();
+        cancel.payment.status = PaymentStatus::Canceled;
+        cancel.due_at = None;
+        let mut start = read.clone();
+        start.payment.status = PaymentStatus::Processing;
+        let (a, b) = futures::join!(
+            store.update(&cancel, Expected::of(&read)),
+            store.update(&start, Expected::of(&read)),
+        );
+        let now = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(
+            now.version,
+            read.version + 1,
+            "round {round}: one change applied"
+        );
+        let (won, lost) = match (a, b) {
+            (Ok(_), Err(lost)) => (PaymentStatus::Canceled, lost),
+            (Err(lost), Ok(_)) => (PaymentStatus::Processing, lost),
+            other => panic!("round {round}: exactly one must win, got {other:?}"),
+        };
+        assert_eq!(now.payment.status, won, "round {round}");
+        assert!(
+            matches!(
+                lost,
+                StoreError::Conflict { current_version, current_status, .. }
+                    if current_version == read.version + 1 && current_status == won
+            ),
+            "round {round}: {lost:?}"
+        );
+    }
 }
 
 async fn an_update_from_another_status_is_refused(store: &dyn Store) {

@@ -174,10 +174,28 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             .await
             .map_err(pg_error("starting a group of changes"))?;
         step(crash, &tx).await?;
-        let outcomes = join_all(group.iter().map(|change| apply(&tx, crash, change))).await;
-        let mut answers = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            answers.push(outcome?);
+        // The group's commits as one statement, its creates one by one, all pipelined.
+        let commits: Vec<(&RecordRow, Expected)> = group
+            .iter()
+            .filter_map(|change| match change {
+                Change::Commit { row, expected, .. } => Some((row, *expected)),
+                Change::Create { .. } => None,
+            })
+            .collect();
+        let creates = group.iter().filter_map(|change| match change {
+            Change::Create { row, key, .. } => Some(apply_create(&tx, crash, row, key.as_ref())),
+            Change::Commit { .. } => None,
+        });
+        let (committed, created) =
+            futures::join!(apply_commits(&tx, crash, &commits), join_all(creates));
+        let mut committed = committed?.into_iter();
+        let mut created = created.into_iter();
+        let mut answers = Vec::with_capacity(group.len());
+        for change in &group {
+            answers.push(match change {
+                Change::Commit { .. } => Answer::Commit(committed.next().ok_or_else(mismatch)?),
+                Change::Create { .. } => Answer::Create(created.next().ok_or_else(mismatch)??),
+            });
         }
         // The attempts of the changes that were written, in one statement: a
         // create's every attempt, an update's newest (see `RecordRow::newest_attempt`).
@@ -237,77 +255,104 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
     }
 }
 
-/// One change inside the group's transaction: `Err` aborts the group; an answer
-/// holding an error is this change's refusal.
-async fn apply(
+/// The group's commits in one compare-and-set statement; answers in their order, each
+/// the new version or its refusal. `Err` aborts the group.
+///
+/// Only the columns a change can move are set (scope, processor, payment method,
+/// customer and created are fixed at create). A change that matched no row is a
+/// refusal: its payment is read back to say which. Should two changes of one payment
+/// share a group, the row is updated once and `RETURNING` names the change that was
+/// applied; the other finds the new version and is refused as stale.
+async fn apply_commits(
     tx: &deadpool_postgres::Transaction<'_>,
     crash: &AtomicI64,
-    change: &Change,
-) -> Result<Answer, StoreError> {
-    match change {
-        Change::Commit { row, expected, .. } => Ok(Answer::Commit(
-            apply_commit(tx, crash, row, *expected).await?,
-        )),
-        Change::Create { row, key, .. } => Ok(Answer::Create(
-            apply_create(tx, crash, row, key.as_ref()).await?,
-        )),
+    commits: &[(&RecordRow, Expected)],
+) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+    if commits.is_empty() {
+        return Ok(Vec::new());
     }
-}
-
-async fn apply_commit(
-    tx: &deadpool_postgres::Transaction<'_>,
-    crash: &AtomicI64,
-    row: &RecordRow,
-    expected: Expected,
-) -> Result<Result<u64, StoreError>, StoreError> {
-    let expected_version = expected.version as i64;
-    let status = expected.status.as_str();
-    // Only the columns a change can move: scope, processor, payment method, customer
-    // and created are fixed at create.
-    let params: [Param<'_>; 9] = [
-        &row.id,
-        &row.status,
-        &row.due_at,
-        &row.claimable_at,
-        &row.lease_owner,
-        &row.lease_until,
-        &row.body,
-        &expected_version,
-        &status,
-    ];
-    let changed = tx
-        .execute(
-            &tx.prepare_cached(
-                "UPDATE payments SET version = version + 1, status = $2, due_at = $3,
-                     claimable_at = $4, lease_owner = $5, lease_until = $6,
-                     body = $7::text::jsonb
-                 WHERE id = $1 AND version = $8 AND status = $9",
-            )
-            .await
-            .map_err(pg_error("preparing a statement"))?,
-            &params,
+    let ids: Vec<&str> = commits.iter().map(|(row, _)| row.id.as_str()).collect();
+    let statuses: Vec<&str> = commits.iter().map(|(row, _)| row.status).collect();
+    let due: Vec<Option<i64>> = commits.iter().map(|(row, _)| row.due_at).collect();
+    let claimable: Vec<Option<i64>> = commits.iter().map(|(row, _)| row.claimable_at).collect();
+    let owners: Vec<Option<&str>> = commits
+        .iter()
+        .map(|(row, _)| row.lease_owner.as_deref())
+        .collect();
+    let until: Vec<Option<i64>> = commits.iter().map(|(row, _)| row.lease_until).collect();
+    let bodies: Vec<&str> = commits.iter().map(|(row, _)| row.body.as_str()).collect();
+    let versions: Vec<i64> = commits.iter().map(|(_, e)| e.version as i64).collect();
+    let expected: Vec<&str> = commits.iter().map(|(_, e)| e.status.as_str()).collect();
+    let update = tx
+        .prepare_cached(
+            "UPDATE payments p SET version = p.version + 1, status = u.status, due_at = u.due_at,
+                 claimable_at = u.claimable_at, lease_owner = u.lease_owner,
+                 lease_until = u.lease_until, body = u.body::jsonb
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[],
+                         $7::text[], $8::int8[], $9::text[])
+                  WITH ORDINALITY AS u(id, status, due_at, claimable_at, lease_owner, lease_until,
+                                       body, expected_version, expected_status, ord)
+             WHERE p.id = u.id AND p.version = u.expected_version
+               AND p.status = u.expected_status
+             RETURNING u.ord",
         )
         .await
-        .map_err(pg_error("updating a payment"))?;
-    if changed == 0 {
-        let current = tx
-            .query_opt(
-                "SELECT version, status FROM payments WHERE id = $1",
-                &[&row.id],
+        .map_err(pg_error("preparing the payment updates"))?;
+    let applied = tx
+        .query(
+            &update,
+            &[
+                &ids, &statuses, &due, &claimable, &owners, &until, &bodies, &versions, &expected,
+            ],
+        )
+        .await
+        .map_err(pg_error("updating payments"))?;
+    let mut written = vec![false; commits.len()];
+    for row in &applied {
+        let ord: i64 = row.get(0);
+        if let Some(slot) = written.get_mut(ord as usize - 1) {
+            *slot = true;
+        }
+    }
+    let refused: Vec<&str> = commits
+        .iter()
+        .zip(&written)
+        .filter(|(_, written)| !**written)
+        .map(|((row, _), _)| row.id.as_str())
+        .collect();
+    let mut current = std::collections::HashMap::new();
+    if !refused.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT id, version, status FROM payments WHERE id = ANY($1)",
+                &[&refused],
             )
             .await
-            .map_err(pg_error("reading a payment's version"))?;
-        return Ok(Err(match current {
-            None => StoreError::NotFound(row.id.clone()),
-            Some(current) => StoreError::Conflict {
-                id: row.id.clone(),
-                current_version: current.get::<_, i64>(0) as u64,
-                current_status: row::status_from(current.get(1))?,
-            },
-        }));
+            .map_err(pg_error("reading payments' versions"))?;
+        for row in rows {
+            let id: String = row.get(0);
+            let status = row::status_from(row.get(2))?;
+            current.insert(id, (row.get::<_, i64>(1) as u64, status));
+        }
     }
     step(crash, tx).await?;
-    Ok(Ok(expected.version + 1))
+    Ok(commits
+        .iter()
+        .zip(written)
+        .map(|((row, expected), written)| {
+            if written {
+                return Ok(expected.version + 1);
+            }
+            Err(match current.get(&row.id) {
+                None => StoreError::NotFound(row.id.clone()),
+                Some((version, status)) => StoreError::Conflict {
+                    id: row.id.clone(),
+                    current_version: *version,
+                    current_status: *status,
+                },
+            })
+        })
+        .collect())
 }
 
 /// A create: the key (waiting for a concurrent holder of it), the payment, its

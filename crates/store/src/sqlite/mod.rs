@@ -161,8 +161,8 @@ pub struct SqliteStore {
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Dropping it stops the checkpointer (files only).
-    checkpoints: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// Files only; stopped first on drop.
+    checkpoints: Option<Checkpointer>,
 }
 
 impl Drop for SqliteStore {
@@ -170,10 +170,7 @@ impl Drop for SqliteStore {
     /// last group and close the database (the last connection to close checkpoints the
     /// WAL and removes its files).
     fn drop(&mut self) {
-        if let Some((stop, checkpointer)) = self.checkpoints.take() {
-            drop(stop);
-            let _ = checkpointer.join();
-        }
+        drop(self.checkpoints.take());
         drop(self.jobs.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -189,14 +186,56 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// load that never pauses.
 const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
 
-/// The checkpointer thread: passive checkpoints on a connection of its own, so that
-/// copying the WAL into the database (and its fsync) runs beside the writer instead of
+/// A thread that runs passive checkpoints on a connection of its own, so that copying
+/// the WAL into the database file (and its fsync) runs beside the writer instead of
 /// inside the commit that crossed SQLite's threshold (12 % of the writer's time).
-fn checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        // A failed or partial checkpoint is retried on the next tick; the writer's own
-        // threshold bounds the WAL meanwhile.
-        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+/// Dropping it stops the thread and closes its connection.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the database at `path`, and sets the writer's own
+    /// threshold (`WRITER_CHECKPOINT_PAGES`) on `writer`, its connection.
+    pub(crate) fn start(
+        path: &Path,
+        synchronous: Synchronous,
+        writer: &Connection,
+    ) -> Result<Checkpointer, StoreError> {
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .map_err(sql_error("setting wal_autocheckpoint"))?;
+        let conn =
+            Connection::open(path).map_err(sql_error("opening the checkpoint connection"))?;
+        configure(&conn, synchronous)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("offsession-sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    // A failed or partial checkpoint is retried on the next tick; the
+                    // writer's own threshold bounds the WAL meanwhile.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| StoreError::backend("sqlite: starting the checkpointer", false, e))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -215,16 +254,9 @@ impl SqliteStore {
     /// binary knows, and refuses a database whose schema is newer.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(sql_error("opening the database"))?;
+        let checkpoints = Checkpointer::start(path, synchronous, &conn)?;
         let mut store = Self::start(conn, synchronous)?;
-        let checkpoints =
-            Connection::open(path).map_err(sql_error("opening the checkpoint connection"))?;
-        configure(&checkpoints, synchronous)?;
-        let (stop, stopped) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("offsession-sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoints, stopped))
-            .map_err(|e| StoreError::backend("sqlite: starting the checkpointer", false, e))?;
-        store.checkpoints = Some((stop, thread));
+        store.checkpoints = Some(checkpoints);
         Ok(store)
     }
 
@@ -236,8 +268,6 @@ impl SqliteStore {
 
     fn start(mut conn: Connection, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
         configure(&conn, synchronous)?;
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
-            .map_err(sql_error("setting wal_autocheckpoint"))?;
         migrate(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()

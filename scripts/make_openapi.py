@@ -126,6 +126,32 @@ destination = {
         "type": {"type": "string"}, "enabled_events": {"type": "array", "items": {"type": "string"}},
         "webhook_endpoint": {"type": "object", "properties": {"url": {"type": "string"}}}}}
 
+update_body = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1}, "description": {"type": "string"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string", "nullable": True}},
+        "enabled_events": {"type": "array", "items": {"type": "string"}},
+        "webhook_endpoint": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+        "include": {"type": "array", "items": {"type": "string", "enum": ["webhook_endpoint.url"]}}}}
+
+deliveries = {
+    "type": "object", "required": ["object", "data"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": {
+            "type": "object",
+            "required": ["object", "destination", "url", "status", "attempts", "last_status", "last_attempt_at"],
+            "properties": {
+                "object": {"type": "string", "enum": ["event_delivery"]},
+                "destination": {"type": "string"}, "url": {"type": "string"},
+                "status": {"type": "string", "enum": ["delivered", "retrying", "pending", "abandoned", "not_sent"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "last_status": {"type": "integer", "nullable": True},
+                "last_attempt_at": {"type": "integer", "nullable": True}}}},
+        "next_page_url": {"type": "string", "nullable": True},
+        "previous_page_url": {"type": "string", "nullable": True}}}
+
 links = {name: {"operationId": f"{name}OffSessionPayment", "parameters": {"id": "$response.body#/id"}}
          for name in ["retrieve", "cancel", "pause", "resume", "capture"]}
 
@@ -158,6 +184,15 @@ doc = {
                 "operationId": "retrieveEvent", "parameters": {"id": "$response.body#/data/0/id"}}}}, **ERRORS}}},
         "/v2/core/events/{id}": {"get": {"operationId": "retrieveEvent", "parameters": [id_param],
                                          "responses": {"200": ok(ref("Event")), **ERRORS}}},
+        "/v2/core/events/{id}/deliveries": {"get": {
+            "operationId": "listEventDeliveries", "parameters": [id_param],
+            "responses": {"200": ok(ref("EventDeliveries")), **ERRORS}}},
+        "/v2/core/events/{id}/resend": {"post": {
+            "operationId": "resendEvent", "parameters": [id_param, idem],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"destination": {"type": "string"}}}}}},
+            "responses": {"200": ok(ref("EventDeliveries")), **ERRORS}}},
         "/v1/test_helpers/test_clocks": {"post": {
             "operationId": "createTestClock",
             "requestBody": form({"type": "object", "required": ["frozen_time"], "additionalProperties": False,
@@ -180,8 +215,14 @@ doc = {
         "/v2/core/event_destinations/{id}": {
             "get": {"operationId": "retrieveEventDestination", "parameters": [id_param],
                     "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
+            "post": {"operationId": "updateEventDestination", "parameters": [id_param],
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": update_body}}},
+                     "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
             "delete": {"operationId": "deleteEventDestination", "parameters": [id_param],
                        "responses": {"200": ok({"type": "object"}), **ERRORS}}},
+        "/v2/core/event_destinations/{id}/ping": {"post": {
+            "operationId": "pingEventDestination", "parameters": [id_param, idem],
+            "responses": {"200": ok(ref("Event")), **ERRORS}}},
         "/v2/core/event_destinations/{id}/enable": {"post": {
             "operationId": "enableEventDestination", "parameters": [id_param, idem],
             "responses": {"200": ok(ref("EventDestination")), **ERRORS}}},
@@ -195,7 +236,7 @@ doc = {
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"EventDestination": destination, "OffSessionPayment": payment, "Event": event, "TestClock": clock, "Error": {
+        "schemas": {"EventDestination": destination, "EventDeliveries": deliveries, "OffSessionPayment": payment, "Event": event, "TestClock": clock, "Error": {
             "type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["type", "message"],
                 "properties": {"type": {"type": "string"}, "code": {"type": "string"},

@@ -2,6 +2,8 @@
 //! times while it delivers, and restarted; at the end every event in the outbox has
 //! reached the endpoint at least once, each delivery signed as Stripe signs. The
 //! endpoint refuses its first deliveries with 500, so retries are exercised too.
+//! And the delivery log, resends, and event destinations made, updated and pinged
+//! through the API, against the same kind of endpoint.
 
 mod common;
 
@@ -28,14 +30,16 @@ fn free_port() -> u16 {
 #[derive(Default)]
 struct Received {
     ids: HashSet<String>,
+    /// Every delivery's event id, type, `Stripe-Signature` and body, in arrival order.
+    arrivals: Vec<(String, String, String, String)>,
     deliveries: u64,
     refused: u64,
     bad_signatures: u64,
 }
 
-/// A webhook endpoint on `port`: checks each signature, records event ids, answers
-/// 500 to its first `refuse` deliveries and 200 after.
-fn endpoint(port: u16, refuse: u64) -> Arc<Mutex<Received>> {
+/// A webhook endpoint on `port`: checks each signature against `secret`, records
+/// event ids, answers 500 to its first `refuse` deliveries and 200 after.
+fn endpoint(port: u16, refuse: u64, secret: &'static str) -> Arc<Mutex<Received>> {
     let received = Arc::new(Mutex::new(Received::default()));
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let shared = received.clone();
@@ -70,12 +74,19 @@ fn endpoint(port: u16, refuse: u64) -> Arc<Mutex<Received>> {
             let status = {
                 let mut received = shared.lock().unwrap();
                 received.deliveries += 1;
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&body) {
+                    let id = event["id"].as_str().unwrap_or_default().to_owned();
+                    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                    received
+                        .arrivals
+                        .push((id, kind, signature.clone(), body.clone()));
+                }
                 let t: i64 = signature
                     .split(',')
                     .find_map(|p| p.strip_prefix("t="))
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0);
-                if offsession_server::sign(SECRET, t, &body) != signature {
+                if offsession_server::sign(secret, t, &body) != signature {
                     received.bad_signatures += 1;
                 }
                 if received.deliveries <= refuse {
@@ -141,7 +152,7 @@ async fn deliveries_survive_kill_9_and_reach_the_endpoint_at_least_once() {
     let dir = Scratch::new("webhooks-kill");
     let port = free_port();
     let hook_port = free_port();
-    let received = endpoint(hook_port, 5);
+    let received = endpoint(hook_port, 5, SECRET);
     let mut server = serve(&dir, port, hook_port);
     // Let the deliverer record where it starts before anything is created.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -219,4 +230,267 @@ async fn deliveries_survive_kill_9_and_reach_the_endpoint_at_least_once() {
         received.refused,
         received.deliveries - received.refused - received.ids.len() as u64
     );
+}
+
+async fn api(
+    client: &reqwest::Client,
+    port: u16,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    key: Option<&str>,
+) -> (u16, serde_json::Value, bool) {
+    let mut request = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, response.json().await.unwrap_or_default(), replayed)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a delivery's `Stripe-Signature` is `secret`'s signature of its body.
+fn signed_with(secret: &str, signature: &str, body: &str) -> bool {
+    let t: i64 = signature
+        .split(',')
+        .find_map(|p| p.strip_prefix("t="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    offsession_server::sign(secret, t, body) == signature
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
+    use reqwest::Method;
+    let dir = Scratch::new("webhooks-log");
+    let port = free_port();
+    let hook_port = free_port();
+    // The configured endpoint refuses its first two deliveries.
+    let received = endpoint(hook_port, 2, SECRET);
+    let mut server = serve(&dir, port, hook_port);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::new();
+    let (status, payment, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
+            "cadence": "recurring", "customer": "cus_log", "payment_method": "pm_card_visa__log"}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    let payment_id = payment["id"].as_str().unwrap().to_owned();
+    // The created event: refused twice, delivered on the third attempt (1 s and 2 s
+    // of backoff).
+    let (_, events, _) = api(
+        &client,
+        port,
+        Method::GET,
+        &format!("/v2/core/events?object_id={payment_id}"),
+        None,
+        None,
+    )
+    .await;
+    let created = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "v2.payments.off_session_payment.created")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered_at =
+        |received: &Received, id: &str| received.arrivals.iter().filter(|a| a.0 == id).count();
+    wait_for("the created event's third delivery", || {
+        delivered_at(&received.lock().unwrap(), &created) >= 3
+    })
+    .await;
+    let path = format!("/v2/core/events/{created}/deliveries");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let (_, log, _) = api(&client, port, Method::GET, &path, None, None).await;
+        if log["data"][0]["status"] == "delivered" {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never logged as delivered: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let entry = &log["data"][0];
+    assert_eq!(entry["attempts"], 3, "{log}");
+    assert_eq!(entry["last_status"], 200, "{log}");
+    assert!(
+        entry["destination"].as_str().unwrap().starts_with("we_"),
+        "{log}"
+    );
+
+    // A resend reaches the endpoint once more and is counted; the same
+    // Idempotency-Key replays the answer without sending again.
+    let resend = format!("/v2/core/events/{created}/resend");
+    let before = delivered_at(&received.lock().unwrap(), &created);
+    let (status, answer, replayed) =
+        api(&client, port, Method::POST, &resend, None, Some("resend-1")).await;
+    assert_eq!((status, replayed), (200, false), "{answer}");
+    assert_eq!(answer["data"][0]["attempts"], 4, "{answer}");
+    assert_eq!(
+        delivered_at(&received.lock().unwrap(), &created),
+        before + 1
+    );
+    let (status, again, replayed) =
+        api(&client, port, Method::POST, &resend, None, Some("resend-1")).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(
+        delivered_at(&received.lock().unwrap(), &created),
+        before + 1
+    );
+    let (status, refused, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &resend,
+        Some(serde_json::json!({"destination": "ed_nope"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("ed_nope"));
+    let (status, _, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/core/events/evt_nope/resend",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A destination made through the API: updated, then pinged with its own secret.
+    let dest_port = free_port();
+    // Its secret is known only once it is made; signatures are checked below.
+    let dest_received = endpoint(dest_port, 0, "whsec_checked_below");
+    let (status, destination, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/core/event_destinations",
+        Some(
+            serde_json::json!({"name": "log test", "type": "webhook_endpoint",
+            "event_payload": "thin",
+            "enabled_events": ["v2.payments.off_session_payment.failed"],
+            "webhook_endpoint": {"url": format!("http://127.0.0.1:{dest_port}/d")},
+            "include": ["webhook_endpoint.signing_secret"]}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{destination}");
+    let id = destination["id"].as_str().unwrap().to_owned();
+    let secret = destination["webhook_endpoint"]["signing_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, updated, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &format!("/v2/core/event_destinations/{id}"),
+        Some(
+            serde_json::json!({"name": "renamed", "metadata": {"team": "billing"},
+            "enabled_events": ["*"]}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["enabled_events"], serde_json::json!(["*"]));
+    assert_eq!(updated["metadata"]["team"], "billing");
+    assert!(updated["webhook_endpoint"].get("signing_secret").is_none());
+    let (status, bad, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &format!("/v2/core/event_destinations/{id}"),
+        Some(serde_json::json!({"enabled_events": ["v2.nope"]})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, pinged, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &format!("/v2/core/event_destinations/{id}/ping"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{pinged}");
+    assert_eq!(pinged["type"], "v2.core.event_destination.ping");
+    assert_eq!(pinged["related_object"]["id"], id.as_str());
+    {
+        let dest = dest_received.lock().unwrap();
+        assert_eq!(dest.arrivals.len(), 1);
+        let (event, kind, signature, body) = &dest.arrivals[0];
+        assert_eq!(event, pinged["id"].as_str().unwrap());
+        assert_eq!(kind, "v2.core.event_destination.ping");
+        assert!(signed_with(&secret, signature, body), "{signature}");
+        assert!(!signed_with(SECRET, signature, body));
+    }
+    // After the update the destination takes every type: a resend to it by name is
+    // accepted, signed with its secret, and counted in its log.
+    let (status, answer, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &resend,
+        Some(serde_json::json!({"destination": id})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let mine = answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == id.as_str())
+        .unwrap();
+    assert_eq!(mine["attempts"], 1, "{answer}");
+    assert_eq!(mine["last_status"], 200, "{answer}");
+    {
+        let dest = dest_received.lock().unwrap();
+        let (event, _, signature, body) = dest.arrivals.last().unwrap();
+        assert_eq!(event, &created);
+        assert!(signed_with(&secret, signature, body), "{signature}");
+    }
+    assert!(server
+        .sigterm(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    let received = received.lock().unwrap();
+    assert_eq!(received.bad_signatures, 0);
 }

@@ -214,4 +214,29 @@ disabled = destinations.disable(destination.id)
 check("disable", disabled.status == "disabled", disabled)
 listed = destinations.list()
 check("list shows it", any(d.id == destination.id and d.status == "disabled" for d in listed.data))
+updated = destinations.update(destination.id, {
+    "name": "sdk destination renamed",
+    "enabled_events": ["v2.payments.off_session_payment.failed"],
+    "metadata": {"team": "billing"},
+})
+check("update", updated.name == "sdk destination renamed"
+      and updated.enabled_events == ["v2.payments.off_session_payment.failed"]
+      and updated.metadata["team"] == "billing", updated)
+check("an updated destination keeps its secret to itself",
+      getattr(updated.webhook_endpoint, "signing_secret", None) is None, updated)
+pinged = destinations.ping(destination.id)
+check("ping answers the ping event", pinged.type == "v2.core.event_destination.ping"
+      and pinged.related_object.id == destination.id, pinged)
+ping_seen = None
+deadline = time.time() + 10
+while time.time() < deadline and ping_seen is None:
+    try:
+        raw, signature = destination_deliveries.get(timeout=1)
+    except queue.Empty:
+        continue
+    notification = client.parse_event_notification(raw, signature, dest_secret)
+    if notification.id == pinged.id:
+        ping_seen = notification
+check("the ping reaches the destination, signed with its secret",
+      ping_seen is not None and ping_seen.type == "v2.core.event_destination.ping", ping_seen)
 print("all SDK checks passed")

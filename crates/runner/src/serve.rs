@@ -120,7 +120,8 @@ pub async fn run(
             requests_per_second: config.server.requests_per_second,
             idempotency_ttl: config.engine.idempotency_ttl,
         },
-    );
+    )
+    .with_endpoints(endpoints.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| invalid("server.listen", format!("cannot listen on {addr}: {e}")))?;

@@ -33,12 +33,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/core/events", get(list_events))
         .route("/v2/core/events/{id}", get(retrieve_event))
         .route(
+            "/v2/core/events/{id}/deliveries",
+            get(crate::deliveries::deliveries),
+        )
+        .route(
+            "/v2/core/events/{id}/resend",
+            post(crate::deliveries::resend),
+        )
+        .route(
             "/v2/core/event_destinations",
             post(crate::destinations::create).get(crate::destinations::list),
         )
         .route(
             "/v2/core/event_destinations/{id}",
-            get(crate::destinations::retrieve).delete(crate::destinations::delete),
+            get(crate::destinations::retrieve)
+                .post(crate::destinations::update)
+                .delete(crate::destinations::delete),
         )
         .route(
             "/v2/core/event_destinations/{id}/{action}",
@@ -139,6 +149,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// A JSON body: `Content-Type: application/json` when there is one; an empty body
 /// is `{}` where `empty_ok`.
+/// A JSON object body whose keys are all in `known` (an empty body is `{}` when
+/// `empty_ok`): the raw bytes (for idempotency fingerprints) and the object.
+pub(crate) fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty_ok: bool,
+    known: &[&str],
+) -> Result<(Bytes, Map<String, Value>), Response> {
+    let body = json_body(headers, body, empty_ok)?;
+    let params: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(invalid("the body must be a JSON object")),
+        Err(err) => return Err(invalid(format!("the body is not valid JSON: {err}"))),
+    };
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(invalid(format!("unknown parameter `{unknown}`")));
+    }
+    Ok((body, params))
+}
+
 pub(crate) fn json_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -280,7 +310,12 @@ async fn list(
 /// with another request is an `idempotency_error`. Answers below 500 are kept for
 /// `idempotency_ttl`. The operations themselves are compare-and-set changes, so two
 /// concurrent requests with one key cannot both change the payment.
-async fn idempotent<F>(state: &AppState, headers: &HeaderMap, request: String, run: F) -> Response
+pub(crate) async fn idempotent<F>(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: String,
+    run: F,
+) -> Response
 where
     F: std::future::Future<Output = Response>,
 {
@@ -334,7 +369,7 @@ where
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
-fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+pub(crate) fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     format!(
         "{method} {path} {}",
         crate::auth::hash_key(&String::from_utf8_lossy(body))
@@ -350,23 +385,15 @@ async fn action(
     if !matches!(action.as_str(), "cancel" | "pause" | "resume" | "capture") {
         return errors::not_found("Unrecognized request URL.");
     }
-    let body = match json_body(&headers, body, true) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let params: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return invalid("the body must be a JSON object"),
-        Err(err) => return invalid(format!("the body is not valid JSON: {err}")),
-    };
     let allowed: &[&str] = if action == "capture" {
         &["amount_to_capture"]
     } else {
         &[]
     };
-    if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return invalid(format!("unknown parameter `{unknown}` for `{action}`"));
-    }
+    let (body, params) = match json_object(&headers, body, true, allowed) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
     let amount = match params.get("amount_to_capture") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {

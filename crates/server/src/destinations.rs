@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use offsession_core::Store;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
 use crate::webhooks::{deliver, DeliverySettings, WebhookEndpoint};
@@ -60,6 +60,70 @@ fn object(stored: &Value, with_secret: bool) -> Value {
     out
 }
 
+/// `enabled_events`: a list of this server's event types, or `*`; `Err` says why not.
+fn enabled_events(value: Option<&Value>) -> Result<Vec<String>, String> {
+    let Some(events) = value.and_then(Value::as_array) else {
+        return Err("`enabled_events` is required: a list of event types or `*`".into());
+    };
+    let mut enabled = Vec::new();
+    for event in events {
+        match event.as_str() {
+            Some(e) if e == "*" || EVENT_TYPES.contains(&e) => enabled.push(e.to_owned()),
+            _ => return Err(format!("`enabled_events`: `{event}` is not an event type")),
+        }
+    }
+    Ok(enabled)
+}
+
+/// `webhook_endpoint.url`: https, or plain http on loopback; `Err` says why not.
+fn endpoint_url(value: Option<&Value>) -> Result<&str, String> {
+    let Some(url) = value.and_then(|w| w.get("url")).and_then(Value::as_str) else {
+        return Err("`webhook_endpoint.url` is required".into());
+    };
+    let loopback = url.starts_with("http://127.0.0.1")
+        || url.starts_with("http://localhost")
+        || url.starts_with("http://[::1]");
+    if !(url.starts_with("https://") || loopback) {
+        return Err("`webhook_endpoint.url` must be https (plain http only for loopback)".into());
+    }
+    Ok(url)
+}
+
+/// The endpoint a stored destination delivers to.
+pub(crate) fn endpoint_of(d: &Value) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: d["id"].as_str().unwrap_or_default().to_owned(),
+        url: d["webhook_endpoint"]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        secret: d["signing_secret"].as_str().unwrap_or_default().to_owned(),
+        enabled_events: d["enabled_events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The destinations created through the API and not deleted.
+pub(crate) async fn stored(store: &dyn Store) -> Result<Vec<Value>, Response> {
+    match store.list_state(PREFIX).await {
+        Ok(all) => Ok(all
+            .iter()
+            .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
+            .filter(|d| d["status"] != "deleted")
+            .collect()),
+        Err(err) => Err(errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        ))),
+    }
+}
+
 async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {
     match store.load_state(&format!("{PREFIX}{id}")).await {
         Ok(Some(text)) => Ok(serde_json::from_str(&text).ok()),
@@ -89,14 +153,6 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match crate::api::json_body(&headers, body, false) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let params: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        _ => return invalid("the body must be a JSON object"),
-    };
     const KNOWN: &[&str] = &[
         "name",
         "type",
@@ -107,9 +163,10 @@ pub(crate) async fn create(
         "metadata",
         "include",
     ];
-    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return invalid(format!("unknown parameter `{unknown}`"));
-    }
+    let params = match crate::api::json_object(&headers, body, false, KNOWN) {
+        Ok((_, params)) => params,
+        Err(response) => return response,
+    };
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return invalid("`name` is required");
     };
@@ -121,29 +178,14 @@ pub(crate) async fn create(
     if params.get("event_payload").and_then(Value::as_str) != Some("thin") {
         return invalid("`event_payload` must be `thin`");
     }
-    let Some(events) = params.get("enabled_events").and_then(Value::as_array) else {
-        return invalid("`enabled_events` is required: a list of event types or `*`");
+    let enabled = match enabled_events(params.get("enabled_events")) {
+        Ok(enabled) => enabled,
+        Err(why) => return invalid(why),
     };
-    let mut enabled = Vec::new();
-    for event in events {
-        match event.as_str() {
-            Some(e) if e == "*" || EVENT_TYPES.contains(&e) => enabled.push(e.to_owned()),
-            _ => return invalid(format!("`enabled_events`: `{event}` is not an event type")),
-        }
-    }
-    let Some(url) = params
-        .get("webhook_endpoint")
-        .and_then(|w| w.get("url"))
-        .and_then(Value::as_str)
-    else {
-        return invalid("`webhook_endpoint.url` is required");
+    let url = match endpoint_url(params.get("webhook_endpoint")) {
+        Ok(url) => url,
+        Err(why) => return invalid(why),
     };
-    let loopback = url.starts_with("http://127.0.0.1")
-        || url.starts_with("http://localhost")
-        || url.starts_with("http://[::1]");
-    if !(url.starts_with("https://") || loopback) {
-        return invalid("`webhook_endpoint.url` must be https (plain http only for loopback)");
-    }
     let with_secret = params
         .get("include")
         .and_then(Value::as_array)
@@ -189,22 +231,137 @@ pub(crate) async fn list(
     if let Some((unknown, _)) = query.iter().find(|(k, _)| k != "limit") {
         return invalid(format!("unknown query parameter `{unknown}`"));
     }
-    match state.store.list_state(PREFIX).await {
+    match stored(state.store.as_ref()).await {
         Ok(all) => {
-            let data: Vec<Value> = all
-                .iter()
-                .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
-                .filter(|d| d["status"] != "deleted")
-                .map(|d| object(&d, false))
-                .collect();
+            let data: Vec<Value> = all.iter().map(|d| object(d, false)).collect();
             Json(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
                 .into_response()
         }
-        Err(err) => errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        )),
+        Err(response) => response,
     }
+}
+
+/// `POST /v2/core/event_destinations/{id}`: a new name, description, metadata, event
+/// types or URL. The deliverer picks the change up within a second (see
+/// [`supervise`]); the secret stays.
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    const KNOWN: &[&str] = &[
+        "name",
+        "description",
+        "metadata",
+        "enabled_events",
+        "webhook_endpoint",
+        "include",
+    ];
+    let params = match crate::api::json_object(&headers, body, true, KNOWN) {
+        Ok((_, params)) => params,
+        Err(response) => return response,
+    };
+    let mut stored = match load(state.store.as_ref(), &id).await {
+        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+        Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
+        Err(response) => return response,
+    };
+    if let Some(name) = params.get("name") {
+        match name.as_str() {
+            Some(name) if !name.is_empty() => stored["name"] = json!(name),
+            _ => return invalid("`name` must be a non-empty string"),
+        }
+    }
+    if let Some(description) = params.get("description") {
+        if !(description.is_string() || description.is_null()) {
+            return invalid("`description` must be a string");
+        }
+        stored["description"] = description.clone();
+    }
+    if let Some(metadata) = params.get("metadata") {
+        let Some(entries) = metadata.as_object() else {
+            return invalid("`metadata` must be an object of strings");
+        };
+        let mut merged = stored["metadata"].as_object().cloned().unwrap_or_default();
+        for (key, value) in entries {
+            match value {
+                // As Stripe's metadata: a null value removes the key.
+                Value::Null => {
+                    merged.remove(key);
+                }
+                Value::String(_) => {
+                    merged.insert(key.clone(), value.clone());
+                }
+                _ => return invalid(format!("`metadata.{key}` must be a string or null")),
+            }
+        }
+        stored["metadata"] = Value::Object(merged);
+    }
+    if params.contains_key("enabled_events") {
+        match enabled_events(params.get("enabled_events")) {
+            Ok(enabled) => stored["enabled_events"] = json!(enabled),
+            Err(why) => return invalid(why),
+        }
+    }
+    if params.contains_key("webhook_endpoint") {
+        match endpoint_url(params.get("webhook_endpoint")) {
+            Ok(url) => stored["webhook_endpoint"] = json!({"url": url}),
+            Err(why) => return invalid(why),
+        }
+    }
+    stored["updated"] = json!(state.engine.now());
+    if let Err(response) = save(state.store.as_ref(), &stored).await {
+        return response;
+    }
+    Json(object(&stored, false)).into_response()
+}
+
+/// `POST /v2/core/event_destinations/{id}/ping`: sends a `v2.core.event_destination.ping`
+/// event to the destination now, signed with its secret, and answers the event. The
+/// attempt is in the destination's delivery log under the event's id.
+async fn ping(state: &AppState, id: &str) -> Response {
+    let stored = match load(state.store.as_ref(), id).await {
+        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+        Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
+        Err(response) => return response,
+    };
+    let endpoint = endpoint_of(&stored);
+    let event = json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "object": "v2.core.event",
+        "type": "v2.core.event_destination.ping",
+        "created": state.engine.now(),
+        "livemode": stored["livemode"],
+        "related_object": {
+            "id": id,
+            "type": "v2.core.event_destination",
+            "url": format!("/v2/core/event_destinations/{id}"),
+        },
+    });
+    let client = match crate::webhooks::client(Duration::from_secs(10)) {
+        Ok(client) => client,
+        Err(err) => {
+            return errors::api(offsession_core::ApiError::new(
+                offsession_core::ErrorCode::ApiError,
+                err.to_string(),
+            ))
+        }
+    };
+    let answer = crate::webhooks::send_once(&client, &endpoint, &event.to_string()).await;
+    let event_id = event["id"].as_str().unwrap_or_default();
+    crate::webhooks::record_attempt(
+        state.store.as_ref(),
+        id,
+        event_id,
+        answer.as_ref().ok().copied(),
+    )
+    .await;
+    let mut full = event;
+    full["context"] = Value::Null;
+    full["reason"] = Value::Null;
+    full["changes"] = Value::Null;
+    Json(full).into_response()
 }
 
 /// `enable`, `disable` and `DELETE`.
@@ -229,10 +386,19 @@ async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
 pub(crate) async fn action(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     match action.as_str() {
         "enable" => set_status(&state, &id, "enabled").await,
         "disable" => set_status(&state, &id, "disabled").await,
+        "ping" => {
+            let request = crate::api::fingerprint(
+                "POST",
+                &format!("/v2/core/event_destinations/{id}/ping"),
+                b"",
+            );
+            crate::api::idempotent(&state, &headers, request, ping(&state, &id)).await
+        }
         _ => errors::not_found("Unrecognized request URL."),
     }
 }
@@ -250,7 +416,9 @@ pub async fn supervise(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    // Each deliverer with the destination as it was started: one that changed (URL,
+    // event types) is restarted; its cursor is in the store, so nothing is skipped.
+    let mut running: HashMap<String, (Value, tokio::task::AbortHandle)> = HashMap::new();
     loop {
         if let Ok(all) = store.list_state(PREFIX).await {
             let mut enabled = HashMap::new();
@@ -263,8 +431,11 @@ pub async fn supervise(
                     enabled.insert(id, d);
                 }
             }
-            running.retain(|id, handle| {
-                let keep = enabled.contains_key(id);
+            running.retain(|id, (started, handle)| {
+                let keep = enabled.get(id).is_some_and(|d| {
+                    d["webhook_endpoint"] == started["webhook_endpoint"]
+                        && d["enabled_events"] == started["enabled_events"]
+                });
                 if !keep {
                     handle.abort();
                 }
@@ -274,22 +445,7 @@ pub async fn supervise(
                 if running.contains_key(&id) {
                     continue;
                 }
-                let endpoint = WebhookEndpoint {
-                    id: id.clone(),
-                    url: d["webhook_endpoint"]["url"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    secret: d["signing_secret"].as_str().unwrap_or_default().to_owned(),
-                    enabled_events: d["enabled_events"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|v| v.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                };
+                let endpoint = endpoint_of(&d);
                 tracing::info!(destination = %id, url = %endpoint.url, "delivering to an event destination");
                 let task = tokio::spawn(deliver(
                     store.clone(),
@@ -297,7 +453,7 @@ pub async fn supervise(
                     settings,
                     std::future::pending(),
                 ));
-                running.insert(id, task.abort_handle());
+                running.insert(id, (d, task.abort_handle()));
             }
         }
         tokio::select! {
@@ -305,7 +461,7 @@ pub async fn supervise(
             () = &mut stop => break,
         }
     }
-    for handle in running.values() {
+    for (_, handle) in running.values() {
         handle.abort();
     }
 }

@@ -11,6 +11,7 @@
 mod api;
 mod auth;
 mod clocks;
+mod deliveries;
 pub mod destinations;
 mod errors;
 pub mod webhooks;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub(crate) limiter: Arc<auth::KeyLimiter>,
     /// Test clocks being advanced in the background.
     pub(crate) advancing: Arc<Mutex<HashSet<String>>>,
+    /// The webhook endpoints of the configuration (API destinations are in the store).
+    pub(crate) endpoints: Arc<Vec<WebhookEndpoint>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -67,6 +70,13 @@ impl AppState {
             settings: Arc::new(settings),
             limiter,
             advancing: Arc::new(Mutex::new(HashSet::new())),
+            endpoints: Arc::new(Vec::new()),
         }
+    }
+
+    /// The configuration's webhook endpoints, for the delivery log and resends.
+    pub fn with_endpoints(mut self, endpoints: Vec<WebhookEndpoint>) -> AppState {
+        self.endpoints = Arc::new(endpoints);
+        self
     }
 }

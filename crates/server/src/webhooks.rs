@@ -10,7 +10,9 @@
 //! is retried with exponential backoff (1 s doubling to 1 h) for up to
 //! `give_up_after` (3 days by default), then skipped with a warning. Events go out in
 //! commit order, one at a time per endpoint. Each attempt is recorded in
-//! `webhook/<endpoint id>/log/<event id>` (attempts, last status).
+//! `webhook/<endpoint id>/log/<event id>` (attempts, last status, when), which
+//! `GET /v2/core/events/{id}/deliveries` reads; `POST /v2/core/events/{id}/resend`
+//! sends an event again (see `deliveries`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +35,7 @@ pub struct WebhookEndpoint {
 }
 
 impl WebhookEndpoint {
-    fn wants(&self, event_type: &str) -> bool {
+    pub(crate) fn wants(&self, event_type: &str) -> bool {
         self.enabled_events
             .iter()
             .any(|e| e == "*" || e == event_type)
@@ -114,11 +116,7 @@ pub async fn deliver(
 }
 
 async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: DeliverySettings) {
-    let client = match reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match client(settings.timeout) {
         Ok(client) => client,
         Err(err) => {
             tracing::error!(endpoint = %endpoint.id, error = %err, "cannot build the webhook client");
@@ -189,41 +187,22 @@ async fn send_until_answered(
     };
     let started = Instant::now();
     let mut backoff = settings.first_backoff;
-    let mut attempts = 0u32;
     loop {
-        attempts += 1;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let answer = client
-            .post(&endpoint.url)
-            .header("content-type", "application/json")
-            .header(
-                "stripe-signature",
-                sign(&endpoint.secret, timestamp, &payload),
-            )
-            .header("user-agent", "offsession-webhooks")
-            .body(payload.clone())
-            .send()
-            .await;
-        let status = match &answer {
-            Ok(response) => Some(response.status().as_u16()),
-            Err(_) => None,
-        };
-        let log = serde_json::json!({"attempts": attempts, "last_status": status});
-        let _ = store
-            .save_state(
-                &format!("webhook/{}/log/{}", endpoint.id, event.event.id),
-                &log.to_string(),
-            )
-            .await;
+        let answer = send_once(client, endpoint, &payload).await;
+        let attempts = record_attempt(
+            store.as_ref(),
+            &endpoint.id,
+            &event.event.id,
+            answer.as_ref().ok().copied(),
+        )
+        .await;
         match answer {
-            Ok(response) if response.status().is_success() => {
+            Ok(status) if (200..300).contains(&status) => {
                 metrics_delivered(endpoint, "delivered");
                 return;
             }
-            Ok(response) => {
-                tracing::info!(endpoint = %endpoint.id, event = %event.event.id, status = %response.status(), "webhook not accepted; retrying");
+            Ok(status) => {
+                tracing::info!(endpoint = %endpoint.id, event = %event.event.id, status, "webhook not accepted; retrying");
             }
             Err(err) => {
                 tracing::info!(endpoint = %endpoint.id, event = %event.event.id, error = %err, "webhook not delivered; retrying");
@@ -238,6 +217,76 @@ async fn send_until_answered(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(settings.max_backoff);
     }
+}
+
+/// A client for deliveries: `timeout` per request, redirects not followed.
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// POSTs `payload` to `endpoint` once, signed with its secret now; the HTTP status,
+/// or why there was none (refused, timed out).
+pub(crate) async fn send_once(
+    client: &reqwest::Client,
+    endpoint: &WebhookEndpoint,
+    payload: &str,
+) -> Result<u16, String> {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    client
+        .post(&endpoint.url)
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            sign(&endpoint.secret, timestamp, payload),
+        )
+        .header("user-agent", "offsession-webhooks")
+        .body(payload.to_owned())
+        .send()
+        .await
+        .map(|response| response.status().as_u16())
+        .map_err(|err| err.to_string())
+}
+
+/// The delivery log of `event_id` at endpoint `endpoint_id`: `{attempts, last_status,
+/// last_attempt_at}` (`last_status` null when no answer came).
+pub(crate) fn log_key(endpoint_id: &str, event_id: &str) -> String {
+    format!("webhook/{endpoint_id}/log/{event_id}")
+}
+
+/// Counts one delivery attempt in the log; returns the attempts so far. (A resend
+/// and a scheduled retry of the same event to the same endpoint at the same moment
+/// may count as one.)
+pub(crate) async fn record_attempt(
+    store: &dyn Store,
+    endpoint_id: &str,
+    event_id: &str,
+    status: Option<u16>,
+) -> u64 {
+    let key = log_key(endpoint_id, event_id);
+    let before = match store.load_state(&key).await {
+        Ok(Some(text)) => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|log| log["attempts"].as_u64())
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let log = serde_json::json!({
+        "attempts": before + 1,
+        "last_status": status,
+        "last_attempt_at": now,
+    });
+    if let Err(err) = store.save_state(&key, &log.to_string()).await {
+        tracing::warn!(endpoint = %endpoint_id, event = %event_id, error = %err, "could not write the delivery log");
+    }
+    before + 1
 }
 
 fn metrics_delivered(endpoint: &WebhookEndpoint, outcome: &'static str) {

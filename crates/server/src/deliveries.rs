@@ -1,0 +1,191 @@
+//! The delivery log of an event and resending it:
+//! `GET /v2/core/events/{id}/deliveries` and `POST /v2/core/events/{id}/resend`
+//! (this server's own paths; Stripe offers these in its Dashboard).
+//!
+//! An event's delivery to one endpoint is, from the endpoint's log entry and cursor
+//! (see `webhooks`): `delivered` (the last attempt was answered 2xx), `retrying`
+//! (attempted, not yet accepted, still being retried), `pending` (not attempted yet),
+//! `abandoned` (retried until `give_up_after`, then skipped) or `not_sent` (committed
+//! before the endpoint existed, or while it was disabled, and never resent).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use offsession_core::OutboxEvent;
+use serde_json::{json, Value};
+
+use crate::errors::{self, invalid};
+use crate::webhooks::{self, WebhookEndpoint};
+use crate::AppState;
+
+/// Every endpoint that takes events: the configuration's, and the enabled
+/// destinations made through the API (with whether each is enabled).
+async fn endpoints(state: &AppState) -> Result<Vec<(WebhookEndpoint, bool)>, Response> {
+    let mut all: Vec<(WebhookEndpoint, bool)> =
+        state.endpoints.iter().map(|e| (e.clone(), true)).collect();
+    for d in crate::destinations::stored(state.store.as_ref()).await? {
+        all.push((
+            crate::destinations::endpoint_of(&d),
+            d["status"] == "enabled",
+        ));
+    }
+    Ok(all)
+}
+
+async fn event(state: &AppState, id: &str) -> Result<OutboxEvent, Response> {
+    match state.store.event(id).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(errors::not_found(&format!("No such event: `{id}`"))),
+        Err(err) => Err(errors::api(offsession_core::ApiError::new(
+            offsession_core::ErrorCode::ApiError,
+            err.to_string(),
+        ))),
+    }
+}
+
+/// One endpoint's delivery of `event`.
+async fn delivery(state: &AppState, endpoint: &WebhookEndpoint, event: &OutboxEvent) -> Value {
+    let store = state.store.as_ref();
+    let log: Value = match store
+        .load_state(&webhooks::log_key(&endpoint.id, &event.event.id))
+        .await
+    {
+        Ok(Some(text)) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let cursor: Option<u64> = match store
+        .load_state(&format!("webhook/{}/cursor", endpoint.id))
+        .await
+    {
+        Ok(Some(text)) => text.parse().ok(),
+        _ => None,
+    };
+    let attempts = log["attempts"].as_u64().unwrap_or(0);
+    let accepted = log["last_status"]
+        .as_u64()
+        .is_some_and(|s| (200..300).contains(&s));
+    let ahead = cursor.is_none_or(|c| event.sequence > c);
+    let status = match (accepted, ahead, attempts) {
+        (true, _, _) => "delivered",
+        (false, true, 0) => "pending",
+        (false, true, _) => "retrying",
+        (false, false, 0) => "not_sent",
+        (false, false, _) => "abandoned",
+    };
+    json!({
+        "object": "event_delivery",
+        "destination": endpoint.id,
+        "url": endpoint.url,
+        "status": status,
+        "attempts": attempts,
+        "last_status": log["last_status"],
+        "last_attempt_at": log["last_attempt_at"],
+    })
+}
+
+async fn list(state: &AppState, event: &OutboxEvent) -> Result<Value, Response> {
+    let mut data = Vec::new();
+    for (endpoint, _) in endpoints(state).await? {
+        if endpoint.wants(event.event.event_type.as_str()) {
+            data.push(delivery(state, &endpoint, event).await);
+        }
+    }
+    Ok(json!({"object": "list", "data": data, "next_page_url": null, "previous_page_url": null}))
+}
+
+/// `GET /v2/core/events/{id}/deliveries`: the event's delivery to every endpoint that
+/// takes its type.
+pub(crate) async fn deliveries(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let event = match event(&state, &id).await {
+        Ok(event) => event,
+        Err(response) => return response,
+    };
+    match list(&state, &event).await {
+        Ok(list) => Json(list).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /v2/core/events/{id}/resend`, optionally `{"destination": "<id>"}`: sends the
+/// event once more, now, to that endpoint or to every enabled endpoint that takes its
+/// type, whatever earlier deliveries did; answers the deliveries afterwards. A failed
+/// resend is not retried (scheduled deliveries are, as before).
+pub(crate) async fn resend(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (body, params) = match crate::api::json_object(&headers, body, true, &["destination"]) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let named = match params.get("destination") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.clone()),
+        Some(_) => return invalid("`destination` must be a string"),
+    };
+    let request = crate::api::fingerprint("POST", &format!("/v2/core/events/{id}/resend"), &body);
+    let run = async {
+        let event = match event(&state, &id).await {
+            Ok(event) => event,
+            Err(response) => return response,
+        };
+        let all = match endpoints(&state).await {
+            Ok(all) => all,
+            Err(response) => return response,
+        };
+        let event_type = event.event.event_type.as_str();
+        let targets: Vec<WebhookEndpoint> = match &named {
+            Some(named) => match all.into_iter().find(|(e, _)| &e.id == named) {
+                Some((endpoint, true)) if endpoint.wants(event_type) => vec![endpoint],
+                Some((_, true)) => {
+                    return invalid(format!(
+                        "`destination`: `{named}` does not take `{event_type}` events"
+                    ))
+                }
+                Some((_, false)) => {
+                    return invalid(format!("`destination`: `{named}` is disabled"))
+                }
+                None => return invalid(format!("`destination`: no endpoint `{named}`")),
+            },
+            None => all
+                .into_iter()
+                .filter(|(e, enabled)| *enabled && e.wants(event_type))
+                .map(|(e, _)| e)
+                .collect(),
+        };
+        let payload = match serde_json::to_string(&event.event) {
+            Ok(payload) => payload,
+            Err(err) => return invalid(format!("the event cannot be encoded: {err}")),
+        };
+        let client = match webhooks::client(std::time::Duration::from_secs(10)) {
+            Ok(client) => client,
+            Err(err) => {
+                return errors::api(offsession_core::ApiError::new(
+                    offsession_core::ErrorCode::ApiError,
+                    err.to_string(),
+                ))
+            }
+        };
+        for endpoint in &targets {
+            let answer = webhooks::send_once(&client, endpoint, &payload).await;
+            tracing::info!(endpoint = %endpoint.id, event = %event.event.id, answer = ?answer, "event resent");
+            webhooks::record_attempt(
+                state.store.as_ref(),
+                &endpoint.id,
+                &event.event.id,
+                answer.ok(),
+            )
+            .await;
+        }
+        match list(&state, &event).await {
+            Ok(list) => Json(list).into_response(),
+            Err(response) => response,
+        }
+    };
+    crate::api::idempotent(&state, &headers, request, run).await
+}

@@ -109,7 +109,25 @@ fn endpoint(port: u16, refuse: u64, secret: &'static str) -> Arc<Mutex<Received>
     received
 }
 
+/// The ids of every event in `store`'s outbox.
+async fn outbox_ids(store: &dyn offsession::core::Store) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        ids.extend(page.into_iter().map(|e| e.event.id));
+    }
+    ids
+}
+
 fn serve(dir: &Scratch, port: u16, hook_port: u16) -> Proc {
+    let store = format!("sqlite://{}", dir.path("hooks.db").display());
+    serve_on(dir, port, hook_port, &store, "offsession")
+}
+
+fn serve_on(dir: &Scratch, port: u16, hook_port: u16, store: &str, schema: &str) -> Proc {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/worker.toml");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -120,10 +138,8 @@ fn serve(dir: &Scratch, port: u16, hook_port: u16) -> Proc {
         .args(["serve", "--config", config])
         .env("OFFSESSION_API_KEY", KEY)
         .env("OFFSESSION_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "OFFSESSION_STORE__URL",
-            format!("sqlite://{}", dir.path("hooks.db").display()),
-        )
+        .env("OFFSESSION_STORE__URL", store)
+        .env("OFFSESSION_STORE__SCHEMA", schema)
         .env(
             "OFFSESSION_WEBHOOK_URL",
             format!("http://127.0.0.1:{hook_port}/hook"),
@@ -185,16 +201,7 @@ async fn deliveries_survive_kill_9_and_reach_the_endpoint_at_least_once() {
     let store = SqliteStore::open(&dir.path("hooks.db"), Synchronous::Normal).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     let (stored, missing) = loop {
-        let mut stored = HashSet::new();
-        let mut after = 0;
-        loop {
-            let page = offsession::core::Store::events_after(&store, after, 1_000)
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
-            stored.extend(page.into_iter().map(|e| e.event.id));
-        }
+        let stored = outbox_ids(&store).await;
         let missing: Vec<String> = {
             let received = received.lock().unwrap();
             stored.difference(&received.ids).cloned().collect()
@@ -493,4 +500,80 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
         .is_some_and(|s| s.success()));
     let received = received.lock().unwrap();
     assert_eq!(received.bad_signatures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_deliver_each_event_once() {
+    let Ok(url) = std::env::var("OFFSESSION_TEST_POSTGRES_URL") else {
+        println!("skipped: OFFSESSION_TEST_POSTGRES_URL is not set (two serve instances)");
+        return;
+    };
+    let dir = Scratch::new("webhooks-two");
+    let schema = format!("offsession_hooks_{}", std::process::id());
+    let hook_port = free_port();
+    let received = endpoint(hook_port, 0, SECRET);
+    let ports = [free_port(), free_port()];
+    let mut first = serve_on(&dir, ports[0], hook_port, &url, &schema);
+    // The second waits to be seen by the first before it takes any endpoint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = serve_on(&dir, ports[1], hook_port, &url, &schema);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = reqwest::Client::new();
+    for i in 0..100 {
+        let port = ports[i % 2];
+        let (status, body, _) = api(
+            &client,
+            port,
+            reqwest::Method::POST,
+            "/v2/payments/off_session_payments",
+            Some(
+                serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
+                "cadence": "recurring", "customer": format!("cus_two_{i}"),
+                "payment_method": format!("pm_card_visa__two_{i}")}),
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let store = offsession::store::PostgresStore::connect(&url, &schema, 2)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        let stored = outbox_ids(&store).await;
+        let missing = stored.difference(&received.lock().unwrap().ids).count();
+        if missing == 0 && stored.len() >= 300 {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} events never delivered",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Let a second deliverer, were there one, catch up with its copies.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for server in [&mut first, &mut second] {
+        assert!(server
+            .sigterm(Duration::from_secs(20))
+            .is_some_and(|s| s.success()));
+    }
+    let (deliveries, repeats, bad_signatures) = {
+        let received = received.lock().unwrap();
+        let delivered: HashSet<&String> = received.arrivals.iter().map(|a| &a.0).collect();
+        (
+            received.arrivals.len(),
+            received.arrivals.len() - delivered.len(),
+            received.bad_signatures,
+        )
+    };
+    store.drop_schema().await.unwrap();
+    println!(
+        "two instances: {} events in the outbox, {deliveries} deliveries, {repeats} repeated",
+        stored.len(),
+    );
+    assert_eq!(repeats, 0, "both instances delivered to the one endpoint");
+    assert_eq!(bad_signatures, 0);
 }

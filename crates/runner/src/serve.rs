@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use offsession_core::{DiscardEvents, SystemClock};
-use offsession_server::webhooks::{deliver, DeliverySettings};
+use offsession_server::webhooks::{deliver, DeliverySettings, Owners};
 use offsession_server::{hash_key, router, ApiKeys, AppState, ServerSettings, WebhookEndpoint};
 
 use crate::config::{Config, ConfigError};
@@ -142,18 +142,28 @@ pub async fn run(
                 .await
         })
     };
+    // Instances sharing a store split the endpoints between them (the worker below
+    // keeps this instance's heartbeat).
+    let owners = Owners::track(
+        wired.engine.clone(),
+        config.worker.instance_timeout,
+        config.worker.heartbeat_interval,
+    )
+    .await;
     for endpoint in endpoints {
         tracing::info!(endpoint = %endpoint.id, url = %endpoint.url, "delivering webhooks");
         tokio::spawn(deliver(
             wired.store.clone(),
             endpoint,
             DeliverySettings::default(),
+            owners.clone(),
             worker::stopped(stop_rx.clone()),
         ));
     }
     tokio::spawn(offsession_server::destinations::supervise(
         wired.store.clone(),
         DeliverySettings::default(),
+        owners,
         worker::stopped(stop_rx.clone()),
     ));
     let report = worker::run_wired(config_path, config, wired, worker::stopped(stop_rx)).await?;

@@ -17,7 +17,7 @@ use offsession_core::Store;
 use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
-use crate::webhooks::{deliver, DeliverySettings, WebhookEndpoint};
+use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
 use crate::AppState;
 
 const PREFIX: &str = "destination/";
@@ -413,6 +413,7 @@ pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>
 pub async fn supervise(
     store: Arc<dyn Store>,
     settings: DeliverySettings,
+    owners: Owners,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -451,6 +452,7 @@ pub async fn supervise(
                     store.clone(),
                     endpoint,
                     settings,
+                    owners.clone(),
                     std::future::pending(),
                 ));
                 running.insert(id, (d, task.abort_handle()));

@@ -101,17 +101,135 @@ async fn newest_sequence(store: &dyn Store) -> Result<u64, offsession_core::Stor
     }
 }
 
-/// Delivers the outbox to `endpoint` until `stop` completes.
+/// Which endpoints this instance delivers to, when several instances share a store:
+/// each endpoint is delivered to by one live instance, chosen by rendezvous hashing of
+/// the endpoint's id with the ids of the instances alive (their heartbeats, see
+/// `Engine::live_instances`), so an instance that joins or dies moves only the
+/// endpoints it gains or held. The cursor of an endpoint is in the store, so the next
+/// owner resumes where the last one acknowledged. While ownership moves (within one
+/// refresh), two instances may both send an event: deliveries are at least once.
+#[derive(Debug, Clone)]
+pub struct Owners {
+    me: String,
+    live: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
+impl Owners {
+    /// A lone instance: it delivers to every endpoint.
+    pub fn alone(me: &str) -> Owners {
+        let (_, live) = tokio::sync::watch::channel(vec![me.to_owned()]);
+        Owners {
+            me: me.to_owned(),
+            live,
+        }
+    }
+
+    /// Tracks the instances alive on `engine`'s store, re-read every `every`; an
+    /// instance counts while its heartbeat is at most `live_within` old. Writes this
+    /// instance's heartbeat first; when others are alive, waits 1.5 × `every` and reads
+    /// again before answering, so that they have seen this one before it takes
+    /// endpoints from them.
+    pub async fn track(
+        engine: offsession_orchestrator::Engine,
+        live_within: Duration,
+        every: Duration,
+    ) -> Owners {
+        let me = engine.config().instance_id.clone();
+        // Be seen before choosing (the worker keeps the heartbeat from then on).
+        if let Err(err) = engine.heartbeat(live_within).await {
+            tracing::warn!(error = %err, "the first heartbeat failed");
+        }
+        let read = move |engine: offsession_orchestrator::Engine, me: String| async move {
+            match engine.live_instances(live_within).await {
+                Ok(live) => live,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the instances alive failed");
+                    vec![me]
+                }
+            }
+        };
+        let mut first = read(engine.clone(), me.clone()).await;
+        if first.len() > 1 {
+            tokio::time::sleep(every.mul_f64(1.5)).await;
+            first = read(engine.clone(), me.clone()).await;
+        }
+        let (tell, live) = tokio::sync::watch::channel(first);
+        let mine = me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let now = read(engine.clone(), mine.clone()).await;
+                if tell.send_if_modified(|live| {
+                    let changed = *live != now;
+                    *live = now;
+                    changed
+                }) {
+                    tracing::info!(instances = ?*tell.borrow(), "instances alive changed");
+                }
+                if tell.is_closed() {
+                    return;
+                }
+            }
+        });
+        Owners { me, live }
+    }
+
+    /// Whether this instance delivers to `endpoint_id` now.
+    pub fn owns(&self, endpoint_id: &str) -> bool {
+        let live = self.live.borrow();
+        owner_of(endpoint_id, &live).is_none_or(|owner| owner == self.me)
+    }
+
+    /// Waits until `owns(endpoint_id)` is `want`.
+    async fn until(&mut self, endpoint_id: &str, want: bool) {
+        while self.owns(endpoint_id) != want {
+            if self.live.changed().await.is_err() {
+                // The tracker stopped: keep the last answer.
+                if self.owns(endpoint_id) != want {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// The instance among `live` that delivers to `endpoint_id`: the highest SHA-256 of
+/// `"<endpoint>/<instance>"` (rendezvous hashing).
+fn owner_of<'a>(endpoint_id: &str, live: &'a [String]) -> Option<&'a str> {
+    use sha2::Digest;
+    live.iter()
+        .max_by_key(|instance| {
+            let digest = Sha256::digest(format!("{endpoint_id}/{instance}").as_bytes());
+            let mut top = [0u8; 8];
+            top.copy_from_slice(&digest[..8]);
+            u64::from_be_bytes(top)
+        })
+        .map(String::as_str)
+}
+
+/// Delivers the outbox to `endpoint` while this instance owns it (see [`Owners`]),
+/// until `stop` completes.
 pub async fn deliver(
     store: Arc<dyn Store>,
     endpoint: WebhookEndpoint,
     settings: DeliverySettings,
+    mut owners: Owners,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    tokio::select! {
-        () = run(&store, &endpoint, settings) => {}
-        () = &mut stop => {}
+    loop {
+        tokio::select! {
+            () = owners.until(&endpoint.id, true) => {}
+            () = &mut stop => return,
+        }
+        let mut watching = owners.clone();
+        tokio::select! {
+            () = run(&store, &endpoint, settings) => return,
+            () = watching.until(&endpoint.id, false) => {
+                tracing::info!(endpoint = %endpoint.id, "another instance delivers to this endpoint now");
+            }
+            () = &mut stop => return,
+        }
     }
 }
 
@@ -296,6 +414,25 @@ fn metrics_delivered(endpoint: &WebhookEndpoint, outcome: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_endpoint_has_one_owner_and_a_leaving_instance_moves_only_its_own() {
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
+        let mut owned = std::collections::HashMap::new();
+        for n in 0..300 {
+            let endpoint = format!("we_{n}");
+            let before = owner_of(&endpoint, &three).unwrap();
+            *owned.entry(before).or_insert(0) += 1;
+            let after = owner_of(&endpoint, &two).unwrap();
+            if before != "b" {
+                assert_eq!(before, after, "{endpoint} moved although its owner stayed");
+            }
+        }
+        assert!(owned.values().all(|n| *n > 60), "{owned:?}");
+        assert_eq!(owner_of("we_1", &["only".to_owned()]), Some("only"));
+        assert!(Owners::alone("me").owns("we_anything"));
+    }
 
     #[test]
     fn signatures_match_stripes_scheme() {

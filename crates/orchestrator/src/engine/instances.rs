@@ -19,17 +19,32 @@ impl Engine {
             .store
             .save_state(&me, &now.as_millis().to_string())
             .await?;
+        let alive = self.live_instances(live_within).await?.len().max(1) as u32;
+        self.share_rate_limits(alive);
+        Ok(alive)
+    }
+
+    /// The ids of the instances whose heartbeat is at most `live_within` old, this one
+    /// always among them, sorted.
+    pub async fn live_instances(&self, live_within: Duration) -> Result<Vec<String>, StoreError> {
+        let now = self.inner.clock.now();
+        let me = &self.inner.config.instance_id;
         let oldest = now.as_millis() - live_within.as_millis() as i64;
-        let alive = self
+        let mut alive: Vec<String> = self
             .inner
             .store
             .list_state(INSTANCE_PREFIX)
             .await?
             .into_iter()
-            .filter(|(key, value)| *key == me || value.parse::<i64>().is_ok_and(|at| at >= oldest))
-            .count()
-            .max(1) as u32;
-        self.share_rate_limits(alive);
+            .filter_map(|(key, value)| {
+                let id = key.strip_prefix(INSTANCE_PREFIX)?.to_owned();
+                (id == *me || value.parse::<i64>().is_ok_and(|at| at >= oldest)).then_some(id)
+            })
+            .collect();
+        if !alive.iter().any(|id| id == me) {
+            alive.push(me.clone());
+        }
+        alive.sort();
         Ok(alive)
     }
 

@@ -75,6 +75,8 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// Requests per second per key (429 with `Retry-After` above); 0: no limit.
     pub requests_per_second: u32,
+    /// Webhook events in flight to one endpoint at most (1: in commit order).
+    pub webhook_concurrency: usize,
 }
 
 impl Default for ServerSection {
@@ -84,6 +86,7 @@ impl Default for ServerSection {
             api_key_hashes: Vec::new(),
             max_body_bytes: 64 * 1024,
             requests_per_second: 1_000,
+            webhook_concurrency: 1,
         }
     }
 }
@@ -435,6 +438,12 @@ impl Config {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         self.worker.check()?;
+        if !(1..=64).contains(&self.server.webhook_concurrency) {
+            return Err(invalid(
+                "server.webhook_concurrency",
+                "must be between 1 and 64".into(),
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid(
                 "server.max_body_bytes",

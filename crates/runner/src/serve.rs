@@ -144,6 +144,10 @@ pub async fn run(
     };
     // Instances sharing a store split the endpoints between them (the worker below
     // keeps this instance's heartbeat).
+    let delivery = DeliverySettings {
+        concurrency: config.server.webhook_concurrency,
+        ..DeliverySettings::default()
+    };
     let owners = Owners::track(
         wired.engine.clone(),
         config.worker.instance_timeout,
@@ -155,14 +159,14 @@ pub async fn run(
         tokio::spawn(deliver(
             wired.store.clone(),
             endpoint,
-            DeliverySettings::default(),
+            delivery,
             owners.clone(),
             worker::stopped(stop_rx.clone()),
         ));
     }
     tokio::spawn(offsession_server::destinations::supervise(
         wired.store.clone(),
-        DeliverySettings::default(),
+        delivery,
         owners,
         worker::stopped(stop_rx.clone()),
     ));

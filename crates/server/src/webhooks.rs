@@ -9,7 +9,9 @@
 //! exactly as Stripe signs, so Stripe's SDKs verify it. A non-2xx answer or a timeout
 //! is retried with exponential backoff (1 s doubling to 1 h) for up to
 //! `give_up_after` (3 days by default), then skipped with a warning. Events go out in
-//! commit order, one at a time per endpoint. Each attempt is recorded in
+//! commit order, `concurrency` at a time per endpoint (1 by default: one after
+//! another; more: a slow answer no longer holds back the next events, which may then
+//! arrive out of order). Each attempt is recorded in
 //! `webhook/<endpoint id>/log/<event id>` (attempts, last status, when), which
 //! `GET /v2/core/events/{id}/deliveries` reads; `POST /v2/core/events/{id}/resend`
 //! sends an event again (see `deliveries`).
@@ -17,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use offsession_core::{OutboxEvent, Store};
 use sha2::Sha256;
@@ -70,6 +73,8 @@ pub struct DeliverySettings {
     pub give_up_after: Duration,
     /// How often the outbox is read when there is nothing to send.
     pub poll: Duration,
+    /// Events in flight to one endpoint at most (1: one at a time, in commit order).
+    pub concurrency: usize,
 }
 
 impl Default for DeliverySettings {
@@ -80,6 +85,7 @@ impl Default for DeliverySettings {
             max_backoff: Duration::from_secs(3_600),
             give_up_after: Duration::from_secs(3 * 86_400),
             poll: Duration::from_millis(200),
+            concurrency: 1,
         }
     }
 }
@@ -273,11 +279,21 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
             tokio::time::sleep(settings.poll).await;
             continue;
         }
-        for event in page {
-            if endpoint.wants(event.event.event_type.as_str()) {
-                send_until_answered(store, &client, endpoint, &event, settings).await;
-            }
-            cursor = event.sequence;
+        // Up to `concurrency` events in flight; the cursor moves in commit order, past
+        // an event only once it and every event before it were answered (or given up).
+        let mut answered = futures::stream::iter(page)
+            .map(|event| {
+                let client = &client;
+                async move {
+                    if endpoint.wants(event.event.event_type.as_str()) {
+                        send_until_answered(store, client, endpoint, &event, settings).await;
+                    }
+                    event.sequence
+                }
+            })
+            .buffered(settings.concurrency.max(1));
+        while let Some(sequence) = answered.next().await {
+            cursor = sequence;
             while let Err(err) = store
                 .save_state(&cursor_key(endpoint), &cursor.to_string())
                 .await
@@ -432,6 +448,137 @@ mod tests {
         assert!(owned.values().all(|n| *n > 60), "{owned:?}");
         assert_eq!(owner_of("we_1", &["only".to_owned()]), Some("only"));
         assert!(Owners::alone("me").owns("we_anything"));
+    }
+
+    /// An endpoint that holds every request `hold` and answers 200; counts the most
+    /// requests it held at once, and the event ids it received.
+    async fn slow_endpoint(
+        hold: Duration,
+    ) -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen_most, seen_ids) = (most.clone(), ids.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (now, most, ids) = (now.clone(), most.clone(), ids.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let body = loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break text[end + 4..].to_owned();
+                            }
+                        }
+                    };
+                    let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(inside, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    ids.lock()
+                        .unwrap()
+                        .push(event["id"].as_str().unwrap().to_owned());
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, seen_most, seen_ids)
+    }
+
+    /// Delivers 12 events with `concurrency`; returns the most in flight at once, and
+    /// whether every event arrived and the cursor ended past the last.
+    async fn deliver_with(concurrency: usize) -> (usize, bool) {
+        use offsession_core::EventType;
+        use offsession_store::conformance::{sample_event, sample_record};
+        let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::with_outbox());
+        let (url, most, ids) = slow_endpoint(Duration::from_millis(100)).await;
+        let endpoint = WebhookEndpoint {
+            id: "we_slow".into(),
+            url,
+            secret: "whsec_test_secret".into(),
+            enabled_events: vec!["*".into()],
+        };
+        store
+            .save_state("webhook/we_slow/cursor", "0")
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        for i in 0..12 {
+            let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+            let event = sample_event(&record, &format!("evt_{i}"), EventType::Created);
+            sent.push(event.id.clone());
+            store.create(&record, None, &[event]).await.unwrap();
+        }
+        let settings = DeliverySettings {
+            concurrency,
+            poll: Duration::from_millis(20),
+            ..DeliverySettings::default()
+        };
+        let delivering = tokio::spawn(deliver(
+            store.clone(),
+            endpoint,
+            settings,
+            Owners::alone("me"),
+            std::future::pending(),
+        ));
+        let last = store
+            .events_after(0, 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .sequence;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.load_state("webhook/we_slow/cursor").await.unwrap() != Some(last.to_string()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cursor never reached the end"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        delivering.abort();
+        let mut got = ids.lock().unwrap().clone();
+        got.sort();
+        sent.sort();
+        (most.load(std::sync::atomic::Ordering::SeqCst), got == sent)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_endpoint_gets_at_most_its_concurrency_and_the_cursor_ends_past_every_event() {
+        assert_eq!(deliver_with(1).await, (1, true), "one at a time");
+        assert_eq!(deliver_with(4).await, (4, true), "four at a time");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 # 50 % and 90 % of it. The worker runs in the same process, attempting what is created.
 #   cargo build --release --bin offsession --example load
 #   scripts/bench_serve.sh sqlite            # or: scripts/bench_serve.sh postgres [URL]
+# RATE=5000 scripts/bench_serve.sh sqlite runs only the open loop at that rate; other
+# OFFSESSION_* variables in the environment reach the server (e.g.
+# OFFSESSION_ENGINE__CONCURRENCY=8).
 set -euo pipefail
 store=${1:-sqlite}
 pg=${2:-postgres://postgres@127.0.0.1:5432/test}
@@ -24,6 +27,10 @@ run() {
   kill -TERM $pid; wait $pid || true
   if [ -n "$schema" ]; then psql -q "$pg" -c "set client_min_messages = warning; drop schema if exists $schema cascade" >/dev/null; fi
 }
+if [ -n "${RATE:-}" ]; then
+  run "rate_$RATE" --rate "$RATE"
+  exit 0
+fi
 max=$(run max --concurrency 64)
 echo "$max"
 rate=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['creates_per_second'])" "$max")

@@ -60,6 +60,22 @@ def check(what, ok, detail=""):
         raise SystemExit(1)
 
 
+def first_delivery(received, secret, wanted, seconds=20):
+    """The first delivery from `received` that verifies with `secret` and that
+    `wanted(notification)` accepts, as (notification, raw body, signature header), or
+    Nones after `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            raw, signature = received.get(timeout=1)
+        except queue.Empty:
+            continue
+        notification = client.parse_event_notification(raw, signature, secret)
+        if wanted(notification):
+            return notification, raw, signature
+    return None, None, None
+
+
 def body(pm, **extra):
     params = {
         "amount": {"value": 2500, "currency": "usd"},
@@ -163,16 +179,7 @@ except stripe.AuthenticationError as e:
     check("a wrong key is an AuthenticationError", e.http_status == 401, e)
 
 # a webhook, verified as Stripe's are, then the event and the payment fetched back
-deadline = time.time() + 20
-verified = None
-while time.time() < deadline and verified is None:
-    try:
-        raw, signature = deliveries.get(timeout=1)
-    except queue.Empty:
-        continue
-    notification = client.parse_event_notification(raw, signature, SECRET)
-    if notification.type == "v2.payments.off_session_payment.succeeded":
-        verified = notification
+verified, raw, signature = first_delivery(deliveries, SECRET, lambda n: n.type == "v2.payments.off_session_payment.succeeded")
 check("a signed webhook verifies with parse_event_notification", verified is not None)
 event = verified.fetch_event()
 check("fetch_event", event.id == verified.id and event.type == verified.type, event)
@@ -199,16 +206,7 @@ again = destinations.retrieve(destination.id)
 check("a retrieved destination carries no secret", getattr(again.webhook_endpoint, "signing_secret", None) is None, again)
 time.sleep(1.5)  # the server starts delivering to new destinations within a second
 paid = payments.create(body("pm_card_visa__sdk8"))
-deadline = time.time() + 20
-seen = None
-while time.time() < deadline and seen is None:
-    try:
-        raw, signature = destination_deliveries.get(timeout=1)
-    except queue.Empty:
-        continue
-    notification = client.parse_event_notification(raw, signature, dest_secret)
-    if notification.related_object.id == paid.id:
-        seen = notification
+seen, _, _ = first_delivery(destination_deliveries, dest_secret, lambda n: n.related_object.id == paid.id)
 check("the destination receives its events, signed with its secret", seen is not None and seen.type == "v2.payments.off_session_payment.succeeded")
 disabled = destinations.disable(destination.id)
 check("disable", disabled.status == "disabled", disabled)
@@ -227,16 +225,7 @@ check("an updated destination keeps its secret to itself",
 pinged = destinations.ping(destination.id)
 check("ping answers the ping event", pinged.type == "v2.core.event_destination.ping"
       and pinged.related_object.id == destination.id, pinged)
-ping_seen = None
-deadline = time.time() + 10
-while time.time() < deadline and ping_seen is None:
-    try:
-        raw, signature = destination_deliveries.get(timeout=1)
-    except queue.Empty:
-        continue
-    notification = client.parse_event_notification(raw, signature, dest_secret)
-    if notification.id == pinged.id:
-        ping_seen = notification
+ping_seen, _, _ = first_delivery(destination_deliveries, dest_secret, lambda n: n.id == pinged.id, seconds=10)
 check("the ping reaches the destination, signed with its secret",
       ping_seen is not None and ping_seen.type == "v2.core.event_destination.ping", ping_seen)
 print("all SDK checks passed")

@@ -145,7 +145,7 @@ deliveries = {
             "properties": {
                 "object": {"type": "string", "enum": ["event_delivery"]},
                 "destination": {"type": "string"}, "url": {"type": "string"},
-                "status": {"type": "string", "enum": ["delivered", "retrying", "pending", "abandoned", "not_sent"]},
+                "status": {"type": "string", "enum": ["delivered", "retrying", "pending", "failed", "not_sent"]},
                 "attempts": {"type": "integer", "minimum": 0},
                 "last_status": {"type": "integer", "nullable": True},
                 "last_attempt_at": {"type": "integer", "nullable": True}}}},
@@ -179,7 +179,8 @@ doc = {
             "type": "object", "additionalProperties": False,
             "properties": {"amount_to_capture": {"type": "integer"}}}),
         "/v2/core/events": {"get": {"operationId": "listEvents", "parameters": [
-            {"name": "object_id", "in": "query", "required": True, "schema": {"type": "string"}}, limit],
+            {"name": "object_id", "in": "query", "required": True, "schema": {"type": "string"}}, limit,
+            {"name": "page", "in": "query", "required": False, "schema": {"type": "string"}}],
             "responses": {"200": {**ok(page_of(ref("Event"))), "links": {"event": {
                 "operationId": "retrieveEvent", "parameters": {"id": "$response.body#/data/0/id"}}}}, **ERRORS}}},
         "/v2/core/events/{id}": {"get": {"operationId": "retrieveEvent", "parameters": [id_param],
@@ -215,10 +216,10 @@ doc = {
         "/v2/core/event_destinations/{id}": {
             "get": {"operationId": "retrieveEventDestination", "parameters": [id_param],
                     "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
-            "post": {"operationId": "updateEventDestination", "parameters": [id_param],
+            "post": {"operationId": "updateEventDestination", "parameters": [id_param, idem],
                      "requestBody": {"required": False, "content": {"application/json": {"schema": update_body}}},
                      "responses": {"200": ok(ref("EventDestination")), **ERRORS}},
-            "delete": {"operationId": "deleteEventDestination", "parameters": [id_param],
+            "delete": {"operationId": "deleteEventDestination", "parameters": [id_param, idem],
                        "responses": {"200": ok({"type": "object"}), **ERRORS}}},
         "/v2/core/event_destinations/{id}/ping": {"post": {
             "operationId": "pingEventDestination", "parameters": [id_param, idem],

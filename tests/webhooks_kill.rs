@@ -396,6 +396,51 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     .await;
     assert_eq!(status, 404);
 
+    // The payment's events page newest first, `limit` at a time.
+    let mut seen = Vec::new();
+    let mut next = format!("/v2/core/events?object_id={payment_id}&limit=1");
+    loop {
+        let (status, page, _) = api(&client, port, Method::GET, &next, None, None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+        seen.push(page["data"][0]["id"].as_str().unwrap().to_owned());
+        match page["next_page_url"].as_str() {
+            Some(url) => next = url.to_owned(),
+            None => break,
+        }
+    }
+    let (_, events, _) = api(
+        &client,
+        port,
+        Method::GET,
+        &format!("/v2/core/events?object_id={payment_id}"),
+        None,
+        None,
+    )
+    .await;
+    let all = events["data"].as_array().unwrap();
+    assert!(all.len() >= 3, "{events}");
+    assert_eq!(seen.len(), all.len());
+    assert_eq!(
+        seen,
+        all.iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect::<Vec<_>>()
+    );
+    let (status, _, _) = api(
+        &client,
+        port,
+        Method::GET,
+        &format!("{path}?bogus=1"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "an unknown query parameter of the delivery log"
+    );
+
     // A destination made through the API: updated, then pinged with its own secret.
     let dest_port = free_port();
     // Its secret is known only once it is made; signatures are checked below.
@@ -417,6 +462,88 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     .await;
     assert_eq!(status, 200, "{destination}");
     let id = destination["id"].as_str().unwrap().to_owned();
+    // Each refusal names the field and the rule.
+    for (bad, says) in [
+        (serde_json::json!({"enabled_events": []}), "at least one"),
+        (
+            serde_json::json!({"webhook_endpoint": {"url": "http://127.0.0.1:1/x", "bogus": 1}}),
+            "webhook_endpoint.bogus",
+        ),
+        (serde_json::json!({"include": ["nope"]}), "`include`"),
+        (serde_json::json!({"name": 5}), "`name` must be"),
+        (serde_json::json!({"metadata": {"k": 1}}), "metadata.k"),
+    ] {
+        let (status, refused, _) = api(
+            &client,
+            port,
+            Method::POST,
+            &format!("/v2/core/event_destinations/{id}"),
+            Some(bad.clone()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+    // A create repeated under its Idempotency-Key makes one destination.
+    let again = serde_json::json!({"name": "keyed", "type": "webhook_endpoint",
+        "event_payload": "thin", "enabled_events": ["*"],
+        "webhook_endpoint": {"url": format!("http://127.0.0.1:{dest_port}/k")}});
+    let (_, first, replayed_first) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/core/event_destinations",
+        Some(again.clone()),
+        Some("dest-1"),
+    )
+    .await;
+    let (_, second, replayed_second) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/core/event_destinations",
+        Some(again),
+        Some("dest-1"),
+    )
+    .await;
+    assert_eq!((replayed_first, replayed_second), (false, true));
+    assert_eq!(first["id"], second["id"]);
+    let (_, listed, _) = api(
+        &client,
+        port,
+        Method::GET,
+        "/v2/core/event_destinations?limit=1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["id"], first["id"], "newest first");
+    let (status, _, _) = api(
+        &client,
+        port,
+        Method::GET,
+        "/v2/core/event_destinations?limit=abc",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = api(
+        &client,
+        port,
+        Method::DELETE,
+        &format!(
+            "/v2/core/event_destinations/{}",
+            first["id"].as_str().unwrap()
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
     let secret = destination["webhook_endpoint"]["signing_secret"]
         .as_str()
         .unwrap()
@@ -469,6 +596,19 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
         assert!(signed_with(&secret, signature, body), "{signature}");
         assert!(!signed_with(SECRET, signature, body));
     }
+    let disable = format!("/v2/core/event_destinations/{id}/disable");
+    let (status, _, _) = api(&client, port, Method::POST, &disable, None, None).await;
+    assert_eq!(status, 200);
+    let ping_path = format!("/v2/core/event_destinations/{id}/ping");
+    let (status, refused, _) = api(&client, port, Method::POST, &ping_path, None, None).await;
+    assert_eq!(
+        status, 400,
+        "a disabled destination is not pinged: {refused}"
+    );
+    let enable = format!("/v2/core/event_destinations/{id}/enable");
+    let (status, _, _) = api(&client, port, Method::POST, &enable, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(dest_received.lock().unwrap().arrivals.len(), 1);
     // After the update the destination takes every type: a resend to it by name is
     // accepted, signed with its secret, and counted in its log.
     let (status, answer, _) = api(

@@ -222,6 +222,13 @@ check("update", updated.name == "sdk destination renamed"
       and updated.metadata["team"] == "billing", updated)
 check("an updated destination keeps its secret to itself",
       getattr(updated.webhook_endpoint, "signing_secret", None) is None, updated)
+try:
+    destinations.ping(destination.id)
+    check("a disabled destination is not pinged", False)
+except stripe.InvalidRequestError:
+    check("a disabled destination is not pinged", True)
+enabled = destinations.enable(destination.id)
+check("enable", enabled.status == "enabled", enabled)
 pinged = destinations.ping(destination.id)
 check("ping answers the ping event", pinged.type == "v2.core.event_destination.ping"
       and pinged.related_object.id == destination.id, pinged)

@@ -247,7 +247,7 @@ async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
-fn query_value(query: &[(String, String)], allowed: &[&str]) -> Result<(), Response> {
+pub(crate) fn query_value(query: &[(String, String)], allowed: &[&str]) -> Result<(), Response> {
     for (name, _) in query {
         if !allowed.contains(&name.as_str()) {
             return Err(invalid(format!(
@@ -259,7 +259,7 @@ fn query_value(query: &[(String, String)], allowed: &[&str]) -> Result<(), Respo
     Ok(())
 }
 
-fn limit_of(query: &[(String, String)]) -> Result<usize, Response> {
+pub(crate) fn limit_of(query: &[(String, String)]) -> Result<usize, Response> {
     match query.iter().find(|(k, _)| k == "limit") {
         None => Ok(20),
         Some((_, v)) => match v.parse::<usize>() {
@@ -444,7 +444,7 @@ async fn list_events(
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    if let Err(response) = query_value(&query, &["object_id", "limit"]) {
+    if let Err(response) = query_value(&query, &["object_id", "limit", "page"]) {
         return response;
     }
     let limit = match limit_of(&query) {
@@ -456,8 +456,34 @@ async fn list_events(
     };
     match state.store.events_for(object_id, 10_000).await {
         Ok(events) => {
-            let data: Vec<Value> = events.iter().rev().take(limit).map(full_event).collect();
-            Json(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
+            // Newest first; `page` is the id of the last event of the previous page.
+            let newest_first: Vec<&OutboxEvent> = events.iter().rev().collect();
+            let start = match query.iter().find(|(k, _)| k == "page") {
+                None => 0,
+                Some((_, after)) => match newest_first.iter().position(|e| e.event.id == *after) {
+                    Some(index) => index + 1,
+                    None => {
+                        return invalid(format!(
+                            "`page`: `{after}` is not an event of `{object_id}`"
+                        ))
+                    }
+                },
+            };
+            let page: Vec<&OutboxEvent> = newest_first
+                .iter()
+                .skip(start)
+                .take(limit)
+                .copied()
+                .collect();
+            let next = match page.last() {
+                Some(last) if start + page.len() < newest_first.len() => Value::String(format!(
+                    "/v2/core/events?object_id={object_id}&limit={limit}&page={}",
+                    last.event.id
+                )),
+                _ => Value::Null,
+            };
+            let data: Vec<Value> = page.into_iter().map(full_event).collect();
+            Json(json!({"data": data, "next_page_url": next, "previous_page_url": null}))
                 .into_response()
         }
         Err(err) => errors::api(offsession_core::ApiError::new(

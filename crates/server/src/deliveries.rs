@@ -5,7 +5,8 @@
 //! An event's delivery to one endpoint is, from the endpoint's log entry and cursor
 //! (see `webhooks`): `delivered` (the last attempt was answered 2xx), `retrying`
 //! (attempted, not yet accepted, still being retried), `pending` (not attempted yet),
-//! `abandoned` (retried until `give_up_after`, then skipped) or `not_sent` (committed
+//! `failed` (not accepted and not retried any more: retried until `give_up_after`, or
+//! a resend of an event the scheduled deliveries had passed) or `not_sent` (committed
 //! before the endpoint existed, or while it was disabled, and never resent).
 
 use axum::body::Bytes;
@@ -73,7 +74,7 @@ async fn delivery(state: &AppState, endpoint: &WebhookEndpoint, event: &OutboxEv
         (false, true, 0) => "pending",
         (false, true, _) => "retrying",
         (false, false, 0) => "not_sent",
-        (false, false, _) => "abandoned",
+        (false, false, _) => "failed",
     };
     json!({
         "object": "event_delivery",
@@ -98,7 +99,14 @@ async fn list(state: &AppState, event: &OutboxEvent) -> Result<Value, Response> 
 
 /// `GET /v2/core/events/{id}/deliveries`: the event's delivery to every endpoint that
 /// takes its type.
-pub(crate) async fn deliveries(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(crate) async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    if let Err(response) = crate::api::query_value(&query, &[]) {
+        return response;
+    }
     let event = match event(&state, &id).await {
         Ok(event) => event,
         Err(response) => return response,

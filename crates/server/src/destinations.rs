@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use offsession_core::Store;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::errors::{self, invalid};
 use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
@@ -62,8 +62,15 @@ fn object(stored: &Value, with_secret: bool) -> Value {
 
 /// `enabled_events`: a list of this server's event types, or `*`; `Err` says why not.
 fn enabled_events(value: Option<&Value>) -> Result<Vec<String>, String> {
-    let Some(events) = value.and_then(Value::as_array) else {
-        return Err("`enabled_events` is required: a list of event types or `*`".into());
+    let events = match value {
+        None | Some(Value::Null) => {
+            return Err("`enabled_events` is required: a list of event types or `*`".into())
+        }
+        Some(Value::Array(events)) if !events.is_empty() => events,
+        Some(Value::Array(_)) => {
+            return Err("`enabled_events` must list at least one event type (or `*`)".into())
+        }
+        Some(_) => return Err("`enabled_events` must be a list of event types or `*`".into()),
     };
     let mut enabled = Vec::new();
     for event in events {
@@ -77,8 +84,14 @@ fn enabled_events(value: Option<&Value>) -> Result<Vec<String>, String> {
 
 /// `webhook_endpoint.url`: https, or plain http on loopback; `Err` says why not.
 fn endpoint_url(value: Option<&Value>) -> Result<&str, String> {
-    let Some(url) = value.and_then(|w| w.get("url")).and_then(Value::as_str) else {
-        return Err("`webhook_endpoint.url` is required".into());
+    let Some(endpoint) = value.and_then(Value::as_object) else {
+        return Err("`webhook_endpoint` is required: an object with `url`".into());
+    };
+    if let Some(unknown) = endpoint.keys().find(|k| k.as_str() != "url") {
+        return Err(format!("unknown parameter `webhook_endpoint.{unknown}`"));
+    }
+    let Some(url) = endpoint.get("url").and_then(Value::as_str) else {
+        return Err("`webhook_endpoint.url` is required: a string".into());
     };
     let loopback = url.starts_with("http://127.0.0.1")
         || url.starts_with("http://localhost")
@@ -87,6 +100,31 @@ fn endpoint_url(value: Option<&Value>) -> Result<&str, String> {
         return Err("`webhook_endpoint.url` must be https (plain http only for loopback)".into());
     }
     Ok(url)
+}
+
+/// `include`: a list of the values `allowed`; whether it holds each.
+fn include_of(value: Option<&Value>, allowed: &str) -> Result<bool, String> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if item.as_str() != Some(allowed) {
+                    return Err(format!("`include`: `{item}` is not `{allowed}`"));
+                }
+            }
+            Ok(!items.is_empty())
+        }
+        Some(_) => Err(format!("`include` must be a list (`[\"{allowed}\"]`)")),
+    }
+}
+
+/// `description`: a string, or null.
+fn description_of(value: Option<&Value>) -> Result<Value, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(Value::String(d)) => Ok(json!(d)),
+        Some(_) => Err("`description` must be a string".into()),
+    }
 }
 
 /// The endpoint a stored destination delivers to.
@@ -163,12 +201,14 @@ pub(crate) async fn create(
         "metadata",
         "include",
     ];
-    let params = match crate::api::json_object(&headers, body, false, KNOWN) {
-        Ok((_, params)) => params,
+    let (body, params) = match crate::api::json_object(&headers, body, false, KNOWN) {
+        Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    let Some(name) = params.get("name").and_then(Value::as_str) else {
-        return invalid("`name` is required");
+    let name = match params.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        None | Some(Value::Null) => return invalid("`name` is required"),
+        Some(_) => return invalid("`name` must be a non-empty string"),
     };
     if params.get("type").and_then(Value::as_str) != Some("webhook_endpoint") {
         return invalid(
@@ -183,35 +223,71 @@ pub(crate) async fn create(
         Err(why) => return invalid(why),
     };
     let url = match endpoint_url(params.get("webhook_endpoint")) {
-        Ok(url) => url,
+        Ok(url) => url.to_owned(),
         Err(why) => return invalid(why),
     };
-    let with_secret = params
-        .get("include")
-        .and_then(Value::as_array)
-        .is_some_and(|i| i.iter().any(|v| v == "webhook_endpoint.signing_secret"));
-    let now = state.engine.now();
-    let stored = json!({
-        "id": format!("ed_{}", uuid::Uuid::new_v4().simple()),
-        "object": "v2.core.event_destination",
-        "created": now,
-        "updated": now,
-        "name": name,
-        "description": params.get("description").cloned().unwrap_or(Value::Null),
-        "metadata": params.get("metadata").cloned().unwrap_or(json!({})),
-        "type": "webhook_endpoint",
-        "event_payload": "thin",
-        "enabled_events": enabled,
-        "livemode": state.engine.config().livemode,
-        "status": "enabled",
-        "status_details": null,
-        "webhook_endpoint": {"url": url},
-        "signing_secret": new_secret(),
-    });
-    if let Err(response) = save(state.store.as_ref(), &stored).await {
-        return response;
+    let with_secret = match include_of(params.get("include"), "webhook_endpoint.signing_secret") {
+        Ok(with_secret) => with_secret,
+        Err(why) => return invalid(why),
+    };
+    let description = match description_of(params.get("description")) {
+        Ok(description) => description,
+        Err(why) => return invalid(why),
+    };
+    let metadata = match metadata_of(params.get("metadata"), Map::new()) {
+        Ok(metadata) => metadata,
+        Err(why) => return invalid(why),
+    };
+    let request = crate::api::fingerprint("POST", "/v2/core/event_destinations", &body);
+    let run = async {
+        let now = state.engine.now();
+        let stored = json!({
+            "id": format!("ed_{}", uuid::Uuid::new_v4().simple()),
+            "object": "v2.core.event_destination",
+            "created": now,
+            "updated": now,
+            "name": name,
+            "description": description,
+            "metadata": metadata,
+            "type": "webhook_endpoint",
+            "event_payload": "thin",
+            "enabled_events": enabled,
+            "livemode": state.engine.config().livemode,
+            "status": "enabled",
+            "status_details": null,
+            "webhook_endpoint": {"url": url},
+            "signing_secret": new_secret(),
+        });
+        if let Err(response) = save(state.store.as_ref(), &stored).await {
+            return response;
+        }
+        Json(object(&stored, with_secret)).into_response()
+    };
+    crate::api::idempotent(&state, &headers, request, run).await
+}
+
+/// `metadata`: an object of strings merged into `base`; a null value removes its key,
+/// as Stripe's metadata does.
+fn metadata_of(value: Option<&Value>, base: Map<String, Value>) -> Result<Value, String> {
+    let mut merged = base;
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(entries)) => {
+            for (key, value) in entries {
+                match value {
+                    Value::Null => {
+                        merged.remove(key);
+                    }
+                    Value::String(_) => {
+                        merged.insert(key.clone(), value.clone());
+                    }
+                    _ => return Err(format!("`metadata.{key}` must be a string or null")),
+                }
+            }
+        }
+        Some(_) => return Err("`metadata` must be an object of strings".into()),
     }
-    Json(object(&stored, with_secret)).into_response()
+    Ok(Value::Object(merged))
 }
 
 pub(crate) async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -228,12 +304,21 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    if let Some((unknown, _)) = query.iter().find(|(k, _)| k != "limit") {
-        return invalid(format!("unknown query parameter `{unknown}`"));
+    if let Err(response) = crate::api::query_value(&query, &["limit"]) {
+        return response;
     }
+    let limit = match crate::api::limit_of(&query) {
+        Ok(limit) => limit,
+        Err(response) => return response,
+    };
     match stored(state.store.as_ref()).await {
-        Ok(all) => {
-            let data: Vec<Value> = all.iter().map(|d| object(d, false)).collect();
+        Ok(mut all) => {
+            // Newest first, as the other lists.
+            all.sort_by(|a, b| {
+                (b["created"].as_str(), b["id"].as_str())
+                    .cmp(&(a["created"].as_str(), a["id"].as_str()))
+            });
+            let data: Vec<Value> = all.iter().take(limit).map(|d| object(d, false)).collect();
             Json(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
                 .into_response()
         }
@@ -258,63 +343,59 @@ pub(crate) async fn update(
         "webhook_endpoint",
         "include",
     ];
-    let params = match crate::api::json_object(&headers, body, true, KNOWN) {
-        Ok((_, params)) => params,
+    let (body, params) = match crate::api::json_object(&headers, body, true, KNOWN) {
+        Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    let mut stored = match load(state.store.as_ref(), &id).await {
-        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
-        Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
-        Err(response) => return response,
-    };
-    if let Some(name) = params.get("name") {
-        match name.as_str() {
-            Some(name) if !name.is_empty() => stored["name"] = json!(name),
-            _ => return invalid("`name` must be a non-empty string"),
-        }
+    if let Err(why) = include_of(params.get("include"), "webhook_endpoint.url") {
+        return invalid(why);
     }
-    if let Some(description) = params.get("description") {
-        if !(description.is_string() || description.is_null()) {
-            return invalid("`description` must be a string");
-        }
-        stored["description"] = description.clone();
-    }
-    if let Some(metadata) = params.get("metadata") {
-        let Some(entries) = metadata.as_object() else {
-            return invalid("`metadata` must be an object of strings");
+    let request =
+        crate::api::fingerprint("POST", &format!("/v2/core/event_destinations/{id}"), &body);
+    let run = async {
+        let mut stored = match load(state.store.as_ref(), &id).await {
+            Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+            Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
+            Err(response) => return response,
         };
-        let mut merged = stored["metadata"].as_object().cloned().unwrap_or_default();
-        for (key, value) in entries {
-            match value {
-                // As Stripe's metadata: a null value removes the key.
-                Value::Null => {
-                    merged.remove(key);
-                }
-                Value::String(_) => {
-                    merged.insert(key.clone(), value.clone());
-                }
-                _ => return invalid(format!("`metadata.{key}` must be a string or null")),
+        if let Some(name) = params.get("name") {
+            match name.as_str() {
+                Some(name) if !name.is_empty() => stored["name"] = json!(name),
+                _ => return invalid("`name` must be a non-empty string"),
             }
         }
-        stored["metadata"] = Value::Object(merged);
-    }
-    if params.contains_key("enabled_events") {
-        match enabled_events(params.get("enabled_events")) {
-            Ok(enabled) => stored["enabled_events"] = json!(enabled),
-            Err(why) => return invalid(why),
+        if params.contains_key("description") {
+            match description_of(params.get("description")) {
+                Ok(description) => stored["description"] = description,
+                Err(why) => return invalid(why),
+            }
         }
-    }
-    if params.contains_key("webhook_endpoint") {
-        match endpoint_url(params.get("webhook_endpoint")) {
-            Ok(url) => stored["webhook_endpoint"] = json!({"url": url}),
-            Err(why) => return invalid(why),
+        if params.contains_key("metadata") {
+            let base = stored["metadata"].as_object().cloned().unwrap_or_default();
+            match metadata_of(params.get("metadata"), base) {
+                Ok(metadata) => stored["metadata"] = metadata,
+                Err(why) => return invalid(why),
+            }
         }
-    }
-    stored["updated"] = json!(state.engine.now());
-    if let Err(response) = save(state.store.as_ref(), &stored).await {
-        return response;
-    }
-    Json(object(&stored, false)).into_response()
+        if params.contains_key("enabled_events") {
+            match enabled_events(params.get("enabled_events")) {
+                Ok(enabled) => stored["enabled_events"] = json!(enabled),
+                Err(why) => return invalid(why),
+            }
+        }
+        if params.contains_key("webhook_endpoint") {
+            match endpoint_url(params.get("webhook_endpoint")) {
+                Ok(url) => stored["webhook_endpoint"] = json!({"url": url}),
+                Err(why) => return invalid(why),
+            }
+        }
+        stored["updated"] = json!(state.engine.now());
+        if let Err(response) = save(state.store.as_ref(), &stored).await {
+            return response;
+        }
+        Json(object(&stored, false)).into_response()
+    };
+    crate::api::idempotent(&state, &headers, request, run).await
 }
 
 /// `POST /v2/core/event_destinations/{id}/ping`: sends a `v2.core.event_destination.ping`
@@ -322,13 +403,22 @@ pub(crate) async fn update(
 /// attempt is in the destination's delivery log under the event's id.
 async fn ping(state: &AppState, id: &str) -> Response {
     let stored = match load(state.store.as_ref(), id).await {
-        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+        Ok(Some(stored)) if stored["status"] == "enabled" => stored,
+        Ok(Some(stored)) if stored["status"] == "disabled" => {
+            return invalid(format!(
+                "event destination `{id}` is disabled: enable it to ping it"
+            ))
+        }
         Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
         Err(response) => return response,
     };
     let endpoint = endpoint_of(&stored);
     let event = json!({
-        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "id": format!(
+            "evt_{}_{}",
+            if stored["livemode"] == true { "live" } else { "test" },
+            uuid::Uuid::new_v4().simple()
+        ),
         "object": "v2.core.event",
         "type": "v2.core.event_destination.ping",
         "created": state.engine.now(),
@@ -383,28 +473,50 @@ async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
     Json(object(&stored, false)).into_response()
 }
 
+/// `enable`, `disable` and `ping`, each under its `Idempotency-Key`; none takes
+/// parameters.
 pub(crate) async fn action(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match action.as_str() {
-        "enable" => set_status(&state, &id, "enabled").await,
-        "disable" => set_status(&state, &id, "disabled").await,
-        "ping" => {
-            let request = crate::api::fingerprint(
-                "POST",
-                &format!("/v2/core/event_destinations/{id}/ping"),
-                b"",
-            );
-            crate::api::idempotent(&state, &headers, request, ping(&state, &id)).await
-        }
-        _ => errors::not_found("Unrecognized request URL."),
+    if !matches!(action.as_str(), "enable" | "disable" | "ping") {
+        return errors::not_found("Unrecognized request URL.");
     }
+    let body = match crate::api::json_object(&headers, body, true, &[]) {
+        Ok((body, _)) => body,
+        Err(response) => return response,
+    };
+    let request = crate::api::fingerprint(
+        "POST",
+        &format!("/v2/core/event_destinations/{id}/{action}"),
+        &body,
+    );
+    let run = async {
+        match action.as_str() {
+            "enable" => set_status(&state, &id, "enabled").await,
+            "disable" => set_status(&state, &id, "disabled").await,
+            _ => ping(&state, &id).await,
+        }
+    };
+    crate::api::idempotent(&state, &headers, request, run).await
 }
 
-pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    set_status(&state, &id, "deleted").await
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request =
+        crate::api::fingerprint("DELETE", &format!("/v2/core/event_destinations/{id}"), b"");
+    crate::api::idempotent(
+        &state,
+        &headers,
+        request,
+        set_status(&state, &id, "deleted"),
+    )
+    .await
 }
 
 /// Delivers to the destinations created through the API: every second it reads them

@@ -3,6 +3,8 @@
 //! read back directly.
 #![allow(dead_code)]
 
+pub mod hooks;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

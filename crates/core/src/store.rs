@@ -372,6 +372,10 @@ pub trait Store: Send + Sync + Debug {
     /// Saves a named piece of engine state, replacing what was there.
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
+    /// Removes a named piece of engine state (removing one that is absent is not an
+    /// error).
+    async fn delete_state(&self, key: &str) -> Result<(), StoreError>;
+
     /// Every piece of engine state whose key starts with `prefix`, sorted by key
     /// (instances' heartbeats, `instance/…`).
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;

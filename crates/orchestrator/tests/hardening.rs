@@ -567,6 +567,9 @@ impl Store for SlowRenewals {
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.inner.save_state(key, value).await
     }
+    async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete_state(key).await
+    }
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.list_state(prefix).await
     }

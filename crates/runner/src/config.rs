@@ -77,6 +77,9 @@ pub struct ServerSection {
     pub requests_per_second: u32,
     /// Webhook events in flight to one endpoint at most (1: in commit order).
     pub webhook_concurrency: usize,
+    /// How long an event's delivery log is kept (from the event's `created`).
+    #[serde(with = "offsession_core::duration::text")]
+    pub webhook_log_retention: std::time::Duration,
 }
 
 impl Default for ServerSection {
@@ -87,6 +90,7 @@ impl Default for ServerSection {
             max_body_bytes: 64 * 1024,
             requests_per_second: 1_000,
             webhook_concurrency: 1,
+            webhook_log_retention: std::time::Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -438,6 +442,12 @@ impl Config {
             return Err(invalid("run.horizon", "must be longer than 0s".into()));
         }
         self.worker.check()?;
+        if self.server.webhook_log_retention < std::time::Duration::from_secs(3_600) {
+            return Err(invalid(
+                "server.webhook_log_retention",
+                "must be at least 1h".into(),
+            ));
+        }
         if !(1..=64).contains(&self.server.webhook_concurrency) {
             return Err(invalid(
                 "server.webhook_concurrency",

@@ -146,6 +146,7 @@ pub async fn run(
     // keeps this instance's heartbeat).
     let delivery = DeliverySettings {
         concurrency: config.server.webhook_concurrency,
+        keep_logs: config.server.webhook_log_retention,
         ..DeliverySettings::default()
     };
     let owners = Owners::track(

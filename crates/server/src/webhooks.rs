@@ -14,7 +14,9 @@
 //! arrive out of order). Each attempt is recorded in
 //! `webhook/<endpoint id>/log/<event id>` (attempts, last status, when), which
 //! `GET /v2/core/events/{id}/deliveries` reads; `POST /v2/core/events/{id}/resend`
-//! sends an event again (see `deliveries`).
+//! sends an event again (see `deliveries`). Logs of events older than `keep_logs`
+//! (30 days by default, as long as Stripe keeps events) are removed hourly, once the
+//! deliverer is past them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +77,10 @@ pub struct DeliverySettings {
     pub poll: Duration,
     /// Events in flight to one endpoint at most (1: one at a time, in commit order).
     pub concurrency: usize,
+    /// How long an event's delivery log is kept, counted from the event's `created`.
+    pub keep_logs: Duration,
+    /// How often the logs past `keep_logs` are removed.
+    pub sweep_every: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -86,6 +92,8 @@ impl Default for DeliverySettings {
             give_up_after: Duration::from_secs(3 * 86_400),
             poll: Duration::from_millis(200),
             concurrency: 1,
+            keep_logs: Duration::from_secs(30 * 86_400),
+            sweep_every: Duration::from_secs(3_600),
         }
     }
 }
@@ -266,7 +274,16 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let mut swept_at: Option<Instant> = None;
     loop {
+        if swept_at.is_none_or(|at| at.elapsed() >= settings.sweep_every) {
+            swept_at = Some(Instant::now());
+            if let Err(err) =
+                sweep_logs(store.as_ref(), &endpoint.id, cursor, settings.keep_logs).await
+            {
+                tracing::warn!(endpoint = %endpoint.id, error = %err, "removing old delivery logs failed");
+            }
+        }
         let page = match store.events_after(cursor, 100).await {
             Ok(page) => page,
             Err(err) => {
@@ -392,6 +409,48 @@ pub(crate) fn log_key(endpoint_id: &str, event_id: &str) -> String {
     format!("webhook/{endpoint_id}/log/{event_id}")
 }
 
+/// Removes the delivery logs at `endpoint_id` of the events up to `cursor` (those its
+/// deliverer is done with) created more than `keep` ago, in commit order from where
+/// the last sweep stopped (`webhook/<endpoint id>/swept`). Returns how many events it
+/// passed.
+pub(crate) async fn sweep_logs(
+    store: &dyn Store,
+    endpoint_id: &str,
+    cursor: u64,
+    keep: Duration,
+) -> Result<u64, offsession_core::StoreError> {
+    let swept_key = format!("webhook/{endpoint_id}/swept");
+    let mut after: u64 = store
+        .load_state(&swept_key)
+        .await?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let oldest_kept = now_ms - keep.as_millis() as i64;
+    let mut passed = 0;
+    'pages: while after < cursor {
+        let page = store.events_after(after, 500).await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page {
+            if event.sequence > cursor || event.event.created.as_millis() >= oldest_kept {
+                break 'pages;
+            }
+            store
+                .delete_state(&log_key(endpoint_id, &event.event.id))
+                .await?;
+            after = event.sequence;
+            passed += 1;
+        }
+        store.save_state(&swept_key, &after.to_string()).await?;
+    }
+    store.save_state(&swept_key, &after.to_string()).await?;
+    Ok(passed)
+}
+
 /// Counts one delivery attempt in the log; returns the attempts so far. (A resend
 /// and a scheduled retry of the same event to the same endpoint at the same moment
 /// may count as one.)
@@ -428,166 +487,5 @@ fn metrics_delivered(endpoint: &WebhookEndpoint, outcome: &'static str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_endpoint_has_one_owner_and_a_leaving_instance_moves_only_its_own() {
-        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
-        let mut owned = std::collections::HashMap::new();
-        for n in 0..300 {
-            let endpoint = format!("we_{n}");
-            let before = owner_of(&endpoint, &three).unwrap();
-            *owned.entry(before).or_insert(0) += 1;
-            let after = owner_of(&endpoint, &two).unwrap();
-            if before != "b" {
-                assert_eq!(before, after, "{endpoint} moved although its owner stayed");
-            }
-        }
-        assert!(owned.values().all(|n| *n > 60), "{owned:?}");
-        assert_eq!(owner_of("we_1", &["only".to_owned()]), Some("only"));
-        assert!(Owners::alone("me").owns("we_anything"));
-    }
-
-    /// An endpoint that holds every request `hold` and answers 200; counts the most
-    /// requests it held at once, and the event ids it received.
-    async fn slow_endpoint(
-        hold: Duration,
-    ) -> (
-        String,
-        Arc<std::sync::atomic::AtomicUsize>,
-        Arc<std::sync::Mutex<Vec<String>>>,
-    ) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (seen_most, seen_ids) = (most.clone(), ids.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (now, most, ids) = (now.clone(), most.clone(), ids.clone());
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    let body = loop {
-                        let Ok(n) = stream.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        request.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&request).into_owned();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let length: usize = text[..end]
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .map(|v| v.trim().parse().unwrap_or(0))
-                                })
-                                .unwrap_or(0);
-                            if request.len() >= end + 4 + length {
-                                break text[end + 4..].to_owned();
-                            }
-                        }
-                    };
-                    let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(inside, Ordering::SeqCst);
-                    tokio::time::sleep(hold).await;
-                    now.fetch_sub(1, Ordering::SeqCst);
-                    let event: serde_json::Value = serde_json::from_str(&body).unwrap();
-                    ids.lock()
-                        .unwrap()
-                        .push(event["id"].as_str().unwrap().to_owned());
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
-        (url, seen_most, seen_ids)
-    }
-
-    /// Delivers 12 events with `concurrency`; returns the most in flight at once, and
-    /// whether every event arrived and the cursor ended past the last.
-    async fn deliver_with(concurrency: usize) -> (usize, bool) {
-        use offsession_core::EventType;
-        use offsession_store::conformance::{sample_event, sample_record};
-        let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::with_outbox());
-        let (url, most, ids) = slow_endpoint(Duration::from_millis(100)).await;
-        let endpoint = WebhookEndpoint {
-            id: "we_slow".into(),
-            url,
-            secret: "whsec_test_secret".into(),
-            enabled_events: vec!["*".into()],
-        };
-        store
-            .save_state("webhook/we_slow/cursor", "0")
-            .await
-            .unwrap();
-        let mut sent = Vec::new();
-        for i in 0..12 {
-            let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
-            let event = sample_event(&record, &format!("evt_{i}"), EventType::Created);
-            sent.push(event.id.clone());
-            store.create(&record, None, &[event]).await.unwrap();
-        }
-        let settings = DeliverySettings {
-            concurrency,
-            poll: Duration::from_millis(20),
-            ..DeliverySettings::default()
-        };
-        let delivering = tokio::spawn(deliver(
-            store.clone(),
-            endpoint,
-            settings,
-            Owners::alone("me"),
-            std::future::pending(),
-        ));
-        let last = store
-            .events_after(0, 100)
-            .await
-            .unwrap()
-            .last()
-            .unwrap()
-            .sequence;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while store.load_state("webhook/we_slow/cursor").await.unwrap() != Some(last.to_string()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cursor never reached the end"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        delivering.abort();
-        let mut got = ids.lock().unwrap().clone();
-        got.sort();
-        sent.sort();
-        (most.load(std::sync::atomic::Ordering::SeqCst), got == sent)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_endpoint_gets_at_most_its_concurrency_and_the_cursor_ends_past_every_event() {
-        assert_eq!(deliver_with(1).await, (1, true), "one at a time");
-        assert_eq!(deliver_with(4).await, (4, true), "four at a time");
-    }
-
-    #[test]
-    fn signatures_match_stripes_scheme() {
-        // HMAC-SHA256("whsec_test", "1700000000.{}"), computed independently with
-        // Python: hmac.new(b"whsec_test", b"1700000000.{}", hashlib.sha256).hexdigest()
-        assert_eq!(
-            sign("whsec_test", 1_700_000_000, "{}"),
-            "t=1700000000,v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91"
-        );
-    }
-}
+#[path = "webhooks_tests.rs"]
+mod tests;

@@ -286,6 +286,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().state.remove(key);
+        Ok(())
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut found: Vec<(String, String)> = self
             .lock()

@@ -294,4 +294,16 @@ pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {
         ]
     );
     assert_eq!(store.list_state("").await.unwrap().len(), 4);
+    // A deleted key is gone from reads and lists; deleting an absent one is fine.
+    store.delete_state("instance/a").await.unwrap();
+    store.delete_state("instance/never").await.unwrap();
+    assert_eq!(store.load_state("instance/a").await.unwrap(), None);
+    let keys: Vec<String> = store
+        .list_state("instance/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["instance/b"]);
 }

@@ -346,6 +346,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute("DELETE FROM engine_state WHERE key = $1", &[&key])
+            .await
+            .map_err(pg_error("deleting engine state"))?;
+        Ok(())
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client

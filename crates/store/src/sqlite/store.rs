@@ -512,6 +512,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.call(move |tx| {
+            tx.prepare_cached("DELETE FROM engine_state WHERE key = ?1")
+                .and_then(|mut s| s.execute([key]))
+                .map(|_| ())
+                .map_err(sql_error("deleting engine state"))
+        })
+        .await
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = prefix.to_owned();
         self.call(move |tx| {

@@ -11,14 +11,6 @@ use serde_json::Value;
 
 const KEY: &str = "sk_test_http_0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(dir: &Scratch, port: u16) -> Proc {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/worker.toml");
     let log = std::fs::File::create(dir.path("serve.log")).unwrap();

@@ -11,14 +11,6 @@ use super::{offsession, Proc, Scratch};
 pub const HOOK_KEY: &str = "sk_test_hooks_0123456789";
 pub const SECRET: &str = "whsec_kill_test_secret";
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[derive(Default)]
 pub struct Received {
     pub ids: HashSet<String>,

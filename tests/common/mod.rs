@@ -15,6 +15,15 @@ use serde_json::Value;
 
 pub const KEY: &str = "sk_test_fake_0123456789";
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The `offsession` binary under test.
 pub fn offsession() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_offsession"))

@@ -281,6 +281,14 @@ impl Fake {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The ledger for one request, the request counted; `None` (answer 401) unless it
+    /// carries the secret key.
+    fn ledger_for(&self, headers: &HeaderMap) -> Option<std::sync::MutexGuard<'_, Ledger>> {
+        let mut ledger = self.lock();
+        ledger.counters.requests += 1;
+        self.authorized(headers).then_some(ledger)
+    }
+
     fn authorized(&self, headers: &HeaderMap) -> bool {
         headers
             .get("authorization")

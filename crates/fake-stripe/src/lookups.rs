@@ -8,11 +8,9 @@ pub(crate) async fn get_intent(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let mut ledger = fake.lock();
-    ledger.counters.requests += 1;
-    if !fake.authorized(&headers) {
+    let Some(ledger) = fake.ledger_for(&headers) else {
         return unauthorized();
-    }
+    };
     match ledger.intents.get(&id) {
         Some(intent) => (StatusCode::OK, Json(intent.clone())).into_response(),
         None => missing("payment_intent", &id),
@@ -24,11 +22,9 @@ pub(crate) async fn capture_intent(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let mut ledger = fake.lock();
-    ledger.counters.requests += 1;
-    if !fake.authorized(&headers) {
+    let Some(mut ledger) = fake.ledger_for(&headers) else {
         return unauthorized();
-    }
+    };
     let Some(intent) = ledger.intents.get_mut(&id) else {
         return missing("payment_intent", &id);
     };
@@ -51,11 +47,9 @@ pub(crate) async fn cancel_intent(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let mut ledger = fake.lock();
-    ledger.counters.requests += 1;
-    if !fake.authorized(&headers) {
+    let Some(mut ledger) = fake.ledger_for(&headers) else {
         return unauthorized();
-    }
+    };
     let Some(intent) = ledger.intents.get_mut(&id) else {
         return missing("payment_intent", &id);
     };
@@ -84,8 +78,7 @@ pub(crate) async fn get_payment_method(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    fake.lock().counters.requests += 1;
-    if !fake.authorized(&headers) {
+    if fake.ledger_for(&headers).is_none() {
         return unauthorized();
     }
     let Some(customer) = customer_of(&id) else {
@@ -110,8 +103,7 @@ pub(crate) async fn list_setup_intents(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    fake.lock().counters.requests += 1;
-    if !fake.authorized(&headers) {
+    if fake.ledger_for(&headers).is_none() {
         return unauthorized();
     }
     let payment_method = field(&query, "payment_method");

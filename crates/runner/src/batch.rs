@@ -44,6 +44,22 @@ pub struct InvalidLine {
     pub message: String,
 }
 
+impl InvalidLine {
+    /// Line `line` (1-based) is not UTF-8: `err` says where.
+    pub(crate) fn not_utf8(line: usize, err: std::str::Utf8Error) -> InvalidLine {
+        InvalidLine {
+            line,
+            code: offsession_core::ErrorCode::OspGenericInvalidRequest
+                .as_str()
+                .to_owned(),
+            message: format!(
+                "line is not valid UTF-8 (invalid byte at column {})",
+                err.valid_up_to() + 1
+            ),
+        }
+    }
+}
+
 /// The outcome of a batch run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -149,16 +165,7 @@ pub async fn run(
         }
         submitted += 1;
         if let Err(err) = std::str::from_utf8(&line) {
-            invalid.push(InvalidLine {
-                line: index + 1,
-                code: offsession_core::ErrorCode::OspGenericInvalidRequest
-                    .as_str()
-                    .to_owned(),
-                message: format!(
-                    "line is not valid UTF-8 (invalid byte at column {})",
-                    err.valid_up_to() + 1
-                ),
-            });
+            invalid.push(InvalidLine::not_utf8(index + 1, err));
             continue;
         }
         match engine.create_json(&line, None).await {

@@ -21,10 +21,8 @@ pub mod worker;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use offsession_core::{DiscardEvents, SystemClock};
 
 pub use error::RunnerError;
 
@@ -339,13 +337,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
         }
         Command::CheckConfig { config: path } => {
             let config = config::load(&path)?;
-            let wired = wiring::build(
-                &path,
-                &config,
-                Arc::new(SystemClock),
-                Arc::new(DiscardEvents),
-            )
-            .await?;
+            let wired = wiring::build_live(&path, &config).await?;
             drop(wired);
             let processors: Vec<_> = config.all_processors().map(|p| p.id()).collect();
             let policies: Vec<_> = config.retry_policies.keys().map(String::as_str).collect();

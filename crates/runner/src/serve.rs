@@ -3,9 +3,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
 
-use offsession_core::{DiscardEvents, SystemClock};
 use offsession_server::webhooks::{deliver, DeliverySettings, Owners};
 use offsession_server::{hash_key, router, ApiKeys, AppState, ServerSettings, WebhookEndpoint};
 
@@ -104,13 +102,7 @@ pub async fn run(
         .parse()
         .map_err(|e: std::net::AddrParseError| invalid("server.listen", e.to_string()))?;
     worker::serve_metrics(config).await?;
-    let wired = wiring::build(
-        config_path,
-        config,
-        Arc::new(SystemClock),
-        Arc::new(DiscardEvents),
-    )
-    .await?;
+    let wired = wiring::build_live(config_path, config).await?;
     let state = AppState::new(
         wired.engine.clone(),
         wired.store.clone(),

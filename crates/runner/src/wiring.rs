@@ -220,6 +220,18 @@ pub async fn open_store_section(
     })
 }
 
+/// [`build`] on the real clock, with events kept only in the store's outbox: the
+/// engine of `worker`, `submit`, `serve` and `status`.
+pub async fn build_live(config_path: &Path, config: &Config) -> Result<Wired, ConfigError> {
+    build(
+        config_path,
+        config,
+        Arc::new(offsession_core::SystemClock),
+        Arc::new(offsession_core::DiscardEvents),
+    )
+    .await
+}
+
 /// Builds the engine of `run` and `check-config` with `clock` and `events`: the
 /// decisions of [`policies`], the configured processors, routing and store.
 pub async fn build(

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use offsession_core::{Clock, DiscardEvents, PaymentRecord, Store, SystemClock, Timestamp};
+use offsession_core::{Clock, PaymentRecord, Store, SystemClock, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -100,13 +100,7 @@ pub async fn run(
 ) -> Result<WorkerReport, RunnerError> {
     durable_only(config, "worker")?;
     serve_metrics(config).await?;
-    let wired = wiring::build(
-        config_path,
-        config,
-        Arc::new(SystemClock),
-        Arc::new(DiscardEvents),
-    )
-    .await?;
+    let wired = wiring::build_live(config_path, config).await?;
     run_wired(config_path, config, wired, shutdown).await
 }
 

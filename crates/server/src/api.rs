@@ -433,10 +433,7 @@ async fn retrieve_event(State(state): State<AppState>, Path(id): Path<String>) -
     match state.store.event(&id).await {
         Ok(Some(event)) => Json(full_event(&event)).into_response(),
         Ok(None) => errors::not_found(&format!("No such event: `{id}`")),
-        Err(err) => errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        )),
+        Err(err) => errors::internal(err),
     }
 }
 
@@ -486,9 +483,6 @@ async fn list_events(
             Json(json!({"data": data, "next_page_url": next, "previous_page_url": null}))
                 .into_response()
         }
-        Err(err) => errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        )),
+        Err(err) => errors::internal(err),
     }
 }

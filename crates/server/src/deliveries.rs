@@ -40,10 +40,7 @@ async fn event(state: &AppState, id: &str) -> Result<OutboxEvent, Response> {
     match state.store.event(id).await {
         Ok(Some(event)) => Ok(event),
         Ok(None) => Err(errors::not_found(&format!("No such event: `{id}`"))),
-        Err(err) => Err(errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        ))),
+        Err(err) => Err(errors::internal(err)),
     }
 }
 
@@ -57,10 +54,7 @@ async fn delivery(state: &AppState, endpoint: &WebhookEndpoint, event: &OutboxEv
         Ok(Some(text)) => serde_json::from_str(&text).unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let cursor: Option<u64> = match store
-        .load_state(&format!("webhook/{}/cursor", endpoint.id))
-        .await
-    {
+    let cursor: Option<u64> = match store.load_state(&webhooks::cursor_key(&endpoint.id)).await {
         Ok(Some(text)) => text.parse().ok(),
         _ => None,
     };
@@ -172,12 +166,7 @@ pub(crate) async fn resend(
         };
         let client = match webhooks::client(std::time::Duration::from_secs(10)) {
             Ok(client) => client,
-            Err(err) => {
-                return errors::api(offsession_core::ApiError::new(
-                    offsession_core::ErrorCode::ApiError,
-                    err.to_string(),
-                ))
-            }
+            Err(err) => return errors::internal(err),
         };
         for endpoint in &targets {
             let answer = webhooks::send_once(&client, endpoint, &payload).await;

@@ -155,10 +155,7 @@ pub(crate) async fn stored(store: &dyn Store) -> Result<Vec<Value>, Response> {
             .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
             .filter(|d| d["status"] != "deleted")
             .collect()),
-        Err(err) => Err(errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        ))),
+        Err(err) => Err(errors::internal(err)),
     }
 }
 
@@ -166,10 +163,7 @@ async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {
     match store.load_state(&format!("{PREFIX}{id}")).await {
         Ok(Some(text)) => Ok(serde_json::from_str(&text).ok()),
         Ok(None) => Ok(None),
-        Err(err) => Err(errors::api(offsession_core::ApiError::new(
-            offsession_core::ErrorCode::ApiError,
-            err.to_string(),
-        ))),
+        Err(err) => Err(errors::internal(err)),
     }
 }
 
@@ -178,12 +172,7 @@ async fn save(store: &dyn Store, stored: &Value) -> Result<(), Response> {
     store
         .save_state(&format!("{PREFIX}{id}"), &stored.to_string())
         .await
-        .map_err(|err| {
-            errors::api(offsession_core::ApiError::new(
-                offsession_core::ErrorCode::ApiError,
-                err.to_string(),
-            ))
-        })
+        .map_err(errors::internal)
 }
 
 pub(crate) async fn create(
@@ -431,12 +420,7 @@ async fn ping(state: &AppState, id: &str) -> Response {
     });
     let client = match crate::webhooks::client(Duration::from_secs(10)) {
         Ok(client) => client,
-        Err(err) => {
-            return errors::api(offsession_core::ApiError::new(
-                offsession_core::ErrorCode::ApiError,
-                err.to_string(),
-            ))
-        }
+        Err(err) => return errors::internal(err),
     };
     let answer = crate::webhooks::send_once(&client, &endpoint, &event.to_string()).await;
     let event_id = event["id"].as_str().unwrap_or_default();

@@ -45,6 +45,15 @@ pub(crate) fn api(err: ApiError) -> Response {
         .into_response()
 }
 
+/// A failure of the store or another internal part: a 500 whose details are logged,
+/// not sent.
+pub(crate) fn internal(err: impl std::fmt::Display) -> Response {
+    api(ApiError::new(
+        offsession_core::ErrorCode::ApiError,
+        err.to_string(),
+    ))
+}
+
 /// 404 in the API's shape.
 pub(crate) fn not_found(what: &str) -> Response {
     error(404, "invalid_request_error", "resource_missing", what)

@@ -98,8 +98,10 @@ impl Default for DeliverySettings {
     }
 }
 
-fn cursor_key(endpoint: &WebhookEndpoint) -> String {
-    format!("webhook/{}/cursor", endpoint.id)
+/// Where an endpoint's cursor is kept: the last event sequence its deliverer is done
+/// with.
+pub(crate) fn cursor_key(endpoint_id: &str) -> String {
+    format!("webhook/{endpoint_id}/cursor")
 }
 
 /// The newest committed sequence (where a new endpoint starts: it receives events
@@ -138,41 +140,35 @@ impl Owners {
         }
     }
 
-    /// Tracks the instances alive on `engine`'s store, re-read every `every`; an
-    /// instance counts while its heartbeat is at most `live_within` old. Writes this
-    /// instance's heartbeat first; when others are alive, waits 1.5 × `every` and reads
-    /// again before answering, so that they have seen this one before it takes
-    /// endpoints from them.
+    /// Tracks the instances alive, as `engine`'s heartbeats last saw them (the
+    /// worker's, every `every`); an instance counts while its heartbeat is at most
+    /// `live_within` old. Writes this instance's heartbeat first; when others are
+    /// alive, waits 1.5 × `every` and beats again before answering, so that they have
+    /// seen this one before it takes endpoints from them.
     pub async fn track(
         engine: offsession_orchestrator::Engine,
         live_within: Duration,
         every: Duration,
     ) -> Owners {
         let me = engine.config().instance_id.clone();
-        // Be seen before choosing (the worker keeps the heartbeat from then on).
-        if let Err(err) = engine.heartbeat(live_within).await {
-            tracing::warn!(error = %err, "the first heartbeat failed");
-        }
-        let read = move |engine: offsession_orchestrator::Engine, me: String| async move {
-            match engine.live_instances(live_within).await {
-                Ok(live) => live,
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading the instances alive failed");
-                    vec![me]
-                }
+        // Be seen, and see the others, before choosing; the worker's heartbeats keep
+        // the engine's list of the instances alive fresh from then on.
+        let heartbeat = |engine: offsession_orchestrator::Engine| async move {
+            if let Err(err) = engine.heartbeat(live_within).await {
+                tracing::warn!(error = %err, "a heartbeat failed");
             }
+            engine.instances_alive()
         };
-        let mut first = read(engine.clone(), me.clone()).await;
+        let mut first = heartbeat(engine.clone()).await;
         if first.len() > 1 {
             tokio::time::sleep(every.mul_f64(1.5)).await;
-            first = read(engine.clone(), me.clone()).await;
+            first = heartbeat(engine.clone()).await;
         }
         let (tell, live) = tokio::sync::watch::channel(first);
-        let mine = me.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let now = read(engine.clone(), mine.clone()).await;
+                let now = engine.instances_alive();
                 if tell.send_if_modified(|live| {
                     let changed = *live != now;
                     *live = now;
@@ -256,12 +252,12 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
         }
     };
     let mut cursor = loop {
-        match store.load_state(&cursor_key(endpoint)).await {
+        match store.load_state(&cursor_key(&endpoint.id)).await {
             Ok(Some(saved)) => break saved.parse::<u64>().unwrap_or(0),
             Ok(None) => match newest_sequence(store.as_ref()).await {
                 Ok(newest) => {
                     if store
-                        .save_state(&cursor_key(endpoint), &newest.to_string())
+                        .save_state(&cursor_key(&endpoint.id), &newest.to_string())
                         .await
                         .is_ok()
                     {
@@ -312,7 +308,7 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
         while let Some(sequence) = answered.next().await {
             cursor = sequence;
             while let Err(err) = store
-                .save_state(&cursor_key(endpoint), &cursor.to_string())
+                .save_state(&cursor_key(&endpoint.id), &cursor.to_string())
                 .await
             {
                 tracing::warn!(endpoint = %endpoint.id, error = %err, "saving the webhook cursor failed");
@@ -430,14 +426,15 @@ pub(crate) async fn sweep_logs(
         .map_or(0, |d| d.as_millis() as i64);
     let oldest_kept = now_ms - keep.as_millis() as i64;
     let mut passed = 0;
-    'pages: while after < cursor {
+    let mut done = false;
+    while !done && after < cursor {
         let page = store.events_after(after, 500).await?;
-        if page.is_empty() {
-            break;
-        }
+        let from = after;
+        done = page.is_empty();
         for event in page {
             if event.sequence > cursor || event.event.created.as_millis() >= oldest_kept {
-                break 'pages;
+                done = true;
+                break;
             }
             store
                 .delete_state(&log_key(endpoint_id, &event.event.id))
@@ -445,9 +442,10 @@ pub(crate) async fn sweep_logs(
             after = event.sequence;
             passed += 1;
         }
-        store.save_state(&swept_key, &after.to_string()).await?;
+        if after != from {
+            store.save_state(&swept_key, &after.to_string()).await?;
+        }
     }
-    store.save_state(&swept_key, &after.to_string()).await?;
     Ok(passed)
 }
 

@@ -19,9 +19,22 @@ impl Engine {
             .store
             .save_state(&me, &now.as_millis().to_string())
             .await?;
-        let alive = self.live_instances(live_within).await?.len().max(1) as u32;
+        let live = self.live_instances(live_within).await?;
+        let alive = live.len().max(1) as u32;
+        *self.inner.alive.lock().unwrap_or_else(|p| p.into_inner()) = live;
         self.share_rate_limits(alive);
         Ok(alive)
+    }
+
+    /// The ids of the instances alive at this instance's last heartbeat, sorted; this
+    /// one alone before the first.
+    pub fn instances_alive(&self) -> Vec<String> {
+        let alive = self.inner.alive.lock().unwrap_or_else(|p| p.into_inner());
+        if alive.is_empty() {
+            vec![self.inner.config.instance_id.clone()]
+        } else {
+            alive.clone()
+        }
     }
 
     /// The ids of the instances whose heartbeat is at most `live_within` old, this one

@@ -185,6 +185,8 @@ struct Inner {
     test_clocks: RwLock<HashMap<String, Arc<ManualClock>>>,
     /// One lock per payment method with a cap decision under way in this process.
     card_locks: std::sync::Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>,
+    /// The instances alive at the last heartbeat (empty before the first).
+    alive: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -241,6 +243,7 @@ impl Engine {
                 parts,
                 test_clocks: RwLock::new(HashMap::new()),
                 card_locks: std::sync::Mutex::new(HashMap::new()),
+                alive: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }

@@ -55,13 +55,7 @@ pub async fn submit(
 ) -> Result<SubmitReport, RunnerError> {
     durable_only(config, "submit")?;
     let text = std::fs::read(input).map_err(|e| RunnerError::file("reading", input, e))?;
-    let wired = wiring::build(
-        config_path,
-        config,
-        Arc::new(SystemClock),
-        Arc::new(DiscardEvents),
-    )
-    .await?;
+    let wired = wiring::build_live(config_path, config).await?;
     let engine = wired.engine.clone();
     let started = SystemClock.now();
     let mut report = SubmitReport::default();
@@ -83,19 +77,7 @@ pub async fn submit(
             let engine = engine.clone();
             async move {
                 if let Err(err) = std::str::from_utf8(line) {
-                    return (
-                        number,
-                        Err(InvalidLine {
-                            line: number,
-                            code: offsession_core::ErrorCode::OspGenericInvalidRequest
-                                .as_str()
-                                .to_owned(),
-                            message: format!(
-                                "line is not valid UTF-8 (invalid byte at column {})",
-                                err.valid_up_to() + 1
-                            ),
-                        }),
-                    );
+                    return (number, Err(InvalidLine::not_utf8(number, err)));
                 }
                 let result =
                     engine

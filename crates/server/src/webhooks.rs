@@ -120,7 +120,7 @@ async fn newest_sequence(store: &dyn Store) -> Result<u64, offsession_core::Stor
 /// Which endpoints this instance delivers to, when several instances share a store:
 /// each endpoint is delivered to by one live instance, chosen by rendezvous hashing of
 /// the endpoint's id with the ids of the instances alive (their heartbeats, see
-/// `Engine::live_instances`), so an instance that joins or dies moves only the
+/// `Engine::instances_alive`), so an instance that joins or dies moves only the
 /// endpoints it gains or held. The cursor of an endpoint is in the store, so the next
 /// owner resumes where the last one acknowledged. While ownership moves (within one
 /// refresh), two instances may both send an event: deliveries are at least once.

@@ -39,7 +39,7 @@ impl Engine {
 
     /// The ids of the instances whose heartbeat is at most `live_within` old, this one
     /// always among them, sorted.
-    pub async fn live_instances(&self, live_within: Duration) -> Result<Vec<String>, StoreError> {
+    async fn live_instances(&self, live_within: Duration) -> Result<Vec<String>, StoreError> {
         let now = self.inner.clock.now();
         let me = &self.inner.config.instance_id;
         let oldest = now.as_millis() - live_within.as_millis() as i64;

@@ -1,7 +1,7 @@
 //! An in-memory `Store`: the whole contract, no durability. For tests, simulations,
 //! benchmarks and embeddings that keep state elsewhere.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -10,20 +10,30 @@ use offsession_core::{
     NewIdempotencyKey, OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 
-type DueKey = (ClockScope, Timestamp, String);
+/// A payment's place in its scope's due index: (claimable at, creation sequence).
+type DueKey = (Timestamp, u64);
 /// The store's hash maps: foldhash, seeded per map (SipHash, the standard default,
 /// took about 3,700 instructions per payment in the bench's callgrind profile).
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// An attempt in a card's history: (sent at, payment id, attempt number).
-type CardKey = (Timestamp, String, u32);
+/// An attempt in a card's history: (sent at, payment's creation sequence, attempt
+/// number).
+type CardKey = (Timestamp, u64, u32);
+
+/// A payment and its creation sequence, which keys it in the ordered indexes (integer
+/// keys compare in a few instructions; ids are 30-byte strings).
+#[derive(Debug)]
+struct Stored {
+    sequence: u64,
+    record: PaymentRecord,
+}
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: Map<String, PaymentRecord>,
-    due: BTreeSet<DueKey>,
-    /// Payments by creation sequence (for newest-first lists), and each one's sequence.
+    records: Map<String, Stored>,
+    /// Per clock scope, the claimable payments by time (their ids as values).
+    due: Map<ClockScope, BTreeMap<DueKey, String>>,
+    /// Payments by creation sequence (for newest-first lists).
     creation_order: BTreeMap<u64, String>,
-    sequence_of: Map<String, u64>,
     next_sequence: u64,
     /// Settled payments, oldest settlement first (pruned beyond the retention).
     settled: std::collections::VecDeque<String>,
@@ -36,20 +46,17 @@ struct Inner {
     state: Map<String, String>,
 }
 
-fn due_key(record: &PaymentRecord) -> Option<DueKey> {
-    record.claimable_at().map(|at| {
-        (
-            ClockScope::of(&record.payment),
-            at,
-            record.payment.id.clone(),
-        )
-    })
+fn due_key(record: &PaymentRecord, sequence: u64) -> Option<DueKey> {
+    record.claimable_at().map(|at| (at, sequence))
 }
 
-fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardAttempt)> + '_ {
+fn card_attempts(
+    record: &PaymentRecord,
+    sequence: u64,
+) -> impl Iterator<Item = (CardKey, CardAttempt)> + '_ {
     record.attempts.iter().map(move |a| {
         (
-            (a.started_at, record.payment.id.clone(), a.number),
+            (a.started_at, sequence, a.number),
             CardAttempt::of(&record.payment, a),
         )
     })
@@ -59,6 +66,7 @@ fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = (CardKey, CardA
 /// untouched when no attempt started or got its decline since `old`.
 fn reindex_card(
     by_method: &mut Map<String, BTreeMap<CardKey, CardAttempt>>,
+    sequence: u64,
     old: Option<&PaymentRecord>,
     new: &PaymentRecord,
 ) {
@@ -73,15 +81,19 @@ fn reindex_card(
     if unchanged {
         return;
     }
-    let index = by_method
-        .entry(new.payment.payment_method.clone())
-        .or_default();
+    let method = new.payment.payment_method.as_str();
+    if !by_method.contains_key(method) {
+        by_method.insert(method.to_owned(), BTreeMap::new());
+    }
+    let Some(index) = by_method.get_mut(method) else {
+        return;
+    };
     if let Some(old) = old {
-        for (key, _) in card_attempts(old) {
-            index.remove(&key);
+        for attempt in &old.attempts {
+            index.remove(&(attempt.started_at, sequence, attempt.number));
         }
     }
-    index.extend(card_attempts(new));
+    index.extend(card_attempts(new, sequence));
 }
 
 /// Whether nothing more will happen to a payment.
@@ -96,24 +108,30 @@ fn settled(record: &PaymentRecord) -> bool {
 impl Inner {
     /// Drops a settled payment (not its card history or idempotency key).
     fn forget(&mut self, id: &str) {
-        if let Some(record) = self.records.remove(id) {
-            let key = due_key(&record);
-            self.reindex(key, None);
-        }
-        if let Some(sequence) = self.sequence_of.remove(id) {
-            self.creation_order.remove(&sequence);
+        if let Some(stored) = self.records.remove(id) {
+            let key = due_key(&stored.record, stored.sequence);
+            self.reindex(&stored.record, key, None);
+            self.creation_order.remove(&stored.sequence);
         }
     }
 
-    fn reindex(&mut self, old: Option<DueKey>, new: Option<DueKey>) {
+    /// Moves a payment's due entry from `old` to `new`; its id moves with it.
+    fn reindex(&mut self, record: &PaymentRecord, old: Option<DueKey>, new: Option<DueKey>) {
         if old == new {
             return;
         }
-        if let Some(old) = old {
-            self.due.remove(&old);
+        let scope = ClockScope::of(&record.payment);
+        if !self.due.contains_key(&scope) {
+            self.due.insert(scope.clone(), BTreeMap::new());
         }
+        let Some(index) = self.due.get_mut(&scope) else {
+            return;
+        };
+        let id = old
+            .and_then(|old| index.remove(&old))
+            .unwrap_or_else(|| record.payment.id.clone());
         if let Some(new) = new {
-            self.due.insert(new);
+            index.insert(new, id);
         }
     }
 }
@@ -193,13 +211,18 @@ impl Store for MemoryStore {
         }
         let mut stored = record.clone();
         stored.version = 1;
-        inner.reindex(None, due_key(&stored));
-        reindex_card(&mut inner.by_method, None, &stored);
         let sequence = inner.next_sequence;
         inner.next_sequence += 1;
+        inner.reindex(&stored, None, due_key(&stored, sequence));
+        reindex_card(&mut inner.by_method, sequence, None, &stored);
         inner.creation_order.insert(sequence, id.clone());
-        inner.sequence_of.insert(id.clone(), sequence);
-        inner.records.insert(id, stored);
+        inner.records.insert(
+            id,
+            Stored {
+                sequence,
+                record: stored,
+            },
+        );
         if self.keep_events {
             inner.outbox.extend_from_slice(events);
         }
@@ -207,7 +230,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(self.lock().records.get(id).cloned())
+        Ok(self.lock().records.get(id).map(|s| s.record.clone()))
     }
 
     async fn commit(
@@ -219,9 +242,10 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let id = record.payment.id.as_str();
-        let current = inner
+        let (sequence, current) = inner
             .records
             .get(id)
+            .map(|s| (s.sequence, &s.record))
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         if current.version != expected.version || current.payment.status != expected.status {
             return Err(StoreError::Conflict {
@@ -234,15 +258,14 @@ impl Store for MemoryStore {
         stored.version = expected.version + 1;
         let version = stored.version;
         let settles = !settled(current) && settled(&stored);
-        reindex_card(&mut inner.by_method, Some(current), &stored);
-        // The due index keys on (scope, claimable time, id); the scope and id never
-        // change, so the entry moves only when the claimable time does.
-        if current.claimable_at() != stored.claimable_at() {
-            let old_key = due_key(current);
-            inner.reindex(old_key, due_key(&stored));
-        }
+        reindex_card(&mut inner.by_method, sequence, Some(current), &stored);
+        // The due index keys on (claimable time, sequence) within the payment's scope;
+        // the scope and sequence never change, so the entry moves only when the
+        // claimable time does.
+        let (old_key, new_key) = (due_key(current, sequence), due_key(&stored, sequence));
+        inner.reindex(&stored, old_key, new_key);
         if let Some(slot) = inner.records.get_mut(id) {
-            *slot = stored;
+            slot.record = stored;
         }
         if self.keep_events {
             inner.outbox.extend_from_slice(events);
@@ -310,47 +333,42 @@ impl Store for MemoryStore {
         limit: usize,
         lease: &Lease,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
-        let mut inner = self.lock();
-        let start = (
-            scope.clone(),
-            Timestamp::from_millis(i64::MIN),
-            String::new(),
-        );
-        let due: Vec<DueKey> = inner
-            .due
-            .range(start..)
-            .take_while(|(s, at, _)| s == scope && *at <= now)
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(index) = inner.due.get_mut(scope) else {
+            return Ok(Vec::new());
+        };
+        let due: Vec<DueKey> = index
+            .range(..=(now, u64::MAX))
             .take(limit)
-            .cloned()
+            .map(|(key, _)| *key)
             .collect();
         let mut claimed = Vec::with_capacity(due.len());
         for key in due {
-            let Some(record) = inner.records.get_mut(&key.2) else {
+            let Some(id) = index.remove(&key) else {
                 continue;
             };
+            let Some(stored) = inner.records.get_mut(&id) else {
+                continue;
+            };
+            let record = &mut stored.record;
             record.lease = Some(lease.clone());
             record.version += 1;
-            let snapshot = record.clone();
-            let new_key = due_key(&snapshot);
-            inner.reindex(Some(key), new_key);
-            claimed.push(snapshot);
+            if let Some(new_key) = due_key(record, stored.sequence) {
+                index.insert(new_key, id);
+            }
+            claimed.push(record.clone());
         }
         Ok(claimed)
     }
 
     async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
         let inner = self.lock();
-        let start = (
-            scope.clone(),
-            Timestamp::from_millis(i64::MIN),
-            String::new(),
-        );
         Ok(inner
             .due
-            .range(start..)
-            .next()
-            .filter(|(s, _, _)| s == scope)
-            .map(|(_, at, _)| *at))
+            .get(scope)
+            .and_then(|index| index.keys().next())
+            .map(|(at, _)| *at))
     }
 
     async fn list(
@@ -361,8 +379,8 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let before = match starting_after {
             None => u64::MAX,
-            Some(id) => match inner.sequence_of.get(id) {
-                Some(sequence) => *sequence,
+            Some(id) => match inner.records.get(id) {
+                Some(stored) => stored.sequence,
                 None => return Ok(Vec::new()),
             },
         };
@@ -370,7 +388,7 @@ impl Store for MemoryStore {
             .creation_order
             .range(..before)
             .rev()
-            .filter_map(|(_, id)| inner.records.get(id).cloned())
+            .filter_map(|(_, id)| inner.records.get(id).map(|s| s.record.clone()))
             .take(limit)
             .collect())
     }
@@ -386,7 +404,7 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let mut history: Vec<CardAttempt> = index
-            .range((since, String::new(), 0)..)
+            .range((since, 0, 0)..)
             .rev()
             .take(limit)
             .map(|(_, attempt)| attempt.clone())
@@ -418,7 +436,7 @@ impl Store for MemoryStore {
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
         let inner = self.lock();
         let mut counts: HashMap<PaymentStatus, u64> = HashMap::new();
-        for record in inner.records.values() {
+        for Stored { record, .. } in inner.records.values() {
             *counts.entry(record.payment.status).or_default() += 1;
         }
         Ok(PaymentStatus::ALL

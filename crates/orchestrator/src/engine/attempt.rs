@@ -6,7 +6,10 @@ use super::*;
 impl Engine {
     /// Runs one attempt (or replays the unresolved one) of a claimed payment.
     /// Returns the time spent outside the engine (rate-limit wait and processor).
-    pub(super) async fn attempt(&self, claimed: PaymentRecord) -> Result<Duration, StoreError> {
+    pub(super) async fn attempt(
+        &self,
+        claimed: Box<PaymentRecord>,
+    ) -> Result<Duration, StoreError> {
         let now = self.now_for(&claimed.payment);
         let from = claimed.payment.status;
         let Ok(status) = transition(from, Transition::StartAttempt) else {
@@ -227,7 +230,8 @@ impl Engine {
             if renewing.stop.load(Ordering::SeqCst) {
                 return;
             }
-            let mut next = in_flight.clone();
+            // Boxed: held across the write, it would otherwise sit in the attempt's state.
+            let mut next = Box::new(in_flight.clone());
             next.lease = Some(Lease {
                 owner: self.inner.config.instance_id.clone(),
                 until: self

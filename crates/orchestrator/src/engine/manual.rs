@@ -119,7 +119,7 @@ impl Engine {
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
         if let Some(expires) = record.due_at.filter(|expires| now >= *expires) {
-            self.expire_authorization(record)
+            self.expire_authorization(Box::new(record))
                 .await
                 .map_err(store_error)?;
             return Err(ApiError::new(

@@ -45,7 +45,7 @@ impl StepPolicy for EnginePolicy<'_> {
 impl Engine {
     pub(super) async fn apply_outcome(
         &self,
-        written: PaymentRecord,
+        written: Box<PaymentRecord>,
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError> {
         let now = self.now_for(&written.payment);

@@ -1,5 +1,7 @@
 //! The scheduler: claim due payments under a lease and handle them, `concurrency` at a time.
 
+use std::borrow::Borrow;
+
 use super::*;
 
 impl Engine {
@@ -63,7 +65,9 @@ impl Engine {
         let mut stop = std::pin::pin!(stop);
         let mut stopping = false;
         let mut report = RunReport::default();
-        let mut queue: std::collections::VecDeque<PaymentRecord> =
+        // Claimed records are boxed once: the attempt holds its record through every
+        // await, and a record by value would be copied into each attempt's state.
+        let mut queue: std::collections::VecDeque<Box<PaymentRecord>> =
             std::collections::VecDeque::new();
         // Claims run beside the attempts in flight, in one set of futures: a claim
         // never waits while attempts that hold store connections go unpolled.
@@ -132,7 +136,7 @@ impl Engine {
                     if stopping {
                         self.release(batch).await;
                     } else {
-                        queue.extend(batch);
+                        queue.extend(batch.into_iter().map(Box::new));
                     }
                 }
                 Some(Done::Handled(Err(err))) => {
@@ -156,7 +160,7 @@ impl Engine {
                         return Ok(report);
                     }
                     exhausted = false;
-                    queue.extend(batch);
+                    queue.extend(batch.into_iter().map(Box::new));
                 }
             }
         }
@@ -165,11 +169,12 @@ impl Engine {
     /// Gives back the leases of claimed payments that were not started, so another
     /// instance (or this one, restarted) takes them at once instead of when the
     /// lease lapses. A payment changed since is left alone.
-    async fn release(&self, claimed: impl IntoIterator<Item = PaymentRecord>) {
+    async fn release<R: Borrow<PaymentRecord>>(&self, claimed: impl IntoIterator<Item = R>) {
         let releases = claimed.into_iter().map(|record| async move {
+            let record: &PaymentRecord = record.borrow();
             let mut next = record.clone();
             next.lease = None;
-            match self.inner.store.update(&next, Expected::of(&record)).await {
+            match self.inner.store.update(&next, Expected::of(record)).await {
                 Ok(_) | Err(StoreError::Conflict { .. }) => {}
                 Err(err) => {
                     tracing::warn!(payment = %record.payment.id, error = %err, "could not give back a lease; it lapses on its own");
@@ -219,7 +224,10 @@ impl Engine {
         Some(((per_second * half_lease) as usize).max(1))
     }
 
-    pub(super) async fn handle(&self, record: PaymentRecord) -> Result<RunReport, EngineError> {
+    pub(super) async fn handle(
+        &self,
+        record: Box<PaymentRecord>,
+    ) -> Result<RunReport, EngineError> {
         let started = std::time::Instant::now();
         let mut outside = Duration::ZERO;
         let outcome = match record.payment.status {
@@ -266,7 +274,7 @@ impl Engine {
 
     pub(super) async fn expire_authorization(
         &self,
-        record: PaymentRecord,
+        record: Box<PaymentRecord>,
     ) -> Result<(), StoreError> {
         let now = self.now_for(&record.payment);
         let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {

@@ -77,7 +77,7 @@ pub(crate) enum Effect {
 #[derive(Debug, Clone)]
 pub(crate) struct Filed {
     /// The record to store (compare-and-set against the record as read).
-    pub(crate) record: PaymentRecord,
+    pub(crate) record: Box<PaymentRecord>,
     /// The events of the status change, in order.
     pub(crate) events: &'static [EventType],
     pub(crate) effects: Vec<Effect>,
@@ -103,7 +103,7 @@ impl Unsettled {
 
 /// Files `outcome` of the record's last attempt. See the module doc.
 pub(crate) fn step(
-    mut record: PaymentRecord,
+    mut record: Box<PaymentRecord>,
     outcome: AttemptOutcome,
     policy: &mut dyn StepPolicy,
     facts: &Facts<'_>,

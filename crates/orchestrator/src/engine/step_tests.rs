@@ -387,7 +387,7 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             asked: 0,
         };
         let needs = super::needs_decision(&row.record, &row.outcome, &facts);
-        let filed = step(row.record, row.outcome, &mut policy, &facts);
+        let filed = step(Box::new(row.record), row.outcome, &mut policy, &facts);
         let record = &filed.record;
         let name = row.name;
         assert_eq!(

@@ -216,8 +216,9 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     let creates = futures::stream::iter(0..options.payments).map(|i| {
         let engine = &engines[i as usize % engines.len()];
         async move {
+            let (customer, method) = payment_keys(i);
             let body = format!(
-                r#"{{"amount":{{"value":2000,"currency":"usd"}},"cadence":"recurring","customer":"cus_{i}","payment_method":"pm_card_visa__{i}","retry_details":{{"retry_strategy":"none"}}}}"#
+                r#"{{"amount":{{"value":2000,"currency":"usd"}},"cadence":"recurring","customer":"{customer}","payment_method":"{method}","retry_details":{{"retry_strategy":"none"}}}}"#
             );
             engine.create_json(body.as_bytes(), None).await
         }
@@ -300,6 +301,12 @@ fn store_section(options: &BenchOptions, schema: &str) -> StoreConfig {
 }
 
 /// Runs one instance's due work until nothing is due.
+/// The customer and payment method of bench payment `i`: a customer and a card each,
+/// as a billing platform's payments have (the plain-SQL baseline writes the same).
+fn payment_keys(i: u64) -> (String, String) {
+    (format!("cus_{i}"), format!("pm_card_visa__{i}"))
+}
+
 async fn settle(engine: &Engine) -> Result<(), RunnerError> {
     loop {
         engine
@@ -356,6 +363,7 @@ async fn baseline(
                     batch: options.concurrency,
                     body,
                     event,
+                    keys: payment_keys,
                 },
             );
             for suffix in ["", "-wal", "-shm"] {
@@ -376,6 +384,7 @@ async fn baseline(
                     batch: options.concurrency,
                     body,
                     event,
+                    keys: payment_keys,
                 },
             )
             .await;

@@ -18,6 +18,18 @@ pub struct Baseline {
     pub body: String,
     /// The stored JSON of one event (the engine's outbox row, for the same reason).
     pub event: String,
+    /// The customer and payment method of payment `i`: the engine's values, so that
+    /// the indexes on those columns take the same keys in the same order (a constant
+    /// would make every insert an append to one index page).
+    pub keys: fn(u64) -> (String, String),
+}
+
+impl Baseline {
+    /// Payment `i`'s id, customer and payment method.
+    fn row(&self, i: u64) -> (String, String, String) {
+        let (customer, method) = (self.keys)(i);
+        (format!("osp_baseline_{i:010}"), customer, method)
+    }
 }
 
 /// Runs the baseline against a new SQLite file at `path`; returns the elapsed time.
@@ -35,8 +47,8 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
     let batch = baseline.batch.max(1) as u64;
     let mut first = 0;
     while first < baseline.payments {
-        let ids: Vec<String> = (first..(first + batch).min(baseline.payments))
-            .map(|i| format!("osp_baseline_{i:010}"))
+        let rows: Vec<(String, String, String)> = (first..(first + batch).min(baseline.payments))
+            .map(|i| baseline.row(i))
             .collect();
         let step = |conn: &mut rusqlite::Connection, sql: &str, event: bool| {
             let tx = conn.transaction().map_err(|e| e.to_string())?;
@@ -48,8 +60,11 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
                     )
                     .map_err(|e| e.to_string())?;
                 let with_body = sql.contains("?2");
-                for id in &ids {
-                    if with_body {
+                let with_keys = sql.contains("?4");
+                for (id, customer, method) in &rows {
+                    if with_keys {
+                        statement.execute(params![id, baseline.body, method, customer])
+                    } else if with_body {
                         statement.execute(params![id, baseline.body])
                     } else {
                         statement.execute(params![id])
@@ -72,7 +87,7 @@ pub fn sqlite(path: &std::path::Path, baseline: &Baseline) -> Result<Duration, S
             &mut conn,
             "INSERT INTO payments (id, version, status, scope, due_at, claimable_at, processor,
                  payment_method, customer, created, body)
-             VALUES (?1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, ?2)",
+             VALUES (?1, 1, 'pending', '', 0, 0, 'mock', ?3, ?4, 0, ?2)",
             false,
         )?;
         step(
@@ -125,20 +140,20 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (worker, mut client) in clients.into_iter().enumerate() {
-        let body = baseline.body.clone();
-        let event_body = baseline.event.clone();
+        let baseline = baseline.clone();
+        let (body, event_body) = (baseline.body.clone(), baseline.event.clone());
         let payments = baseline.payments;
         tasks.push(tokio::spawn(async move {
             let mut first = worker as u64 * batch;
             while first < payments {
-                let ids: Vec<String> = (first..(first + batch).min(payments))
-                    .map(|i| format!("osp_baseline_{i:010}"))
+                let rows: Vec<(String, String, String)> = (first..(first + batch).min(payments))
+                    .map(|i| baseline.row(i))
                     .collect();
                 let steps: [(&str, bool, bool); 4] = [
                     (
                         "INSERT INTO payments (id, version, status, scope, due_at, claimable_at,
                              processor, payment_method, customer, created, body)
-                         VALUES ($1, 1, 'pending', '', 0, 0, 'mock', 'pm', 'cus', 0, $2::text::jsonb)",
+                         VALUES ($1, 1, 'pending', '', 0, 0, 'mock', $3, $4, 0, $2::text::jsonb)",
                         true,
                         false,
                     ),
@@ -170,11 +185,14 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                              VALUES ($1, $2, 't', 0, $3::text::jsonb)",
                         )
                         .await?;
-                    try_join_all(ids.iter().map(|id| {
+                    let first_step = sql.contains("$4");
+                    try_join_all(rows.iter().map(|(id, customer, method)| {
                         let (tx, statement, outbox, body, event_body) =
                             (&tx, &statement, &outbox, &body, &event_body);
                         async move {
-                            if with_body {
+                            if first_step {
+                                tx.execute(statement, &[id, body, method, customer]).await?;
+                            } else if with_body {
                                 tx.execute(statement, &[id, body]).await?;
                             } else {
                                 tx.execute(statement, &[id]).await?;

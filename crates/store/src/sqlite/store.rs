@@ -284,10 +284,13 @@ impl Store for SqliteStore {
             .call(move |tx| {
                 read_records(
                     tx,
+                    // By rowid: the claimable index holds each row's `seq`, so the
+                    // update seeks the table directly instead of through the `id`
+                    // index (a string key) for every row it claims.
                     "UPDATE payments SET version = version + 1, lease_owner = ?4,
                          lease_until = ?5, claimable_at = MAX(due_at, ?5)
-                     WHERE id IN (
-                         SELECT id FROM payments WHERE scope = ?1 AND claimable_at <= ?2
+                     WHERE seq IN (
+                         SELECT seq FROM payments WHERE scope = ?1 AND claimable_at <= ?2
                          ORDER BY claimable_at, id LIMIT ?3
                      )
                      RETURNING body, version, lease_owner, lease_until",

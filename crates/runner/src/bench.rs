@@ -301,7 +301,6 @@ fn store_section(options: &BenchOptions, schema: &str) -> StoreConfig {
     }
 }
 
-/// Runs one instance's due work until nothing is due.
 /// Bench payment `i` is customer `cus_{i}`'s card `pm_card_visa__{i}`: a customer and a
 /// card each, as a billing platform's payments have.
 const CUSTOMER: &str = "cus_";
@@ -313,6 +312,7 @@ fn payment_keys(i: u64) -> (String, String) {
     (format!("{CUSTOMER}{i}"), format!("{METHOD}{i}"))
 }
 
+/// Runs one instance's due work until nothing is due.
 async fn settle(engine: &Engine) -> Result<(), RunnerError> {
     loop {
         engine

@@ -289,6 +289,17 @@ pub trait Store: Send + Sync + Debug {
         events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError>;
 
+    /// `create`, handing the record over: a store that keeps records in memory keeps
+    /// this one instead of a copy. The default creates from a reference.
+    async fn create_owned(
+        &self,
+        record: PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[EventNotification],
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.create(&record, key, events).await
+    }
+
     /// Stores a new payment. Fails with `Duplicate` if the id exists.
     async fn insert(&self, record: &PaymentRecord) -> Result<(), StoreError> {
         self.create(record, None, &[]).await.map(|_| ())
@@ -313,6 +324,17 @@ pub trait Store: Send + Sync + Debug {
         expected: Expected,
         events: &[EventNotification],
     ) -> Result<u64, StoreError>;
+
+    /// `commit`, handing the record over (see [`Store::create_owned`]). The default
+    /// commits from a reference.
+    async fn commit_owned(
+        &self,
+        record: PaymentRecord,
+        expected: Expected,
+        events: &[EventNotification],
+    ) -> Result<u64, StoreError> {
+        self.commit(&record, expected, events).await
+    }
 
     /// Whether `commit` and `create` keep their events (an outbox another component
     /// reads); when false the engine builds events only if its sink wants them.

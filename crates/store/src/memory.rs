@@ -1,6 +1,7 @@
 //! An in-memory `Store`: the whole contract, no durability. For tests, simulations,
 //! benchmarks and embeddings that keep state elsewhere.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
@@ -115,24 +116,34 @@ impl Inner {
         }
     }
 
-    /// Moves a payment's due entry from `old` to `new`; its id moves with it.
+    /// Moves a payment's due entry from `old` to `new`.
     fn reindex(&mut self, record: &PaymentRecord, old: Option<DueKey>, new: Option<DueKey>) {
-        if old == new {
-            return;
-        }
-        let scope = ClockScope::of(&record.payment);
-        if !self.due.contains_key(&scope) {
-            self.due.insert(scope.clone(), BTreeMap::new());
-        }
-        let Some(index) = self.due.get_mut(&scope) else {
-            return;
-        };
-        let id = old
-            .and_then(|old| index.remove(&old))
-            .unwrap_or_else(|| record.payment.id.clone());
-        if let Some(new) = new {
-            index.insert(new, id);
-        }
+        reindex_due(&mut self.due, record, old, new);
+    }
+}
+
+/// Moves a payment's due entry from `old` to `new`; its id moves with it.
+fn reindex_due(
+    due: &mut Map<ClockScope, BTreeMap<DueKey, String>>,
+    record: &PaymentRecord,
+    old: Option<DueKey>,
+    new: Option<DueKey>,
+) {
+    if old == new {
+        return;
+    }
+    let scope = ClockScope::of(&record.payment);
+    if !due.contains_key(&scope) {
+        due.insert(scope.clone(), BTreeMap::new());
+    }
+    let Some(index) = due.get_mut(&scope) else {
+        return;
+    };
+    let id = old
+        .and_then(|old| index.remove(&old))
+        .unwrap_or_else(|| record.payment.id.clone());
+    if let Some(new) = new {
+        index.insert(new, id);
     }
 }
 
@@ -179,11 +190,11 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn create(
+impl MemoryStore {
+    /// `create` and `create_owned`: a borrowed record is copied, an owned one kept.
+    fn create_with(
         &self,
-        record: &PaymentRecord,
+        record: Cow<'_, PaymentRecord>,
         key: Option<NewIdempotencyKey<'_>>,
         events: &[EventNotification],
     ) -> Result<IdempotencyClaim, StoreError> {
@@ -209,7 +220,7 @@ impl Store for MemoryStore {
                 (key.fingerprint.to_owned(), id.clone(), Some(key.now)),
             );
         }
-        let mut stored = record.clone();
+        let mut stored = record.into_owned();
         stored.version = 1;
         let sequence = inner.next_sequence;
         inner.next_sequence += 1;
@@ -229,6 +240,73 @@ impl Store for MemoryStore {
         Ok(IdempotencyClaim::Inserted)
     }
 
+    /// `commit` and `commit_owned`: a borrowed record is copied, an owned one kept.
+    fn commit_with(
+        &self,
+        record: Cow<'_, PaymentRecord>,
+        expected: Expected,
+        events: &[EventNotification],
+    ) -> Result<u64, StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(slot) = inner.records.get_mut(record.payment.id.as_str()) else {
+            return Err(StoreError::NotFound(record.payment.id.clone()));
+        };
+        let current = &slot.record;
+        if current.version != expected.version || current.payment.status != expected.status {
+            return Err(StoreError::Conflict {
+                id: record.payment.id.clone(),
+                current_version: current.version,
+                current_status: current.payment.status,
+            });
+        }
+        let mut stored = record.into_owned();
+        stored.version = expected.version + 1;
+        let version = stored.version;
+        let sequence = slot.sequence;
+        let settles = !settled(current) && settled(&stored);
+        reindex_card(&mut inner.by_method, sequence, Some(current), &stored);
+        // The due index keys on (claimable time, sequence) within the payment's scope;
+        // the scope and sequence never change, so the entry moves only when the
+        // claimable time does.
+        let (old_key, new_key) = (due_key(current, sequence), due_key(&stored, sequence));
+        reindex_due(&mut inner.due, &stored, old_key, new_key);
+        slot.record = stored;
+        if self.keep_events {
+            inner.outbox.extend_from_slice(events);
+        }
+        if let (true, Some(keep)) = (settles, self.keep_settled) {
+            inner.settled.push_back(slot.record.payment.id.clone());
+            while inner.settled.len() > keep {
+                if let Some(old) = inner.settled.pop_front() {
+                    inner.forget(&old);
+                }
+            }
+        }
+        Ok(version)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(
+        &self,
+        record: &PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[EventNotification],
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.create_with(Cow::Borrowed(record), key, events)
+    }
+
+    async fn create_owned(
+        &self,
+        record: PaymentRecord,
+        key: Option<NewIdempotencyKey<'_>>,
+        events: &[EventNotification],
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.create_with(Cow::Owned(record), key, events)
+    }
+
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(self.lock().records.get(id).map(|s| s.record.clone()))
     }
@@ -239,46 +317,16 @@ impl Store for MemoryStore {
         expected: Expected,
         events: &[EventNotification],
     ) -> Result<u64, StoreError> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let id = record.payment.id.as_str();
-        let (sequence, current) = inner
-            .records
-            .get(id)
-            .map(|s| (s.sequence, &s.record))
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        if current.version != expected.version || current.payment.status != expected.status {
-            return Err(StoreError::Conflict {
-                id: id.to_owned(),
-                current_version: current.version,
-                current_status: current.payment.status,
-            });
-        }
-        let mut stored = record.clone();
-        stored.version = expected.version + 1;
-        let version = stored.version;
-        let settles = !settled(current) && settled(&stored);
-        reindex_card(&mut inner.by_method, sequence, Some(current), &stored);
-        // The due index keys on (claimable time, sequence) within the payment's scope;
-        // the scope and sequence never change, so the entry moves only when the
-        // claimable time does.
-        let (old_key, new_key) = (due_key(current, sequence), due_key(&stored, sequence));
-        inner.reindex(&stored, old_key, new_key);
-        if let Some(slot) = inner.records.get_mut(id) {
-            slot.record = stored;
-        }
-        if self.keep_events {
-            inner.outbox.extend_from_slice(events);
-        }
-        if let (true, Some(keep)) = (settles, self.keep_settled) {
-            inner.settled.push_back(id.to_owned());
-            while inner.settled.len() > keep {
-                if let Some(old) = inner.settled.pop_front() {
-                    inner.forget(&old);
-                }
-            }
-        }
-        Ok(version)
+        self.commit_with(Cow::Borrowed(record), expected, events)
+    }
+
+    async fn commit_owned(
+        &self,
+        record: PaymentRecord,
+        expected: Expected,
+        events: &[EventNotification],
+    ) -> Result<u64, StoreError> {
+        self.commit_with(Cow::Owned(record), expected, events)
     }
 
     fn keeps_events(&self) -> bool {

@@ -35,6 +35,27 @@ impl Engine {
         Ok(version)
     }
 
+    /// `commit_events` for a record the caller is done with: handed to the store
+    /// (no copy into a memory store) unless the sink needs the payment afterwards.
+    pub(super) async fn commit_events_owned(
+        &self,
+        next: Box<PaymentRecord>,
+        expected: Expected,
+        types: &[EventType],
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let events = self.build_events(types, &next.payment, at);
+        if self.inner.events.wants_events() {
+            let version = self.inner.store.commit(&next, expected, &events).await?;
+            self.publish(events, &next.payment);
+            return Ok(version);
+        }
+        self.inner
+            .store
+            .commit_owned(*next, expected, &events)
+            .await
+    }
+
     /// The (thin) events of `types` for `payment`; none when neither the store keeps
     /// them nor the sink wants them.
     pub(super) fn build_events(
@@ -115,12 +136,16 @@ impl Engine {
     }
 
     /// Counts a payment that reached a terminal status.
-    pub(super) fn count_terminal(&self, payment: &OffSessionPayment) {
-        if payment.status.is_terminal() {
+    pub(super) fn count_terminal(
+        &self,
+        status: PaymentStatus,
+        failure_reason: Option<FailureReason>,
+    ) {
+        if status.is_terminal() {
             metrics::counter!(
                 "offsession_payments_terminal_total",
-                "status" => payment.status.as_str(),
-                "failure_reason" => payment.failure_reason.map_or("none", |r| r.as_str())
+                "status" => status.as_str(),
+                "failure_reason" => failure_reason.map_or("none", |r| r.as_str())
             )
             .increment(1);
         }

@@ -103,7 +103,7 @@ impl Engine {
         match self
             .inner
             .store
-            .create(&record, key, &events)
+            .create_owned(record, key, &events)
             .await
             .map_err(store_error)?
         {

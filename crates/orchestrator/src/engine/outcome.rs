@@ -70,10 +70,14 @@ impl Engine {
         };
         let expected = Expected::of(&written);
         let filed = step(written, outcome, &mut policy, &facts);
-        self.commit_events(&filed.record, expected, filed.events, now)
+        let (status, failure_reason) = (
+            filed.record.payment.status,
+            filed.record.payment.failure_reason,
+        );
+        self.commit_events_owned(filed.record, expected, filed.events, now)
             .await?;
         self.count(&filed.effects);
-        self.count_terminal(&filed.record.payment);
+        self.count_terminal(status, failure_reason);
         Ok(())
     }
 

@@ -72,6 +72,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     insert_then_get_round_trips(&make()).await;
     a_duplicate_id_is_refused(&make()).await;
     a_stale_update_is_refused_and_changes_nothing(&make()).await;
+    handed_over_records_keep_the_same_rules(&make()).await;
     an_update_from_another_status_is_refused(&make()).await;
     of_two_concurrent_changes_from_one_version_one_wins(&make()).await;
     updating_a_missing_payment_is_not_found(&make()).await;
@@ -170,6 +171,55 @@ async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
     );
     let now = store.get("osp_a").await.unwrap().unwrap();
     assert_eq!(now.payment.status, PaymentStatus::Canceled);
+}
+
+/// `create_owned` and `commit_owned` (a record handed over) follow the rules of
+/// `create` and `commit`: a duplicate and a stale change are refused and change
+/// nothing; an accepted change is what a read returns.
+async fn handed_over_records_keep_the_same_rules(store: &dyn Store) {
+    let record = sample_record("osp_a", 1_000, None);
+    assert!(matches!(
+        store.create_owned(record.clone(), None, &[]).await,
+        Ok(IdempotencyClaim::Inserted)
+    ));
+    let mut other = sample_record("osp_a", 2_000, None);
+    other.payment.customer = "cus_other".into();
+    assert!(matches!(
+        store.create_owned(other, None, &[]).await,
+        Err(StoreError::Duplicate(id)) if id == "osp_a"
+    ));
+    let read = store.get("osp_a").await.unwrap().unwrap();
+    assert_eq!(
+        read.payment, record.payment,
+        "a refused create must not overwrite"
+    );
+    let mut first = read.clone();
+    first.payment.status = PaymentStatus::Canceled;
+    first.due_at = None;
+    let version = store
+        .commit_owned(first, Expected::of(&read), &[])
+        .await
+        .unwrap();
+    assert_eq!(version, read.version + 1);
+    let mut stale = read.clone();
+    stale.payment.status = PaymentStatus::Processing;
+    assert!(matches!(
+        store.commit_owned(stale, Expected::of(&read), &[]).await,
+        Err(StoreError::Conflict {
+            current_status: PaymentStatus::Canceled,
+            ..
+        })
+    ));
+    let now = store.get("osp_a").await.unwrap().unwrap();
+    assert_eq!(now.payment.status, PaymentStatus::Canceled);
+    assert_eq!(now.version, version);
+    assert_eq!(now.due_at, None);
+    assert!(matches!(
+        store
+            .commit_owned(sample_record("osp_missing", 1_000, None), Expected::of(&read), &[])
+            .await,
+        Err(StoreError::NotFound(id)) if id == "osp_missing"
+    ));
 }
 
 async fn of_two_concurrent_changes_from_one_version_one_wins(store: &dyn Store) {

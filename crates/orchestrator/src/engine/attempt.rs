@@ -137,6 +137,9 @@ impl Engine {
             record.payment.retry_details.attempts = number;
             record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
             record.first_attempt_at.get_or_insert(now);
+            // Grown by one, not doubled: the record may be handed to a memory store,
+            // which keeps it as it is (a doubled `Vec` holds four 336-byte attempts).
+            record.attempts.reserve_exact(1);
             record.attempts.push(attempt);
         }
         record.replay_pending = false;

@@ -317,6 +317,19 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     assert_eq!(status, 200, "{pinged}");
     assert_eq!(pinged["type"], "v2.core.event_destination.ping");
     assert_eq!(pinged["related_object"]["id"], id.as_str());
+    // A receiver fetches the thin event it got: the ping is found like any event.
+    let ping_id = pinged["id"].as_str().unwrap().to_owned();
+    let (status, fetched, _) = api(
+        &client,
+        port,
+        Method::GET,
+        &format!("/v2/core/events/{ping_id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{fetched}");
+    assert_eq!(fetched, pinged, "the fetched ping is the one answered");
     {
         let dest = dest_received.lock().unwrap();
         assert_eq!(dest.arrivals.len(), 1);

@@ -235,4 +235,8 @@ check("ping answers the ping event", pinged.type == "v2.core.event_destination.p
 ping_seen, _, _ = first_delivery(destination_deliveries, dest_secret, lambda n: n.id == pinged.id, seconds=10)
 check("the ping reaches the destination, signed with its secret",
       ping_seen is not None and ping_seen.type == "v2.core.event_destination.ping", ping_seen)
+fetched_ping = ping_seen.fetch_event() if ping_seen is not None else None
+check("the received ping is fetched like any event (fetch_event)",
+      fetched_ping is not None and fetched_ping.id == pinged.id
+      and fetched_ping.type == "v2.core.event_destination.ping", fetched_ping)
 print("all SDK checks passed")

@@ -159,6 +159,13 @@ pub(crate) async fn stored(store: &dyn Store) -> Result<Vec<Value>, Response> {
     }
 }
 
+/// Where a ping event is kept: a receiver of thin events fetches each one by id
+/// (`GET /v2/core/events/{id}`), the ping included. Pings are not in the outbox,
+/// which every destination is fed from.
+pub(crate) fn ping_key(event_id: &str) -> String {
+    format!("ping_event/{event_id}")
+}
+
 async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {
     match store.load_state(&format!("{PREFIX}{id}")).await {
         Ok(Some(text)) => Ok(serde_json::from_str(&text).ok()),
@@ -422,8 +429,20 @@ async fn ping(state: &AppState, id: &str) -> Response {
         Ok(client) => client,
         Err(err) => return errors::internal(err),
     };
-    let answer = crate::webhooks::send_once(&client, &endpoint, &event.to_string()).await;
     let event_id = event["id"].as_str().unwrap_or_default();
+    let mut full = event.clone();
+    full["context"] = Value::Null;
+    full["reason"] = Value::Null;
+    full["changes"] = Value::Null;
+    // Kept before it is sent: the receiver may fetch it as soon as it arrives.
+    if let Err(err) = state
+        .store
+        .save_state(&ping_key(event_id), &full.to_string())
+        .await
+    {
+        return errors::internal(err);
+    }
+    let answer = crate::webhooks::send_once(&client, &endpoint, &event.to_string()).await;
     crate::webhooks::record_attempt(
         state.store.as_ref(),
         id,
@@ -431,10 +450,6 @@ async fn ping(state: &AppState, id: &str) -> Response {
         answer.as_ref().ok().copied(),
     )
     .await;
-    let mut full = event;
-    full["context"] = Value::Null;
-    full["reason"] = Value::Null;
-    full["changes"] = Value::Null;
     Json(full).into_response()
 }
 

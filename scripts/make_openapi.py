@@ -163,7 +163,12 @@ doc = {
     "paths": {
         "/v2/payments/off_session_payments": {
             "post": {"operationId": "createOffSessionPayment", "parameters": [idem],
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": create_body}}},
+                     # A create the mock accepts (Stripe's test card, any customer), so the
+                     # examples phase reaches the success path and its links.
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": create_body,
+                         "example": {"amount": {"value": 2000, "currency": "usd"}, "cadence": "recurring",
+                                     "customer": "cus_openapi", "payment_method": "pm_card_visa"}}}},
                      "responses": {"200": {**ok(ref("OffSessionPayment")), "links": links}, **ERRORS}},
             "get": {"operationId": "listOffSessionPayments",
                     "parameters": [limit, {"name": "page", "in": "query", "required": False, "schema": {"type": "string"}}],

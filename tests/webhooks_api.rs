@@ -330,6 +330,31 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     .await;
     assert_eq!(status, 200, "{fetched}");
     assert_eq!(fetched, pinged, "the fetched ping is the one answered");
+    // Its delivery log: the one destination, sent once; a ping is not resent.
+    let (status, log, _) = api(
+        &client,
+        port,
+        Method::GET,
+        &format!("/v2/core/events/{ping_id}/deliveries"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["data"].as_array().map(Vec::len), Some(1), "{log}");
+    assert_eq!(log["data"][0]["destination"], id.as_str());
+    assert_eq!(log["data"][0]["status"], "delivered", "{log}");
+    assert_eq!(log["data"][0]["attempts"], 1);
+    let (status, refused, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &format!("/v2/core/events/{ping_id}/resend"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "a ping is not resent: {refused}");
     {
         let dest = dest_received.lock().unwrap();
         assert_eq!(dest.arrivals.len(), 1);

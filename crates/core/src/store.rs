@@ -403,8 +403,10 @@ pub trait Store: Send + Sync + Debug {
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Claims up to `limit` records of `scope` whose `claimable_at` is at or before
-    /// `now`, oldest due first, by setting `lease` on them. Each record goes to one
-    /// claimant until the lease lapses or the claimant updates it.
+    /// `now`, oldest due first (records due at the same time in an order of the
+    /// store's choosing), by setting `lease` on them. Each record goes to one
+    /// claimant until the lease lapses or the claimant updates it. A record's scope
+    /// is the one it was created in.
     async fn claim_due(
         &self,
         scope: &ClockScope,
@@ -424,7 +426,8 @@ pub trait Store: Send + Sync + Debug {
     ) -> Result<Vec<PaymentRecord>, StoreError>;
 
     /// The newest `limit` attempts sent to `payment_method`, across all payments, at
-    /// or after `since`, oldest first. The network rules need only the newest few
+    /// or after `since`, oldest first (attempts sent in the same millisecond in an
+    /// order of the store's choosing). The network rules need only the newest few
     /// attempts per cap, so the answer is bounded however busy the card is.
     async fn card_history(
         &self,

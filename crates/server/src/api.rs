@@ -432,17 +432,10 @@ fn full_event(event: &OutboxEvent) -> Value {
 async fn retrieve_event(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.store.event(&id).await {
         Ok(Some(event)) => Json(full_event(&event)).into_response(),
-        Ok(None) => match state
-            .store
-            .load_state(&crate::destinations::ping_key(&id))
-            .await
-        {
-            Ok(Some(ping)) => match serde_json::from_str::<Value>(&ping) {
-                Ok(ping) => Json(ping).into_response(),
-                Err(err) => errors::internal(err),
-            },
+        Ok(None) => match crate::destinations::stored_ping(state.store.as_ref(), &id).await {
+            Ok(Some(ping)) => Json(ping).into_response(),
             Ok(None) => errors::not_found(&format!("No such event: `{id}`")),
-            Err(err) => errors::internal(err),
+            Err(response) => response,
         },
         Err(err) => errors::internal(err),
     }

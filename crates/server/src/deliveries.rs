@@ -36,33 +36,77 @@ async fn endpoints(state: &AppState) -> Result<Vec<(WebhookEndpoint, bool)>, Res
     Ok(all)
 }
 
-async fn event(state: &AppState, id: &str) -> Result<OutboxEvent, Response> {
+/// An event of the outbox, or a ping (kept apart: it went to one destination).
+enum Found {
+    Outbox(OutboxEvent),
+    Ping(Value),
+}
+
+async fn event(state: &AppState, id: &str) -> Result<Found, Response> {
     match state.store.event(id).await {
-        Ok(Some(event)) => Ok(event),
-        Ok(None) => Err(errors::not_found(&format!("No such event: `{id}`"))),
+        Ok(Some(event)) => Ok(Found::Outbox(event)),
+        Ok(None) => match crate::destinations::stored_ping(state.store.as_ref(), id).await? {
+            Some(ping) => Ok(Found::Ping(ping)),
+            None => Err(errors::not_found(&format!("No such event: `{id}`"))),
+        },
         Err(err) => Err(errors::internal(err)),
     }
 }
 
-/// One endpoint's delivery of `event`.
-async fn delivery(state: &AppState, endpoint: &WebhookEndpoint, event: &OutboxEvent) -> Value {
-    let store = state.store.as_ref();
-    let log: Value = match store
-        .load_state(&webhooks::log_key(&endpoint.id, &event.event.id))
+/// An endpoint's delivery log entry for an event (`Null` when never attempted).
+async fn log_of(state: &AppState, endpoint_id: &str, event_id: &str) -> Value {
+    match state
+        .store
+        .load_state(&webhooks::log_key(endpoint_id, event_id))
         .await
     {
         Ok(Some(text)) => serde_json::from_str(&text).unwrap_or(Value::Null),
         _ => Value::Null,
-    };
-    let cursor: Option<u64> = match store.load_state(&webhooks::cursor_key(&endpoint.id)).await {
-        Ok(Some(text)) => text.parse().ok(),
-        _ => None,
+    }
+}
+
+/// A ping's delivery: to its one destination, sent once when it was made (a ping is
+/// neither retried nor resent), so `delivered`, `failed` or, if the destination has
+/// been deleted since, no entry.
+async fn ping_deliveries(state: &AppState, ping: &Value) -> Result<Value, Response> {
+    let destination = ping["related_object"]["id"].as_str().unwrap_or_default();
+    let event_id = ping["id"].as_str().unwrap_or_default();
+    let mut data = Vec::new();
+    if let Some((endpoint, _)) = endpoints(state)
+        .await?
+        .into_iter()
+        .find(|(e, _)| e.id == destination)
+    {
+        data.push(delivery(state, &endpoint, event_id, None).await);
+    }
+    Ok(json!({"object": "list", "data": data, "next_page_url": null, "previous_page_url": null}))
+}
+
+/// One endpoint's delivery of event `event_id`, at outbox position `sequence` (`None`:
+/// a ping, sent once and never scheduled).
+async fn delivery(
+    state: &AppState,
+    endpoint: &WebhookEndpoint,
+    event_id: &str,
+    sequence: Option<u64>,
+) -> Value {
+    let store = state.store.as_ref();
+    let log = log_of(state, &endpoint.id, event_id).await;
+    let ahead = match sequence {
+        Some(sequence) => {
+            let cursor: Option<u64> =
+                match store.load_state(&webhooks::cursor_key(&endpoint.id)).await {
+                    Ok(Some(text)) => text.parse().ok(),
+                    _ => None,
+                };
+            cursor.is_none_or(|c| sequence > c)
+        }
+        None => false,
     };
     let attempts = log["attempts"].as_u64().unwrap_or(0);
     let accepted = log["last_status"]
         .as_u64()
         .is_some_and(|s| (200..300).contains(&s));
-    let ahead = cursor.is_none_or(|c| event.sequence > c);
     let status = match (accepted, ahead, attempts) {
         (true, _, _) => "delivered",
         (false, true, 0) => "pending",
@@ -85,7 +129,7 @@ async fn list(state: &AppState, event: &OutboxEvent) -> Result<Value, Response> 
     let mut data = Vec::new();
     for (endpoint, _) in endpoints(state).await? {
         if endpoint.wants(event.event.event_type.as_str()) {
-            data.push(delivery(state, &endpoint, event).await);
+            data.push(delivery(state, &endpoint, &event.event.id, Some(event.sequence)).await);
         }
     }
     Ok(json!({"object": "list", "data": data, "next_page_url": null, "previous_page_url": null}))
@@ -101,11 +145,12 @@ pub(crate) async fn deliveries(
     if let Err(response) = crate::api::query_value(&query, &[]) {
         return response;
     }
-    let event = match event(&state, &id).await {
-        Ok(event) => event,
+    let listed = match event(&state, &id).await {
+        Ok(Found::Outbox(event)) => list(&state, &event).await,
+        Ok(Found::Ping(ping)) => ping_deliveries(&state, &ping).await,
         Err(response) => return response,
     };
-    match list(&state, &event).await {
+    match listed {
         Ok(list) => Json(list).into_response(),
         Err(response) => response,
     }
@@ -133,7 +178,13 @@ pub(crate) async fn resend(
     let request = crate::api::fingerprint("POST", &format!("/v2/core/events/{id}/resend"), &body);
     let run = async {
         let event = match event(&state, &id).await {
-            Ok(event) => event,
+            Ok(Found::Outbox(event)) => event,
+            Ok(Found::Ping(ping)) => {
+                let destination = ping["related_object"]["id"].as_str().unwrap_or_default();
+                return invalid(format!(
+                    "`{id}` is a ping: it is not resent; ping the destination again (`POST /v2/core/event_destinations/{destination}/ping`)"
+                ));
+            }
             Err(response) => return response,
         };
         let all = match endpoints(&state).await {

@@ -163,7 +163,25 @@ pub(crate) async fn stored(store: &dyn Store) -> Result<Vec<Value>, Response> {
 /// (`GET /v2/core/events/{id}`), the ping included. Pings are not in the outbox,
 /// which every destination is fed from.
 pub(crate) fn ping_key(event_id: &str) -> String {
-    format!("ping_event/{event_id}")
+    format!("{PING_PREFIX}{event_id}")
+}
+
+/// The engine-state prefix of kept ping events (they expire with the delivery logs,
+/// `server.webhook_log_retention`).
+pub(crate) const PING_PREFIX: &str = "ping_event/";
+
+/// The kept ping event `event_id`, if there is one.
+pub(crate) async fn stored_ping(
+    store: &dyn Store,
+    event_id: &str,
+) -> Result<Option<Value>, Response> {
+    match store.load_state(&ping_key(event_id)).await {
+        Ok(Some(text)) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(errors::internal),
+        Ok(None) => Ok(None),
+        Err(err) => Err(errors::internal(err)),
+    }
 }
 
 async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {

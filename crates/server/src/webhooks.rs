@@ -279,6 +279,9 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
             {
                 tracing::warn!(endpoint = %endpoint.id, error = %err, "removing old delivery logs failed");
             }
+            if let Err(err) = sweep_pings(store.as_ref(), settings.keep_logs).await {
+                tracing::warn!(error = %err, "removing old ping events failed");
+            }
         }
         let page = match store.events_after(cursor, 100).await {
             Ok(page) => page,
@@ -447,6 +450,36 @@ pub(crate) async fn sweep_logs(
         }
     }
     Ok(passed)
+}
+
+/// Removes ping events (and their delivery logs) made more than `keep` ago, of every
+/// destination, deleted ones included; returns how many. Every deliverer runs it with
+/// its own sweep, so pings expire while any endpoint is configured.
+pub(crate) async fn sweep_pings(
+    store: &dyn Store,
+    keep: Duration,
+) -> Result<usize, offsession_core::StoreError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let oldest_kept = now_ms - keep.as_millis() as i64;
+    let mut removed = 0;
+    for (key, text) in store.list_state(crate::destinations::PING_PREFIX).await? {
+        let Ok(ping) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let created = serde_json::from_value::<offsession_core::Timestamp>(ping["created"].clone())
+            .map_or(i64::MAX, |t| t.as_millis());
+        if created >= oldest_kept {
+            continue;
+        }
+        let destination = ping["related_object"]["id"].as_str().unwrap_or_default();
+        let event_id = ping["id"].as_str().unwrap_or_default();
+        store.delete_state(&log_key(destination, event_id)).await?;
+        store.delete_state(&key).await?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Counts one delivery attempt in the log; returns the attempts so far. (A resend

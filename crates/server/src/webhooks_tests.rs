@@ -202,6 +202,42 @@ async fn old_delivery_logs_are_removed_up_to_the_cursor_and_new_ones_kept() {
     assert!(kept(3).await);
 }
 
+#[tokio::test]
+async fn old_pings_and_their_logs_are_removed_and_new_ones_kept() {
+    let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::new());
+    let now = offsession_core::Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    for (id, created) in [
+        ("evt_old", offsession_core::Timestamp::from_millis(1_000)),
+        ("evt_new", now),
+    ] {
+        let ping = serde_json::json!({
+            "id": id, "type": "v2.core.event_destination.ping", "created": created,
+            "related_object": {"id": "ed_1", "type": "v2.core.event_destination", "url": "/v2/core/event_destinations/ed_1"},
+        });
+        store
+            .save_state(&crate::destinations::ping_key(id), &ping.to_string())
+            .await
+            .unwrap();
+        record_attempt(store.as_ref(), "ed_1", id, Some(200)).await;
+    }
+    let has = |key: String| {
+        let store = store.clone();
+        async move { store.load_state(&key).await.unwrap().is_some() }
+    };
+    let day = Duration::from_secs(86_400);
+    assert_eq!(sweep_pings(store.as_ref(), day).await.unwrap(), 1);
+    assert!(!has(crate::destinations::ping_key("evt_old")).await);
+    assert!(!has(log_key("ed_1", "evt_old")).await);
+    assert!(has(crate::destinations::ping_key("evt_new")).await);
+    assert!(has(log_key("ed_1", "evt_new")).await);
+    assert_eq!(sweep_pings(store.as_ref(), day).await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_gets_at_most_its_concurrency_and_the_cursor_ends_past_every_event() {
     assert_eq!(deliver_with(1).await, (1, true), "one at a time");

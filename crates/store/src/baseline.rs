@@ -19,8 +19,8 @@ pub struct Baseline {
     /// The stored JSON of one event (the engine's outbox row, for the same reason).
     pub event: String,
     /// The customer and payment method of payment `i`: the engine's values, so that
-    /// the indexes on those columns take the same keys in the same order (a constant
-    /// would make every insert an append to one index page).
+    /// the customer index takes the same keys in the same order (a constant made
+    /// every insert an append to one index page) and the rows are the same size.
     pub keys: fn(u64) -> (String, String),
 }
 

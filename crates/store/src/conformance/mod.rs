@@ -80,6 +80,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     a_claimed_record_waits_for_its_lease_to_lapse(&make()).await;
     an_update_after_a_claim_needs_the_claimed_version(&make()).await;
     clock_scopes_are_kept_apart(&make()).await;
+    a_payments_clock_scope_is_fixed_at_create(&make()).await;
     records_without_due_time_are_never_claimed(&make()).await;
     queries::lists_are_newest_first_and_paginate(&make()).await;
     queries::idempotency_keys_map_to_the_first_payment(&make()).await;
@@ -453,6 +454,42 @@ async fn clock_scopes_are_kept_apart(store: &dyn Store) {
         ["osp_engine"],
         "the engine scope must not claim test-clock payments"
     );
+}
+
+/// A change that names another test clock does not move the payment between clock
+/// scopes (the engine never makes one; a store must not then hand the payment to two
+/// claimants, one per scope).
+async fn a_payments_clock_scope_is_fixed_at_create(store: &dyn Store) {
+    store
+        .insert(&sample_record("osp_a", 1_000, None))
+        .await
+        .unwrap();
+    let read = store.get("osp_a").await.unwrap().unwrap();
+    let mut moved = read.clone();
+    moved.payment.test_clock = Some("clock_1".into());
+    moved.due_at = Some(Timestamp::from_millis(2_000));
+    store.update(&moved, Expected::of(&read)).await.unwrap();
+    let clock = ClockScope::TestClock("clock_1".into());
+    let now = Timestamp::from_millis(5_000);
+    let on_clock = store
+        .claim_due(&clock, now, 10, &lease("x", 100_000))
+        .await
+        .unwrap();
+    let on_engine = store
+        .claim_due(&ClockScope::Engine, now, 10, &lease("y", 100_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_clock.len() + on_engine.len(),
+        1,
+        "claimed once in all: {on_clock:?} {on_engine:?}"
+    );
+    assert_eq!(
+        on_engine.len(),
+        1,
+        "the payment stays in the scope it was created in"
+    );
+    assert_eq!(store.next_due(&clock).await.unwrap(), None);
 }
 
 async fn records_without_due_time_are_never_claimed(store: &dyn Store) {

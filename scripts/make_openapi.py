@@ -136,9 +136,8 @@ update_body = {
         "include": {"type": "array", "items": {"type": "string", "enum": ["webhook_endpoint.url"]}}}}
 
 deliveries = {
-    "type": "object", "required": ["object", "data"],
+    "type": "object", "required": ["data"],
     "properties": {
-        "object": {"type": "string", "enum": ["list"]},
         "data": {"type": "array", "items": {
             "type": "object",
             "required": ["object", "destination", "url", "status", "attempts", "last_status", "last_attempt_at"],
@@ -148,7 +147,7 @@ deliveries = {
                 "status": {"type": "string", "enum": ["delivered", "retrying", "pending", "failed", "not_sent"]},
                 "attempts": {"type": "integer", "minimum": 0},
                 "last_status": {"type": "integer", "nullable": True},
-                "last_attempt_at": {"type": "integer", "nullable": True}}}},
+                "last_attempt_at": {"type": "string", "nullable": True}}}},
         "next_page_url": {"type": "string", "nullable": True},
         "previous_page_url": {"type": "string", "nullable": True}}}
 

@@ -345,6 +345,12 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     assert_eq!(log["data"][0]["destination"], id.as_str());
     assert_eq!(log["data"][0]["status"], "delivered", "{log}");
     assert_eq!(log["data"][0]["attempts"], 1);
+    assert!(
+        log["data"][0]["last_attempt_at"]
+            .as_str()
+            .is_some_and(|at| at.starts_with("20") && at.ends_with('Z')),
+        "an RFC 3339 time, as the API's others: {log}"
+    );
     let (status, refused, _) = api(
         &client,
         port,

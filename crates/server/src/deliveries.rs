@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use offsession_core::OutboxEvent;
+use offsession_core::{OutboxEvent, Timestamp};
 use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
@@ -79,7 +79,7 @@ async fn ping_deliveries(state: &AppState, ping: &Value) -> Result<Value, Respon
     {
         data.push(delivery(state, &endpoint, event_id, None).await);
     }
-    Ok(json!({"object": "list", "data": data, "next_page_url": null, "previous_page_url": null}))
+    Ok(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
 }
 
 /// One endpoint's delivery of event `event_id`, at outbox position `sequence` (`None`:
@@ -121,7 +121,10 @@ async fn delivery(
         "status": status,
         "attempts": attempts,
         "last_status": log["last_status"],
-        "last_attempt_at": log["last_attempt_at"],
+        // Kept as Unix seconds in the log; answered as the API's other times are.
+        "last_attempt_at": log["last_attempt_at"]
+            .as_i64()
+            .map(|seconds| Timestamp::from_millis(seconds.saturating_mul(1_000)).to_string()),
     })
 }
 
@@ -132,7 +135,7 @@ async fn list(state: &AppState, event: &OutboxEvent) -> Result<Value, Response> 
             data.push(delivery(state, &endpoint, &event.event.id, Some(event.sequence)).await);
         }
     }
-    Ok(json!({"object": "list", "data": data, "next_page_url": null, "previous_page_url": null}))
+    Ok(json!({"data": data, "next_page_url": null, "previous_page_url": null}))
 }
 
 /// `GET /v2/core/events/{id}/deliveries`: the event's delivery to every endpoint that

@@ -305,6 +305,7 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     )
     .await;
     assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["param"], "enabled_events", "{bad}");
     let (status, pinged, _) = api(
         &client,
         port,

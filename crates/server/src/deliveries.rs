@@ -185,7 +185,7 @@ pub(crate) async fn resend(
             Ok(Found::Ping(ping)) => {
                 let destination = ping["related_object"]["id"].as_str().unwrap_or_default();
                 return invalid(format!(
-                    "`{id}` is a ping: it is not resent; ping the destination again (`POST /v2/core/event_destinations/{destination}/ping`)"
+                    "event `{id}` is a ping: it is not resent; ping the destination again (`POST /v2/core/event_destinations/{destination}/ping`)"
                 ));
             }
             Err(response) => return response,

@@ -15,14 +15,30 @@ pub(crate) fn error(status: u16, kind: &str, code: &str, message: impl Into<Stri
         .into_response()
 }
 
-/// An invalid request (400) naming what is wrong.
+/// An invalid request (400) naming what is wrong. A message that starts with a
+/// parameter in backquotes (`` `name` is required ``) names it as `param` too, as
+/// the engine's own validation errors do.
 pub(crate) fn invalid(message: impl Into<String>) -> Response {
-    error(
-        400,
-        "invalid_request_error",
-        "osp_generic_invalid_request",
-        message,
-    )
+    let message = message.into();
+    let param = message
+        .strip_prefix('`')
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(param, _)| param.to_owned())
+        .filter(|param| {
+            !param.is_empty()
+                && param
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.[]".contains(&b))
+        });
+    let mut body = json!({"error": {
+        "type": "invalid_request_error",
+        "code": "osp_generic_invalid_request",
+        "message": message,
+    }});
+    if let Some(param) = param {
+        body["error"]["param"] = json!(param);
+    }
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// The engine's error as the API answers it. A 500 carries no internals: the

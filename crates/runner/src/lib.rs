@@ -325,7 +325,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
                     println!("memory: the memory store keeps nothing; nothing to migrate");
                     return Ok(());
                 }
-                config::StoreUrl::Sqlite(_) => config::redact(&config.store.url),
+                config::StoreUrl::Sqlite(_) => wiring::store_label(&path, &config),
                 config::StoreUrl::Postgres(_) => format!(
                     "{} (schema `{}`)",
                     config::redact(&config.store.url),
@@ -345,7 +345,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             println!("  instance    {}", config.engine.instance_id);
             println!("  processors  {}", processors.join(", "));
             println!("  policies    {}", policies.join(", "));
-            println!("  store       {}", config::redact(&config.store.url));
+            println!("  store       {}", wiring::store_label(&path, &config));
             Ok(())
         }
         Command::Bench {

@@ -23,6 +23,16 @@ pub fn resolve(config_path: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// The store as messages name it: a SQLite file by the path it is opened at (a
+/// relative path is relative to the config file's folder), any other URL without its
+/// password.
+pub fn store_label(config_path: &Path, config: &Config) -> String {
+    match config.store.parsed_url() {
+        Ok(StoreUrl::Sqlite(path)) => format!("sqlite://{}", resolve(config_path, &path).display()),
+        _ => crate::config::redact(&config.store.url),
+    }
+}
+
 fn invalid(key: &str, message: String) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

@@ -183,11 +183,11 @@ pub async fn run_wired(
             base
         })
     };
-    tracing::info!(instance = %config.engine.instance_id, store = %crate::config::redact(&config.store.url), "worker started");
+    let store_label = wiring::store_label(config_path, config);
+    tracing::info!(instance = %config.engine.instance_id, store = %store_label, "worker started");
     eprintln!(
         "worker {} started on {}; Ctrl-C or SIGTERM stops it after the attempts in flight",
-        config.engine.instance_id,
-        crate::config::redact(&config.store.url)
+        config.engine.instance_id, store_label
     );
 
     let mut report = WorkerReport::default();

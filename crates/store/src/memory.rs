@@ -97,7 +97,17 @@ fn reindex_card(
             }
         }
     }
-    for attempt in &new.attempts {
+    for (i, attempt) in new.attempts.iter().enumerate() {
+        let filed = old.and_then(|old| old.attempts.get(i)).is_some_and(|was| {
+            was.number == attempt.number
+                && was.started_at == attempt.started_at
+                && was.decline_category.is_some() == attempt.decline_category.is_some()
+                && was.answered() == attempt.answered()
+        });
+        if filed {
+            // Unchanged since `old`: its entry is already what it would be.
+            continue;
+        }
         let key = (attempt.started_at, sequence, attempt.number);
         let entry = CardAttempt::of(&new.payment, attempt);
         match index.binary_search_by(|(k, _)| k.cmp(&key)) {

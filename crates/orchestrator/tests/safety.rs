@@ -97,6 +97,10 @@ async fn a_lost_answer_is_reconciled_with_the_same_key_and_charges_once() {
     assert_eq!(done.payment.retry_details.attempts, 1);
     assert_eq!(done.attempts.len(), 1);
     assert_eq!(done.attempts[0].replays, 2);
+    // The answer settled the lost one: the card's history sees an approval (not an
+    // unanswered attempt the decline caps would count).
+    assert!(!done.attempts[0].outcome_unknown);
+    assert!(done.attempts[0].answered());
     let ledger = mock.ledger();
     assert_eq!(ledger.len(), 1, "one key");
     assert_eq!(ledger[0].sends, 3, "sent three times with the same key");

@@ -66,8 +66,8 @@ async fn log_of(state: &AppState, endpoint_id: &str, event_id: &str) -> Value {
 }
 
 /// A ping's delivery: to its one destination, sent once when it was made (a ping is
-/// neither retried nor resent), so `delivered`, `failed` or, if the destination has
-/// been deleted since, no entry.
+/// neither retried nor resent), so `delivered`, `failed`, `pending` while that one
+/// send has no answer yet or, if the destination has been deleted since, no entry.
 async fn ping_deliveries(state: &AppState, ping: &Value) -> Result<Value, Response> {
     let destination = ping["related_object"]["id"].as_str().unwrap_or_default();
     let event_id = ping["id"].as_str().unwrap_or_default();
@@ -92,6 +92,8 @@ async fn delivery(
 ) -> Value {
     let store = state.store.as_ref();
     let log = log_of(state, &endpoint.id, event_id).await;
+    // A ping is never scheduled: before its one answer it is being sent (`pending`),
+    // after it `delivered` or `failed`.
     let ahead = match sequence {
         Some(sequence) => {
             let cursor: Option<u64> =
@@ -101,7 +103,7 @@ async fn delivery(
                 };
             cursor.is_none_or(|c| sequence > c)
         }
-        None => false,
+        None => log.is_null(),
     };
     let attempts = log["attempts"].as_u64().unwrap_or(0);
     let accepted = log["last_status"]

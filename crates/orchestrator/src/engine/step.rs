@@ -219,6 +219,18 @@ fn finish_attempt(
     category: Option<DeclineCategory>,
 ) {
     if let Some(last) = record.attempts.last_mut() {
+        // The processor's answer for the attempt's key settles a lost one: the
+        // network rules count it as what it was (an approval is not a decline), and
+        // it is no longer reported as unknown. An attempt ended while its answer is
+        // still unknown stays flagged for reconciliation.
+        if matches!(
+            outcome,
+            AttemptOutcome::Approved { .. }
+                | AttemptOutcome::Declined { .. }
+                | AttemptOutcome::RequiresCapture { .. }
+        ) {
+            last.outcome_unknown = false;
+        }
         last.finished_at = Some(now);
         last.outcome = Some(outcome);
         last.decline_category = category;

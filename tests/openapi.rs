@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -47,11 +47,7 @@ fn the_server_keeps_its_openapi_document() {
         child: Some(server),
         name: "serve".into(),
     };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no listener");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_listener(port);
     let out = Command::new(&schemathesis)
         .current_dir(&dir.0)
         .args([

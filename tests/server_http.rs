@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -28,11 +28,7 @@ fn serve(dir: &Scratch, port: u16) -> Proc {
         .stderr(log)
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no listener");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_listener(port);
     Proc {
         child: Some(child),
         name: "serve".into(),

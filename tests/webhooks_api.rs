@@ -37,13 +37,10 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     let payment_id = payment["id"].as_str().unwrap().to_owned();
     // The created event: refused twice, delivered on the third attempt (1 s and 2 s
     // of backoff).
-    let (_, events, _) = api(
+    let (_, events, _) = get(
         &client,
         port,
-        Method::GET,
         &format!("/v2/core/events?object_id={payment_id}"),
-        None,
-        None,
     )
     .await;
     let created = events["data"]
@@ -64,7 +61,7 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     let path = format!("/v2/core/events/{created}/deliveries");
     let deadline = Instant::now() + Duration::from_secs(30);
     let log = loop {
-        let (_, log, _) = api(&client, port, Method::GET, &path, None, None).await;
+        let (_, log, _) = get(&client, port, &path).await;
         if log["data"][0]["status"] == "delivered" {
             break log;
         }
@@ -130,7 +127,7 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     let mut seen = Vec::new();
     let mut next = format!("/v2/core/events?object_id={payment_id}&limit=1");
     loop {
-        let (status, page, _) = api(&client, port, Method::GET, &next, None, None).await;
+        let (status, page, _) = get(&client, port, &next).await;
         assert_eq!(status, 200, "{page}");
         assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
         seen.push(page["data"][0]["id"].as_str().unwrap().to_owned());
@@ -139,13 +136,10 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
             None => break,
         }
     }
-    let (_, events, _) = api(
+    let (_, events, _) = get(
         &client,
         port,
-        Method::GET,
         &format!("/v2/core/events?object_id={payment_id}"),
-        None,
-        None,
     )
     .await;
     let all = events["data"].as_array().unwrap();
@@ -157,15 +151,7 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
             .map(|e| e["id"].as_str().unwrap())
             .collect::<Vec<_>>()
     );
-    let (status, _, _) = api(
-        &client,
-        port,
-        Method::GET,
-        &format!("{path}?bogus=1"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _, _) = get(&client, port, &format!("{path}?bogus=1")).await;
     assert_eq!(
         status, 400,
         "an unknown query parameter of the delivery log"
@@ -240,26 +226,10 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     .await;
     assert_eq!((replayed_first, replayed_second), (false, true));
     assert_eq!(first["id"], second["id"]);
-    let (_, listed, _) = api(
-        &client,
-        port,
-        Method::GET,
-        "/v2/core/event_destinations?limit=1",
-        None,
-        None,
-    )
-    .await;
+    let (_, listed, _) = get(&client, port, "/v2/core/event_destinations?limit=1").await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["data"][0]["id"], first["id"], "newest first");
-    let (status, _, _) = api(
-        &client,
-        port,
-        Method::GET,
-        "/v2/core/event_destinations?limit=abc",
-        None,
-        None,
-    )
-    .await;
+    let (status, _, _) = get(&client, port, "/v2/core/event_destinations?limit=abc").await;
     assert_eq!(status, 400);
     let (status, _, _) = api(
         &client,
@@ -320,25 +290,14 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     assert_eq!(pinged["related_object"]["id"], id.as_str());
     // A receiver fetches the thin event it got: the ping is found like any event.
     let ping_id = pinged["id"].as_str().unwrap().to_owned();
-    let (status, fetched, _) = api(
-        &client,
-        port,
-        Method::GET,
-        &format!("/v2/core/events/{ping_id}"),
-        None,
-        None,
-    )
-    .await;
+    let (status, fetched, _) = get(&client, port, &format!("/v2/core/events/{ping_id}")).await;
     assert_eq!(status, 200, "{fetched}");
     assert_eq!(fetched, pinged, "the fetched ping is the one answered");
     // Its delivery log: the one destination, sent once; a ping is not resent.
-    let (status, log, _) = api(
+    let (status, log, _) = get(
         &client,
         port,
-        Method::GET,
         &format!("/v2/core/events/{ping_id}/deliveries"),
-        None,
-        None,
     )
     .await;
     assert_eq!(status, 200, "{log}");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{offsession, Proc, Scratch};
+use super::{offsession, wait_for_listener, Proc, Scratch};
 pub const HOOK_KEY: &str = "sk_test_hooks_0123456789";
 pub const SECRET: &str = "whsec_kill_test_secret";
 
@@ -136,15 +136,20 @@ pub fn serve_on(dir: &Scratch, port: u16, hook_port: u16, store: &str, schema: &
         .stderr(log)
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no listener");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_listener(port);
     Proc {
         child: Some(child),
         name: "serve".into(),
     }
+}
+
+/// `api` for a GET without a body or an idempotency key.
+pub async fn get(
+    client: &reqwest::Client,
+    port: u16,
+    path: &str,
+) -> (u16, serde_json::Value, bool) {
+    api(client, port, reqwest::Method::GET, path, None, None).await
 }
 
 pub async fn api(

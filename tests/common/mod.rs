@@ -157,6 +157,15 @@ pub fn start_fake(dir: &Scratch, args: &[&str]) -> (Proc, String) {
     }
 }
 
+/// Waits (30 s at most) until something listens on loopback `port`.
+pub fn wait_for_listener(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The fake's ledger.
 pub async fn ledger(addr: &str) -> Value {
     reqwest::get(format!("http://{addr}/ledger"))

@@ -420,13 +420,18 @@ async fn action(
 
 /// The full event of a thin notification.
 fn full_event(event: &OutboxEvent) -> Value {
-    let mut value = serde_json::to_value(&event.event).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
+    with_full_fields(serde_json::to_value(&event.event).unwrap_or(Value::Null))
+}
+
+/// A thin event (notification) with the full event's fields it does not carry:
+/// `context`, `reason` and `changes`, none of which this server records.
+pub(crate) fn with_full_fields(mut event: Value) -> Value {
+    if let Value::Object(map) = &mut event {
         map.insert("context".into(), Value::Null);
         map.insert("reason".into(), Value::Null);
         map.insert("changes".into(), Value::Null);
     }
-    value
+    event
 }
 
 async fn retrieve_event(State(state): State<AppState>, Path(id): Path<String>) -> Response {

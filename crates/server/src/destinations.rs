@@ -448,10 +448,7 @@ async fn ping(state: &AppState, id: &str) -> Response {
         Err(err) => return errors::internal(err),
     };
     let event_id = event["id"].as_str().unwrap_or_default();
-    let mut full = event.clone();
-    full["context"] = Value::Null;
-    full["reason"] = Value::Null;
-    full["changes"] = Value::Null;
+    let full = crate::api::with_full_fields(event.clone());
     // Kept before it is sent: the receiver may fetch it as soon as it arrives.
     if let Err(err) = state
         .store

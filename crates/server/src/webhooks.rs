@@ -408,6 +408,15 @@ pub(crate) fn log_key(endpoint_id: &str, event_id: &str) -> String {
     format!("webhook/{endpoint_id}/log/{event_id}")
 }
 
+/// Unix milliseconds of the oldest delivery log or ping kept with retention `keep`
+/// (the wall clock: logs are written on it).
+fn oldest_kept(keep: Duration) -> i64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    now_ms.saturating_sub(keep.as_millis().min(i64::MAX as u128) as i64)
+}
+
 /// Removes the delivery logs at `endpoint_id` of the events up to `cursor` (those its
 /// deliverer is done with) created more than `keep` ago, in commit order from where
 /// the last sweep stopped (`webhook/<endpoint id>/swept`). Returns how many events it
@@ -424,10 +433,7 @@ pub(crate) async fn sweep_logs(
         .await?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let oldest_kept = now_ms - keep.as_millis() as i64;
+    let oldest_kept = oldest_kept(keep);
     let mut passed = 0;
     let mut done = false;
     while !done && after < cursor {
@@ -459,10 +465,7 @@ pub(crate) async fn sweep_pings(
     store: &dyn Store,
     keep: Duration,
 ) -> Result<usize, offsession_core::StoreError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let oldest_kept = now_ms - keep.as_millis() as i64;
+    let oldest_kept = oldest_kept(keep);
     let mut removed = 0;
     for (key, text) in store.list_state(crate::destinations::PING_PREFIX).await? {
         let Ok(ping) = serde_json::from_str::<serde_json::Value>(&text) else {

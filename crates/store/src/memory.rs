@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use offsession_core::{
-    CardAttempt, ClockScope, EventNotification, Expected, IdempotencyClaim, Lease,
+    AttemptRecord, CardAttempt, ClockScope, EventNotification, Expected, IdempotencyClaim, Lease,
     NewIdempotencyKey, OutboxEvent, PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 
@@ -58,23 +58,32 @@ fn due_key(record: &PaymentRecord, sequence: u64) -> Option<DueKey> {
     record.claimable_at().map(|at| (at, sequence))
 }
 
+/// Whether two versions of an attempt make the same card-index entry: the same
+/// attempt, started at the same time, in the same answer state (an answer comes
+/// once, its decline and advice code with it).
+fn same_entry(a: &AttemptRecord, b: &AttemptRecord) -> bool {
+    a.number == b.number
+        && a.started_at == b.started_at
+        && a.decline_category.is_some() == b.decline_category.is_some()
+        && a.answered() == b.answered()
+}
+
 /// Keeps a card's attempt index in step with a record's attempts (few per record):
-/// untouched when no attempt started or got its decline since `old`.
+/// untouched when no attempt started or got its answer since `old`; only the entries
+/// of attempts that changed are written.
 fn reindex_card(
     by_method: &mut Map<String, Vec<(CardKey, CardAttempt)>>,
     sequence: u64,
     old: Option<&PaymentRecord>,
     new: &PaymentRecord,
 ) {
-    let unchanged = old.is_some_and(|old| {
-        old.attempts.len() == new.attempts.len()
-            && old.attempts.iter().zip(&new.attempts).all(|(a, b)| {
-                a.started_at == b.started_at
-                    && a.decline_category.is_some() == b.decline_category.is_some()
-                    && a.answered() == b.answered()
-            })
-    });
-    if unchanged {
+    let before: &[AttemptRecord] = old.map_or(&[], |old| &old.attempts);
+    if before.len() == new.attempts.len()
+        && before
+            .iter()
+            .zip(&new.attempts)
+            .all(|(a, b)| same_entry(a, b))
+    {
         return;
     }
     let method = new.payment.payment_method.as_str();
@@ -84,27 +93,19 @@ fn reindex_card(
     let Some(index) = by_method.get_mut(method) else {
         return;
     };
-    if let Some(old) = old {
-        // An entry whose start moved (none does today) is filed again below.
-        for was in &old.attempts {
-            let kept = new
-                .attempts
-                .iter()
-                .any(|a| a.number == was.number && a.started_at == was.started_at);
-            let key = (was.started_at, sequence, was.number);
-            if let (false, Ok(at)) = (kept, index.binary_search_by(|(k, _)| k.cmp(&key))) {
-                index.remove(at);
-            }
+    // An entry whose start moved (none does today) is filed again below.
+    for was in before {
+        let kept = new
+            .attempts
+            .iter()
+            .any(|a| a.number == was.number && a.started_at == was.started_at);
+        let key = (was.started_at, sequence, was.number);
+        if let (false, Ok(at)) = (kept, index.binary_search_by(|(k, _)| k.cmp(&key))) {
+            index.remove(at);
         }
     }
     for (i, attempt) in new.attempts.iter().enumerate() {
-        let filed = old.and_then(|old| old.attempts.get(i)).is_some_and(|was| {
-            was.number == attempt.number
-                && was.started_at == attempt.started_at
-                && was.decline_category.is_some() == attempt.decline_category.is_some()
-                && was.answered() == attempt.answered()
-        });
-        if filed {
+        if before.get(i).is_some_and(|was| same_entry(was, attempt)) {
             // Unchanged since `old`: its entry is already what it would be.
             continue;
         }
@@ -246,6 +247,9 @@ impl MemoryStore {
             );
         }
         let mut stored = record.into_owned();
+        // Kept as handed over: no room beyond its attempts (a caller's doubled `Vec`
+        // would hold four 336-byte slots per payment for as long as it is kept).
+        stored.attempts.shrink_to_fit();
         stored.version = 1;
         let sequence = inner.next_sequence;
         inner.next_sequence += 1;
@@ -294,6 +298,9 @@ impl MemoryStore {
             });
         }
         let mut stored = record.into_owned();
+        // Kept as handed over: no room beyond its attempts (a caller's doubled `Vec`
+        // would hold four 336-byte slots per payment for as long as it is kept).
+        stored.attempts.shrink_to_fit();
         stored.version = expected.version + 1;
         let version = stored.version;
         let sequence = slot.sequence;

@@ -137,8 +137,8 @@ impl Engine {
             record.payment.retry_details.attempts = number;
             record.payment.latest_payment_attempt_record = Some(attempt.id.clone());
             record.first_attempt_at.get_or_insert(now);
-            // Grown by one, not doubled: the record may be handed to a memory store,
-            // which keeps it as it is (a doubled `Vec` holds four 336-byte attempts).
+            // Grown by one, not doubled: the record may be handed to a store that keeps
+            // it, and this is cheaper than the store trimming a doubled `Vec`.
             record.attempts.reserve_exact(1);
             record.attempts.push(attempt);
         }

@@ -44,12 +44,10 @@ impl Engine {
         types: &[EventType],
         at: Timestamp,
     ) -> Result<u64, StoreError> {
-        let events = self.build_events(types, &next.payment, at);
         if self.inner.events.wants_events() {
-            let version = self.inner.store.commit(&next, expected, &events).await?;
-            self.publish(events, &next.payment);
-            return Ok(version);
+            return self.commit_events(&next, expected, types, at).await;
         }
+        let events = self.build_events(types, &next.payment, at);
         self.inner
             .store
             .commit_owned(*next, expected, &events)

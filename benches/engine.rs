@@ -92,6 +92,7 @@ fn retry_decisions(c: &mut Criterion) {
             country: Some("US".into()),
             wallet: None,
         }),
+        bank_country: None,
     };
     let mut codes = DeclineCodes::new("card_declined", Some("insufficient_funds"));
     codes.network_decline_code = Some("51".into());
@@ -195,6 +196,7 @@ fn routing(c: &mut Criterion) {
             country: Some("US".into()),
             wallet: None,
         }),
+        bank_country: None,
     };
     let mut group = c.benchmark_group("routing");
     group.throughput(Throughput::Elements(1));

@@ -51,6 +51,22 @@ pub struct PaymentMethodDetails {
     pub payment_method_type: PaymentMethodType,
     /// Card facts, for cards.
     pub card: Option<CardDetails>,
+    /// Country of a bank debit's account (ISO 3166-1 alpha-2): `US` for
+    /// `us_bank_account`, the bank's country for `sepa_debit`. A card's country is in
+    /// `card`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_country: Option<String>,
+}
+
+impl PaymentMethodDetails {
+    /// Where the card was issued or the bank account is held, when known: the local
+    /// time of the holder's funding days is read from it.
+    pub fn country(&self) -> Option<&str> {
+        match &self.card {
+            Some(card) => card.country.as_deref(),
+            None => self.bank_country.as_deref(),
+        }
+    }
 }
 
 /// One authorization request. The idempotency key is the same on every replay of the

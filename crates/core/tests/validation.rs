@@ -625,6 +625,7 @@ fn card() -> PaymentMethodDetails {
             country: Some("US".into()),
             wallet: None,
         }),
+        bank_country: None,
     }
 }
 
@@ -632,6 +633,7 @@ fn debit(kind: &str) -> PaymentMethodDetails {
     PaymentMethodDetails {
         payment_method_type: kind.into(),
         card: None,
+        bank_country: None,
     }
 }
 

@@ -330,6 +330,7 @@ impl Processor for MockProcessor {
             return Ok(PaymentMethodDetails {
                 payment_method_type: pm.payment_method_type.clone(),
                 card,
+                bank_country: pm.bank_country(),
             });
         }
         // Stripe's test methods are usable by any customer, on the platform or any
@@ -338,6 +339,7 @@ impl Processor for MockProcessor {
             Some(test) => Ok(PaymentMethodDetails {
                 payment_method_type: PaymentMethodType::Card,
                 card: Some(test.card),
+                bank_country: None,
             }),
             None => Err(ApiError::invalid(
                 "payment_method",

@@ -20,7 +20,8 @@ pub struct VaultPaymentMethod {
     /// Card funding.
     #[serde(default)]
     pub funding: Option<String>,
-    /// Issuing country.
+    /// Issuing country of a card, or the country of a bank debit's account
+    /// (`us_bank_account` is always `US`).
     #[serde(default)]
     pub country: Option<String>,
     /// Wallet the card was saved from (`apple_pay`, `google_pay`), if any.
@@ -35,6 +36,18 @@ pub struct VaultPaymentMethod {
     /// A Stripe-style test name whose behaviour it copies; approves when absent.
     #[serde(default)]
     pub behaves_like: Option<String>,
+}
+
+impl VaultPaymentMethod {
+    /// A bank debit's account country: `US` for ACH, `country` for SEPA; none for
+    /// cards (their country is in the card's details).
+    pub fn bank_country(&self) -> Option<String> {
+        match self.payment_method_type {
+            PaymentMethodType::UsBankAccount => Some("US".into()),
+            PaymentMethodType::Card => None,
+            _ => self.country.clone(),
+        }
+    }
 }
 
 fn default_type() -> PaymentMethodType {
@@ -61,5 +74,40 @@ impl Vault {
     /// Parses a vault file.
     pub fn from_toml(text: &str) -> Result<Vault, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bank_debit_reports_its_accounts_country_and_a_card_none() {
+        let vault = Vault::from_toml(
+            r#"
+            [[payment_methods]]
+            id = "pm_ach"
+            customer = "cus_1"
+            type = "us_bank_account"
+
+            [[payment_methods]]
+            id = "pm_sepa"
+            customer = "cus_1"
+            type = "sepa_debit"
+            country = "NL"
+
+            [[payment_methods]]
+            id = "pm_card"
+            customer = "cus_1"
+            country = "FR"
+            "#,
+        )
+        .unwrap();
+        let countries: Vec<_> = vault
+            .payment_methods
+            .iter()
+            .map(VaultPaymentMethod::bank_country)
+            .collect();
+        assert_eq!(countries, [Some("US".into()), Some("NL".into()), None]);
     }
 }

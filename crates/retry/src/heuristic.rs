@@ -155,10 +155,7 @@ impl RetryPolicy for HeuristicPolicy {
         let next = match context.category {
             DeclineCategory::SoftTransient => context.now.plus(pick(&self.transient_waits)),
             DeclineCategory::SoftFunds => {
-                let country = context
-                    .method
-                    .and_then(|m| m.card.as_ref())
-                    .and_then(|c| c.country.as_deref());
+                let country = context.method.and_then(|m| m.country());
                 self.next_funding_time(
                     context.now.plus(self.funds_min_wait),
                     utc_offset_hours(country),

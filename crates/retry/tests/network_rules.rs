@@ -125,6 +125,7 @@ proptest! {
         let method = PaymentMethodDetails {
             payment_method_type: "card".into(),
             card: Some(CardDetails { brand: brand.into(), funding: "credit".into(), country: Some("US".into()), wallet: None }),
+            bank_country: None,
         };
         let now = Timestamp::from_millis(NOW);
         let context = RetryContext {
@@ -199,6 +200,7 @@ fn card(brand: &str) -> PaymentMethodDetails {
             country: Some("US".into()),
             wallet: None,
         }),
+        bank_country: None,
     }
 }
 
@@ -407,6 +409,7 @@ fn bank_debits_stop_at_the_presentment_limit() {
     let debit = PaymentMethodDetails {
         payment_method_type: "us_bank_account".into(),
         card: None,
+        bank_country: None,
     };
     let mut codes = DeclineCodes::new("insufficient_funds", Some("insufficient_funds"));
     codes.network_decline_code = Some("R01".into());

@@ -22,6 +22,7 @@ fn card(country: &str) -> PaymentMethodDetails {
             country: Some(country.into()),
             wallet: None,
         }),
+        bank_country: None,
     }
 }
 
@@ -118,6 +119,30 @@ fn heuristic_aims_funds_retries_at_local_paydays() {
         "osp_1",
     ));
     assert_eq!(local(jp, 9).hour, 9, "09:00 in Tokyo: {jp}");
+    // A bank debit's funding day is in its account's country too: an ACH debit at
+    // 09:00 New York time, a SEPA debit held in Germany at 09:00 Berlin time (not
+    // 09:00 UTC, when neither has a card country).
+    let debit = |kind: &str, country: &str| PaymentMethodDetails {
+        payment_method_type: kind.into(),
+        card: None,
+        bank_country: Some(country.into()),
+    };
+    let ach = at(decide(
+        &policy,
+        &debit("us_bank_account", "US"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    assert_eq!((local(ach, -5).hour, ach), (9, us), "{ach}");
+    let sepa = at(decide(
+        &policy,
+        &debit("sepa_debit", "DE"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    assert_eq!(local(sepa, 1).hour, 9, "09:00 in Berlin: {sepa}");
 }
 
 #[test]
@@ -126,6 +151,7 @@ fn heuristic_gives_bank_debits_three_presentments() {
     let ach = PaymentMethodDetails {
         payment_method_type: "us_bank_account".into(),
         card: None,
+        bank_country: None,
     };
     assert!(matches!(
         decide(&policy, &ach, DeclineCategory::SoftFunds, 2, "osp_1"),

@@ -351,6 +351,33 @@ fn payment_method_types_and_brands_map_onto_the_engine_enums() {
     assert_eq!(details.card.unwrap().brand, CardBrand::Unknown);
 }
 
+#[test]
+fn a_bank_debits_country_is_read_for_the_heuristics_local_time() {
+    // `sepa_debit.country` is the bank account's country (Stripe's
+    // `payment_method_sepa_debit` schema); a `us_bank_account` is always in the US.
+    let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
+    let mut method = fixtures["resources"]["payment_method"].clone();
+    method["type"] = Value::from("sepa_debit");
+    method["card"] = Value::Null;
+    method["sepa_debit"] =
+        serde_json::json!({"country": "DE", "last4": "3000", "bank_code": "37040044"});
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(details.payment_method_type, PaymentMethodType::SepaDebit);
+    assert_eq!(details.country(), Some("DE"));
+    method["type"] = Value::from("us_bank_account");
+    method["sepa_debit"] = Value::Null;
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(details.country(), Some("US"));
+    // A card's country stays the card's: nothing is guessed for it.
+    method["type"] = Value::from("card");
+    method["card"] = serde_json::json!({"brand": "visa", "country": "FR"});
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(
+        (details.country(), details.bank_country.as_deref()),
+        (Some("FR"), None)
+    );
+}
+
 // ----- metadata: the engine's keys are reserved, and at most 50 are sent ---------------
 
 fn metadata_of(form: &[(String, String)]) -> Vec<(String, String)> {

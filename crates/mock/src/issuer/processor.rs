@@ -61,6 +61,9 @@ impl Processor for SimulatedIssuer {
         Ok(PaymentMethodDetails {
             payment_method_type: customer.method_type.clone(),
             card: (customer.method_type == PaymentMethodType::Card).then(|| customer.card.clone()),
+            bank_country: (customer.method_type != PaymentMethodType::Card)
+                .then(|| customer.card.country.clone())
+                .flatten(),
         })
     }
 

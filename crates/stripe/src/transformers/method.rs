@@ -26,6 +26,17 @@ pub struct PaymentMethod {
     /// Card facts, on cards.
     #[serde(default)]
     pub card: Option<Card>,
+    /// SEPA Direct Debit facts; only the bank's `country` is read.
+    #[serde(default)]
+    pub sepa_debit: Option<SepaDebit>,
+}
+
+/// `sepa_debit` of a PaymentMethod.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SepaDebit {
+    /// Country of the bank account (ISO 3166-1 alpha-2).
+    #[serde(default)]
+    pub country: Option<String>,
 }
 
 /// `card` of a PaymentMethod: what the network retry rules key on.
@@ -82,6 +93,13 @@ impl PaymentMethod {
                     .and_then(|t| t.as_str())
                     .map(str::to_owned),
             }),
+            bank_country: match self.method_type {
+                PaymentMethodType::UsBankAccount => Some("US".into()),
+                PaymentMethodType::SepaDebit => {
+                    self.sepa_debit.as_ref().and_then(|s| s.country.clone())
+                }
+                _ => None,
+            },
         }
     }
 }

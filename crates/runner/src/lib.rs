@@ -117,6 +117,11 @@ pub enum Command {
         /// Engine instances sharing the store (Postgres).
         #[arg(long, default_value_t = 1)]
         instances: usize,
+        /// Settle while the intake still creates (another task, so another core), as a
+        /// service does; end to end is then the time from the first create to the last
+        /// outcome. The plain-SQL baseline is not run in this mode.
+        #[arg(long)]
+        overlap: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -358,6 +363,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
             rate_limit,
             store,
             instances,
+            overlap,
             json,
         } => {
             if payments == 0 || concurrency == 0 {
@@ -401,6 +407,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
                 rate_limit,
                 store,
                 instances,
+                overlap,
             })
             .await?;
             print_report(&report, json, report.render())

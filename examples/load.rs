@@ -53,7 +53,9 @@ fn args() -> Args {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-async fn create(client: &reqwest::Client, url: &str, key: &str) -> bool {
+/// Sends one create; on failure, what failed: `status 503`, or the client's error kind
+/// (`connect`, `timeout`, `request`, `body`).
+async fn create(client: &reqwest::Client, url: &str, key: &str) -> Result<(), String> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let run = std::process::id();
     let body = format!(
@@ -67,9 +69,21 @@ async fn create(client: &reqwest::Client, url: &str, key: &str) -> bool {
         .send()
         .await
     {
-        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-        Err(_) => false,
+        Ok(response) if response.status().is_success() => {
+            response.bytes().await.map(drop).map_err(|_| "body".into())
+        }
+        Ok(response) => Err(format!("status {}", response.status().as_u16())),
+        Err(e) if e.is_connect() => Err("connect".into()),
+        Err(e) if e.is_timeout() => Err("timeout".into()),
+        Err(_) => Err("request".into()),
     }
+}
+
+/// Failed creates by what failed.
+type Failures = Arc<Mutex<std::collections::BTreeMap<String, u64>>>;
+
+fn count(failures: &Failures, why: String) {
+    *failures.lock().unwrap().entry(why).or_default() += 1;
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
@@ -88,7 +102,7 @@ async fn main() {
         .build()
         .unwrap();
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let failed = Arc::new(AtomicU64::new(0));
+    let failed: Failures = Arc::default();
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
     match args.rate {
@@ -101,10 +115,9 @@ async fn main() {
                         let mut mine = Vec::new();
                         while Instant::now() < until {
                             let sent = Instant::now();
-                            if create(&client, &url, &key).await {
-                                mine.push(sent.elapsed());
-                            } else {
-                                failed.fetch_add(1, Ordering::Relaxed);
+                            match create(&client, &url, &key).await {
+                                Ok(()) => mine.push(sent.elapsed()),
+                                Err(why) => count(&failed, why),
                             }
                         }
                         latencies.lock().unwrap().extend(mine);
@@ -125,10 +138,9 @@ async fn main() {
                 let (latencies, failed) = (latencies.clone(), failed.clone());
                 let scheduled = due;
                 tasks.push(tokio::spawn(async move {
-                    if create(&client, &url, &key).await {
-                        latencies.lock().unwrap().push(scheduled.elapsed());
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    match create(&client, &url, &key).await {
+                        Ok(()) => latencies.lock().unwrap().push(scheduled.elapsed()),
+                        Err(why) => count(&failed, why),
                     }
                 }));
                 due += interval;
@@ -141,6 +153,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort_unstable();
+    let failures = failed.lock().unwrap().clone();
     println!(
         "{}",
         serde_json::json!({
@@ -149,7 +162,8 @@ async fn main() {
             "concurrency": args.concurrency,
             "seconds": elapsed,
             "created": latencies.len(),
-            "failed": failed.load(Ordering::Relaxed),
+            "failed": failures.values().sum::<u64>(),
+            "failures": failures,
             "creates_per_second": latencies.len() as f64 / elapsed,
             "p50_ms": percentile(&latencies, 0.50),
             "p99_ms": percentile(&latencies, 0.99),

@@ -53,8 +53,9 @@ fn args() -> Args {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// Sends one create; on failure, what failed: `status 503`, or the client's error kind
-/// (`connect`, `timeout`, `request`, `body`).
+/// Sends one create; on failure, what failed: `status 503`, `connect: <cause>` or
+/// `request: <cause>` with the innermost error's text (e.g. the operating system's),
+/// or `body`.
 async fn create(client: &reqwest::Client, url: &str, key: &str) -> Result<(), String> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let run = std::process::id();
@@ -73,10 +74,20 @@ async fn create(client: &reqwest::Client, url: &str, key: &str) -> Result<(), St
             response.bytes().await.map(drop).map_err(|_| "body".into())
         }
         Ok(response) => Err(format!("status {}", response.status().as_u16())),
-        Err(e) if e.is_connect() => Err("connect".into()),
-        Err(e) if e.is_timeout() => Err("timeout".into()),
-        Err(_) => Err("request".into()),
+        Err(e) => {
+            let stage = if e.is_connect() { "connect" } else { "request" };
+            Err(format!("{stage}: {}", innermost(&e)))
+        }
     }
+}
+
+/// The last cause of a client error, as text.
+fn innermost(error: &reqwest::Error) -> String {
+    let mut last: &dyn std::error::Error = error;
+    while let Some(cause) = last.source() {
+        last = cause;
+    }
+    last.to_string()
 }
 
 /// Failed creates by what failed.

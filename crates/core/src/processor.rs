@@ -60,11 +60,16 @@ pub struct PaymentMethodDetails {
 
 impl PaymentMethodDetails {
     /// Where the card was issued or the bank account is held, when known: the local
-    /// time of the holder's funding days is read from it.
+    /// time of the holder's funding days is read from it. An ACH account is in the US
+    /// even when `bank_country` is missing (a record stored before it existed, or a
+    /// processor that does not report it).
     pub fn country(&self) -> Option<&str> {
-        match &self.card {
-            Some(card) => card.country.as_deref(),
-            None => self.bank_country.as_deref(),
+        match (&self.card, &self.payment_method_type) {
+            (Some(card), _) => card.country.as_deref(),
+            (None, PaymentMethodType::UsBankAccount) => {
+                Some(self.bank_country.as_deref().unwrap_or("US"))
+            }
+            (None, _) => self.bank_country.as_deref(),
         }
     }
 }

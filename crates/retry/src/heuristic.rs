@@ -2,9 +2,9 @@
 //!
 //! - transient faults (processing errors, issuer unavailable) are retried soon;
 //! - issuer declines back off over days;
-//! - insufficient funds are retried at likely funding times in the card holder's
-//!   country — the 1st and 15th of the month and Fridays (common paydays), at a
-//!   morning hour, after the money has landed.
+//! - insufficient funds are retried at likely funding times in the card's or the bank
+//!   account's country — the 1st and 15th of the month and Fridays (common paydays),
+//!   at a morning hour, after the money has landed.
 //!
 //! Bank debits get fewer attempts: NACHA allows an ACH debit returned for
 //! insufficient funds to be presented at most twice more, and SEPA practice is

@@ -135,6 +135,22 @@ fn heuristic_aims_funds_retries_at_local_paydays() {
         "osp_1",
     ));
     assert_eq!((local(ach, -5).hour, ach), (9, us), "{ach}");
+    // An ACH payment stored before `bank_country` existed is still in the US.
+    let stored_before = PaymentMethodDetails {
+        payment_method_type: "us_bank_account".into(),
+        card: None,
+        bank_country: None,
+    };
+    assert_eq!(
+        at(decide(
+            &policy,
+            &stored_before,
+            DeclineCategory::SoftFunds,
+            1,
+            "osp_1"
+        )),
+        us
+    );
     let sepa = at(decide(
         &policy,
         &debit("sepa_debit", "DE"),

@@ -52,13 +52,17 @@ pub struct BenchReport {
     /// Payments the store holds as `succeeded` when the bench ends (read after the
     /// timing): every payment, unless one was lost or left unsettled.
     pub succeeded: u64,
+    /// Authorization requests the mock received (429s and replays included): one per
+    /// payment unless an attempt was sent twice or throttled.
+    pub processor_requests: u64,
     /// Attempts in flight.
     pub concurrency: usize,
     /// Seconds to create (validate, preflight, store) every payment.
     pub intake_seconds: f64,
     /// Payments created per second.
     pub intake_per_second: f64,
-    /// Seconds from the first claim to the last stored outcome.
+    /// Seconds from the first claim to the last stored outcome; with `overlap`, from
+    /// the first create.
     pub settle_seconds: f64,
     /// Payments settled per second.
     pub settled_per_second: f64,
@@ -248,7 +252,13 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     });
     let mut creates = creates.buffer_unordered(options.concurrency.max(1));
     while let Some(created) = creates.next().await {
-        created.map_err(RunnerError::api("creating a benchmark payment"))?;
+        if let Err(err) = created {
+            // The settle tasks would otherwise poll an abandoned store for ever.
+            for task in &overlapped {
+                task.abort();
+            }
+            return Err(RunnerError::api("creating a benchmark payment")(err));
+        }
     }
     drop(creates);
     let intake = intake_started.elapsed();
@@ -315,13 +325,16 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     Ok(BenchReport {
         payments: options.payments,
         succeeded,
+        processor_requests: mock.requests(),
         concurrency: options.concurrency,
         intake_seconds: intake.as_secs_f64(),
         intake_per_second: options.payments as f64 / intake.as_secs_f64(),
         settle_seconds: settle.as_secs_f64(),
         settled_per_second,
         mean_processor_seconds: mean_processor,
+        // Overlapped, the settle time includes the intake: no Little's-law figure.
         littles_law_efficiency: (latency_floor
+            && !options.overlap
             && options.rate_limit.is_none()
             && mean_processor > 0.0)
             .then(|| settled_per_second / (options.concurrency as f64 / mean_processor)),

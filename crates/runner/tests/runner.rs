@@ -361,8 +361,10 @@ async fn bench_runs_on_the_default_config_and_settles_every_payment() {
         })
         .await
         .unwrap();
-        // Settling during the intake still settles every payment, once.
+        // Settling during the intake still settles every payment, and sends each one
+        // attempt (the bench's mock has no faults and no rate limit).
         assert_eq!(report.succeeded, 500, "{store} overlap {overlap}");
+        assert_eq!(report.processor_requests, 500, "{store} overlap {overlap}");
         // The engine's own checks accept the bench's settings (a 50 ms replay wait was
         // refused once, and `bench` failed before sending anything).
         assert_eq!(report.payments, 500, "{store}");

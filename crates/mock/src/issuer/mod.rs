@@ -54,6 +54,13 @@ fn pick(weights: &HashMap<String, f64>, u: f64) -> &str {
     entries.last().map_or("visa", |(n, _)| n)
 }
 
+/// Countries of the Single Euro Payments Area (ISO 3166-1 alpha-2).
+const SEPA_COUNTRIES: [&str; 36] = [
+    "AD", "AT", "BE", "BG", "CH", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GB", "GI", "GR",
+    "HR", "HU", "IE", "IS", "IT", "LI", "LT", "LU", "LV", "MC", "MT", "NL", "NO", "PL", "PT", "RO",
+    "SE", "SI", "SK", "SM",
+];
+
 fn utc_offset(country: &str) -> i64 {
     match country {
         "US" | "CA" => -5,
@@ -125,6 +132,18 @@ impl Customer {
         format!("pm_sim_{}", self.index)
     }
 
+    /// What preflight reports of the customer's payment method: the card, or the bank
+    /// account's country (the customer's: an ACH account is in the US, a SEPA
+    /// account in the SEPA area).
+    pub fn method_details(&self) -> PaymentMethodDetails {
+        let card = self.method_type == PaymentMethodType::Card;
+        PaymentMethodDetails {
+            payment_method_type: self.method_type.clone(),
+            card: card.then(|| self.card.clone()),
+            bank_country: (!card).then(|| self.card.country.clone()).flatten(),
+        }
+    }
+
     /// Income landed in `(from, to]`.
     fn income_between(&self, from: Timestamp, to: Timestamp) -> f64 {
         let (from, to) = (from.as_millis(), to.as_millis());
@@ -148,6 +167,12 @@ impl Population {
         let seed = scenario.seed;
         let rules = scenario.rules();
         let shares: Vec<f64> = rules.iter().map(|r| r.share).collect();
+        let sepa_countries: HashMap<String, f64> = scenario
+            .countries
+            .iter()
+            .filter(|(country, _)| SEPA_COUNTRIES.contains(&country.as_str()))
+            .map(|(country, weight)| (country.clone(), *weight))
+            .collect();
         let horizon_days = i64::from(scenario.days) + 62;
         let customers = (0..scenario.customers)
             .map(|i| {
@@ -177,7 +202,23 @@ impl Population {
                 let first = charges[0];
                 charges.sort_by_key(|c| c.bill_at);
                 let brand = pick(&scenario.brands, d(3)).to_owned();
-                let country = pick(&scenario.countries, d(4)).to_owned();
+                let method_type = if scenario.payment_methods.is_empty() {
+                    PaymentMethodType::Card
+                } else {
+                    match pick(&scenario.payment_methods, d(20)) {
+                        "us_bank_account" => PaymentMethodType::UsBankAccount,
+                        "sepa_debit" => PaymentMethodType::SepaDebit,
+                        _ => PaymentMethodType::Card,
+                    }
+                };
+                // A bank account is in its scheme's area; a card is from anywhere.
+                let country = match method_type {
+                    PaymentMethodType::UsBankAccount => "US".to_owned(),
+                    PaymentMethodType::SepaDebit if !sepa_countries.is_empty() => {
+                        pick(&sepa_countries, d(4)).to_owned()
+                    }
+                    _ => pick(&scenario.countries, d(4)).to_owned(),
+                };
                 let pay_rule = pick_index(&shares, d(5));
                 let rule = &rules[pay_rule];
                 let phase = (d(6) * 2.0) as i64;
@@ -203,15 +244,6 @@ impl Population {
                         Some(zones) => zones.offsets[pick_index(&zones.weights, d(19))],
                         None => utc_offset(&country),
                     };
-                let method_type = if scenario.payment_methods.is_empty() {
-                    PaymentMethodType::Card
-                } else {
-                    match pick(&scenario.payment_methods, d(20)) {
-                        "us_bank_account" => PaymentMethodType::UsBankAccount,
-                        "sepa_debit" => PaymentMethodType::SepaDebit,
-                        _ => PaymentMethodType::Card,
-                    }
-                };
                 // Income lands at the rule's hour, local time, on each payday.
                 let offset = utc_offset_hours * HOUR_MS;
                 let first_day = (start.as_millis() + offset).div_euclid(DAY_MS) - 1;
@@ -468,4 +500,42 @@ fn decline(
         codes.network_advice_code = mac.map(str::to_owned);
     }
     codes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bank_account_is_in_its_schemes_area_and_preflight_says_where() {
+        let text = include_str!("../../../../config/scenarios/bank-debits.toml");
+        let mut scenario = Scenario::from_toml(text).unwrap();
+        scenario.customers = 4_000;
+        let population = Population::generate(&scenario);
+        let mut seen = HashMap::new();
+        for customer in population.customers() {
+            let country = customer.card.country.clone().unwrap();
+            let details = customer.method_details();
+            match customer.method_type {
+                PaymentMethodType::UsBankAccount => {
+                    assert_eq!(country, "US");
+                    assert_eq!(details.country(), Some("US"));
+                    assert!(details.card.is_none());
+                }
+                PaymentMethodType::SepaDebit => {
+                    assert!(SEPA_COUNTRIES.contains(&country.as_str()), "{country}");
+                    assert_eq!(details.country(), Some(country.as_str()));
+                }
+                _ => {
+                    assert_eq!(details.bank_country, None);
+                    assert_eq!(details.country(), Some(country.as_str()));
+                }
+            }
+            *seen
+                .entry((format!("{:?}", customer.method_type), country == "US"))
+                .or_insert(0) += 1;
+        }
+        // Cards come from both sides of the Atlantic; each debit scheme from its own.
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
 }

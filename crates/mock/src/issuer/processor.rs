@@ -58,13 +58,7 @@ impl Processor for SimulatedIssuer {
         let customer = self
             .customer(&payment.payment_method)
             .ok_or_else(|| ApiError::invalid("payment_method", "not a simulated card"))?;
-        Ok(PaymentMethodDetails {
-            payment_method_type: customer.method_type.clone(),
-            card: (customer.method_type == PaymentMethodType::Card).then(|| customer.card.clone()),
-            bank_country: (customer.method_type != PaymentMethodType::Card)
-                .then(|| customer.card.country.clone())
-                .flatten(),
-        })
+        Ok(customer.method_details())
     }
 
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {

@@ -58,7 +58,9 @@ pub struct Scenario {
     #[serde(default)]
     pub time_zones: Vec<TimeZones>,
     /// Payment method types, weights (`card`, `us_bank_account`, `sepa_debit`).
-    /// Default: cards only.
+    /// Default: cards only. A bank account is where its scheme is: an ACH customer
+    /// lives in the US, a SEPA customer in one of `countries` that is in the SEPA
+    /// area (drawn by their weights; from all of `countries` when none is).
     #[serde(default)]
     pub payment_methods: HashMap<String, f64>,
     /// Brand-wide issuer outages.

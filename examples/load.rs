@@ -7,9 +7,10 @@
 //!
 //! Without `--rate` it is closed-loop: `--concurrency` clients each send the next
 //! create as soon as the last is answered, which finds the maximum rate. With `--rate`
-//! it is open-loop: creates are scheduled at a fixed interval and each latency is
-//! measured from its scheduled time, so a stalled server is not hidden by the client
-//! waiting for it (coordinated omission). Every create is a new payment (its own
+//! it is open-loop: creates are scheduled at a fixed interval, `--concurrency`
+//! connections take them in turn, and each latency is measured from its scheduled
+//! time, so a stalled server is not hidden by the client waiting for it (coordinated
+//! omission), as wrk2 and oha's rate mode do. Every create is a new payment (its own
 //! customer and card, a `pm_card_visa__…` of the mock processor). Prints JSON.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,22 +141,34 @@ async fn main() {
             }
         }
         Some(rate) => {
+            // `--concurrency` connections take the scheduled sends in turn (as wrk2
+            // does): a send waits for a free connection, and its latency still counts
+            // from its scheduled time.
             let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut tasks = Vec::new();
-            let mut due = started;
-            while due < until {
-                tokio::time::sleep_until(due.into()).await;
-                let (client, url, key) = (client.clone(), args.url.clone(), args.key.clone());
-                let (latencies, failed) = (latencies.clone(), failed.clone());
-                let scheduled = due;
-                tasks.push(tokio::spawn(async move {
-                    match create(&client, &url, &key).await {
-                        Ok(()) => latencies.lock().unwrap().push(scheduled.elapsed()),
-                        Err(why) => count(&failed, why),
-                    }
-                }));
-                due += interval;
-            }
+            let next = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..args.concurrency)
+                .map(|_| {
+                    let (client, url, key) = (client.clone(), args.url.clone(), args.key.clone());
+                    let (latencies, failed, next) =
+                        (latencies.clone(), failed.clone(), next.clone());
+                    tokio::spawn(async move {
+                        let mut mine = Vec::new();
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let scheduled = started + interval.mul_f64(n as f64);
+                            if scheduled >= until {
+                                break;
+                            }
+                            tokio::time::sleep_until(scheduled.into()).await;
+                            match create(&client, &url, &key).await {
+                                Ok(()) => mine.push(scheduled.elapsed()),
+                                Err(why) => count(&failed, why),
+                            }
+                        }
+                        latencies.lock().unwrap().extend(mine);
+                    })
+                })
+                .collect();
             for task in tasks {
                 task.await.unwrap();
             }

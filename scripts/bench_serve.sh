@@ -4,10 +4,13 @@
 # clients), then open loop at 50 % and 90 % of it. The worker runs in the same process, attempting what is created.
 #   cargo build --release --bin offsession --example load
 #   scripts/bench_serve.sh sqlite            # or: scripts/bench_serve.sh postgres [URL]
-# RATE=5000 scripts/bench_serve.sh sqlite runs only the open loop at that rate; other
+# RATE=5000 scripts/bench_serve.sh sqlite runs only the open loop at that rate (on 256
+# connections, as wrk2 and oha's rate mode keep a fixed set); other
 # OFFSESSION_* variables in the environment reach the server (e.g.
 # OFFSESSION_ENGINE__CONCURRENCY=8).
 set -euo pipefail
+# Open loops send on this many connections (CONNECTIONS=N to change it).
+connections=${CONNECTIONS:-256}
 store=${1:-sqlite}
 pg=${2:-postgres://postgres@127.0.0.1:5432/test}
 key=sk_test_bench_serve_123
@@ -28,7 +31,7 @@ run() {
   if [ -n "$schema" ]; then psql -q "$pg" -c "set client_min_messages = warning; drop schema if exists $schema cascade" >/dev/null; fi
 }
 if [ -n "${RATE:-}" ]; then
-  run "rate_$RATE" --rate "$RATE"
+  run "rate_$RATE" --rate "$RATE" --concurrency "$connections"
   exit 0
 fi
 # The maximum is the best closed loop of 64, 128 and 256 clients: with too few clients
@@ -41,5 +44,5 @@ for clients in 64 128 256; do
 done
 rate=$best
 for share in 0.5 0.9; do
-  run "open_${share/./}" --rate "$(python3 -c "print(round($rate * $share))")"
+  run "open_${share/./}" --rate "$(python3 -c "print(round($rate * $share))")" --concurrency "$connections"
 done

@@ -16,7 +16,8 @@ pg=${2:-postgres://postgres@127.0.0.1:5432/test}
 key=sk_test_bench_serve_123
 port=4299
 tmp=$(mktemp -d)
-trap 'pkill -TERM -f "offsession serve" || true; rm -rf "$tmp"' EXIT
+server_pid=""
+trap 'if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi; rm -rf "$tmp"' EXIT
 run() {
   local name=$1; shift
   local url schema=""
@@ -24,10 +25,11 @@ run() {
   OFFSESSION_API_KEY=$key OFFSESSION_SERVER__LISTEN=127.0.0.1:$port OFFSESSION_SERVER__REQUESTS_PER_SECOND=0 \
     OFFSESSION_STORE__URL=$url OFFSESSION_STORE__SCHEMA=${schema:-offsession} \
     target/release/offsession serve --config config/worker.toml >/dev/null 2>"$tmp/$name.log" &
-  local pid=$!
+  server_pid=$!
   until curl -s -o /dev/null "http://127.0.0.1:$port/healthz"; do sleep 0.1; done
   target/release/examples/load --url "http://127.0.0.1:$port" --key $key --seconds 10 "$@"
-  kill -TERM $pid; wait $pid || true
+  kill -TERM "$server_pid"; wait "$server_pid" || true
+  server_pid=""
   if [ -n "$schema" ]; then psql -q "$pg" -c "set client_min_messages = warning; drop schema if exists $schema cascade" >/dev/null; fi
 }
 if [ -n "${RATE:-}" ]; then

@@ -188,6 +188,10 @@ impl SimulationReport {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "failed: payments whose first attempt failed; recovered: those a retry approved; rate: recovered / failed"
+        );
         let candidates: Vec<String> = self
             .schedule_candidates
             .iter()

@@ -112,15 +112,7 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
         .as_str()
         .unwrap()
         .contains("ed_nope"));
-    let (status, _, _) = api(
-        &client,
-        port,
-        Method::POST,
-        "/v2/core/events/evt_nope/resend",
-        None,
-        None,
-    )
-    .await;
+    let (status, _, _) = post(&client, port, "/v2/core/events/evt_nope/resend").await;
     assert_eq!(status, 404);
 
     // The payment's events page newest first, `limit` at a time.
@@ -276,13 +268,10 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     .await;
     assert_eq!(status, 400, "{bad}");
     assert_eq!(bad["error"]["param"], "enabled_events", "{bad}");
-    let (status, pinged, _) = api(
+    let (status, pinged, _) = post(
         &client,
         port,
-        Method::POST,
         &format!("/v2/core/event_destinations/{id}/ping"),
-        None,
-        None,
     )
     .await;
     assert_eq!(status, 200, "{pinged}");
@@ -311,15 +300,8 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
             .is_some_and(|at| at.starts_with("20") && at.ends_with('Z')),
         "an RFC 3339 time, as the API's others: {log}"
     );
-    let (status, refused, _) = api(
-        &client,
-        port,
-        Method::POST,
-        &format!("/v2/core/events/{ping_id}/resend"),
-        None,
-        None,
-    )
-    .await;
+    let (status, refused, _) =
+        post(&client, port, &format!("/v2/core/events/{ping_id}/resend")).await;
     assert_eq!(status, 400, "a ping is not resent: {refused}");
     {
         let dest = dest_received.lock().unwrap();
@@ -331,16 +313,16 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
         assert!(!signed_with(SECRET, signature, body));
     }
     let disable = format!("/v2/core/event_destinations/{id}/disable");
-    let (status, _, _) = api(&client, port, Method::POST, &disable, None, None).await;
+    let (status, _, _) = post(&client, port, &disable).await;
     assert_eq!(status, 200);
     let ping_path = format!("/v2/core/event_destinations/{id}/ping");
-    let (status, refused, _) = api(&client, port, Method::POST, &ping_path, None, None).await;
+    let (status, refused, _) = post(&client, port, &ping_path).await;
     assert_eq!(
         status, 400,
         "a disabled destination is not pinged: {refused}"
     );
     let enable = format!("/v2/core/event_destinations/{id}/enable");
-    let (status, _, _) = api(&client, port, Method::POST, &enable, None, None).await;
+    let (status, _, _) = post(&client, port, &enable).await;
     assert_eq!(status, 200);
     assert_eq!(dest_received.lock().unwrap().arrivals.len(), 1);
     // After the update the destination takes every type: a resend to it by name is

@@ -152,6 +152,15 @@ pub async fn get(
     api(client, port, reqwest::Method::GET, path, None, None).await
 }
 
+/// `api` for a POST without a body or an idempotency key.
+pub async fn post(
+    client: &reqwest::Client,
+    port: u16,
+    path: &str,
+) -> (u16, serde_json::Value, bool) {
+    api(client, port, reqwest::Method::POST, path, None, None).await
+}
+
 pub async fn api(
     client: &reqwest::Client,
     port: u16,

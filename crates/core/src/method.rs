@@ -159,6 +159,15 @@ impl PaymentMethodType {
             PaymentMethodType::UsBankAccount | PaymentMethodType::SepaDebit
         )
     }
+
+    /// The country every account of this type is in, where the scheme fixes it: `US`
+    /// for `us_bank_account` (ACH); none for cards and SEPA, whose country varies.
+    pub fn scheme_country(&self) -> Option<&'static str> {
+        match self {
+            PaymentMethodType::UsBankAccount => Some("US"),
+            _ => None,
+        }
+    }
 }
 
 // Written by hand: the enums come from one macro, and only brands have a default.

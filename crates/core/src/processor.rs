@@ -64,12 +64,12 @@ impl PaymentMethodDetails {
     /// even when `bank_country` is missing (a record stored before it existed, or a
     /// processor that does not report it).
     pub fn country(&self) -> Option<&str> {
-        match (&self.card, &self.payment_method_type) {
-            (Some(card), _) => card.country.as_deref(),
-            (None, PaymentMethodType::UsBankAccount) => {
-                Some(self.bank_country.as_deref().unwrap_or("US"))
-            }
-            (None, _) => self.bank_country.as_deref(),
+        match &self.card {
+            Some(card) => card.country.as_deref(),
+            None => self
+                .bank_country
+                .as_deref()
+                .or_else(|| self.payment_method_type.scheme_country()),
         }
     }
 }

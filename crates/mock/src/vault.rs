@@ -42,10 +42,10 @@ impl VaultPaymentMethod {
     /// A bank debit's account country: `US` for ACH, `country` for SEPA; none for
     /// cards (their country is in the card's details).
     pub fn bank_country(&self) -> Option<String> {
-        match self.payment_method_type {
-            PaymentMethodType::UsBankAccount => Some("US".into()),
-            PaymentMethodType::Card => None,
-            _ => self.country.clone(),
+        match self.payment_method_type.scheme_country() {
+            Some(fixed) => Some(fixed.into()),
+            None if self.payment_method_type == PaymentMethodType::Card => None,
+            None => self.country.clone(),
         }
     }
 }

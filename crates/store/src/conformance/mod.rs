@@ -60,6 +60,12 @@ pub fn sample_record(id: &str, created: i64, test_clock: Option<&str>) -> Paymen
     )
 }
 
+/// Inserts `sample_record(id, 1_000, None)` and reads it back as stored.
+async fn insert_read(store: &dyn Store, id: &str) -> PaymentRecord {
+    store.insert(&sample_record(id, 1_000, None)).await.unwrap();
+    store.get(id).await.unwrap().unwrap()
+}
+
 fn lease(owner: &str, until: i64) -> Lease {
     Lease {
         owner: owner.into(),
@@ -144,11 +150,7 @@ async fn a_duplicate_id_is_refused(store: &dyn Store) {
 }
 
 async fn a_stale_update_is_refused_and_changes_nothing(store: &dyn Store) {
-    store
-        .insert(&sample_record("osp_a", 1_000, None))
-        .await
-        .unwrap();
-    let read = store.get("osp_a").await.unwrap().unwrap();
+    let read = insert_read(store, "osp_a").await;
     let mut first = read.clone();
     first.payment.status = PaymentStatus::Canceled;
     first.due_at = None;
@@ -265,11 +267,7 @@ async fn of_two_concurrent_changes_from_one_version_one_wins(store: &dyn Store) 
 }
 
 async fn an_update_from_another_status_is_refused(store: &dyn Store) {
-    store
-        .insert(&sample_record("osp_a", 1_000, None))
-        .await
-        .unwrap();
-    let read = store.get("osp_a").await.unwrap().unwrap();
+    let read = insert_read(store, "osp_a").await;
     let mut next = read.clone();
     next.payment.status = PaymentStatus::Processing;
     let wrong = Expected {
@@ -381,11 +379,7 @@ async fn a_claimed_record_waits_for_its_lease_to_lapse(store: &dyn Store) {
 }
 
 async fn an_update_after_a_claim_needs_the_claimed_version(store: &dyn Store) {
-    store
-        .insert(&sample_record("osp_a", 1_000, None))
-        .await
-        .unwrap();
-    let before = store.get("osp_a").await.unwrap().unwrap();
+    let before = insert_read(store, "osp_a").await;
     let claimed = store
         .claim_due(
             &ClockScope::Engine,
@@ -460,11 +454,7 @@ async fn clock_scopes_are_kept_apart(store: &dyn Store) {
 /// scopes (the engine never makes one; a store must not then hand the payment to two
 /// claimants, one per scope).
 async fn a_payments_clock_scope_is_fixed_at_create(store: &dyn Store) {
-    store
-        .insert(&sample_record("osp_a", 1_000, None))
-        .await
-        .unwrap();
-    let read = store.get("osp_a").await.unwrap().unwrap();
+    let read = insert_read(store, "osp_a").await;
     let mut moved = read.clone();
     moved.payment.test_clock = Some("clock_1".into());
     moved.due_at = Some(Timestamp::from_millis(2_000));

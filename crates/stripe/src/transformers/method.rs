@@ -93,12 +93,9 @@ impl PaymentMethod {
                     .and_then(|t| t.as_str())
                     .map(str::to_owned),
             }),
-            bank_country: match self.method_type {
-                PaymentMethodType::UsBankAccount => Some("US".into()),
-                PaymentMethodType::SepaDebit => {
-                    self.sepa_debit.as_ref().and_then(|s| s.country.clone())
-                }
-                _ => None,
+            bank_country: match self.method_type.scheme_country() {
+                Some(fixed) => Some(fixed.into()),
+                None => self.sepa_debit.as_ref().and_then(|s| s.country.clone()),
             },
         }
     }

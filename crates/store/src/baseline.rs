@@ -153,7 +153,7 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                     (
                         "INSERT INTO payments (id, version, status, scope, due_at, claimable_at,
                              processor, payment_method, customer, created, body)
-                         VALUES ($1, 1, 'pending', '', 0, 0, 'mock', $3, $4, 0, $2::text::jsonb)",
+                         VALUES ($1, 1, 'pending', '', 0, 0, 'mock', $3, $4, 0, $2::text::json)",
                         true,
                         false,
                     ),
@@ -165,13 +165,13 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                     ),
                     (
                         "UPDATE payments SET version = version + 1, status = 'processing',
-                             body = $2::text::jsonb WHERE id = $1",
+                             body = $2::text::json WHERE id = $1",
                         true,
                         false,
                     ),
                     (
                         "UPDATE payments SET version = version + 1, status = 'succeeded',
-                             claimable_at = NULL, due_at = NULL, body = $2::text::jsonb WHERE id = $1",
+                             claimable_at = NULL, due_at = NULL, body = $2::text::json WHERE id = $1",
                         true,
                         true,
                     ),
@@ -182,7 +182,7 @@ pub async fn postgres(url: &str, schema: &str, baseline: &Baseline) -> Result<Du
                     let outbox = tx
                         .prepare(
                             "INSERT INTO events (id, payment_id, type, created, body)
-                             VALUES ($1, $2, 't', 0, $3::text::jsonb)",
+                             VALUES ($1, $2, 't', 0, $3::text::json)",
                         )
                         .await?;
                     let first_step = sql.contains("$4");

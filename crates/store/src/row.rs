@@ -9,7 +9,7 @@ use offsession_core::{
 };
 
 /// The schema version this binary writes. A database at a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A clock scope as stored: empty for the engine's clock, the test clock's id
 /// otherwise (test clock ids start with `clock_`, never empty).
@@ -143,7 +143,7 @@ pub(crate) fn card_attempts(record: &PaymentRecord) -> impl Iterator<Item = Card
 /// rebuild the event exactly (`EventNotification::about_payment`, as the engine makes
 /// every event): `{}` in test mode, `{"livemode":true}` in live mode. Any other event
 /// is stored as its whole JSON. The outbox row is then about a third of the JSON's
-/// size; both forms are JSON, so Postgres keeps them in its `jsonb` column.
+/// size; both forms are JSON, so Postgres keeps them in its `json` column.
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rebuilt {

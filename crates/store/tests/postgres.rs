@@ -110,6 +110,64 @@ async fn a_newer_schema_is_refused() {
     store.drop_schema().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
+    use offsession_core::EventType;
+    use offsession_store::conformance::sample_event;
+
+    let Some(url) = url() else { return };
+    let schema = schema("upgrade");
+    let store = PostgresStore::connect(&url, &schema, 1).await.unwrap();
+    let record = sample_record("osp_upgrade", 1_000, None);
+    let event = sample_event(&record, "evt_upgrade", EventType::Created);
+    store
+        .create(
+            &record,
+            Some(created_key("key_upgrade")),
+            std::slice::from_ref(&event),
+        )
+        .await
+        .unwrap();
+    let stored = store.get("osp_upgrade").await.unwrap();
+    assert!(stored.is_some());
+    // Back to version 2 as it was: bodies in `jsonb`, the table's default toast target.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.payments ALTER COLUMN body TYPE jsonb USING body::jsonb;
+             ALTER TABLE {schema}.payments RESET (toast_tuple_target);
+             ALTER TABLE {schema}.events ALTER COLUMN body TYPE jsonb USING body::jsonb;
+             UPDATE {schema}.schema_version SET version = 2;"
+        ))
+        .await
+        .unwrap();
+    let upgraded = PostgresStore::connect(&url, &schema, 1).await.unwrap();
+    assert_eq!(upgraded.get("osp_upgrade").await.unwrap(), stored);
+    assert_eq!(event_ids(&upgraded).await, vec!["evt_upgrade".to_owned()]);
+    let types: Vec<String> = client
+        .query(
+            "SELECT data_type FROM information_schema.columns
+             WHERE table_schema = $1 AND column_name = 'body' ORDER BY table_name",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(types, ["json", "json"]);
+    let version: i64 = client
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, offsession_store::SCHEMA_VERSION);
+    upgraded.drop_schema().await.unwrap();
+}
+
 fn created_key(key: &str) -> offsession_core::NewIdempotencyKey<'_> {
     offsession_core::NewIdempotencyKey {
         key,

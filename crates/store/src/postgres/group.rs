@@ -287,7 +287,7 @@ async fn apply_commits(
         .prepare_cached(
             "UPDATE payments p SET version = p.version + 1, status = u.status, due_at = u.due_at,
                  claimable_at = u.claimable_at, lease_owner = u.lease_owner,
-                 lease_until = u.lease_until, body = u.body::jsonb
+                 lease_until = u.lease_until, body = u.body::json
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[],
                          $7::text[], $8::int8[], $9::text[])
                   WITH ORDINALITY AS u(id, status, due_at, claimable_at, lease_owner, lease_until,
@@ -409,7 +409,7 @@ async fn apply_create(
         .execute(
             &tx.prepare_cached("INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
                  lease_until, processor, payment_method, customer, created, body)
-             VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)
+             VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::json)
              ON CONFLICT (id) DO NOTHING")
                 .await
                 .map_err(pg_error("preparing a statement"))?,
@@ -517,7 +517,7 @@ async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Resu
     let insert = client
         .prepare_cached(
             "INSERT INTO events (id, payment_id, type, created, body)
-             SELECT id, payment_id, type, created, body::jsonb
+             SELECT id, payment_id, type, created, body::json
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[])
                   WITH ORDINALITY AS e(id, payment_id, type, created, body, n)
              ORDER BY n",

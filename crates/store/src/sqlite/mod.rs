@@ -44,7 +44,7 @@ mod store;
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE payments (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,6 +100,9 @@ CREATE TABLE engine_state (
     // 2: the network advice code of each attempt's decline, for the rule that bars a
     // card for 30 days after Mastercard advice code 03 or 21.
     "ALTER TABLE attempts ADD COLUMN advice_code TEXT;",
+    // 3: Postgres keeps bodies as `json` from this version; SQLite's were text
+    // already. The stores share one version number.
+    "-- nothing to change",
 ];
 
 /// How hard a commit waits for the disk.

@@ -177,6 +177,15 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
             serde_json::json!({"webhook_endpoint": {"url": "http://127.0.0.1:1/x", "bogus": 1}}),
             "webhook_endpoint.bogus",
         ),
+        // Plain http only to loopback, judged by the parsed host, not a prefix.
+        (
+            serde_json::json!({"webhook_endpoint": {"url": "http://127.0.0.1@evil.example/x"}}),
+            "must be https",
+        ),
+        (
+            serde_json::json!({"webhook_endpoint": {"url": "http://localhost.evil.example/x"}}),
+            "must be https",
+        ),
         (serde_json::json!({"include": ["nope"]}), "`include`"),
         (serde_json::json!({"name": 5}), "`name` must be"),
         (serde_json::json!({"metadata": {"k": 1}}), "metadata.k"),

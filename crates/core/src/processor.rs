@@ -148,6 +148,15 @@ pub trait Processor: Send + Sync + Debug {
 
     /// Releases a held authorization.
     async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError>;
+
+    /// How long after an attempt's first send the processor still answers its
+    /// idempotency key with the original result. A replay later than that may execute
+    /// as a new charge, so the engine never sends one: an attempt whose outcome is
+    /// still unknown then ends the payment instead. `None`: the key is kept for as
+    /// long as the engine replays.
+    fn idempotency_window(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Processors live behind `Arc<dyn Processor>` chosen by config: keep the trait object-safe.

@@ -146,6 +146,25 @@ impl EngineConfig {
         if self.instance_id.trim().is_empty() {
             return refuse("instance_id", "must not be empty".into());
         }
+        // A hard decline, missing card data or a customer who must authenticate is
+        // the card's answer, not the processor's: sending it elsewhere breaks the
+        // network rules (no retry after a hard decline, on any processor).
+        if let Some(category) = self.cascade_categories.iter().find(|c| {
+            !matches!(
+                c,
+                offsession_core::DeclineCategory::SoftFunds
+                    | offsession_core::DeclineCategory::SoftIssuer
+                    | offsession_core::DeclineCategory::SoftTransient
+            )
+        }) {
+            return refuse(
+                "cascade_categories",
+                format!(
+                    "`{}` cannot cascade: only soft declines (`soft_funds`, `soft_issuer`, `soft_transient`) may go to another processor",
+                    category.as_str()
+                ),
+            );
+        }
         Ok(())
     }
 }

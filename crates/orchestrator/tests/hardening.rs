@@ -137,6 +137,75 @@ async fn capture_checks_the_deadline_itself() {
     assert_eq!(h.mock.captured(&pi), None, "nothing was captured");
 }
 
+/// The mock, except that every capture fails as a processor outage would.
+#[derive(Debug)]
+struct CaptureFails {
+    mock: Arc<MockProcessor>,
+}
+
+#[async_trait]
+impl Processor for CaptureFails {
+    fn id(&self) -> &str {
+        self.mock.id()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.mock.capabilities()
+    }
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
+        self.mock.preflight(payment).await
+    }
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        self.mock.authorize(request).await
+    }
+    async fn capture(&self, _request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        Err(ProcessorError {
+            processor: "mock".into(),
+            operation: "capture",
+            message: "processor unavailable".into(),
+        })
+    }
+    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        self.mock.cancel(request).await
+    }
+}
+
+// A capture holds the payment while the processor works: the scheduler, reaching the
+// authorization's expiry meanwhile, must not release it and fail it under the capture.
+#[tokio::test]
+async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let processor = Arc::new(CaptureFails { mock: mock.clone() });
+    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
+    let mut body = h.body("pm_card_visa");
+    let before = start().plus(Duration::from_secs(3_600));
+    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    // A minute before the expiry the merchant captures; the processor does not answer
+    // in time (here: fails), so the capture's hold stays for the engine's lease.
+    h.advance(Duration::from_secs(59 * 60)).await;
+    assert!(h.engine.capture(&p.id, None).await.is_err());
+    // Two minutes later the authorization's expiry has passed, inside the hold.
+    h.advance(Duration::from_secs(120)).await;
+    assert_eq!(
+        h.get(&p.id).await.status,
+        PaymentStatus::RequiresCapture,
+        "released and failed while a capture may be under way"
+    );
+    // Once the hold lapses, the expiry is handled as before.
+    h.advance(Duration::from_secs(300)).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.failure_reason,
+        Some(FailureReason::AuthorizationExpired)
+    );
+}
+
 // Item 7: a refused request is replayed a bounded number of times, then the
 // payment fails (rejected_by_partner) instead of looping forever.
 #[tokio::test]

@@ -246,6 +246,23 @@ async fn with_orchestration_a_processor_fault_cascades_at_once() {
 }
 
 #[tokio::test]
+async fn a_capture_goes_to_the_processor_that_authorized_after_a_cascade() {
+    let s = both(VAULT_APPROVES, 1.0).await;
+    let mut body = s.body("pm_x", true);
+    body["capture"] = json!({"capture_method": "manual"});
+    let id = s.create(body).await.unwrap();
+    s.advance(Duration::ZERO).await;
+    assert_eq!(s.processors_tried(&id).await, ["a", "b"]);
+    let record = s.engine.record(&id).await.unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::RequiresCapture);
+    let pi = record.authorization.clone().unwrap().payment.unwrap();
+    let captured = s.engine.capture(&id, None).await.unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    assert_eq!(s.b.captured(&pi), Some(2000), "b holds the authorization");
+    assert_eq!(s.a.captured(&pi), None, "a never authorized it");
+}
+
+#[tokio::test]
 async fn a_soft_decline_cascades_and_a_hard_decline_does_not() {
     let s = both(VAULT_DECLINES, 0.0).await;
     let soft = s.create(s.body("pm_x", true)).await.unwrap();
@@ -345,6 +362,31 @@ async fn routes_naming_unknown_processors_are_refused_at_build() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn only_soft_declines_may_cascade() {
+    for category in [
+        offsession_core::DeclineCategory::Hard,
+        offsession_core::DeclineCategory::NeedsNewCardData,
+        offsession_core::DeclineCategory::NeedsCustomer,
+    ] {
+        let config = EngineConfig {
+            cascade_categories: vec![offsession_core::DeclineCategory::SoftIssuer, category],
+            ..EngineConfig::default()
+        };
+        let err = Engine::builder()
+            .config(config)
+            .processor(mock("a", VAULT_APPROVES, 0.0, &["card"]))
+            .store(Arc::new(MemoryStore::new()))
+            .build()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("cascade_categories") && message.contains(category.as_str()),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]

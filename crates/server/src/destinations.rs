@@ -93,10 +93,12 @@ fn endpoint_url(value: Option<&Value>) -> Result<&str, String> {
     let Some(url) = endpoint.get("url").and_then(Value::as_str) else {
         return Err("`webhook_endpoint.url` is required: a string".into());
     };
-    let loopback = url.starts_with("http://127.0.0.1")
-        || url.starts_with("http://localhost")
-        || url.starts_with("http://[::1]");
-    if !(url.starts_with("https://") || loopback) {
+    // Parsed, not matched by prefix: `http://127.0.0.1@evil.example/` and
+    // `http://localhost.evil.example/` start like loopback but go elsewhere.
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("`webhook_endpoint.url` is not a URL: {e}"))?;
+    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
         return Err("`webhook_endpoint.url` must be https (plain http only for loopback)".into());
     }
     Ok(url)

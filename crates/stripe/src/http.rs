@@ -45,6 +45,45 @@ pub(crate) enum Reply {
     Lost(String),
 }
 
+impl Reply {
+    /// Whether the request may have been executed without this reply saying so: no
+    /// answer, a server error, or `409` (Stripe is still running a request with the
+    /// same idempotency key).
+    fn may_have_executed(&self) -> bool {
+        match self {
+            Reply::Lost(_) => true,
+            Reply::NotSent(_) => false,
+            Reply::Response { status, .. } => {
+                status.is_server_error() || *status == StatusCode::CONFLICT
+            }
+        }
+    }
+
+    /// Whether the reply says what became of the request: a success, a decline
+    /// (`402`) or a refusal of the request itself (`400`, `404`, …), which Stripe
+    /// answers a retry of an executed request with from its idempotency store, so it
+    /// speaks for every earlier try. Not a server error, `409`, `429`, `401` or `403`:
+    /// those say only that this try was not run.
+    fn is_definite(&self) -> bool {
+        match self {
+            Reply::Response { status, .. } => {
+                status.is_success()
+                    || (status.is_client_error()
+                        && !matches!(status.as_u16(), 401 | 403 | 409 | 429))
+            }
+            Reply::NotSent(_) | Reply::Lost(_) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Reply::Response { status, .. } => format!("HTTP {status}"),
+            Reply::NotSent(message) => format!("not sent ({message})"),
+            Reply::Lost(message) => format!("no answer ({message})"),
+        }
+    }
+}
+
 use offsession_core::hash::fnv1a as fnv;
 
 /// Appends `segment` percent-encoded so that it stays one path segment whatever it
@@ -150,6 +189,10 @@ impl StripeProcessor {
         };
         let label = segments.join("/");
         let mut retry = 0;
+        // Whether an earlier try may have been executed (no answer, a server error, or
+        // the key still in use by a try Stripe is running): a later try that says
+        // nothing of the outcome must not be read as "nothing happened".
+        let mut maybe_executed: Option<String> = None;
         loop {
             let mut request = self
                 .http
@@ -208,7 +251,21 @@ impl StripeProcessor {
                 Err(err) => (Reply::Lost(quote(&err.to_string())), true),
             };
             if !should_retry || retry >= self.config.max_network_retries {
-                return reply;
+                return match maybe_executed {
+                    Some(earlier) if !reply.is_definite() => Reply::Lost(format!(
+                        "{earlier}; the last of {} tries: {}",
+                        retry + 1,
+                        reply.describe()
+                    )),
+                    _ => reply,
+                };
+            }
+            if maybe_executed.is_none() && reply.may_have_executed() {
+                maybe_executed = Some(format!(
+                    "try {} may have executed: {}",
+                    retry + 1,
+                    reply.describe()
+                ));
             }
             tracing::debug!(
                 path = %quote(&label),

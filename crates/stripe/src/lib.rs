@@ -180,6 +180,12 @@ impl Processor for StripeProcessor {
         &self.capabilities
     }
 
+    /// Stripe keeps an idempotency key for at least 24 hours; the engine stops
+    /// replaying an hour before that.
+    fn idempotency_window(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(23 * 3_600))
+    }
+
     async fn preflight(
         &self,
         payment: &OffSessionPayment,

@@ -258,7 +258,7 @@ async fn a_lock_timeout_is_retried_at_once_with_the_same_key() {
 }
 
 #[tokio::test]
-async fn idempotency_key_in_use_is_retried_then_reported_retryable() {
+async fn idempotency_key_in_use_is_retried_then_reported_unknown() {
     let fake = Fake::start().await;
     let conflict = Script::Error(
         409,
@@ -271,9 +271,53 @@ async fn idempotency_key_in_use_is_retried_then_reported_retryable() {
     );
     // 409s are stored by the fake like any executed request; a fresh key per send
     // would hide that, so the fake answers the replays from its store.
+    // Stripe is still running a request with this key, which may charge: the outcome
+    // is unknown (replayed later with the same key), never "nothing was charged".
     let outcome = authorize(&fake, &payment("pm_race"), 1).await;
-    assert!(fault(&outcome));
+    assert!(
+        matches!(outcome, AttemptOutcome::Unknown { .. }),
+        "{outcome:?}"
+    );
     assert_eq!(fake.requests().len(), 3, "1 send + 2 transport retries");
+}
+
+#[tokio::test]
+async fn a_lost_try_then_a_rate_limited_retry_is_unknown_and_the_replay_returns_the_charge() {
+    let fake = Fake::start().await;
+    // The first try charges but its answer never arrives; the transport retry with the
+    // same key is refused by the rate limiter, which says nothing of the first try.
+    fake.script(
+        "pm_lost",
+        vec![Script::Hang(
+            Duration::from_secs(2),
+            Box::new(Script::Succeed),
+        )],
+    );
+    fake.state.lock().unwrap().gate = std::collections::VecDeque::from([
+        None,
+        Some((
+            429,
+            json!({"type": "invalid_request_error", "code": "rate_limit"}),
+        )),
+    ]);
+    let mut config = fake.config();
+    config.max_network_retries = 2;
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_lost");
+    let request = AuthorizeRequest {
+        payment: &p,
+        attempt_number: 1,
+        idempotency_key: "osp_test_1:attempt:1",
+    };
+    let first = processor.authorize(request).await;
+    assert!(matches!(first, AttemptOutcome::Unknown { .. }), "{first:?}");
+    assert_eq!(fake.requests().len(), 2, "the send and one transport retry");
+    let replay = processor.authorize(request).await;
+    assert!(
+        matches!(replay, AttemptOutcome::Approved { .. }),
+        "{replay:?}"
+    );
+    assert_eq!(fake.charges_created(), 1, "the replay did not charge again");
 }
 
 #[tokio::test]

@@ -28,15 +28,10 @@ impl Engine {
                 tracing::warn!(payment = %record.payment.id, key = %last.idempotency_key, "attempt was in flight when its lease lapsed; replaying with the same key");
             }
         }
-        // A retry's cap check and its write-ahead happen under the card's lock (in
-        // this process and across instances sharing the store), so two decisions for
-        // one card cannot both spend its last slot.
-        let guarded = self.inner.policies.guarded;
-        let card_lock = if guarded && !replay && !record.attempts.is_empty() {
-            Some(self.lock_card(&record.payment.payment_method).await?)
-        } else {
-            None
-        };
+        // Every cap check (a retry's, a Mastercard first attempt's) and its
+        // write-ahead happen under the card's lock (in this process and across
+        // instances sharing the store), so two attempts on one card cannot both spend
+        // its last slot.
         // Other payments of the same card may have been attempted since this retry
         // was scheduled: check the network caps again before sending. A first
         // attempt is checked on Mastercard cards only, whose caps count every
@@ -44,8 +39,15 @@ impl Engine {
         // 03 / 21 bar the card for every payment; Visa's cap counts reattempts.
         let first = record.attempts.is_empty();
         let brand = super::step::card_brand(&record);
-        if guarded && !replay && (!first || brand == Some(&offsession_core::CardBrand::Mastercard))
-        {
+        let checked = self.inner.policies.guarded
+            && !replay
+            && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
+        let card_lock = if checked {
+            Some(self.lock_card(&record.payment.payment_method).await?)
+        } else {
+            None
+        };
+        if checked {
             let history = self.card_history(&record, now).await?;
             let rules = self.inner.declines.network_rules();
             let allowed =
@@ -115,6 +117,25 @@ impl Engine {
             tracing::error!(payment = %record.payment.id, processor = %processor_id, "processor is not configured; payment left for another instance");
             return Ok(Duration::ZERO);
         };
+        // A replay after the processor forgot the key could charge a second time: an
+        // attempt still unsettled then (a long outage, a restore) ends the payment.
+        let key_lapsed = replay
+            && processor
+                .idempotency_window()
+                .zip(record.attempts.last())
+                .is_some_and(|(window, last)| now >= last.started_at.plus(window));
+        if key_lapsed {
+            tracing::error!(payment = %record.payment.id, processor = %processor_id, "an attempt's outcome is still unknown and the processor no longer keeps its idempotency key; the payment ends without a replay (check the processor for the charge)");
+            let mut next = record;
+            next.lease = None;
+            next.replay_pending = false;
+            next.payment.status =
+                transition(next.payment.status, Transition::Fail).unwrap_or(PaymentStatus::Failed);
+            next.payment.failure_reason = Some(FailureReason::RetriesExhausted);
+            next.due_at = None;
+            self.commit_change(&next, expected, from, now).await?;
+            return Ok(Duration::ZERO);
+        }
         if replay {
             if let Some(last) = record.attempts.last_mut() {
                 last.replays += 1;

@@ -90,7 +90,7 @@ impl Engine {
         record: &PaymentRecord,
     ) -> Result<(), ApiError> {
         let (Some(processor), Some(reference)) = (
-            self.processor(&record.processor),
+            self.processor(authorized_on(record)),
             record.authorization.as_ref(),
         ) else {
             return Ok(());
@@ -142,12 +142,27 @@ impl Engine {
             ));
         }
         let amount = offsession_core::Amount::new(value, capturable.currency);
-        let processor = self.processor(&record.processor).ok_or_else(|| {
+        let processor = self.processor(authorized_on(&record)).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::ApiError,
-                format!("processor `{}` is not configured", record.processor),
+                format!("processor `{}` is not configured", authorized_on(&record)),
             )
         })?;
+        // Hold the payment while the processor captures: the scheduler claims a
+        // `requires_capture` payment when its authorization expires, to release it and
+        // fail it, and must not do that to one whose capture is under way.
+        let mut held = record.clone();
+        held.lease = Some(Lease {
+            owner: self.inner.config.instance_id.clone(),
+            until: now.plus(self.inner.config.lease),
+        });
+        held.version = self
+            .inner
+            .store
+            .update(&held, Expected::of(&record))
+            .await
+            .map_err(store_error)?;
+        let record = held;
         let reference = record.authorization.clone().unwrap_or_default();
         let key = format!("{}:capture", record.payment.id);
         processor
@@ -170,4 +185,14 @@ impl Engine {
             .map_err(store_error)?;
         Ok(next.payment)
     }
+}
+
+/// The processor holding a payment's authorization: the one its latest attempt went
+/// to (a cascade or an open circuit breaker may have sent it to a fallback), else the
+/// payment's own.
+fn authorized_on(record: &PaymentRecord) -> &str {
+    record
+        .attempts
+        .last()
+        .map_or(record.processor.as_str(), |a| a.processor.as_str())
 }

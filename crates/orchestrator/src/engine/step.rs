@@ -43,6 +43,9 @@ pub(crate) struct Facts<'a> {
     /// lets calls through (orchestrated payments only).
     pub(crate) next_hop: Option<String>,
     pub(crate) config: &'a EngineConfig,
+    /// The idempotency window of the processor the latest attempt went to
+    /// (`Processor::idempotency_window`): no replay is sent after it.
+    pub(crate) key_window: Option<Duration>,
     pub(crate) declines: &'a DeclineTable,
     /// Gives an approved payment its payment record id.
     pub(crate) ids: &'a dyn IdSource,
@@ -306,7 +309,19 @@ fn plan(last: &AttemptRecord, kind: Unsettled, facts: &Facts<'_>) -> Plan {
             .get(step.min(config.replay_backoff.len().saturating_sub(1)))
             .copied()
             .unwrap_or(Duration::from_secs(60));
-        return Plan::Replay(wait);
+        // The replay must reach the processor while it still knows the key: after
+        // that, the same key may charge again.
+        // The last one goes a minute before the key lapses; then the payment ends.
+        let Some(window) = facts.key_window.filter(|_| unresolved) else {
+            return Plan::Replay(wait);
+        };
+        let left = last.started_at.plus(window).as_millis() - facts.now.as_millis();
+        if left > wait.as_millis() as i64 {
+            return Plan::Replay(wait);
+        }
+        if left > 60_000 {
+            return Plan::Replay(Duration::from_millis(left as u64 - 60_000));
+        }
     }
     if unresolved {
         Plan::End(FailureReason::RetriesExhausted)

@@ -379,6 +379,7 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             now: at(0),
             next_hop: row.next_hop.map(str::to_owned),
             config: &config,
+            key_window: None,
             declines: &declines,
             ids: &ids,
         };
@@ -426,4 +427,55 @@ fn the_outcome_step_files_every_answer_as_the_table_says() {
             assert!(record.payment.payment_record.is_some(), "{name}: record id");
         }
     }
+}
+
+#[test]
+fn an_unknown_outcome_is_replayed_only_while_the_processor_keeps_the_key() {
+    let config = EngineConfig {
+        replay_backoff: vec![Duration::from_secs(2 * 3_600)],
+        ..EngineConfig::default()
+    };
+    let declines = DeclineTable::standard();
+    let ids = SeededIds::new(1, false);
+    let file = |now: Timestamp| {
+        let facts = Facts {
+            now,
+            next_hop: None,
+            config: &config,
+            key_window: Some(Duration::from_secs(23 * 3_600)),
+            declines: &declines,
+            ids: &ids,
+        };
+        let mut policy = Fixed {
+            decision: RetryDecision::Stop(FailureReason::RetriesExhausted),
+            observed: Vec::new(),
+            asked: 0,
+        };
+        // Attempt 1 was first sent at hour 0, and has had no answer since.
+        let record = in_flight(1, 1, true, CaptureMethod::Automatic);
+        let unknown = AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        };
+        step(Box::new(record), unknown, &mut policy, &facts).record
+    };
+    // Well inside the key's 23 hours: the usual wait.
+    let early = file(at(10));
+    assert_eq!(early.payment.status, PaymentStatus::Processing);
+    assert!(early.replay_pending);
+    assert_eq!(early.due_at, Some(at(12)));
+    // Less than a wait left: the last replay goes a minute before the key lapses.
+    let late = file(at(22));
+    assert!(late.replay_pending);
+    assert_eq!(
+        late.due_at,
+        Some(Timestamp::from_millis(at(23).as_millis() - 60_000))
+    );
+    // The key has lapsed: no replay with it again; the payment ends.
+    let lapsed = file(Timestamp::from_millis(at(23).as_millis() - 30_000));
+    assert_eq!(lapsed.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        lapsed.payment.failure_reason,
+        Some(FailureReason::RetriesExhausted)
+    );
+    assert!(!lapsed.replay_pending);
 }

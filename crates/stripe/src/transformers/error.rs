@@ -153,10 +153,14 @@ pub fn error_outcome(status: StatusCode, body: &str, truncated: bool) -> Attempt
             reference: error.reference(),
         },
         401 | 403 => AttemptOutcome::fault(FaultKind::Refused, describe("processor misconfigured")),
-        409 | 429 => AttemptOutcome::fault(
-            if status == StatusCode::TOO_MANY_REQUESTS
-                && error.code != Some(WireErrorCode::LockTimeout)
-            {
+        // A 409 is Stripe still running a request with the same idempotency key:
+        // that request may charge, so the outcome is unknown until a replay with the
+        // key answers.
+        409 => AttemptOutcome::Unknown {
+            message: describe(if code.is_empty() { "conflict" } else { code }),
+        },
+        429 => AttemptOutcome::fault(
+            if error.code != Some(WireErrorCode::LockTimeout) {
                 FaultKind::RateLimited
             } else {
                 FaultKind::Unavailable

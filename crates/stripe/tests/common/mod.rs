@@ -94,6 +94,10 @@ pub struct FakeState {
     /// Requests that reached the redirect target (`/elsewhere/...`): each would have
     /// been a second charge.
     pub redirect_hits: u32,
+    /// Answers for the next payment-intent creations, given before the idempotency
+    /// key is looked at, as Stripe's rate limiter answers: `None` lets one request
+    /// through; a status and error object answer it with nothing executed or stored.
+    pub gate: VecDeque<Option<(u16, Value)>>,
     counter: u32,
 }
 
@@ -191,6 +195,9 @@ async fn create_intent(
                 json!({"type": "invalid_request_error", "message": "Invalid API Key provided"}),
                 None,
             );
+        }
+        if let Some(Some((status, error))) = state.gate.pop_front() {
+            return error_response(status, error, None);
         }
         if let Some(key) = &key {
             if let Some((original, status, body)) = state.stored.get(key).cloned() {

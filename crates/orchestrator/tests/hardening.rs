@@ -283,6 +283,107 @@ async fn replays_end_at_the_deadline() {
     assert!((6..=8).contains(&sends), "hourly for 6 hours, got {sends}");
 }
 
+/// `AlwaysFaults` at a processor that keeps idempotency keys for 5 hours.
+#[derive(Debug)]
+struct ForgetsKeys(Arc<AlwaysFaults>);
+
+#[async_trait]
+impl Processor for ForgetsKeys {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.0.capabilities()
+    }
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
+        self.0.preflight(payment).await
+    }
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        self.0.authorize(request).await
+    }
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        self.0.capture(request).await
+    }
+    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        self.0.cancel(request).await
+    }
+    fn idempotency_window(&self) -> Option<Duration> {
+        Some(Duration::from_secs(5 * 3_600))
+    }
+}
+
+// An unknown outcome is replayed only while the processor keeps the key: hourly at
+// 1–4 h, a last replay a minute before the 5 h window closes, then the payment ends
+// (the 3-day replay deadline alone would allow about 72 sends).
+#[tokio::test]
+async fn replays_stop_before_the_processor_forgets_the_key() {
+    let config = EngineConfig {
+        max_replays: 1_000,
+        replay_backoff: vec![Duration::from_secs(3_600)],
+        ..EngineConfig::default()
+    };
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let faults = Arc::new(AlwaysFaults {
+        mock: mock.clone(),
+        answer: AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        },
+        sends: AtomicU32::new(0),
+    });
+    let h = harness_with_processor(mock, Arc::new(ForgetsKeys(faults.clone())), config).await;
+    let done = one_payment_after(&h, 1).await;
+    assert_eq!(done.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.payment.failure_reason,
+        Some(FailureReason::RetriesExhausted)
+    );
+    assert_eq!(
+        done.attempts.len(),
+        1,
+        "no new key after an unknown outcome"
+    );
+    assert_eq!(faults.sends.load(Ordering::SeqCst), 6);
+}
+
+// A payment left `processing` by a crashed scheduler and found only after the key's
+// window (an outage, a restore) is not replayed with a key the processor forgot.
+#[tokio::test]
+async fn a_crashed_attempt_found_after_the_key_window_ends_without_a_replay() {
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let faults = Arc::new(AlwaysFaults {
+        mock: mock.clone(),
+        answer: AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        },
+        sends: AtomicU32::new(0),
+    });
+    let processor = Arc::new(ForgetsKeys(faults.clone()));
+    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.advance(Duration::ZERO).await;
+    assert_eq!(faults.sends.load(Ordering::SeqCst), 1);
+    // As a scheduler that died mid-attempt leaves it, with its lease lapsing 6 h
+    // after the attempt was sent.
+    let mut record = h.store.get(&p.id).await.unwrap().unwrap();
+    let expected = Expected::of(&record);
+    let six_hours = start().plus(Duration::from_secs(6 * 3_600));
+    record.replay_pending = false;
+    record.due_at = Some(six_hours);
+    record.lease = Some(Lease {
+        owner: "crashed".into(),
+        until: six_hours,
+    });
+    h.store.update(&record, expected).await.unwrap();
+    h.advance(Duration::from_secs(7 * 3_600)).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    assert_eq!(done.failure_reason, Some(FailureReason::RetriesExhausted));
+    assert_eq!(faults.sends.load(Ordering::SeqCst), 1, "no replay");
+}
+
 // Item 14: the final decline emits `failed` alone; a decline that will be retried
 // emits attempt_failed and authorization_attempt_failed.
 #[tokio::test]

@@ -49,7 +49,7 @@ pub use payment::{
 };
 pub use policy::{AttemptObservation, CardAttempt, RetryContext, RetryDecision, RetryPolicy};
 pub use processor::{
-    AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, CardDetails,
+    AuthorizationState, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest, CardDetails,
     PaymentMethodDetails, Processor, ProcessorError,
 };
 pub use request::CreateOffSessionPayment;

@@ -110,6 +110,17 @@ pub struct CancelRequest<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// What became of a held authorization, as the processor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationState {
+    /// Still held: it can be captured or released.
+    Held,
+    /// Captured: the money moved.
+    Captured,
+    /// Released, or expired at the processor: nothing will be captured.
+    Released,
+}
+
 /// A capture or cancel the processor did not perform.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("processor `{processor}` refused {operation}: {message}")]
@@ -156,6 +167,17 @@ pub trait Processor: Send + Sync + Debug {
     /// long as the engine replays.
     fn idempotency_window(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Reads the state of the authorization `reference` names, so that an engine
+    /// that lost a capture's answer (a crash between the processor's capture and the
+    /// write) records the capture instead of releasing and failing the payment.
+    /// `Ok(None)`: this processor cannot tell.
+    async fn authorization_state(
+        &self,
+        _reference: &ProcessorReference,
+    ) -> Result<Option<AuthorizationState>, ProcessorError> {
+        Ok(None)
     }
 }
 

@@ -26,9 +26,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use offsession_core::{
-    ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureMethod,
-    CaptureRequest, CardBrand, CardDetails, ErrorCode, OffSessionPayment, PaymentMethodDetails,
-    PaymentMethodType, Processor, ProcessorError, ProcessorReference,
+    ApiError, AttemptOutcome, AuthorizationState, AuthorizeRequest, CancelRequest, Capabilities,
+    CaptureMethod, CaptureRequest, CardBrand, CardDetails, ErrorCode, OffSessionPayment,
+    PaymentMethodDetails, PaymentMethodType, Processor, ProcessorError, ProcessorReference,
 };
 use serde::Deserialize;
 
@@ -441,5 +441,22 @@ impl Processor for MockProcessor {
 
     async fn cancel(&self, _request: CancelRequest<'_>) -> Result<(), ProcessorError> {
         Ok(())
+    }
+
+    async fn authorization_state(
+        &self,
+        reference: &ProcessorReference,
+    ) -> Result<Option<AuthorizationState>, ProcessorError> {
+        let pi = reference.payment.as_deref().unwrap_or_default();
+        let captured = self
+            .captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(pi);
+        Ok(Some(if captured {
+            AuthorizationState::Captured
+        } else {
+            AuthorizationState::Held
+        }))
     }
 }

@@ -206,6 +206,38 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
     );
 }
 
+// A capture the processor made but the engine never recorded (a crash between the
+// two) is found at the authorization's expiry and recorded, not released and failed.
+#[tokio::test]
+async fn a_capture_whose_write_was_lost_is_recorded_at_expiry() {
+    let h = harness().await;
+    let mut body = h.body("pm_card_visa");
+    let before = start().plus(Duration::from_secs(3_600));
+    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    let record = h.store.get(&p.id).await.unwrap().unwrap();
+    let reference = record.authorization.clone().unwrap();
+    h.mock
+        .capture(CaptureRequest {
+            payment: &record.payment,
+            reference: &reference,
+            amount: record.payment.amount_requested,
+            idempotency_key: &format!("{}:capture", p.id),
+        })
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(2 * 3_600)).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(
+        done.status,
+        PaymentStatus::Succeeded,
+        "{:?}",
+        done.failure_reason
+    );
+    assert!(done.payment_record.is_some());
+}
+
 // Item 7: a refused request is replayed a bounded number of times, then the
 // payment fails (rejected_by_partner) instead of looping forever.
 #[tokio::test]

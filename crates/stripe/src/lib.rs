@@ -47,14 +47,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use offsession_core::{
-    ApiError, AttemptOutcome, AuthorizeRequest, CancelRequest, Capabilities, CaptureRequest,
-    FaultKind, OffSessionPayment, PaymentMethodDetails, Processor, ProcessorError,
+    ApiError, AttemptOutcome, AuthorizationState, AuthorizeRequest, CancelRequest, Capabilities,
+    CaptureRequest, FaultKind, OffSessionPayment, PaymentMethodDetails, Processor, ProcessorError,
+    ProcessorReference,
 };
 use reqwest::Method;
 
 use crate::transformers::{
     capture_params, check_card_options, error_outcome, payment_intent_params, preflight_details,
-    Form, PaymentIntent,
+    Form, IntentStatus, PaymentIntent,
 };
 
 /// Why [`StripeProcessor::new`] could not build an adapter.
@@ -178,6 +179,54 @@ impl Processor for StripeProcessor {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// `GET /v1/payment_intents/{pi}`: `succeeded` is captured, `requires_capture`
+    /// held, `canceled` released; any other answer is an error.
+    async fn authorization_state(
+        &self,
+        reference: &ProcessorReference,
+    ) -> Result<Option<AuthorizationState>, ProcessorError> {
+        let error = |message: String| self.operation_error("retrieve", message);
+        let Some(pi) = reference.payment.as_deref() else {
+            return Err(error("no payment intent to look up".into()));
+        };
+        let reply = self
+            .send(Method::GET, &["v1", "payment_intents", pi], &[], None, None)
+            .await;
+        let body = match reply {
+            Reply::Response {
+                status,
+                body,
+                truncated: false,
+                ..
+            } if status.is_success() => body,
+            other => {
+                return Err(error(
+                    settle_reply("retrieve", other)
+                        .err()
+                        .unwrap_or_else(|| "a body too large to read".into()),
+                ))
+            }
+        };
+        let intent = PaymentIntent::read(&body).map_err(error)?;
+        if intent.id != pi {
+            return Err(error(format!(
+                "looking up {} answered {}",
+                quote(pi),
+                quote(&intent.id)
+            )));
+        }
+        match intent.status() {
+            IntentStatus::Succeeded => Ok(Some(AuthorizationState::Captured)),
+            IntentStatus::RequiresCapture => Ok(Some(AuthorizationState::Held)),
+            IntentStatus::Canceled => Ok(Some(AuthorizationState::Released)),
+            other => Err(error(format!(
+                "payment intent {} is `{}`, not a held authorization",
+                quote(pi),
+                quote(&format!("{other:?}"))
+            ))),
+        }
     }
 
     /// Stripe keeps an idempotency key for at least 24 hours; the engine stops

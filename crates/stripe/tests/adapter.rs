@@ -102,6 +102,61 @@ async fn connect_and_descriptor_fields_are_sent_when_given() {
 }
 
 #[tokio::test]
+async fn an_authorizations_state_is_read_from_its_payment_intent() {
+    use offsession_core::AuthorizationState;
+    let fake = Fake::start().await;
+    fake.script(
+        "pm_hold",
+        vec![Script::RequiresCapture, Script::RequiresCapture],
+    );
+    let mut p = payment("pm_hold");
+    p.capture.capture_method = CaptureMethod::Manual;
+    let processor = fake.processor();
+    let mut references = Vec::new();
+    for n in 1..=2 {
+        let AttemptOutcome::RequiresCapture { reference } = authorize(&fake, &p, n).await else {
+            panic!("not held")
+        };
+        assert_eq!(
+            processor.authorization_state(&reference).await.unwrap(),
+            Some(AuthorizationState::Held)
+        );
+        references.push(reference);
+    }
+    processor
+        .capture(CaptureRequest {
+            payment: &p,
+            reference: &references[0],
+            amount: p.amount_requested,
+            idempotency_key: "osp_test_1:capture",
+        })
+        .await
+        .unwrap();
+    processor
+        .cancel(CancelRequest {
+            payment: &p,
+            reference: &references[1],
+            idempotency_key: "osp_test_2:cancel",
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        processor.authorization_state(&references[0]).await.unwrap(),
+        Some(AuthorizationState::Captured)
+    );
+    assert_eq!(
+        processor.authorization_state(&references[1]).await.unwrap(),
+        Some(AuthorizationState::Released)
+    );
+    let missing = offsession_core::ProcessorReference {
+        payment: Some("pi_unknown".into()),
+        charge: None,
+    };
+    let err = processor.authorization_state(&missing).await.unwrap_err();
+    assert!(err.message.contains("404"), "{err}");
+}
+
+#[tokio::test]
 async fn manual_capture_holds_and_captures_a_partial_amount() {
     let fake = Fake::start().await;
     fake.script("pm_hold", vec![Script::RequiresCapture]);

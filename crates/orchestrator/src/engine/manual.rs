@@ -190,7 +190,7 @@ impl Engine {
 /// The processor holding a payment's authorization: the one its latest attempt went
 /// to (a cascade or an open circuit breaker may have sent it to a fallback), else the
 /// payment's own.
-fn authorized_on(record: &PaymentRecord) -> &str {
+pub(super) fn authorized_on(record: &PaymentRecord) -> &str {
     record
         .attempts
         .last()

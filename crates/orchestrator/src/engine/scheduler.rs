@@ -280,6 +280,35 @@ impl Engine {
         let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {
             return Ok(());
         };
+        // A capture whose answer was lost (a crash between the processor's capture
+        // and its write) is recorded, not released and failed.
+        let state = match (
+            self.processor(super::manual::authorized_on(&record)),
+            record.authorization.as_ref(),
+        ) {
+            (Some(processor), Some(reference)) => processor.authorization_state(reference).await,
+            _ => Ok(None),
+        };
+        match state {
+            Ok(Some(offsession_core::AuthorizationState::Captured)) => {
+                tracing::warn!(payment = %record.payment.id, "the authorization was captured at the processor without the capture being recorded; recording it");
+                let to = transition(record.payment.status, Transition::Capture)
+                    .unwrap_or(PaymentStatus::Succeeded);
+                let mut next = record.clone();
+                next.payment.status = to;
+                next.payment.amount_capturable = None;
+                next.payment.payment_record = Some(self.inner.ids.next_id("pr"));
+                next.due_at = None;
+                next.lease = None;
+                self.commit_change(&next, Expected::of(&record), record.payment.status, now)
+                    .await?;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(payment = %record.payment.id, error = %err, "reading an expiring authorization's state failed; releasing it");
+            }
+        }
         if let Err(err) = self.release_authorization(&record).await {
             tracing::warn!(payment = %record.payment.id, error = %err, "releasing an expired authorization failed");
         }

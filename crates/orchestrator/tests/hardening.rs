@@ -238,6 +238,86 @@ async fn a_capture_whose_write_was_lost_is_recorded_at_expiry() {
     assert!(done.payment_record.is_some());
 }
 
+/// The mock, except that the processor can neither say what became of an
+/// authorization nor release it.
+#[derive(Debug)]
+struct Unreachable {
+    mock: Arc<MockProcessor>,
+}
+
+#[async_trait]
+impl Processor for Unreachable {
+    fn id(&self) -> &str {
+        self.mock.id()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.mock.capabilities()
+    }
+    async fn preflight(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<PaymentMethodDetails, ApiError> {
+        self.mock.preflight(payment).await
+    }
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
+        self.mock.authorize(request).await
+    }
+    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        self.mock.capture(request).await
+    }
+    async fn cancel(&self, _request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        Err(ProcessorError {
+            processor: "mock".into(),
+            operation: "cancel",
+            message: "no answer".into(),
+        })
+    }
+    async fn authorization_state(
+        &self,
+        _reference: &offsession_core::ProcessorReference,
+    ) -> Result<Option<offsession_core::AuthorizationState>, ProcessorError> {
+        Err(ProcessorError {
+            processor: "mock".into(),
+            operation: "retrieve",
+            message: "no answer".into(),
+        })
+    }
+}
+
+// An expired authorization whose state cannot be read and whose release fails is not
+// failed while the processor could still report a capture: the expiry is tried
+// hourly until `replay_deadline` (3 days) after the deadline, and a capture after the
+// deadline is refused meanwhile.
+#[tokio::test]
+async fn an_expiry_the_processor_cannot_confirm_is_tried_again_before_failing() {
+    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
+    let processor = Arc::new(Unreachable { mock: mock.clone() });
+    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
+    let mut body = h.body("pm_card_visa");
+    let before = start().plus(Duration::from_secs(3_600));
+    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    h.advance(Duration::from_secs(5 * 3_600)).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    let refused = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert!(
+        refused.message.contains("tried again"),
+        "{}",
+        refused.message
+    );
+    let record = h.store.get(&p.id).await.unwrap().unwrap();
+    let pi = record.authorization.clone().unwrap().payment.unwrap();
+    assert_eq!(h.mock.captured(&pi), None, "no capture after the deadline");
+    h.advance(DAY * 3).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.failure_reason,
+        Some(FailureReason::AuthorizationExpired)
+    );
+}
+
 // Item 7: a refused request is replayed a bounded number of times, then the
 // payment fails (rejected_by_partner) instead of looping forever.
 #[tokio::test]
@@ -413,6 +493,13 @@ async fn a_crashed_attempt_found_after_the_key_window_ends_without_a_replay() {
     let done = h.get(&p.id).await;
     assert_eq!(done.status, PaymentStatus::Failed);
     assert_eq!(done.failure_reason, Some(FailureReason::RetriesExhausted));
+    assert!(
+        done.last_authorization_attempt_error
+            .as_deref()
+            .is_some_and(|e| e.contains("reconcile idempotency key")),
+        "{:?}",
+        done.last_authorization_attempt_error
+    );
     assert_eq!(faults.sends.load(Ordering::SeqCst), 1, "no replay");
 }
 

@@ -119,20 +119,25 @@ impl Engine {
         };
         // A replay after the processor forgot the key could charge a second time: an
         // attempt still unsettled then (a long outage, a restore) ends the payment.
+        // (A replay of a fault, where nothing was charged, needs no key.)
         let key_lapsed = replay
             && processor
                 .idempotency_window()
                 .zip(record.attempts.last())
-                .is_some_and(|(window, last)| now >= last.started_at.plus(window));
+                .is_some_and(|(window, last)| {
+                    last.outcome_unknown && now >= last.started_at.plus(window)
+                });
         if key_lapsed {
-            tracing::error!(payment = %record.payment.id, processor = %processor_id, "an attempt's outcome is still unknown and the processor no longer keeps its idempotency key; the payment ends without a replay (check the processor for the charge)");
+            tracing::error!(payment = %record.payment.id, processor = %processor_id, "an attempt's outcome is still unknown and the processor no longer keeps its idempotency key; the payment ends without a replay (reconcile the key with the processor)");
             let mut next = record;
             next.lease = None;
-            next.replay_pending = false;
-            next.payment.status =
-                transition(next.payment.status, Transition::Fail).unwrap_or(PaymentStatus::Failed);
-            next.payment.failure_reason = Some(FailureReason::RetriesExhausted);
-            next.due_at = None;
+            super::step::end_after_key_lapsed(&mut next, now, &processor_id);
+            metrics::counter!(
+                "offsession_payments_unsettled_total",
+                "processor" => processor_id.clone(),
+                "kind" => "unknown"
+            )
+            .increment(1);
             self.commit_change(&next, expected, from, now).await?;
             return Ok(Duration::ZERO);
         }

@@ -118,13 +118,30 @@ impl Engine {
         let record = self.stored(id).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
-        if let Some(expires) = record.due_at.filter(|expires| now >= *expires) {
+        // The earlier of the scheduled expiry and the authorization's own deadline
+        // (an expiry whose release failed is scheduled again, past the deadline).
+        let deadline = [record.due_at, self.capture_deadline(&record)]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(expires) = deadline.filter(|expires| now >= *expires) {
             self.expire_authorization(Box::new(record))
                 .await
                 .map_err(store_error)?;
+            // The processor may report the authorization captured already (an earlier
+            // capture whose write was lost): then the payment is recorded succeeded.
+            let after = self.stored(id).await?;
+            if after.payment.status == PaymentStatus::Succeeded {
+                return Ok(after.payment);
+            }
+            let what = if after.payment.status == PaymentStatus::Failed {
+                "it was released and the payment failed with `authorization_expired`"
+            } else {
+                "the capture is refused, and releasing it is tried again"
+            };
             return Err(ApiError::new(
                 ErrorCode::OffSessionPaymentInvalidStatus,
-                format!("the authorization expired at {expires}; it was released and the payment failed with `authorization_expired`"),
+                format!("the authorization expired at {expires}; {what}"),
             ));
         }
         let capturable = record

@@ -306,11 +306,23 @@ impl Engine {
             }
             Ok(_) => {}
             Err(err) => {
-                tracing::warn!(payment = %record.payment.id, error = %err, "reading an expiring authorization's state failed; releasing it");
+                if self
+                    .try_expiry_later(&record, now, "reading its state", &err.to_string())
+                    .await?
+                {
+                    return Ok(());
+                }
             }
         }
         if let Err(err) = self.release_authorization(&record).await {
-            tracing::warn!(payment = %record.payment.id, error = %err, "releasing an expired authorization failed");
+            // Refused (it may have been captured) or not answered: the payment is not
+            // failed while the processor could still say otherwise.
+            if self
+                .try_expiry_later(&record, now, "releasing it", &err.to_string())
+                .await?
+            {
+                return Ok(());
+            }
         }
         let mut next = record.clone();
         next.payment.status = to;
@@ -322,6 +334,47 @@ impl Engine {
         self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await?;
         Ok(())
+    }
+
+    /// When an expiring authorization's state cannot be read or its release fails:
+    /// the expiry runs again in an hour, for up to `replay_deadline` after the
+    /// authorization stopped being capturable; `Ok(false)` once that has passed (the
+    /// payment then fails as before, and the failure is logged).
+    async fn try_expiry_later(
+        &self,
+        record: &PaymentRecord,
+        now: Timestamp,
+        doing: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let deadline = self
+            .capture_deadline(record)
+            .or(record.due_at)
+            .unwrap_or(now);
+        if now >= deadline.plus(self.inner.config.replay_deadline) {
+            tracing::error!(payment = %record.payment.id, error, "{doing} failed for an expired authorization until the replay deadline; the payment fails (check the processor for a capture)");
+            return Ok(false);
+        }
+        tracing::warn!(payment = %record.payment.id, error, "{doing} failed for an expired authorization; trying again in an hour");
+        let mut next = record.clone();
+        next.due_at = Some(now.plus(Duration::from_secs(3_600)));
+        next.lease = None;
+        self.inner.store.update(&next, Expected::of(record)).await?;
+        Ok(true)
+    }
+
+    /// When a held authorization stops being capturable: `capture.capture_before`,
+    /// or the authorization's validity from its approval, whichever is first.
+    pub(super) fn capture_deadline(&self, record: &PaymentRecord) -> Option<Timestamp> {
+        let approved = record.attempts.last()?.finished_at?;
+        let expires = approved.plus(self.inner.config.authorization_validity);
+        Some(
+            record
+                .payment
+                .capture
+                .capture_before
+                .map_or(expires, |before| before.min(expires)),
+        )
     }
 
     /// Sets the gauges that need a count over the store (pending retries).

@@ -215,6 +215,33 @@ fn apply(record: &mut PaymentRecord, t: Transition) {
     }
 }
 
+/// Ends a payment whose attempt's outcome is still unknown when its processor no
+/// longer keeps the attempt's key (a crashed attempt found after the window): no
+/// replay is sent, and the attempt is flagged for reconciliation as `Plan::End`
+/// flags it.
+pub(super) fn end_after_key_lapsed(record: &mut PaymentRecord, now: Timestamp, processor: &str) {
+    let Some(last) = record.attempts.last() else {
+        return;
+    };
+    let what = format!(
+        "outcome unknown after {} replays and past processor `{processor}`'s idempotency window; reconcile idempotency key `{}` with it before charging again",
+        last.replays, last.idempotency_key
+    );
+    finish_attempt(
+        record,
+        now,
+        AttemptOutcome::Unknown {
+            message: what.clone(),
+        },
+        None,
+    );
+    record.replay_pending = false;
+    apply(record, Transition::Fail);
+    record.payment.failure_reason = Some(FailureReason::RetriesExhausted);
+    record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
+    record.due_at = None;
+}
+
 fn finish_attempt(
     record: &mut PaymentRecord,
     now: Timestamp,

@@ -133,9 +133,10 @@ pub fn error_code(body: &str) -> Option<WireErrorCode> {
 
 /// What an HTTP error answer (neither 2xx nor a redirect) to a PaymentIntent creation
 /// means: 402 is the issuer's decline; 401/403 and other 4xx are refusals (the same
-/// request fails again until the configuration changes); 409 and 429 are passing
-/// (429 a rate limit unless it is a `lock_timeout`); anything else, 5xx included, is
-/// `Unknown` because Stripe may have charged before failing. `truncated` says the
+/// request fails again until the configuration changes); 429 is passing (a rate
+/// limit unless it is a `lock_timeout`); 409 (the key still in use by a request
+/// Stripe is running) and anything else, 5xx included, is `Unknown` because Stripe
+/// may have charged. `truncated` says the
 /// body was cut at [`crate::MAX_BODY_BYTES`].
 pub fn error_outcome(status: StatusCode, body: &str, truncated: bool) -> AttemptOutcome {
     let error = ErrorBody::read(body).error;

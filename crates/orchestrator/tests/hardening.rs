@@ -23,16 +23,44 @@ use offsession_orchestrator::{Engine, EngineConfig};
 use offsession_store::MemoryStore;
 use serde_json::json;
 
-/// A processor whose every answer is the same fault, counting what it is sent.
+/// The mock with some of its answers replaced, counting the authorizations sent.
 #[derive(Debug)]
-struct AlwaysFaults {
+struct Altered {
     mock: Arc<MockProcessor>,
-    answer: AttemptOutcome,
+    /// Every authorization's answer (`None`: the mock's).
+    answer: Option<AttemptOutcome>,
+    /// Captures fail, as in an outage.
+    capture_fails: bool,
+    /// Releases and state reads fail, as in an outage.
+    unreachable: bool,
+    /// `Processor::idempotency_window`.
+    window: Option<Duration>,
     sends: AtomicU32,
 }
 
+impl Altered {
+    fn new(mock: Arc<MockProcessor>) -> Altered {
+        Altered {
+            mock,
+            answer: None,
+            capture_fails: false,
+            unreachable: false,
+            window: None,
+            sends: AtomicU32::new(0),
+        }
+    }
+
+    fn outage(&self, operation: &'static str) -> ProcessorError {
+        ProcessorError {
+            processor: "mock".into(),
+            operation,
+            message: "no answer".into(),
+        }
+    }
+}
+
 #[async_trait]
-impl Processor for AlwaysFaults {
+impl Processor for Altered {
     fn id(&self) -> &str {
         self.mock.id()
     }
@@ -45,29 +73,59 @@ impl Processor for AlwaysFaults {
     ) -> Result<PaymentMethodDetails, ApiError> {
         self.mock.preflight(payment).await
     }
-    async fn authorize(&self, _request: AuthorizeRequest<'_>) -> AttemptOutcome {
+    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
         self.sends.fetch_add(1, Ordering::SeqCst);
-        self.answer.clone()
+        match &self.answer {
+            Some(answer) => answer.clone(),
+            None => self.mock.authorize(request).await,
+        }
     }
     async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
+        if self.capture_fails {
+            return Err(self.outage("capture"));
+        }
         self.mock.capture(request).await
     }
     async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        if self.unreachable {
+            return Err(self.outage("cancel"));
+        }
         self.mock.cancel(request).await
+    }
+    fn idempotency_window(&self) -> Option<Duration> {
+        self.window
+    }
+    async fn authorization_state(
+        &self,
+        reference: &offsession_core::ProcessorReference,
+    ) -> Result<Option<offsession_core::AuthorizationState>, ProcessorError> {
+        if self.unreachable {
+            return Err(self.outage("retrieve"));
+        }
+        self.mock.authorization_state(reference).await
     }
 }
 
-async fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<AlwaysFaults>) {
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let processor = Arc::new(AlwaysFaults {
-        mock: mock.clone(),
-        answer,
-        sends: AtomicU32::new(0),
-    });
+/// An engine on a processor altered by `alter` from the plain mock.
+async fn altered(alter: Altered, config: EngineConfig) -> (Harness, Arc<Altered>) {
+    let mock = alter.mock.clone();
+    let processor = Arc::new(alter);
     (
         harness_with_processor(mock, processor.clone(), config).await,
         processor,
     )
+}
+
+fn mock() -> Arc<MockProcessor> {
+    Arc::new(MockProcessor::new("mock", MockConfig::default()))
+}
+
+async fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc<Altered>) {
+    let alter = Altered {
+        answer: Some(answer),
+        ..Altered::new(mock())
+    };
+    altered(alter, config).await
 }
 
 /// Engine settings with a small replay bound.
@@ -108,16 +166,32 @@ async fn two_engines_with_the_default_configuration_never_share_an_id() {
     assert_ne!(ka, kb);
 }
 
-// Item 5, directly: capture() itself checks the deadline (the scheduler has not
-// run yet when the merchant calls).
-#[tokio::test]
-async fn capture_checks_the_deadline_itself() {
-    let h = harness().await;
+/// A manual-capture payment authorized at the start, to be captured within an hour.
+async fn held_for_an_hour(h: &Harness) -> OffSessionPayment {
     let mut body = h.body("pm_card_visa");
     let before = start().plus(Duration::from_secs(3_600));
     body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
     let p = h.create(body).await;
     h.advance(Duration::ZERO).await;
+    p
+}
+
+/// The payment failed with `authorization_expired`.
+async fn assert_expired(h: &Harness, id: &str) {
+    let done = h.get(id).await;
+    assert_eq!(done.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.failure_reason,
+        Some(FailureReason::AuthorizationExpired)
+    );
+}
+
+// Item 5, directly: capture() itself checks the deadline (the scheduler has not
+// run yet when the merchant calls).
+#[tokio::test]
+async fn capture_checks_the_deadline_itself() {
+    let h = harness().await;
+    let p = held_for_an_hour(&h).await;
     // A record whose deadline has passed, as the scheduler would find it late.
     use offsession_core::Store;
     let mut record = h.store.get(&p.id).await.unwrap().unwrap();
@@ -137,53 +211,16 @@ async fn capture_checks_the_deadline_itself() {
     assert_eq!(h.mock.captured(&pi), None, "nothing was captured");
 }
 
-/// The mock, except that every capture fails as a processor outage would.
-#[derive(Debug)]
-struct CaptureFails {
-    mock: Arc<MockProcessor>,
-}
-
-#[async_trait]
-impl Processor for CaptureFails {
-    fn id(&self) -> &str {
-        self.mock.id()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.mock.capabilities()
-    }
-    async fn preflight(
-        &self,
-        payment: &OffSessionPayment,
-    ) -> Result<PaymentMethodDetails, ApiError> {
-        self.mock.preflight(payment).await
-    }
-    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
-        self.mock.authorize(request).await
-    }
-    async fn capture(&self, _request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
-        Err(ProcessorError {
-            processor: "mock".into(),
-            operation: "capture",
-            message: "processor unavailable".into(),
-        })
-    }
-    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
-        self.mock.cancel(request).await
-    }
-}
-
 // A capture holds the payment while the processor works: the scheduler, reaching the
 // authorization's expiry meanwhile, must not release it and fail it under the capture.
 #[tokio::test]
 async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let processor = Arc::new(CaptureFails { mock: mock.clone() });
-    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
-    let mut body = h.body("pm_card_visa");
-    let before = start().plus(Duration::from_secs(3_600));
-    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
-    let p = h.create(body).await;
-    h.advance(Duration::ZERO).await;
+    let alter = Altered {
+        capture_fails: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
     // A minute before the expiry the merchant captures; the processor does not answer
     // in time (here: fails), so the capture's hold stays for the engine's lease.
@@ -198,12 +235,7 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
     );
     // Once the hold lapses, the expiry is handled as before.
     h.advance(Duration::from_secs(300)).await;
-    let done = h.get(&p.id).await;
-    assert_eq!(done.status, PaymentStatus::Failed);
-    assert_eq!(
-        done.failure_reason,
-        Some(FailureReason::AuthorizationExpired)
-    );
+    assert_expired(&h, &p.id).await;
 }
 
 // A capture the processor made but the engine never recorded (a crash between the
@@ -211,11 +243,7 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
 #[tokio::test]
 async fn a_capture_whose_write_was_lost_is_recorded_at_expiry() {
     let h = harness().await;
-    let mut body = h.body("pm_card_visa");
-    let before = start().plus(Duration::from_secs(3_600));
-    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
-    let p = h.create(body).await;
-    h.advance(Duration::ZERO).await;
+    let p = held_for_an_hour(&h).await;
     let record = h.store.get(&p.id).await.unwrap().unwrap();
     let reference = record.authorization.clone().unwrap();
     h.mock
@@ -238,66 +266,18 @@ async fn a_capture_whose_write_was_lost_is_recorded_at_expiry() {
     assert!(done.payment_record.is_some());
 }
 
-/// The mock, except that the processor can neither say what became of an
-/// authorization nor release it.
-#[derive(Debug)]
-struct Unreachable {
-    mock: Arc<MockProcessor>,
-}
-
-#[async_trait]
-impl Processor for Unreachable {
-    fn id(&self) -> &str {
-        self.mock.id()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.mock.capabilities()
-    }
-    async fn preflight(
-        &self,
-        payment: &OffSessionPayment,
-    ) -> Result<PaymentMethodDetails, ApiError> {
-        self.mock.preflight(payment).await
-    }
-    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
-        self.mock.authorize(request).await
-    }
-    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
-        self.mock.capture(request).await
-    }
-    async fn cancel(&self, _request: CancelRequest<'_>) -> Result<(), ProcessorError> {
-        Err(ProcessorError {
-            processor: "mock".into(),
-            operation: "cancel",
-            message: "no answer".into(),
-        })
-    }
-    async fn authorization_state(
-        &self,
-        _reference: &offsession_core::ProcessorReference,
-    ) -> Result<Option<offsession_core::AuthorizationState>, ProcessorError> {
-        Err(ProcessorError {
-            processor: "mock".into(),
-            operation: "retrieve",
-            message: "no answer".into(),
-        })
-    }
-}
-
 // An expired authorization whose state cannot be read and whose release fails is not
 // failed while the processor could still report a capture: the expiry is tried
 // hourly until `replay_deadline` (3 days) after the deadline, and a capture after the
 // deadline is refused meanwhile.
 #[tokio::test]
 async fn an_expiry_the_processor_cannot_confirm_is_tried_again_before_failing() {
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let processor = Arc::new(Unreachable { mock: mock.clone() });
-    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
-    let mut body = h.body("pm_card_visa");
-    let before = start().plus(Duration::from_secs(3_600));
-    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
-    let p = h.create(body).await;
-    h.advance(Duration::ZERO).await;
+    let alter = Altered {
+        unreachable: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
     h.advance(Duration::from_secs(5 * 3_600)).await;
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
     let refused = h.engine.capture(&p.id, None).await.unwrap_err();
@@ -310,12 +290,7 @@ async fn an_expiry_the_processor_cannot_confirm_is_tried_again_before_failing() 
     let pi = record.authorization.clone().unwrap().payment.unwrap();
     assert_eq!(h.mock.captured(&pi), None, "no capture after the deadline");
     h.advance(DAY * 3).await;
-    let done = h.get(&p.id).await;
-    assert_eq!(done.status, PaymentStatus::Failed);
-    assert_eq!(
-        done.failure_reason,
-        Some(FailureReason::AuthorizationExpired)
-    );
+    assert_expired(&h, &p.id).await;
 }
 
 // Item 7: a refused request is replayed a bounded number of times, then the
@@ -395,35 +370,14 @@ async fn replays_end_at_the_deadline() {
     assert!((6..=8).contains(&sends), "hourly for 6 hours, got {sends}");
 }
 
-/// `AlwaysFaults` at a processor that keeps idempotency keys for 5 hours.
-#[derive(Debug)]
-struct ForgetsKeys(Arc<AlwaysFaults>);
-
-#[async_trait]
-impl Processor for ForgetsKeys {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.0.capabilities()
-    }
-    async fn preflight(
-        &self,
-        payment: &OffSessionPayment,
-    ) -> Result<PaymentMethodDetails, ApiError> {
-        self.0.preflight(payment).await
-    }
-    async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
-        self.0.authorize(request).await
-    }
-    async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
-        self.0.capture(request).await
-    }
-    async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
-        self.0.cancel(request).await
-    }
-    fn idempotency_window(&self) -> Option<Duration> {
-        Some(Duration::from_secs(5 * 3_600))
+/// Every answer unknown, at a processor that keeps idempotency keys for 5 hours.
+fn forgets_keys() -> Altered {
+    Altered {
+        answer: Some(AttemptOutcome::Unknown {
+            message: "no answer".into(),
+        }),
+        window: Some(Duration::from_secs(5 * 3_600)),
+        ..Altered::new(mock())
     }
 }
 
@@ -437,15 +391,7 @@ async fn replays_stop_before_the_processor_forgets_the_key() {
         replay_backoff: vec![Duration::from_secs(3_600)],
         ..EngineConfig::default()
     };
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let faults = Arc::new(AlwaysFaults {
-        mock: mock.clone(),
-        answer: AttemptOutcome::Unknown {
-            message: "no answer".into(),
-        },
-        sends: AtomicU32::new(0),
-    });
-    let h = harness_with_processor(mock, Arc::new(ForgetsKeys(faults.clone())), config).await;
+    let (h, faults) = altered(forgets_keys(), config).await;
     let done = one_payment_after(&h, 1).await;
     assert_eq!(done.payment.status, PaymentStatus::Failed);
     assert_eq!(
@@ -464,16 +410,7 @@ async fn replays_stop_before_the_processor_forgets_the_key() {
 // window (an outage, a restore) is not replayed with a key the processor forgot.
 #[tokio::test]
 async fn a_crashed_attempt_found_after_the_key_window_ends_without_a_replay() {
-    let mock = Arc::new(MockProcessor::new("mock", MockConfig::default()));
-    let faults = Arc::new(AlwaysFaults {
-        mock: mock.clone(),
-        answer: AttemptOutcome::Unknown {
-            message: "no answer".into(),
-        },
-        sends: AtomicU32::new(0),
-    });
-    let processor = Arc::new(ForgetsKeys(faults.clone()));
-    let h = harness_with_processor(mock, processor, EngineConfig::default()).await;
+    let (h, faults) = altered(forgets_keys(), EngineConfig::default()).await;
     let p = h.create(h.body("pm_card_visa")).await;
     h.advance(Duration::ZERO).await;
     assert_eq!(faults.sends.load(Ordering::SeqCst), 1);

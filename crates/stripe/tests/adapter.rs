@@ -355,10 +355,22 @@ async fn a_lost_try_then_a_rate_limited_retry_is_unknown_and_the_replay_returns_
             json!({"type": "invalid_request_error", "code": "rate_limit"}),
         )),
     ]);
+    unknown_then_the_replay_returns_the_charge(&fake, "pm_lost", 2, 2).await;
+}
+
+/// Authorizes `pm` (whose first try charges and is never answered) with
+/// `max_network_retries`: the outcome is unknown after `sends` requests, and the
+/// engine's replay with the same key returns the one charge.
+async fn unknown_then_the_replay_returns_the_charge(
+    fake: &Fake,
+    pm: &str,
+    max_network_retries: u32,
+    sends: usize,
+) {
     let mut config = fake.config();
-    config.max_network_retries = 2;
+    config.max_network_retries = max_network_retries;
     let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
-    let p = payment("pm_lost");
+    let p = payment(pm);
     let request = AuthorizeRequest {
         payment: &p,
         attempt_number: 1,
@@ -366,7 +378,7 @@ async fn a_lost_try_then_a_rate_limited_retry_is_unknown_and_the_replay_returns_
     };
     let first = processor.authorize(request).await;
     assert!(matches!(first, AttemptOutcome::Unknown { .. }), "{first:?}");
-    assert_eq!(fake.requests().len(), 2, "the send and one transport retry");
+    assert_eq!(fake.requests().len(), sends);
     let replay = processor.authorize(request).await;
     assert!(
         matches!(replay, AttemptOutcome::Approved { .. }),
@@ -497,23 +509,7 @@ async fn a_timeout_is_unknown_and_the_replay_returns_the_original_charge() {
             Box::new(Script::Succeed),
         )],
     );
-    let mut config = fake.config();
-    config.max_network_retries = 0;
-    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
-    let p = payment("pm_slow");
-    let request = AuthorizeRequest {
-        payment: &p,
-        attempt_number: 1,
-        idempotency_key: "osp_test_1:attempt:1",
-    };
-    let first = processor.authorize(request).await;
-    assert!(matches!(first, AttemptOutcome::Unknown { .. }), "{first:?}");
-    let replay = processor.authorize(request).await;
-    assert!(
-        matches!(replay, AttemptOutcome::Approved { .. }),
-        "{replay:?}"
-    );
-    assert_eq!(fake.charges_created(), 1, "the replay did not charge again");
+    unknown_then_the_replay_returns_the_charge(&fake, "pm_slow", 0, 1).await;
 }
 
 #[tokio::test]

@@ -191,16 +191,23 @@ impl Engine {
             })
             .await
             .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
+        let next = self.as_captured(&record, to);
+        self.commit_change(&next, Expected::of(&record), record.payment.status, now)
+            .await
+            .map_err(store_error)?;
+        Ok(next.payment)
+    }
+
+    /// `record` once its authorization is captured: `to` (succeeded), nothing left
+    /// to capture, its payment record made, nothing scheduled.
+    pub(super) fn as_captured(&self, record: &PaymentRecord, to: PaymentStatus) -> PaymentRecord {
         let mut next = record.clone();
         next.payment.status = to;
         next.payment.amount_capturable = None;
         next.payment.payment_record = Some(self.inner.ids.next_id("pr"));
         next.due_at = None;
         next.lease = None;
-        self.commit_change(&next, Expected::of(&record), record.payment.status, now)
-            .await
-            .map_err(store_error)?;
-        Ok(next.payment)
+        next
     }
 }
 

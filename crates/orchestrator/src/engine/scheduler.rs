@@ -294,12 +294,7 @@ impl Engine {
                 tracing::warn!(payment = %record.payment.id, "the authorization was captured at the processor without the capture being recorded; recording it");
                 let to = transition(record.payment.status, Transition::Capture)
                     .unwrap_or(PaymentStatus::Succeeded);
-                let mut next = record.clone();
-                next.payment.status = to;
-                next.payment.amount_capturable = None;
-                next.payment.payment_record = Some(self.inner.ids.next_id("pr"));
-                next.due_at = None;
-                next.lease = None;
+                let next = self.as_captured(&record, to);
                 self.commit_change(&next, Expected::of(&record), record.payment.status, now)
                     .await?;
                 return Ok(());

@@ -35,6 +35,8 @@ struct Altered {
     unreachable: bool,
     /// `Processor::idempotency_window`.
     window: Option<Duration>,
+    /// A capture waits for this before it is made.
+    capture_gate: Option<Arc<tokio::sync::Notify>>,
     sends: AtomicU32,
 }
 
@@ -46,6 +48,7 @@ impl Altered {
             capture_fails: false,
             unreachable: false,
             window: None,
+            capture_gate: None,
             sends: AtomicU32::new(0),
         }
     }
@@ -83,6 +86,9 @@ impl Processor for Altered {
     async fn capture(&self, request: CaptureRequest<'_>) -> Result<(), ProcessorError> {
         if self.capture_fails {
             return Err(self.outage("capture"));
+        }
+        if let Some(gate) = &self.capture_gate {
+            gate.notified().await;
         }
         self.mock.capture(request).await
     }
@@ -236,6 +242,89 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
     // Once the hold lapses, the expiry is handled as before.
     h.advance(Duration::from_secs(300)).await;
     assert_expired(&h, &p.id).await;
+}
+
+// The capture's hold is renewed for as long as the processor takes: a capture still
+// in flight when the authorization's expiry and the first hold have both passed is
+// not released under it.
+#[tokio::test]
+async fn a_slow_capture_keeps_its_hold_past_the_expiry() {
+    let clock = Arc::new(offsession_core::ManualClock::new(start()));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let alter = Altered {
+        capture_gate: Some(gate.clone()),
+        ..Altered::new(mock())
+    };
+    let mock = alter.mock.clone();
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::builder()
+        .processor(Arc::new(alter))
+        .store(store.clone())
+        .clock(clock.clone())
+        .config(EngineConfig {
+            lease: Duration::from_secs(1),
+            ..EngineConfig::default()
+        })
+        .build()
+        .unwrap();
+    let before = start().plus(Duration::from_secs(3_600));
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa",
+        "capture": {"capture_method": "manual", "capture_before": before.to_string()},
+    });
+    let p = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    engine.run_due().await.unwrap();
+    assert_eq!(
+        engine.retrieve(&p.id).await.unwrap().status,
+        PaymentStatus::RequiresCapture
+    );
+    let capturing = tokio::spawn({
+        let (engine, id) = (engine.clone(), p.id.clone());
+        async move { engine.capture(&id, None).await }
+    });
+    // The capture holds the payment, then waits for the processor.
+    let mut held = false;
+    for _ in 0..200 {
+        let record = store.get(&p.id).await.unwrap().unwrap();
+        if record.lease.is_some() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the capture did not hold the payment");
+    // The processor is still capturing two hours later, past the expiry and the
+    // one-second hold it started with; the hold is renewed meanwhile.
+    let later = start().plus(Duration::from_secs(2 * 3_600));
+    clock.set(later);
+    let mut renewed = false;
+    for _ in 0..200 {
+        let record = store.get(&p.id).await.unwrap().unwrap();
+        if record.lease.as_ref().is_some_and(|l| l.until > later) {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed, "the capture's hold was not renewed");
+    engine.run_due().await.unwrap();
+    assert_eq!(
+        engine.retrieve(&p.id).await.unwrap().status,
+        PaymentStatus::RequiresCapture,
+        "released under a capture in flight"
+    );
+    gate.notify_one();
+    let captured = capturing.await.unwrap().unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    let reference = store.get(&p.id).await.unwrap().unwrap().authorization;
+    let pi = reference.and_then(|r| r.payment).unwrap_or_default();
+    assert_eq!(mock.captured(&pi), Some(2000));
 }
 
 // A capture the processor made but the engine never recorded (a crash between the

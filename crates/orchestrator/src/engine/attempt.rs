@@ -208,28 +208,8 @@ impl Engine {
         };
         // While the answer is awaited the lease is renewed, so that no other
         // scheduler takes the payment for a replay while this attempt is in flight.
-        let renewed = std::sync::Mutex::new(None::<(u64, Option<Lease>)>);
-        let renewing = Renewing::default();
-        let outcome = {
-            let send = std::pin::pin!(send);
-            let keep = std::pin::pin!(self.keep_lease(&record, &renewed, &renewing));
-            match futures::future::select(send, keep).await {
-                futures::future::Either::Left((outcome, keep)) => {
-                    // A renewal sent to the store lands whether or not its future is
-                    // dropped: finish it and keep its version, or the outcome's write
-                    // would be refused as stale and the payment replayed for nothing.
-                    renewing
-                        .stop
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    if renewing.writing.load(std::sync::atomic::Ordering::SeqCst) {
-                        keep.await;
-                    }
-                    outcome
-                }
-                futures::future::Either::Right(((), send)) => send.await,
-            }
-        };
-        if let Some((version, lease)) = renewed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let (outcome, renewal) = self.renewing_lease(&record, send).await;
+        if let Some((version, lease)) = renewal {
             record.version = version;
             record.lease = lease;
         }
@@ -240,6 +220,39 @@ impl Engine {
             self.save_breaker(processor.id(), open_until).await;
         }
         self.apply_outcome(record, outcome).await.map(|()| outside)
+    }
+
+    /// Runs `call` while the lease of `held` (a record this engine wrote with its
+    /// lease) is renewed; returns its output, and the version and lease of the last
+    /// renewal, which later writes of the record must expect.
+    pub(super) async fn renewing_lease<T>(
+        &self,
+        held: &PaymentRecord,
+        call: impl std::future::Future<Output = T>,
+    ) -> (T, Option<(u64, Option<Lease>)>) {
+        let renewed = std::sync::Mutex::new(None::<(u64, Option<Lease>)>);
+        let renewing = Renewing::default();
+        let output = {
+            let call = std::pin::pin!(call);
+            let keep = std::pin::pin!(self.keep_lease(held, &renewed, &renewing));
+            match futures::future::select(call, keep).await {
+                futures::future::Either::Left((output, keep)) => {
+                    // A renewal sent to the store lands whether or not its future is
+                    // dropped: finish it and keep its version, or the next write of
+                    // the record would be refused as stale.
+                    renewing
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    if renewing.writing.load(std::sync::atomic::Ordering::SeqCst) {
+                        keep.await;
+                    }
+                    output
+                }
+                futures::future::Either::Right(((), call)) => call.await,
+            }
+        };
+        let renewal = renewed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        (output, renewal)
     }
 
     /// Renews the lease of an attempt in flight every third of the lease, until it

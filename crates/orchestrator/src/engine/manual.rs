@@ -179,18 +179,22 @@ impl Engine {
             .update(&held, Expected::of(&record))
             .await
             .map_err(store_error)?;
-        let record = held;
+        let mut record = held;
         let reference = record.authorization.clone().unwrap_or_default();
         let key = format!("{}:capture", record.payment.id);
-        processor
-            .capture(CaptureRequest {
-                payment: &record.payment,
-                reference: &reference,
-                amount,
-                idempotency_key: &key,
-            })
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
+        // The hold is renewed while the processor works, however long it takes.
+        let call = processor.capture(CaptureRequest {
+            payment: &record.payment,
+            reference: &reference,
+            amount,
+            idempotency_key: &key,
+        });
+        let (captured, renewal) = self.renewing_lease(&record, call).await;
+        if let Some((version, lease)) = renewal {
+            record.version = version;
+            record.lease = lease;
+        }
+        captured.map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
         let next = self.as_captured(&record, to);
         self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await

@@ -131,6 +131,15 @@ impl PaymentRecord {
     pub fn id(&self) -> &str {
         &self.payment.id
     }
+
+    /// The processor of the latest attempt, which holds its authorization and knows
+    /// its key (a cascade or an open circuit breaker may have sent it to a fallback);
+    /// the payment's own before any attempt.
+    pub fn latest_processor(&self) -> &str {
+        self.attempts
+            .last()
+            .map_or(self.processor.as_str(), |a| a.processor.as_str())
+    }
 }
 
 /// What `update` checks before writing.

@@ -149,14 +149,7 @@ impl EngineConfig {
         // A hard decline, missing card data or a customer who must authenticate is
         // the card's answer, not the processor's: sending it elsewhere breaks the
         // network rules (no retry after a hard decline, on any processor).
-        if let Some(category) = self.cascade_categories.iter().find(|c| {
-            !matches!(
-                c,
-                offsession_core::DeclineCategory::SoftFunds
-                    | offsession_core::DeclineCategory::SoftIssuer
-                    | offsession_core::DeclineCategory::SoftTransient
-            )
-        }) {
+        if let Some(category) = self.cascade_categories.iter().find(|c| !c.is_soft()) {
             return refuse(
                 "cascade_categories",
                 format!(

@@ -134,6 +134,21 @@ async fn faulting(answer: AttemptOutcome, config: EngineConfig) -> (Harness, Arc
     altered(alter, config).await
 }
 
+/// The payment failed `retries_exhausted` with its one attempt's outcome unknown:
+/// no second attempt under a new key.
+fn assert_ended_unknown(done: &offsession_orchestrator::PaymentView) {
+    assert_eq!(done.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        done.payment.failure_reason,
+        Some(FailureReason::RetriesExhausted)
+    );
+    assert_eq!(
+        done.attempts.len(),
+        1,
+        "no new key after an unknown outcome"
+    );
+}
+
 /// Engine settings with a small replay bound.
 fn five_replays() -> EngineConfig {
     EngineConfig {
@@ -418,16 +433,7 @@ async fn unknown_outcomes_end_flagged_after_bounded_replays() {
     )
     .await;
     let done = one_payment_after(&h, 60).await;
-    assert_eq!(done.payment.status, PaymentStatus::Failed);
-    assert_eq!(
-        done.payment.failure_reason,
-        Some(FailureReason::RetriesExhausted)
-    );
-    assert_eq!(
-        done.attempts.len(),
-        1,
-        "no new key after an unknown outcome"
-    );
+    assert_ended_unknown(&done);
     assert!(done.attempts[0].outcome_unknown);
     assert!(done
         .payment
@@ -482,16 +488,7 @@ async fn replays_stop_before_the_processor_forgets_the_key() {
     };
     let (h, faults) = altered(forgets_keys(), config).await;
     let done = one_payment_after(&h, 1).await;
-    assert_eq!(done.payment.status, PaymentStatus::Failed);
-    assert_eq!(
-        done.payment.failure_reason,
-        Some(FailureReason::RetriesExhausted)
-    );
-    assert_eq!(
-        done.attempts.len(),
-        1,
-        "no new key after an unknown outcome"
-    );
+    assert_ended_unknown(&done);
     assert_eq!(faults.sends.load(Ordering::SeqCst), 6);
 }
 

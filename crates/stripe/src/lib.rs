@@ -116,56 +116,50 @@ impl StripeProcessor {
         })
     }
 
-    /// Looks a `processing` PaymentIntent up by id. Anything but a readable
-    /// PaymentIntent with a known status is `Unknown`.
-    async fn reconcile_processing(&self, intent: &PaymentIntent) -> AttemptOutcome {
-        let id = quote(&intent.id);
-        match self
-            .send(
-                Method::GET,
-                &["v1", "payment_intents", &intent.id],
-                &[],
-                None,
-                None,
-            )
-            .await
-        {
+    /// `GET /v1/payment_intents/{id}`: the PaymentIntent, read whole and checked to
+    /// be the one asked for; `Err` says why not (quoted, capped).
+    async fn retrieve_intent(&self, id: &str) -> Result<PaymentIntent, String> {
+        let reply = self
+            .send(Method::GET, &["v1", "payment_intents", id], &[], None, None)
+            .await;
+        let body = match reply {
             Reply::Response {
                 status,
                 body,
                 truncated: false,
                 ..
-            } if status.is_success() => match PaymentIntent::read(&body) {
-                Ok(found) if found.id != intent.id => AttemptOutcome::Unknown {
-                    message: format!(
-                        "stripe: looking up payment intent {id} answered another one ({})",
-                        quote(&found.id)
-                    ),
-                },
-                Ok(found) => match found.outcome() {
-                    Some(outcome) => outcome,
-                    None => AttemptOutcome::Unknown {
-                        message: format!("stripe: payment intent {id} is processing"),
-                    },
-                },
-                Err(why) => AttemptOutcome::Unknown {
-                    message: format!("stripe: payment intent {id} is processing; lookup: {why}"),
-                },
-            },
+            } if status.is_success() => body,
             Reply::Response {
                 status, truncated, ..
-            } => AttemptOutcome::Unknown {
-                message: format!(
-                    "stripe: payment intent {id} is processing; lookup answered {status}{}",
+            } => {
+                return Err(format!(
+                    "answered {status}{}",
                     if truncated {
                         format!(" with a body over {MAX_BODY_BYTES} bytes")
                     } else {
                         String::new()
                     }
-                ),
-            },
-            Reply::NotSent(e) | Reply::Lost(e) => AttemptOutcome::Unknown {
-                message: format!("stripe: payment intent {id} is processing; lookup failed: {e}"),
+                ))
+            }
+            Reply::NotSent(e) | Reply::Lost(e) => return Err(format!("failed: {e}")),
+        };
+        let found = PaymentIntent::read(&body)?;
+        if found.id != id {
+            return Err(format!("answered another one ({})", quote(&found.id)));
+        }
+        Ok(found)
+    }
+
+    /// Looks a `processing` PaymentIntent up by id. Anything but a readable
+    /// PaymentIntent with a known status is `Unknown`.
+    async fn reconcile_processing(&self, intent: &PaymentIntent) -> AttemptOutcome {
+        let id = quote(&intent.id);
+        match self.retrieve_intent(&intent.id).await {
+            Ok(found) => found.outcome().unwrap_or_else(|| AttemptOutcome::Unknown {
+                message: format!("stripe: payment intent {id} is processing"),
+            }),
+            Err(why) => AttemptOutcome::Unknown {
+                message: format!("stripe: payment intent {id} is processing; lookup: {why}"),
             },
         }
     }
@@ -191,32 +185,10 @@ impl Processor for StripeProcessor {
         let Some(pi) = reference.payment.as_deref() else {
             return Err(error("no payment intent to look up".into()));
         };
-        let reply = self
-            .send(Method::GET, &["v1", "payment_intents", pi], &[], None, None)
-            .await;
-        let body = match reply {
-            Reply::Response {
-                status,
-                body,
-                truncated: false,
-                ..
-            } if status.is_success() => body,
-            other => {
-                return Err(error(
-                    settle_reply("retrieve", other)
-                        .err()
-                        .unwrap_or_else(|| "a body too large to read".into()),
-                ))
-            }
-        };
-        let intent = PaymentIntent::read(&body).map_err(error)?;
-        if intent.id != pi {
-            return Err(error(format!(
-                "looking up {} answered {}",
-                quote(pi),
-                quote(&intent.id)
-            )));
-        }
+        let intent = self
+            .retrieve_intent(pi)
+            .await
+            .map_err(|why| error(format!("payment intent {}: {why}", quote(pi))))?;
         match intent.status() {
             IntentStatus::Succeeded => Ok(Some(AuthorizationState::Captured)),
             IntentStatus::RequiresCapture => Ok(Some(AuthorizationState::Held)),

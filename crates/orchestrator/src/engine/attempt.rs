@@ -82,11 +82,7 @@ impl Engine {
         // attempt goes to the cascade target, or to the first processor of the route
         // whose circuit breaker lets calls through.
         let processor_id = if replay {
-            record
-                .attempts
-                .last()
-                .map(|a| a.processor.clone())
-                .unwrap_or_default()
+            record.latest_processor().to_owned()
         } else if let Some(target) = record.cascade_to.take() {
             target
         } else {
@@ -131,14 +127,9 @@ impl Engine {
             tracing::error!(payment = %record.payment.id, processor = %processor_id, "an attempt's outcome is still unknown and the processor no longer keeps its idempotency key; the payment ends without a replay (reconcile the key with the processor)");
             let mut next = record;
             next.lease = None;
-            super::step::end_after_key_lapsed(&mut next, now, &processor_id);
-            metrics::counter!(
-                "offsession_payments_unsettled_total",
-                "processor" => processor_id.clone(),
-                "kind" => "unknown"
-            )
-            .increment(1);
+            let effect = super::step::end_after_key_lapsed(&mut next, now, &processor_id);
             self.commit_change(&next, expected, from, now).await?;
+            self.count(effect.as_slice());
             return Ok(Duration::ZERO);
         }
         if replay {

@@ -90,7 +90,7 @@ impl Engine {
         record: &PaymentRecord,
     ) -> Result<(), ApiError> {
         let (Some(processor), Some(reference)) = (
-            self.processor(authorized_on(record)),
+            self.processor(record.latest_processor()),
             record.authorization.as_ref(),
         ) else {
             return Ok(());
@@ -125,16 +125,16 @@ impl Engine {
             .flatten()
             .min();
         if let Some(expires) = deadline.filter(|expires| now >= *expires) {
-            self.expire_authorization(Box::new(record))
+            let after = self
+                .expire_authorization(Box::new(record))
                 .await
                 .map_err(store_error)?;
             // The processor may report the authorization captured already (an earlier
             // capture whose write was lost): then the payment is recorded succeeded.
-            let after = self.stored(id).await?;
-            if after.payment.status == PaymentStatus::Succeeded {
-                return Ok(after.payment);
+            if after.status == PaymentStatus::Succeeded {
+                return Ok(after);
             }
-            let what = if after.payment.status == PaymentStatus::Failed {
+            let what = if after.status == PaymentStatus::Failed {
                 "it was released and the payment failed with `authorization_expired`"
             } else {
                 "the capture is refused, and releasing it is tried again"
@@ -159,10 +159,13 @@ impl Engine {
             ));
         }
         let amount = offsession_core::Amount::new(value, capturable.currency);
-        let processor = self.processor(authorized_on(&record)).ok_or_else(|| {
+        let processor = self.processor(record.latest_processor()).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::ApiError,
-                format!("processor `{}` is not configured", authorized_on(&record)),
+                format!(
+                    "processor `{}` is not configured",
+                    record.latest_processor()
+                ),
             )
         })?;
         // Hold the payment while the processor captures: the scheduler claims a
@@ -213,14 +216,4 @@ impl Engine {
         next.lease = None;
         next
     }
-}
-
-/// The processor holding a payment's authorization: the one its latest attempt went
-/// to (a cascade or an open circuit breaker may have sent it to a fallback), else the
-/// payment's own.
-pub(super) fn authorized_on(record: &PaymentRecord) -> &str {
-    record
-        .attempts
-        .last()
-        .map_or(record.processor.as_str(), |a| a.processor.as_str())
 }

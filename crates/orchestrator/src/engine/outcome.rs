@@ -53,10 +53,8 @@ impl Engine {
             now,
             next_hop: self.next_hop(&written, now),
             config: &self.inner.config,
-            key_window: written
-                .attempts
-                .last()
-                .and_then(|a| self.processor(&a.processor))
+            key_window: self
+                .processor(written.latest_processor())
                 .and_then(|p| p.idempotency_window()),
             declines: &self.inner.declines,
             ids: self.inner.ids.as_ref(),

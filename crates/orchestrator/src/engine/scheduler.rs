@@ -231,7 +231,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut outside = Duration::ZERO;
         let outcome = match record.payment.status {
-            PaymentStatus::RequiresCapture => self.expire_authorization(record).await,
+            PaymentStatus::RequiresCapture => self.expire_authorization(record).await.map(|_| ()),
             PaymentStatus::Pending | PaymentStatus::PendingRetry | PaymentStatus::Processing => {
                 self.attempt(record).await.map(|waited| outside = waited)
             }
@@ -272,18 +272,21 @@ impl Engine {
         }
     }
 
+    /// Releases an expired authorization and fails the payment, or records the
+    /// capture the processor reports, or tries again later; returns the payment as
+    /// it was left.
     pub(super) async fn expire_authorization(
         &self,
         record: Box<PaymentRecord>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<OffSessionPayment, StoreError> {
         let now = self.now_for(&record.payment);
         let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {
-            return Ok(());
+            return Ok(record.payment);
         };
         // A capture whose answer was lost (a crash between the processor's capture
         // and its write) is recorded, not released and failed.
         let state = match (
-            self.processor(super::manual::authorized_on(&record)),
+            self.processor(record.latest_processor()),
             record.authorization.as_ref(),
         ) {
             (Some(processor), Some(reference)) => processor.authorization_state(reference).await,
@@ -297,7 +300,7 @@ impl Engine {
                 let next = self.as_captured(&record, to);
                 self.commit_change(&next, Expected::of(&record), record.payment.status, now)
                     .await?;
-                return Ok(());
+                return Ok(next.payment);
             }
             Ok(_) => {}
             Err(err) => {
@@ -305,7 +308,7 @@ impl Engine {
                     .try_expiry_later(&record, now, "reading its state", &err.to_string())
                     .await?
                 {
-                    return Ok(());
+                    return Ok(record.payment);
                 }
             }
         }
@@ -316,7 +319,7 @@ impl Engine {
                 .try_expiry_later(&record, now, "releasing it", &err.to_string())
                 .await?
             {
-                return Ok(());
+                return Ok(record.payment);
             }
         }
         let mut next = record.clone();
@@ -328,7 +331,7 @@ impl Engine {
         next.lease = None;
         self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await?;
-        Ok(())
+        Ok(next.payment)
     }
 
     /// When an expiring authorization's state cannot be read or its release fails:
@@ -358,18 +361,15 @@ impl Engine {
         Ok(true)
     }
 
-    /// When a held authorization stops being capturable: `capture.capture_before`,
-    /// or the authorization's validity from its approval, whichever is first.
+    /// When a held authorization stops being capturable, from its approval (the
+    /// latest attempt's answer), as the outcome step first scheduled its expiry.
     pub(super) fn capture_deadline(&self, record: &PaymentRecord) -> Option<Timestamp> {
         let approved = record.attempts.last()?.finished_at?;
-        let expires = approved.plus(self.inner.config.authorization_validity);
-        Some(
-            record
-                .payment
-                .capture
-                .capture_before
-                .map_or(expires, |before| before.min(expires)),
-        )
+        Some(super::step::capture_deadline(
+            &record.payment,
+            approved,
+            self.inner.config.authorization_validity,
+        ))
     }
 
     /// Sets the gauges that need a count over the store (pending retries).

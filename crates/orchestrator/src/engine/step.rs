@@ -157,14 +157,11 @@ pub(crate) fn step(
             apply(&mut record, Transition::Authorize);
             record.payment.amount_capturable = Some(record.payment.amount_requested);
             record.authorization = Some(reference);
-            let expires = now.plus(facts.config.authorization_validity);
-            record.due_at = Some(
-                record
-                    .payment
-                    .capture
-                    .capture_before
-                    .map_or(expires, |before| before.min(expires)),
-            );
+            record.due_at = Some(capture_deadline(
+                &record.payment,
+                now,
+                facts.config.authorization_validity,
+            ));
             policy.observe(&record, true);
             None
         }
@@ -218,28 +215,67 @@ fn apply(record: &mut PaymentRecord, t: Transition) {
 /// Ends a payment whose attempt's outcome is still unknown when its processor no
 /// longer keeps the attempt's key (a crashed attempt found after the window): no
 /// replay is sent, and the attempt is flagged for reconciliation as `Plan::End`
-/// flags it.
-pub(super) fn end_after_key_lapsed(record: &mut PaymentRecord, now: Timestamp, processor: &str) {
-    let Some(last) = record.attempts.last() else {
-        return;
-    };
+/// flags it. Returns the effect to count.
+pub(super) fn end_after_key_lapsed(
+    record: &mut PaymentRecord,
+    now: Timestamp,
+    processor: &str,
+) -> Option<Effect> {
+    let last = record.attempts.last()?;
     let what = format!(
         "outcome unknown after {} replays and past processor `{processor}`'s idempotency window; reconcile idempotency key `{}` with it before charging again",
         last.replays, last.idempotency_key
     );
-    finish_attempt(
+    let outcome = AttemptOutcome::Unknown {
+        message: what.clone(),
+    };
+    Some(end_unsettled(
         record,
         now,
-        AttemptOutcome::Unknown {
-            message: what.clone(),
-        },
-        None,
-    );
+        outcome,
+        FailureReason::RetriesExhausted,
+        &what,
+        processor,
+        Unsettled::Unknown.as_str(),
+    ))
+}
+
+/// Ends `record` failed with `reason` after an attempt that never settled: its last
+/// answer `outcome` filed, `what` kept for the merchant. Returns the effect to count.
+fn end_unsettled(
+    record: &mut PaymentRecord,
+    now: Timestamp,
+    outcome: AttemptOutcome,
+    reason: FailureReason,
+    what: &str,
+    processor: &str,
+    kind: &'static str,
+) -> Effect {
+    finish_attempt(record, now, outcome, None);
     record.replay_pending = false;
     apply(record, Transition::Fail);
-    record.payment.failure_reason = Some(FailureReason::RetriesExhausted);
-    record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
+    record.payment.failure_reason = Some(reason);
+    record.payment.last_authorization_attempt_error = Some(quote(what, QUOTED_CHARS));
     record.due_at = None;
+    Effect::EndedUnsettled {
+        processor: processor.to_owned(),
+        kind,
+    }
+}
+
+/// When an authorization approved at `approved` stops being capturable: the
+/// payment's `capture.capture_before`, or the end of its `validity`, whichever is
+/// first.
+pub(super) fn capture_deadline(
+    payment: &offsession_core::OffSessionPayment,
+    approved: Timestamp,
+    validity: Duration,
+) -> Timestamp {
+    let expires = approved.plus(validity);
+    payment
+        .capture
+        .capture_before
+        .map_or(expires, |before| before.min(expires))
 }
 
 fn finish_attempt(
@@ -437,16 +473,15 @@ fn file_unsettled(
                 format!("processor `{processor}` did not accept the request after {replays} replays: {message}")
             };
             tracing::error!(payment = %record.payment.id, %processor, %key, reason = reason.as_str(), "{what}");
-            finish_attempt(record, now, outcome, None);
-            record.replay_pending = false;
-            apply(record, Transition::Fail);
-            record.payment.failure_reason = Some(reason);
-            record.payment.last_authorization_attempt_error = Some(quote(&what, QUOTED_CHARS));
-            record.due_at = None;
-            effects.push(Effect::EndedUnsettled {
-                processor: processor.to_owned(),
-                kind: kind.as_str(),
-            });
+            effects.push(end_unsettled(
+                record,
+                now,
+                outcome,
+                reason,
+                &what,
+                processor,
+                kind.as_str(),
+            ));
             None
         }
         // Nothing was charged, and the attempt counts as a transient decline, filed

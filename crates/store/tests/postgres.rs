@@ -374,3 +374,114 @@ async fn concurrent_creates_with_one_key_make_one_payment() {
     }
     a.drop_schema().await.unwrap();
 }
+
+/// Creates queued together are written as one batch; a key or an id repeated within
+/// the batch answers as it would one create later: the key's first payment comes
+/// back, a repeated id is a duplicate and its key is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_batched_together_answer_as_one_by_one() {
+    use offsession_core::IdempotencyClaim;
+    let Some(url) = url() else { return };
+    let store = PostgresStore::connect(&url, &schema("batch"), 4)
+        .await
+        .unwrap();
+    // An id stored before the batch, under a key of its own.
+    let stored = sample_record("osp_stored", 1_000, None);
+    store
+        .create(&stored, Some(created_key("key_stored")), &[])
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("key_{}", i / 2)).collect();
+    let records: Vec<_> = (0..40)
+        .map(|i| match i {
+            // Repeats an id of the batch (the first create of `osp_4`) under a new key.
+            39 => sample_record("osp_4", 1_000, None),
+            // Repeats the id stored before, under a new key.
+            37 => sample_record("osp_stored", 1_000, None),
+            _ => sample_record(&format!("osp_{i}"), 1_000, None),
+        })
+        .collect();
+    let fresh_keys = ["key_fresh_39".to_string(), "key_fresh_37".to_string()];
+    let claims = futures::future::join_all(records.iter().enumerate().map(|(i, record)| {
+        let key = match i {
+            39 => fresh_keys[0].as_str(),
+            37 => fresh_keys[1].as_str(),
+            _ => keys[i].as_str(),
+        };
+        store.create(record, Some(created_key(key)), &[])
+    }))
+    .await;
+    for (i, claim) in claims.iter().enumerate() {
+        match i {
+            37 => assert!(
+                matches!(claim, Err(StoreError::Duplicate(id)) if id == "osp_stored"),
+                "{i}: {claim:?}"
+            ),
+            // `osp_4` is made once: by create 4 or by create 39, whichever comes first.
+            4 | 39 => {}
+            // Pairs share a key: one makes its payment, the other gets it back.
+            _ if i % 2 == 0 => {
+                let other = &claims[i + 1];
+                let made = |c: &Result<IdempotencyClaim, StoreError>| {
+                    matches!(c, Ok(IdempotencyClaim::Inserted))
+                };
+                let pair = (i, i + 1);
+                if pair.1 == 37 || pair.1 == 39 {
+                    assert!(made(claim), "{i}: {claim:?}");
+                    continue;
+                }
+                let (winner, loser) = if made(claim) {
+                    (i, other)
+                } else {
+                    (i + 1, claim)
+                };
+                match loser {
+                    Ok(IdempotencyClaim::Existing { payment_id, .. }) => {
+                        assert_eq!(*payment_id, records[winner].payment.id, "{i}")
+                    }
+                    other => panic!("{i}: {other:?}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    let fours = [&claims[4], &claims[39]];
+    assert_eq!(
+        fours
+            .iter()
+            .filter(|c| matches!(c, Ok(IdempotencyClaim::Inserted)))
+            .count(),
+        1,
+        "{fours:?}"
+    );
+    assert_eq!(
+        fours
+            .iter()
+            .filter(|c| matches!(c, Err(StoreError::Duplicate(id)) if id == "osp_4"))
+            .count(),
+        1,
+        "{fours:?}"
+    );
+    // A refused create keeps no key: a later create with it makes its payment. (Create
+    // 39 makes `osp_4` when it is written before create 4, and then keeps its key.)
+    for (key, create) in fresh_keys.iter().zip([39, 37]) {
+        let claim = store
+            .create(
+                &sample_record(&format!("osp_later_{key}"), 1_000, None),
+                Some(created_key(key)),
+                &[],
+            )
+            .await
+            .unwrap();
+        match &claims[create] {
+            Ok(IdempotencyClaim::Inserted) => assert!(
+                matches!(&claim, IdempotencyClaim::Existing { payment_id, .. } if payment_id == "osp_4"),
+                "{key}: {claim:?}"
+            ),
+            _ => assert_eq!(claim, IdempotencyClaim::Inserted, "{key}"),
+        }
+    }
+    // The payment stored before is as it was.
+    assert_eq!(store.get("osp_stored").await.unwrap().unwrap().version, 1);
+    store.drop_schema().await.unwrap();
+}

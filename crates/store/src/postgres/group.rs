@@ -13,34 +13,13 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use futures::future::join_all;
 use offsession_core::{CardAttempt, Expected, IdempotencyClaim, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use deadpool_postgres::GenericClient;
 
-use super::{pg_error, pool_error, step, Param, OUTBOX_LOCK};
+use super::{creates, pg_error, pool_error, step, OUTBOX_LOCK};
 use crate::row::{self, EventRow, RecordRow};
-
-/// A row's written columns as statement parameters, `$1`…`$12` in every statement
-/// that writes one: id, status, scope, due_at, claimable_at, lease_owner,
-/// lease_until, processor, payment_method, customer, created, body.
-fn row_values(row: &RecordRow) -> [Param<'_>; 12] {
-    [
-        &row.id,
-        &row.status,
-        &row.scope,
-        &row.due_at,
-        &row.claimable_at,
-        &row.lease_owner,
-        &row.lease_until,
-        &row.processor,
-        &row.payment_method,
-        &row.customer,
-        &row.created,
-        &row.body,
-    ]
-}
 
 /// Changes per transaction at most.
 const GROUP_MAX: usize = 512;
@@ -174,7 +153,8 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             .await
             .map_err(pg_error("starting a group of changes"))?;
         step(crash, &tx).await?;
-        // The group's commits as one statement, its creates one by one, all pipelined.
+        // The group's commits as one statement, beside its creates (keys, then payments,
+        // one statement each: `creates.rs`), pipelined on the one connection.
         let commits: Vec<(&RecordRow, Expected)> = group
             .iter()
             .filter_map(|change| match change {
@@ -182,19 +162,24 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
                 Change::Create { .. } => None,
             })
             .collect();
-        let creates = group.iter().filter_map(|change| match change {
-            Change::Create { row, key, .. } => Some(apply_create(&tx, crash, row, key.as_ref())),
-            Change::Commit { .. } => None,
-        });
-        let (committed, created) =
-            futures::join!(apply_commits(&tx, crash, &commits), join_all(creates));
+        let creates: Vec<(&RecordRow, Option<&Key>)> = group
+            .iter()
+            .filter_map(|change| match change {
+                Change::Create { row, key, .. } => Some((row, key.as_ref())),
+                Change::Commit { .. } => None,
+            })
+            .collect();
+        let (committed, created) = futures::join!(
+            apply_commits(&tx, crash, &commits),
+            creates::apply_creates(&tx, crash, &creates)
+        );
         let mut committed = committed?.into_iter();
-        let mut created = created.into_iter();
+        let mut created = created?.into_iter();
         let mut answers = Vec::with_capacity(group.len());
         for change in &group {
             answers.push(match change {
                 Change::Commit { .. } => Answer::Commit(committed.next().ok_or_else(mismatch)?),
-                Change::Create { .. } => Answer::Create(created.next().ok_or_else(mismatch)??),
+                Change::Create { .. } => Answer::Create(created.next().ok_or_else(mismatch)?),
             });
         }
         // The attempts of the changes that were written, in one statement: a
@@ -353,103 +338,6 @@ async fn apply_commits(
             })
         })
         .collect())
-}
-
-/// A create: the key (waiting for a concurrent holder of it), the payment, its
-/// attempts and events. A refusal undoes what it wrote before it was found.
-async fn apply_create(
-    tx: &deadpool_postgres::Transaction<'_>,
-    crash: &AtomicI64,
-    row: &RecordRow,
-    key: Option<&Key>,
-) -> Result<Result<IdempotencyClaim, StoreError>, StoreError> {
-    // What the key held before this create took it: None when it was new.
-    let mut previous: Option<(String, String, Option<i64>)> = None;
-    if let Some(key) = key {
-        let inserted = tx
-            .execute(
-                &tx.prepare_cached(
-                    "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-                )
-                .await
-                .map_err(pg_error("preparing a statement"))?,
-                &[&key.key, &key.fingerprint, &row.id, &key.now],
-            )
-            .await
-            .map_err(pg_error("writing an idempotency key"))?;
-        step(crash, tx).await?;
-        if inserted == 0 {
-            let existing = tx
-                .query_one(
-                    "SELECT fingerprint, payment_id, created_at FROM idempotency_keys
-                     WHERE key = $1 FOR UPDATE",
-                    &[&key.key],
-                )
-                .await
-                .map_err(pg_error("reading an idempotency key"))?;
-            let at: Option<i64> = existing.get(2);
-            if at.is_none_or(|at| at + key.ttl > key.now) {
-                return Ok(Ok(IdempotencyClaim::Existing {
-                    fingerprint: existing.get(0),
-                    payment_id: existing.get(1),
-                }));
-            }
-            previous = Some((existing.get(0), existing.get(1), at));
-            tx.execute(
-                "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3, created_at = $4
-                 WHERE key = $1",
-                &[&key.key, &key.fingerprint, &row.id, &key.now],
-            )
-            .await
-            .map_err(pg_error("renewing an expired idempotency key"))?;
-        }
-    }
-    let inserted = tx
-        .execute(
-            &tx.prepare_cached("INSERT INTO payments (id, version, status, scope, due_at, claimable_at, lease_owner,
-                 lease_until, processor, payment_method, customer, created, body)
-             VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::json)
-             ON CONFLICT (id) DO NOTHING")
-                .await
-                .map_err(pg_error("preparing a statement"))?,
-            &row_values(row),
-        )
-        .await
-        .map_err(pg_error("inserting a payment"))?;
-    if inserted == 0 {
-        // The id exists: give the key back as it was.
-        if let Some(key) = key {
-            match previous {
-                None => tx
-                    .execute(
-                        &tx.prepare_cached(
-                            "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
-                        )
-                        .await
-                        .map_err(pg_error("preparing a statement"))?,
-                        &[&key.key, &row.id],
-                    )
-                    .await
-                    .map_err(pg_error("releasing an idempotency key"))?,
-                Some((fingerprint, payment_id, at)) => tx
-                    .execute(
-                        &tx.prepare_cached(
-                            "UPDATE idempotency_keys SET fingerprint = $2, payment_id = $3,
-                             created_at = $4 WHERE key = $1",
-                        )
-                        .await
-                        .map_err(pg_error("preparing a statement"))?,
-                        &[&key.key, &fingerprint, &payment_id, &at],
-                    )
-                    .await
-                    .map_err(pg_error("restoring an idempotency key"))?,
-            };
-        }
-        return Ok(Err(StoreError::Duplicate(row.id.clone())));
-    }
-    step(crash, tx).await?;
-    Ok(Ok(IdempotencyClaim::Inserted))
 }
 
 /// Upserts attempts in one statement. A group holds at most one change per payment

@@ -27,6 +27,7 @@ use tokio_postgres::NoTls;
 
 use crate::row::{self, RecordRow, SCHEMA_VERSION};
 
+mod creates;
 mod group;
 mod store;
 

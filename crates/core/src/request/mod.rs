@@ -69,7 +69,12 @@ pub fn parse_create(body: &[u8]) -> Result<CreateOffSessionPayment, ApiError> {
     // The plain parse first; only a body it refuses is parsed again with the path
     // tracked, for an error that names the field (tracking costs about as much as
     // the parse itself).
-    if let Ok(request) = serde_json::from_slice::<CreateOffSessionPayment>(body) {
+    // The body's UTF-8 is checked once, whole: parsed from bytes, serde_json checks
+    // each string on its own (a quarter of the parse).
+    if let Ok(request) = std::str::from_utf8(body)
+        .map_err(drop)
+        .and_then(|text| serde_json::from_str::<CreateOffSessionPayment>(text).map_err(drop))
+    {
         return Ok(request);
     }
     let mut de = serde_json::Deserializer::from_slice(body);

@@ -58,7 +58,10 @@ pub(super) async fn apply_creates(
         let insert = tx
             .prepare_cached(
                 "INSERT INTO idempotency_keys (key, fingerprint, payment_id, created_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])
+                 SELECT key, fingerprint, payment_id, created_at
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[])
+                      WITH ORDINALITY AS k(key, fingerprint, payment_id, created_at, n)
+                 ORDER BY n
                  ON CONFLICT (key) DO NOTHING
                  RETURNING payment_id",
             )

@@ -196,11 +196,9 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
                 attempts.iter().map(move |a| (row, a))
             })
             .collect();
-        write_attempts(&tx, &attempts).await?;
-        step(crash, &tx).await?;
         // The events of the changes that were written, after every change's own
-        // statements: the outbox lock is taken once per group and as late as it can
-        // be, then held to the commit, so event sequences commit in order across
+        // statements: the outbox lock is taken once per group, by the event insert
+        // itself, and held to the commit, so event sequences commit in order across
         // instances (see the module docs of `postgres`).
         let events: Vec<&EventRow> = group
             .iter()
@@ -208,18 +206,13 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
             .filter(|(_, answer)| answer.written())
             .flat_map(|(change, _)| change.events())
             .collect();
-        if !events.is_empty() {
-            tx.execute(
-                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
-                    .await
-                    .map_err(pg_error("preparing the outbox lock"))?,
-                &[&OUTBOX_LOCK],
-            )
-            .await
-            .map_err(pg_error("locking the outbox"))?;
-            write_events(&tx, &events).await?;
-            step(crash, &tx).await?;
-        }
+        // The two statements go out together (pipelined on the connection): one round
+        // trip. Their order does not matter; the lock is inside the event insert.
+        let (attempts_written, events_written) =
+            futures::join!(write_attempts(&tx, &attempts), write_events(&tx, &events));
+        attempts_written?;
+        events_written?;
+        step(crash, &tx).await?;
         tx.commit()
             .await
             .map_err(pg_error("committing a group of changes"))?;
@@ -397,7 +390,9 @@ async fn write_attempts(
 }
 
 /// Inserts the group's events in one statement, in the group's order (so sequences
-/// follow it); the group took the outbox lock (see [`run`]).
+/// follow it), after taking the outbox lock in the same statement: every row joins
+/// the lock's one-row subquery (a volatile function, so Postgres evaluates it on its
+/// own, before any row is made), so no sequence is drawn before the lock is held.
 async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -405,10 +400,11 @@ async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Resu
     let insert = client
         .prepare_cached(
             "INSERT INTO events (id, payment_id, type, created, body)
-             SELECT id, payment_id, type, created, body::json
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[])
+             SELECT e.id, e.payment_id, e.type, e.created, e.body::json
+             FROM (SELECT pg_advisory_xact_lock($6)) AS outbox,
+                  UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[])
                   WITH ORDINALITY AS e(id, payment_id, type, created, body, n)
-             ORDER BY n",
+             ORDER BY e.n",
         )
         .await
         .map_err(pg_error("preparing the event insert"))?;
@@ -418,7 +414,10 @@ async fn write_events(client: &impl GenericClient, events: &[&EventRow]) -> Resu
     let created: Vec<i64> = events.iter().map(|e| e.3).collect();
     let bodies: Vec<&str> = events.iter().map(|e| e.4.as_str()).collect();
     client
-        .execute(&insert, &[&ids, &payments, &types, &created, &bodies])
+        .execute(
+            &insert,
+            &[&ids, &payments, &types, &created, &bodies, &OUTBOX_LOCK],
+        )
         .await
         .map_err(pg_error("writing events"))?;
     Ok(())

@@ -488,3 +488,61 @@ async fn creates_batched_together_answer_as_one_by_one() {
     assert_eq!(store.get("osp_stored").await.unwrap().unwrap().version, 1);
     store.drop_schema().await.unwrap();
 }
+
+/// Two creates with one expired key, queued together: the first renews the key and
+/// makes its payment, the second gets that payment back. (Sent at once, both used to
+/// read the expired key, renew it and make a payment each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_with_one_expired_key_make_one_payment() {
+    use offsession_core::{IdempotencyClaim, NewIdempotencyKey};
+    let Some(url) = url() else { return };
+    let store = PostgresStore::connect(&url, &schema("expired"), 4)
+        .await
+        .unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let key_at = |now: i64| NewIdempotencyKey {
+        key: "key_expired",
+        fingerprint: "fp",
+        now: Timestamp::from_millis(now),
+        ttl: day,
+    };
+    store
+        .create(
+            &sample_record("osp_old", 1_000, None),
+            Some(key_at(1_000)),
+            &[],
+        )
+        .await
+        .unwrap();
+    let later = 1_000 + 3 * 86_400_000;
+    for round in 0..10 {
+        let records: Vec<_> = (0..4)
+            .map(|i| sample_record(&format!("osp_{round}_{i}"), later, None))
+            .collect();
+        let now = later + round * 2 * 86_400_000;
+        let claims = futures::future::join_all(
+            records
+                .iter()
+                .map(|record| store.create(record, Some(key_at(now)), &[])),
+        )
+        .await;
+        let made: Vec<usize> = claims
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Ok(IdempotencyClaim::Inserted)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(made.len(), 1, "round {round}: {claims:?}");
+        let winner = &records[made[0]].payment.id;
+        for claim in &claims {
+            match claim {
+                Ok(IdempotencyClaim::Inserted) => {}
+                Ok(IdempotencyClaim::Existing { payment_id, .. }) => {
+                    assert_eq!(payment_id, winner, "round {round}")
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
+    store.drop_schema().await.unwrap();
+}

@@ -453,6 +453,18 @@ pub trait Store: Send + Sync + Debug {
         Ok(CardLock::in_process())
     }
 
+    /// What a create-request idempotency key maps to, `(fingerprint, payment id)`,
+    /// when it is registered and not expired at `now` (registered less than `ttl`
+    /// before it, as `create` counts). A create looks its key up before it
+    /// validates, so a retry gets the original payment even when the request would no
+    /// longer pass validation or preflight (a date since passed, a detached card).
+    async fn idempotency_key(
+        &self,
+        key: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(String, String)>, StoreError>;
+
     /// Registers a create-request idempotency key, or returns what it mapped to.
     async fn claim_idempotency_key(
         &self,

@@ -846,6 +846,14 @@ impl Store for SlowRenewals {
     async fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         self.inner.get(id).await
     }
+    async fn idempotency_key(
+        &self,
+        key: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        self.inner.idempotency_key(key, now, ttl).await
+    }
     async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
         let (inner, record) = (self.inner.clone(), record.clone());
         let writer = self.writer.clone().lock_owned().await;

@@ -506,6 +506,46 @@ async fn the_same_idempotency_key_and_body_return_the_original_payment() {
     assert_eq!(err.code, ErrorCode::IdempotencyError);
 }
 
+/// A retry with a registered key gets its payment even when the request would no
+/// longer pass validation (here `retry_until` has since passed): a 400 would tell the
+/// client nothing was made, and it would create again under a new key.
+#[tokio::test]
+async fn a_registered_key_answers_before_validation() {
+    let h = harness().await;
+    let mut body = h.body("pm_card_visa_chargeDeclined");
+    body["retry_details"] = json!({"retry_until": start().plus(2 * DAY).to_string()});
+    let text = body.to_string();
+    let first = h
+        .engine
+        .create_json(text.as_bytes(), Some("key-late"))
+        .await
+        .unwrap();
+    h.advance(3 * DAY).await;
+    // Without the key the same request is refused now.
+    let err = h
+        .engine
+        .create_json(text.as_bytes(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspGenericInvalidRequest, "{err:?}");
+    let again = h
+        .engine
+        .create_json(text.as_bytes(), Some("key-late"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    // Another request under the key is an idempotency error, not a validation error.
+    let mut other = body.clone();
+    other["amount"]["value"] = json!(3000);
+    let err = h
+        .engine
+        .create_json(other.to_string().as_bytes(), Some("key-late"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::IdempotencyError);
+    assert_eq!(h.engine.list(10, None).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn attempts_only_grow_and_each_has_its_own_key() {
     let h = harness().await;

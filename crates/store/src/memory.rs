@@ -524,6 +524,20 @@ impl Store for MemoryStore {
         Ok(IdempotencyClaim::Inserted)
     }
 
+    async fn idempotency_key(
+        &self,
+        key: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .idempotency
+            .get(key)
+            .filter(|(_, _, at)| at.is_none_or(|at| at.plus(ttl) > now))
+            .map(|(fingerprint, payment_id, _)| (fingerprint.clone(), payment_id.clone())))
+    }
+
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
         let inner = self.lock();
         let mut counts: HashMap<PaymentStatus, u64> = HashMap::new();

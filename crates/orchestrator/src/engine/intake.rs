@@ -33,6 +33,29 @@ impl Engine {
         request: &CreateOffSessionPayment,
         idempotency_key: Option<&str>,
     ) -> Result<OffSessionPayment, ApiError> {
+        let request_fingerprint = idempotency_key
+            .map(|_| fingerprint(&serde_json::to_string(request).unwrap_or_default()));
+        // A key already registered answers before anything else is checked: a retry
+        // gets its payment even when the request would no longer pass validation or
+        // preflight (a date since passed, a card detached), so a client never reads
+        // "nothing was made" and creates again under a new key.
+        if let Some(key) = idempotency_key {
+            let registered = self
+                .inner
+                .store
+                .idempotency_key(
+                    key,
+                    self.inner.clock.now(),
+                    self.inner.config.idempotency_ttl,
+                )
+                .await
+                .map_err(store_error)?;
+            if let Some((original, payment_id)) = registered {
+                return self
+                    .existing_for_key(key, &original, request_fingerprint.as_deref(), &payment_id)
+                    .await;
+            }
+        }
         let clock_now = match &request.test_clock {
             Some(id) if !self.inner.config.livemode => match self.load_test_clock(id).await? {
                 Some(clock) => clock.now(),
@@ -87,8 +110,6 @@ impl Engine {
             .unwrap_or(clock_now);
         let mut record = PaymentRecord::new(payment.clone(), route.remove(0), Some(method), due);
         record.fallbacks = route;
-        let request_fingerprint = idempotency_key
-            .map(|_| fingerprint(&serde_json::to_string(request).unwrap_or_default()));
         let key = idempotency_key
             .zip(request_fingerprint.as_deref())
             .map(|(key, fingerprint)| offsession_core::NewIdempotencyKey {
@@ -112,16 +133,14 @@ impl Engine {
                 fingerprint: original,
                 payment_id,
             } => {
-                if Some(original.as_str()) != request_fingerprint.as_deref() {
-                    return Err(ApiError::new(
-                        ErrorCode::IdempotencyError,
-                        format!(
-                            "idempotency key `{}` was used with a different request",
-                            idempotency_key.unwrap_or_default()
-                        ),
-                    ));
-                }
-                return self.retrieve(&payment_id).await;
+                return self
+                    .existing_for_key(
+                        idempotency_key.unwrap_or_default(),
+                        &original,
+                        request_fingerprint.as_deref(),
+                        &payment_id,
+                    )
+                    .await;
             }
         }
         metrics::counter!(
@@ -131,6 +150,24 @@ impl Engine {
         )
         .increment(1);
         Ok(payment)
+    }
+
+    /// The answer to a create whose key is registered: the original payment when the
+    /// request is the same, else an `idempotency_error`.
+    async fn existing_for_key(
+        &self,
+        key: &str,
+        original: &str,
+        request: Option<&str>,
+        payment_id: &str,
+    ) -> Result<OffSessionPayment, ApiError> {
+        if Some(original) != request {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyError,
+                format!("idempotency key `{key}` was used with a different request"),
+            ));
+        }
+        self.retrieve(payment_id).await
     }
 
     pub(super) fn new_payment(&self, valid: &ValidCreate, now: Timestamp) -> OffSessionPayment {

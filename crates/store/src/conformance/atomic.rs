@@ -128,6 +128,15 @@ pub(super) async fn an_expired_key_counts_as_new(store: &dyn Store) {
         .unwrap();
     let b = sample_record("osp_b", 2_000, None);
     let day_later = 1_000 + DAY.as_millis() as i64;
+    // The lookup a create makes first counts expiry as `create` does.
+    let lookup =
+        |key: &'static str, at: i64| store.idempotency_key(key, Timestamp::from_millis(at), DAY);
+    assert_eq!(
+        lookup("k3", day_later - 1).await.unwrap(),
+        Some(("fp-a".to_string(), "osp_a".to_string()))
+    );
+    assert_eq!(lookup("k3", day_later).await.unwrap(), None, "expired");
+    assert_eq!(lookup("k_unknown", 1_000).await.unwrap(), None);
     let claim = store
         .create(&b, Some(key("k3", "fp-b", day_later - 1)), &[])
         .await
@@ -153,6 +162,10 @@ pub(super) async fn an_expired_key_counts_as_new(store: &dyn Store) {
             payment_id: "osp_b".into()
         },
         "the renewed key maps to the payment that renewed it"
+    );
+    assert_eq!(
+        lookup("k3", day_later + 1).await.unwrap(),
+        Some(("fp-b".to_string(), "osp_b".to_string()))
     );
 }
 

@@ -46,6 +46,18 @@ pub(super) async fn idempotency_keys_map_to_the_first_payment(store: &dyn Store)
             payment_id: "osp_a".into()
         }
     );
+    // A key registered without a time never expires.
+    assert_eq!(
+        store
+            .idempotency_key(
+                "key-1",
+                Timestamp::from_millis(i64::MAX / 4),
+                std::time::Duration::from_secs(86_400)
+            )
+            .await
+            .unwrap(),
+        Some(("fp-a".to_string(), "osp_a".to_string()))
+    );
 }
 
 pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn Store) {

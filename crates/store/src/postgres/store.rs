@@ -210,6 +210,24 @@ impl Store for PostgresStore {
         Ok(CardLock::holding(Box::new(held)))
     }
 
+    async fn idempotency_key(
+        &self,
+        key: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_opt(
+                "SELECT fingerprint, payment_id FROM idempotency_keys
+                 WHERE key = $1 AND (created_at IS NULL OR created_at + $2 > $3)",
+                &[&key, &(ttl.as_millis() as i64), &now.as_millis()],
+            )
+            .await
+            .map_err(pg_error("reading an idempotency key"))?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
+    }
+
     async fn claim_idempotency_key(
         &self,
         key: &str,

@@ -419,6 +419,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn idempotency_key(
+        &self,
+        key: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let key = key.to_owned();
+        let now = now.as_millis();
+        let ttl = ttl.as_millis() as i64;
+        self.call(move |tx| {
+            tx.prepare_cached(
+                "SELECT fingerprint, payment_id FROM idempotency_keys
+                 WHERE key = ?1 AND (created_at IS NULL OR created_at + ?2 > ?3)",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, ttl, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(sql_error("reading an idempotency key"))
+        })
+        .await
+    }
+
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
         self.call(|tx| {
             let mut select = tx

@@ -207,6 +207,34 @@ async fn assert_expired(h: &Harness, id: &str) {
     );
 }
 
+/// A capture or a cancel that finds the authorization held (a capture under way on
+/// another instance, or the expiry) waits for it: 409, retry. Taking the hold over
+/// would send a second capture, or release the authorization under a capture.
+#[tokio::test]
+async fn capture_and_cancel_wait_for_a_capture_under_way() {
+    let h = harness().await;
+    let p = held_for_an_hour(&h).await;
+    use offsession_core::Store;
+    let mut record = h.store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::RequiresCapture);
+    let expected = offsession_core::Expected::of(&record);
+    record.lease = Some(offsession_core::Lease {
+        owner: "another-instance".into(),
+        until: h.now().await.plus(Duration::from_secs(60)),
+    });
+    h.store.update(&record, expected).await.unwrap();
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    let busy = offsession_core::ErrorCode::OffSessionPaymentConcurrentUpdate;
+    assert_eq!(err.code, busy, "{err:?}");
+    let err = h.engine.cancel(&p.id).await.unwrap_err();
+    assert_eq!(err.code, busy, "{err:?}");
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    // Once the hold lapses (its holder gone), the capture goes through.
+    h.advance(Duration::from_secs(61)).await;
+    let captured = h.engine.capture(&p.id, None).await.unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+}
+
 // Item 5, directly: capture() itself checks the deadline (the scheduler has not
 // run yet when the merchant calls).
 #[tokio::test]

@@ -306,10 +306,13 @@ async fn list(
 }
 
 /// A POST other than a create, under its `Idempotency-Key`: a repeat with the same
-/// request answers what the first answered (`Idempotent-Replayed: true`); the same key
-/// with another request is an `idempotency_error`. Answers below 500 are kept for
-/// `idempotency_ttl`. The operations themselves are compare-and-set changes, so two
-/// concurrent requests with one key cannot both change the payment.
+/// request answers what the first answered (`Idempotent-Replayed: true`) when that
+/// succeeded, and runs again when it was refused (as Stripe's v2 does: a refusal such
+/// as "retry once the payment leaves processing" may not hold later, and a replayed
+/// refusal could never be retried); the same key with another request is an
+/// `idempotency_error`. Answers below 500 are kept for `idempotency_ttl`. The
+/// operations themselves are compare-and-set changes, so two concurrent requests with
+/// one key cannot both change a payment.
 pub(crate) async fn idempotent<F>(
     state: &AppState,
     headers: &HeaderMap,
@@ -340,6 +343,10 @@ where
                     );
                 }
                 let status = saved["status"].as_u64().unwrap_or(200) as u16;
+                if status >= 300 {
+                    // Refused before: run it again (below), and keep the new answer.
+                    return remember(state, &state_key, request, now, run.await).await;
+                }
                 let mut response = (
                     StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                     Json(saved["body"].clone()),
@@ -352,7 +359,17 @@ where
             }
         }
     }
-    let response = run.await;
+    remember(state, &state_key, request, now, run.await).await
+}
+
+/// Keeps an answer below 500 under its idempotency key and returns it.
+async fn remember(
+    state: &AppState,
+    state_key: &str,
+    request: String,
+    now: i64,
+    response: Response,
+) -> Response {
     let status = response.status().as_u16();
     if status >= 500 {
         return response;
@@ -363,7 +380,7 @@ where
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let saved = json!({"request": request, "status": status, "body": body, "at": now});
-    if let Err(err) = state.store.save_state(&state_key, &saved.to_string()).await {
+    if let Err(err) = state.store.save_state(state_key, &saved.to_string()).await {
         tracing::warn!(error = %err, "could not keep an idempotent answer");
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use offsession_core::Timestamp;
@@ -53,10 +54,8 @@ fn frozen_time(form: &[(String, String)]) -> Result<Timestamp, Response> {
     }
 }
 
-fn v1_form(body: Result<Bytes, BytesRejection>) -> Result<Vec<(String, String)>, Response> {
-    let body = body.map_err(|r| invalid(format!("the request body could not be read: {r}")))?;
-    serde_urlencoded_pairs(&body)
-}
+/// The test clocks' path (Stripe's v1 test helpers).
+const CLOCKS: &str = "/v1/test_helpers/test_clocks";
 
 /// Decodes `application/x-www-form-urlencoded` pairs.
 fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Response> {
@@ -93,9 +92,20 @@ fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Response
 
 pub(crate) async fn create_clock(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let form = match v1_form(body) {
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return invalid(format!("the request body could not be read: {r}")),
+    };
+    let request = crate::api::fingerprint("POST", CLOCKS, &body);
+    let run = create_clock_now(state.clone(), body);
+    crate::api::idempotent(&state, &headers, request, run).await
+}
+
+async fn create_clock_now(state: AppState, body: Bytes) -> Response {
+    let form = match serde_urlencoded_pairs(&body) {
         Ok(form) => form,
         Err(response) => return response,
     };
@@ -136,9 +146,20 @@ pub(crate) async fn retrieve_clock(
 pub(crate) async fn advance_clock(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let form = match v1_form(body) {
+    let body = match body {
+        Ok(body) => body,
+        Err(r) => return invalid(format!("the request body could not be read: {r}")),
+    };
+    let request = crate::api::fingerprint("POST", &format!("{CLOCKS}/{id}/advance"), &body);
+    let run = advance_clock_now(state.clone(), id, body);
+    crate::api::idempotent(&state, &headers, request, run).await
+}
+
+async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response {
+    let form = match serde_urlencoded_pairs(&body) {
         Ok(form) => form,
         Err(response) => return response,
     };

@@ -15,6 +15,21 @@ fn refusal(refused: offsession_core::TransitionRefused) -> ApiError {
     ApiError::new(ErrorCode::OffSessionPaymentInvalidStatus, message)
 }
 
+/// A held authorization that a capture, or the scheduler's expiry, is working on (a
+/// live hold on a `requires_capture` payment): capture and cancel wait for it rather
+/// than take it over, which would send a second capture or release the authorization
+/// under a capture in flight.
+fn authorization_in_use(record: &PaymentRecord, now: Timestamp) -> Result<(), ApiError> {
+    let held = record.lease.as_ref().is_some_and(|lease| lease.until > now);
+    if record.payment.status == PaymentStatus::RequiresCapture && held {
+        return Err(ApiError::new(
+            ErrorCode::OffSessionPaymentConcurrentUpdate,
+            "a capture or the authorization's expiry is under way for this payment; retry shortly",
+        ));
+    }
+    Ok(())
+}
+
 impl Engine {
     pub(super) async fn manual<F>(
         &self,
@@ -30,6 +45,9 @@ impl Engine {
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
             let to = transition(record.payment.status, t).map_err(refusal)?;
+            if matches!(t, Transition::Cancel) {
+                authorization_in_use(&record, now)?;
+            }
             let mut next = record.clone();
             next.payment.status = to;
             next.lease = None;
@@ -168,6 +186,7 @@ impl Engine {
                 ),
             )
         })?;
+        authorization_in_use(&record, now)?;
         // Hold the payment while the processor captures: the scheduler claims a
         // `requires_capture` payment when its authorization expires, to release it and
         // fail it, and must not do that to one whose capture is under way.

@@ -1,0 +1,129 @@
+//! `Idempotency-Key` on the POSTs other than a create, against a real `serve`: a
+//! refused request runs again on a retry with its key (a replayed refusal could never
+//! be retried), a successful one is replayed, and test clock creates and advances
+//! honour their keys.
+
+mod common;
+
+use common::hooks::*;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A v1 form POST (test clocks), with an optional idempotency key.
+async fn form(
+    client: &reqwest::Client,
+    port: u16,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, Value, bool) {
+    let mut request = client
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(HOOK_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, response.json().await.unwrap_or_default(), replayed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_run_again_and_test_clocks_honour_their_keys() {
+    let dir = Scratch::new("idempotency-http");
+    let (port, hook_port) = (free_port(), free_port());
+    let _received = endpoint(hook_port, 0, SECRET);
+    let mut server = serve(&dir, port, hook_port);
+    let client = reqwest::Client::new();
+    let clocks = "/v1/test_helpers/test_clocks";
+
+    // A clock made twice under one key is one clock.
+    let (status, clock, replayed) = form(
+        &client,
+        port,
+        clocks,
+        "frozen_time=1767603600",
+        Some("clock-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{clock}");
+    let (status, again, replayed) = form(
+        &client,
+        port,
+        clocks,
+        "frozen_time=1767603600",
+        Some("clock-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["id"], clock["id"]);
+    let clock_id = clock["id"].as_str().unwrap().to_owned();
+
+    // A payment on the clock stays pending until the clock moves.
+    let (status, payment, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
+            "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
+            "test_clock": clock_id}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    let id = payment["id"].as_str().unwrap().to_owned();
+    let resume = format!("/v2/payments/off_session_payments/{id}/resume");
+    let pause = format!("/v2/payments/off_session_payments/{id}/pause");
+
+    // Resuming a payment that is not paused is refused ...
+    let (status, refused, _) =
+        api(&client, port, Method::POST, &resume, None, Some("resume-1")).await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, paused, _) = api(&client, port, Method::POST, &pause, None, None).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["status"], "paused");
+    // ... and once it is paused, the same request under the same key resumes it
+    // instead of replaying the refusal; then it is replayed.
+    let (status, resumed, replayed) =
+        api(&client, port, Method::POST, &resume, None, Some("resume-1")).await;
+    assert_eq!((status, replayed), (200, false), "{resumed}");
+    assert_eq!(resumed["status"], "pending");
+    let (status, again, replayed) =
+        api(&client, port, Method::POST, &resume, None, Some("resume-1")).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    // Another request under the key is an idempotency error.
+    let (status, other, _) = api(&client, port, Method::POST, &pause, None, Some("resume-1")).await;
+    assert_eq!(status, 400, "{other}");
+    assert_eq!(other["error"]["type"], "idempotency_error", "{other}");
+
+    // An advance retried under its key answers as the first did, instead of
+    // "must be later than the clock's current time".
+    let advance = format!("{clocks}/{clock_id}/advance");
+    let (status, moved, replayed) = form(
+        &client,
+        port,
+        &advance,
+        "frozen_time=1767690000",
+        Some("advance-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{moved}");
+    let (status, again, replayed) = form(
+        &client,
+        port,
+        &advance,
+        "frozen_time=1767690000",
+        Some("advance-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["frozen_time"], moved["frozen_time"]);
+    server.sigterm(std::time::Duration::from_secs(10));
+}

@@ -1,7 +1,7 @@
 //! `Idempotency-Key` on the POSTs other than a create, against a real `serve`: a
 //! refused request runs again on a retry with its key (a replayed refusal could never
-//! be retried), a successful one is replayed, and test clock creates and advances
-//! honour their keys.
+//! be retried), a successful one is replayed, test clock creates and advances honour
+//! their keys, and of concurrent requests with one key only one runs.
 
 mod common;
 
@@ -125,5 +125,44 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     .await;
     assert_eq!((status, replayed), (200, true), "{again}");
     assert_eq!(again["frozen_time"], moved["frozen_time"]);
+
+    // Eight creates of one event destination under one key, at once: one destination
+    // is made; the others get it replayed or are told the key is in use.
+    let destinations = "/v2/core/event_destinations";
+    let count = |listed: &Value| listed["data"].as_array().map_or(0, Vec::len);
+    let (_, before, _) = get(&client, port, &format!("{destinations}?limit=100")).await;
+    let body = json!({"name": "raced", "type": "webhook_endpoint", "event_payload": "thin",
+        "enabled_events": ["*"],
+        "webhook_endpoint": {"url": format!("http://127.0.0.1:{hook_port}/raced")}});
+    let answers = futures::future::join_all((0..8).map(|_| {
+        api(
+            &client,
+            port,
+            Method::POST,
+            destinations,
+            Some(body.clone()),
+            Some("dest-race"),
+        )
+    }))
+    .await;
+    let made: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _, replayed)| *status == 200 && !replayed)
+        .map(|(_, answer, _)| answer)
+        .collect();
+    assert_eq!(made.len(), 1, "{answers:?}");
+    for (status, answer, replayed) in &answers {
+        match status {
+            200 if *replayed => assert_eq!(answer["id"], made[0]["id"]),
+            200 => {}
+            409 => assert_eq!(
+                answer["error"]["code"], "idempotency_key_in_use",
+                "{answer}"
+            ),
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    let (_, after, _) = get(&client, port, &format!("{destinations}?limit=100")).await;
+    assert_eq!(count(&after), count(&before) + 1, "{after}");
     server.sigterm(std::time::Duration::from_secs(10));
 }

@@ -403,6 +403,16 @@ pub trait Store: Send + Sync + Debug {
     /// Saves a named piece of engine state, replacing what was there.
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
+    /// Writes a named piece of engine state only if it still holds `expected` (`None`:
+    /// only if it is absent); whether it wrote. Two callers swapping from the same
+    /// value: one wins. The HTTP API claims an `Idempotency-Key` with it.
+    async fn swap_state(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Removes a named piece of engine state (removing one that is absent is not an
     /// error).
     async fn delete_state(&self, key: &str) -> Result<(), StoreError>;

@@ -915,6 +915,14 @@ impl Store for SlowRenewals {
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.inner.save_state(key, value).await
     }
+    async fn swap_state(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.swap_state(key, expected, value).await
+    }
     async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete_state(key).await
     }

@@ -305,14 +305,19 @@ async fn list(
         .into_response()
 }
 
-/// A POST other than a create, under its `Idempotency-Key`: a repeat with the same
-/// request answers what the first answered (`Idempotent-Replayed: true`) when that
-/// succeeded, and runs again when it was refused (as Stripe's v2 does: a refusal such
-/// as "retry once the payment leaves processing" may not hold later, and a replayed
-/// refusal could never be retried); the same key with another request is an
-/// `idempotency_error`. Answers below 500 are kept for `idempotency_ttl`. The
-/// operations themselves are compare-and-set changes, so two concurrent requests with
-/// one key cannot both change a payment.
+/// A POST other than a create, under its `Idempotency-Key`.
+///
+/// - The key is claimed before the operation runs (`Store::swap_state`): of two
+///   requests with one key at once, on one instance or two, one runs and the other
+///   gets 409 `idempotency_key_in_use` (retry).
+/// - A repeat with the same request answers what the first answered
+///   (`Idempotent-Replayed: true`) when that succeeded, and runs again when it was
+///   refused or failed (as Stripe's v2 does: a refusal such as "retry once the payment
+///   leaves processing" may not hold later, and a replayed refusal could never be
+///   retried).
+/// - The same key with another request is an `idempotency_error`.
+/// - Answers are kept for `idempotency_ttl`. A claim whose request never finished (its
+///   server stopped) is taken over after [`IN_FLIGHT`].
 pub(crate) async fn idempotent<F>(
     state: &AppState,
     headers: &HeaderMap,
@@ -330,11 +335,21 @@ where
     let state_key = format!("idempotency/{key}");
     let now = state.engine.now().as_millis();
     let ttl = state.settings.idempotency_ttl.as_millis() as i64;
-    if let Ok(Some(saved)) = state.store.load_state(&state_key).await {
-        if let Ok(saved) = serde_json::from_str::<Value>(&saved) {
-            let fresh = saved["at"].as_i64().is_some_and(|at| now - at < ttl);
-            if fresh {
-                if saved["request"] != Value::String(request.clone()) {
+    // Status 0: claimed, running.
+    let claim = json!({"request": request, "status": 0, "at": now}).to_string();
+    for _ in 0..3 {
+        let saved_text = match state.store.load_state(&state_key).await {
+            Ok(saved) => saved,
+            Err(err) => return errors::api(store_unavailable(err)),
+        };
+        let take_over = match &saved_text {
+            None => None,
+            Some(text) => {
+                let saved: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                let at = saved["at"].as_i64().unwrap_or(i64::MIN);
+                let status = saved["status"].as_u64().unwrap_or(0) as u16;
+                let fresh = now.saturating_sub(at) < ttl;
+                if fresh && saved["request"] != Value::String(request.clone()) {
                     return errors::error(
                         400,
                         "idempotency_error",
@@ -342,27 +357,56 @@ where
                         "Keys for idempotent requests can only be used with the same parameters they were first used with.",
                     );
                 }
-                let status = saved["status"].as_u64().unwrap_or(200) as u16;
-                if status >= 300 {
-                    // Refused before: run it again (below), and keep the new answer.
-                    return remember(state, &state_key, request, now, run.await).await;
+                if fresh && status == 0 && now.saturating_sub(at) < IN_FLIGHT.as_millis() as i64 {
+                    return errors::error(
+                        409,
+                        "idempotency_error",
+                        "idempotency_key_in_use",
+                        "Another request with this idempotency key is in progress; retry shortly.",
+                    );
                 }
-                let mut response = (
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                    Json(saved["body"].clone()),
-                )
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", "true".parse().expect("header"));
-                return response;
+                if fresh && (200..300).contains(&status) {
+                    let mut response = (
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                        Json(saved["body"].clone()),
+                    )
+                        .into_response();
+                    response
+                        .headers_mut()
+                        .insert("idempotent-replayed", "true".parse().expect("header"));
+                    return response;
+                }
+                // Expired, refused, or claimed by a request that never finished.
+                Some(text.as_str())
             }
+        };
+        match state.store.swap_state(&state_key, take_over, &claim).await {
+            Ok(true) => return remember(state, &state_key, request, now, run.await).await,
+            // Another request changed the key meanwhile: look again.
+            Ok(false) => continue,
+            Err(err) => return errors::api(store_unavailable(err)),
         }
     }
-    remember(state, &state_key, request, now, run.await).await
+    errors::error(
+        409,
+        "idempotency_error",
+        "idempotency_key_in_use",
+        "Another request with this idempotency key is in progress; retry shortly.",
+    )
 }
 
-/// Keeps an answer below 500 under its idempotency key and returns it.
+/// How long a claimed idempotency key whose request has not finished keeps others
+/// out (a request that long has been lost with its server).
+const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn store_unavailable(err: offsession_core::StoreError) -> offsession_core::ApiError {
+    offsession_core::ApiError::new(
+        offsession_core::ErrorCode::ApiError,
+        format!("the store could not be reached for the idempotency key: {err}"),
+    )
+}
+
+/// Keeps an answer under its idempotency key (in place of the claim) and returns it.
 async fn remember(
     state: &AppState,
     state_key: &str,
@@ -370,10 +414,9 @@ async fn remember(
     now: i64,
     response: Response,
 ) -> Response {
+    // Every answer replaces the claim, a failure too: a retry then runs again
+    // instead of finding the key in use.
     let status = response.status().as_u16();
-    if status >= 500 {
-        return response;
-    }
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await

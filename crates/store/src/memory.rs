@@ -403,6 +403,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn swap_state(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.state.get(key).map(String::as_str) != expected {
+            return Ok(false);
+        }
+        inner.state.insert(key.to_owned(), value.to_owned());
+        Ok(true)
+    }
+
     async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
         self.lock().state.remove(key);
         Ok(())

@@ -290,6 +290,15 @@ pub(super) async fn engine_state_round_trips(store: &dyn Store) {
         store.load_state("breakers").await.unwrap().as_deref(),
         Some("[]")
     );
+    // A swap writes only over what it expects: absent, or the value it read.
+    assert!(store.swap_state("key/a", None, "1").await.unwrap());
+    assert!(!store.swap_state("key/a", None, "2").await.unwrap());
+    assert!(!store.swap_state("key/a", Some("0"), "2").await.unwrap());
+    assert!(store.swap_state("key/a", Some("1"), "2").await.unwrap());
+    assert_eq!(
+        store.load_state("key/a").await.unwrap().as_deref(),
+        Some("2")
+    );
 }
 
 pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {

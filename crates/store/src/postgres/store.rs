@@ -364,6 +364,36 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn swap_state(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let written = match expected {
+            None => {
+                client
+                    .execute(
+                        "INSERT INTO engine_state (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO NOTHING",
+                        &[&key, &value],
+                    )
+                    .await
+            }
+            Some(expected) => {
+                client
+                    .execute(
+                        "UPDATE engine_state SET value = $3 WHERE key = $1 AND value = $2",
+                        &[&key, &expected, &value],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg_error("swapping engine state"))?;
+        Ok(written == 1)
+    }
+
     async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client

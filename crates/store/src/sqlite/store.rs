@@ -538,6 +538,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn swap_state(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let (key, expected, value) = (
+            key.to_owned(),
+            expected.map(str::to_owned),
+            value.to_owned(),
+        );
+        self.call(move |tx| {
+            let written = match &expected {
+                None => tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO engine_state (key, value) VALUES (?1, ?2)",
+                    )
+                    .and_then(|mut s| s.execute(params![key, value])),
+                Some(expected) => tx
+                    .prepare_cached(
+                        "UPDATE engine_state SET value = ?3 WHERE key = ?1 AND value = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![key, expected, value])),
+            }
+            .map_err(sql_error("swapping engine state"))?;
+            Ok(written == 1)
+        })
+        .await
+    }
+
     async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.call(move |tx| {

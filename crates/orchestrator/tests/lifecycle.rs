@@ -546,6 +546,57 @@ async fn a_registered_key_answers_before_validation() {
     assert_eq!(h.engine.list(10, None).await.unwrap().len(), 1);
 }
 
+/// Two instances on one store see one test clock: an advance made on one is what the
+/// other reads next, and the other's next advance starts from there.
+#[tokio::test]
+async fn a_test_clock_advanced_on_one_instance_is_seen_by_another() {
+    let h = harness().await;
+    let other = offsession_orchestrator::Engine::builder()
+        .config(EngineConfig {
+            instance_id: "other".into(),
+            ..EngineConfig::default()
+        })
+        .processor(h.mock.clone())
+        .store(h.store.clone())
+        .events(Arc::new(offsession_core::CollectEvents::new()))
+        .build()
+        .unwrap();
+    // The other instance has read the clock once (and kept it).
+    let seen = other.retrieve_test_clock(&h.clock).await.unwrap();
+    assert_eq!(seen.frozen_time, start());
+    h.advance(DAY).await;
+    let seen = other.retrieve_test_clock(&h.clock).await.unwrap();
+    assert_eq!(seen.frozen_time, start().plus(DAY));
+    // An advance made on the other instance goes on from there, and the first sees it.
+    let moved = other
+        .advance_test_clock(&h.clock, start().plus(2 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(moved.frozen_time, start().plus(2 * DAY));
+    assert_eq!(h.now().await, start().plus(2 * DAY));
+    // An instance that never read the clock (just started) cancels a payment on it at
+    // the clock's time, not its own.
+    let p = h.create(h.body("pm_card_visa")).await;
+    let events = Arc::new(offsession_core::CollectEvents::new());
+    let fresh = offsession_orchestrator::Engine::builder()
+        .config(EngineConfig {
+            instance_id: "fresh".into(),
+            ..EngineConfig::default()
+        })
+        .processor(h.mock.clone())
+        .store(h.store.clone())
+        .events(events.clone())
+        .build()
+        .unwrap();
+    fresh.cancel(&p.id).await.unwrap();
+    let canceled = events
+        .events()
+        .into_iter()
+        .find(|e| e.event_type == offsession_core::EventType::Canceled)
+        .unwrap();
+    assert_eq!(canceled.created, start().plus(2 * DAY));
+}
+
 #[tokio::test]
 async fn attempts_only_grow_and_each_has_its_own_key() {
     let h = harness().await;

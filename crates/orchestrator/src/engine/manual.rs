@@ -42,6 +42,7 @@ impl Engine {
         let mut last_err = None;
         for _ in 0..MANUAL_OPERATION_TRIES {
             let record = self.stored(id).await?;
+            self.refresh_test_clock(&record.payment).await?;
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
             let to = transition(record.payment.status, t).map_err(refusal)?;
@@ -134,6 +135,7 @@ impl Engine {
         amount_to_capture: Option<i64>,
     ) -> Result<OffSessionPayment, ApiError> {
         let record = self.stored(id).await?;
+        self.refresh_test_clock(&record.payment).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
         // The earlier of the scheduled expiry and the authorization's own deadline

@@ -81,23 +81,25 @@ impl Engine {
         })
     }
 
-    /// The test clock `id`, from memory or, after a restart or from another
-    /// instance, from the store.
+    /// The test clock `id` as the store has it: another instance sharing the store
+    /// may have advanced it since this one last looked (or this one restarted). The
+    /// clock in memory moves forward to the stored time, never back: an advance under
+    /// way here sets it before it saves.
     pub(super) async fn load_test_clock(
         &self,
         id: &str,
     ) -> Result<Option<Arc<ManualClock>>, ApiError> {
-        if let Some(clock) = self.test_clock(id) {
-            return Ok(Some(clock));
-        }
         let saved = self
             .inner
             .store
             .load_state(&test_clock_key(id))
             .await
             .map_err(store_error)?;
-        let Some(millis) = saved.and_then(|text| text.parse::<i64>().ok()) else {
-            return Ok(None);
+        let Some(stored) = saved
+            .and_then(|text| text.parse::<i64>().ok())
+            .map(Timestamp::from_millis)
+        else {
+            return Ok(self.test_clock(id));
         };
         let clock = self
             .inner
@@ -105,9 +107,24 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .entry(id.to_owned())
-            .or_insert_with(|| Arc::new(ManualClock::new(Timestamp::from_millis(millis))))
+            .or_insert_with(|| Arc::new(ManualClock::new(stored)))
             .clone();
+        if stored > clock.now() {
+            clock.set(stored);
+        }
         Ok(Some(clock))
+    }
+
+    /// Reads a payment's test clock from the store (see `load_test_clock`), so that
+    /// `now_for` tells its time after a restart or another instance's advance.
+    pub(super) async fn refresh_test_clock(
+        &self,
+        payment: &OffSessionPayment,
+    ) -> Result<(), ApiError> {
+        if let Some(id) = &payment.test_clock {
+            self.load_test_clock(id).await?;
+        }
+        Ok(())
     }
 
     async fn save_test_clock(&self, id: &str, at: Timestamp) -> Result<(), ApiError> {

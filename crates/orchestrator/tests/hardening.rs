@@ -235,6 +235,25 @@ async fn capture_and_cancel_wait_for_a_capture_under_way() {
     assert_eq!(captured.status, PaymentStatus::Succeeded);
 }
 
+/// A capture the processor refuses gives its hold back: the merchant's retry or
+/// cancel runs at once instead of waiting for the lease to lapse (409 until then).
+#[tokio::test]
+async fn a_failed_capture_gives_its_hold_back() {
+    let alter = Altered {
+        capture_fails: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert_eq!(err.code, offsession_core::ErrorCode::ApiError, "{err:?}");
+    let record = h.store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::RequiresCapture);
+    assert_eq!(record.lease, None);
+    let canceled = h.engine.cancel(&p.id).await.unwrap();
+    assert_eq!(canceled.status, PaymentStatus::Canceled);
+}
+
 // Item 5, directly: capture() itself checks the deadline (the scheduler has not
 // run yet when the merchant calls).
 #[tokio::test]
@@ -272,7 +291,9 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
     let p = held_for_an_hour(&h).await;
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
     // A minute before the expiry the merchant captures; the processor does not answer
-    // in time (here: fails), so the capture's hold stays for the engine's lease.
+    // in time (here: fails). The capture may still be under way at the processor, so
+    // the expiry waits as long as the capture's hold would have (the hold itself is
+    // given back: see `a_failed_capture_gives_its_hold_back`).
     h.advance(Duration::from_secs(59 * 60)).await;
     assert!(h.engine.capture(&p.id, None).await.is_err());
     // Two minutes later the authorization's expiry has passed, inside the hold.
@@ -282,7 +303,7 @@ async fn the_scheduler_leaves_a_payment_alone_while_it_is_being_captured() {
         PaymentStatus::RequiresCapture,
         "released and failed while a capture may be under way"
     );
-    // Once the hold lapses, the expiry is handled as before.
+    // Once that wait is over, the expiry is handled as before.
     h.advance(Duration::from_secs(300)).await;
     assert_expired(&h, &p.id).await;
 }

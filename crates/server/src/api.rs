@@ -381,7 +381,24 @@ where
             }
         };
         match state.store.swap_state(&state_key, take_over, &claim).await {
-            Ok(true) => return remember(state, &state_key, request, now, run.await).await,
+            Ok(true) => {
+                // Should the request end before its answer is kept (the client went
+                // away and the handler was dropped, or it panicked), the claim is
+                // handed back as a failure, so a retry runs at once instead of
+                // finding the key in use.
+                let mut guard = ClaimGuard {
+                    store: state.store.clone(),
+                    key: state_key.clone(),
+                    claim: Some(claim),
+                    request: request.clone(),
+                    at: now,
+                };
+                let (response, kept) = remember(state, &state_key, request, now, run.await).await;
+                if kept {
+                    guard.claim = None;
+                }
+                return response;
+            }
             // Another request changed the key meanwhile: look again.
             Ok(false) => continue,
             Err(err) => return errors::api(store_unavailable(err)),
@@ -396,8 +413,38 @@ where
 }
 
 /// How long a claimed idempotency key whose request has not finished keeps others
-/// out (a request that long has been lost with its server).
-const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(600);
+/// out (a request that long has been lost with its server). A capture running longer
+/// is still protected by its hold on the payment (409 to a second one).
+const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A claimed key whose request has not kept its answer yet; dropped while it still
+/// holds the claim, it replaces the claim with a failure (status 499, "the request
+/// ended"), which a retry runs again.
+struct ClaimGuard {
+    store: std::sync::Arc<dyn offsession_core::Store>,
+    key: String,
+    claim: Option<String>,
+    request: String,
+    at: i64,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        let ended = json!({"request": self.request, "status": 499, "body": null, "at": self.at})
+            .to_string();
+        let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.swap_state(&key, Some(&claim), &ended).await {
+                    tracing::warn!(error = %err, "could not hand back an idempotency key; it is free again after a minute");
+                }
+            });
+        }
+    }
+}
 
 fn store_unavailable(err: offsession_core::StoreError) -> offsession_core::ApiError {
     offsession_core::ApiError::new(
@@ -406,14 +453,15 @@ fn store_unavailable(err: offsession_core::StoreError) -> offsession_core::ApiEr
     )
 }
 
-/// Keeps an answer under its idempotency key (in place of the claim) and returns it.
+/// Keeps an answer under its idempotency key (in place of the claim) and returns it,
+/// with whether it was kept.
 async fn remember(
     state: &AppState,
     state_key: &str,
     request: String,
     now: i64,
     response: Response,
-) -> Response {
+) -> (Response, bool) {
     // Every answer replaces the claim, a failure too: a retry then runs again
     // instead of finding the key in use.
     let status = response.status().as_u16();
@@ -423,10 +471,17 @@ async fn remember(
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let saved = json!({"request": request, "status": status, "body": body, "at": now});
-    if let Err(err) = state.store.save_state(state_key, &saved.to_string()).await {
-        tracing::warn!(error = %err, "could not keep an idempotent answer");
-    }
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    let kept = match state.store.save_state(state_key, &saved.to_string()).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not keep an idempotent answer");
+            false
+        }
+    };
+    (
+        Response::from_parts(parts, axum::body::Body::from(bytes)),
+        kept,
+    )
 }
 
 pub(crate) fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {

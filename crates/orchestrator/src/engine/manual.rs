@@ -218,7 +218,28 @@ impl Engine {
             record.version = version;
             record.lease = lease;
         }
-        captured.map_err(|e| ApiError::new(ErrorCode::ApiError, e.to_string()))?;
+        if let Err(err) = captured {
+            // The hold goes with the failed capture, so a retry (the same processor
+            // key, which the processor answers once) or a cancel runs at once, not
+            // after the lease lapses. The capture may still be executing at the
+            // processor (a timeout), so the authorization's expiry, which would
+            // release it, waits as long as the hold would have. A change made
+            // meanwhile is left alone.
+            let mut released = record.clone();
+            released.lease = None;
+            released.due_at = record
+                .due_at
+                .map(|due| due.max(now.plus(self.inner.config.lease)));
+            if let Err(store_err) = self
+                .inner
+                .store
+                .update(&released, Expected::of(&record))
+                .await
+            {
+                tracing::warn!(payment = %record.payment.id, error = %store_err, "could not give back a failed capture's hold; it lapses on its own");
+            }
+            return Err(ApiError::new(ErrorCode::ApiError, err.to_string()));
+        }
         let next = self.as_captured(&record, to);
         self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await

@@ -229,6 +229,20 @@ async fn capture_and_cancel_wait_for_a_capture_under_way() {
     let err = h.engine.cancel(&p.id).await.unwrap_err();
     assert_eq!(err.code, busy, "{err:?}");
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    // Past the authorization's deadline too, a capture that finds it held waits
+    // rather than release it under the other capture.
+    let mut late = h.store.get(&p.id).await.unwrap().unwrap();
+    let expected = offsession_core::Expected::of(&late);
+    let due = late.due_at;
+    late.due_at = Some(start());
+    h.store.update(&late, expected).await.unwrap();
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert_eq!(err.code, busy, "{err:?}");
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    let mut back = h.store.get(&p.id).await.unwrap().unwrap();
+    let expected = offsession_core::Expected::of(&back);
+    back.due_at = due;
+    h.store.update(&back, expected).await.unwrap();
     // Once the hold lapses (its holder gone), the capture goes through.
     h.advance(Duration::from_secs(61)).await;
     let captured = h.engine.capture(&p.id, None).await.unwrap();

@@ -138,6 +138,9 @@ impl Engine {
         self.refresh_test_clock(&record.payment).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
+        // Before the deadline check: past it, the expiry would release the
+        // authorization under a capture another request is making.
+        authorization_in_use(&record, now)?;
         // The earlier of the scheduled expiry and the authorization's own deadline
         // (an expiry whose release failed is scheduled again, past the deadline).
         let deadline = [record.due_at, self.capture_deadline(&record)]
@@ -188,7 +191,6 @@ impl Engine {
                 ),
             )
         })?;
-        authorization_in_use(&record, now)?;
         // Hold the payment while the processor captures: the scheduler claims a
         // `requires_capture` payment when its authorization expires, to release it and
         // fail it, and must not do that to one whose capture is under way.

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::clocks::{advance_clock, create_clock, retrieve_clock};
 use crate::errors::{self, invalid};
+use crate::idempotency::{fingerprint, idempotency_key, idempotent};
 use crate::AppState;
 
 const PAYMENTS: &str = "/v2/payments/off_session_payments";
@@ -209,18 +210,6 @@ pub(crate) fn json_body(
     Ok(body)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_owned())),
-            _ => Err(invalid(
-                "`Idempotency-Key` must be 1 to 255 visible ASCII characters",
-            )),
-        },
-    }
-}
-
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,192 +292,6 @@ async fn list(
     };
     Json(json!({"data": payments, "next_page_url": next, "previous_page_url": null}))
         .into_response()
-}
-
-/// A POST other than a create, under its `Idempotency-Key`.
-///
-/// - The key is claimed before the operation runs (`Store::swap_state`): of two
-///   requests with one key at once, on one instance or two, one runs and the other
-///   gets 409 `idempotency_key_in_use` (retry).
-/// - A repeat with the same request answers what the first answered
-///   (`Idempotent-Replayed: true`) when that succeeded, and runs again when it was
-///   refused or failed (as Stripe's v2 does: a refusal such as "retry once the payment
-///   leaves processing" may not hold later, and a replayed refusal could never be
-///   retried).
-/// - The same key with another request is an `idempotency_error`.
-/// - Answers are kept for `idempotency_ttl`. A claim whose request never finished (its
-///   server stopped) is taken over after [`IN_FLIGHT`].
-pub(crate) async fn idempotent<F>(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: String,
-    run: F,
-) -> Response
-where
-    F: std::future::Future<Output = Response>,
-{
-    let key = match idempotency_key(headers) {
-        Ok(Some(key)) => key,
-        Ok(None) => return run.await,
-        Err(response) => return response,
-    };
-    let state_key = format!("idempotency/{key}");
-    let now = state.engine.now().as_millis();
-    let ttl = state.settings.idempotency_ttl.as_millis() as i64;
-    // Status 0: claimed, running.
-    let claim = json!({"request": request, "status": 0, "at": now}).to_string();
-    for _ in 0..3 {
-        let saved_text = match state.store.load_state(&state_key).await {
-            Ok(saved) => saved,
-            Err(err) => return errors::api(store_unavailable(err)),
-        };
-        let take_over = match &saved_text {
-            None => None,
-            Some(text) => {
-                let saved: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                let at = saved["at"].as_i64().unwrap_or(i64::MIN);
-                let status = saved["status"].as_u64().unwrap_or(0) as u16;
-                let fresh = now.saturating_sub(at) < ttl;
-                if fresh && saved["request"] != Value::String(request.clone()) {
-                    return errors::error(
-                        400,
-                        "idempotency_error",
-                        "idempotency_error",
-                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                    );
-                }
-                if fresh && status == 0 && now.saturating_sub(at) < IN_FLIGHT.as_millis() as i64 {
-                    return errors::error(
-                        409,
-                        "idempotency_error",
-                        "idempotency_key_in_use",
-                        "Another request with this idempotency key is in progress; retry shortly.",
-                    );
-                }
-                if fresh && (200..300).contains(&status) {
-                    let mut response = (
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                        Json(saved["body"].clone()),
-                    )
-                        .into_response();
-                    response
-                        .headers_mut()
-                        .insert("idempotent-replayed", "true".parse().expect("header"));
-                    return response;
-                }
-                // Expired, refused, or claimed by a request that never finished.
-                Some(text.as_str())
-            }
-        };
-        match state.store.swap_state(&state_key, take_over, &claim).await {
-            Ok(true) => {
-                // Should the request end before its answer is kept (the client went
-                // away and the handler was dropped, or it panicked), the claim is
-                // handed back as a failure, so a retry runs at once instead of
-                // finding the key in use.
-                let mut guard = ClaimGuard {
-                    store: state.store.clone(),
-                    key: state_key.clone(),
-                    claim: Some(claim),
-                    request: request.clone(),
-                    at: now,
-                };
-                let (response, kept) = remember(state, &state_key, request, now, run.await).await;
-                if kept {
-                    guard.claim = None;
-                }
-                return response;
-            }
-            // Another request changed the key meanwhile: look again.
-            Ok(false) => continue,
-            Err(err) => return errors::api(store_unavailable(err)),
-        }
-    }
-    errors::error(
-        409,
-        "idempotency_error",
-        "idempotency_key_in_use",
-        "Another request with this idempotency key is in progress; retry shortly.",
-    )
-}
-
-/// How long a claimed idempotency key whose request has not finished keeps others
-/// out (a request that long has been lost with its server). A capture running longer
-/// is still protected by its hold on the payment (409 to a second one).
-const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// A claimed key whose request has not kept its answer yet; dropped while it still
-/// holds the claim, it replaces the claim with a failure (status 499, "the request
-/// ended"), which a retry runs again.
-struct ClaimGuard {
-    store: std::sync::Arc<dyn offsession_core::Store>,
-    key: String,
-    claim: Option<String>,
-    request: String,
-    at: i64,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        let Some(claim) = self.claim.take() else {
-            return;
-        };
-        let ended = json!({"request": self.request, "status": 499, "body": null, "at": self.at})
-            .to_string();
-        let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = store.swap_state(&key, Some(&claim), &ended).await {
-                    tracing::warn!(error = %err, "could not hand back an idempotency key; it is free again after a minute");
-                }
-            });
-        }
-    }
-}
-
-fn store_unavailable(err: offsession_core::StoreError) -> offsession_core::ApiError {
-    offsession_core::ApiError::new(
-        offsession_core::ErrorCode::ApiError,
-        format!("the store could not be reached for the idempotency key: {err}"),
-    )
-}
-
-/// Keeps an answer under its idempotency key (in place of the claim) and returns it,
-/// with whether it was kept.
-async fn remember(
-    state: &AppState,
-    state_key: &str,
-    request: String,
-    now: i64,
-    response: Response,
-) -> (Response, bool) {
-    // Every answer replaces the claim, a failure too: a retry then runs again
-    // instead of finding the key in use.
-    let status = response.status().as_u16();
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let saved = json!({"request": request, "status": status, "body": body, "at": now});
-    let kept = match state.store.save_state(state_key, &saved.to_string()).await {
-        Ok(()) => true,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not keep an idempotent answer");
-            false
-        }
-    };
-    (
-        Response::from_parts(parts, axum::body::Body::from(bytes)),
-        kept,
-    )
-}
-
-pub(crate) fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
-    format!(
-        "{method} {path} {}",
-        crate::auth::hash_key(&String::from_utf8_lossy(body))
-    )
 }
 
 async fn action(

@@ -14,6 +14,7 @@ use offsession_core::Timestamp;
 use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
+use crate::idempotency::{fingerprint, idempotent};
 use crate::AppState;
 
 fn clock_object(state: &AppState, id: &str, frozen: Timestamp, name: Option<&str>) -> Value {
@@ -57,6 +58,11 @@ fn frozen_time(form: &[(String, String)]) -> Result<Timestamp, Response> {
 /// The test clocks' path (Stripe's v1 test helpers).
 const CLOCKS: &str = "/v1/test_helpers/test_clocks";
 
+/// The body, or a 400 saying it could not be read.
+fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|r| invalid(format!("the request body could not be read: {r}")))
+}
+
 /// Decodes `application/x-www-form-urlencoded` pairs.
 fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, Response> {
     let text =
@@ -95,13 +101,13 @@ pub(crate) async fn create_clock(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match readable(body) {
         Ok(body) => body,
-        Err(r) => return invalid(format!("the request body could not be read: {r}")),
+        Err(response) => return response,
     };
-    let request = crate::api::fingerprint("POST", CLOCKS, &body);
+    let request = fingerprint("POST", CLOCKS, &body);
     let run = create_clock_now(state.clone(), body);
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }
 
 async fn create_clock_now(state: AppState, body: Bytes) -> Response {
@@ -149,13 +155,13 @@ pub(crate) async fn advance_clock(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match readable(body) {
         Ok(body) => body,
-        Err(r) => return invalid(format!("the request body could not be read: {r}")),
+        Err(response) => return response,
     };
-    let request = crate::api::fingerprint("POST", &format!("{CLOCKS}/{id}/advance"), &body);
+    let request = fingerprint("POST", &format!("{CLOCKS}/{id}/advance"), &body);
     let run = advance_clock_now(state.clone(), id, body);
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }
 
 async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response {

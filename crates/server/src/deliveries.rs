@@ -19,6 +19,7 @@ use offsession_core::{OutboxEvent, Timestamp};
 use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
+use crate::idempotency::{fingerprint, idempotent};
 use crate::webhooks::{self, WebhookEndpoint};
 use crate::AppState;
 
@@ -180,7 +181,7 @@ pub(crate) async fn resend(
         Some(Value::String(d)) => Some(d.clone()),
         Some(_) => return invalid("`destination` must be a string"),
     };
-    let request = crate::api::fingerprint("POST", &format!("/v2/core/events/{id}/resend"), &body);
+    let request = fingerprint("POST", &format!("/v2/core/events/{id}/resend"), &body);
     let run = async {
         let event = match event(&state, &id).await {
             Ok(Found::Outbox(event)) => event,
@@ -240,5 +241,5 @@ pub(crate) async fn resend(
             Err(response) => response,
         }
     };
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }

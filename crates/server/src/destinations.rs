@@ -17,6 +17,7 @@ use offsession_core::Store;
 use serde_json::{json, Map, Value};
 
 use crate::errors::{self, invalid};
+use crate::idempotency::{fingerprint, idempotent};
 use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
 use crate::AppState;
 
@@ -254,7 +255,7 @@ pub(crate) async fn create(
         Ok(metadata) => metadata,
         Err(why) => return invalid(why),
     };
-    let request = crate::api::fingerprint("POST", "/v2/core/event_destinations", &body);
+    let request = fingerprint("POST", "/v2/core/event_destinations", &body);
     let run = async {
         let now = state.engine.now();
         let stored = json!({
@@ -279,7 +280,7 @@ pub(crate) async fn create(
         }
         Json(object(&stored, with_secret)).into_response()
     };
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }
 
 /// `metadata`: an object of strings merged into `base`; a null value removes its key,
@@ -366,8 +367,7 @@ pub(crate) async fn update(
     if let Err(why) = include_of(params.get("include"), "webhook_endpoint.url") {
         return invalid(why);
     }
-    let request =
-        crate::api::fingerprint("POST", &format!("/v2/core/event_destinations/{id}"), &body);
+    let request = fingerprint("POST", &format!("/v2/core/event_destinations/{id}"), &body);
     let run = async {
         let mut stored = match load(state.store.as_ref(), &id).await {
             Ok(Some(stored)) if stored["status"] != "deleted" => stored,
@@ -411,7 +411,7 @@ pub(crate) async fn update(
         }
         Json(object(&stored, false)).into_response()
     };
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }
 
 /// `POST /v2/core/event_destinations/{id}/ping`: sends a `v2.core.event_destination.ping`
@@ -504,7 +504,7 @@ pub(crate) async fn action(
         Ok((body, _)) => body,
         Err(response) => return response,
     };
-    let request = crate::api::fingerprint(
+    let request = fingerprint(
         "POST",
         &format!("/v2/core/event_destinations/{id}/{action}"),
         &body,
@@ -516,7 +516,7 @@ pub(crate) async fn action(
             _ => ping(&state, &id).await,
         }
     };
-    crate::api::idempotent(&state, &headers, request, run).await
+    idempotent(&state, &headers, request, run).await
 }
 
 pub(crate) async fn delete(
@@ -524,9 +524,8 @@ pub(crate) async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let request =
-        crate::api::fingerprint("DELETE", &format!("/v2/core/event_destinations/{id}"), b"");
-    crate::api::idempotent(
+    let request = fingerprint("DELETE", &format!("/v2/core/event_destinations/{id}"), b"");
+    idempotent(
         &state,
         &headers,
         request,

@@ -14,6 +14,7 @@ mod clocks;
 mod deliveries;
 pub mod destinations;
 mod errors;
+mod idempotency;
 pub mod webhooks;
 
 use std::collections::HashSet;

@@ -225,13 +225,13 @@ impl Engine {
             // key, which the processor answers once) or a cancel runs at once, not
             // after the lease lapses. The capture may still be executing at the
             // processor (a timeout), so the authorization's expiry, which would
-            // release it, waits as long as the hold would have. A change made
-            // meanwhile is left alone.
+            // release it, waits until the hold (as last renewed) would have lapsed. A
+            // change made meanwhile is left alone.
             let mut released = record.clone();
-            released.lease = None;
+            let hold_until = released.lease.take().map(|lease| lease.until);
             released.due_at = record
                 .due_at
-                .map(|due| due.max(now.plus(self.inner.config.lease)));
+                .map(|due| hold_until.map_or(due, |until| due.max(until)));
             if let Err(store_err) = self
                 .inner
                 .store

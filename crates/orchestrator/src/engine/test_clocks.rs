@@ -109,9 +109,8 @@ impl Engine {
             .entry(id.to_owned())
             .or_insert_with(|| Arc::new(ManualClock::new(stored)))
             .clone();
-        if stored > clock.now() {
-            clock.set(stored);
-        }
+        // `set` moves a clock forward only.
+        clock.set(stored);
         Ok(Some(clock))
     }
 

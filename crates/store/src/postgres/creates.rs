@@ -108,21 +108,29 @@ pub(super) async fn apply_creates(
         } else {
             // The id exists: the key this create took is given back.
             if let Some(key) = key {
-                tx.execute(
-                    &tx.prepare_cached(
-                        "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
-                    )
-                    .await
-                    .map_err(pg_error("preparing a statement"))?,
-                    &[&key.key, &row.id],
-                )
-                .await
-                .map_err(pg_error("releasing an idempotency key"))?;
+                release_key(tx, key, &row.id).await?;
             }
             Err(StoreError::Duplicate(row.id.clone()))
         });
     }
     Ok(answers)
+}
+
+/// Removes the key a refused create registered (for payment `payment_id`), so the
+/// client's retry is free to make its payment.
+async fn release_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &Key,
+    payment_id: &str,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2")
+            .await
+            .map_err(pg_error("preparing a statement"))?,
+        &[&key.key, &payment_id],
+    )
+    .await
+    .map_err(pg_error("releasing an idempotency key"))
 }
 
 /// Inserts new payments (version 1) in one statement; returns the ids written (an id
@@ -271,17 +279,7 @@ async fn apply_create(
         // The id exists: give the key back as it was.
         if let Some(key) = key {
             match previous {
-                None => tx
-                    .execute(
-                        &tx.prepare_cached(
-                            "DELETE FROM idempotency_keys WHERE key = $1 AND payment_id = $2",
-                        )
-                        .await
-                        .map_err(pg_error("preparing a statement"))?,
-                        &[&key.key, &row.id],
-                    )
-                    .await
-                    .map_err(pg_error("releasing an idempotency key"))?,
+                None => release_key(tx, key, &row.id).await?,
                 Some((fingerprint, payment_id, at)) => tx
                     .execute(
                         &tx.prepare_cached(

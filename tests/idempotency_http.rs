@@ -7,6 +7,7 @@ mod common;
 
 use common::hooks::*;
 use common::*;
+use offsession::core::Store;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -164,5 +165,49 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     }
     let (_, after, _) = get(&client, port, &format!("{destinations}?limit=100")).await;
     assert_eq!(count(&after), count(&before) + 1, "{after}");
+
+    // A destination create whose answer was never kept (its server stopped after
+    // saving the destination; the key is handed back as ended, 499): run again under
+    // its key, it answers the destination the first run made instead of making another.
+    let body = json!({"name": "lost", "type": "webhook_endpoint", "event_payload": "thin",
+        "enabled_events": ["*"],
+        "webhook_endpoint": {"url": format!("http://127.0.0.1:{hook_port}/lost")}});
+    let (status, first, _) = api(
+        &client,
+        port,
+        Method::POST,
+        destinations,
+        Some(body.clone()),
+        Some("dest-lost"),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let store = offsession::store::SqliteStore::open(
+        &dir.path("hooks.db"),
+        offsession::store::Synchronous::Normal,
+    )
+    .unwrap();
+    let state_key = "idempotency/dest-lost";
+    let mut kept: Value =
+        serde_json::from_str(&store.load_state(state_key).await.unwrap().unwrap()).unwrap();
+    kept["status"] = json!(499);
+    kept["body"] = Value::Null;
+    store
+        .save_state(state_key, &kept.to_string())
+        .await
+        .unwrap();
+    let (status, again, replayed) = api(
+        &client,
+        port,
+        Method::POST,
+        destinations,
+        Some(body),
+        Some("dest-lost"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{again}");
+    assert_eq!(again["id"], first["id"], "{again}");
+    let (_, listed, _) = get(&client, port, &format!("{destinations}?limit=100")).await;
+    assert_eq!(count(&listed), count(&after) + 1, "{listed}");
     server.sigterm(std::time::Duration::from_secs(10));
 }

@@ -597,6 +597,64 @@ async fn a_test_clock_advanced_on_one_instance_is_seen_by_another() {
     assert_eq!(canceled.created, start().plus(2 * DAY));
 }
 
+/// One advance of a test clock at a time across instances sharing a store: a second
+/// instance is refused while the first holds the claim, sees the clock `advancing`,
+/// may claim it once released, and takes over a claim its holder stopped renewing.
+#[tokio::test]
+async fn one_instance_at_a_time_advances_a_test_clock() {
+    let h = harness().await;
+    let wall = Arc::new(offsession_core::ManualClock::new(start()));
+    let instance = |name: &str| {
+        offsession_orchestrator::Engine::builder()
+            .config(EngineConfig {
+                instance_id: name.into(),
+                ..EngineConfig::default()
+            })
+            .processor(h.mock.clone())
+            .store(h.store.clone())
+            .clock(wall.clone())
+            .events(Arc::new(offsession_core::CollectEvents::new()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (instance("a"), instance("b"));
+    assert!(!b.test_clock_advancing(&h.clock).await.unwrap());
+    assert!(a.claim_test_clock_advance(&h.clock).await.unwrap());
+    // Held by `a`: `b` may not advance it, nor may `a` start a second advance.
+    assert!(b.test_clock_advancing(&h.clock).await.unwrap());
+    assert!(!b.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(!a.claim_test_clock_advance(&h.clock).await.unwrap());
+    // `b` cannot end `a`'s claim.
+    b.release_test_clock_advance(&h.clock).await.unwrap();
+    assert!(!b.claim_test_clock_advance(&h.clock).await.unwrap());
+    a.advance_test_clock(&h.clock, start().plus(DAY))
+        .await
+        .unwrap();
+    a.release_test_clock_advance(&h.clock).await.unwrap();
+    assert!(!b.test_clock_advancing(&h.clock).await.unwrap());
+    assert!(b.claim_test_clock_advance(&h.clock).await.unwrap());
+    // `b` stops without releasing: its claim lapses a minute later and `a` takes over.
+    wall.advance(std::time::Duration::from_secs(59));
+    assert!(!a.claim_test_clock_advance(&h.clock).await.unwrap());
+    wall.advance(std::time::Duration::from_secs(2));
+    assert!(!a.test_clock_advancing(&h.clock).await.unwrap());
+    assert!(a.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(b.test_clock_advancing(&h.clock).await.unwrap());
+    // A clock is never saved back in time, whichever instance saves last.
+    b.advance_test_clock(&h.clock, start().plus(3 * DAY))
+        .await
+        .unwrap();
+    let late = a
+        .advance_test_clock(&h.clock, start().plus(2 * DAY))
+        .await
+        .unwrap_err();
+    assert!(late.message.contains("must not be before"), "{late:?}");
+    assert_eq!(
+        a.retrieve_test_clock(&h.clock).await.unwrap().frozen_time,
+        start().plus(3 * DAY)
+    );
+}
+
 #[tokio::test]
 async fn attempts_only_grow_and_each_has_its_own_key() {
     let h = harness().await;

@@ -17,12 +17,13 @@ use crate::errors::{self, invalid};
 use crate::idempotency::{fingerprint, idempotent};
 use crate::AppState;
 
-fn clock_object(state: &AppState, id: &str, frozen: Timestamp, name: Option<&str>) -> Value {
-    let advancing = state
-        .advancing
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(id);
+fn clock_object(
+    state: &AppState,
+    id: &str,
+    frozen: Timestamp,
+    name: Option<&str>,
+    advancing: bool,
+) -> Value {
     let created = state.engine.now().as_millis() / 1000;
     json!({
         "id": id,
@@ -131,6 +132,7 @@ async fn create_clock_now(state: AppState, body: Bytes) -> Response {
             &clock.id,
             clock.frozen_time,
             form_value(&form, "name"),
+            false,
         ))
         .into_response(),
         Err(err) => errors::api(err),
@@ -141,8 +143,19 @@ pub(crate) async fn retrieve_clock(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.engine.retrieve_test_clock(&id).await {
-        Ok(clock) => Json(clock_object(&state, &clock.id, clock.frozen_time, None)).into_response(),
+    let clock = match state.engine.retrieve_test_clock(&id).await {
+        Ok(clock) => clock,
+        Err(err) => return errors::api(err),
+    };
+    match state.engine.test_clock_advancing(&id).await {
+        Ok(advancing) => Json(clock_object(
+            &state,
+            &clock.id,
+            clock.frozen_time,
+            None,
+            advancing,
+        ))
+        .into_response(),
         Err(err) => errors::api(err),
     }
 }
@@ -183,19 +196,20 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
     if to <= clock.frozen_time {
         return invalid("`frozen_time` must be later than the clock's current time");
     }
-    {
-        let mut advancing = state.advancing.lock().unwrap_or_else(|p| p.into_inner());
-        if !advancing.insert(id.clone()) {
+    // One advance of a clock at a time, across every instance sharing the store.
+    match state.engine.claim_test_clock_advance(&id).await {
+        Ok(true) => {}
+        Ok(false) => {
             return errors::error(
                 400,
                 "invalid_request_error",
                 "test_clock_advancing",
                 "The test clock is already advancing; wait until its status is `ready`.",
-            );
+            )
         }
+        Err(err) => return errors::api(err),
     }
     let engine = state.engine.clone();
-    let set = state.advancing.clone();
     let clock_id = id.clone();
     tokio::spawn(async move {
         if let Err(err) = engine.advance_test_clock(&clock_id, to).await {
@@ -203,9 +217,9 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         }
         // Let a caller polling right after see `advancing` at least once.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        set.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&clock_id);
+        if let Err(err) = engine.release_test_clock_advance(&clock_id).await {
+            tracing::warn!(clock = %clock_id, error = %err, "could not end a test clock's advance; it lapses within a minute");
+        }
     });
-    Json(clock_object(&state, &id, to, None)).into_response()
+    Json(clock_object(&state, &id, to, None, true)).into_response()
 }

@@ -17,7 +17,7 @@ use offsession_core::Store;
 use serde_json::{json, Map, Value};
 
 use crate::errors::{self, invalid};
-use crate::idempotency::{fingerprint, idempotent};
+use crate::idempotency::{fingerprint, idempotency_key, idempotent};
 use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
 use crate::AppState;
 
@@ -256,10 +256,23 @@ pub(crate) async fn create(
         Err(why) => return invalid(why),
     };
     let request = fingerprint("POST", "/v2/core/event_destinations", &body);
+    // Under an idempotency key the id comes from the key and the request, so that a
+    // create run again after its server stopped before keeping the answer finds the
+    // destination the first run made instead of making a second.
+    let keyed_id = match idempotency_key(&headers) {
+        Ok(Some(key)) => Some(format!(
+            "ed_{}",
+            &crate::auth::hash_key(&format!("{key}\n{request}"))[..32]
+        )),
+        _ => None,
+    };
     let run = async {
         let now = state.engine.now();
+        let id = keyed_id
+            .clone()
+            .unwrap_or_else(|| format!("ed_{}", uuid::Uuid::new_v4().simple()));
         let stored = json!({
-            "id": format!("ed_{}", uuid::Uuid::new_v4().simple()),
+            "id": id,
             "object": "v2.core.event_destination",
             "created": now,
             "updated": now,
@@ -275,7 +288,33 @@ pub(crate) async fn create(
             "webhook_endpoint": {"url": url},
             "signing_secret": new_secret(),
         });
-        if let Err(response) = save(state.store.as_ref(), &stored).await {
+        if keyed_id.is_some() {
+            let key = format!("{PREFIX}{id}");
+            match state
+                .store
+                .swap_state(&key, None, &stored.to_string())
+                .await
+            {
+                Ok(true) => {}
+                // Made by an earlier run of this request: answer it, unless it was
+                // deleted since (the key had expired): then make a new one.
+                Ok(false) => match load(state.store.as_ref(), &id).await {
+                    Ok(Some(made)) if made["status"] != "deleted" => {
+                        return Json(object(&made, with_secret)).into_response()
+                    }
+                    Ok(_) => {
+                        let mut fresh = stored.clone();
+                        fresh["id"] = json!(format!("ed_{}", uuid::Uuid::new_v4().simple()));
+                        if let Err(response) = save(state.store.as_ref(), &fresh).await {
+                            return response;
+                        }
+                        return Json(object(&fresh, with_secret)).into_response();
+                    }
+                    Err(response) => return response,
+                },
+                Err(err) => return errors::internal(err),
+            }
+        } else if let Err(response) = save(state.store.as_ref(), &stored).await {
             return response;
         }
         Json(object(&stored, with_secret)).into_response()

@@ -17,8 +17,7 @@ mod errors;
 mod idempotency;
 pub mod webhooks;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use offsession_core::Store;
 use offsession_orchestrator::Engine;
@@ -47,8 +46,6 @@ pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) settings: Arc<ServerSettings>,
     pub(crate) limiter: Arc<auth::KeyLimiter>,
-    /// Test clocks being advanced in the background.
-    pub(crate) advancing: Arc<Mutex<HashSet<String>>>,
     /// The webhook endpoints of the configuration (API destinations are in the store).
     pub(crate) endpoints: Arc<Vec<WebhookEndpoint>>,
 }
@@ -70,7 +67,6 @@ impl AppState {
             store,
             settings: Arc::new(settings),
             limiter,
-            advancing: Arc::new(Mutex::new(HashSet::new())),
             endpoints: Arc::new(Vec::new()),
         }
     }

@@ -58,6 +58,7 @@ impl Engine {
                 .map_err(store_error)?;
             match next {
                 Some(due) if due <= to => {
+                    self.renew_test_clock_advance(id).await?;
                     clock.set(due);
                     self.save_test_clock(id, due).await?;
                     let report = self
@@ -126,15 +127,150 @@ impl Engine {
         Ok(())
     }
 
+    /// Saves a test clock's time, forward only: of two instances saving one clock at
+    /// once, the later time stays (a compare-and-set on the stored time).
     async fn save_test_clock(&self, id: &str, at: Timestamp) -> Result<(), ApiError> {
+        let key = test_clock_key(id);
+        let store = &self.inner.store;
+        for _ in 0..CLOCK_SAVE_TRIES {
+            let saved = store.load_state(&key).await.map_err(store_error)?;
+            if saved
+                .as_deref()
+                .and_then(|text| text.parse::<i64>().ok())
+                .is_some_and(|stored| stored >= at.as_millis())
+            {
+                return Ok(());
+            }
+            let value = at.as_millis().to_string();
+            if store
+                .swap_state(&key, saved.as_deref(), &value)
+                .await
+                .map_err(store_error)?
+            {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::OffSessionPaymentConcurrentUpdate,
+            format!("test clock `{id}` kept changing while it was saved; retry"),
+        ))
+    }
+
+    /// Claims the right to advance test clock `id`, for every instance sharing the
+    /// store: `false` when another advance of it is under way (here or on another
+    /// instance). A claim whose instance stopped lapses [`ADVANCE_LEASE`] after it was
+    /// last renewed; [`Engine::advance_test_clock`] renews this instance's claim as it
+    /// goes. Release it with [`Engine::release_test_clock_advance`].
+    pub async fn claim_test_clock_advance(&self, id: &str) -> Result<bool, ApiError> {
+        let key = advance_key(id);
+        let saved = self
+            .inner
+            .store
+            .load_state(&key)
+            .await
+            .map_err(store_error)?;
+        if saved
+            .as_deref()
+            .and_then(AdvanceClaim::parse)
+            .is_some_and(|claim| claim.until > self.now().as_millis())
+        {
+            return Ok(false);
+        }
         self.inner
             .store
-            .save_state(&test_clock_key(id), &at.as_millis().to_string())
+            .swap_state(&key, saved.as_deref(), &self.advance_claim())
             .await
             .map_err(store_error)
+    }
+
+    /// Ends this instance's claim on advancing test clock `id` (a claim another
+    /// instance took over after this one's lapsed is left alone).
+    pub async fn release_test_clock_advance(&self, id: &str) -> Result<(), ApiError> {
+        let key = advance_key(id);
+        let store = &self.inner.store;
+        let saved = store.load_state(&key).await.map_err(store_error)?;
+        if let Some(text) = saved.as_deref() {
+            if AdvanceClaim::parse(text).is_some_and(|c| c.by == self.inner.config.instance_id) {
+                store
+                    .swap_state(&key, Some(text), "")
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an advance of test clock `id` is under way on any instance.
+    pub async fn test_clock_advancing(&self, id: &str) -> Result<bool, ApiError> {
+        let saved = self
+            .inner
+            .store
+            .load_state(&advance_key(id))
+            .await
+            .map_err(store_error)?;
+        Ok(saved
+            .as_deref()
+            .and_then(AdvanceClaim::parse)
+            .is_some_and(|claim| claim.until > self.now().as_millis()))
+    }
+
+    /// Renews this instance's claim on advancing `id`, if it holds one that is half
+    /// spent.
+    async fn renew_test_clock_advance(&self, id: &str) -> Result<(), ApiError> {
+        let key = advance_key(id);
+        let store = &self.inner.store;
+        let saved = store.load_state(&key).await.map_err(store_error)?;
+        let Some(text) = saved.as_deref() else {
+            return Ok(());
+        };
+        let half = ADVANCE_LEASE.as_millis() as i64 / 2;
+        if AdvanceClaim::parse(text).is_some_and(|c| {
+            c.by == self.inner.config.instance_id && c.until - self.now().as_millis() < half
+        }) {
+            store
+                .swap_state(&key, Some(text), &self.advance_claim())
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    fn advance_claim(&self) -> String {
+        serde_json::json!({
+            "by": self.inner.config.instance_id,
+            "until": self.now().as_millis() + ADVANCE_LEASE.as_millis() as i64,
+        })
+        .to_string()
+    }
+}
+
+/// Tries at saving a test clock's time against other instances' saves.
+const CLOCK_SAVE_TRIES: usize = 8;
+
+/// How long a claim on advancing a test clock holds without renewal.
+const ADVANCE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A stored claim on advancing a test clock: the instance and until when (engine
+/// time, milliseconds). An empty value is no claim.
+struct AdvanceClaim {
+    by: String,
+    until: i64,
+}
+
+impl AdvanceClaim {
+    fn parse(text: &str) -> Option<AdvanceClaim> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(AdvanceClaim {
+            by: value["by"].as_str()?.to_owned(),
+            until: value["until"].as_i64()?,
+        })
     }
 }
 
 fn test_clock_key(id: &str) -> String {
     format!("test_clock/{id}")
+}
+
+fn advance_key(id: &str) -> String {
+    format!("test_clock_advancing/{id}")
 }

@@ -209,5 +209,67 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     assert_eq!(again["id"], first["id"], "{again}");
     let (_, listed, _) = get(&client, port, &format!("{destinations}?limit=100")).await;
     assert_eq!(count(&listed), count(&after) + 1, "{listed}");
+
+    // The same for a cancel: run again after its answer was lost, it finds the payment
+    // canceled and answers it, instead of refusing to cancel a canceled payment. A
+    // cancel under a new key is still refused.
+    let (status, payment, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
+            "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
+            "test_clock": clock_id}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    let cancel = format!(
+        "/v2/payments/off_session_payments/{}/cancel",
+        payment["id"].as_str().unwrap()
+    );
+    let (status, canceled, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &cancel,
+        None,
+        Some("cancel-lost"),
+    )
+    .await;
+    assert_eq!(status, 200, "{canceled}");
+    let state_key = "idempotency/cancel-lost";
+    let mut kept: Value =
+        serde_json::from_str(&store.load_state(state_key).await.unwrap().unwrap()).unwrap();
+    kept["status"] = json!(499);
+    kept["body"] = Value::Null;
+    store
+        .save_state(state_key, &kept.to_string())
+        .await
+        .unwrap();
+    let (status, again, replayed) = api(
+        &client,
+        port,
+        Method::POST,
+        &cancel,
+        None,
+        Some("cancel-lost"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{again}");
+    assert_eq!(again["status"], "canceled", "{again}");
+    let (status, refused, _) = api(
+        &client,
+        port,
+        Method::POST,
+        &cancel,
+        None,
+        Some("cancel-new"),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
     server.sigterm(std::time::Duration::from_secs(10));
 }

@@ -69,9 +69,26 @@ pub(crate) async fn idempotent<F>(
 where
     F: std::future::Future<Output = Response>,
 {
+    idempotent_resumable(state, headers, request, |_| run).await
+}
+
+/// [`idempotent`], telling the operation whether it runs again for a request under
+/// the same key that ended without its answer kept (its server stopped, or its client
+/// went away mid-way): that run may have done its work, and the operation then
+/// answers the work's result rather than refuse to do it twice.
+pub(crate) async fn idempotent_resumable<F, R>(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: String,
+    run: R,
+) -> Response
+where
+    R: FnOnce(bool) -> F,
+    F: std::future::Future<Output = Response>,
+{
     let key = match idempotency_key(headers) {
         Ok(Some(key)) => key,
-        Ok(None) => return run.await,
+        Ok(None) => return run(false).await,
         Err(response) => return response,
     };
     let state_key = format!("idempotency/{key}");
@@ -106,7 +123,11 @@ where
                     request: request.clone(),
                     at: now,
                 };
-                let (response, kept) = remember(state, &state_key, request, now, run.await).await;
+                let resumed = saved
+                    .as_deref()
+                    .is_some_and(|text| ended_unanswered(text, &request, now, ttl));
+                let (response, kept) =
+                    remember(state, &state_key, request, now, run(resumed).await).await;
                 if kept {
                     guard.claim = None;
                 }
@@ -153,6 +174,16 @@ fn answer_from(saved: &str, request: &str, now: i64, ttl: i64) -> Option<Respons
         .headers_mut()
         .insert("idempotent-replayed", "true".parse().expect("header"));
     Some(response)
+}
+
+/// Whether a kept entry is this request's claim, unexpired, whose run ended without
+/// its answer kept.
+fn ended_unanswered(saved: &str, request: &str, now: i64, ttl: i64) -> bool {
+    let saved: Value = serde_json::from_str(saved).unwrap_or(Value::Null);
+    let age = now.saturating_sub(saved["at"].as_i64().unwrap_or(i64::MIN));
+    age < ttl
+        && saved["request"].as_str() == Some(request)
+        && matches!(saved["status"].as_u64(), Some(RUNNING | ENDED))
 }
 
 fn key_in_use() -> Response {

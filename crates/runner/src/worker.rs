@@ -175,9 +175,8 @@ pub async fn run_wired(
                 if let Err(err) = engine.restore_breakers().await {
                     tracing::warn!(error = %err, "reloading circuit breakers failed");
                 }
-                match reconcile_smart(&smart, &store, &base).await {
-                    Ok(next) => base = next,
-                    Err(err) => tracing::warn!(error = %err, "reconciling the smart model failed"),
+                if let Err(err) = reconcile_smart(&smart, &store, &mut base).await {
+                    tracing::warn!(error = %err, "reconciling the smart model failed");
                 }
             }
             base
@@ -254,7 +253,7 @@ pub async fn run_wired(
 
     // Stopping: no more heartbeats; this instance's rate-limit share goes back to the
     // others; what the smart model learned is folded into the store's.
-    let base = match shared.await {
+    let mut base = match shared.await {
         Ok(base) => base,
         Err(err) => {
             tracing::warn!(error = %err, "the heartbeat task failed");
@@ -264,7 +263,7 @@ pub async fn run_wired(
     if let Err(err) = engine.leave().await {
         tracing::warn!(error = %err, "could not mark this instance stopped");
     }
-    if let Err(err) = reconcile_smart(&wired.smart, &wired.store, &base).await {
+    if let Err(err) = reconcile_smart(&wired.smart, &wired.store, &mut base).await {
         tracing::warn!(error = %err, "could not save the smart model's learning");
     }
     if let Some(path) = &config.smart.state_path {
@@ -288,25 +287,98 @@ pub async fn run_wired(
 }
 
 /// Folds the smart model's learning since `base` into the store's state and saves
-/// the result, which becomes the next `base`.
+/// the result, which becomes the next `base`. The save is a compare-and-set: when
+/// another worker saved its fold meanwhile, this one folds again onto that (its own
+/// learning is then what it holds beyond the state it folded onto), so that no
+/// worker's increment is lost. `base` always ends as the state the model was last
+/// folded onto, also when this fails, so that the next fold counts nothing twice.
 async fn reconcile_smart(
     smart: &offsession_retry::SmartPolicy,
     store: &Arc<dyn Store>,
-    base: &offsession_retry::SmartState,
-) -> Result<offsession_retry::SmartState, String> {
-    let stored = match store
-        .load_state(SMART_STATE_KEY)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Some(text) => serde_json::from_str(&text).map_err(|e| e.to_string())?,
-        None => base.clone(),
-    };
-    let merged = smart.reconcile(base, stored).map_err(|e| e.to_string())?;
-    let text = serde_json::to_string(&merged).map_err(|e| e.to_string())?;
-    store
-        .save_state(SMART_STATE_KEY, &text)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(merged)
+    base: &mut offsession_retry::SmartState,
+) -> Result<(), String> {
+    for attempt in 0..RECONCILE_TRIES {
+        if attempt > 0 {
+            // Another worker saved between this one's read and write: let it finish.
+            let jitter = offsession_core::hash::mix64(attempt as u64 ^ std::process::id() as u64);
+            tokio::time::sleep(std::time::Duration::from_millis(1 + jitter % 20)).await;
+        }
+        let text = store
+            .load_state(SMART_STATE_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored: offsession_retry::SmartState = match &text {
+            Some(text) => serde_json::from_str(text).map_err(|e| e.to_string())?,
+            None => base.clone(),
+        };
+        let merged = smart
+            .reconcile(base, stored.clone())
+            .map_err(|e| e.to_string())?;
+        // The model now holds `stored` plus this worker's learning.
+        *base = stored;
+        let merged_text = serde_json::to_string(&merged).map_err(|e| e.to_string())?;
+        if store
+            .swap_state(SMART_STATE_KEY, text.as_deref(), &merged_text)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            *base = merged;
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "the stored smart state kept changing over {RECONCILE_TRIES} tries; folding again at the next interval"
+    ))
+}
+
+/// Tries at folding the smart model into the store against other workers' folds.
+const RECONCILE_TRIES: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two workers folding into one store at once, many times: every increment of
+    /// either is in the stored state at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_folds_lose_no_increment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            offsession_store::SqliteStore::open(
+                &dir.path().join("smart.db"),
+                offsession_store::Synchronous::Normal,
+            )
+            .unwrap(),
+        );
+        const ROUNDS: u64 = 150;
+        let worker = |store: Arc<dyn Store>| async move {
+            let smart = offsession_retry::SmartPolicy::new(&Default::default()).unwrap();
+            let mut base = smart.state();
+            for _ in 0..ROUNDS {
+                // One observation learned since the last fold; a fold that gave up
+                // leaves it to the next.
+                let mut learned = smart.state();
+                learned.observations += 1;
+                smart.restore(learned).unwrap();
+                let _ = reconcile_smart(&smart, &store, &mut base).await;
+            }
+            while let Err(err) = reconcile_smart(&smart, &store, &mut base).await {
+                eprintln!("{err}");
+            }
+        };
+        let (a, b) = tokio::join!(
+            tokio::spawn(worker(store.clone())),
+            tokio::spawn(worker(store.clone()))
+        );
+        a.unwrap();
+        b.unwrap();
+        let stored: offsession_retry::SmartState =
+            serde_json::from_str(&store.load_state(SMART_STATE_KEY).await.unwrap().unwrap())
+                .unwrap();
+        let prior = offsession_retry::SmartPolicy::new(&Default::default())
+            .unwrap()
+            .state()
+            .observations;
+        assert_eq!(stored.observations, prior + 2 * ROUNDS);
+    }
 }

@@ -417,6 +417,11 @@ pub trait Store: Send + Sync + Debug {
     /// error).
     async fn delete_state(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Removes a named piece of engine state only if it still holds `expected`;
+    /// whether it removed it. A sweep removes what it found expired without removing
+    /// what another caller wrote over it meanwhile.
+    async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError>;
+
     /// Every piece of engine state whose key starts with `prefix`, sorted by key
     /// (instances' heartbeats, `instance/…`).
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;

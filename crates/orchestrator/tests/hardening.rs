@@ -961,6 +961,9 @@ impl Store for SlowRenewals {
     async fn delete_state(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete_state(key).await
     }
+    async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        self.inner.remove_state_if(key, expected).await
+    }
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.list_state(prefix).await
     }

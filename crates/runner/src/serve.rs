@@ -157,6 +157,15 @@ pub async fn run(
             worker::stopped(stop_rx.clone()),
         ));
     }
+    // Saved answers of the POSTs other than creates expire with their keys (a
+    // create's key lives with its payment and expires in the store).
+    tokio::spawn(offsession_server::expire_answers(
+        wired.store.clone(),
+        wired.engine.clone(),
+        config.engine.idempotency_ttl,
+        std::time::Duration::from_secs(3_600),
+        worker::stopped(stop_rx.clone()),
+    ));
     tokio::spawn(offsession_server::destinations::supervise(
         wired.store.clone(),
         delivery,

@@ -91,7 +91,7 @@ where
         Ok(None) => return run(false).await,
         Err(response) => return response,
     };
-    let state_key = format!("idempotency/{key}");
+    let state_key = format!("{PREFIX}{key}");
     let now = state.engine.now().as_millis();
     let ttl = state.settings.idempotency_ttl.as_millis() as i64;
     let claim = json!({"request": request, "status": RUNNING, "at": now}).to_string();
@@ -252,4 +252,105 @@ async fn remember(
         Response::from_parts(parts, axum::body::Body::from(bytes)),
         kept,
     )
+}
+
+/// Where a POST's saved answer is kept under its key.
+const PREFIX: &str = "idempotency/";
+
+/// Removes the saved answers (and abandoned claims) of keys older than `ttl` at `now`
+/// (milliseconds); returns how many. An entry that a request claimed again meanwhile
+/// is left alone (the removal is conditional on the value the sweep read).
+pub(crate) async fn sweep_answers(
+    store: &dyn Store,
+    now: i64,
+    ttl: Duration,
+) -> Result<usize, offsession_core::StoreError> {
+    let ttl = ttl.as_millis() as i64;
+    let mut removed = 0;
+    for (key, text) in store.list_state(PREFIX).await? {
+        let at = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|saved| saved["at"].as_i64());
+        // Unreadable entries are no answer anyone can be given: removed too.
+        if at.is_none_or(|at| now.saturating_sub(at) >= ttl)
+            && store.remove_state_if(&key, &text).await?
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Sweeps expired answers every `every` until `stop`: each `serve` instance runs it
+/// (instances sweeping at once remove each entry once).
+pub async fn expire_answers(
+    store: Arc<dyn Store>,
+    engine: offsession_orchestrator::Engine,
+    ttl: Duration,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        match sweep_answers(store.as_ref(), engine.now().as_millis(), ttl).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "expired idempotency answers removed"),
+            Err(err) => tracing::warn!(error = %err, "removing expired idempotency answers failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_answers_are_removed_and_live_ones_kept() {
+        let store = offsession_store::MemoryStore::new();
+        let day = Duration::from_secs(86_400);
+        let now = 100 * 86_400_000;
+        let entry = |at: i64, status: u64| {
+            json!({"request": "POST /x h", "status": status, "body": {}, "at": at}).to_string()
+        };
+        let old = entry(now - 2 * 86_400_000, 200);
+        store.save_state("idempotency/old", &old).await.unwrap();
+        store
+            .save_state("idempotency/running-old", &entry(now - 86_400_000, RUNNING))
+            .await
+            .unwrap();
+        store
+            .save_state("idempotency/new", &entry(now - 1_000, 200))
+            .await
+            .unwrap();
+        store
+            .save_state("idempotency/junk", "not json")
+            .await
+            .unwrap();
+        store.save_state("smart", "{}").await.unwrap();
+        assert_eq!(sweep_answers(&store, now, day).await.unwrap(), 3);
+        let left: Vec<String> = store
+            .list_state("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(left, ["idempotency/new", "smart"]);
+        // An entry claimed again after the sweep read it stays.
+        store.save_state("idempotency/old", &old).await.unwrap();
+        let fresh = entry(now, RUNNING);
+        assert!(store
+            .swap_state("idempotency/old", Some(&old), &fresh)
+            .await
+            .unwrap());
+        assert!(!store
+            .remove_state_if("idempotency/old", &old)
+            .await
+            .unwrap());
+        assert_eq!(sweep_answers(&store, now, day).await.unwrap(), 0);
+    }
 }

@@ -24,6 +24,7 @@ use offsession_orchestrator::Engine;
 
 pub use api::router;
 pub use auth::{hash_key, ApiKeys};
+pub use idempotency::expire_answers;
 pub use webhooks::{sign, WebhookEndpoint};
 
 /// Settings of the HTTP API.

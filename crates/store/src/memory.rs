@@ -319,6 +319,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.state.get(key).map(String::as_str) != Some(expected) {
+            return Ok(false);
+        }
+        inner.state.remove(key);
+        Ok(true)
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut found: Vec<(String, String)> = self
             .lock()

@@ -299,6 +299,16 @@ pub(super) async fn engine_state_round_trips(store: &dyn Store) {
         store.load_state("key/a").await.unwrap().as_deref(),
         Some("2")
     );
+    // A conditional removal removes only what it expects.
+    assert!(!store.remove_state_if("key/a", "1").await.unwrap());
+    assert!(!store.remove_state_if("key/none", "1").await.unwrap());
+    assert_eq!(
+        store.load_state("key/a").await.unwrap().as_deref(),
+        Some("2")
+    );
+    assert!(store.remove_state_if("key/a", "2").await.unwrap());
+    assert_eq!(store.load_state("key/a").await.unwrap(), None);
+    assert!(store.swap_state("key/a", None, "3").await.unwrap());
 }
 
 pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {

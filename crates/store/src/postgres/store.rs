@@ -403,6 +403,18 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let removed = client
+            .execute(
+                "DELETE FROM engine_state WHERE key = $1 AND value = $2",
+                &[&key, &expected],
+            )
+            .await
+            .map_err(pg_error("deleting engine state"))?;
+        Ok(removed == 1)
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client

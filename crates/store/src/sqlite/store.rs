@@ -579,6 +579,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
+        let (key, expected) = (key.to_owned(), expected.to_owned());
+        self.call(move |tx| {
+            tx.prepare_cached("DELETE FROM engine_state WHERE key = ?1 AND value = ?2")
+                .and_then(|mut s| s.execute([key, expected]))
+                .map(|removed| removed == 1)
+                .map_err(sql_error("deleting engine state"))
+        })
+        .await
+    }
+
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = prefix.to_owned();
         self.call(move |tx| {

@@ -33,6 +33,26 @@ async fn form(
     (status, response.json().await.unwrap_or_default(), replayed)
 }
 
+/// Creates a payment on test clock `clock_id` (it stays pending until the clock
+/// moves); its id.
+async fn on_clock(client: &reqwest::Client, port: u16, clock_id: &str) -> String {
+    let (status, payment, _) = api(
+        client,
+        port,
+        Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
+            "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
+            "test_clock": clock_id}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    payment["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     let dir = Scratch::new("idempotency-http");
@@ -65,21 +85,7 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     let clock_id = clock["id"].as_str().unwrap().to_owned();
 
     // A payment on the clock stays pending until the clock moves.
-    let (status, payment, _) = api(
-        &client,
-        port,
-        Method::POST,
-        "/v2/payments/off_session_payments",
-        Some(
-            json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
-            "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
-            "test_clock": clock_id}),
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{payment}");
-    let id = payment["id"].as_str().unwrap().to_owned();
+    let id = on_clock(&client, port, &clock_id).await;
     let resume = format!("/v2/payments/off_session_payments/{id}/resume");
     let pause = format!("/v2/payments/off_session_payments/{id}/pause");
 
@@ -213,23 +219,9 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     // The same for a cancel: run again after its answer was lost, it finds the payment
     // canceled and answers it, instead of refusing to cancel a canceled payment. A
     // cancel under a new key is still refused.
-    let (status, payment, _) = api(
-        &client,
-        port,
-        Method::POST,
-        "/v2/payments/off_session_payments",
-        Some(
-            json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
-            "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
-            "test_clock": clock_id}),
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{payment}");
     let cancel = format!(
         "/v2/payments/off_session_payments/{}/cancel",
-        payment["id"].as_str().unwrap()
+        on_clock(&client, port, &clock_id).await
     );
     let (status, canceled, _) = api(
         &client,

@@ -89,7 +89,16 @@ pub struct PaymentRecord {
     /// The next attempt cascades to this processor at once (payments orchestration).
     #[serde(default)]
     pub cascade_to: Option<String>,
+    /// Manual operations applied under an idempotency key, as `("<operation>:<key>",
+    /// engine time in ms)`, newest last, at most [`KEYED_OPERATIONS_KEPT`]: written with
+    /// the change they made, so that a request run again under its key after its
+    /// answer was lost finds its operation done instead of doing it twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyed_operations: Vec<(String, i64)>,
 }
+
+/// How many keyed manual operations a payment remembers.
+pub const KEYED_OPERATIONS_KEPT: usize = 16;
 
 impl PaymentRecord {
     /// A new record for a freshly created payment, due at `due_at`.
@@ -114,7 +123,27 @@ impl PaymentRecord {
             paused_due_at: None,
             retry_latest: None,
             cascade_to: None,
+            keyed_operations: Vec::new(),
         }
+    }
+
+    /// Whether operation `tag` (`"<operation>:<key>"`) was applied to this payment
+    /// at or after `since` (engine time, ms).
+    pub fn applied(&self, tag: &str, since: i64) -> bool {
+        self.keyed_operations
+            .iter()
+            .any(|(done, at)| done == tag && *at >= since)
+    }
+
+    /// Records operation `tag` as applied at `at` (engine time, ms), forgetting the
+    /// oldest beyond [`KEYED_OPERATIONS_KEPT`].
+    pub fn record_operation(&mut self, tag: String, at: i64) {
+        self.keyed_operations.push((tag, at));
+        let excess = self
+            .keyed_operations
+            .len()
+            .saturating_sub(KEYED_OPERATIONS_KEPT);
+        self.keyed_operations.drain(..excess);
     }
 
     /// When a claimant may pick the record up: its due time, or the end of its lease
@@ -353,6 +382,14 @@ pub trait Store: Send + Sync + Debug {
 
     /// Committed events after position `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// The position of the newest event kept (0 when none is).
+    async fn newest_event_sequence(&self) -> Result<u64, StoreError>;
+
+    /// Removes the committed events at or before position `sequence` (the retention
+    /// sweep); how many. Later events keep their positions, and positions are never
+    /// given again.
+    async fn remove_events_through(&self, sequence: u64) -> Result<u64, StoreError>;
 
     /// The committed event with this id (`evt_…`). The default pages through
     /// [`Store::events_after`]; stores with an index on event ids answer directly.

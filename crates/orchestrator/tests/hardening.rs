@@ -964,6 +964,12 @@ impl Store for SlowRenewals {
     async fn remove_state_if(&self, key: &str, expected: &str) -> Result<bool, StoreError> {
         self.inner.remove_state_if(key, expected).await
     }
+    async fn newest_event_sequence(&self) -> Result<u64, StoreError> {
+        self.inner.newest_event_sequence().await
+    }
+    async fn remove_events_through(&self, sequence: u64) -> Result<u64, StoreError> {
+        self.inner.remove_events_through(sequence).await
+    }
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.list_state(prefix).await
     }

@@ -597,6 +597,22 @@ async fn a_test_clock_advanced_on_one_instance_is_seen_by_another() {
     assert_eq!(canceled.created, start().plus(2 * DAY));
 }
 
+/// Another engine on the harness's store and processor, its own clock `wall`.
+fn on_wall_clock(
+    h: &Harness,
+    wall: &Arc<offsession_core::ManualClock>,
+    config: EngineConfig,
+) -> offsession_orchestrator::Engine {
+    offsession_orchestrator::Engine::builder()
+        .config(config)
+        .processor(h.mock.clone())
+        .store(h.store.clone())
+        .clock(wall.clone())
+        .events(Arc::new(offsession_core::CollectEvents::new()))
+        .build()
+        .unwrap()
+}
+
 /// One advance of a test clock at a time across instances sharing a store: a second
 /// instance is refused while the first holds the claim, sees the clock `advancing`,
 /// may claim it once released, and takes over a claim its holder stopped renewing.
@@ -605,17 +621,14 @@ async fn one_instance_at_a_time_advances_a_test_clock() {
     let h = harness().await;
     let wall = Arc::new(offsession_core::ManualClock::new(start()));
     let instance = |name: &str| {
-        offsession_orchestrator::Engine::builder()
-            .config(EngineConfig {
+        on_wall_clock(
+            &h,
+            &wall,
+            EngineConfig {
                 instance_id: name.into(),
                 ..EngineConfig::default()
-            })
-            .processor(h.mock.clone())
-            .store(h.store.clone())
-            .clock(wall.clone())
-            .events(Arc::new(offsession_core::CollectEvents::new()))
-            .build()
-            .unwrap()
+            },
+        )
     };
     let (a, b) = (instance("a"), instance("b"));
     assert!(!b.test_clock_advancing(&h.clock).await.unwrap());
@@ -653,6 +666,47 @@ async fn one_instance_at_a_time_advances_a_test_clock() {
         a.retrieve_test_clock(&h.clock).await.unwrap().frozen_time,
         start().plus(3 * DAY)
     );
+}
+
+/// A manual operation under an idempotency key is applied once: run again under the
+/// key (its answer was lost), it answers the payment as it is now, even after another
+/// operation moved it on; another key, or the same key past the keys' lifetime, runs.
+#[tokio::test]
+async fn a_keyed_operation_is_applied_once() {
+    let wall = Arc::new(offsession_core::ManualClock::new(start()));
+    let h = harness().await;
+    let engine = on_wall_clock(
+        &h,
+        &wall,
+        EngineConfig {
+            idempotency_ttl: Duration::from_secs(86_400),
+            ..EngineConfig::default()
+        },
+    );
+    let p = h.create(h.body("pm_card_visa")).await;
+    let paused = engine.pause_keyed(&p.id, Some("k-pause")).await.unwrap();
+    assert_eq!(paused.status, PaymentStatus::Paused);
+    let resumed = engine.resume(&p.id).await.unwrap();
+    assert_eq!(resumed.status, PaymentStatus::Pending);
+    // The pause run again: not paused a second time.
+    let again = engine.pause_keyed(&p.id, Some("k-pause")).await.unwrap();
+    assert_eq!(again.status, PaymentStatus::Pending);
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Pending);
+    // Another key pauses; a cancel under a key answers the canceled payment again.
+    let other = engine.pause_keyed(&p.id, Some("k-other")).await.unwrap();
+    assert_eq!(other.status, PaymentStatus::Paused);
+    engine.cancel_keyed(&p.id, Some("k-cancel")).await.unwrap();
+    let again = engine.cancel_keyed(&p.id, Some("k-cancel")).await.unwrap();
+    assert_eq!(again.status, PaymentStatus::Canceled);
+    let refused = engine.cancel_keyed(&p.id, Some("k-new")).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::OffSessionPaymentInvalidStatus);
+    // Past the keys' lifetime the record's entry no longer counts.
+    let q = h.create(h.body("pm_card_visa")).await;
+    engine.pause_keyed(&q.id, Some("k-old")).await.unwrap();
+    engine.resume(&q.id).await.unwrap();
+    wall.advance(Duration::from_secs(86_400 + 1));
+    let late = engine.pause_keyed(&q.id, Some("k-old")).await.unwrap();
+    assert_eq!(late.status, PaymentStatus::Paused);
 }
 
 #[tokio::test]

@@ -80,6 +80,10 @@ pub struct ServerSection {
     /// How long an event's delivery log is kept (from the event's `created`).
     #[serde(with = "offsession_core::duration::text")]
     pub webhook_log_retention: std::time::Duration,
+    /// How long an event stays in the outbox (from when it was stored): `GET
+    /// /v2/core/events/{id}` finds it, and a webhook endpoint can still be sent it.
+    #[serde(with = "offsession_core::duration::text")]
+    pub event_retention: std::time::Duration,
 }
 
 impl Default for ServerSection {
@@ -91,6 +95,7 @@ impl Default for ServerSection {
             requests_per_second: 1_000,
             webhook_concurrency: 1,
             webhook_log_retention: std::time::Duration::from_secs(30 * 86_400),
+            event_retention: std::time::Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -446,6 +451,13 @@ impl Config {
             return Err(invalid(
                 "server.webhook_log_retention",
                 "must be at least 1h".into(),
+            ));
+        }
+        // Webhooks retry an event for up to 3 days: it must outlive them.
+        if self.server.event_retention < std::time::Duration::from_secs(4 * 86_400) {
+            return Err(invalid(
+                "server.event_retention",
+                "must be at least 4d (webhook deliveries are retried for 3 days)".into(),
             ));
         }
         if !(1..=64).contains(&self.server.webhook_concurrency) {

@@ -159,11 +159,15 @@ pub async fn run(
     }
     // Saved answers of the POSTs other than creates expire with their keys (a
     // create's key lives with its payment and expires in the store).
-    tokio::spawn(offsession_server::expire_answers(
+    // and outbox events after `server.event_retention`.
+    tokio::spawn(offsession_server::sweep_forever(
         wired.store.clone(),
         wired.engine.clone(),
-        config.engine.idempotency_ttl,
-        std::time::Duration::from_secs(3_600),
+        offsession_server::Retention {
+            answers: config.engine.idempotency_ttl,
+            events: config.server.event_retention,
+            every: std::time::Duration::from_secs(3_600),
+        },
         worker::stopped(stop_rx.clone()),
     ));
     tokio::spawn(offsession_server::destinations::supervise(

@@ -300,7 +300,13 @@ async fn reconcile_smart(
     for attempt in 0..RECONCILE_TRIES {
         if attempt > 0 {
             // Another worker saved between this one's read and write: let it finish.
-            let jitter = offsession_core::hash::mix64(attempt as u64 ^ std::process::id() as u64);
+            // Random (a fresh hasher's keys), so that workers do not retry in step.
+            let jitter = {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            };
             tokio::time::sleep(std::time::Duration::from_millis(1 + jitter % 20)).await;
         }
         let text = store

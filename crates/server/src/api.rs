@@ -11,12 +11,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use offsession_core::{ErrorCode, OutboxEvent, PaymentStatus};
+use offsession_core::OutboxEvent;
 use serde_json::{json, Map, Value};
 
 use crate::clocks::{advance_clock, create_clock, retrieve_clock};
 use crate::errors::{self, invalid};
-use crate::idempotency::{fingerprint, idempotency_key, idempotent_resumable};
+use crate::idempotency::{fingerprint, idempotency_key, idempotent};
 use crate::AppState;
 
 const PAYMENTS: &str = "/v2/payments/off_session_payments";
@@ -321,39 +321,23 @@ async fn action(
     };
     let request = fingerprint("POST", &format!("{PAYMENTS}/{id}/{action}"), &body);
     let engine = state.engine.clone();
-    idempotent_resumable(&state, &headers, request, |resumed| async move {
+    // The key goes with the operation into the payment's record, so that a run again
+    // after a lost answer finds the operation done (`Engine::cancel_keyed`).
+    let key = idempotency_key(&headers).ok().flatten();
+    idempotent(&state, &headers, request, async move {
+        let key = key.as_deref();
         let result = match action.as_str() {
-            "cancel" => engine.cancel(&id).await,
-            "pause" => engine.pause(&id).await,
-            "resume" => engine.resume(&id).await,
-            _ => engine.capture(&id, amount).await,
+            "cancel" => engine.cancel_keyed(&id, key).await,
+            "pause" => engine.pause_keyed(&id, key).await,
+            "resume" => engine.resume_keyed(&id, key).await,
+            _ => engine.capture_keyed(&id, amount, key).await,
         };
         match result {
             Ok(payment) => Json(payment).into_response(),
-            // Run again after a run under this key that lost its answer: if the
-            // payment is where that run would have left it, answer it as it is now.
-            Err(err) if resumed && err.code == ErrorCode::OffSessionPaymentInvalidStatus => {
-                match engine.retrieve(&id).await {
-                    Ok(payment) if applied(&action, payment.status) => {
-                        Json(payment).into_response()
-                    }
-                    _ => errors::api(err),
-                }
-            }
             Err(err) => errors::api(err),
         }
     })
     .await
-}
-
-/// Whether a payment in `status` is where `action` leaves one.
-fn applied(action: &str, status: PaymentStatus) -> bool {
-    match action {
-        "cancel" => status == PaymentStatus::Canceled,
-        "pause" => status == PaymentStatus::Paused,
-        "resume" => status != PaymentStatus::Paused,
-        _ => status == PaymentStatus::Succeeded,
-    }
 }
 
 /// The full event of a thin notification.

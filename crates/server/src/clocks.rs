@@ -189,14 +189,9 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         Ok(at) => at,
         Err(response) => return response,
     };
-    let clock = match state.engine.retrieve_test_clock(&id).await {
-        Ok(clock) => clock,
-        Err(err) => return errors::api(err),
-    };
-    if to <= clock.frozen_time {
-        return invalid("`frozen_time` must be later than the clock's current time");
-    }
-    // One advance of a clock at a time, across every instance sharing the store.
+    // One advance of a clock at a time, across every instance sharing the store. The
+    // claim comes first, so that the clock's time checked below is not moved by an
+    // advance finishing meanwhile.
     match state.engine.claim_test_clock_advance(&id).await {
         Ok(true) => {}
         Ok(false) => {
@@ -209,11 +204,45 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         }
         Err(err) => return errors::api(err),
     }
+    let refused = match state.engine.retrieve_test_clock(&id).await {
+        Ok(clock) if to <= clock.frozen_time => Some(invalid(
+            "`frozen_time` must be later than the clock's current time",
+        )),
+        Ok(_) => None,
+        Err(err) => Some(errors::api(err)),
+    };
+    if let Some(response) = refused {
+        if let Err(err) = state.engine.release_test_clock_advance(&id).await {
+            tracing::warn!(clock = %id, error = %err, "could not end a test clock's advance; it lapses within a minute");
+        }
+        return response;
+    }
     let engine = state.engine.clone();
     let clock_id = id.clone();
     tokio::spawn(async move {
-        if let Err(err) = engine.advance_test_clock(&clock_id, to).await {
-            tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
+        // The claim is renewed while the advance runs, however long a step takes; an
+        // advance that lost its claim (it lapsed, and another instance took it) stops.
+        let renew = async {
+            loop {
+                tokio::time::sleep(offsession_orchestrator::ADVANCE_LEASE / 3).await;
+                match engine.renew_test_clock_advance(&clock_id).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(err) => {
+                        tracing::warn!(clock = %clock_id, error = %err, "renewing a test clock's advance failed");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            advanced = engine.advance_test_clock(&clock_id, to) => {
+                if let Err(err) = advanced {
+                    tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
+                }
+            }
+            () = renew => {
+                tracing::warn!(clock = %clock_id, "a test clock's advance lost its claim and stopped");
+            }
         }
         // Let a caller polling right after see `advancing` at least once.
         tokio::time::sleep(Duration::from_millis(10)).await;

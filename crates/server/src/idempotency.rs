@@ -69,26 +69,9 @@ pub(crate) async fn idempotent<F>(
 where
     F: std::future::Future<Output = Response>,
 {
-    idempotent_resumable(state, headers, request, |_| run).await
-}
-
-/// [`idempotent`], telling the operation whether it runs again for a request under
-/// the same key that ended without its answer kept (its server stopped, or its client
-/// went away mid-way): that run may have done its work, and the operation then
-/// answers the work's result rather than refuse to do it twice.
-pub(crate) async fn idempotent_resumable<F, R>(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: String,
-    run: R,
-) -> Response
-where
-    R: FnOnce(bool) -> F,
-    F: std::future::Future<Output = Response>,
-{
     let key = match idempotency_key(headers) {
         Ok(Some(key)) => key,
-        Ok(None) => return run(false).await,
+        Ok(None) => return run.await,
         Err(response) => return response,
     };
     let state_key = format!("{PREFIX}{key}");
@@ -123,11 +106,7 @@ where
                     request: request.clone(),
                     at: now,
                 };
-                let resumed = saved
-                    .as_deref()
-                    .is_some_and(|text| ended_unanswered(text, &request, now, ttl));
-                let (response, kept) =
-                    remember(state, &state_key, request, now, run(resumed).await).await;
+                let (response, kept) = remember(state, &state_key, request, now, run.await).await;
                 if kept {
                     guard.claim = None;
                 }
@@ -174,16 +153,6 @@ fn answer_from(saved: &str, request: &str, now: i64, ttl: i64) -> Option<Respons
         .headers_mut()
         .insert("idempotent-replayed", "true".parse().expect("header"));
     Some(response)
-}
-
-/// Whether a kept entry is this request's claim, unexpired, whose run ended without
-/// its answer kept.
-fn ended_unanswered(saved: &str, request: &str, now: i64, ttl: i64) -> bool {
-    let saved: Value = serde_json::from_str(saved).unwrap_or(Value::Null);
-    let age = now.saturating_sub(saved["at"].as_i64().unwrap_or(i64::MIN));
-    age < ttl
-        && saved["request"].as_str() == Some(request)
-        && matches!(saved["status"].as_u64(), Some(RUNNING | ENDED))
 }
 
 fn key_in_use() -> Response {
@@ -279,29 +248,6 @@ pub(crate) async fn sweep_answers(
         }
     }
     Ok(removed)
-}
-
-/// Sweeps expired answers every `every` until `stop`: each `serve` instance runs it
-/// (instances sweeping at once remove each entry once).
-pub async fn expire_answers(
-    store: Arc<dyn Store>,
-    engine: offsession_orchestrator::Engine,
-    ttl: Duration,
-    every: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        match sweep_answers(store.as_ref(), engine.now().as_millis(), ttl).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, "expired idempotency answers removed"),
-            Err(err) => tracing::warn!(error = %err, "removing expired idempotency answers failed"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = &mut stop => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod deliveries;
 pub mod destinations;
 mod errors;
 mod idempotency;
+mod retention;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use offsession_orchestrator::Engine;
 
 pub use api::router;
 pub use auth::{hash_key, ApiKeys};
-pub use idempotency::expire_answers;
+pub use retention::{sweep_forever, Retention};
 pub use webhooks::{sign, WebhookEndpoint};
 
 /// Settings of the HTTP API.

@@ -47,6 +47,9 @@ struct Inner {
     /// Key → (fingerprint, payment id, registered at; `None`: never expires).
     idempotency: Map<String, (String, String, Option<Timestamp>)>,
     outbox: Vec<EventNotification>,
+    /// Events removed from the front of `outbox` by the retention sweep: the first
+    /// kept event's position is `outbox_removed + 1`.
+    outbox_removed: u64,
     state: Map<String, String>,
 }
 
@@ -278,17 +281,37 @@ impl Store for MemoryStore {
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         let inner = self.lock();
+        let removed = inner.outbox_removed;
         Ok(inner
             .outbox
             .iter()
             .enumerate()
-            .skip(after as usize)
+            .skip(after.saturating_sub(removed) as usize)
             .take(limit)
             .map(|(index, event)| OutboxEvent {
-                sequence: index as u64 + 1,
+                sequence: removed + index as u64 + 1,
                 event: event.clone(),
             })
             .collect())
+    }
+
+    async fn newest_event_sequence(&self) -> Result<u64, StoreError> {
+        let inner = self.lock();
+        Ok(if inner.outbox.is_empty() {
+            0
+        } else {
+            inner.outbox_removed + inner.outbox.len() as u64
+        })
+    }
+
+    async fn remove_events_through(&self, sequence: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let n = sequence
+            .saturating_sub(inner.outbox_removed)
+            .min(inner.outbox.len() as u64);
+        inner.outbox.drain(..n as usize);
+        inner.outbox_removed += n;
+        Ok(n)
     }
 
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {

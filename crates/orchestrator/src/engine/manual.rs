@@ -30,10 +30,24 @@ fn authorization_in_use(record: &PaymentRecord, now: Timestamp) -> Result<(), Ap
     Ok(())
 }
 
+/// A manual operation under an idempotency key: `"<operation>:<key>"`, as the payment
+/// record keeps it.
+fn operation_tag(operation: &str, key: Option<&str>) -> Option<String> {
+    key.map(|key| format!("{operation}:{key}"))
+}
+
 impl Engine {
+    /// Whether the operation `tag` was applied to `record` within the idempotency
+    /// keys' lifetime.
+    fn applied_before(&self, record: &PaymentRecord, tag: Option<&String>) -> bool {
+        let since = self.now().as_millis() - self.inner.config.idempotency_ttl.as_millis() as i64;
+        tag.is_some_and(|tag| record.applied(tag, since))
+    }
+
     pub(super) async fn manual<F>(
         &self,
         id: &str,
+        tag: Option<String>,
         transition_for: F,
     ) -> Result<OffSessionPayment, ApiError>
     where
@@ -42,6 +56,10 @@ impl Engine {
         let mut last_err = None;
         for _ in 0..MANUAL_OPERATION_TRIES {
             let record = self.stored(id).await?;
+            // Done already under this key (its answer was lost): the payment as it is.
+            if self.applied_before(&record, tag.as_ref()) {
+                return Ok(record.payment);
+            }
             self.refresh_test_clock(&record.payment).await?;
             let now = self.now_for(&record.payment);
             let t = transition_for(&record);
@@ -52,6 +70,9 @@ impl Engine {
             let mut next = record.clone();
             next.payment.status = to;
             next.lease = None;
+            if let Some(tag) = &tag {
+                next.record_operation(tag.clone(), self.now().as_millis());
+            }
             match t {
                 Transition::Cancel => {
                     if record.payment.status == PaymentStatus::RequiresCapture {
@@ -88,18 +109,51 @@ impl Engine {
     /// Cancels a payment that is not processing and not terminal; a held
     /// authorization is released at the processor.
     pub async fn cancel(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
-        self.manual(id, |_| Transition::Cancel).await
+        self.cancel_keyed(id, None).await
+    }
+
+    /// [`Engine::cancel`] under an idempotency key: a cancel already applied under
+    /// `key` (within the keys' lifetime) answers the payment as it is now instead of
+    /// running again. The key is written with the change.
+    pub async fn cancel_keyed(
+        &self,
+        id: &str,
+        key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, operation_tag("cancel", key), |_| Transition::Cancel)
+            .await
     }
 
     /// Suspends retries until [`Engine::resume`].
     pub async fn pause(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
-        self.manual(id, |_| Transition::Pause).await
+        self.pause_keyed(id, None).await
+    }
+
+    /// [`Engine::pause`] under an idempotency key (see [`Engine::cancel_keyed`]).
+    pub async fn pause_keyed(
+        &self,
+        id: &str,
+        key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, operation_tag("pause", key), |_| Transition::Pause)
+            .await
     }
 
     /// Resumes a paused payment; a retry that fell due meanwhile runs at once.
     pub async fn resume(&self, id: &str) -> Result<OffSessionPayment, ApiError> {
-        self.manual(id, |record| Transition::Resume {
-            attempted: record.payment.retry_details.attempts > 0 || record.replay_pending,
+        self.resume_keyed(id, None).await
+    }
+
+    /// [`Engine::resume`] under an idempotency key (see [`Engine::cancel_keyed`]).
+    pub async fn resume_keyed(
+        &self,
+        id: &str,
+        key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        self.manual(id, operation_tag("resume", key), |record| {
+            Transition::Resume {
+                attempted: record.payment.retry_details.attempts > 0 || record.replay_pending,
+            }
         })
         .await
     }
@@ -134,7 +188,21 @@ impl Engine {
         id: &str,
         amount_to_capture: Option<i64>,
     ) -> Result<OffSessionPayment, ApiError> {
+        self.capture_keyed(id, amount_to_capture, None).await
+    }
+
+    /// [`Engine::capture`] under an idempotency key (see [`Engine::cancel_keyed`]).
+    pub async fn capture_keyed(
+        &self,
+        id: &str,
+        amount_to_capture: Option<i64>,
+        key: Option<&str>,
+    ) -> Result<OffSessionPayment, ApiError> {
+        let tag = operation_tag("capture", key);
         let record = self.stored(id).await?;
+        if self.applied_before(&record, tag.as_ref()) {
+            return Ok(record.payment);
+        }
         self.refresh_test_clock(&record.payment).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
@@ -242,7 +310,10 @@ impl Engine {
             }
             return Err(ApiError::new(ErrorCode::ApiError, err.to_string()));
         }
-        let next = self.as_captured(&record, to);
+        let mut next = self.as_captured(&record, to);
+        if let Some(tag) = tag {
+            next.record_operation(tag, self.now().as_millis());
+        }
         self.commit_change(&next, Expected::of(&record), record.payment.status, now)
             .await
             .map_err(store_error)?;

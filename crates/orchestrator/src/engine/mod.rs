@@ -9,7 +9,7 @@ mod manual;
 mod outcome;
 mod scheduler;
 mod step;
-mod test_clocks;
+pub(crate) mod test_clocks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -58,7 +58,6 @@ impl Engine {
                 .map_err(store_error)?;
             match next {
                 Some(due) if due <= to => {
-                    self.renew_test_clock_advance(id).await?;
                     clock.set(due);
                     self.save_test_clock(id, due).await?;
                     let report = self
@@ -159,8 +158,8 @@ impl Engine {
     /// Claims the right to advance test clock `id`, for every instance sharing the
     /// store: `false` when another advance of it is under way (here or on another
     /// instance). A claim whose instance stopped lapses [`ADVANCE_LEASE`] after it was
-    /// last renewed; [`Engine::advance_test_clock`] renews this instance's claim as it
-    /// goes. Release it with [`Engine::release_test_clock_advance`].
+    /// last renewed: its holder renews it ([`Engine::renew_test_clock_advance`]) while
+    /// it advances, and releases it ([`Engine::release_test_clock_advance`]) after.
     pub async fn claim_test_clock_advance(&self, id: &str) -> Result<bool, ApiError> {
         let key = advance_key(id);
         let saved = self
@@ -192,7 +191,7 @@ impl Engine {
         if let Some(text) = saved.as_deref() {
             if AdvanceClaim::parse(text).is_some_and(|c| c.by == self.inner.config.instance_id) {
                 store
-                    .swap_state(&key, Some(text), "")
+                    .remove_state_if(&key, text)
                     .await
                     .map_err(store_error)?;
             }
@@ -214,25 +213,23 @@ impl Engine {
             .is_some_and(|claim| claim.until > self.now().as_millis()))
     }
 
-    /// Renews this instance's claim on advancing `id`, if it holds one that is half
-    /// spent.
-    async fn renew_test_clock_advance(&self, id: &str) -> Result<(), ApiError> {
+    /// Renews this instance's claim on advancing `id` for another [`ADVANCE_LEASE`];
+    /// `false` when this instance no longer holds it (it lapsed and another instance
+    /// took it, or it was released): the advance must stop.
+    pub async fn renew_test_clock_advance(&self, id: &str) -> Result<bool, ApiError> {
         let key = advance_key(id);
         let store = &self.inner.store;
         let saved = store.load_state(&key).await.map_err(store_error)?;
         let Some(text) = saved.as_deref() else {
-            return Ok(());
+            return Ok(false);
         };
-        let half = ADVANCE_LEASE.as_millis() as i64 / 2;
-        if AdvanceClaim::parse(text).is_some_and(|c| {
-            c.by == self.inner.config.instance_id && c.until - self.now().as_millis() < half
-        }) {
-            store
-                .swap_state(&key, Some(text), &self.advance_claim())
-                .await
-                .map_err(store_error)?;
+        if AdvanceClaim::parse(text).is_none_or(|c| c.by != self.inner.config.instance_id) {
+            return Ok(false);
         }
-        Ok(())
+        store
+            .swap_state(&key, Some(text), &self.advance_claim())
+            .await
+            .map_err(store_error)
     }
 
     fn advance_claim(&self) -> String {
@@ -248,10 +245,10 @@ impl Engine {
 const CLOCK_SAVE_TRIES: usize = 8;
 
 /// How long a claim on advancing a test clock holds without renewal.
-const ADVANCE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const ADVANCE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A stored claim on advancing a test clock: the instance and until when (engine
-/// time, milliseconds). An empty value is no claim.
+/// time, milliseconds).
 struct AdvanceClaim {
     by: String,
     until: i64,
@@ -273,4 +270,43 @@ fn test_clock_key(id: &str) -> String {
 
 fn advance_key(id: &str) -> String {
     format!("test_clock_advancing/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two instances saving one clock in either order leave the later time: the
+    /// earlier save, arriving last, does not move the clock back.
+    #[tokio::test]
+    async fn a_clock_is_saved_forward_only() {
+        let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::new());
+        let engine = Engine::builder()
+            .processor(Arc::new(offsession_mock::MockProcessor::new(
+                "mock",
+                offsession_mock::MockConfig::default(),
+            )))
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let start = Timestamp::from_millis(1_767_225_600_000);
+        let clock = engine.create_test_clock(start).await.unwrap();
+        let stored = || async {
+            store
+                .load_state(&test_clock_key(&clock.id))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let later = start.plus(Duration::from_secs(2 * 86_400));
+        engine.save_test_clock(&clock.id, later).await.unwrap();
+        engine
+            .save_test_clock(&clock.id, start.plus(Duration::from_secs(86_400)))
+            .await
+            .unwrap();
+        assert_eq!(stored().await, later.as_millis().to_string());
+        // Saving the same time again is no change and no error.
+        engine.save_test_clock(&clock.id, later).await.unwrap();
+        assert_eq!(stored().await, later.as_millis().to_string());
+    }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use offsession_core::events::RelatedObject;
 use offsession_core::{
-    EventNotification, EventType, Expected, IdempotencyClaim, NewIdempotencyKey, PaymentRecord,
-    PaymentStatus, Store, StoreError, Timestamp,
+    EventNotification, EventType, Expected, IdempotencyClaim, NewIdempotencyKey, OutboxEvent,
+    PaymentRecord, PaymentStatus, Store, StoreError, Timestamp,
 };
 
 use super::sample_record;
@@ -224,6 +224,62 @@ pub(super) async fn events_come_in_commit_order_and_page(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+pub(super) async fn removed_events_keep_later_positions(store: &dyn Store) {
+    if !store.keeps_events() {
+        return;
+    }
+    assert_eq!(store.newest_event_sequence().await.unwrap(), 0);
+    assert_eq!(store.remove_events_through(10).await.unwrap(), 0);
+    for i in 0..4 {
+        let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+        let events: Vec<_> = (0..2)
+            .map(|j| sample_event(&record, &format!("evt_{i}_{j}"), EventType::Created))
+            .collect();
+        store.create(&record, None, &events).await.unwrap();
+    }
+    let all = store.events_after(0, 100).await.unwrap();
+    assert_eq!(all.len(), 8);
+    assert_eq!(
+        store.newest_event_sequence().await.unwrap(),
+        all[7].sequence
+    );
+    // The oldest three go; the rest keep their positions and are found as before.
+    assert_eq!(
+        store.remove_events_through(all[2].sequence).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store.remove_events_through(all[2].sequence).await.unwrap(),
+        0
+    );
+    let kept = store.events_after(0, 100).await.unwrap();
+    let positions = |events: &[OutboxEvent]| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .map(|e| (e.sequence, e.event.id.clone()))
+            .collect()
+    };
+    assert_eq!(positions(&kept), positions(&all[3..]));
+    assert_eq!(
+        positions(&store.events_after(all[4].sequence, 2).await.unwrap()),
+        positions(&all[5..7])
+    );
+    assert!(store.event(&all[1].event.id).await.unwrap().is_none());
+    assert!(store.event(&all[5].event.id).await.unwrap().is_some());
+    // Removing all of them: none kept, and a new event takes a new position.
+    assert_eq!(
+        store.remove_events_through(all[7].sequence).await.unwrap(),
+        5
+    );
+    assert_eq!(store.newest_event_sequence().await.unwrap(), 0);
+    let record = sample_record("osp_9", 2_000, None);
+    let event = sample_event(&record, "evt_9_0", EventType::Created);
+    store.create(&record, None, &[event]).await.unwrap();
+    let new = store.events_after(0, 10).await.unwrap();
+    assert_eq!(new.len(), 1);
+    assert!(new[0].sequence > all[7].sequence, "{new:?}");
 }
 
 pub(super) async fn events_are_found_by_id_and_by_payment(store: &dyn Store) {

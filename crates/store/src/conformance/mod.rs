@@ -97,6 +97,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     atomic::an_expired_key_counts_as_new(&make()).await;
     atomic::a_change_and_its_events_commit_together(&make()).await;
     atomic::events_come_in_commit_order_and_page(&make()).await;
+    atomic::removed_events_keep_later_positions(&make()).await;
     atomic::engine_state_round_trips(&make()).await;
     atomic::engine_state_lists_by_prefix(&make()).await;
     atomic::events_are_found_by_id_and_by_payment(&make()).await;

@@ -298,6 +298,37 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn newest_event_sequence(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_one("SELECT coalesce(max(sequence), 0) FROM events", &[])
+            .await
+            .map_err(pg_error("reading events"))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn remove_events_through(&self, sequence: u64) -> Result<u64, StoreError> {
+        // In chunks, each its own transaction, so that no statement holds many locks.
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let (sequence, chunk) = (sequence as i64, REMOVE_CHUNK);
+        let mut removed = 0;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM events WHERE sequence IN
+                     (SELECT sequence FROM events WHERE sequence <= $1
+                      ORDER BY sequence LIMIT $2)",
+                    &[&sequence, &chunk],
+                )
+                .await
+                .map_err(pg_error("removing events"))?;
+            removed += n;
+            if n < chunk as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
     async fn event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
@@ -436,3 +467,6 @@ fn writers_stopped() -> StoreError {
         source: None,
     }
 }
+
+/// Events one statement of the retention sweep removes at most.
+const REMOVE_CHUNK: i64 = 5_000;

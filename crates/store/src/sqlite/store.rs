@@ -480,6 +480,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn newest_event_sequence(&self) -> Result<u64, StoreError> {
+        self.call(|tx| {
+            tx.prepare_cached("SELECT coalesce(max(sequence), 0) FROM events")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(sql_error("reading events"))
+        })
+        .await
+    }
+
+    async fn remove_events_through(&self, sequence: u64) -> Result<u64, StoreError> {
+        // In chunks, each its own write, so that the writer is not held for long.
+        let mut removed = 0;
+        loop {
+            let chunk = self
+                .call(move |tx| {
+                    tx.prepare_cached(
+                        "DELETE FROM events WHERE sequence IN
+                         (SELECT sequence FROM events WHERE sequence <= ?1
+                          ORDER BY sequence LIMIT ?2)",
+                    )
+                    .and_then(|mut s| s.execute(params![sequence as i64, REMOVE_CHUNK]))
+                    .map_err(sql_error("removing events"))
+                })
+                .await?;
+            removed += chunk as u64;
+            if chunk < REMOVE_CHUNK as usize {
+                return Ok(removed);
+            }
+        }
+    }
+
     async fn event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
         let id = id.to_owned();
         self.call(move |tx| {
@@ -608,3 +640,6 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+/// Events one write of the retention sweep removes at most.
+const REMOVE_CHUNK: i64 = 5_000;

@@ -107,14 +107,7 @@ pub(crate) fn cursor_key(endpoint_id: &str) -> String {
 /// The newest committed sequence (where a new endpoint starts: it receives events
 /// committed after it was configured, as Stripe's destinations do).
 async fn newest_sequence(store: &dyn Store) -> Result<u64, offsession_core::StoreError> {
-    let mut after = 0;
-    loop {
-        let page = store.events_after(after, 1_000).await?;
-        match page.last() {
-            Some(last) => after = last.sequence,
-            None => return Ok(after),
-        }
-    }
+    store.newest_event_sequence().await
 }
 
 /// Which endpoints this instance delivers to, when several instances share a store:

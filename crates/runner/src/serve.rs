@@ -147,6 +147,7 @@ pub async fn run(
         config.worker.heartbeat_interval,
     )
     .await;
+    let configured_ids: Vec<String> = endpoints.iter().map(|e| e.id.clone()).collect();
     for endpoint in endpoints {
         tracing::info!(endpoint = %endpoint.id, url = %endpoint.url, "delivering webhooks");
         tokio::spawn(deliver(
@@ -167,6 +168,7 @@ pub async fn run(
             answers: config.engine.idempotency_ttl,
             events: config.server.event_retention,
             every: std::time::Duration::from_secs(3_600),
+            endpoints: configured_ids,
         },
         worker::stopped(stop_rx.clone()),
     ));

@@ -221,29 +221,31 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
     let clock_id = id.clone();
     tokio::spawn(async move {
         // The claim is renewed while the advance runs, however long a step takes; an
-        // advance that lost its claim (it lapsed, and another instance took it) stops.
-        let renew = async {
-            loop {
-                tokio::time::sleep(offsession_orchestrator::ADVANCE_LEASE / 3).await;
-                match engine.renew_test_clock_advance(&clock_id).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(err) => {
-                        tracing::warn!(clock = %clock_id, error = %err, "renewing a test clock's advance failed");
+        // advance that lost its claim (it lapsed, and another instance took it) stops
+        // before its next step (a step is not cut short: its attempts finish).
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewal = {
+            let (engine, clock_id, lost) = (engine.clone(), clock_id.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(offsession_orchestrator::ADVANCE_LEASE / 3).await;
+                    match engine.renew_test_clock_advance(&clock_id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, std::sync::atomic::Ordering::Release);
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(clock = %clock_id, error = %err, "renewing a test clock's advance failed");
+                        }
                     }
                 }
-            }
+            })
         };
-        tokio::select! {
-            advanced = engine.advance_test_clock(&clock_id, to) => {
-                if let Err(err) = advanced {
-                    tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
-                }
-            }
-            () = renew => {
-                tracing::warn!(clock = %clock_id, "a test clock's advance lost its claim and stopped");
-            }
+        if let Err(err) = engine.advance_test_clock_unless(&clock_id, to, &lost).await {
+            tracing::warn!(clock = %clock_id, error = %err, "advancing a test clock failed");
         }
+        renewal.abort();
         // Let a caller polling right after see `advancing` at least once.
         tokio::time::sleep(Duration::from_millis(10)).await;
         if let Err(err) = engine.release_test_clock_advance(&clock_id).await {

@@ -21,7 +21,7 @@ use crate::idempotency::{fingerprint, idempotency_key, idempotent};
 use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
 use crate::AppState;
 
-const PREFIX: &str = "destination/";
+pub(crate) const PREFIX: &str = "destination/";
 const EVENT_TYPES: &[&str] = &[
     "v2.payments.off_session_payment.created",
     "v2.payments.off_session_payment.attempt_started",

@@ -4,7 +4,10 @@
 //! Events are removed by position, not by their `created` time (an event made on a
 //! test clock carries the clock's time, which may be years in the past): each sweep
 //! marks the newest event's position with the real time, and removes the events at or
-//! before the newest mark older than the retention.
+//! before the newest mark older than the retention — but none that a webhook endpoint
+//! still needs: nothing past the point up to which every enabled endpoint's deliverer
+//! is done with its events and has removed their delivery logs
+//! (`webhook/<endpoint>/swept`), unless the events are twice the retention old.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use crate::idempotency::sweep_answers;
 const MARKS_KEY: &str = "outbox/marks";
 
 /// How long what a server keeps lasts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Retention {
     /// Saved answers of the POSTs other than a create (the idempotency keys' life).
     pub answers: Duration,
@@ -25,16 +28,60 @@ pub struct Retention {
     pub events: Duration,
     /// Time between sweeps.
     pub every: Duration,
+    /// The webhook endpoints of the configuration (those made through the API are read
+    /// from the store at each sweep).
+    pub endpoints: Vec<String>,
+}
+
+/// The ids of the enabled webhook endpoints: the configuration's and the API's.
+async fn live_endpoints(
+    store: &dyn Store,
+    configured: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut ids = configured.to_vec();
+    for (_, text) in store.list_state(crate::destinations::PREFIX).await? {
+        let Ok(d) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if d["status"] == "enabled" {
+            if let Some(id) = d["id"].as_str() {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The position up to which every one of `endpoints` has been swept (`u64::MAX` when
+/// there are none), and the endpoint furthest behind.
+async fn swept_by_all(
+    store: &dyn Store,
+    endpoints: &[String],
+) -> Result<(u64, Option<String>), StoreError> {
+    let mut lowest = (u64::MAX, None);
+    for id in endpoints {
+        let swept = store
+            .load_state(&format!("webhook/{id}/swept"))
+            .await?
+            .and_then(|text| text.parse::<u64>().ok())
+            .unwrap_or(0);
+        if swept < lowest.0 {
+            lowest = (swept, Some(id.clone()));
+        }
+    }
+    Ok(lowest)
 }
 
 /// Marks the outbox's newest position at `now` (real time, ms) and removes the events
-/// at or before the newest mark at least `keep` old; returns how many were removed.
-/// Instances sweeping at once may each skip saving the marks (a compare-and-set);
-/// the next sweep marks again.
+/// at or before the newest mark at least `keep` old that every one of `endpoints` is
+/// done with (or that are `2 × keep` old); returns how many were removed. Instances
+/// sweeping at once may each skip saving the marks (a compare-and-set); the next sweep
+/// marks again.
 pub(crate) async fn sweep_events(
     store: &dyn Store,
     now: i64,
     keep: Duration,
+    endpoints: &[String],
 ) -> Result<u64, StoreError> {
     let saved = store.load_state(MARKS_KEY).await?;
     let mut marks: Vec<(i64, u64)> = saved
@@ -45,12 +92,27 @@ pub(crate) async fn sweep_events(
     if marks.last().is_none_or(|&(_, position)| position < newest) {
         marks.push((now, newest));
     }
-    let cutoff = now.saturating_sub(keep.as_millis() as i64);
-    let through = marks
-        .iter()
-        .rev()
-        .find(|&&(at, _)| at <= cutoff)
-        .map(|&(_, position)| position);
+    let through_at = |age: i64| {
+        let cutoff = now.saturating_sub(age);
+        marks
+            .iter()
+            .rev()
+            .find(|&&(at, _)| at <= cutoff)
+            .map(|&(_, position)| position)
+    };
+    let keep_ms = keep.as_millis() as i64;
+    let (swept, lagging) = swept_by_all(store, endpoints).await?;
+    let hard = through_at(2 * keep_ms);
+    let through = match through_at(keep_ms) {
+        Some(due) if due > swept => match (hard.filter(|&h| h > swept), &lagging) {
+            (Some(hard), Some(endpoint)) => {
+                tracing::warn!(endpoint = %endpoint, "events twice the retention old are removed although this webhook endpoint has not been sent them");
+                Some(hard)
+            }
+            _ => Some(swept).filter(|&s| s > 0),
+        },
+        due => due,
+    };
     let mut removed = 0;
     if let Some(through) = through {
         removed = store.remove_events_through(through).await?;
@@ -76,7 +138,14 @@ pub async fn sweep_forever(
             Ok(removed) => tracing::debug!(removed, "expired idempotency answers removed"),
             Err(err) => tracing::warn!(error = %err, "removing expired idempotency answers failed"),
         }
-        match sweep_events(store.as_ref(), now, retention.events).await {
+        let events = async {
+            let endpoints = live_endpoints(store.as_ref(), &retention.endpoints).await?;
+            // Read after the endpoints, so that a mark is not stamped earlier than the
+            // newest event it marks was stored.
+            let now = engine.now().as_millis();
+            sweep_events(store.as_ref(), now, retention.events, &endpoints).await
+        };
+        match events.await {
             Ok(0) => {}
             Ok(removed) => {
                 tracing::info!(removed, "events past the retention removed from the outbox")
@@ -115,25 +184,70 @@ mod tests {
             let (record, event) = create(i);
             store.create(&record, None, &[event]).await.unwrap();
         }
-        assert_eq!(sweep_events(&store, 0, keep).await.unwrap(), 0);
+        assert_eq!(sweep_events(&store, 0, keep, &[]).await.unwrap(), 0);
         let (record, event) = create(2);
         store.create(&record, None, &[event]).await.unwrap();
-        assert_eq!(sweep_events(&store, 10 * hour, keep).await.unwrap(), 0);
+        assert_eq!(sweep_events(&store, 10 * hour, keep, &[]).await.unwrap(), 0);
         // A day after the first mark, not yet: 23 h 59 min.
         assert_eq!(
-            sweep_events(&store, 24 * hour - 60_000, keep)
+            sweep_events(&store, 24 * hour - 60_000, keep, &[])
                 .await
                 .unwrap(),
             0
         );
         // A day after: the two events of hour 0 go, the third stays.
-        assert_eq!(sweep_events(&store, 24 * hour, keep).await.unwrap(), 2);
+        assert_eq!(sweep_events(&store, 24 * hour, keep, &[]).await.unwrap(), 2);
         let kept = store.events_after(0, 10).await.unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].event.id, "evt_2");
         // A day after hour 10: the third goes.
-        assert_eq!(sweep_events(&store, 34 * hour, keep).await.unwrap(), 1);
+        assert_eq!(sweep_events(&store, 34 * hour, keep, &[]).await.unwrap(), 1);
         assert!(store.events_after(0, 10).await.unwrap().is_empty());
-        assert_eq!(sweep_events(&store, 60 * hour, keep).await.unwrap(), 0);
+        assert_eq!(sweep_events(&store, 60 * hour, keep, &[]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn events_an_endpoint_still_needs_stay_until_twice_the_retention() {
+        let store = offsession_store::MemoryStore::with_outbox();
+        let hour: i64 = 3_600_000;
+        let keep = Duration::from_secs(24 * 3_600);
+        for i in 0..3 {
+            let record = sample_record(&format!("osp_{i}"), 1_000, None);
+            let event = sample_event(
+                &record,
+                &format!("evt_{i}"),
+                offsession_core::EventType::Created,
+            );
+            store.create(&record, None, &[event]).await.unwrap();
+        }
+        let all = store.events_after(0, 10).await.unwrap();
+        let endpoints = ["we_1".to_owned()];
+        assert_eq!(sweep_events(&store, 0, keep, &endpoints).await.unwrap(), 0);
+        // A day on: the endpoint has swept nothing yet, so nothing goes.
+        assert_eq!(
+            sweep_events(&store, 25 * hour, keep, &endpoints)
+                .await
+                .unwrap(),
+            0
+        );
+        // Its sweep passed the first event: that one goes.
+        store
+            .save_state("webhook/we_1/swept", &all[0].sequence.to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            sweep_events(&store, 26 * hour, keep, &endpoints)
+                .await
+                .unwrap(),
+            1
+        );
+        // Twice the retention on, the rest go although the endpoint lags.
+        assert_eq!(
+            sweep_events(&store, 48 * hour, keep, &endpoints)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(store.events_after(0, 10).await.unwrap().is_empty());
     }
 }

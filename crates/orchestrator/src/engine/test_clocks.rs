@@ -36,6 +36,25 @@ impl Engine {
     /// Moves a test clock to `to`, running, in order, exactly the attempts (and
     /// authorization expiries) of its payments that fall due on the way.
     pub async fn advance_test_clock(&self, id: &str, to: Timestamp) -> Result<TestClock, ApiError> {
+        self.advance_test_clock_unless(id, to, &std::sync::atomic::AtomicBool::new(false))
+            .await
+    }
+
+    /// [`Engine::advance_test_clock`], stopping between two steps once `stop` is set
+    /// (an advance that lost its claim to another instance): the clock then stays at
+    /// the last step reached.
+    pub async fn advance_test_clock_unless(
+        &self,
+        id: &str,
+        to: Timestamp,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<TestClock, ApiError> {
+        let stopped = || {
+            ApiError::new(
+                ErrorCode::OffSessionPaymentConcurrentUpdate,
+                format!("the advance of test clock `{id}` lost its claim and stopped"),
+            )
+        };
         let clock = self.load_test_clock(id).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
         })?;
@@ -58,6 +77,9 @@ impl Engine {
                 .map_err(store_error)?;
             match next {
                 Some(due) if due <= to => {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(stopped());
+                    }
                     clock.set(due);
                     self.save_test_clock(id, due).await?;
                     let report = self
@@ -72,6 +94,9 @@ impl Engine {
                 }
                 _ => break,
             }
+        }
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(stopped());
         }
         clock.set(to);
         self.save_test_clock(id, to).await?;

@@ -632,27 +632,60 @@ async fn one_instance_at_a_time_advances_a_test_clock() {
     };
     let (a, b) = (instance("a"), instance("b"));
     assert!(!b.test_clock_advancing(&h.clock).await.unwrap());
-    assert!(a.claim_test_clock_advance(&h.clock).await.unwrap());
+    let held = a.claim_test_clock_advance(&h.clock).await.unwrap().unwrap();
     // Held by `a`: `b` may not advance it, nor may `a` start a second advance.
     assert!(b.test_clock_advancing(&h.clock).await.unwrap());
-    assert!(!b.claim_test_clock_advance(&h.clock).await.unwrap());
-    assert!(!a.claim_test_clock_advance(&h.clock).await.unwrap());
-    // `b` cannot end `a`'s claim.
-    b.release_test_clock_advance(&h.clock).await.unwrap();
-    assert!(!b.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(b
+        .claim_test_clock_advance(&h.clock)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(a
+        .claim_test_clock_advance(&h.clock)
+        .await
+        .unwrap()
+        .is_none());
+    // Only the holder can renew or end the claim: not `b`, not another advance on `a`.
+    for (engine, holder) in [(&b, "b/x"), (&a, "a/another_advance")] {
+        engine
+            .release_test_clock_advance(&h.clock, holder)
+            .await
+            .unwrap();
+        assert!(!engine
+            .renew_test_clock_advance(&h.clock, holder)
+            .await
+            .unwrap());
+    }
+    assert!(b
+        .claim_test_clock_advance(&h.clock)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(a.renew_test_clock_advance(&h.clock, &held).await.unwrap());
     a.advance_test_clock(&h.clock, start().plus(DAY))
         .await
         .unwrap();
-    a.release_test_clock_advance(&h.clock).await.unwrap();
+    a.release_test_clock_advance(&h.clock, &held).await.unwrap();
     assert!(!b.test_clock_advancing(&h.clock).await.unwrap());
-    assert!(b.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(!a.renew_test_clock_advance(&h.clock, &held).await.unwrap());
+    let b_held = b.claim_test_clock_advance(&h.clock).await.unwrap().unwrap();
     // `b` stops without releasing: its claim lapses a minute later and `a` takes over.
     wall.advance(std::time::Duration::from_secs(59));
-    assert!(!a.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(a
+        .claim_test_clock_advance(&h.clock)
+        .await
+        .unwrap()
+        .is_none());
     wall.advance(std::time::Duration::from_secs(2));
     assert!(!a.test_clock_advancing(&h.clock).await.unwrap());
-    assert!(a.claim_test_clock_advance(&h.clock).await.unwrap());
+    assert!(a
+        .claim_test_clock_advance(&h.clock)
+        .await
+        .unwrap()
+        .is_some());
     assert!(b.test_clock_advancing(&h.clock).await.unwrap());
+    // `b`, back, finds its claim gone and must stop.
+    assert!(!b.renew_test_clock_advance(&h.clock, &b_held).await.unwrap());
     // A clock is never saved back in time, whichever instance saves last.
     b.advance_test_clock(&h.clock, start().plus(3 * DAY))
         .await

@@ -192,9 +192,9 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
     // One advance of a clock at a time, across every instance sharing the store. The
     // claim comes first, so that the clock's time checked below is not moved by an
     // advance finishing meanwhile.
-    match state.engine.claim_test_clock_advance(&id).await {
-        Ok(true) => {}
-        Ok(false) => {
+    let holder = match state.engine.claim_test_clock_advance(&id).await {
+        Ok(Some(holder)) => holder,
+        Ok(None) => {
             return errors::error(
                 400,
                 "invalid_request_error",
@@ -203,7 +203,7 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
             )
         }
         Err(err) => return errors::api(err),
-    }
+    };
     let refused = match state.engine.retrieve_test_clock(&id).await {
         Ok(clock) if to <= clock.frozen_time => Some(invalid(
             "`frozen_time` must be later than the clock's current time",
@@ -212,7 +212,7 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         Err(err) => Some(errors::api(err)),
     };
     if let Some(response) = refused {
-        if let Err(err) = state.engine.release_test_clock_advance(&id).await {
+        if let Err(err) = state.engine.release_test_clock_advance(&id, &holder).await {
             tracing::warn!(clock = %id, error = %err, "could not end a test clock's advance; it lapses within a minute");
         }
         return response;
@@ -225,11 +225,16 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         // before its next step (a step is not cut short: its attempts finish).
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let renewal = {
-            let (engine, clock_id, lost) = (engine.clone(), clock_id.clone(), lost.clone());
+            let (engine, clock_id, lost, holder) = (
+                engine.clone(),
+                clock_id.clone(),
+                lost.clone(),
+                holder.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(offsession_orchestrator::ADVANCE_LEASE / 3).await;
-                    match engine.renew_test_clock_advance(&clock_id).await {
+                    match engine.renew_test_clock_advance(&clock_id, &holder).await {
                         Ok(true) => {}
                         Ok(false) => {
                             lost.store(true, std::sync::atomic::Ordering::Release);
@@ -248,7 +253,7 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         renewal.abort();
         // Let a caller polling right after see `advancing` at least once.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if let Err(err) = engine.release_test_clock_advance(&clock_id).await {
+        if let Err(err) = engine.release_test_clock_advance(&clock_id, &holder).await {
             tracing::warn!(clock = %clock_id, error = %err, "could not end a test clock's advance; it lapses within a minute");
         }
     });

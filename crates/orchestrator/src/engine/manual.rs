@@ -217,7 +217,7 @@ impl Engine {
             .min();
         if let Some(expires) = deadline.filter(|expires| now >= *expires) {
             let after = self
-                .expire_authorization(Box::new(record))
+                .expire_authorization(Box::new(record), tag.clone())
                 .await
                 .map_err(store_error)?;
             // The processor may report the authorization captured already (an earlier

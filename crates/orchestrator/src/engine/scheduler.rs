@@ -231,7 +231,9 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut outside = Duration::ZERO;
         let outcome = match record.payment.status {
-            PaymentStatus::RequiresCapture => self.expire_authorization(record).await.map(|_| ()),
+            PaymentStatus::RequiresCapture => {
+                self.expire_authorization(record, None).await.map(|_| ())
+            }
             PaymentStatus::Pending | PaymentStatus::PendingRetry | PaymentStatus::Processing => {
                 self.attempt(record).await.map(|waited| outside = waited)
             }
@@ -274,10 +276,12 @@ impl Engine {
 
     /// Releases an expired authorization and fails the payment, or records the
     /// capture the processor reports, or tries again later; returns the payment as
-    /// it was left.
+    /// it was left. `capture`: the keyed capture (`"capture:<key>"`) that found the
+    /// authorization past its deadline, recorded with a capture the processor reports.
     pub(super) async fn expire_authorization(
         &self,
         record: Box<PaymentRecord>,
+        capture: Option<String>,
     ) -> Result<OffSessionPayment, StoreError> {
         let now = self.now_for(&record.payment);
         let Ok(to) = transition(record.payment.status, Transition::ExpireAuthorization) else {
@@ -297,7 +301,10 @@ impl Engine {
                 tracing::warn!(payment = %record.payment.id, "the authorization was captured at the processor without the capture being recorded; recording it");
                 let to = transition(record.payment.status, Transition::Capture)
                     .unwrap_or(PaymentStatus::Succeeded);
-                let next = self.as_captured(&record, to);
+                let mut next = self.as_captured(&record, to);
+                if let Some(tag) = capture {
+                    next.record_operation(tag, self.now().as_millis());
+                }
                 self.commit_change(&next, Expected::of(&record), record.payment.status, now)
                     .await?;
                 return Ok(next.payment);

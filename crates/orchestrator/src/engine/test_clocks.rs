@@ -181,11 +181,12 @@ impl Engine {
     }
 
     /// Claims the right to advance test clock `id`, for every instance sharing the
-    /// store: `false` when another advance of it is under way (here or on another
-    /// instance). A claim whose instance stopped lapses [`ADVANCE_LEASE`] after it was
-    /// last renewed: its holder renews it ([`Engine::renew_test_clock_advance`]) while
-    /// it advances, and releases it ([`Engine::release_test_clock_advance`]) after.
-    pub async fn claim_test_clock_advance(&self, id: &str) -> Result<bool, ApiError> {
+    /// store: the claim's holder (this instance and this advance), or `None` when
+    /// another advance of it is under way (here or on another instance). A claim whose
+    /// instance stopped lapses [`ADVANCE_LEASE`] after it was last renewed: its holder
+    /// renews it ([`Engine::renew_test_clock_advance`]) while it advances, and releases
+    /// it ([`Engine::release_test_clock_advance`]) after.
+    pub async fn claim_test_clock_advance(&self, id: &str) -> Result<Option<String>, ApiError> {
         let key = advance_key(id);
         let saved = self
             .inner
@@ -198,23 +199,30 @@ impl Engine {
             .and_then(AdvanceClaim::parse)
             .is_some_and(|claim| claim.until > self.now().as_millis())
         {
-            return Ok(false);
+            return Ok(None);
         }
-        self.inner
+        let holder = format!(
+            "{}/{}",
+            self.inner.config.instance_id,
+            self.inner.ids.next_id("advance")
+        );
+        let claimed = self
+            .inner
             .store
-            .swap_state(&key, saved.as_deref(), &self.advance_claim())
+            .swap_state(&key, saved.as_deref(), &self.advance_claim(&holder))
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        Ok(claimed.then_some(holder))
     }
 
-    /// Ends this instance's claim on advancing test clock `id` (a claim another
-    /// instance took over after this one's lapsed is left alone).
-    pub async fn release_test_clock_advance(&self, id: &str) -> Result<(), ApiError> {
+    /// Ends `holder`'s claim on advancing test clock `id` (a claim another advance took
+    /// over after this one's lapsed is left alone).
+    pub async fn release_test_clock_advance(&self, id: &str, holder: &str) -> Result<(), ApiError> {
         let key = advance_key(id);
         let store = &self.inner.store;
         let saved = store.load_state(&key).await.map_err(store_error)?;
         if let Some(text) = saved.as_deref() {
-            if AdvanceClaim::parse(text).is_some_and(|c| c.by == self.inner.config.instance_id) {
+            if AdvanceClaim::parse(text).is_some_and(|c| c.by == holder) {
                 store
                     .remove_state_if(&key, text)
                     .await
@@ -238,28 +246,28 @@ impl Engine {
             .is_some_and(|claim| claim.until > self.now().as_millis()))
     }
 
-    /// Renews this instance's claim on advancing `id` for another [`ADVANCE_LEASE`];
-    /// `false` when this instance no longer holds it (it lapsed and another instance
-    /// took it, or it was released): the advance must stop.
-    pub async fn renew_test_clock_advance(&self, id: &str) -> Result<bool, ApiError> {
+    /// Renews `holder`'s claim on advancing `id` for another [`ADVANCE_LEASE`];
+    /// `false` when it no longer holds it (it lapsed and another advance took it, or
+    /// it was released): the advance must stop.
+    pub async fn renew_test_clock_advance(&self, id: &str, holder: &str) -> Result<bool, ApiError> {
         let key = advance_key(id);
         let store = &self.inner.store;
         let saved = store.load_state(&key).await.map_err(store_error)?;
         let Some(text) = saved.as_deref() else {
             return Ok(false);
         };
-        if AdvanceClaim::parse(text).is_none_or(|c| c.by != self.inner.config.instance_id) {
+        if AdvanceClaim::parse(text).is_none_or(|c| c.by != holder) {
             return Ok(false);
         }
         store
-            .swap_state(&key, Some(text), &self.advance_claim())
+            .swap_state(&key, Some(text), &self.advance_claim(holder))
             .await
             .map_err(store_error)
     }
 
-    fn advance_claim(&self) -> String {
+    fn advance_claim(&self, holder: &str) -> String {
         serde_json::json!({
-            "by": self.inner.config.instance_id,
+            "by": holder,
             "until": self.now().as_millis() + ADVANCE_LEASE.as_millis() as i64,
         })
         .to_string()
@@ -272,8 +280,8 @@ const CLOCK_SAVE_TRIES: usize = 8;
 /// How long a claim on advancing a test clock holds without renewal.
 pub const ADVANCE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A stored claim on advancing a test clock: the instance and until when (engine
-/// time, milliseconds).
+/// A stored claim on advancing a test clock: its holder (instance and advance) and
+/// until when (engine time, milliseconds).
 struct AdvanceClaim {
     by: String,
     until: i64,

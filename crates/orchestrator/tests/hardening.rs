@@ -37,6 +37,8 @@ struct Altered {
     window: Option<Duration>,
     /// A capture waits for this before it is made.
     capture_gate: Option<Arc<tokio::sync::Notify>>,
+    /// A release (cancel) waits for this before it is made.
+    cancel_gate: Option<Arc<tokio::sync::Notify>>,
     sends: AtomicU32,
 }
 
@@ -49,6 +51,7 @@ impl Altered {
             unreachable: false,
             window: None,
             capture_gate: None,
+            cancel_gate: None,
             sends: AtomicU32::new(0),
         }
     }
@@ -93,6 +96,9 @@ impl Processor for Altered {
         self.mock.capture(request).await
     }
     async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
+        if let Some(gate) = &self.cancel_gate {
+            gate.notified().await;
+        }
         if self.unreachable {
             return Err(self.outage("cancel"));
         }
@@ -266,6 +272,54 @@ async fn a_failed_capture_gives_its_hold_back() {
     assert_eq!(record.lease, None);
     let canceled = h.engine.cancel(&p.id).await.unwrap();
     assert_eq!(canceled.status, PaymentStatus::Canceled);
+}
+
+/// A cancel of a held authorization holds the payment while the processor releases
+/// it: a capture made meanwhile answers 409 instead of capturing an authorization
+/// being voided; a release that fails gives the hold back.
+#[tokio::test]
+async fn a_cancel_holds_the_payment_while_it_releases_the_authorization() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let alter = Altered {
+        cancel_gate: Some(gate.clone()),
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
+    let engine = h.engine.clone();
+    let id = p.id.clone();
+    let cancel = tokio::spawn(async move { engine.cancel(&id).await });
+    // The cancel has taken its hold and waits at the processor.
+    use offsession_core::Store;
+    for _ in 0..100 {
+        if h.store.get(&p.id).await.unwrap().unwrap().lease.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let err = h.engine.capture(&p.id, None).await.unwrap_err();
+    assert_eq!(
+        err.code,
+        offsession_core::ErrorCode::OffSessionPaymentConcurrentUpdate,
+        "{err:?}"
+    );
+    gate.notify_one();
+    let canceled = cancel.await.unwrap().unwrap();
+    assert_eq!(canceled.status, PaymentStatus::Canceled);
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Canceled);
+
+    // A release the processor refuses: the hold goes back, and a capture runs at once.
+    let alter = Altered {
+        unreachable: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
+    let err = h.engine.cancel(&p.id).await.unwrap_err();
+    assert_eq!(err.code, offsession_core::ErrorCode::ApiError, "{err:?}");
+    let record = h.store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::RequiresCapture);
+    assert_eq!(record.lease, None);
 }
 
 // Item 5, directly: capture() itself checks the deadline (the scheduler has not

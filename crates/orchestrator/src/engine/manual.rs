@@ -67,6 +67,44 @@ impl Engine {
             if matches!(t, Transition::Cancel) {
                 authorization_in_use(&record, now)?;
             }
+            // A held authorization is released under a hold on the payment, as a
+            // capture is made: a capture starting meanwhile finds the hold and answers
+            // 409 instead of capturing an authorization being voided.
+            let record = if matches!(t, Transition::Cancel)
+                && record.payment.status == PaymentStatus::RequiresCapture
+            {
+                let mut held = record.clone();
+                held.lease = Some(Lease {
+                    owner: self.inner.config.instance_id.clone(),
+                    until: now.plus(self.inner.config.lease),
+                });
+                match self.inner.store.update(&held, Expected::of(&record)).await {
+                    Ok(version) => held.version = version,
+                    Err(err @ StoreError::Conflict { .. }) => {
+                        last_err = Some(err);
+                        continue;
+                    }
+                    Err(err) => return Err(store_error(err)),
+                }
+                if let Err(err) = self.release_authorization(&held).await {
+                    // Give the hold back: a retry of the cancel, or a capture, runs at
+                    // once rather than after the hold lapses.
+                    let mut released = held.clone();
+                    released.lease = None;
+                    if let Err(store_err) = self
+                        .inner
+                        .store
+                        .update(&released, Expected::of(&held))
+                        .await
+                    {
+                        tracing::warn!(payment = %held.payment.id, error = %store_err, "could not give back a failed cancel's hold; it lapses on its own");
+                    }
+                    return Err(err);
+                }
+                held
+            } else {
+                record
+            };
             let mut next = record.clone();
             next.payment.status = to;
             next.lease = None;
@@ -75,9 +113,6 @@ impl Engine {
             }
             match t {
                 Transition::Cancel => {
-                    if record.payment.status == PaymentStatus::RequiresCapture {
-                        self.release_authorization(&record).await?;
-                    }
                     next.due_at = None;
                     next.payment.amount_capturable = None;
                     next.authorization = None;

@@ -84,6 +84,28 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     assert_eq!(again["id"], clock["id"]);
     let clock_id = clock["id"].as_str().unwrap().to_owned();
 
+    // A clock keeps its name and the time it was made.
+    let (status, named, _) = form(
+        &client,
+        port,
+        clocks,
+        "frozen_time=1767603600&name=monthly+renewals",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{named}");
+    assert_eq!(named["name"], "monthly renewals");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, again, _) = get(
+        &client,
+        port,
+        &format!("{clocks}/{}", named["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["name"], "monthly renewals", "{again}");
+    assert_eq!(again["created"], named["created"], "{again}");
+
     // A payment on the clock stays pending until the clock moves.
     let id = on_clock(&client, port, &clock_id).await;
     let resume = format!("/v2/payments/off_session_payments/{id}/resume");

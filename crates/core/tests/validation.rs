@@ -137,6 +137,11 @@ fn malformed_json_is_a_generic_invalid_request() {
     assert_eq!(err.code, ErrorCode::OspGenericInvalidRequest);
     let err = parse_create(b"[1,2]").unwrap_err();
     assert_eq!(err.code, ErrorCode::OspGenericInvalidRequest);
+    // A trailing comma after the last field: no field to name (not `?`).
+    let err = parse_create(br#"{"cadence": "recurring",}"#).unwrap_err();
+    assert_eq!(err.code, ErrorCode::OspGenericInvalidRequest, "{err:?}");
+    assert_eq!(err.param, None, "{err:?}");
+    assert!(err.message.contains("trailing comma"), "{err:?}");
 }
 
 #[test]

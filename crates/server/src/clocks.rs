@@ -11,28 +11,28 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use offsession_core::Timestamp;
+use offsession_orchestrator::TestClock;
 use serde_json::{json, Value};
 
 use crate::errors::{self, invalid};
 use crate::idempotency::{fingerprint, idempotent};
 use crate::AppState;
 
-fn clock_object(
-    state: &AppState,
-    id: &str,
-    frozen: Timestamp,
-    name: Option<&str>,
-    advancing: bool,
-) -> Value {
-    let created = state.engine.now().as_millis() / 1000;
+fn clock_object(state: &AppState, clock: &TestClock, advancing: bool) -> Value {
+    // A clock stored before its creation time was kept shows the time of the request.
+    let created = clock
+        .created
+        .unwrap_or_else(|| state.engine.now())
+        .as_millis()
+        / 1000;
     json!({
-        "id": id,
+        "id": clock.id,
         "object": "test_helpers.test_clock",
         "created": created,
         "deletes_after": created + 30 * 86_400,
-        "frozen_time": frozen.as_millis() / 1000,
+        "frozen_time": clock.frozen_time.as_millis() / 1000,
         "livemode": false,
-        "name": name,
+        "name": clock.name,
         "status": if advancing { "advancing" } else { "ready" },
         "status_details": {},
     })
@@ -120,21 +120,18 @@ async fn create_clock_now(state: AppState, body: Bytes) -> Response {
         .iter()
         .find(|(k, _)| !matches!(k.as_str(), "frozen_time" | "name"))
     {
-        return invalid(format!("unknown parameter `{unknown}`"));
+        return invalid(format!("`{unknown}`: unknown parameter"));
     }
     let at = match frozen_time(&form) {
         Ok(at) => at,
         Err(response) => return response,
     };
-    match state.engine.create_test_clock(at).await {
-        Ok(clock) => Json(clock_object(
-            &state,
-            &clock.id,
-            clock.frozen_time,
-            form_value(&form, "name"),
-            false,
-        ))
-        .into_response(),
+    match state
+        .engine
+        .create_named_test_clock(at, form_value(&form, "name"))
+        .await
+    {
+        Ok(clock) => Json(clock_object(&state, &clock, false)).into_response(),
         Err(err) => errors::api(err),
     }
 }
@@ -148,14 +145,7 @@ pub(crate) async fn retrieve_clock(
         Err(err) => return errors::api(err),
     };
     match state.engine.test_clock_advancing(&id).await {
-        Ok(advancing) => Json(clock_object(
-            &state,
-            &clock.id,
-            clock.frozen_time,
-            None,
-            advancing,
-        ))
-        .into_response(),
+        Ok(advancing) => Json(clock_object(&state, &clock, advancing)).into_response(),
         Err(err) => errors::api(err),
     }
 }
@@ -183,7 +173,7 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         Err(response) => return response,
     };
     if let Some((unknown, _)) = form.iter().find(|(k, _)| k != "frozen_time") {
-        return invalid(format!("unknown parameter `{unknown}`"));
+        return invalid(format!("`{unknown}`: unknown parameter"));
     }
     let to = match frozen_time(&form) {
         Ok(at) => at,
@@ -204,12 +194,15 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
         }
         Err(err) => return errors::api(err),
     };
-    let refused = match state.engine.retrieve_test_clock(&id).await {
-        Ok(clock) if to <= clock.frozen_time => Some(invalid(
-            "`frozen_time` must be later than the clock's current time",
-        )),
-        Ok(_) => None,
-        Err(err) => Some(errors::api(err)),
+    let (refused, clock) = match state.engine.retrieve_test_clock(&id).await {
+        Ok(clock) if to <= clock.frozen_time => (
+            Some(invalid(
+                "`frozen_time` must be later than the clock's current time",
+            )),
+            None,
+        ),
+        Ok(clock) => (None, Some(clock)),
+        Err(err) => (Some(errors::api(err)), None),
     };
     if let Some(response) = refused {
         if let Err(err) = state.engine.release_test_clock_advance(&id, &holder).await {
@@ -257,5 +250,14 @@ async fn advance_clock_now(state: AppState, id: String, body: Bytes) -> Response
             tracing::warn!(clock = %clock_id, error = %err, "could not end a test clock's advance; it lapses within a minute");
         }
     });
-    Json(clock_object(&state, &id, to, None, true)).into_response()
+    let moving = TestClock {
+        frozen_time: to,
+        ..clock.unwrap_or(TestClock {
+            id: id.clone(),
+            frozen_time: to,
+            created: None,
+            name: None,
+        })
+    };
+    Json(clock_object(&state, &moving, true)).into_response()
 }

@@ -92,7 +92,8 @@ pub fn parse_create(body: &[u8]) -> Result<CreateOffSessionPayment, ApiError> {
         Err(err) => {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            if path.is_empty() || path == "." {
+            // A syntax error past the last field has no path of its own (`?`).
+            if path.is_empty() || path == "." || path.contains('?') {
                 Err(ApiError::new(
                     ErrorCode::OspGenericInvalidRequest,
                     format!("request body is not a valid create request: {inner}"),

@@ -130,6 +130,10 @@ pub struct TestClock {
     pub id: String,
     /// Its current time.
     pub frozen_time: Timestamp,
+    /// When it was made (engine time; `None` for a clock stored before this was kept).
+    pub created: Option<Timestamp>,
+    /// The name it was given, if any.
+    pub name: Option<String>,
 }
 
 /// The processors and everything kept per processor.

@@ -6,6 +6,15 @@ impl Engine {
     /// Creates a test clock frozen at `frozen_time`, kept in the store so that it
     /// survives a restart and every instance sees it. Refused in live mode.
     pub async fn create_test_clock(&self, frozen_time: Timestamp) -> Result<TestClock, ApiError> {
+        self.create_named_test_clock(frozen_time, None).await
+    }
+
+    /// [`Engine::create_test_clock`] with a name, kept with the clock.
+    pub async fn create_named_test_clock(
+        &self,
+        frozen_time: Timestamp,
+        name: Option<&str>,
+    ) -> Result<TestClock, ApiError> {
         if self.inner.config.livemode {
             return Err(ApiError::new(
                 ErrorCode::OffSessionPaymentTestClockInLivemode,
@@ -13,13 +22,44 @@ impl Engine {
             ));
         }
         let id = self.inner.ids.next_id("clock");
+        let created = self.now();
+        // What does not change (written first: a clock found is a clock described).
+        let about = serde_json::json!({"created": created.as_millis(), "name": name});
+        self.inner
+            .store
+            .save_state(&about_key(&id), &about.to_string())
+            .await
+            .map_err(store_error)?;
         self.save_test_clock(&id, frozen_time).await?;
         self.inner
             .test_clocks
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Arc::new(ManualClock::new(frozen_time)));
-        Ok(TestClock { id, frozen_time })
+        Ok(TestClock {
+            id,
+            frozen_time,
+            created: Some(created),
+            name: name.map(str::to_owned),
+        })
+    }
+
+    /// Test clock `id` at `frozen_time`, with its creation time and name.
+    async fn described(&self, id: &str, frozen_time: Timestamp) -> Result<TestClock, ApiError> {
+        let about: serde_json::Value = self
+            .inner
+            .store
+            .load_state(&about_key(id))
+            .await
+            .map_err(store_error)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        Ok(TestClock {
+            id: id.to_owned(),
+            frozen_time,
+            created: about["created"].as_i64().map(Timestamp::from_millis),
+            name: about["name"].as_str().map(str::to_owned),
+        })
     }
 
     /// A test clock and its current time.
@@ -27,10 +67,7 @@ impl Engine {
         let clock = self.load_test_clock(id).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::ResourceMissing, format!("no test clock `{id}`"))
         })?;
-        Ok(TestClock {
-            id: id.to_owned(),
-            frozen_time: clock.now(),
-        })
+        self.described(id, clock.now()).await
     }
 
     /// Moves a test clock to `to`, running, in order, exactly the attempts (and
@@ -100,10 +137,7 @@ impl Engine {
         }
         clock.set(to);
         self.save_test_clock(id, to).await?;
-        Ok(TestClock {
-            id: id.to_owned(),
-            frozen_time: clock.now(),
-        })
+        self.described(id, clock.now()).await
     }
 
     /// The test clock `id` as the store has it: another instance sharing the store
@@ -299,6 +333,10 @@ impl AdvanceClaim {
 
 fn test_clock_key(id: &str) -> String {
     format!("test_clock/{id}")
+}
+
+fn about_key(id: &str) -> String {
+    format!("test_clock_about/{id}")
 }
 
 fn advance_key(id: &str) -> String {

@@ -106,6 +106,33 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     assert_eq!(again["name"], "monthly renewals", "{again}");
     assert_eq!(again["created"], named["created"], "{again}");
 
+    // A create repeated under its key answers the first payment, marked as a replay.
+    let body = json!({"amount": {"value": 1000, "currency": "usd"}, "cadence": "recurring",
+        "customer": "cus_idem", "payment_method": "pm_card_visa__idem",
+        "test_clock": clock_id});
+    let creates = "/v2/payments/off_session_payments";
+    let (status, first, replayed) = api(
+        &client,
+        port,
+        Method::POST,
+        creates,
+        Some(body.clone()),
+        Some("create-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    let (status, again, replayed) = api(
+        &client,
+        port,
+        Method::POST,
+        creates,
+        Some(body),
+        Some("create-1"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["id"], first["id"]);
+
     // A payment on the clock stays pending until the clock moves.
     let id = on_clock(&client, port, &clock_id).await;
     let resume = format!("/v2/payments/off_session_payments/{id}/resume");

@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -223,8 +223,20 @@ async fn create(
         Ok(key) => key,
         Err(response) => return response,
     };
-    match state.engine.create_json(&body, key.as_deref()).await {
-        Ok(payment) => Json(payment).into_response(),
+    match state
+        .engine
+        .create_json_replayed(&body, key.as_deref())
+        .await
+    {
+        Ok((payment, replayed)) => {
+            let mut response = Json(payment).into_response();
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            response
+        }
         Err(err) => errors::api(err),
     }
 }

@@ -25,6 +25,17 @@ impl Engine {
         self.create(&request, idempotency_key).await
     }
 
+    /// [`Engine::create_json`], telling whether the payment answered is one an earlier
+    /// request under the same idempotency key made (a replay).
+    pub async fn create_json_replayed(
+        &self,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Result<(OffSessionPayment, bool), ApiError> {
+        let request = parse_create(body)?;
+        self.create_answer(&request, idempotency_key).await
+    }
+
     /// Validates, preflights and stores a payment (`pending`). With an idempotency
     /// key, a repeat of the same request returns the original payment and a different
     /// request with the same key is an `idempotency_error`.
@@ -33,6 +44,17 @@ impl Engine {
         request: &CreateOffSessionPayment,
         idempotency_key: Option<&str>,
     ) -> Result<OffSessionPayment, ApiError> {
+        self.create_answer(request, idempotency_key)
+            .await
+            .map(|(payment, _)| payment)
+    }
+
+    /// [`Engine::create`], and whether the payment is an earlier request's (a replay).
+    async fn create_answer(
+        &self,
+        request: &CreateOffSessionPayment,
+        idempotency_key: Option<&str>,
+    ) -> Result<(OffSessionPayment, bool), ApiError> {
         let request_fingerprint = idempotency_key
             .map(|_| fingerprint(&serde_json::to_string(request).unwrap_or_default()));
         // A key already registered answers before anything else is checked: a retry
@@ -53,7 +75,8 @@ impl Engine {
             if let Some((original, payment_id)) = registered {
                 return self
                     .existing_for_key(key, &original, request_fingerprint.as_deref(), &payment_id)
-                    .await;
+                    .await
+                    .map(|payment| (payment, true));
             }
         }
         let clock_now = match &request.test_clock {
@@ -140,7 +163,8 @@ impl Engine {
                         request_fingerprint.as_deref(),
                         &payment_id,
                     )
-                    .await;
+                    .await
+                    .map(|payment| (payment, true));
             }
         }
         metrics::counter!(
@@ -149,7 +173,7 @@ impl Engine {
             "strategy" => payment.retry_details.retry_strategy.as_str()
         )
         .increment(1);
-        Ok(payment)
+        Ok((payment, false))
     }
 
     /// The answer to a create whose key is registered: the original payment when the

@@ -33,6 +33,20 @@ async fn form(
     (status, response.json().await.unwrap_or_default(), replayed)
 }
 
+/// Turns the answer kept under idempotency key `key` into what a server that stopped
+/// before keeping it leaves: an ended claim (status 499) without a body.
+async fn lose_answer(store: &dyn Store, key: &str) {
+    let state_key = format!("idempotency/{key}");
+    let mut kept: Value =
+        serde_json::from_str(&store.load_state(&state_key).await.unwrap().unwrap()).unwrap();
+    kept["status"] = json!(499);
+    kept["body"] = Value::Null;
+    store
+        .save_state(&state_key, &kept.to_string())
+        .await
+        .unwrap();
+}
+
 /// Creates a payment on test clock `clock_id` (it stays pending until the clock
 /// moves); its id.
 async fn on_clock(client: &reqwest::Client, port: u16, clock_id: &str) -> String {
@@ -242,15 +256,7 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
         offsession::store::Synchronous::Normal,
     )
     .unwrap();
-    let state_key = "idempotency/dest-lost";
-    let mut kept: Value =
-        serde_json::from_str(&store.load_state(state_key).await.unwrap().unwrap()).unwrap();
-    kept["status"] = json!(499);
-    kept["body"] = Value::Null;
-    store
-        .save_state(state_key, &kept.to_string())
-        .await
-        .unwrap();
+    lose_answer(&store, "dest-lost").await;
     let (status, again, replayed) = api(
         &client,
         port,
@@ -282,15 +288,7 @@ async fn refusals_run_again_and_test_clocks_honour_their_keys() {
     )
     .await;
     assert_eq!(status, 200, "{canceled}");
-    let state_key = "idempotency/cancel-lost";
-    let mut kept: Value =
-        serde_json::from_str(&store.load_state(state_key).await.unwrap().unwrap()).unwrap();
-    kept["status"] = json!(499);
-    kept["body"] = Value::Null;
-    store
-        .save_state(state_key, &kept.to_string())
-        .await
-        .unwrap();
+    lose_answer(&store, "cancel-lost").await;
     let (status, again, replayed) = api(
         &client,
         port,

@@ -3,8 +3,6 @@
 //! (`destination/<id>`) and delivered to by [`supervise`], beside the endpoints of
 //! the configuration.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -18,24 +16,17 @@ use serde_json::{json, Map, Value};
 
 use crate::errors::{self, invalid};
 use crate::idempotency::{fingerprint, idempotency_key, idempotent};
-use crate::webhooks::{deliver, DeliverySettings, Owners, WebhookEndpoint};
+use crate::webhooks::WebhookEndpoint;
 use crate::AppState;
 
-pub(crate) const PREFIX: &str = "destination/";
-const EVENT_TYPES: &[&str] = &[
-    "v2.payments.off_session_payment.created",
-    "v2.payments.off_session_payment.attempt_started",
-    "v2.payments.off_session_payment.attempt_failed",
-    "v2.payments.off_session_payment.authorization_attempt_started",
-    "v2.payments.off_session_payment.authorization_attempt_failed",
-    "v2.payments.off_session_payment.requires_capture",
-    "v2.payments.off_session_payment.succeeded",
-    "v2.payments.off_session_payment.failed",
-    "v2.payments.off_session_payment.canceled",
-    "v2.payments.off_session_payment.paused",
-    "v2.payments.off_session_payment.resumed",
-];
+mod delivery;
+mod params;
 
+pub(crate) use delivery::enabled;
+pub use delivery::supervise;
+use params::{description_of, enabled_events, endpoint_url, include_of, metadata_of};
+
+pub(crate) const PREFIX: &str = "destination/";
 fn new_secret() -> String {
     format!(
         "whsec_{}{}",
@@ -59,75 +50,6 @@ fn object(stored: &Value, with_secret: bool) -> Value {
         }
     }
     out
-}
-
-/// `enabled_events`: a list of this server's event types, or `*`; `Err` says why not.
-fn enabled_events(value: Option<&Value>) -> Result<Vec<String>, String> {
-    let events = match value {
-        None | Some(Value::Null) => {
-            return Err("`enabled_events` is required: a list of event types or `*`".into())
-        }
-        Some(Value::Array(events)) if !events.is_empty() => events,
-        Some(Value::Array(_)) => {
-            return Err("`enabled_events` must list at least one event type (or `*`)".into())
-        }
-        Some(_) => return Err("`enabled_events` must be a list of event types or `*`".into()),
-    };
-    let mut enabled = Vec::new();
-    for event in events {
-        match event.as_str() {
-            Some(e) if e == "*" || EVENT_TYPES.contains(&e) => enabled.push(e.to_owned()),
-            _ => return Err(format!("`enabled_events`: `{event}` is not an event type")),
-        }
-    }
-    Ok(enabled)
-}
-
-/// `webhook_endpoint.url`: https, or plain http on loopback; `Err` says why not.
-fn endpoint_url(value: Option<&Value>) -> Result<&str, String> {
-    let Some(endpoint) = value.and_then(Value::as_object) else {
-        return Err("`webhook_endpoint` is required: an object with `url`".into());
-    };
-    if let Some(unknown) = endpoint.keys().find(|k| k.as_str() != "url") {
-        return Err(format!("unknown parameter `webhook_endpoint.{unknown}`"));
-    }
-    let Some(url) = endpoint.get("url").and_then(Value::as_str) else {
-        return Err("`webhook_endpoint.url` is required: a string".into());
-    };
-    // Parsed, not matched by prefix: `http://127.0.0.1@evil.example/` and
-    // `http://localhost.evil.example/` start like loopback but go elsewhere.
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| format!("`webhook_endpoint.url` is not a URL: {e}"))?;
-    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-    if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
-        return Err("`webhook_endpoint.url` must be https (plain http only for loopback)".into());
-    }
-    Ok(url)
-}
-
-/// `include`: a list of the values `allowed`; whether it holds each.
-fn include_of(value: Option<&Value>, allowed: &str) -> Result<bool, String> {
-    match value {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Array(items)) => {
-            for item in items {
-                if item.as_str() != Some(allowed) {
-                    return Err(format!("`include`: `{item}` is not `{allowed}`"));
-                }
-            }
-            Ok(!items.is_empty())
-        }
-        Some(_) => Err(format!("`include` must be a list (`[\"{allowed}\"]`)")),
-    }
-}
-
-/// `description`: a string, or null.
-fn description_of(value: Option<&Value>) -> Result<Value, String> {
-    match value {
-        None | Some(Value::Null) => Ok(Value::Null),
-        Some(Value::String(d)) => Ok(json!(d)),
-        Some(_) => Err("`description` must be a string".into()),
-    }
 }
 
 /// The endpoint a stored destination delivers to.
@@ -320,30 +242,6 @@ pub(crate) async fn create(
         Json(object(&stored, with_secret)).into_response()
     };
     idempotent(&state, &headers, request, run).await
-}
-
-/// `metadata`: an object of strings merged into `base`; a null value removes its key,
-/// as Stripe's metadata does.
-fn metadata_of(value: Option<&Value>, base: Map<String, Value>) -> Result<Value, String> {
-    let mut merged = base;
-    match value {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(entries)) => {
-            for (key, value) in entries {
-                match value {
-                    Value::Null => {
-                        merged.remove(key);
-                    }
-                    Value::String(_) => {
-                        merged.insert(key.clone(), value.clone());
-                    }
-                    _ => return Err(format!("`metadata.{key}` must be a string or null")),
-                }
-            }
-        }
-        Some(_) => return Err("`metadata` must be an object of strings".into()),
-    }
-    Ok(Value::Object(merged))
 }
 
 pub(crate) async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -571,65 +469,4 @@ pub(crate) async fn delete(
         set_status(&state, &id, "deleted"),
     )
     .await
-}
-
-/// Delivers to the destinations created through the API: every second it reads them
-/// from the store, starts a deliverer for each enabled one it has not started, and
-/// stops the deliverer of one disabled or deleted (on any instance).
-pub async fn supervise(
-    store: Arc<dyn Store>,
-    settings: DeliverySettings,
-    owners: Owners,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut stop = std::pin::pin!(stop);
-    // Each deliverer with the destination as it was started: one that changed (URL,
-    // event types) is restarted; its cursor is in the store, so nothing is skipped.
-    let mut running: HashMap<String, (Value, tokio::task::AbortHandle)> = HashMap::new();
-    loop {
-        if let Ok(all) = store.list_state(PREFIX).await {
-            let mut enabled = HashMap::new();
-            for (_, text) in all {
-                let Ok(d) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                if d["status"] == "enabled" {
-                    let id = d["id"].as_str().unwrap_or_default().to_owned();
-                    enabled.insert(id, d);
-                }
-            }
-            running.retain(|id, (started, handle)| {
-                let keep = enabled.get(id).is_some_and(|d| {
-                    d["webhook_endpoint"] == started["webhook_endpoint"]
-                        && d["enabled_events"] == started["enabled_events"]
-                });
-                if !keep {
-                    handle.abort();
-                }
-                keep
-            });
-            for (id, d) in enabled {
-                if running.contains_key(&id) {
-                    continue;
-                }
-                let endpoint = endpoint_of(&d);
-                tracing::info!(destination = %id, url = %endpoint.url, "delivering to an event destination");
-                let task = tokio::spawn(deliver(
-                    store.clone(),
-                    endpoint,
-                    settings,
-                    owners.clone(),
-                    std::future::pending(),
-                ));
-                running.insert(id, (d, task.abort_handle()));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = &mut stop => break,
-        }
-    }
-    for (_, handle) in running.values() {
-        handle.abort();
-    }
 }

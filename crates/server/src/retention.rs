@@ -39,16 +39,12 @@ async fn live_endpoints(
     configured: &[String],
 ) -> Result<Vec<String>, StoreError> {
     let mut ids = configured.to_vec();
-    for (_, text) in store.list_state(crate::destinations::PREFIX).await? {
-        let Ok(d) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        if d["status"] == "enabled" {
-            if let Some(id) = d["id"].as_str() {
-                ids.push(id.to_owned());
-            }
-        }
-    }
+    ids.extend(
+        crate::destinations::enabled(store)
+            .await?
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned)),
+    );
     Ok(ids)
 }
 

@@ -39,6 +39,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::row::{self, RawRecord, RecordRow, SCHEMA_VERSION};
 
+mod state;
 mod store;
 
 /// How many queued calls one transaction takes at most.

@@ -57,7 +57,7 @@ async fn swept_by_all(
     let mut lowest = (u64::MAX, None);
     for id in endpoints {
         let swept = store
-            .load_state(&format!("webhook/{id}/swept"))
+            .load_state(&crate::webhooks::swept_key(id))
             .await?
             .and_then(|text| text.parse::<u64>().ok())
             .unwrap_or(0);

@@ -104,10 +104,10 @@ pub(crate) fn cursor_key(endpoint_id: &str) -> String {
     format!("webhook/{endpoint_id}/cursor")
 }
 
-/// The newest committed sequence (where a new endpoint starts: it receives events
-/// committed after it was configured, as Stripe's destinations do).
-async fn newest_sequence(store: &dyn Store) -> Result<u64, offsession_core::StoreError> {
-    store.newest_event_sequence().await
+/// Where an endpoint's log sweep keeps how far it has gone: the last event sequence
+/// whose delivery log it removed (or passed).
+pub(crate) fn swept_key(endpoint_id: &str) -> String {
+    format!("webhook/{endpoint_id}/swept")
 }
 
 /// Which endpoints this instance delivers to, when several instances share a store:
@@ -247,7 +247,9 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
     let mut cursor = loop {
         match store.load_state(&cursor_key(&endpoint.id)).await {
             Ok(Some(saved)) => break saved.parse::<u64>().unwrap_or(0),
-            Ok(None) => match newest_sequence(store.as_ref()).await {
+            // A new endpoint receives the events committed after it was configured,
+            // as Stripe's destinations do.
+            Ok(None) => match store.newest_event_sequence().await {
                 Ok(newest) => {
                     if store
                         .save_state(&cursor_key(&endpoint.id), &newest.to_string())
@@ -420,7 +422,7 @@ pub(crate) async fn sweep_logs(
     cursor: u64,
     keep: Duration,
 ) -> Result<u64, offsession_core::StoreError> {
-    let swept_key = format!("webhook/{endpoint_id}/swept");
+    let swept_key = swept_key(endpoint_id);
     let mut after: u64 = store
         .load_state(&swept_key)
         .await?

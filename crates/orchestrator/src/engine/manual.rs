@@ -73,19 +73,14 @@ impl Engine {
             let record = if matches!(t, Transition::Cancel)
                 && record.payment.status == PaymentStatus::RequiresCapture
             {
-                let mut held = record.clone();
-                held.lease = Some(Lease {
-                    owner: self.inner.config.instance_id.clone(),
-                    until: now.plus(self.inner.config.lease),
-                });
-                match self.inner.store.update(&held, Expected::of(&record)).await {
-                    Ok(version) => held.version = version,
+                let held = match self.hold(&record, now).await {
+                    Ok(held) => held,
                     Err(err @ StoreError::Conflict { .. }) => {
                         last_err = Some(err);
                         continue;
                     }
                     Err(err) => return Err(store_error(err)),
-                }
+                };
                 if let Err(err) = self.release_authorization(&held).await {
                     // Give the hold back: a retry of the cancel, or a capture, runs at
                     // once rather than after the hold lapses.
@@ -193,6 +188,23 @@ impl Engine {
         .await
     }
 
+    /// `record` held by this instance for a lease from `now`, written (compare-and-set
+    /// on `record`): the scheduler and other requests leave a held payment alone
+    /// while its processor call runs.
+    async fn hold(
+        &self,
+        record: &PaymentRecord,
+        now: Timestamp,
+    ) -> Result<PaymentRecord, StoreError> {
+        let mut held = record.clone();
+        held.lease = Some(Lease {
+            owner: self.inner.config.instance_id.clone(),
+            until: now.plus(self.inner.config.lease),
+        });
+        held.version = self.inner.store.update(&held, Expected::of(record)).await?;
+        Ok(held)
+    }
+
     pub(super) async fn release_authorization(
         &self,
         record: &PaymentRecord,
@@ -297,18 +309,7 @@ impl Engine {
         // Hold the payment while the processor captures: the scheduler claims a
         // `requires_capture` payment when its authorization expires, to release it and
         // fail it, and must not do that to one whose capture is under way.
-        let mut held = record.clone();
-        held.lease = Some(Lease {
-            owner: self.inner.config.instance_id.clone(),
-            until: now.plus(self.inner.config.lease),
-        });
-        held.version = self
-            .inner
-            .store
-            .update(&held, Expected::of(&record))
-            .await
-            .map_err(store_error)?;
-        let mut record = held;
+        let mut record = self.hold(&record, now).await.map_err(store_error)?;
         let reference = record.authorization.clone().unwrap_or_default();
         let key = format!("{}:capture", record.payment.id);
         // The hold is renewed while the processor works, however long it takes.

@@ -221,18 +221,8 @@ impl Engine {
     /// renews it ([`Engine::renew_test_clock_advance`]) while it advances, and releases
     /// it ([`Engine::release_test_clock_advance`]) after.
     pub async fn claim_test_clock_advance(&self, id: &str) -> Result<Option<String>, ApiError> {
-        let key = advance_key(id);
-        let saved = self
-            .inner
-            .store
-            .load_state(&key)
-            .await
-            .map_err(store_error)?;
-        if saved
-            .as_deref()
-            .and_then(AdvanceClaim::parse)
-            .is_some_and(|claim| claim.until > self.now().as_millis())
-        {
+        let saved = self.saved_advance_claim(id).await?;
+        if self.live(saved.as_deref()) {
             return Ok(None);
         }
         let holder = format!(
@@ -243,7 +233,11 @@ impl Engine {
         let claimed = self
             .inner
             .store
-            .swap_state(&key, saved.as_deref(), &self.advance_claim(&holder))
+            .swap_state(
+                &advance_key(id),
+                saved.as_deref(),
+                &self.advance_claim(&holder),
+            )
             .await
             .map_err(store_error)?;
         Ok(claimed.then_some(holder))
@@ -252,51 +246,58 @@ impl Engine {
     /// Ends `holder`'s claim on advancing test clock `id` (a claim another advance took
     /// over after this one's lapsed is left alone).
     pub async fn release_test_clock_advance(&self, id: &str, holder: &str) -> Result<(), ApiError> {
-        let key = advance_key(id);
-        let store = &self.inner.store;
-        let saved = store.load_state(&key).await.map_err(store_error)?;
-        if let Some(text) = saved.as_deref() {
-            if AdvanceClaim::parse(text).is_some_and(|c| c.by == holder) {
-                store
-                    .remove_state_if(&key, text)
-                    .await
-                    .map_err(store_error)?;
-            }
+        if let Some(text) = self.held_by(id, holder).await? {
+            self.inner
+                .store
+                .remove_state_if(&advance_key(id), &text)
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }
 
     /// Whether an advance of test clock `id` is under way on any instance.
     pub async fn test_clock_advancing(&self, id: &str) -> Result<bool, ApiError> {
-        let saved = self
-            .inner
-            .store
-            .load_state(&advance_key(id))
-            .await
-            .map_err(store_error)?;
-        Ok(saved
-            .as_deref()
-            .and_then(AdvanceClaim::parse)
-            .is_some_and(|claim| claim.until > self.now().as_millis()))
+        Ok(self.live(self.saved_advance_claim(id).await?.as_deref()))
     }
 
     /// Renews `holder`'s claim on advancing `id` for another [`ADVANCE_LEASE`];
     /// `false` when it no longer holds it (it lapsed and another advance took it, or
     /// it was released): the advance must stop.
     pub async fn renew_test_clock_advance(&self, id: &str, holder: &str) -> Result<bool, ApiError> {
-        let key = advance_key(id);
-        let store = &self.inner.store;
-        let saved = store.load_state(&key).await.map_err(store_error)?;
-        let Some(text) = saved.as_deref() else {
+        let Some(text) = self.held_by(id, holder).await? else {
             return Ok(false);
         };
-        if AdvanceClaim::parse(text).is_none_or(|c| c.by != holder) {
-            return Ok(false);
-        }
-        store
-            .swap_state(&key, Some(text), &self.advance_claim(holder))
+        self.inner
+            .store
+            .swap_state(&advance_key(id), Some(&text), &self.advance_claim(holder))
             .await
             .map_err(store_error)
+    }
+
+    /// The stored claim on advancing `id`, as text.
+    async fn saved_advance_claim(&self, id: &str) -> Result<Option<String>, ApiError> {
+        self.inner
+            .store
+            .load_state(&advance_key(id))
+            .await
+            .map_err(store_error)
+    }
+
+    /// The stored claim on advancing `id` if `holder` holds it, as text (what a swap
+    /// or a removal expects).
+    async fn held_by(&self, id: &str, holder: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .saved_advance_claim(id)
+            .await?
+            .filter(|text| AdvanceClaim::parse(text).is_some_and(|c| c.by == holder)))
+    }
+
+    /// Whether a stored claim still holds (not lapsed).
+    fn live(&self, saved: Option<&str>) -> bool {
+        saved
+            .and_then(AdvanceClaim::parse)
+            .is_some_and(|claim| claim.until > self.now().as_millis())
     }
 
     fn advance_claim(&self, holder: &str) -> String {

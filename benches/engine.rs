@@ -91,6 +91,7 @@ fn retry_decisions(c: &mut Criterion) {
             funding: "debit".into(),
             country: Some("US".into()),
             wallet: None,
+            fingerprint: None,
         }),
         bank_country: None,
     };
@@ -195,6 +196,7 @@ fn routing(c: &mut Criterion) {
             funding: "credit".into(),
             country: Some("US".into()),
             wallet: None,
+            fingerprint: None,
         }),
         bank_country: None,
     };

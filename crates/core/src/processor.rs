@@ -42,6 +42,11 @@ pub struct CardDetails {
     pub country: Option<String>,
     /// Wallet the card came from (`apple_pay`, `google_pay`), if any.
     pub wallet: Option<String>,
+    /// The processor's fingerprint of the card number (Stripe's `card.fingerprint`),
+    /// when it reports one: the same card saved as two payment methods has one
+    /// fingerprint, and the network rules count per card, not per payment method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// What preflight learned about the payment method.

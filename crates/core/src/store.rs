@@ -127,6 +127,23 @@ impl PaymentRecord {
         }
     }
 
+    /// The card this payment charges, as the network rules count it: `card:` and the
+    /// processor's card fingerprint when preflight reported one (the same card saved as
+    /// two payment methods is one card), else the payment method's id. Fixed at
+    /// create, when preflight runs. Fingerprints of two processors are not matched
+    /// with each other.
+    pub fn card_key(&self) -> std::borrow::Cow<'_, str> {
+        match self
+            .method
+            .as_ref()
+            .and_then(|m| m.card.as_ref())
+            .and_then(|c| c.fingerprint.as_deref())
+        {
+            Some(fingerprint) => std::borrow::Cow::Owned(format!("card:{fingerprint}")),
+            None => std::borrow::Cow::Borrowed(&self.payment.payment_method),
+        }
+    }
+
     /// Whether operation `tag` (`"<operation>:<key>"`) was applied to this payment
     /// at or after `since` (engine time, ms).
     pub fn applied(&self, tag: &str, since: i64) -> bool {
@@ -486,22 +503,24 @@ pub trait Store: Send + Sync + Debug {
         starting_after: Option<&str>,
     ) -> Result<Vec<PaymentRecord>, StoreError>;
 
-    /// The newest `limit` attempts sent to `payment_method`, across all payments, at
-    /// or after `since`, oldest first (attempts sent in the same millisecond in an
-    /// order of the store's choosing). The network rules need only the newest few
-    /// attempts per cap, so the answer is bounded however busy the card is.
+    /// The newest `limit` attempts sent to the card `card` (a
+    /// [`PaymentRecord::card_key`]), across all payments, at or after `since`, oldest
+    /// first (attempts sent in the same millisecond in an order of the store's
+    /// choosing). The network rules need only the newest few attempts per cap, so the
+    /// answer is bounded however busy the card is.
     async fn card_history(
         &self,
-        payment_method: &str,
+        card: &str,
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError>;
 
-    /// Takes the lock of `payment_method` across every engine instance sharing the
-    /// store, waiting while another holds it. Stores that serve one process return
-    /// [`CardLock::in_process`]: the engine's own lock then suffices.
-    async fn lock_card(&self, payment_method: &str) -> Result<CardLock, StoreError> {
-        let _ = payment_method;
+    /// Takes the lock of the card `card` (a [`PaymentRecord::card_key`]) across every
+    /// engine instance sharing the store, waiting while another holds it. Stores that
+    /// serve one process return [`CardLock::in_process`]: the engine's own lock then
+    /// suffices.
+    async fn lock_card(&self, card: &str) -> Result<CardLock, StoreError> {
+        let _ = card;
         Ok(CardLock::in_process())
     }
 

@@ -629,6 +629,7 @@ fn card() -> PaymentMethodDetails {
             funding: "credit".into(),
             country: Some("US".into()),
             wallet: None,
+            fingerprint: None,
         }),
         bank_country: None,
     }

@@ -65,6 +65,15 @@ pub(crate) async fn cancel_intent(
     (StatusCode::OK, Json(answer)).into_response()
 }
 
+/// A payment method's card fingerprint: one card per payment method here, so a
+/// fingerprint made from the id (Stripe's are 16 characters of the same alphabet).
+fn fingerprint_of(payment_method: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    payment_method.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// `pm_X` belongs to `cus_X`.
 pub(crate) fn customer_of(payment_method: &str) -> Option<String> {
     payment_method
@@ -93,7 +102,8 @@ pub(crate) async fn get_payment_method(
         "id": id, "object": "payment_method", "type": "card", "customer": customer,
         "livemode": false,
         "card": {"brand": brand, "funding": "credit", "country": "US", "last4": "4242",
-                 "exp_month": 8, "exp_year": 2030, "wallet": null},
+                 "exp_month": 8, "exp_year": 2030, "wallet": null,
+                 "fingerprint": fingerprint_of(&id)},
     }))
     .into_response()
 }

@@ -202,6 +202,7 @@ pub fn parse_test_method(id: &str) -> Option<TestMethod> {
             funding: funding.to_owned(),
             country: Some("US".to_owned()),
             wallet: None,
+            fingerprint: None,
         },
         behavior,
     })

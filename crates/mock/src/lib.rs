@@ -326,6 +326,7 @@ impl Processor for MockProcessor {
                 funding: pm.funding.clone().unwrap_or_else(|| "credit".into()),
                 country: pm.country.clone(),
                 wallet: pm.wallet.clone(),
+                fingerprint: pm.fingerprint.clone(),
             });
             return Ok(PaymentMethodDetails {
                 payment_method_type: pm.payment_method_type.clone(),

@@ -27,6 +27,10 @@ pub struct VaultPaymentMethod {
     /// Wallet the card was saved from (`apple_pay`, `google_pay`), if any.
     #[serde(default)]
     pub wallet: Option<String>,
+    /// The card's fingerprint, which preflight reports: two payment methods of one
+    /// card share it (none: the card is known by the payment method's id).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     /// Whether a SetupIntent with `usage = off_session` succeeded for it.
     #[serde(default = "default_true")]
     pub off_session: bool,

@@ -1176,3 +1176,60 @@ async fn mastercard_advice_21_bars_every_payment_of_the_card_for_thirty_days() {
     assert_eq!(h.get(&third.id).await.retry_details.attempts, 1);
     assert_eq!(processor.sends.load(Ordering::SeqCst), before + 1);
 }
+
+/// The network rules count per card, not per payment method: a card saved twice (two
+/// payment methods, one fingerprint) is barred on both by advice code 21 on one, and
+/// a card with another fingerprint is not.
+#[tokio::test]
+async fn a_card_saved_twice_is_one_card_to_the_network_rules() {
+    let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+    codes.network_advice_code = Some("21".into());
+    let alter = Altered {
+        answer: Some(AttemptOutcome::Declined {
+            codes,
+            reference: Default::default(),
+        }),
+        ..Altered::new(Arc::new(MockProcessor::new(
+            "mock",
+            vault(
+                r#"
+        [[payment_methods]]
+        id = "pm_saved_at_signup"
+        customer = "cus_123"
+        brand = "mastercard"
+        fingerprint = "fp_same_card"
+
+        [[payment_methods]]
+        id = "pm_saved_again"
+        customer = "cus_123"
+        brand = "mastercard"
+        fingerprint = "fp_same_card"
+
+        [[payment_methods]]
+        id = "pm_other_card"
+        customer = "cus_123"
+        brand = "mastercard"
+        fingerprint = "fp_other_card"
+        "#,
+            ),
+        )))
+    };
+    let (h, processor) = altered(alter, EngineConfig::default()).await;
+    let first = h.create(h.body("pm_saved_at_signup")).await;
+    h.advance(DAY).await;
+    let first = h.get(&first.id).await;
+    assert_eq!(first.failure_reason, Some(FailureReason::RejectedByPartner));
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
+
+    let again = h.create(h.body("pm_saved_again")).await;
+    h.advance(DAY).await;
+    let again = h.get(&again.id).await;
+    assert_eq!(again.failure_reason, Some(FailureReason::RejectedByPartner));
+    assert_eq!(again.retry_details.attempts, 0, "the same card is barred");
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
+
+    let other = h.create(h.body("pm_other_card")).await;
+    h.advance(DAY).await;
+    assert_eq!(h.get(&other.id).await.retry_details.attempts, 1);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 2);
+}

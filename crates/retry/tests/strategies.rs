@@ -21,6 +21,7 @@ fn card(country: &str) -> PaymentMethodDetails {
             funding: "debit".into(),
             country: Some(country.into()),
             wallet: None,
+            fingerprint: None,
         }),
         bank_country: None,
     }

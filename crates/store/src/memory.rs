@@ -39,11 +39,11 @@ struct Inner {
     next_sequence: u64,
     /// Settled payments, oldest settlement first (pruned beyond the retention).
     settled: std::collections::VecDeque<String>,
-    /// Every attempt per payment method, sorted by time: the network guard's question
-    /// is a range read here, not a scan of the card's payments. A sorted `Vec` per
-    /// card, not a `BTreeMap`: most cards hold one or two attempts, and a map
+    /// Every attempt per card (`PaymentRecord::card_key`), sorted by time: the network
+    /// guard's question is a range read here, not a scan of the card's payments. A
+    /// sorted `Vec` per card, not a `BTreeMap`: most cards hold one or two attempts, and a map
     /// allocates a node for eleven (1 KiB per card in the bench).
-    by_method: Map<String, Vec<(CardKey, CardAttempt)>>,
+    by_card: Map<String, Vec<(CardKey, CardAttempt)>>,
     /// Key → (fingerprint, payment id, registered at; `None`: never expires).
     idempotency: Map<String, (String, String, Option<Timestamp>)>,
     outbox: Vec<EventNotification>,
@@ -161,7 +161,7 @@ impl MemoryStore {
             None,
             due_key(&stored, sequence),
         );
-        reindex_card(&mut inner.by_method, sequence, None, &stored);
+        reindex_card(&mut inner.by_card, sequence, None, &stored);
         inner.creation_order.insert(sequence, id.clone());
         inner.records.insert(
             id,
@@ -205,7 +205,7 @@ impl MemoryStore {
         let version = stored.version;
         let sequence = slot.sequence;
         let settles = !settled(current) && settled(&stored);
-        reindex_card(&mut inner.by_method, sequence, Some(current), &stored);
+        reindex_card(&mut inner.by_card, sequence, Some(current), &stored);
         // The due index keys on (claimable time, sequence) within the payment's scope;
         // the scope and sequence never change, so the entry moves only when the
         // claimable time does.
@@ -432,12 +432,12 @@ impl Store for MemoryStore {
 
     async fn card_history(
         &self,
-        payment_method: &str,
+        card: &str,
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError> {
         let inner = self.lock();
-        let Some(index) = inner.by_method.get(payment_method) else {
+        let Some(index) = inner.by_card.get(card) else {
             return Ok(Vec::new());
         };
         let since = &index[index.partition_point(|(key, _)| *key < (since, 0, 0))..];

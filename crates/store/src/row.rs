@@ -38,6 +38,9 @@ pub(crate) struct RecordRow {
     pub(crate) body: String,
     /// The attempts as the network rules read them.
     pub(crate) attempts: Vec<CardAttempt>,
+    /// The card the attempts are filed under (`PaymentRecord::card_key`): the
+    /// attempts table's `payment_method` column, which the card history is read by.
+    pub(crate) card: String,
 }
 
 impl RecordRow {
@@ -73,6 +76,7 @@ impl RecordRow {
             created: record.payment.created.as_millis(),
             body,
             attempts: card_attempts(record).collect(),
+            card: record.card_key().into_owned(),
         };
         Ok((row, events))
     }

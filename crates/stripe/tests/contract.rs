@@ -325,6 +325,18 @@ fn every_setup_intent_status_in_the_spec_is_known_and_only_succeeded_sets_up() {
 }
 
 #[test]
+fn a_cards_fingerprint_is_read_for_the_network_rules() {
+    let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
+    let method = &fixtures["resources"]["payment_method"];
+    let details = PaymentMethod::read(&method.to_string()).unwrap().details();
+    assert_eq!(
+        details.card.unwrap().fingerprint.as_deref(),
+        Some("AOB934RVNwzk6xtn"),
+        "Stripe's fixture card"
+    );
+}
+
+#[test]
 fn payment_method_types_and_brands_map_onto_the_engine_enums() {
     let fixtures: Value = serde_json::from_str(include_str!("data/fixtures.json")).unwrap();
     let mut method = fixtures["resources"]["payment_method"].clone();

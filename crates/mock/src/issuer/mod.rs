@@ -283,6 +283,7 @@ impl Population {
                         },
                         country: Some(country.clone()),
                         wallet: None,
+                        fingerprint: None,
                     },
                     method_type: method_type.clone(),
                     pay_rule,

@@ -43,7 +43,7 @@ impl Engine {
             && !replay
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
         let card_lock = if checked {
-            Some(self.lock_card(&record.payment.payment_method).await?)
+            Some(self.lock_card(&record.card_key()).await?)
         } else {
             None
         };
@@ -375,8 +375,9 @@ impl Engine {
             .map(|b| b.state(now))
     }
 
-    /// Takes a payment method's lock: this process's first, then the store's.
-    async fn lock_card(&self, payment_method: &str) -> Result<HeldCard, StoreError> {
+    /// Takes a card's lock (`PaymentRecord::card_key`): this process's first, then
+    /// the store's.
+    async fn lock_card(&self, card: &str) -> Result<HeldCard, StoreError> {
         let local = {
             let mut locks = self
                 .inner
@@ -384,25 +385,25 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             locks
-                .entry(payment_method.to_owned())
+                .entry(card.to_owned())
                 .or_insert_with(|| Arc::new(futures::lock::Mutex::new(())))
                 .clone()
         };
         let local = local.lock_owned().await;
-        let store = self.inner.store.lock_card(payment_method).await?;
+        let store = self.inner.store.lock_card(card).await?;
         Ok(HeldCard {
             engine: self.clone(),
-            payment_method: payment_method.to_owned(),
+            card: card.to_owned(),
             store: Some(store),
             local: Some(local),
         })
     }
 }
 
-/// A payment method's lock, released on drop (the store's, then this process's).
+/// A card's lock, released on drop (the store's, then this process's).
 pub(super) struct HeldCard {
     engine: Engine,
-    payment_method: String,
+    card: String,
     store: Option<offsession_core::CardLock>,
     local: Option<futures::lock::OwnedMutexGuard<()>>,
 }
@@ -420,10 +421,10 @@ impl Drop for HeldCard {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if locks
-            .get(&self.payment_method)
+            .get(&self.card)
             .is_some_and(|lock| Arc::strong_count(lock) == 1)
         {
-            locks.remove(&self.payment_method);
+            locks.remove(&self.card);
         }
     }
 }

@@ -140,7 +140,7 @@ impl Engine {
         })
     }
 
-    /// The newest attempts on the payment's method by other payments in the last 30
+    /// The newest attempts on the payment's card by other payments in the last 30
     /// days, as the store answers them (bounded by `CARD_HISTORY_LIMIT`).
     async fn stored_card_history(
         &self,
@@ -151,14 +151,14 @@ impl Engine {
         Ok(self
             .inner
             .store
-            .card_history(&record.payment.payment_method, since, CARD_HISTORY_LIMIT)
+            .card_history(&record.card_key(), since, CARD_HISTORY_LIMIT)
             .await?
             .into_iter()
             .filter(|a| a.payment_id != record.payment.id)
             .collect())
     }
 
-    /// Every attempt on the payment's method in the last 30 days, across payments,
+    /// Every attempt on the payment's card in the last 30 days, across payments,
     /// with this payment's attempts as held in memory (the store may not have the
     /// outcome of the latest one yet).
     pub(super) async fn card_history(

@@ -40,6 +40,7 @@ fn in_flight(number: u32, replays: u32, unknown: bool, capture: CaptureMethod) -
             funding: "credit".into(),
             country: Some("US".into()),
             wallet: None,
+            fingerprint: None,
         }),
         bank_country: None,
     };

@@ -255,6 +255,7 @@ mod tests {
             funding: "debit".into(),
             country: Some("JP".into()),
             wallet: None,
+            fingerprint: None,
         };
         let s = situation(
             Some(DeclineCategory::SoftFunds),

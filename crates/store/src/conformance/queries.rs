@@ -206,3 +206,45 @@ pub(super) async fn status_counts_cover_every_status(store: &dyn Store) {
     assert_eq!(counts.len(), PaymentStatus::ALL.len());
     assert!(counts.contains(&(PaymentStatus::Pending, 1)));
 }
+
+/// Attempts are filed under the card (`PaymentRecord::card_key`): two payment methods
+/// with one fingerprint share a history, which the payment method's id alone no
+/// longer reaches.
+pub(super) async fn card_history_is_per_card_fingerprint(store: &dyn Store) {
+    for (id, method, at) in [
+        ("osp_fa", "pm_saved_once", 1_000),
+        ("osp_fb", "pm_saved_twice", 2_000),
+    ] {
+        let mut record = sample_record(id, at, None);
+        record.payment.payment_method = method.into();
+        record.method = Some(offsession_core::PaymentMethodDetails {
+            payment_method_type: offsession_core::PaymentMethodType::Card,
+            card: Some(offsession_core::CardDetails {
+                fingerprint: Some("fp_shared".into()),
+                ..Default::default()
+            }),
+            bank_country: None,
+        });
+        let attempt = AttemptRecord::started(
+            format!("{id}_att1"),
+            id,
+            1,
+            "mock",
+            Timestamp::from_millis(at),
+        );
+        record.attempts.push(attempt);
+        assert_eq!(record.card_key(), "card:fp_shared");
+        store.insert(&record).await.unwrap();
+    }
+    let shared = store
+        .card_history("card:fp_shared", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    let payments: Vec<_> = shared.iter().map(|a| a.payment_id.as_str()).collect();
+    assert_eq!(payments, ["osp_fa", "osp_fb"]);
+    let by_method = store
+        .card_history("pm_saved_once", Timestamp::from_millis(0), 100)
+        .await
+        .unwrap();
+    assert!(by_method.is_empty(), "{by_method:?}");
+}

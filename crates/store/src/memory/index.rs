@@ -34,7 +34,7 @@ fn same_entry(a: &AttemptRecord, b: &AttemptRecord) -> bool {
 /// untouched when no attempt started or got its answer since `old`; only the entries
 /// of attempts that changed are written.
 pub(super) fn reindex_card(
-    by_method: &mut Map<String, Vec<(CardKey, CardAttempt)>>,
+    by_card: &mut Map<String, Vec<(CardKey, CardAttempt)>>,
     sequence: u64,
     old: Option<&PaymentRecord>,
     new: &PaymentRecord,
@@ -48,11 +48,12 @@ pub(super) fn reindex_card(
     {
         return;
     }
-    let method = new.payment.payment_method.as_str();
-    if !by_method.contains_key(method) {
-        by_method.insert(method.to_owned(), Vec::new());
+    // A record's card is fixed at create, so `old`'s entries are under the same key.
+    let card = new.card_key();
+    if !by_card.contains_key(card.as_ref()) {
+        by_card.insert(card.clone().into_owned(), Vec::new());
     }
-    let Some(index) = by_method.get_mut(method) else {
+    let Some(index) = by_card.get_mut(card.as_ref()) else {
         return;
     };
     // An entry whose start moved (none does today) is filed again below.

@@ -368,10 +368,7 @@ async fn write_attempts(
         .map_err(pg_error("preparing the attempt upsert"))?;
     let payments: Vec<&str> = kept.iter().map(|(_, a)| a.payment_id.as_str()).collect();
     let numbers: Vec<i32> = kept.iter().map(|(_, a)| a.attempt_number as i32).collect();
-    let methods: Vec<&str> = kept
-        .iter()
-        .map(|(row, _)| row.payment_method.as_str())
-        .collect();
+    let methods: Vec<&str> = kept.iter().map(|(row, _)| row.card.as_str()).collect();
     let started: Vec<i64> = kept.iter().map(|(_, a)| a.at.as_millis()).collect();
     let declined: Vec<bool> = kept.iter().map(|(_, a)| a.declined).collect();
     let amounts: Vec<i64> = kept.iter().map(|(_, a)| a.amount).collect();

@@ -153,7 +153,7 @@ impl Store for PostgresStore {
 
     async fn card_history(
         &self,
-        payment_method: &str,
+        card: &str,
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError> {
@@ -165,7 +165,7 @@ impl Store for PostgresStore {
                 "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
                  WHERE payment_method = $1 AND started_at >= $2
                  ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3",
-                &[&payment_method, &since, &limit],
+                &[&card, &since, &limit],
             )
             .await
             .map_err(pg_error("reading the card history"))?;
@@ -185,7 +185,7 @@ impl Store for PostgresStore {
         Ok(history)
     }
 
-    async fn lock_card(&self, payment_method: &str) -> Result<CardLock, StoreError> {
+    async fn lock_card(&self, card: &str) -> Result<CardLock, StoreError> {
         // A transaction-level advisory lock on a connection of its own, held until
         // the guard is dropped: the transaction then rolls back, which releases the
         // lock, and the connection goes back to the pool.
@@ -201,7 +201,7 @@ impl Store for PostgresStore {
             client
                 .execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&payment_method],
+                    &[&card],
                 )
                 .await
                 .map_err(pg_error("locking a card"))?;

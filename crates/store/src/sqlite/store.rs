@@ -64,7 +64,7 @@ fn write_attempts(
         let values = params![
             attempt.payment_id,
             attempt.attempt_number,
-            row.payment_method,
+            row.card,
             attempt.at.as_millis(),
             attempt.declined,
             attempt.amount,
@@ -348,11 +348,11 @@ impl Store for SqliteStore {
 
     async fn card_history(
         &self,
-        payment_method: &str,
+        card: &str,
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<CardAttempt>, StoreError> {
-        let method = payment_method.to_owned();
+        let method = card.to_owned();
         self.call(move |tx| {
             let mut select = tx
                 .prepare_cached(

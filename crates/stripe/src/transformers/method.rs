@@ -54,6 +54,10 @@ pub struct Card {
     /// The wallet the card came from; only its `type` is read.
     #[serde(default)]
     pub wallet: Option<BTreeMap<String, serde_json::Value>>,
+    /// Stripe's fingerprint of the card number, the same for every payment method of
+    /// one card in an account: the network rules count per card by it.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// One id, or an expanded object's `id`.
@@ -92,6 +96,7 @@ impl PaymentMethod {
                     .and_then(|w| w.get("type"))
                     .and_then(|t| t.as_str())
                     .map(str::to_owned),
+                fingerprint: card.fingerprint.clone().filter(|f| !f.is_empty()),
             }),
             bank_country: match self.method_type.scheme_country() {
                 Some(fixed) => Some(fixed.into()),

@@ -366,3 +366,52 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
     let received = received.lock().unwrap();
     assert_eq!(received.bad_signatures, 0);
 }
+
+/// `serve` on a `memory:` store (nothing kept between processes) still keeps its
+/// outbox while it runs: the events list answers and the webhook is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_memory_store_keeps_and_delivers_its_events() {
+    use reqwest::Method;
+    let dir = Scratch::new("webhooks-memory");
+    let port = free_port();
+    let hook_port = free_port();
+    let received = endpoint(hook_port, 0, SECRET);
+    let mut server = serve_on(&dir, port, hook_port, "memory:", "unused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::new();
+    let (status, payment, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
+            "cadence": "recurring", "customer": "cus_mem", "payment_method": "pm_card_visa__mem"}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    let payment_id = payment["id"].as_str().unwrap().to_owned();
+    let (_, events, _) = get(
+        &client,
+        port,
+        &format!("/v2/core/events?object_id={payment_id}"),
+    )
+    .await;
+    let created = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "v2.payments.off_session_payment.created")
+        .unwrap_or_else(|| panic!("no created event listed: {events}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the created event's delivery", || {
+        received.lock().unwrap().ids.contains(&created)
+    })
+    .await;
+    assert_eq!(received.lock().unwrap().bad_signatures, 0);
+    server.sigkill();
+}

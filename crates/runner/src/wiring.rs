@@ -233,11 +233,14 @@ pub async fn open_store_section(
 /// [`build`] on the real clock, with events kept only in the store's outbox: the
 /// engine of `worker`, `submit`, `serve` and `status`.
 pub async fn build_live(config_path: &Path, config: &Config) -> Result<Wired, ConfigError> {
-    build(
+    // The live commands read events from the store's outbox (the API's events, the
+    // webhooks), so a `memory:` store keeps them too.
+    build_with(
         config_path,
         config,
         Arc::new(offsession_core::SystemClock),
         Arc::new(offsession_core::DiscardEvents),
+        true,
     )
     .await
 }
@@ -249,6 +252,17 @@ pub async fn build(
     config: &Config,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
+) -> Result<Wired, ConfigError> {
+    build_with(config_path, config, clock, events, false).await
+}
+
+/// [`build`]; with `outbox`, a `memory:` store keeps every committed event.
+async fn build_with(
+    config_path: &Path,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    events: Arc<dyn EventSink>,
+    outbox: bool,
 ) -> Result<Wired, ConfigError> {
     let Decisions { builder, smart, .. } = policies(config_path, config)?;
     load_configured_state(config_path, config, &smart)?;
@@ -287,7 +301,13 @@ pub async fn build(
     }
     builder = builder.routing(config.routing.clone());
 
-    let store = open_store(config_path, config).await?;
+    let store = match config.store.parsed_url()? {
+        StoreUrl::Memory if outbox => Arc::new(match config.store.memory_keep_settled {
+            Some(keep) => MemoryStore::with_retention(keep).keeping_events(),
+            None => MemoryStore::with_outbox(),
+        }) as Arc<dyn Store>,
+        _ => open_store(config_path, config).await?,
+    };
     if config.smart.state_path.is_none() {
         // A state file, when configured, was loaded above; otherwise the store's.
         let saved = store

@@ -109,6 +109,12 @@ impl MemoryStore {
         }
     }
 
+    /// This store, keeping every committed event from now on (as `with_outbox`).
+    pub fn keeping_events(mut self) -> MemoryStore {
+        self.keep_events = true;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied change: every
         // mutation below is computed first and applied with infallible operations.

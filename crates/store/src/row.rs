@@ -9,7 +9,27 @@ use offsession_core::{
 };
 
 /// The schema version this binary writes. A database at a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// The least string above every string that starts with `prefix`, in code-point
+/// order (UTF-8 byte order): `prefix` with its last character raised by one, after
+/// dropping trailing characters that cannot be. `None` when there is no such bound
+/// (an empty prefix, or one of `char::MAX` only): every key from `prefix` on matches.
+/// Listing engine state by prefix reads the range `[prefix, prefix_end)`.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'),
+            code => char::from_u32(code + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
 
 /// A clock scope as stored: empty for the engine's clock, the test clock's id
 /// otherwise (test clock ids start with `clock_`, never empty).
@@ -228,6 +248,15 @@ pub(crate) fn newer_schema(found: i64) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_ends_where_its_last_character_is_raised() {
+        assert_eq!(prefix_end("destination/").as_deref(), Some("destination0"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+    }
 
     fn event(livemode: bool) -> EventNotification {
         EventNotification::about_payment(

@@ -140,6 +140,7 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
             "ALTER TABLE {schema}.payments ALTER COLUMN body TYPE jsonb USING body::jsonb;
              ALTER TABLE {schema}.payments RESET (toast_tuple_target);
              ALTER TABLE {schema}.events ALTER COLUMN body TYPE jsonb USING body::jsonb;
+             DROP INDEX {schema}.engine_state_key_c;
              UPDATE {schema}.schema_version SET version = 2;"
         ))
         .await
@@ -165,6 +166,33 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
         .unwrap()
         .get(0);
     assert_eq!(version, offsession_store::SCHEMA_VERSION);
+    // Migration 4's index reads engine state by prefix: with sequential scans priced
+    // out, the plan of the store's prefix read uses it.
+    upgraded.save_state("destination/we_1", "{}").await.unwrap();
+    upgraded
+        .save_state("webhook/we_1/cursor", "1")
+        .await
+        .unwrap();
+    assert_eq!(upgraded.list_state("destination/").await.unwrap().len(), 1);
+    let plan: Vec<String> = client
+        .simple_query(&format!(
+            "SET enable_seqscan = off;
+             EXPLAIN SELECT key, value FROM {schema}.engine_state
+             WHERE key COLLATE \"C\" >= 'destination/' AND key COLLATE \"C\" < 'destination0'
+             ORDER BY key COLLATE \"C\""
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.iter().any(|step| step.contains("engine_state_key_c")),
+        "{plan:?}"
+    );
     upgraded.drop_schema().await.unwrap();
 }
 

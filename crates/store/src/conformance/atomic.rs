@@ -374,14 +374,23 @@ pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {
     store.save_state("instances", "not one").await.unwrap();
     store.save_state("smart", "{}").await.unwrap();
     store.save_state("instance/a", "3").await.unwrap();
+    // Just past the prefix's range ('0' follows '/'), and inside it above ASCII.
+    store.save_state("instance0", "not one").await.unwrap();
+    store
+        .save_state("instance/\u{e9}t\u{e9}", "4")
+        .await
+        .unwrap();
+    store.save_state("instance.", "not one").await.unwrap();
     assert_eq!(
         store.list_state("instance/").await.unwrap(),
         vec![
             ("instance/a".to_owned(), "3".to_owned()),
-            ("instance/b".to_owned(), "2".to_owned())
+            ("instance/b".to_owned(), "2".to_owned()),
+            ("instance/\u{e9}t\u{e9}".to_owned(), "4".to_owned())
         ]
     );
-    assert_eq!(store.list_state("").await.unwrap().len(), 4);
+    assert_eq!(store.list_state("").await.unwrap().len(), 7);
+    store.delete_state("instance/\u{e9}t\u{e9}").await.unwrap();
     // A deleted key is gone from reads and lists; deleting an absent one is fine.
     store.delete_state("instance/a").await.unwrap();
     store.delete_state("instance/never").await.unwrap();

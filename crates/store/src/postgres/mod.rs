@@ -35,7 +35,7 @@ mod store;
 const MIGRATION_LOCK: i64 = 0x0ff5_e551_0000_0001;
 const OUTBOX_LOCK: i64 = 0x0ff5_e551_0000_0002;
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE payments (
     seq            BIGSERIAL UNIQUE,
@@ -98,6 +98,10 @@ CREATE TABLE engine_state (
     "ALTER TABLE payments ALTER COLUMN body TYPE json USING body::text::json;
      ALTER TABLE payments SET (toast_tuple_target = 8160);
      ALTER TABLE events ALTER COLUMN body TYPE json USING body::text::json;",
+    // 4: engine state read by key prefix through an index in code-point order (the
+    // primary key's order follows the database's collation, in which a prefix is not
+    // a range), so listing the webhook destinations reads those rows, not the table.
+    "CREATE INDEX engine_state_key_c ON engine_state (key COLLATE \"C\");",
 ];
 
 /// A card lock's connection, in a transaction holding (once `locked`) the advisory

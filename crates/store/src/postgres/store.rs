@@ -448,14 +448,29 @@ impl Store for PostgresStore {
 
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        let rows = client
-            .query(
-                "SELECT key, value FROM engine_state
-                 WHERE left(key, length($1)) = $1 ORDER BY key",
-                &[&prefix],
-            )
-            .await
-            .map_err(pg_error("listing engine state"))?;
+        // A range in code-point order, read through `engine_state_key_c`.
+        let rows = match crate::row::prefix_end(prefix) {
+            Some(end) => {
+                client
+                    .query(
+                        "SELECT key, value FROM engine_state
+                         WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2
+                         ORDER BY key COLLATE \"C\"",
+                        &[&prefix, &end],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT key, value FROM engine_state
+                         WHERE key COLLATE \"C\" >= $1 ORDER BY key COLLATE \"C\"",
+                        &[&prefix],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg_error("listing engine state"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -45,7 +45,7 @@ mod store;
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE payments (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,6 +103,9 @@ CREATE TABLE engine_state (
     "ALTER TABLE attempts ADD COLUMN advice_code TEXT;",
     // 3: Postgres keeps bodies as `json` from this version; SQLite's were text
     // already. The stores share one version number.
+    "-- nothing to change",
+    // 4: Postgres indexes engine state in code-point order; SQLite's primary key is in
+    // that order already.
     "-- nothing to change",
 ];
 

@@ -89,19 +89,49 @@ impl SqliteStore {
         prefix: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = prefix.to_owned();
+        // A range of the primary key (its order is SQLite's binary one, code points),
+        // so the read is a search of the index, not a scan of the table.
+        let end = row::prefix_end(&prefix);
         self.call(move |tx| {
-            let mut statement = tx
-                .prepare_cached(
-                    "SELECT key, value FROM engine_state
-                     WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
-                )
-                .map_err(sql_error("listing engine state"))?;
-            let rows = statement
-                .query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(sql_error("listing engine state"))?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(sql_error("listing engine state"))
+            let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+            let rows = match &end {
+                Some(end) => tx
+                    .prepare_cached(LIST_STATE_RANGE)
+                    .and_then(|mut s| s.query_map(params![prefix, end], row)?.collect()),
+                None => tx
+                    .prepare_cached(
+                        "SELECT key, value FROM engine_state WHERE key >= ?1 ORDER BY key",
+                    )
+                    .and_then(|mut s| s.query_map(params![prefix], row)?.collect()),
+            };
+            rows.map_err(sql_error("listing engine state"))
         })
         .await
+    }
+}
+
+/// Engine state under a prefix: the range `[?1, ?2)` of the primary key.
+const LIST_STATE_RANGE: &str =
+    "SELECT key, value FROM engine_state WHERE key >= ?1 AND key < ?2 ORDER BY key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_by_prefix_searches_the_primary_key() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LIST_STATE_RANGE}"))
+            .unwrap()
+            .query_map(params!["destination/", "destination0"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().all(|step| step.starts_with("SEARCH")),
+            "{plan:?}"
+        );
     }
 }

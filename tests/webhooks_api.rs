@@ -415,3 +415,120 @@ async fn serve_on_a_memory_store_keeps_and_delivers_its_events() {
     assert_eq!(received.lock().unwrap().bad_signatures, 0);
     server.sigkill();
 }
+
+/// A destination made through the API gets the events committed from its first
+/// moment (not from when its deliverer first runs, up to a second later); one
+/// re-enabled gets none of the events of its disabled time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_gets_events_from_its_first_moment_and_none_while_disabled() {
+    use reqwest::Method;
+    let dir = Scratch::new("webhooks-first");
+    let port = free_port();
+    let hook_port = free_port();
+    let dest_port = free_port();
+    let _configured = endpoint(hook_port, 0, SECRET);
+    let mut server = serve(&dir, port, hook_port);
+    let client = reqwest::Client::new();
+    let (status, destination, _) = api(
+        &client,
+        port,
+        Method::POST,
+        "/v2/core/event_destinations",
+        Some(
+            serde_json::json!({"name": "first moment", "type": "webhook_endpoint",
+            "event_payload": "thin",
+            "enabled_events": ["v2.payments.off_session_payment.created"],
+            "webhook_endpoint": {"url": format!("http://127.0.0.1:{dest_port}/d")},
+            "include": ["webhook_endpoint.signing_secret"]}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{destination}");
+    let id = destination["id"].as_str().unwrap().to_owned();
+    let secret: &'static str = Box::leak(
+        destination["webhook_endpoint"]["signing_secret"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+            .into_boxed_str(),
+    );
+    let received = endpoint(dest_port, 0, secret);
+    let create = |customer: &'static str| {
+        let client = client.clone();
+        async move {
+            let (status, payment, _) = api(
+                &client,
+                port,
+                Method::POST,
+                "/v2/payments/off_session_payments",
+                Some(
+                    serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
+                    "cadence": "recurring", "customer": customer,
+                    "payment_method": format!("pm_card_visa__{customer}")}),
+                ),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{payment}");
+            payment["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let created_event = |payment: String| {
+        let client = client.clone();
+        async move {
+            let (_, events, _) = get(
+                &client,
+                port,
+                &format!("/v2/core/events?object_id={payment}"),
+            )
+            .await;
+            events["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["type"] == "v2.payments.off_session_payment.created")
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // Created at once, before the deliverer's first run.
+    let first = created_event(create("cus_first").await).await;
+    wait_for("the first payment's created event", || {
+        received.lock().unwrap().ids.contains(&first)
+    })
+    .await;
+
+    let (status, _, _) = post(
+        &client,
+        port,
+        &format!("/v2/core/event_destinations/{id}/disable"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The deliverer stops within a second of the disable.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let while_disabled = created_event(create("cus_disabled").await).await;
+    let (status, _, _) = post(
+        &client,
+        port,
+        &format!("/v2/core/event_destinations/{id}/enable"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let after = created_event(create("cus_after").await).await;
+    wait_for("the created event after re-enabling", || {
+        received.lock().unwrap().ids.contains(&after)
+    })
+    .await;
+    let received = received.lock().unwrap();
+    assert!(
+        !received.ids.contains(&while_disabled),
+        "an event of the disabled time was sent"
+    );
+    assert_eq!(received.bad_signatures, 0);
+    drop(received);
+    server.sigkill();
+}

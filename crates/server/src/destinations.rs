@@ -125,6 +125,27 @@ async fn save(store: &dyn Store, stored: &Value) -> Result<(), Response> {
         .map_err(errors::internal)
 }
 
+/// Where a new (or re-enabled) destination's delivery starts: after `newest`, the
+/// outbox position read before it was saved, so every event committed once it
+/// exists is delivered, from its first moment (its deliverer starts within a
+/// second) — and none from before it, or from while it was disabled. A cursor that
+/// is already there (a keyed create run again) stays.
+async fn start_after(store: &dyn Store, id: &str, newest: u64, replace: bool) {
+    let key = crate::webhooks::cursor_key(id);
+    let saved = if replace {
+        store.save_state(&key, &newest.to_string()).await
+    } else {
+        store
+            .swap_state(&key, None, &newest.to_string())
+            .await
+            .map(|_| ())
+    };
+    if let Err(err) = saved {
+        // The deliverer then starts from the outbox's end when it first runs.
+        tracing::warn!(destination = %id, error = %err, "saving a destination's first cursor failed");
+    }
+}
+
 pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -190,6 +211,10 @@ pub(crate) async fn create(
     };
     let run = async {
         let now = state.engine.now();
+        let newest = match state.store.newest_event_sequence().await {
+            Ok(newest) => newest,
+            Err(err) => return errors::internal(err),
+        };
         let id = keyed_id
             .clone()
             .unwrap_or_else(|| format!("ed_{}", uuid::Uuid::new_v4().simple()));
@@ -217,7 +242,7 @@ pub(crate) async fn create(
                 .swap_state(&key, None, &stored.to_string())
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => start_after(state.store.as_ref(), &id, newest, false).await,
                 // Made by an earlier run of this request: answer it, unless it was
                 // deleted since (the key had expired): then make a new one.
                 Ok(false) => match load(state.store.as_ref(), &id).await {
@@ -230,6 +255,8 @@ pub(crate) async fn create(
                         if let Err(response) = save(state.store.as_ref(), &fresh).await {
                             return response;
                         }
+                        let fresh_id = fresh["id"].as_str().unwrap_or_default();
+                        start_after(state.store.as_ref(), fresh_id, newest, false).await;
                         return Json(object(&fresh, with_secret)).into_response();
                     }
                     Err(response) => return response,
@@ -238,6 +265,8 @@ pub(crate) async fn create(
             }
         } else if let Err(response) = save(state.store.as_ref(), &stored).await {
             return response;
+        } else {
+            start_after(state.store.as_ref(), &id, newest, false).await;
         }
         Json(object(&stored, with_secret)).into_response()
     };
@@ -414,6 +443,13 @@ async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
         Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
         Err(response) => return response,
     };
+    if status == "enabled" && stored["status"] == "disabled" {
+        // Events of the disabled time are not sent (they show as `not_sent`).
+        match state.store.newest_event_sequence().await {
+            Ok(newest) => start_after(state.store.as_ref(), id, newest, true).await,
+            Err(err) => return errors::internal(err),
+        }
+    }
     stored["status"] = json!(status);
     stored["updated"] = json!(state.engine.now());
     if let Err(response) = save(state.store.as_ref(), &stored).await {

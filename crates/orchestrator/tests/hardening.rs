@@ -947,6 +947,9 @@ async fn a_decision_reads_a_bounded_card_history() {
 struct SlowRenewals {
     inner: Arc<MemoryStore>,
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// The next `update` fails with a retryable database error: after writing
+    /// (`Some(true)`: its answer is lost) or without (`Some(false)`: an outage).
+    fail_next_update: std::sync::Mutex<Option<bool>>,
 }
 
 #[async_trait]
@@ -974,10 +977,20 @@ impl Store for SlowRenewals {
     async fn update(&self, record: &PaymentRecord, expected: Expected) -> Result<u64, StoreError> {
         let (inner, record) = (self.inner.clone(), record.clone());
         let writer = self.writer.clone().lock_owned().await;
+        let fail = self.fail_next_update.lock().unwrap().take();
         tokio::spawn(async move {
             let _writer = writer;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            inner.update(&record, expected).await
+            let lost = StoreError::Backend {
+                message: "connection reset".into(),
+                retryable: true,
+                source: None,
+            };
+            match fail {
+                Some(false) => Err(lost),
+                Some(true) => inner.update(&record, expected).await.and(Err(lost)),
+                None => inner.update(&record, expected).await,
+            }
         })
         .await
         .unwrap()
@@ -1079,6 +1092,7 @@ async fn an_answer_during_a_lease_renewal_is_written() {
     let store = Arc::new(SlowRenewals {
         inner: Arc::new(MemoryStore::new()),
         writer: Arc::new(tokio::sync::Mutex::new(())),
+        fail_next_update: std::sync::Mutex::new(None),
     });
     let mock = Arc::new(MockProcessor::new(
         "mock",
@@ -1118,6 +1132,78 @@ async fn an_answer_during_a_lease_renewal_is_written() {
     assert_eq!(record.payment.status, PaymentStatus::Succeeded);
     assert!(record.attempts[0].answered());
     assert_eq!(mock.ledger().len(), 1);
+}
+
+// A lease renewal whose write fails (not written, or written with its answer lost)
+// is tried again, so the lease does not lapse under an attempt still in flight and
+// no other scheduler claims the payment meanwhile. Lease 3 s, renewals every 1 s
+// taking 1 s each, the first failing at 2 s, the processor answering at 6 s; the
+// lease as it stood would have lapsed at 3 s (not written) or 4 s (written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lease_renewal_is_tried_again() {
+    for landed in [false, true] {
+        let store = Arc::new(SlowRenewals {
+            inner: Arc::new(MemoryStore::new()),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            fail_next_update: std::sync::Mutex::new(Some(landed)),
+        });
+        let mock = Arc::new(MockProcessor::new(
+            "mock",
+            MockConfig {
+                latency: LatencyModel::Fixed { millis: 6_000 },
+                ..MockConfig::default()
+            },
+        ));
+        let engine = Engine::builder()
+            .config(EngineConfig {
+                lease: Duration::from_secs(3),
+                ..EngineConfig::default()
+            })
+            .processor(mock.clone())
+            .store(store.clone())
+            .clock(Arc::new(SystemClock))
+            .events(Arc::new(CollectEvents::new()))
+            .build()
+            .unwrap();
+        let body = json!({
+            "amount": {"value": 2000, "currency": "usd"},
+            "cadence": "recurring",
+            "customer": "cus_123",
+            "payment_method": "pm_card_visa__renewal",
+        });
+        let id = engine
+            .create_json(body.to_string().as_bytes(), None)
+            .await
+            .unwrap()
+            .id;
+        let running = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.run_due().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(4_600)).await;
+        let other = Lease {
+            owner: "another-instance".into(),
+            until: offsession_core::Clock::now(&SystemClock).plus(Duration::from_secs(60)),
+        };
+        let stolen = store
+            .claim_due(
+                &ClockScope::Engine,
+                offsession_core::Clock::now(&SystemClock),
+                10,
+                &other,
+            )
+            .await
+            .unwrap();
+        assert!(
+            stolen.is_empty(),
+            "claimed by another instance while the attempt was in flight (landed: {landed})"
+        );
+        let report = running.await.unwrap();
+        assert_eq!(report.conflicts, 0, "landed: {landed}");
+        let record = engine.record(&id).await.unwrap();
+        assert_eq!(record.payment.status, PaymentStatus::Succeeded);
+        assert_eq!(mock.ledger().len(), 1);
+    }
 }
 
 /// Mastercard advice code 21 bars the card: another payment of the same card, first

@@ -248,7 +248,8 @@ impl Engine {
 
     /// Renews the lease of an attempt in flight every third of the lease, until it
     /// is dropped (the answer came) or another change wins (then it stops: the
-    /// outcome write will be refused and the winner replays with the same key).
+    /// outcome write will be refused and the winner replays with the same key). A
+    /// renewal that fails is tried again at the next third.
     pub(super) async fn keep_lease(
         &self,
         in_flight: &PaymentRecord,
@@ -288,10 +289,44 @@ impl Engine {
                 }
                 Err(err) => {
                     tracing::warn!(payment = %in_flight.payment.id, error = %err, "could not renew the lease of an attempt in flight");
+                    // A failed write may still have landed (its answer lost), or not
+                    // landed at all (an outage): the store says which. Only another
+                    // change ends the renewals; one failure must not let the lease
+                    // lapse while the processor call is still out.
+                    renewing.writing.store(true, Ordering::SeqCst);
+                    let held = self.inner.store.get(&in_flight.payment.id).await;
+                    renewing.writing.store(false, Ordering::SeqCst);
+                    let status = in_flight.payment.status;
+                    let owner = &self.inner.config.instance_id;
+                    match held {
+                        // Not written: renew again at the next period.
+                        Ok(Some(current))
+                            if current.version == version && current.payment.status == status => {}
+                        // Written: go on from it.
+                        Ok(Some(current))
+                            if current.version == version + 1
+                                && current.payment.status == status
+                                && current.lease.as_ref().is_some_and(|l| &l.owner == owner) =>
+                        {
+                            version = current.version;
+                            *renewed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((version, current.lease));
+                        }
+                        // The store did not answer: try again; a renewal that landed
+                        // is found by the next failure's read.
+                        Err(_) => {}
+                        // Another change won: its writer replays the attempt with the
+                        // same key, and this attempt's outcome write will be refused.
+                        Ok(_) => {
+                            if renewing.stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            return std::future::pending().await;
+                        }
+                    }
                     if renewing.stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    return std::future::pending().await;
                 }
             }
         }

@@ -266,3 +266,54 @@ async fn every_refusal_is_a_v2_error_and_none_is_a_500() {
         .sigterm(Duration::from_secs(20))
         .is_some_and(|s| s.success()));
 }
+
+/// Ids and query values holding a control character are refused as what they are
+/// (404: no such object; 400: a bad parameter), not passed to the store: Postgres
+/// refuses a NUL in text, and every one of these answered 500 with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_ids_are_refused_before_the_store() {
+    let Ok(url) = std::env::var("OFFSESSION_TEST_POSTGRES_URL") else {
+        println!(
+            "skipped: OFFSESSION_TEST_POSTGRES_URL is not set (control characters on Postgres)"
+        );
+        return;
+    };
+    let dir = Scratch::new("control-characters");
+    let schema = format!("offsession_nul_{}", std::process::id());
+    let port = free_port();
+    let mut server = common::hooks::serve_on(&dir, port, free_port(), &url, &schema);
+    let client = reqwest::Client::new();
+    for (method, path, expected) in [
+        ("GET", "/v2/payments/off_session_payments/osp_%00", 404),
+        (
+            "POST",
+            "/v2/payments/off_session_payments/osp_%00/cancel",
+            404,
+        ),
+        ("GET", "/v2/payments/off_session_payments?page=osp_%00", 400),
+        ("GET", "/v2/core/events/evt_%1f", 404),
+        ("GET", "/v2/core/events?object_id=osp_%00", 400),
+        ("GET", "/v2/core/event_destinations/ed_%00", 404),
+        ("GET", "/v1/test_helpers/test_clocks/clock_%7F", 404),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, body, _) = common::hooks::api(&client, port, method, path, None, None).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(body["error"]["type"].is_string(), "{path}: {body}");
+    }
+    // An id without one is looked up as before.
+    let (status, _, _) = common::hooks::get(
+        &client,
+        port,
+        "/v2/payments/off_session_payments/osp_missing",
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.sigkill();
+    offsession::store::PostgresStore::connect(&url, &schema, 1)
+        .await
+        .unwrap()
+        .drop_schema()
+        .await
+        .unwrap();
+}

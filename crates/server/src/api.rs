@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/test_helpers/test_clocks/{id}/advance",
             post(advance_clock),
         )
+        .route_layer(middleware::from_fn(refuse_control_characters))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
@@ -86,6 +87,27 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// A path or query holding a percent-encoded control character (`%00`–`%1F`,
+/// `%7F`) names nothing: no id has one (they are letters, digits, `_` and `-`), and
+/// Postgres refuses a NUL in text, which would answer 500. 404 for a path, 400 for a
+/// query, after the key is checked.
+async fn refuse_control_characters(request: Request, next: Next) -> Response {
+    fn encoded_control(text: &str) -> bool {
+        text.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && ((matches!(w[1], b'0' | b'1') && w[2].is_ascii_hexdigit())
+                    || (w[1] == b'7' && matches!(w[2], b'f' | b'F')))
+        })
+    }
+    if encoded_control(request.uri().path()) {
+        return errors::not_found("No such object: the URL holds a control character.");
+    }
+    if request.uri().query().is_some_and(encoded_control) {
+        return invalid("query parameters must not hold control characters (%00-%1F, %7F)");
+    }
+    next.run(request).await
 }
 
 /// `Authorization: Bearer <key>`, the key's mode, and its rate limit. The key is never

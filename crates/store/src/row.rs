@@ -132,6 +132,23 @@ pub(crate) fn record_from(
 /// A stored row before it is decoded: body, version, lease owner, lease until.
 pub(crate) type RawRecord = (String, i64, Option<String>, Option<i64>);
 
+/// The records of a claim that could be read. A row whose body this binary cannot
+/// read (one written by a newer binary during a rolling upgrade, or edited by hand)
+/// is left out and logged, not allowed to fail the claim: the other payments of the
+/// batch go on, and it is claimed again when its lease lapses — by an instance that
+/// can read it, or by this one, logging again.
+pub(crate) fn claimed_records(
+    rows: impl Iterator<Item = Result<PaymentRecord, StoreError>>,
+) -> Vec<PaymentRecord> {
+    rows.filter_map(|read| {
+        read.map_err(|err| {
+            tracing::error!(error = %err, "a claimed payment's stored record cannot be read; left out of this claim until its lease lapses");
+        })
+        .ok()
+    })
+    .collect()
+}
+
 /// Decodes rows read by a store.
 pub(crate) fn records_from(rows: Vec<RawRecord>) -> Result<Vec<PaymentRecord>, StoreError> {
     rows.into_iter()

@@ -574,3 +574,42 @@ async fn creates_with_one_expired_key_make_one_payment() {
     }
     store.drop_schema().await.unwrap();
 }
+
+/// A row whose body cannot be read is left out of a claim instead of failing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_does_not_fail_the_claim_of_the_others() {
+    use offsession_store::conformance::sample_record;
+    let Some(url) = url() else { return };
+    let schema = schema("unreadable");
+    let store = PostgresStore::connect(&url, &schema, 1).await.unwrap();
+    for (id, at) in [("osp_bad", 1_000), ("osp_good", 2_000)] {
+        store.insert(&sample_record(id, at, None)).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "UPDATE {schema}.payments SET body = '{{\"from_a_newer_binary\": true}}'
+             WHERE id = 'osp_bad'"
+        ))
+        .await
+        .unwrap();
+    let lease = offsession_core::Lease {
+        owner: "me".into(),
+        until: Timestamp::from_millis(100_000),
+    };
+    let claimed = store
+        .claim_due(
+            &offsession_core::ClockScope::Engine,
+            Timestamp::from_millis(50_000),
+            10,
+            &lease,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|r| r.payment.id.as_str()).collect();
+    assert_eq!(ids, ["osp_good"]);
+    store.drop_schema().await.unwrap();
+}

@@ -116,3 +116,37 @@ async fn the_wal_is_copied_into_the_database_beside_the_writer() {
     );
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// A row whose body cannot be read (written by a newer binary, or edited by hand) is
+/// left out of a claim instead of failing it: the other payments of the batch are
+/// claimed and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_does_not_fail_the_claim_of_the_others() {
+    let path = temp_db("unreadable");
+    let store = SqliteStore::open(&path, Synchronous::Normal).unwrap();
+    for (id, at) in [("osp_bad", 1_000), ("osp_good", 2_000)] {
+        store.insert(&sample_record(id, at, None)).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    conn.execute(
+        "UPDATE payments SET body = '{\"from_a_newer_binary\": true}' WHERE id = 'osp_bad'",
+        [],
+    )
+    .unwrap();
+    let lease = offsession_core::Lease {
+        owner: "me".into(),
+        until: offsession_core::Timestamp::from_millis(100_000),
+    };
+    let claimed = store
+        .claim_due(
+            &offsession_core::ClockScope::Engine,
+            offsession_core::Timestamp::from_millis(50_000),
+            10,
+            &lease,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|r| r.payment.id.as_str()).collect();
+    assert_eq!(ids, ["osp_good"]);
+}

@@ -99,7 +99,10 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_error("claiming due payments"))?;
-        let mut claimed = records_from(&rows)?;
+        let mut claimed = row::claimed_records(
+            rows.iter()
+                .map(|r| row::record_from(r.get::<_, &str>(0), r.get(1), r.get(2), r.get(3))),
+        );
         claimed.sort_by(|a, b| (a.due_at, a.id()).cmp(&(b.due_at, b.id())));
         Ok(claimed)
     }

@@ -304,7 +304,10 @@ impl Store for SqliteStore {
                 )
             })
             .await?;
-        let mut claimed = row::records_from(rows)?;
+        let mut claimed =
+            row::claimed_records(rows.into_iter().map(|(body, version, owner, until)| {
+                row::record_from(&body, version, owner, until)
+            }));
         claimed.sort_by(|a, b| (a.due_at, a.id()).cmp(&(b.due_at, b.id())));
         Ok(claimed)
     }

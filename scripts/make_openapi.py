@@ -7,7 +7,7 @@ import json
 import pathlib
 
 ERR = {"$ref": "#/components/responses/Error"}
-ERRORS = {code: ERR for code in ["400", "401", "404", "405", "413", "415", "429"]}
+ERRORS = {code: ERR for code in ["400", "401", "404", "405", "409", "413", "415", "429"]}
 
 
 def ok(schema):
@@ -199,7 +199,7 @@ doc = {
                 "properties": {"destination": {"type": "string"}}}}}},
             "responses": {"200": ok(ref("EventDeliveries")), **ERRORS}}},
         "/v1/test_helpers/test_clocks": {"post": {
-            "operationId": "createTestClock",
+            "operationId": "createTestClock", "parameters": [idem],
             "requestBody": form({"type": "object", "required": ["frozen_time"], "additionalProperties": False,
                                  "properties": {"frozen_time": frozen, "name": {"type": "string"}}}),
             "responses": {"200": ok(ref("TestClock")), **ERRORS}}},
@@ -207,7 +207,7 @@ doc = {
             "operationId": "retrieveTestClock", "parameters": [id_param],
             "responses": {"200": ok(ref("TestClock")), **ERRORS}}},
         "/v1/test_helpers/test_clocks/{id}/advance": {"post": {
-            "operationId": "advanceTestClock", "parameters": [id_param],
+            "operationId": "advanceTestClock", "parameters": [id_param, idem],
             "requestBody": form({"type": "object", "required": ["frozen_time"], "additionalProperties": False,
                                  "properties": {"frozen_time": frozen}}),
             "responses": {"200": ok(ref("TestClock")), **ERRORS}}},

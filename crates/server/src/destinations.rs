@@ -110,9 +110,34 @@ pub(crate) async fn stored_ping(
 }
 
 async fn load(store: &dyn Store, id: &str) -> Result<Option<Value>, Response> {
+    Ok(load_as_stored(store, id).await?.map(|(value, _)| value))
+}
+
+/// A destination and its stored text, which a change saves over (`save_over`).
+async fn load_as_stored(store: &dyn Store, id: &str) -> Result<Option<(Value, String)>, Response> {
     match store.load_state(&format!("{PREFIX}{id}")).await {
-        Ok(Some(text)) => Ok(serde_json::from_str(&text).ok()),
+        Ok(Some(text)) => Ok(serde_json::from_str(&text).ok().map(|value| (value, text))),
         Ok(None) => Ok(None),
+        Err(err) => Err(errors::internal(err)),
+    }
+}
+
+/// Saves a changed destination over `was`, the text it was read as: a change made
+/// meanwhile by another request (a delete, a disable, another update) is not
+/// overwritten, and this one is refused with 409 instead.
+async fn save_over(store: &dyn Store, stored: &Value, was: &str) -> Result<(), Response> {
+    let id = stored["id"].as_str().unwrap_or_default();
+    match store
+        .swap_state(&format!("{PREFIX}{id}"), Some(was), &stored.to_string())
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(errors::error(
+            409,
+            "invalid_request_error",
+            "event_destination_concurrent_update",
+            format!("Event destination `{id}` was changed by another request meanwhile; retry."),
+        )),
         Err(err) => Err(errors::internal(err)),
     }
 }
@@ -335,8 +360,8 @@ pub(crate) async fn update(
     }
     let request = fingerprint("POST", &format!("/v2/core/event_destinations/{id}"), &body);
     let run = async {
-        let mut stored = match load(state.store.as_ref(), &id).await {
-            Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+        let (mut stored, was) = match load_as_stored(state.store.as_ref(), &id).await {
+            Ok(Some((stored, was))) if stored["status"] != "deleted" => (stored, was),
             Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
             Err(response) => return response,
         };
@@ -372,7 +397,7 @@ pub(crate) async fn update(
             }
         }
         stored["updated"] = json!(state.engine.now());
-        if let Err(response) = save(state.store.as_ref(), &stored).await {
+        if let Err(response) = save_over(state.store.as_ref(), &stored, &was).await {
             return response;
         }
         Json(object(&stored, false)).into_response()
@@ -438,8 +463,8 @@ async fn ping(state: &AppState, id: &str) -> Response {
 
 /// `enable`, `disable` and `DELETE`.
 async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
-    let mut stored = match load(state.store.as_ref(), id).await {
-        Ok(Some(stored)) if stored["status"] != "deleted" => stored,
+    let (mut stored, was) = match load_as_stored(state.store.as_ref(), id).await {
+        Ok(Some((stored, was))) if stored["status"] != "deleted" => (stored, was),
         Ok(_) => return errors::not_found(&format!("No such event destination: `{id}`")),
         Err(response) => return response,
     };
@@ -452,7 +477,7 @@ async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
     }
     stored["status"] = json!(status);
     stored["updated"] = json!(state.engine.now());
-    if let Err(response) = save(state.store.as_ref(), &stored).await {
+    if let Err(response) = save_over(state.store.as_ref(), &stored, &was).await {
         return response;
     }
     if status == "deleted" {
@@ -505,4 +530,33 @@ pub(crate) async fn delete(
         set_status(&state, &id, "deleted"),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change saved over what it read does not undo a change made meanwhile: an
+    /// update racing a delete is refused, and the destination stays deleted.
+    #[tokio::test]
+    async fn a_change_made_meanwhile_is_not_overwritten() {
+        let store = offsession_store::MemoryStore::new();
+        let made = json!({"id": "ed_1", "status": "enabled", "name": "a"});
+        save(&store, &made).await.unwrap();
+        let (mut updating, was) = load_as_stored(&store, "ed_1").await.unwrap().unwrap();
+        // Deleted by another request after the update read it.
+        let mut deleted = made.clone();
+        deleted["status"] = json!("deleted");
+        save(&store, &deleted).await.unwrap();
+        updating["name"] = json!("b");
+        let refused = save_over(&store, &updating, &was).await.unwrap_err();
+        assert_eq!(refused.status(), 409);
+        let now = load(&store, "ed_1").await.unwrap().unwrap();
+        assert_eq!(now["status"], "deleted");
+        // Read again, the same change is saved.
+        let (mut again, was) = load_as_stored(&store, "ed_1").await.unwrap().unwrap();
+        again["name"] = json!("b");
+        save_over(&store, &again, &was).await.unwrap();
+        assert_eq!(load(&store, "ed_1").await.unwrap().unwrap()["name"], "b");
+    }
 }

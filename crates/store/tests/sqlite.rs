@@ -128,7 +128,8 @@ async fn an_unreadable_row_does_not_fail_the_claim_of_the_others() {
         store.insert(&sample_record(id, at, None)).await.unwrap();
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
     conn.execute(
         "UPDATE payments SET body = '{\"from_a_newer_binary\": true}' WHERE id = 'osp_bad'",
         [],

@@ -492,6 +492,17 @@ impl Config {
                     "must be https (plain http only for loopback)".into(),
                 ));
             }
+            // An endpoint's delivery position is kept under its URL: two entries of
+            // one URL would move each other's.
+            if let Some(first) = self.webhooks[..i].iter().position(|w| w.url == webhook.url) {
+                return Err(invalid(
+                    &format!("webhooks[{i}].url"),
+                    format!(
+                        "`{}` is webhooks[{first}].url too: one entry per URL (list every event type it takes in one `enabled_events`)",
+                        webhook.url
+                    ),
+                ));
+            }
         }
         self.store.parsed_url()?;
         if self.store.max_connections == 0 {

@@ -59,6 +59,12 @@ pub fn webhook_endpoints(config: &Config) -> Result<Vec<WebhookEndpoint>, Runner
         std::env::var("OFFSESSION_WEBHOOK_SECRET"),
     ) {
         (Ok(url), Ok(secret)) => {
+            if let Some(i) = config.webhooks.iter().position(|w| w.url == url) {
+                return Err(invalid(
+                    "OFFSESSION_WEBHOOK_URL",
+                    format!("`{url}` is webhooks[{i}].url of the config too: one endpoint per URL"),
+                ));
+            }
             if !secret.starts_with("whsec_") || secret.len() < 14 {
                 return Err(invalid(
                     "OFFSESSION_WEBHOOK_SECRET",

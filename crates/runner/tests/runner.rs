@@ -69,6 +69,8 @@ fn bad_values_are_refused_by_key() {
         ("[run]\nstart = \"yesterday\"\n", "run.start"),
         ("[retry_policies.x]\noffsets = [\"3d\", \"1d\"]\nwindow = \"5d\"\n", "retry_policies.x"),
         ("[engine]\ndefault_retry_policy = \"nope\"\n[retry_policies.x]\noffsets = [\"1d\"]\nwindow = \"5d\"\n", "engine.default_retry_policy"),
+        // Two endpoints of one URL would share (and move) one delivery position.
+        ("[[webhooks]]\nurl = \"https://hooks.example/a\"\nsecret = \"whsec_12345678\"\n[[webhooks]]\nurl = \"https://hooks.example/a\"\nsecret = \"whsec_87654321\"\nenabled_events = [\"v2.payments.off_session_payment.failed\"]\n", "webhooks[1].url"),
     ] {
         let path = write(&dir, "c.toml", &format!("[processor]\ntype = \"mock\"\n{text}"));
         let err = config::load(&path).map(|_| ()).expect_err(text).to_string();

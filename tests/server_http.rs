@@ -169,6 +169,8 @@ async fn every_refusal_is_a_v2_error_and_none_is_a_500() {
         "limit=abc",
         "colour=red",
         "page=zzz",
+        // A token of no payment: 400, not an empty last page.
+        "page=osp_never_made",
     ] {
         let (status, _) = error_of(
             client

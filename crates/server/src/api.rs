@@ -313,6 +313,18 @@ async fn list(
         if !page.starts_with("osp_") {
             return invalid(format!("`page` `{page}` is not a page token of this list"));
         }
+        // A token names the last payment of the previous page. One this server does
+        // not hold (never made, or forgotten by `memory_keep_settled`) would read as
+        // the end of the list: refuse it, as the events list does.
+        match state.store.get(page).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return invalid(format!(
+                    "`page` `{page}` is not a page token of this list (no such payment)"
+                ))
+            }
+            Err(err) => return errors::internal(err),
+        }
     }
     let mut payments = match state.engine.list(limit + 1, page).await {
         Ok(payments) => payments,

@@ -18,6 +18,12 @@ pub struct Timestamp(i64);
 const MS_PER_DAY: i64 = 86_400_000;
 
 impl Timestamp {
+    /// The latest instant the API's RFC 3339 form can show,
+    /// `9999-12-31T23:59:59.999Z`: later arithmetic stops here.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+    /// The earliest, `0000-01-01T00:00:00.000Z`.
+    pub const MIN: Timestamp = Timestamp(-62_167_219_200_000);
+
     /// The instant `millis` milliseconds after the Unix epoch.
     pub const fn from_millis(millis: i64) -> Timestamp {
         Timestamp(millis)
@@ -42,10 +48,11 @@ impl Timestamp {
         Some(Timestamp(dt.unix_timestamp() * 1000))
     }
 
-    /// The instant `duration` later (saturating).
+    /// The instant `duration` later, at most [`Timestamp::MAX`] (a retry planned
+    /// past year 9999 is planned at its end, not wrapped or shown as 1970).
     pub fn plus(self, duration: Duration) -> Timestamp {
         let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        Timestamp(self.0.saturating_add(ms))
+        Timestamp(self.0.saturating_add(ms).min(Timestamp::MAX.0.max(self.0)))
     }
 
     /// Time elapsed from `earlier` to `self` (zero if `earlier` is later).
@@ -53,9 +60,11 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
     }
 
-    /// Calendar view in UTC.
+    /// Calendar view in UTC; an instant outside years 0000–9999 is shown as the
+    /// nearest end of them (never as another date).
     pub fn to_datetime(self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+        let ms = self.0.clamp(Timestamp::MIN.0, Timestamp::MAX.0);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
@@ -177,6 +186,23 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_past_year_9999_stops_there_and_reads_back() {
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp::MIN.to_string(), "0000-01-01T00:00:00.000Z");
+        let late = Timestamp::parse_rfc3339("9999-12-31T00:00:00Z").unwrap();
+        let retry = late.plus(Duration::from_secs(30 * 86_400));
+        assert_eq!(retry, Timestamp::MAX);
+        let text = serde_json::to_string(&retry).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), retry);
+        // Beyond the range (only `from_millis` makes one): shown as its end, not 1970.
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert!(Timestamp::from_millis(i64::MAX).plus(Duration::from_secs(1)) > Timestamp::MAX);
+    }
 
     #[test]
     fn timestamps_print_as_rfc3339_with_milliseconds() {

@@ -244,23 +244,28 @@ pub struct OutboxEvent {
     pub event: EventNotification,
 }
 
-/// A payment method's lock: held while one engine re-checks a card's network caps and
-/// writes the attempt it decided, so that two decisions for one card (two instances,
-/// or two payments of the card in one instance) do not both spend the last slot.
-/// Released when dropped.
+/// A card's lock: held while one engine re-checks a card's network caps and writes
+/// the attempt it decided ([`Store::commit_under_lock`]), so that two decisions for
+/// one card (two instances, or two payments of the card in one instance) do not both
+/// spend the last slot. Released when dropped.
 pub struct CardLock {
-    _held: Option<Box<dyn Send + Sync>>,
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl CardLock {
     /// A lock that holds nothing beyond the engine's own (stores used by one process).
     pub fn in_process() -> CardLock {
-        CardLock { _held: None }
+        CardLock { held: None }
     }
 
     /// A lock released when `held` is dropped.
-    pub fn holding(held: Box<dyn Send + Sync>) -> CardLock {
-        CardLock { _held: Some(held) }
+    pub fn holding(held: Box<dyn std::any::Any + Send + Sync>) -> CardLock {
+        CardLock { held: Some(held) }
+    }
+
+    /// What the store that made the lock holds, for its `commit_under_lock`.
+    pub fn into_held(mut self) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        self.held.take()
     }
 }
 
@@ -522,6 +527,23 @@ pub trait Store: Send + Sync + Debug {
     async fn lock_card(&self, card: &str) -> Result<CardLock, StoreError> {
         let _ = card;
         Ok(CardLock::in_process())
+    }
+
+    /// [`Store::commit`] while `lock` (this store's [`Store::lock_card`]) is held,
+    /// then releases it. A store whose lock can be lost before the write (a database
+    /// session that ends, letting another instance take the card) writes the change
+    /// only if its lock held to the commit, and fails it otherwise, so an attempt
+    /// checked under a lost lock is never written and never sent.
+    async fn commit_under_lock(
+        &self,
+        lock: CardLock,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[EventNotification],
+    ) -> Result<u64, StoreError> {
+        let written = self.commit(record, expected, events).await;
+        drop(lock);
+        written
     }
 
     /// What a create-request idempotency key maps to, `(fingerprint, payment id)`,

@@ -367,6 +367,86 @@ async fn a_card_lock_excludes_other_instances_until_released() {
     a.drop_schema().await.unwrap();
 }
 
+/// A write under a card lock whose session ended (killed here; a timeout or a
+/// failover alike) is refused: another instance may have taken the card and spent
+/// its last slot meanwhile. A write under a lock still held lands, with its attempt
+/// in the card's history and its event in the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_a_lost_card_lock_is_refused() {
+    use offsession_core::{AttemptRecord, EventType, Expected};
+    use offsession_store::conformance::{sample_event, sample_record};
+    use std::time::Duration;
+    let Some(url) = url() else { return };
+    let schema = schema("lostlock");
+    let a = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let b = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let card = format!("card:fp_lost_{}", std::process::id());
+    for id in ["osp_la", "osp_lb"] {
+        a.insert(&sample_record(id, 1_000, None)).await.unwrap();
+    }
+    let attempted = |id: &str, stored: &offsession_core::PaymentRecord| {
+        let mut next = stored.clone();
+        next.attempts.push(AttemptRecord::started(
+            format!("{id}_att1"),
+            id,
+            1,
+            "mock",
+            Timestamp::from_millis(2_000),
+        ));
+        next
+    };
+    let held_a = a.lock_card(&card).await.unwrap();
+    // A's lock session ends.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let killed = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND objsubid = 1 AND granted
+               AND objid = (hashtextextended($1, 0) & 4294967295)::oid",
+            &[&card],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "one session held the card");
+    // B takes the card and writes its attempt.
+    let held_b = tokio::time::timeout(Duration::from_secs(10), b.lock_card(&card))
+        .await
+        .expect("the lost lock is free")
+        .unwrap();
+    let stored_b = b.get("osp_lb").await.unwrap().unwrap();
+    let next_b = attempted("osp_lb", &stored_b);
+    let event_b = sample_event(&next_b, "evt_lb", EventType::AttemptStarted);
+    b.commit_under_lock(held_b, &next_b, Expected::of(&stored_b), &[event_b])
+        .await
+        .expect("written under a lock still held");
+    // A's write under its lost lock is refused, and writes nothing.
+    let stored_a = a.get("osp_la").await.unwrap().unwrap();
+    let next_a = attempted("osp_la", &stored_a);
+    let event_a = sample_event(&next_a, "evt_la", EventType::AttemptStarted);
+    let refused = a
+        .commit_under_lock(held_a, &next_a, Expected::of(&stored_a), &[event_a])
+        .await;
+    assert!(refused.is_err(), "written under a lost lock: {refused:?}");
+    assert_eq!(a.get("osp_la").await.unwrap().unwrap(), stored_a);
+    let history = a
+        .card_history(&next_a.card_key(), Timestamp::from_millis(0), 10)
+        .await
+        .unwrap();
+    let payments: Vec<_> = history.iter().map(|h| h.payment_id.as_str()).collect();
+    assert_eq!(payments, ["osp_lb"], "only B's attempt is filed");
+    assert_eq!(event_ids(&a).await, vec!["evt_lb".to_owned()]);
+    // The card is free again after B's commit, and A's pool still serves.
+    let again = tokio::time::timeout(Duration::from_secs(10), a.lock_card(&card))
+        .await
+        .expect("released by the commit")
+        .unwrap();
+    drop(again);
+    a.drop_schema().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_with_one_key_make_one_payment() {
     use offsession_core::IdempotencyClaim;

@@ -42,7 +42,7 @@ impl Engine {
         let checked = self.inner.policies.guarded
             && !replay
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
-        let card_lock = if checked {
+        let mut card_lock = if checked {
             Some(self.lock_card(&record.card_key()).await?)
         } else {
             None
@@ -171,7 +171,17 @@ impl Engine {
             owner: self.inner.config.instance_id.clone(),
             until: now.plus(self.inner.config.lease),
         });
-        record.version = self.commit_change(&record, expected, from, now).await?;
+        // Under the card's lock, the write is the store's `commit_under_lock`: an
+        // attempt checked under a lock that was lost meanwhile (its database session
+        // ended) is not written, so not sent.
+        let store_lock = card_lock.as_mut().and_then(HeldCard::take_store_lock);
+        record.version = match store_lock {
+            Some(lock) => {
+                self.commit_change_under(lock, &record, expected, from, now)
+                    .await?
+            }
+            None => self.commit_change(&record, expected, from, now).await?,
+        };
         // The attempt is in the card's history now: the next decision sees it.
         drop(card_lock);
 
@@ -441,6 +451,13 @@ pub(super) struct HeldCard {
     card: String,
     store: Option<offsession_core::CardLock>,
     local: Option<futures::lock::OwnedMutexGuard<()>>,
+}
+
+impl HeldCard {
+    /// The store's part of the lock, for the write made under it (which releases it).
+    fn take_store_lock(&mut self) -> Option<offsession_core::CardLock> {
+        self.store.take()
+    }
 }
 
 impl Drop for HeldCard {

@@ -20,6 +20,27 @@ impl Engine {
         self.commit_events(next, expected, types, at).await
     }
 
+    /// `commit_change` while `lock` (a card's, from the store) is held, in the
+    /// store's `commit_under_lock`: the write fails if the lock did not hold to it.
+    pub(super) async fn commit_change_under(
+        &self,
+        lock: offsession_core::CardLock,
+        next: &PaymentRecord,
+        expected: Expected,
+        from: PaymentStatus,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let types = EventType::for_change(from, next.payment.status);
+        let events = self.build_events(types, &next.payment, at);
+        let version = self
+            .inner
+            .store
+            .commit_under_lock(lock, next, expected, &events)
+            .await?;
+        self.publish(events, &next.payment);
+        Ok(version)
+    }
+
     /// Writes `next` with events of `types` in one store transaction, then hands the
     /// events to the sink.
     pub(super) async fn commit_events(

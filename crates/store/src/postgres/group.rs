@@ -233,6 +233,29 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
     }
 }
 
+/// One change written on `client`, in the transaction it has open (a card lock's):
+/// the compare-and-set update, its newest attempt and its events, as a group writes
+/// them. The caller commits.
+pub(super) async fn commit_one(
+    client: &impl GenericClient,
+    crash: &AtomicI64,
+    row: &RecordRow,
+    expected: Expected,
+    events: &[EventRow],
+) -> Result<u64, StoreError> {
+    let version = apply_commits(client, crash, &[(row, expected)])
+        .await?
+        .pop()
+        .ok_or_else(mismatch)??;
+    let attempts: Vec<(&RecordRow, &CardAttempt)> =
+        row.newest_attempt().iter().map(|a| (row, a)).collect();
+    let events: Vec<&EventRow> = events.iter().collect();
+    write_attempts(client, &attempts).await?;
+    write_events(client, &events).await?;
+    step(crash, client).await?;
+    Ok(version)
+}
+
 /// The group's commits in one compare-and-set statement; answers in their order, each
 /// the new version or its refusal. `Err` aborts the group.
 ///
@@ -242,7 +265,7 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
 /// share a group, the row is updated once and `RETURNING` names the change that was
 /// applied; the other finds the new version and is refused as stale.
 async fn apply_commits(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     crash: &AtomicI64,
     commits: &[(&RecordRow, Expected)],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {

@@ -105,10 +105,12 @@ CREATE TABLE engine_state (
 ];
 
 /// A card lock's connection, in a transaction holding (once `locked`) the advisory
-/// lock.
+/// lock. A change written under the lock is written in this transaction
+/// (`Store::commit_under_lock`), whose commit releases the lock (`committed`).
 struct HeldCard {
     client: Option<deadpool_postgres::Object>,
     locked: bool,
+    committed: bool,
 }
 
 impl Drop for HeldCard {
@@ -116,6 +118,10 @@ impl Drop for HeldCard {
         let Some(client) = self.client.take() else {
             return;
         };
+        if self.committed {
+            // The transaction ended with its commit: the connection goes back as is.
+            return drop(client);
+        }
         let runtime = tokio::runtime::Handle::try_current();
         match runtime {
             // Roll back (releasing the lock), then return the connection to the pool.

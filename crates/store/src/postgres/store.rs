@@ -195,6 +195,7 @@ impl Store for PostgresStore {
         let mut held = HeldCard {
             client: Some(self.card_pool.get().await.map_err(pool_error)?),
             locked: false,
+            committed: false,
         };
         if let Some(client) = &held.client {
             client
@@ -211,6 +212,40 @@ impl Store for PostgresStore {
         }
         held.locked = true;
         Ok(CardLock::holding(Box::new(held)))
+    }
+
+    async fn commit_under_lock(
+        &self,
+        lock: CardLock,
+        record: &PaymentRecord,
+        expected: Expected,
+        events: &[EventNotification],
+    ) -> Result<u64, StoreError> {
+        let held = match lock.into_held().map(|held| held.downcast::<HeldCard>()) {
+            Some(Ok(held)) => held,
+            // Not this store's lock: nothing to write under.
+            _ => return self.commit(record, expected, events).await,
+        };
+        let mut held = held;
+        let (row, events) = RecordRow::with_events(record, events)?;
+        let Some(client) = held.client.as_ref() else {
+            return Err(StoreError::backend(
+                "postgres: a card lock without its connection",
+                true,
+                std::io::Error::other("card lock lost"),
+            ));
+        };
+        // In the lock's own transaction: if its session ended (killed, timed out, a
+        // failover), the lock ended with it and another instance may hold the card
+        // now; then these statements fail and nothing is written. Dropping `held`
+        // rolls back whatever did not commit.
+        let version = group::commit_one(client, &self.crash, &row, expected, &events).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(pg_error("committing under a card lock"))?;
+        held.committed = true;
+        Ok(version)
     }
 
     async fn idempotency_key(

@@ -429,6 +429,7 @@ pub(crate) async fn sweep_logs(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let oldest_kept = oldest_kept(keep);
+    let now_ms = oldest_kept.saturating_add(keep.as_millis().min(i64::MAX as u128) as i64);
     let mut passed = 0;
     let mut done = false;
     while !done && after < cursor {
@@ -436,7 +437,16 @@ pub(crate) async fn sweep_logs(
         let from = after;
         done = page.is_empty();
         for event in page {
-            if event.sequence > cursor || event.event.created.as_millis() >= oldest_kept {
+            // An event dated ahead of the wall clock (a test clock's) is judged by its
+            // log's last attempt instead: by its date it would hold up the sweep of
+            // every later event until that date came.
+            let created = event.event.created.as_millis();
+            let age_from = if created <= now_ms {
+                created
+            } else {
+                last_attempt_ms(store, endpoint_id, &event.event.id).await?
+            };
+            if event.sequence > cursor || age_from >= oldest_kept {
                 done = true;
                 break;
             }
@@ -451,6 +461,21 @@ pub(crate) async fn sweep_logs(
         }
     }
     Ok(passed)
+}
+
+/// When the delivery log of `event_id` at `endpoint_id` was last written (wall clock,
+/// Unix ms); the epoch when there is none (nothing to keep).
+async fn last_attempt_ms(
+    store: &dyn Store,
+    endpoint_id: &str,
+    event_id: &str,
+) -> Result<i64, offsession_core::StoreError> {
+    Ok(store
+        .load_state(&log_key(endpoint_id, event_id))
+        .await?
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|log| log["last_attempt_at"].as_i64())
+        .map_or(0, |secs| secs.saturating_mul(1_000)))
 }
 
 /// Removes ping events (and their delivery logs) made more than `keep` ago, of every

@@ -202,6 +202,68 @@ async fn old_delivery_logs_are_removed_up_to_the_cursor_and_new_ones_kept() {
     assert!(kept(3).await);
 }
 
+/// An event dated ahead of the wall clock (a test clock's) does not hold up the
+/// sweep until its date: it is judged by its log's last attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_ahead_does_not_hold_up_the_sweep() {
+    use offsession_core::EventType;
+    use offsession_store::conformance::{sample_event, sample_record};
+    let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::with_outbox());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day_ms = 86_400_000;
+    // A test clock a year ahead, delivered 31 days ago; then events of 40 days ago.
+    for (i, created) in [
+        now_ms + 365 * day_ms,
+        now_ms - 40 * day_ms,
+        now_ms - 40 * day_ms,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let record = sample_record(&format!("osp_{i}"), created, None);
+        let event = sample_event(&record, &format!("evt_{i}"), EventType::Created);
+        store.create(&record, None, &[event]).await.unwrap();
+        let log = serde_json::json!({"attempts": 1, "last_status": 200,
+            "last_attempt_at": (now_ms - 31 * day_ms) / 1_000});
+        store
+            .save_state(&log_key("we_1", &format!("evt_{i}")), &log.to_string())
+            .await
+            .unwrap();
+    }
+    let newest = store.newest_event_sequence().await.unwrap();
+    let thirty_days = Duration::from_secs(30 * 86_400);
+    assert_eq!(
+        sweep_logs(store.as_ref(), "we_1", newest, thirty_days)
+            .await
+            .unwrap(),
+        3
+    );
+    for i in 0..3 {
+        let key = log_key("we_1", &format!("evt_{i}"));
+        assert!(store.load_state(&key).await.unwrap().is_none(), "{key}");
+    }
+    // Delivered just now, the one dated ahead is kept, and holds the sweep there.
+    let record = sample_record("osp_3", now_ms + 365 * day_ms, None);
+    let event = sample_event(&record, "evt_3", EventType::Created);
+    store.create(&record, None, &[event]).await.unwrap();
+    record_attempt(store.as_ref(), "we_1", "evt_3", Some(200)).await;
+    let newest = store.newest_event_sequence().await.unwrap();
+    assert_eq!(
+        sweep_logs(store.as_ref(), "we_1", newest, thirty_days)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store
+        .load_state(&log_key("we_1", "evt_3"))
+        .await
+        .unwrap()
+        .is_some());
+}
+
 #[tokio::test]
 async fn old_pings_and_their_logs_are_removed_and_new_ones_kept() {
     let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::new());

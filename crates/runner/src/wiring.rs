@@ -202,6 +202,52 @@ pub async fn open_store(
     open_store_section(config_path, &config.store).await
 }
 
+/// Where a store records the mode (test or live) of the payments it holds.
+const STORE_MODE_KEY: &str = "store/mode";
+
+/// Ties a store to one mode: the first live command on it records its mode, and a
+/// command of the other mode is refused, so a test-mode server pointed at a live
+/// database does not read or change live payments (its keys are test keys).
+pub async fn check_store_mode(store: &dyn Store, livemode: bool) -> Result<(), ConfigError> {
+    let mode = if livemode { "live" } else { "test" };
+    let failed = |e: offsession_core::StoreError| {
+        invalid(
+            "store.url",
+            format!(
+                "reading the store's mode: {}",
+                crate::error::with_causes(&e)
+            ),
+        )
+    };
+    let held = match store.load_state(STORE_MODE_KEY).await.map_err(failed)? {
+        Some(held) => held,
+        None => {
+            if store
+                .swap_state(STORE_MODE_KEY, None, mode)
+                .await
+                .map_err(failed)?
+            {
+                return Ok(());
+            }
+            // Another instance recorded it first: read what it wrote.
+            store
+                .load_state(STORE_MODE_KEY)
+                .await
+                .map_err(failed)?
+                .unwrap_or_default()
+        }
+    };
+    if held == mode {
+        return Ok(());
+    }
+    Err(invalid(
+        "engine.livemode",
+        format!(
+            "this store holds {held}-mode payments and this configuration runs in {mode} mode: use one store per mode"
+        ),
+    ))
+}
+
 /// Opens the store a `[store]` section names; a relative SQLite path is relative to
 /// `config_path`'s folder.
 pub async fn open_store_section(
@@ -308,6 +354,9 @@ async fn build_with(
         }) as Arc<dyn Store>,
         _ => open_store(config_path, config).await?,
     };
+    if outbox {
+        check_store_mode(store.as_ref(), config.engine.livemode).await?;
+    }
     if config.smart.state_path.is_none() {
         // A state file, when configured, was loaded above; otherwise the store's.
         let saved = store

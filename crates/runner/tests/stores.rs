@@ -248,3 +248,24 @@ async fn an_open_circuit_breaker_outlives_the_engine_that_opened_it() {
         "restored from the store"
     );
 }
+
+/// A store holds one mode's payments: the first live command records it, and a
+/// command of the other mode is refused by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_holds_one_modes_payments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("mode.db"), Synchronous::Normal).unwrap();
+    wiring::check_store_mode(&store, false).await.unwrap();
+    wiring::check_store_mode(&store, false).await.unwrap();
+    let err = wiring::check_store_mode(&store, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("engine.livemode") && err.contains("test-mode payments"),
+        "{err}"
+    );
+    let live = SqliteStore::open(&dir.path().join("live.db"), Synchronous::Normal).unwrap();
+    wiring::check_store_mode(&live, true).await.unwrap();
+    assert!(wiring::check_store_mode(&live, false).await.is_err());
+}

@@ -269,6 +269,8 @@ impl Engine {
         use std::sync::atomic::Ordering;
         let period = (self.inner.config.lease / 3).max(Duration::from_millis(10));
         let mut version = in_flight.version;
+        // The leases of renewals whose write failed: one of them may have landed.
+        let mut unanswered: Vec<Lease> = Vec::new();
         loop {
             futures_timer::Delay::new(period).await;
             if renewing.stop.load(Ordering::SeqCst) {
@@ -292,6 +294,7 @@ impl Engine {
             match written {
                 Ok(v) => {
                     version = v;
+                    unanswered.clear();
                     *renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, next.lease));
                     if renewing.stop.load(Ordering::SeqCst) {
                         return;
@@ -303,22 +306,31 @@ impl Engine {
                     // landed at all (an outage): the store says which. Only another
                     // change ends the renewals; one failure must not let the lease
                     // lapse while the processor call is still out.
+                    if let Some(lease) = next.lease.clone() {
+                        unanswered.push(lease);
+                    }
                     renewing.writing.store(true, Ordering::SeqCst);
                     let held = self.inner.store.get(&in_flight.payment.id).await;
                     renewing.writing.store(false, Ordering::SeqCst);
                     let status = in_flight.payment.status;
-                    let owner = &self.inner.config.instance_id;
                     match held {
                         // Not written: renew again at the next period.
                         Ok(Some(current))
                             if current.version == version && current.payment.status == status => {}
-                        // Written: go on from it.
+                        // Written: go on from it. Only a lease this loop wrote (its
+                        // owner and expiry to the millisecond) is taken for its own:
+                        // a claim by this instance's scheduler after the lease lapsed
+                        // is another change.
                         Ok(Some(current))
                             if current.version == version + 1
                                 && current.payment.status == status
-                                && current.lease.as_ref().is_some_and(|l| &l.owner == owner) =>
+                                && current
+                                    .lease
+                                    .as_ref()
+                                    .is_some_and(|l| unanswered.contains(l)) =>
                         {
                             version = current.version;
+                            unanswered.clear();
                             *renewed.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some((version, current.lease));
                         }

@@ -342,7 +342,7 @@ async fn execute(command: Command) -> Result<(), RunnerError> {
         }
         Command::CheckConfig { config: path } => {
             let config = config::load(&path)?;
-            let wired = wiring::build_live(&path, &config).await?;
+            let wired = wiring::build_to_check(&path, &config).await?;
             drop(wired);
             let processors: Vec<_> = config.all_processors().map(|p| p.id()).collect();
             let policies: Vec<_> = config.retry_policies.keys().map(String::as_str).collect();

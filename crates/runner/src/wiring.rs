@@ -205,10 +205,16 @@ pub async fn open_store(
 /// Where a store records the mode (test or live) of the payments it holds.
 const STORE_MODE_KEY: &str = "store/mode";
 
-/// Ties a store to one mode: the first live command on it records its mode, and a
-/// command of the other mode is refused, so a test-mode server pointed at a live
-/// database does not read or change live payments (its keys are test keys).
-pub async fn check_store_mode(store: &dyn Store, livemode: bool) -> Result<(), ConfigError> {
+/// Ties a store to one mode, so a test-mode server pointed at a live database does
+/// not read or change live payments (its keys are test keys). The mode is the one
+/// recorded in the store; a store that has none yet (new, or upgraded from before the
+/// record) takes the mode of the payments it holds, or, empty, this command's. With
+/// `record` the mode found is written down; a command of the other mode is refused.
+pub async fn check_store_mode(
+    store: &dyn Store,
+    livemode: bool,
+    record: bool,
+) -> Result<(), ConfigError> {
     let mode = if livemode { "live" } else { "test" };
     let failed = |e: offsession_core::StoreError| {
         invalid(
@@ -222,19 +228,26 @@ pub async fn check_store_mode(store: &dyn Store, livemode: bool) -> Result<(), C
     let held = match store.load_state(STORE_MODE_KEY).await.map_err(failed)? {
         Some(held) => held,
         None => {
-            if store
-                .swap_state(STORE_MODE_KEY, None, mode)
-                .await
-                .map_err(failed)?
+            let found = match store.list(1, None).await.map_err(failed)?.first() {
+                Some(newest) if newest.payment.livemode => "live",
+                Some(_) => "test",
+                None => mode,
+            };
+            if !record
+                || store
+                    .swap_state(STORE_MODE_KEY, None, found)
+                    .await
+                    .map_err(failed)?
             {
-                return Ok(());
+                found.to_owned()
+            } else {
+                // Another instance recorded it first: read what it wrote.
+                store
+                    .load_state(STORE_MODE_KEY)
+                    .await
+                    .map_err(failed)?
+                    .unwrap_or_default()
             }
-            // Another instance recorded it first: read what it wrote.
-            store
-                .load_state(STORE_MODE_KEY)
-                .await
-                .map_err(failed)?
-                .unwrap_or_default()
         }
     };
     if held == mode {
@@ -286,7 +299,19 @@ pub async fn build_live(config_path: &Path, config: &Config) -> Result<Wired, Co
         config,
         Arc::new(offsession_core::SystemClock),
         Arc::new(offsession_core::DiscardEvents),
-        true,
+        Some(true),
+    )
+    .await
+}
+
+/// [`build_live`] for `check-config`: the store's mode is compared, never recorded.
+pub async fn build_to_check(config_path: &Path, config: &Config) -> Result<Wired, ConfigError> {
+    build_with(
+        config_path,
+        config,
+        Arc::new(offsession_core::SystemClock),
+        Arc::new(offsession_core::DiscardEvents),
+        Some(false),
     )
     .await
 }
@@ -299,17 +324,20 @@ pub async fn build(
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
 ) -> Result<Wired, ConfigError> {
-    build_with(config_path, config, clock, events, false).await
+    build_with(config_path, config, clock, events, None).await
 }
 
-/// [`build`]; with `outbox`, a `memory:` store keeps every committed event.
+/// [`build`]; for a live command (`live` set), a `memory:` store keeps every
+/// committed event, and the store's mode is checked (and recorded when `live` is
+/// `Some(true)`).
 async fn build_with(
     config_path: &Path,
     config: &Config,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
-    outbox: bool,
+    live: Option<bool>,
 ) -> Result<Wired, ConfigError> {
+    let outbox = live.is_some();
     let Decisions { builder, smart, .. } = policies(config_path, config)?;
     load_configured_state(config_path, config, &smart)?;
     let mut builder = builder.clock(clock).events(events);
@@ -354,8 +382,8 @@ async fn build_with(
         }) as Arc<dyn Store>,
         _ => open_store(config_path, config).await?,
     };
-    if outbox {
-        check_store_mode(store.as_ref(), config.engine.livemode).await?;
+    if let Some(record) = live {
+        check_store_mode(store.as_ref(), config.engine.livemode, record).await?;
     }
     if config.smart.state_path.is_none() {
         // A state file, when configured, was loaded above; otherwise the store's.

@@ -255,9 +255,11 @@ async fn an_open_circuit_breaker_outlives_the_engine_that_opened_it() {
 async fn a_store_holds_one_modes_payments() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("mode.db"), Synchronous::Normal).unwrap();
-    wiring::check_store_mode(&store, false).await.unwrap();
-    wiring::check_store_mode(&store, false).await.unwrap();
-    let err = wiring::check_store_mode(&store, true)
+    // Checking (check-config) records nothing: an empty store takes any mode.
+    wiring::check_store_mode(&store, true, false).await.unwrap();
+    wiring::check_store_mode(&store, false, true).await.unwrap();
+    wiring::check_store_mode(&store, false, true).await.unwrap();
+    let err = wiring::check_store_mode(&store, true, true)
         .await
         .unwrap_err()
         .to_string();
@@ -265,7 +267,18 @@ async fn a_store_holds_one_modes_payments() {
         err.contains("engine.livemode") && err.contains("test-mode payments"),
         "{err}"
     );
+    // A store from before the record, holding live payments, is live whoever comes
+    // first, and a check of it says so without writing.
     let live = SqliteStore::open(&dir.path().join("live.db"), Synchronous::Normal).unwrap();
-    wiring::check_store_mode(&live, true).await.unwrap();
-    assert!(wiring::check_store_mode(&live, false).await.is_err());
+    let mut payment = offsession_store::conformance::sample_record("osp_live", 1_000, None);
+    payment.payment.livemode = true;
+    live.insert(&payment).await.unwrap();
+    assert!(wiring::check_store_mode(&live, false, false).await.is_err());
+    assert_eq!(live.load_state("store/mode").await.unwrap(), None);
+    assert!(wiring::check_store_mode(&live, false, true).await.is_err());
+    wiring::check_store_mode(&live, true, true).await.unwrap();
+    assert_eq!(
+        live.load_state("store/mode").await.unwrap().as_deref(),
+        Some("live")
+    );
 }

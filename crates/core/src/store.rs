@@ -127,21 +127,33 @@ impl PaymentRecord {
         }
     }
 
-    /// The card this payment charges, as the network rules count it: `card:` and the
-    /// processor's card fingerprint when preflight reported one (the same card saved as
-    /// two payment methods is one card), else the payment method's id. Fixed at
-    /// create, when preflight runs. Fingerprints of two processors are not matched
-    /// with each other.
+    /// The card this payment charges, as the network rules count it:
+    /// `card:<processor>:<fingerprint>` when preflight reported the card's fingerprint
+    /// (the same card saved as two payment methods is one card), else the payment
+    /// method's id. Fixed at create, when preflight runs (on the payment's processor,
+    /// whose fingerprints are not matched with another processor's).
     pub fn card_key(&self) -> std::borrow::Cow<'_, str> {
-        match self
-            .method
+        match self.fingerprint() {
+            Some(fingerprint) => {
+                std::borrow::Cow::Owned(format!("card:{}:{fingerprint}", self.processor))
+            }
+            None => std::borrow::Cow::Borrowed(&self.payment.payment_method),
+        }
+    }
+
+    /// The key the card's attempts had before fingerprints were read (the payment
+    /// method's id), when it differs from [`PaymentRecord::card_key`]: attempts filed
+    /// by an earlier release, and payments made before it, are found under it.
+    pub fn method_key(&self) -> Option<&str> {
+        self.fingerprint()
+            .map(|_| self.payment.payment_method.as_str())
+    }
+
+    fn fingerprint(&self) -> Option<&str> {
+        self.method
             .as_ref()
             .and_then(|m| m.card.as_ref())
             .and_then(|c| c.fingerprint.as_deref())
-        {
-            Some(fingerprint) => std::borrow::Cow::Owned(format!("card:{fingerprint}")),
-            None => std::borrow::Cow::Borrowed(&self.payment.payment_method),
-        }
     }
 
     /// Whether operation `tag` (`"<operation>:<key>"`) was applied to this payment

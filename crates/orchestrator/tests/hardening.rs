@@ -1319,3 +1319,69 @@ async fn a_card_saved_twice_is_one_card_to_the_network_rules() {
     assert_eq!(h.get(&other.id).await.retry_details.attempts, 1);
     assert_eq!(processor.sends.load(Ordering::SeqCst), 2);
 }
+
+/// Attempts filed before fingerprints were read (under the payment method's id) still
+/// count for the card: a payment made after the upgrade, whose preflight reports a
+/// fingerprint, finds the Mastercard advice 21 of a payment made before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_filed_before_fingerprints_still_bar_the_card() {
+    let store = Arc::new(MemoryStore::new());
+    let engine_with = |fingerprint: &str| {
+        let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+        codes.network_advice_code = Some("21".into());
+        let processor = Arc::new(Altered {
+            answer: Some(AttemptOutcome::Declined {
+                codes,
+                reference: Default::default(),
+            }),
+            ..Altered::new(Arc::new(MockProcessor::new(
+                "mock",
+                vault(&format!(
+                    "[[payment_methods]]\nid = \"pm_upgraded\"\ncustomer = \"cus_123\"\nbrand = \"mastercard\"\n{fingerprint}"
+                )),
+            )))
+        });
+        let engine = Engine::builder()
+            .processor(processor.clone())
+            .store(store.clone())
+            .clock(Arc::new(SystemClock))
+            .events(Arc::new(CollectEvents::new()))
+            .build()
+            .unwrap();
+        (engine, processor)
+    };
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_upgraded",
+    })
+    .to_string();
+    // Before: no fingerprint, the decline is filed under `pm_upgraded`.
+    let (before, sent_before) = engine_with("");
+    let first = before.create_json(body.as_bytes(), None).await.unwrap().id;
+    before.run_due().await.unwrap();
+    let first = before.record(&first).await.unwrap();
+    assert_eq!(
+        first.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(sent_before.sends.load(Ordering::SeqCst), 1);
+    // After: preflight reports a fingerprint; the card is still barred.
+    let (after, sent_after) = engine_with("fingerprint = \"fp_upgraded\"");
+    let second = after.create_json(body.as_bytes(), None).await.unwrap().id;
+    after.run_due().await.unwrap();
+    let second = after.record(&second).await.unwrap();
+    let stored = store.get(&second.payment.id).await.unwrap().unwrap();
+    assert_eq!(stored.card_key(), "card:mock:fp_upgraded");
+    assert_eq!(
+        second.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(second.payment.retry_details.attempts, 0);
+    assert_eq!(
+        sent_after.sends.load(Ordering::SeqCst),
+        0,
+        "sent to a barred card"
+    );
+}

@@ -42,10 +42,24 @@ impl Engine {
         let checked = self.inner.policies.guarded
             && !replay
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
-        let mut card_lock = if checked {
-            Some(self.lock_card(&record.card_key()).await?)
+        let (mut card_lock, method_lock) = if checked {
+            // A fingerprinted card also takes its payment method's lock, the one the
+            // payments made before fingerprints were read take: in one order (by key)
+            // everywhere, so two takers never wait on each other.
+            let card = record.card_key().into_owned();
+            match record.method_key().map(str::to_owned) {
+                Some(method) if method < card => {
+                    let method = self.lock_card(&method).await?;
+                    (Some(self.lock_card(&card).await?), Some(method))
+                }
+                Some(method) => {
+                    let card = self.lock_card(&card).await?;
+                    (Some(card), Some(self.lock_card(&method).await?))
+                }
+                None => (Some(self.lock_card(&card).await?), None),
+            }
         } else {
-            None
+            (None, None)
         };
         if checked {
             let history = self.card_history(&record, now).await?;
@@ -184,6 +198,7 @@ impl Engine {
         };
         // The attempt is in the card's history now: the next decision sees it.
         drop(card_lock);
+        drop(method_lock);
 
         let Some(attempt) = record.attempts.last().cloned() else {
             return Ok(Duration::ZERO);

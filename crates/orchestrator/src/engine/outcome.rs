@@ -148,11 +148,32 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Vec<CardAttempt>, StoreError> {
         let since = history_since(now);
-        Ok(self
-            .inner
-            .store
+        let store = &self.inner.store;
+        let mut history = store
             .card_history(&record.card_key(), since, CARD_HISTORY_LIMIT)
-            .await?
+            .await?;
+        // Attempts filed under the payment method's id before fingerprints were read
+        // (an earlier release, payments made before it) are the same card's.
+        if let Some(method) = record.method_key() {
+            history.extend(
+                store
+                    .card_history(method, since, CARD_HISTORY_LIMIT)
+                    .await?,
+            );
+            history.sort_by(|a, b| {
+                (a.at, &a.payment_id, a.attempt_number).cmp(&(
+                    b.at,
+                    &b.payment_id,
+                    b.attempt_number,
+                ))
+            });
+            history.dedup_by(|a, b| {
+                a.payment_id == b.payment_id && a.attempt_number == b.attempt_number
+            });
+            let excess = history.len().saturating_sub(CARD_HISTORY_LIMIT);
+            history.drain(..excess);
+        }
+        Ok(history
             .into_iter()
             .filter(|a| a.payment_id != record.payment.id)
             .collect())

@@ -233,11 +233,11 @@ pub(super) async fn card_history_is_per_card_fingerprint(store: &dyn Store) {
             Timestamp::from_millis(at),
         );
         record.attempts.push(attempt);
-        assert_eq!(record.card_key(), "card:fp_shared");
+        assert_eq!(record.card_key(), "card:mock:fp_shared");
         store.insert(&record).await.unwrap();
     }
     let shared = store
-        .card_history("card:fp_shared", Timestamp::from_millis(0), 100)
+        .card_history("card:mock:fp_shared", Timestamp::from_millis(0), 100)
         .await
         .unwrap();
     let payments: Vec<_> = shared.iter().map(|a| a.payment_id.as_str()).collect();

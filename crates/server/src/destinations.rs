@@ -153,18 +153,17 @@ async fn save(store: &dyn Store, stored: &Value) -> Result<(), Response> {
 /// Where a new (or re-enabled) destination's delivery starts: after `newest`, the
 /// outbox position read before it was saved, so every event committed once it
 /// exists is delivered, from its first moment (its deliverer starts within a
-/// second) — and none from before it, or from while it was disabled. A cursor that
-/// is already there (a keyed create run again) stays.
-async fn start_after(store: &dyn Store, id: &str, newest: u64, replace: bool) {
+/// second) — and none from before it, or from while it was disabled. Written before
+/// the destination (or its status), so its deliverer never starts without it.
+/// `replacing` is the cursor as read before (re-enabling); a cursor that changed
+/// since (another enable's), or one already there for a new destination (a keyed
+/// create run again), stays.
+async fn start_after(store: &dyn Store, id: &str, newest: u64, replacing: Option<&str>) {
     let key = crate::webhooks::cursor_key(id);
-    let saved = if replace {
-        store.save_state(&key, &newest.to_string()).await
-    } else {
-        store
-            .swap_state(&key, None, &newest.to_string())
-            .await
-            .map(|_| ())
-    };
+    let saved = store
+        .swap_state(&key, replacing, &newest.to_string())
+        .await
+        .map(|_| ());
     if let Err(err) = saved {
         // The deliverer then starts from the outbox's end when it first runs.
         tracing::warn!(destination = %id, error = %err, "saving a destination's first cursor failed");
@@ -260,6 +259,7 @@ pub(crate) async fn create(
             "webhook_endpoint": {"url": url},
             "signing_secret": new_secret(),
         });
+        start_after(state.store.as_ref(), &id, newest, None).await;
         if keyed_id.is_some() {
             let key = format!("{PREFIX}{id}");
             match state
@@ -267,7 +267,7 @@ pub(crate) async fn create(
                 .swap_state(&key, None, &stored.to_string())
                 .await
             {
-                Ok(true) => start_after(state.store.as_ref(), &id, newest, false).await,
+                Ok(true) => {}
                 // Made by an earlier run of this request: answer it, unless it was
                 // deleted since (the key had expired): then make a new one.
                 Ok(false) => match load(state.store.as_ref(), &id).await {
@@ -276,12 +276,12 @@ pub(crate) async fn create(
                     }
                     Ok(_) => {
                         let mut fresh = stored.clone();
-                        fresh["id"] = json!(format!("ed_{}", uuid::Uuid::new_v4().simple()));
+                        let fresh_id = format!("ed_{}", uuid::Uuid::new_v4().simple());
+                        start_after(state.store.as_ref(), &fresh_id, newest, None).await;
+                        fresh["id"] = json!(fresh_id);
                         if let Err(response) = save(state.store.as_ref(), &fresh).await {
                             return response;
                         }
-                        let fresh_id = fresh["id"].as_str().unwrap_or_default();
-                        start_after(state.store.as_ref(), fresh_id, newest, false).await;
                         return Json(object(&fresh, with_secret)).into_response();
                     }
                     Err(response) => return response,
@@ -290,8 +290,6 @@ pub(crate) async fn create(
             }
         } else if let Err(response) = save(state.store.as_ref(), &stored).await {
             return response;
-        } else {
-            start_after(state.store.as_ref(), &id, newest, false).await;
         }
         Json(object(&stored, with_secret)).into_response()
     };
@@ -470,9 +468,15 @@ async fn set_status(state: &AppState, id: &str, status: &str) -> Response {
     };
     if status == "enabled" && stored["status"] == "disabled" {
         // Events of the disabled time are not sent (they show as `not_sent`).
-        match state.store.newest_event_sequence().await {
-            Ok(newest) => start_after(state.store.as_ref(), id, newest, true).await,
-            Err(err) => return errors::internal(err),
+        let cursor = state
+            .store
+            .load_state(&crate::webhooks::cursor_key(id))
+            .await;
+        match (cursor, state.store.newest_event_sequence().await) {
+            (Ok(cursor), Ok(newest)) => {
+                start_after(state.store.as_ref(), id, newest, cursor.as_deref()).await
+            }
+            (Err(err), _) | (_, Err(err)) => return errors::internal(err),
         }
     }
     stored["status"] = json!(status);

@@ -60,6 +60,7 @@ pub(crate) struct RecordRow {
     pub(crate) attempts: Vec<CardAttempt>,
     /// The card the attempts are filed under (`PaymentRecord::card_key`): the
     /// attempts table's `payment_method` column, which the card history is read by.
+    /// Empty for a record without attempts.
     pub(crate) card: String,
 }
 
@@ -96,7 +97,12 @@ impl RecordRow {
             created: record.payment.created.as_millis(),
             body,
             attempts: card_attempts(record).collect(),
-            card: record.card_key().into_owned(),
+            // Only attempts are filed under it: no copy for a record without any.
+            card: if record.attempts.is_empty() {
+                String::new()
+            } else {
+                record.card_key().into_owned()
+            },
         };
         Ok((row, events))
     }

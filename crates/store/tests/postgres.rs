@@ -174,12 +174,13 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
         .await
         .unwrap();
     assert_eq!(upgraded.list_state("destination/").await.unwrap().len(), 1);
+    // The store's own statement, its parameters spliced in (EXPLAIN of a simple query).
+    let statement = offsession_store::postgres::LIST_STATE_RANGE
+        .replace("$1", "'destination/'")
+        .replace("$2", "'destination0'");
     let plan: Vec<String> = client
         .simple_query(&format!(
-            "SET enable_seqscan = off;
-             EXPLAIN SELECT key, value FROM {schema}.engine_state
-             WHERE key COLLATE \"C\" >= 'destination/' AND key COLLATE \"C\" < 'destination0'
-             ORDER BY key COLLATE \"C\""
+            "SET search_path = {schema}; SET enable_seqscan = off; EXPLAIN {statement}"
         ))
         .await
         .unwrap()

@@ -30,6 +30,8 @@ use crate::row::{self, RecordRow, SCHEMA_VERSION};
 mod creates;
 mod group;
 mod store;
+#[doc(hidden)]
+pub use store::LIST_STATE_RANGE;
 
 /// Advisory lock keys (arbitrary, fixed): migrations, and the outbox's order.
 const MIGRATION_LOCK: i64 = 0x0ff5_e551_0000_0001;

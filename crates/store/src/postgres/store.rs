@@ -10,6 +10,13 @@ fn records_from(rows: &[tokio_postgres::Row]) -> Result<Vec<PaymentRecord>, Stor
         .collect()
 }
 
+/// Engine state under a prefix: the range `[$1, $2)` in code-point order, read
+/// through `engine_state_key_c` (migration 4). Public for the test of its plan.
+#[doc(hidden)]
+pub const LIST_STATE_RANGE: &str = "SELECT key, value FROM engine_state
+     WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2
+     ORDER BY key COLLATE \"C\"";
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create(
@@ -488,16 +495,7 @@ impl Store for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         // A range in code-point order, read through `engine_state_key_c`.
         let rows = match crate::row::prefix_end(prefix) {
-            Some(end) => {
-                client
-                    .query(
-                        "SELECT key, value FROM engine_state
-                         WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2
-                         ORDER BY key COLLATE \"C\"",
-                        &[&prefix, &end],
-                    )
-                    .await
-            }
+            Some(end) => client.query(LIST_STATE_RANGE, &[&prefix, &end]).await,
             None => {
                 client
                     .query(

@@ -43,21 +43,9 @@ impl Engine {
             && !replay
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
         let (mut card_lock, method_lock) = if checked {
-            // A fingerprinted card also takes its payment method's lock, the one the
-            // payments made before fingerprints were read take: in one order (by key)
-            // everywhere, so two takers never wait on each other.
-            let card = record.card_key().into_owned();
-            match record.method_key().map(str::to_owned) {
-                Some(method) if method < card => {
-                    let method = self.lock_card(&method).await?;
-                    (Some(self.lock_card(&card).await?), Some(method))
-                }
-                Some(method) => {
-                    let card = self.lock_card(&card).await?;
-                    (Some(card), Some(self.lock_card(&method).await?))
-                }
-                None => (Some(self.lock_card(&card).await?), None),
-            }
+            // Boxed, as the write under the lock below: rare paths kept out of the
+            // attempt's state, which every attempt moves.
+            Box::pin(self.lock_cards(&record)).await?
         } else {
             (None, None)
         };
@@ -191,8 +179,7 @@ impl Engine {
         let store_lock = card_lock.as_mut().and_then(HeldCard::take_store_lock);
         record.version = match store_lock {
             Some(lock) => {
-                self.commit_change_under(lock, &record, expected, from, now)
-                    .await?
+                Box::pin(self.commit_change_under(lock, &record, expected, from, now)).await?
             }
             None => self.commit_change(&record, expected, from, now).await?,
         };
@@ -325,13 +312,23 @@ impl Engine {
                         unanswered.push(lease);
                     }
                     renewing.writing.store(true, Ordering::SeqCst);
-                    let held = self.inner.store.get(&in_flight.payment.id).await;
+                    // Boxed: a record held across an await would sit in the attempt's
+                    // state (every attempt moves it), not only in failing renewals.
+                    let held = self
+                        .inner
+                        .store
+                        .get(&in_flight.payment.id)
+                        .await
+                        .map(|held| held.map(Box::new));
                     renewing.writing.store(false, Ordering::SeqCst);
                     let status = in_flight.payment.status;
-                    match held {
+                    let won_by_another = match held {
                         // Not written: renew again at the next period.
                         Ok(Some(current))
-                            if current.version == version && current.payment.status == status => {}
+                            if current.version == version && current.payment.status == status =>
+                        {
+                            false
+                        }
                         // Written: go on from it. Only a lease this loop wrote (its
                         // owner and expiry to the millisecond) is taken for its own:
                         // a claim by this instance's scheduler after the lease lapsed
@@ -348,18 +345,17 @@ impl Engine {
                             unanswered.clear();
                             *renewed.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some((version, current.lease));
+                            false
                         }
                         // The store did not answer: try again; a renewal that landed
                         // is found by the next failure's read.
-                        Err(_) => {}
+                        Err(_) => false,
                         // Another change won: its writer replays the attempt with the
                         // same key, and this attempt's outcome write will be refused.
-                        Ok(_) => {
-                            if renewing.stop.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            return std::future::pending().await;
-                        }
+                        Ok(_) => true,
+                    };
+                    if won_by_another && !renewing.stop.load(Ordering::SeqCst) {
+                        return std::future::pending().await;
                     }
                     if renewing.stop.load(Ordering::SeqCst) {
                         return;
@@ -445,6 +441,28 @@ impl Engine {
             .breakers
             .get(processor)
             .map(|b| b.state(now))
+    }
+
+    /// The locks a checked attempt holds: its card's, and for a fingerprinted card
+    /// also its payment method's, which the payments made before fingerprints were
+    /// read take; in one order (by key) everywhere, so two takers never wait on each
+    /// other.
+    async fn lock_cards(
+        &self,
+        record: &PaymentRecord,
+    ) -> Result<(Option<HeldCard>, Option<HeldCard>), StoreError> {
+        let card = record.card_key().into_owned();
+        Ok(match record.method_key().map(str::to_owned) {
+            Some(method) if method < card => {
+                let method = self.lock_card(&method).await?;
+                (Some(self.lock_card(&card).await?), Some(method))
+            }
+            Some(method) => {
+                let card = self.lock_card(&card).await?;
+                (Some(card), Some(self.lock_card(&method).await?))
+            }
+            None => (Some(self.lock_card(&card).await?), None),
+        })
     }
 
     /// Takes a card's lock (`PaymentRecord::card_key`): this process's first, then

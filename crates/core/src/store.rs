@@ -541,6 +541,16 @@ pub trait Store: Send + Sync + Debug {
         Ok(CardLock::in_process())
     }
 
+    /// [`Store::lock_card`] for several keys of one card at once (its card key and,
+    /// across an upgrade, its payment method's id), taken in the order given, which
+    /// every caller keeps sorted, and held as one lock.
+    async fn lock_cards(&self, cards: &[&str]) -> Result<CardLock, StoreError> {
+        match cards {
+            [one] => self.lock_card(one).await,
+            _ => Ok(CardLock::in_process()),
+        }
+    }
+
     /// [`Store::commit`] while `lock` (this store's [`Store::lock_card`]) is held,
     /// then releases it. A store whose lock can be lost before the write (a database
     /// session that ends, letting another instance take the card) writes the change

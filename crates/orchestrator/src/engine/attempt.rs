@@ -42,12 +42,12 @@ impl Engine {
         let checked = self.inner.policies.guarded
             && !replay
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
-        let (mut card_lock, method_lock) = if checked {
+        let mut card_lock = if checked {
             // Boxed, as the write under the lock below: rare paths kept out of the
             // attempt's state, which every attempt moves.
-            Box::pin(self.lock_cards(&record)).await?
+            Some(Box::pin(self.lock_cards(&record)).await?)
         } else {
-            (None, None)
+            None
         };
         if checked {
             let history = self.card_history(&record, now).await?;
@@ -185,7 +185,6 @@ impl Engine {
         };
         // The attempt is in the card's history now: the next decision sees it.
         drop(card_lock);
-        drop(method_lock);
 
         let Some(attempt) = record.attempts.last().cloned() else {
             return Ok(Duration::ZERO);
@@ -443,59 +442,49 @@ impl Engine {
             .map(|b| b.state(now))
     }
 
-    /// The locks a checked attempt holds: its card's, and for a fingerprinted card
-    /// also its payment method's, which the payments made before fingerprints were
-    /// read take; in one order (by key) everywhere, so two takers never wait on each
+    /// The locks a checked attempt holds: its card's (`PaymentRecord::card_key`),
+    /// and for a fingerprinted card also its payment method's, which the payments made
+    /// before fingerprints were read take. This process's first, then the store's (one
+    /// lock for both), each in key order everywhere, so two takers never wait on each
     /// other.
-    async fn lock_cards(
-        &self,
-        record: &PaymentRecord,
-    ) -> Result<(Option<HeldCard>, Option<HeldCard>), StoreError> {
-        let card = record.card_key().into_owned();
-        Ok(match record.method_key().map(str::to_owned) {
-            Some(method) if method < card => {
-                let method = self.lock_card(&method).await?;
-                (Some(self.lock_card(&card).await?), Some(method))
-            }
-            Some(method) => {
-                let card = self.lock_card(&card).await?;
-                (Some(card), Some(self.lock_card(&method).await?))
-            }
-            None => (Some(self.lock_card(&card).await?), None),
-        })
-    }
-
-    /// Takes a card's lock (`PaymentRecord::card_key`): this process's first, then
-    /// the store's.
-    async fn lock_card(&self, card: &str) -> Result<HeldCard, StoreError> {
-        let local = {
-            let mut locks = self
-                .inner
-                .card_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            locks
-                .entry(card.to_owned())
-                .or_insert_with(|| Arc::new(futures::lock::Mutex::new(())))
-                .clone()
-        };
-        let local = local.lock_owned().await;
-        let store = self.inner.store.lock_card(card).await?;
+    async fn lock_cards(&self, record: &PaymentRecord) -> Result<HeldCard, StoreError> {
+        let mut cards = vec![record.card_key().into_owned()];
+        if let Some(method) = record.method_key() {
+            cards.push(method.to_owned());
+        }
+        cards.sort();
+        let mut local = Vec::with_capacity(cards.len());
+        for card in &cards {
+            let lock = {
+                let mut locks = self
+                    .inner
+                    .card_locks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                locks
+                    .entry(card.clone())
+                    .or_insert_with(|| Arc::new(futures::lock::Mutex::new(())))
+                    .clone()
+            };
+            local.push(lock.lock_owned().await);
+        }
+        let keys: Vec<&str> = cards.iter().map(String::as_str).collect();
+        let store = self.inner.store.lock_cards(&keys).await?;
         Ok(HeldCard {
             engine: self.clone(),
-            card: card.to_owned(),
+            cards,
             store: Some(store),
-            local: Some(local),
+            local,
         })
     }
 }
 
-/// A card's lock, released on drop (the store's, then this process's).
+/// A card's locks, released on drop (the store's, then this process's).
 pub(super) struct HeldCard {
     engine: Engine,
-    card: String,
+    cards: Vec<String>,
     store: Option<offsession_core::CardLock>,
-    local: Option<futures::lock::OwnedMutexGuard<()>>,
+    local: Vec<futures::lock::OwnedMutexGuard<()>>,
 }
 
 impl HeldCard {
@@ -509,19 +498,21 @@ impl Drop for HeldCard {
     fn drop(&mut self) {
         // The store's lock first: a waiter in this process then finds it free.
         drop(self.store.take());
-        drop(self.local.take());
-        // Forget the card's lock once nobody holds or waits for it.
+        self.local.clear();
+        // Forget a card's lock once nobody holds or waits for it.
         let mut locks = self
             .engine
             .inner
             .card_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if locks
-            .get(&self.card)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(&self.card);
+        for card in &self.cards {
+            if locks
+                .get(card)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
+                locks.remove(card);
+            }
         }
     }
 }

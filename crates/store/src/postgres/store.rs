@@ -196,9 +196,15 @@ impl Store for PostgresStore {
     }
 
     async fn lock_card(&self, card: &str) -> Result<CardLock, StoreError> {
-        // A transaction-level advisory lock on a connection of its own, held until
-        // the guard is dropped: the transaction then rolls back, which releases the
-        // lock, and the connection goes back to the pool.
+        self.lock_cards(&[card]).await
+    }
+
+    async fn lock_cards(&self, cards: &[&str]) -> Result<CardLock, StoreError> {
+        // Transaction-level advisory locks on one connection of its own (one per
+        // holder, however many keys: a holder waiting for a second connection while
+        // keeping its first could exhaust the pool), held until the guard is
+        // dropped or the write under it commits: the transaction then ends, which
+        // releases them, and the connection goes back to the pool.
         let mut held = HeldCard {
             client: Some(self.card_pool.get().await.map_err(pool_error)?),
             locked: false,
@@ -209,13 +215,15 @@ impl Store for PostgresStore {
                 .batch_execute("BEGIN")
                 .await
                 .map_err(pg_error("starting a card lock"))?;
-            client
-                .execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&card],
-                )
-                .await
-                .map_err(pg_error("locking a card"))?;
+            for card in cards {
+                client
+                    .execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                        &[card],
+                    )
+                    .await
+                    .map_err(pg_error("locking a card"))?;
+            }
         }
         held.locked = true;
         Ok(CardLock::holding(Box::new(held)))

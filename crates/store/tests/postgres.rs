@@ -694,3 +694,36 @@ async fn an_unreadable_row_does_not_fail_the_claim_of_the_others() {
     assert_eq!(ids, ["osp_good"]);
     store.drop_schema().await.unwrap();
 }
+
+/// A lock of several keys (a fingerprinted card's key and its payment method's) holds
+/// one connection however many keys: two such holders fit a card pool of two, and
+/// every key of each is held against other instances until it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_of_several_keys_holds_each_on_one_connection() {
+    use std::time::Duration;
+    let Some(url) = url() else { return };
+    let schema = schema("cardkeys");
+    // Eight connections: a card pool of two.
+    let a = PostgresStore::connect(&url, &schema, 8).await.unwrap();
+    let b = PostgresStore::connect(&url, &schema, 8).await.unwrap();
+    let first = a.lock_cards(&["card:mock:fp_1", "pm_1"]).await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.lock_cards(&["card:mock:fp_2", "pm_2"]),
+    )
+    .await
+    .expect("a second holder gets the pool's second connection")
+    .unwrap();
+    for key in ["card:mock:fp_1", "pm_1", "card:mock:fp_2", "pm_2"] {
+        let waited = tokio::time::timeout(Duration::from_millis(300), b.lock_card(key)).await;
+        assert!(waited.is_err(), "{key} was not held");
+    }
+    drop(first);
+    let again = tokio::time::timeout(Duration::from_secs(10), b.lock_card("pm_1"))
+        .await
+        .expect("released on drop")
+        .unwrap();
+    drop(again);
+    drop(second);
+    a.drop_schema().await.unwrap();
+}

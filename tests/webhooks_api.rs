@@ -371,7 +371,6 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
 /// outbox while it runs: the events list answers and the webhook is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_a_memory_store_keeps_and_delivers_its_events() {
-    use reqwest::Method;
     let dir = Scratch::new("webhooks-memory");
     let port = free_port();
     let hook_port = free_port();
@@ -379,35 +378,8 @@ async fn serve_on_a_memory_store_keeps_and_delivers_its_events() {
     let mut server = serve_on(&dir, port, hook_port, "memory:", "unused");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::new();
-    let (status, payment, _) = api(
-        &client,
-        port,
-        Method::POST,
-        "/v2/payments/off_session_payments",
-        Some(
-            serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
-            "cadence": "recurring", "customer": "cus_mem", "payment_method": "pm_card_visa__mem"}),
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{payment}");
-    let payment_id = payment["id"].as_str().unwrap().to_owned();
-    let (_, events, _) = get(
-        &client,
-        port,
-        &format!("/v2/core/events?object_id={payment_id}"),
-    )
-    .await;
-    let created = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "v2.payments.off_session_payment.created")
-        .unwrap_or_else(|| panic!("no created event listed: {events}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let payment = create_payment(&client, port, "cus_mem").await;
+    let created = created_event(&client, port, &payment).await;
     wait_for("the created event's delivery", || {
         received.lock().unwrap().ids.contains(&created)
     })
@@ -454,48 +426,9 @@ async fn a_destination_gets_events_from_its_first_moment_and_none_while_disabled
             .into_boxed_str(),
     );
     let received = endpoint(dest_port, 0, secret);
-    let create = |customer: &'static str| {
-        let client = client.clone();
-        async move {
-            let (status, payment, _) = api(
-                &client,
-                port,
-                Method::POST,
-                "/v2/payments/off_session_payments",
-                Some(
-                    serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
-                    "cadence": "recurring", "customer": customer,
-                    "payment_method": format!("pm_card_visa__{customer}")}),
-                ),
-                None,
-            )
-            .await;
-            assert_eq!(status, 200, "{payment}");
-            payment["id"].as_str().unwrap().to_owned()
-        }
-    };
-    let created_event = |payment: String| {
-        let client = client.clone();
-        async move {
-            let (_, events, _) = get(
-                &client,
-                port,
-                &format!("/v2/core/events?object_id={payment}"),
-            )
-            .await;
-            events["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["type"] == "v2.payments.off_session_payment.created")
-                .unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
     // Created at once, before the deliverer's first run.
-    let first = created_event(create("cus_first").await).await;
+    let first = create_payment(&client, port, "cus_first").await;
+    let first = created_event(&client, port, &first).await;
     wait_for("the first payment's created event", || {
         received.lock().unwrap().ids.contains(&first)
     })
@@ -510,7 +443,8 @@ async fn a_destination_gets_events_from_its_first_moment_and_none_while_disabled
     assert_eq!(status, 200);
     // The deliverer stops within a second of the disable.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let while_disabled = created_event(create("cus_disabled").await).await;
+    let while_disabled = create_payment(&client, port, "cus_disabled").await;
+    let while_disabled = created_event(&client, port, &while_disabled).await;
     let (status, _, _) = post(
         &client,
         port,
@@ -518,7 +452,8 @@ async fn a_destination_gets_events_from_its_first_moment_and_none_while_disabled
     )
     .await;
     assert_eq!(status, 200);
-    let after = created_event(create("cus_after").await).await;
+    let after = create_payment(&client, port, "cus_after").await;
+    let after = created_event(&client, port, &after).await;
     wait_for("the created event after re-enabling", || {
         received.lock().unwrap().ids.contains(&after)
     })

@@ -201,3 +201,42 @@ pub fn signed_with(secret: &str, signature: &str, body: &str) -> bool {
         .unwrap_or(0);
     offsession_server::sign(secret, t, body) == signature
 }
+
+/// Creates a card payment for `customer` (its own card) through `serve` on `port`;
+/// returns its id.
+pub async fn create_payment(client: &reqwest::Client, port: u16, customer: &str) -> String {
+    let (status, payment, _) = api(
+        client,
+        port,
+        reqwest::Method::POST,
+        "/v2/payments/off_session_payments",
+        Some(
+            serde_json::json!({"amount": {"value": 1000, "currency": "usd"},
+            "cadence": "recurring", "customer": customer,
+            "payment_method": format!("pm_card_visa__{customer}")}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{payment}");
+    payment["id"].as_str().unwrap().to_owned()
+}
+
+/// The id of `payment`'s `created` event, as the events list shows it.
+pub async fn created_event(client: &reqwest::Client, port: u16, payment: &str) -> String {
+    let (_, events, _) = get(
+        client,
+        port,
+        &format!("/v2/core/events?object_id={payment}"),
+    )
+    .await;
+    events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "v2.payments.off_session_payment.created")
+        .unwrap_or_else(|| panic!("no created event listed: {events}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

@@ -1082,22 +1082,22 @@ impl Store for SlowRenewals {
     }
 }
 
-// An answer that arrives while the lease's renewal is being written: the renewal
-// lands (its version included) before the outcome is written, so the outcome is not
-// refused as stale and the payment is not left `processing` for a needless replay.
-// The renewal starts a third of a lease (1 s) into the send and takes 1 s; the
-// answer comes at 1.5 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_during_a_lease_renewal_is_written() {
+/// An engine with a 3 s lease on a `SlowRenewals` store (whose next update fails as
+/// `fail_next_update` says), against a mock answering after `latency_ms`, and one card
+/// payment created on it.
+async fn slow_renewal_engine(
+    fail_next_update: Option<bool>,
+    latency_ms: u64,
+) -> (Engine, Arc<SlowRenewals>, Arc<MockProcessor>, String) {
     let store = Arc::new(SlowRenewals {
         inner: Arc::new(MemoryStore::new()),
         writer: Arc::new(tokio::sync::Mutex::new(())),
-        fail_next_update: std::sync::Mutex::new(None),
+        fail_next_update: std::sync::Mutex::new(fail_next_update),
     });
     let mock = Arc::new(MockProcessor::new(
         "mock",
         MockConfig {
-            latency: LatencyModel::Fixed { millis: 1_500 },
+            latency: LatencyModel::Fixed { millis: latency_ms },
             ..MockConfig::default()
         },
     ));
@@ -1123,6 +1123,17 @@ async fn an_answer_during_a_lease_renewal_is_written() {
         .await
         .unwrap()
         .id;
+    (engine, store, mock, id)
+}
+
+// An answer that arrives while the lease's renewal is being written: the renewal
+// lands (its version included) before the outcome is written, so the outcome is not
+// refused as stale and the payment is not left `processing` for a needless replay.
+// The renewal starts a third of a lease (1 s) into the send and takes 1 s; the
+// answer comes at 1.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_during_a_lease_renewal_is_written() {
+    let (engine, _store, mock, id) = slow_renewal_engine(None, 1_500).await;
     let report = engine.run_due().await.unwrap();
     assert_eq!(
         report.conflicts, 0,
@@ -1142,40 +1153,7 @@ async fn an_answer_during_a_lease_renewal_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_lease_renewal_is_tried_again() {
     for landed in [false, true] {
-        let store = Arc::new(SlowRenewals {
-            inner: Arc::new(MemoryStore::new()),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            fail_next_update: std::sync::Mutex::new(Some(landed)),
-        });
-        let mock = Arc::new(MockProcessor::new(
-            "mock",
-            MockConfig {
-                latency: LatencyModel::Fixed { millis: 6_000 },
-                ..MockConfig::default()
-            },
-        ));
-        let engine = Engine::builder()
-            .config(EngineConfig {
-                lease: Duration::from_secs(3),
-                ..EngineConfig::default()
-            })
-            .processor(mock.clone())
-            .store(store.clone())
-            .clock(Arc::new(SystemClock))
-            .events(Arc::new(CollectEvents::new()))
-            .build()
-            .unwrap();
-        let body = json!({
-            "amount": {"value": 2000, "currency": "usd"},
-            "cadence": "recurring",
-            "customer": "cus_123",
-            "payment_method": "pm_card_visa__renewal",
-        });
-        let id = engine
-            .create_json(body.to_string().as_bytes(), None)
-            .await
-            .unwrap()
-            .id;
+        let (engine, store, mock, id) = slow_renewal_engine(Some(landed), 6_000).await;
         let running = tokio::spawn({
             let engine = engine.clone();
             async move { engine.run_due().await.unwrap() }

@@ -175,7 +175,7 @@ async fn measure(options: &BenchOptions, schema: &str) -> Result<BenchReport, Ru
     let mut stores: Vec<Arc<dyn Store>> = Vec::new();
     for _ in 0..instances {
         // Relative paths in `--store` are relative to the working folder.
-        stores.push(crate::wiring::open_store_section(Path::new(""), &section).await?);
+        stores.push(crate::wiring::open_store_section(Path::new(""), &section, false).await?);
     }
     let mut engines = Vec::new();
     for (index, store) in stores.iter().enumerate() {

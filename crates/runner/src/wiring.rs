@@ -199,7 +199,7 @@ pub async fn open_store(
     config_path: &Path,
     config: &Config,
 ) -> Result<Arc<dyn Store>, ConfigError> {
-    open_store_section(config_path, &config.store).await
+    open_store_section(config_path, &config.store, false).await
 }
 
 /// Where a store records the mode (test or live) of the payments it holds.
@@ -262,18 +262,27 @@ pub async fn check_store_mode(
 }
 
 /// Opens the store a `[store]` section names; a relative SQLite path is relative to
-/// `config_path`'s folder.
+/// `config_path`'s folder. With `outbox`, a `memory:` store keeps every committed
+/// event, as the durable stores do (for the commands that read them back).
 pub async fn open_store_section(
     config_path: &Path,
     store: &StoreConfig,
+    outbox: bool,
 ) -> Result<Arc<dyn Store>, ConfigError> {
     let refused =
         |e: offsession_core::StoreError| invalid("store.url", crate::error::with_causes(&e));
     Ok(match store.parsed_url()? {
-        StoreUrl::Memory => match store.memory_keep_settled {
-            Some(keep) => Arc::new(MemoryStore::with_retention(keep)),
-            None => Arc::new(MemoryStore::new()),
-        },
+        StoreUrl::Memory => {
+            let memory = match store.memory_keep_settled {
+                Some(keep) => MemoryStore::with_retention(keep),
+                None => MemoryStore::new(),
+            };
+            Arc::new(if outbox {
+                memory.keeping_events()
+            } else {
+                memory
+            })
+        }
         StoreUrl::Sqlite(path) => {
             let synchronous = match store.synchronous {
                 SynchronousMode::Normal => Synchronous::Normal,
@@ -375,13 +384,7 @@ async fn build_with(
     }
     builder = builder.routing(config.routing.clone());
 
-    let store = match config.store.parsed_url()? {
-        StoreUrl::Memory if outbox => Arc::new(match config.store.memory_keep_settled {
-            Some(keep) => MemoryStore::with_retention(keep).keeping_events(),
-            None => MemoryStore::with_outbox(),
-        }) as Arc<dyn Store>,
-        _ => open_store(config_path, config).await?,
-    };
+    let store = open_store_section(config_path, &config.store, outbox).await?;
     if let Some(record) = live {
         check_store_mode(store.as_ref(), config.engine.livemode, record).await?;
     }

@@ -14,6 +14,16 @@ fn url() -> Option<String> {
     offsession_store::conformance::test_postgres_url("Postgres store")
 }
 
+/// A plain connection to the test database, beside the stores (to change or inspect
+/// their tables behind their backs).
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn schema(name: &str) -> String {
@@ -96,10 +106,7 @@ async fn a_newer_schema_is_refused() {
     let Some(url) = url() else { return };
     let schema = schema("newer");
     let store = PostgresStore::connect(&url, &schema, 1).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&url).await;
     client
         .batch_execute(&format!("UPDATE {schema}.schema_version SET version = 99"))
         .await
@@ -131,10 +138,7 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
     let stored = store.get("osp_upgrade").await.unwrap();
     assert!(stored.is_some());
     // Back to version 2 as it was: bodies in `jsonb`, the table's default toast target.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&url).await;
     client
         .batch_execute(&format!(
             "ALTER TABLE {schema}.payments ALTER COLUMN body TYPE jsonb USING body::jsonb;
@@ -398,10 +402,7 @@ async fn a_write_under_a_lost_card_lock_is_refused() {
     };
     let held_a = a.lock_card(&card).await.unwrap();
     // A's lock session ends.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&url).await;
     let killed = client
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_locks
@@ -666,10 +667,7 @@ async fn an_unreadable_row_does_not_fail_the_claim_of_the_others() {
     for (id, at) in [("osp_bad", 1_000), ("osp_good", 2_000)] {
         store.insert(&sample_record(id, at, None)).await.unwrap();
     }
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&url).await;
     client
         .batch_execute(&format!(
             "UPDATE {schema}.payments SET body = '{{\"from_a_newer_binary\": true}}'

@@ -31,14 +31,8 @@ impl Engine {
         at: Timestamp,
     ) -> Result<u64, StoreError> {
         let types = EventType::for_change(from, next.payment.status);
-        let events = self.build_events(types, &next.payment, at);
-        let version = self
-            .inner
-            .store
-            .commit_under_lock(lock, next, expected, &events)
-            .await?;
-        self.publish(events, &next.payment);
-        Ok(version)
+        self.commit_events_under(Some(lock), next, expected, types, at)
+            .await
     }
 
     /// Writes `next` with events of `types` in one store transaction, then hands the
@@ -50,8 +44,29 @@ impl Engine {
         types: &[EventType],
         at: Timestamp,
     ) -> Result<u64, StoreError> {
+        self.commit_events_under(None, next, expected, types, at)
+            .await
+    }
+
+    /// `commit_events`, under `lock` when given (the store's `commit_under_lock`).
+    async fn commit_events_under(
+        &self,
+        lock: Option<offsession_core::CardLock>,
+        next: &PaymentRecord,
+        expected: Expected,
+        types: &[EventType],
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
         let events = self.build_events(types, &next.payment, at);
-        let version = self.inner.store.commit(next, expected, &events).await?;
+        let store = &self.inner.store;
+        let version = match lock {
+            Some(lock) => {
+                store
+                    .commit_under_lock(lock, next, expected, &events)
+                    .await?
+            }
+            None => store.commit(next, expected, &events).await?,
+        };
         self.publish(events, &next.payment);
         Ok(version)
     }

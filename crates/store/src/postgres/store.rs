@@ -236,12 +236,11 @@ impl Store for PostgresStore {
         expected: Expected,
         events: &[EventNotification],
     ) -> Result<u64, StoreError> {
-        let held = match lock.into_held().map(|held| held.downcast::<HeldCard>()) {
+        let mut held = match lock.into_held().map(|held| held.downcast::<HeldCard>()) {
             Some(Ok(held)) => held,
             // Not this store's lock: nothing to write under.
             _ => return self.commit(record, expected, events).await,
         };
-        let mut held = held;
         let (row, events) = RecordRow::with_events(record, events)?;
         let Some(client) = held.client.as_ref() else {
             return Err(StoreError::backend(

@@ -704,20 +704,20 @@ async fn a_lock_of_several_keys_holds_each_on_one_connection() {
     // Eight connections: a card pool of two.
     let a = PostgresStore::connect(&url, &schema, 8).await.unwrap();
     let b = PostgresStore::connect(&url, &schema, 8).await.unwrap();
-    let first = a.lock_cards(&["card:mock:fp_1", "pm_1"]).await.unwrap();
-    let second = tokio::time::timeout(
-        Duration::from_secs(10),
-        a.lock_cards(&["card:mock:fp_2", "pm_2"]),
-    )
-    .await
-    .expect("a second holder gets the pool's second connection")
-    .unwrap();
-    for key in ["card:mock:fp_1", "pm_1", "card:mock:fp_2", "pm_2"] {
+    // Advisory locks are the database's, not the schema's: keys of this test only.
+    let [card_1, pm_1, card_2, pm_2] =
+        ["card:mock:fp_1", "pm_1", "card:mock:fp_2", "pm_2"].map(|key| format!("{schema}/{key}"));
+    let first = a.lock_cards(&[&card_1, &pm_1]).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), a.lock_cards(&[&card_2, &pm_2]))
+        .await
+        .expect("a second holder gets the pool's second connection")
+        .unwrap();
+    for key in [&card_1, &pm_1, &card_2, &pm_2] {
         let waited = tokio::time::timeout(Duration::from_millis(300), b.lock_card(key)).await;
         assert!(waited.is_err(), "{key} was not held");
     }
     drop(first);
-    let again = tokio::time::timeout(Duration::from_secs(10), b.lock_card("pm_1"))
+    let again = tokio::time::timeout(Duration::from_secs(10), b.lock_card(&pm_1))
         .await
         .expect("released on drop")
         .unwrap();

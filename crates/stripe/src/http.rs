@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 
-use crate::transformers::{error_code, Form, WireErrorCode};
+use crate::transformers::{error_code, is_stripe_error, Form, WireErrorCode};
 use crate::StripeProcessor;
 
 /// The most bytes read from any Stripe response body; the rest is never read.
@@ -63,7 +63,8 @@ impl Reply {
     /// (`402`) or a refusal of the request itself (`400`, `404`, …), which Stripe
     /// answers a retry of an executed request with from its idempotency store, so it
     /// speaks for every earlier try. Not a server error, `409`, `429`, `401` or `403`:
-    /// those say only that this try was not run.
+    /// those say only that this try was not run. (A keyed request's 4xx without
+    /// Stripe's error body never gets here: `send` makes it [`Reply::Lost`].)
     fn is_definite(&self) -> bool {
         match self {
             Reply::Response { status, .. } => {
@@ -221,6 +222,25 @@ impl StripeProcessor {
                         .get(reqwest::header::LOCATION)
                         .map(|v| quote_at_most(&String::from_utf8_lossy(v.as_bytes()), 200));
                     match read_capped(response).await {
+                        // On a keyed request (one that may move money) only Stripe's own
+                        // error body is Stripe's answer. A 4xx without it is a proxy's or
+                        // a load balancer's (a 408 after forwarding, a 400 or 404 of its
+                        // own): it says neither that Stripe ran the request nor that it
+                        // did not, so the outcome stays unknown and the request is sent
+                        // again under the same key.
+                        Ok((body, truncated))
+                            if idempotency_key.is_some()
+                                && status.is_client_error()
+                                && !is_stripe_error(&body, truncated) =>
+                        {
+                            (
+                                Reply::Lost(format!(
+                                    "HTTP {status} without Stripe's error body, so not Stripe's answer (a proxy's?): {}",
+                                    quote_at_most(&body, 200)
+                                )),
+                                true,
+                            )
+                        }
                         Ok((body, truncated)) => {
                             let guess = status.is_server_error()
                                 || status == StatusCode::CONFLICT

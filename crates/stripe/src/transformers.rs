@@ -15,7 +15,9 @@ mod error;
 mod intent;
 mod method;
 
-pub use error::{error_code, error_outcome, ErrorBody, WireError, WireErrorCode, WireErrorType};
+pub use error::{
+    error_code, error_outcome, is_stripe_error, ErrorBody, WireError, WireErrorCode, WireErrorType,
+};
 pub use intent::{IntentStatus, ObjectType, PaymentIntent};
 pub use method::{
     preflight_details, Card, List, PaymentMethod, SetupIntent, SetupIntentStatus, SetupUsage,

@@ -358,6 +358,57 @@ async fn a_lost_try_then_a_rate_limited_retry_is_unknown_and_the_replay_returns_
     unknown_then_the_replay_returns_the_charge(&fake, "pm_lost", 2, 2).await;
 }
 
+#[tokio::test]
+async fn a_lost_try_then_a_proxys_4xx_is_unknown_and_the_replay_returns_the_charge() {
+    // The transport retry meets a proxy (a 408 or 404 page, not Stripe's error body),
+    // which says nothing of the first try: taken as Stripe's refusal it made the
+    // attempt a fault, and the engine could send the payment to another processor
+    // under a new key while the first had charged.
+    for status in [408, 404, 400] {
+        let fake = Fake::start().await;
+        fake.script(
+            "pm_lost",
+            vec![Script::Hang(
+                Duration::from_secs(2),
+                Box::new(Script::Succeed),
+            )],
+        );
+        fake.state.lock().unwrap().gate = std::collections::VecDeque::from([
+            None,
+            Some((status, json!("<html><body>Request Timeout</body></html>"))),
+        ]);
+        unknown_then_the_replay_returns_the_charge(&fake, "pm_lost", 1, 2).await;
+    }
+}
+
+#[tokio::test]
+async fn a_proxys_4xx_on_the_first_try_is_unknown_not_a_refusal() {
+    // A proxy that forwarded the request and then answered 408 may have let Stripe
+    // charge; only Stripe's own error body is a refusal.
+    let fake = Fake::start().await;
+    fake.state.lock().unwrap().gate = std::collections::VecDeque::from([Some((
+        408,
+        json!("<html><body>408 Request Timeout</body></html>"),
+    ))]);
+    let mut config = fake.config();
+    config.max_network_retries = 0;
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_proxy");
+    let request = AuthorizeRequest {
+        payment: &p,
+        attempt_number: 1,
+        idempotency_key: "osp_test_1:attempt:1",
+    };
+    let first = processor.authorize(request).await;
+    assert!(matches!(first, AttemptOutcome::Unknown { .. }), "{first:?}");
+    let replay = processor.authorize(request).await;
+    assert!(
+        matches!(replay, AttemptOutcome::Approved { .. }),
+        "{replay:?}"
+    );
+    assert_eq!(fake.charges_created(), 1);
+}
+
 /// Authorizes `pm` (whose first try charges and is never answered) with
 /// `max_network_retries`: the outcome is unknown after `sends` requests, and the
 /// engine's replay with the same key returns the one charge.

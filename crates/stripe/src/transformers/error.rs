@@ -126,6 +126,30 @@ impl WireError {
     }
 }
 
+/// Whether `body` is Stripe's error body (`{"error": {"type": …}}`), as every error
+/// Stripe itself answers is; a proxy's or load balancer's error page is not. A body cut
+/// at [`crate::MAX_BODY_BYTES`] (`truncated`) cannot be parsed, so it counts when it
+/// opens as one (`{"error": {`).
+pub fn is_stripe_error(body: &str, truncated: bool) -> bool {
+    if !truncated {
+        // Only the envelope: an error whose other members this adapter cannot read
+        // (a changed PaymentIntent inside a decline) is still Stripe's.
+        return serde_json::from_str::<serde_json::Value>(body)
+            .is_ok_and(|value| value["error"]["type"].is_string());
+    }
+    let rest = body.trim_start();
+    let Some(rest) = rest.strip_prefix('{') else {
+        return false;
+    };
+    let Some(rest) = rest.trim_start().strip_prefix("\"error\"") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_start().strip_prefix(':') else {
+        return false;
+    };
+    rest.trim_start().starts_with('{')
+}
+
 /// The `code` of an error body, if it is one.
 pub fn error_code(body: &str) -> Option<WireErrorCode> {
     ErrorBody::read(body).error.code

@@ -197,6 +197,10 @@ async fn create_intent(
             );
         }
         if let Some(Some((status, error))) = state.gate.pop_front() {
+            // A string is a proxy's page, sent as it is; an object is Stripe's error.
+            if let Value::String(page) = error {
+                return (StatusCode::from_u16(status).unwrap(), page).into_response();
+            }
             return error_response(status, error, None);
         }
         if let Some(key) = &key {

@@ -92,6 +92,7 @@ fn retry_decisions(c: &mut Criterion) {
             country: Some("US".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     };
@@ -197,6 +198,7 @@ fn routing(c: &mut Criterion) {
             country: Some("US".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     };

@@ -47,6 +47,12 @@ pub struct CardDetails {
     /// fingerprint, and the network rules count per card, not per payment method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The processor (its configured id) whose fingerprint it is: fingerprints of
+    /// different processors (or Stripe accounts) are not comparable. Set by the
+    /// engine at create, where preflight ran; `None` in records made before it was,
+    /// whose card key names the payment's processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_by: Option<String>,
 }
 
 /// What preflight learned about the payment method.

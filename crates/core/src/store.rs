@@ -130,12 +130,19 @@ impl PaymentRecord {
     /// The card this payment charges, as the network rules count it:
     /// `card:<processor>:<fingerprint>` when preflight reported the card's fingerprint
     /// (the same card saved as two payment methods is one card), else the payment
-    /// method's id. Fixed at create, when preflight runs (on the payment's processor,
-    /// whose fingerprints are not matched with another processor's).
+    /// method's id. Fixed at create, when preflight runs. `<processor>` is the one
+    /// whose fingerprint it is (`CardDetails::fingerprint_by`: preflight's, whichever
+    /// processor the payment is routed to, so that payments on one card routed to
+    /// different processors share one history); a record made before that was kept
+    /// names its own processor.
     pub fn card_key(&self) -> std::borrow::Cow<'_, str> {
-        match self.fingerprint() {
+        let card = self.method.as_ref().and_then(|m| m.card.as_ref());
+        match card.and_then(|c| c.fingerprint.as_deref()) {
             Some(fingerprint) => {
-                std::borrow::Cow::Owned(format!("card:{}:{fingerprint}", self.processor))
+                let by = card
+                    .and_then(|c| c.fingerprint_by.as_deref())
+                    .unwrap_or(&self.processor);
+                std::borrow::Cow::Owned(format!("card:{by}:{fingerprint}"))
             }
             None => std::borrow::Cow::Borrowed(&self.payment.payment_method),
         }

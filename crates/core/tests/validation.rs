@@ -630,6 +630,7 @@ fn card() -> PaymentMethodDetails {
             country: Some("US".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     }

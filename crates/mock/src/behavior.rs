@@ -203,6 +203,7 @@ pub fn parse_test_method(id: &str) -> Option<TestMethod> {
             country: Some("US".to_owned()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         },
         behavior,
     })

@@ -327,6 +327,7 @@ impl Processor for MockProcessor {
                 country: pm.country.clone(),
                 wallet: pm.wallet.clone(),
                 fingerprint: pm.fingerprint.clone(),
+                fingerprint_by: None,
             });
             return Ok(PaymentMethodDetails {
                 payment_method_type: pm.payment_method_type.clone(),

@@ -1363,3 +1363,82 @@ async fn attempts_filed_before_fingerprints_still_bar_the_card() {
         "sent to a barred card"
     );
 }
+
+/// A card's history is one whichever processor a payment is routed to: the key names
+/// the processor whose fingerprint it is (preflight's), not the payment's route. Keyed
+/// by the route, a Mastercard advice 21 received through `a` did not bar a payment on
+/// the same card routed to `b`, and the caps were counted per processor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_is_one_card_across_the_processors_it_is_routed_to() {
+    let store = Arc::new(MemoryStore::new());
+    let processor = |id: &str| {
+        let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+        codes.network_advice_code = Some("21".into());
+        Arc::new(Altered {
+            answer: Some(AttemptOutcome::Declined {
+                codes,
+                reference: Default::default(),
+            }),
+            ..Altered::new(Arc::new(MockProcessor::new(
+                id,
+                vault(
+                    "[[payment_methods]]\nid = \"pm_routed\"\ncustomer = \"cus_123\"\nbrand = \"mastercard\"\nfingerprint = \"fp_routed\"",
+                ),
+            )))
+        })
+    };
+    let (a, b) = (processor("a"), processor("b"));
+    let routing: offsession_orchestrator::RoutingConfig = serde_json::from_value(json!({
+        "rules": [{"name": "small", "when": {"amount_max": 1000}, "processors": ["a"]}],
+        "default": {"processors": ["b"]},
+    }))
+    .unwrap();
+    let engine = Engine::builder()
+        .processor(a.clone())
+        .processor(b.clone())
+        .routing(routing)
+        .store(store.clone())
+        .clock(Arc::new(SystemClock))
+        .events(Arc::new(CollectEvents::new()))
+        .build()
+        .unwrap();
+    let body = |amount: i64| {
+        json!({
+            "amount": {"value": amount, "currency": "usd"},
+            "cadence": "recurring",
+            "customer": "cus_123",
+            "payment_method": "pm_routed",
+        })
+        .to_string()
+    };
+    let small = engine
+        .create_json(body(500).as_bytes(), None)
+        .await
+        .unwrap()
+        .id;
+    engine.run_due().await.unwrap();
+    let small = engine.record(&small).await.unwrap();
+    assert_eq!(small.processor, "a");
+    assert_eq!(
+        small.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(a.sends.load(Ordering::SeqCst), 1);
+
+    let large = engine
+        .create_json(body(2000).as_bytes(), None)
+        .await
+        .unwrap()
+        .id;
+    engine.run_due().await.unwrap();
+    let large = engine.record(&large).await.unwrap();
+    assert_eq!(large.processor, "b");
+    assert_eq!(b.sends.load(Ordering::SeqCst), 0, "sent to a barred card");
+    assert_eq!(
+        large.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(large.payment.retry_details.attempts, 0);
+    let stored = store.get(&large.payment.id).await.unwrap().unwrap();
+    assert_eq!(stored.card_key(), "card:a:fp_routed");
+}

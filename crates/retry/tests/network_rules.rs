@@ -124,7 +124,7 @@ proptest! {
         record.payment.retry_details.attempts = attempts;
         let method = PaymentMethodDetails {
             payment_method_type: "card".into(),
-            card: Some(CardDetails { brand: brand.into(), funding: "credit".into(), country: Some("US".into()), wallet: None, fingerprint: None }),
+            card: Some(CardDetails { brand: brand.into(), funding: "credit".into(), country: Some("US".into()), wallet: None, fingerprint: None, fingerprint_by: None }),
             bank_country: None,
         };
         let now = Timestamp::from_millis(NOW);
@@ -200,6 +200,7 @@ fn card(brand: &str) -> PaymentMethodDetails {
             country: Some("US".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     }

@@ -22,6 +22,7 @@ fn card(country: &str) -> PaymentMethodDetails {
             country: Some(country.into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     }

@@ -284,6 +284,7 @@ impl Population {
                         country: Some(country.clone()),
                         wallet: None,
                         fingerprint: None,
+                        fingerprint_by: None,
                     },
                     method_type: method_type.clone(),
                     pay_rule,

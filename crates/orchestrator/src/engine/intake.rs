@@ -102,7 +102,11 @@ impl Engine {
         // Preflight asks the first configured processor; routing then uses the facts.
         let processor = self.inner.processors.list[0].clone();
         let mut payment = self.new_payment(&valid, clock_now);
-        let method = processor.preflight(&payment).await?;
+        let mut method = processor.preflight(&payment).await?;
+        // The fingerprint is this processor's, whichever processor the route picks.
+        if let Some(card) = method.card.as_mut().filter(|c| c.fingerprint.is_some()) {
+            card.fingerprint_by = Some(processor.id().to_owned());
+        }
         let resolved = resolve_for_method(
             &valid,
             &method,

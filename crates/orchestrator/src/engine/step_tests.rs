@@ -41,6 +41,7 @@ fn in_flight(number: u32, replays: u32, unknown: bool, capture: CaptureMethod) -
             country: Some("US".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         }),
         bank_country: None,
     };

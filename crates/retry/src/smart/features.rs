@@ -256,6 +256,7 @@ mod tests {
             country: Some("JP".into()),
             wallet: None,
             fingerprint: None,
+            fingerprint_by: None,
         };
         let s = situation(
             Some(DeclineCategory::SoftFunds),

@@ -97,6 +97,7 @@ impl PaymentMethod {
                     .and_then(|t| t.as_str())
                     .map(str::to_owned),
                 fingerprint: card.fingerprint.clone().filter(|f| !f.is_empty()),
+                fingerprint_by: None,
             }),
             bank_country: match self.method_type.scheme_country() {
                 Some(fixed) => Some(fixed.into()),

@@ -329,6 +329,20 @@ impl OffSessionPayment {
     pub fn orchestrated(&self) -> bool {
         self.payments_orchestration.is_some_and(|o| o.enabled)
     }
+
+    /// The latest time an attempt may be sent: `retry_details.retry_until`, and for a
+    /// manual capture `capture.capture_before` (an authorization made after it could
+    /// not be captured), whichever comes first.
+    pub fn attempts_end(&self) -> Option<Timestamp> {
+        let capture_before = match self.capture.capture_method {
+            CaptureMethod::Manual => self.capture.capture_before,
+            CaptureMethod::Automatic => None,
+        };
+        match (self.retry_details.retry_until, capture_before) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 #[cfg(test)]

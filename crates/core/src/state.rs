@@ -114,8 +114,10 @@ pub fn transition(
         (S::Processing, T::Authorize) => S::RequiresCapture,
         (S::Processing, T::ScheduleRetry) => S::PendingRetry,
         (S::Processing, T::Fail) => S::Failed,
-        // A scheduled retry that network rules push past the retry window.
-        (S::PendingRetry, T::Fail) => S::Failed,
+        // A payment whose next attempt may not be made (network rules push it past
+        // its window, a card barred by an advice code, `retry_until` or
+        // `capture_before` passed before it was sent) fails without one.
+        (S::Pending | S::PendingRetry, T::Fail) => S::Failed,
         (S::Pending | S::PendingRetry | S::Paused | S::RequiresCapture, T::Cancel) => S::Canceled,
         (S::Pending | S::PendingRetry, T::Pause) => S::Paused,
         (S::Paused, T::Resume { attempted: false }) => S::Pending,
@@ -143,6 +145,7 @@ mod tests {
         (S::Processing, T::ScheduleRetry, S::PendingRetry),
         (S::Processing, T::Fail, S::Failed),
         (S::PendingRetry, T::Fail, S::Failed),
+        (S::Pending, T::Fail, S::Failed),
         (S::Pending, T::Cancel, S::Canceled),
         (S::PendingRetry, T::Cancel, S::Canceled),
         (S::Paused, T::Cancel, S::Canceled),

@@ -1442,3 +1442,67 @@ async fn a_card_is_one_card_across_the_processors_it_is_routed_to() {
     let stored = store.get(&large.payment.id).await.unwrap().unwrap();
     assert_eq!(stored.card_key(), "card:a:fp_routed");
 }
+
+/// Nothing is sent after the payment's deadlines, however late it is claimed (a
+/// worker that was down): a first attempt after `capture.capture_before` (an
+/// authorization that could not be captured), a retry after `retry_until`.
+#[tokio::test]
+async fn nothing_is_sent_after_the_deadlines_when_claimed_late() {
+    let clock = Arc::new(offsession_core::ManualClock::new(start()));
+    let processor = Arc::new(Altered::new(mock()));
+    let engine = Engine::builder()
+        .processor(processor.clone())
+        .store(Arc::new(MemoryStore::new()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3_600);
+    let create = |body: serde_json::Value| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .create_json(body.to_string().as_bytes(), None)
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let manual = create(json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa",
+        "capture": {"capture_method": "manual", "capture_before": start().plus(hour).to_string()},
+    }))
+    .await;
+    let retried = create(json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1",
+        "retry_details": {"retry_until": start().plus(2 * DAY).to_string()},
+    }))
+    .await;
+    // The worker is down past `capture_before`; only the card without one is tried.
+    clock.set(start().plus(2 * hour));
+    engine.run_due().await.unwrap();
+    let p = engine.retrieve(&manual).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
+    assert_eq!(p.retry_details.attempts, 0);
+    assert_eq!(
+        processor.sends.load(Ordering::SeqCst),
+        1,
+        "only the retried card"
+    );
+    let p = engine.retrieve(&retried).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::PendingRetry);
+    // Its retry falls before `retry_until`, but the worker is down until after it.
+    clock.set(start().plus(5 * DAY));
+    engine.run_due().await.unwrap();
+    let p = engine.retrieve(&retried).await.unwrap();
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
+    assert_eq!(p.retry_details.attempts, 1);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1, "no retry sent");
+}

@@ -410,6 +410,49 @@ async fn paused_payments_are_not_retried_until_resumed() {
 }
 
 #[tokio::test]
+async fn a_payment_resumed_after_its_retry_until_is_not_retried() {
+    let h = harness().await;
+    let mut body = h.body("pm_card_visa_chargeDeclinedInsufficientFunds_recoversAfter1");
+    body["retry_details"] = json!({"retry_until": start().plus(2 * DAY).to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    h.engine.pause(&p.id).await.unwrap();
+    h.advance(5 * DAY).await;
+    h.engine.resume(&p.id).await.unwrap();
+    h.advance(Duration::ZERO).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
+    assert_eq!(p.retry_details.attempts, 1, "no attempt after retry_until");
+}
+
+#[tokio::test]
+async fn a_target_date_after_a_deadline_is_refused() {
+    let h = harness().await;
+    for (field, deadline) in [
+        (
+            "retry_details",
+            json!({"retry_until": start().plus(DAY).to_string()}),
+        ),
+        (
+            "capture",
+            json!({"capture_method": "manual", "capture_before": start().plus(DAY).to_string()}),
+        ),
+    ] {
+        let mut body = h.body("pm_card_visa");
+        body[field] = deadline;
+        body["target_date"] = json!("2026-01-08");
+        let err = h.create_err(body).await;
+        assert_eq!(
+            err.param.as_deref(),
+            Some("target_date"),
+            "{field}: {err:?}"
+        );
+        assert!(err.message.contains(field), "{}", err.message);
+    }
+}
+
+#[tokio::test]
 async fn a_payment_paused_before_its_first_attempt_resumes_as_pending() {
     let h = harness().await;
     let p = h.create(h.body("pm_card_visa")).await;

@@ -310,6 +310,24 @@ pub fn validate_create(
             Some((text.clone(), at))
         }
     };
+    // The first attempt is made at the start of `target_date` (UTC): a deadline before
+    // it would leave no time for any attempt.
+    if let Some((text, at)) = &target_date {
+        let deadlines = [
+            ("retry_details.retry_until", retry_details.retry_until),
+            ("capture.capture_before", capture.capture_before),
+        ];
+        for (field, deadline) in deadlines {
+            if let Some(deadline) = deadline.filter(|deadline| deadline < at) {
+                return Err(ApiError::invalid(
+                    "target_date",
+                    format!(
+                        "`{text}` starts after `{field}` ({deadline}): no attempt could be made"
+                    ),
+                ));
+            }
+        }
+    }
 
     if let Some(clock) = &request.test_clock {
         if rules.livemode {

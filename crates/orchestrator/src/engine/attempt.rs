@@ -28,6 +28,30 @@ impl Engine {
                 tracing::warn!(payment = %record.payment.id, key = %last.idempotency_key, "attempt was in flight when its lease lapsed; replaying with the same key");
             }
         }
+        // Nothing is sent after the payment's `retry_until` (or a manual capture's
+        // `capture_before`), nor a retry after the window its policy gave it, however
+        // late the payment was claimed (a worker that was down, a resume, a cascade
+        // answered late). A replay of an attempt whose outcome is unknown goes on: it
+        // asks what became of an attempt already sent.
+        let unknown = replay && record.attempts.last().is_some_and(|a| a.outcome_unknown);
+        let ends = [
+            record.payment.attempts_end(),
+            record.retry_latest.filter(|_| !record.attempts.is_empty()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if !unknown && ends.is_some_and(|end| now > end) {
+            tracing::info!(payment = %record.payment.id, "the payment's attempt window has passed; failing without an attempt");
+            let mut next = record;
+            next.lease = None;
+            next.payment.status =
+                transition(from, Transition::Fail).unwrap_or(PaymentStatus::Failed);
+            next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
+            next.due_at = None;
+            self.commit_change(&next, expected, from, now).await?;
+            return Ok(Duration::ZERO);
+        }
         // Every cap check (a retry's, a Mastercard first attempt's) and its
         // write-ahead happen under the card's lock (in this process and across
         // instances sharing the store), so two attempts on one card cannot both spend

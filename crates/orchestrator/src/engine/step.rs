@@ -544,10 +544,11 @@ fn file_decline(
             return;
         }
     }
-    // Whatever the policy, nothing is attempted after the payment's `retry_until`.
+    // Whatever the policy, nothing is attempted after the payment's `retry_until`
+    // (or a manual capture's `capture_before`).
     let decision = policy
         .decide(record, &codes, category)
-        .within(record.payment.retry_details.retry_until);
+        .within(record.payment.attempts_end());
     match decision {
         RetryDecision::RetryAt { not_before, latest } => {
             effects.push(Effect::RetryScheduled {

@@ -194,8 +194,10 @@ impl NetworkRules {
     }
 }
 
-/// If the attempts in `(t - window, t]` already fill `cap`, the earliest time after
-/// `t` at which one of them leaves the window.
+/// If the attempts after `t - window` already fill `cap`, the earliest time after
+/// `t` at which one of them leaves the window. Attempts stamped after `t` count too:
+/// the card's history holds only attempts already made, so one "after" `t` was made
+/// by an instance whose clock runs ahead, and it is as real as the others.
 fn push_past<'a>(
     attempts: impl Iterator<Item = &'a CardAttempt>,
     t: i64,
@@ -208,7 +210,7 @@ fn push_past<'a>(
     }
     let mut inside: Vec<i64> = attempts
         .map(|a| a.at.as_millis())
-        .filter(|&at| at > t - window && at <= t)
+        .filter(|&at| at > t - window)
         .collect();
     if (inside.len() as u64) < u64::from(cap) {
         return None;

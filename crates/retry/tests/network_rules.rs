@@ -355,6 +355,29 @@ fn attempts_in_flight_count_against_mastercard_decline_caps() {
 }
 
 #[test]
+fn attempts_stamped_ahead_by_a_fast_clock_still_count() {
+    // Another instance whose clock runs a few minutes ahead stamped ten declines on
+    // this card "in the future": they are real, and fill Mastercard's 24-hour cap.
+    let brand = offsession_core::CardBrand::Mastercard;
+    let history: Vec<_> = (0..10)
+        .map(|i| CardAttempt {
+            payment_id: format!("osp_{i}"),
+            attempt_number: 2,
+            at: Timestamp::from_millis(NOW + 60_000 + i * 1_000),
+            declined: true,
+            answered: true,
+            amount: 2000,
+            advice_code: None,
+        })
+        .collect();
+    let now = Timestamp::from_millis(NOW);
+    assert_eq!(
+        rules().earliest_allowed(Some(&brand), &history, 2000, now),
+        Timestamp::from_millis(NOW + 60_000 + DAY),
+    );
+}
+
+#[test]
 fn mastercard_advice_21_bars_the_card_for_thirty_days_across_payments() {
     let brand = offsession_core::CardBrand::Mastercard;
     let rules = rules();

@@ -190,6 +190,20 @@ pub trait Processor: Send + Sync + Debug {
     ) -> Result<Option<AuthorizationState>, ProcessorError> {
         Ok(None)
     }
+
+    /// What became of an authorization attempt whose replays keep answering
+    /// "unknown" (Stripe stores an error answered after execution started, a 500
+    /// included, under the key and answers it to every replay), read from the
+    /// processor's own records instead of through the key. `since` is when the attempt
+    /// was first sent. `Ok(None)`: not found, or this processor cannot look attempts
+    /// up; the engine keeps replaying then.
+    async fn find_authorization(
+        &self,
+        _request: AuthorizeRequest<'_>,
+        _since: crate::Timestamp,
+    ) -> Result<Option<AttemptOutcome>, ProcessorError> {
+        Ok(None)
+    }
 }
 
 /// Processors live behind `Arc<dyn Processor>` chosen by config: keep the trait object-safe.

@@ -39,6 +39,8 @@ struct Altered {
     capture_gate: Option<Arc<tokio::sync::Notify>>,
     /// A release (cancel) waits for this before it is made.
     cancel_gate: Option<Arc<tokio::sync::Notify>>,
+    /// `Processor::find_authorization`'s answer.
+    found: Option<AttemptOutcome>,
     sends: AtomicU32,
 }
 
@@ -52,6 +54,7 @@ impl Altered {
             window: None,
             capture_gate: None,
             cancel_gate: None,
+            found: None,
             sends: AtomicU32::new(0),
         }
     }
@@ -115,6 +118,13 @@ impl Processor for Altered {
             return Err(self.outage("retrieve"));
         }
         self.mock.authorization_state(reference).await
+    }
+    async fn find_authorization(
+        &self,
+        _request: AuthorizeRequest<'_>,
+        _since: Timestamp,
+    ) -> Result<Option<AttemptOutcome>, ProcessorError> {
+        Ok(self.found.clone())
     }
 }
 
@@ -1505,4 +1515,38 @@ async fn nothing_is_sent_after_the_deadlines_when_claimed_late() {
     assert_eq!(p.failure_reason, Some(FailureReason::ExceededRetryWindow));
     assert_eq!(p.retry_details.attempts, 1);
     assert_eq!(processor.sends.load(Ordering::SeqCst), 1, "no retry sent");
+}
+
+/// An attempt whose replays keep answering "unknown" (a processor replaying a stored
+/// error under the key) is settled by what the processor's records say: here the
+/// charge was made, and the payment succeeds instead of failing after the key's window
+/// while the customer was charged.
+#[tokio::test]
+async fn an_attempt_replayed_unknown_is_settled_by_the_processors_records() {
+    let reference = offsession_core::ProcessorReference {
+        payment: Some("pi_found".into()),
+        charge: Some("ch_found".into()),
+    };
+    let alter = Altered {
+        answer: Some(AttemptOutcome::Unknown {
+            message: "stripe 500 api_error (replayed)".into(),
+        }),
+        found: Some(AttemptOutcome::Approved {
+            reference: reference.clone(),
+        }),
+        ..Altered::new(mock())
+    };
+    let (h, processor) = altered(alter, EngineConfig::default()).await;
+    let p = h.create(h.body("pm_card_visa")).await;
+    h.advance(Duration::ZERO).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Processing);
+    h.advance(DAY).await;
+    let done = h.get(&p.id).await;
+    assert_eq!(done.status, PaymentStatus::Succeeded);
+    assert_eq!(done.retry_details.attempts, 1);
+    assert_eq!(
+        processor.sends.load(Ordering::SeqCst),
+        2,
+        "one send, one replay"
+    );
 }

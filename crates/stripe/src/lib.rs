@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod find;
 mod http;
 mod preflight;
 mod secret;
@@ -199,6 +200,16 @@ impl Processor for StripeProcessor {
                 quote(&format!("{other:?}"))
             ))),
         }
+    }
+
+    /// `GET /v1/payment_intents?customer=…&created[gte]=…`, paged: the intent whose
+    /// metadata names this payment and attempt.
+    async fn find_authorization(
+        &self,
+        request: AuthorizeRequest<'_>,
+        since: offsession_core::Timestamp,
+    ) -> Result<Option<AttemptOutcome>, ProcessorError> {
+        self.find_intent(request, since).await
     }
 
     /// Stripe keeps an idempotency key for at least 24 hours; the engine stops

@@ -409,6 +409,74 @@ async fn a_proxys_4xx_on_the_first_try_is_unknown_not_a_refusal() {
     assert_eq!(fake.charges_created(), 1);
 }
 
+#[tokio::test]
+async fn an_attempt_whose_key_replays_a_stored_500_is_found_by_its_metadata() {
+    // Stripe charged, then failed and stored the 500 under the key: every replay
+    // answers the same 500. The attempt is found among the customer's PaymentIntents
+    // by the payment id and attempt number the adapter put in its metadata.
+    let fake = Fake::start().await;
+    fake.script("pm_stored", vec![Script::ChargeThenFail(500)]);
+    let mut config = fake.config();
+    config.max_network_retries = 0;
+    let processor = offsession_stripe::StripeProcessor::new(config).unwrap();
+    let p = payment("pm_stored");
+    // A merchant's own PaymentIntent for the same customer is not the attempt.
+    let mut other = payment("pm_card_visa");
+    other.id = "osp_test_other".into();
+    let request = AuthorizeRequest {
+        payment: &p,
+        attempt_number: 1,
+        idempotency_key: "osp_test_1:attempt:1",
+    };
+    let since = offsession_core::Timestamp::from_millis(1_767_225_600_000);
+    for _ in 0..2 {
+        let outcome = processor.authorize(request).await;
+        assert!(
+            matches!(outcome, AttemptOutcome::Unknown { .. }),
+            "{outcome:?}"
+        );
+    }
+    let other_request = AuthorizeRequest {
+        payment: &other,
+        attempt_number: 1,
+        idempotency_key: "osp_test_other:attempt:1",
+    };
+    assert!(matches!(
+        processor.authorize(other_request).await,
+        AttemptOutcome::Approved { .. }
+    ));
+    let found = processor.find_authorization(request, since).await.unwrap();
+    assert_eq!(
+        found,
+        Some(AttemptOutcome::Approved {
+            reference: ProcessorReference {
+                payment: Some("pi_fake_1".into()),
+                charge: Some("ch_fake_1".into()),
+            }
+        })
+    );
+    // Another attempt of the payment, or another customer's, is not found.
+    let second = AuthorizeRequest {
+        attempt_number: 2,
+        ..request
+    };
+    assert_eq!(
+        processor.find_authorization(second, since).await.unwrap(),
+        None
+    );
+    let mut elsewhere = p.clone();
+    elsewhere.customer = "cus_2".into();
+    let request = AuthorizeRequest {
+        payment: &elsewhere,
+        ..request
+    };
+    assert_eq!(
+        processor.find_authorization(request, since).await.unwrap(),
+        None
+    );
+    assert_eq!(fake.charges_created(), 2);
+}
+
 /// Authorizes `pm` (whose first try charges and is never answered) with
 /// `max_network_retries`: the outcome is unknown after `sends` requests, and the
 /// engine's replay with the same key returns the one charge.

@@ -221,15 +221,31 @@ impl Engine {
                     .record(waited.as_secs_f64());
             }
             let sent = std::time::Instant::now();
-            let outcome = processor
-                .authorize(AuthorizeRequest {
-                    payment: &record.payment,
-                    attempt_number: attempt.number,
-                    idempotency_key: &attempt.idempotency_key,
-                })
-                .await;
+            let request = AuthorizeRequest {
+                payment: &record.payment,
+                attempt_number: attempt.number,
+                idempotency_key: &attempt.idempotency_key,
+            };
+            let mut outcome = processor.authorize(request).await;
             metrics::histogram!("offsession_attempt_duration_seconds", "processor" => processor.id().to_owned())
                 .record(sent.elapsed().as_secs_f64());
+            // A replay that answers "unknown" again may be the processor answering a
+            // stored error to every replay: ask it what became of the attempt.
+            if replay && matches!(outcome, AttemptOutcome::Unknown { .. }) {
+                match processor
+                    .find_authorization(request, attempt.started_at)
+                    .await
+                {
+                    Ok(Some(found)) if !matches!(found, AttemptOutcome::Unknown { .. }) => {
+                        tracing::warn!(payment = %record.payment.id, key = %attempt.idempotency_key, "an attempt's replays answered unknown; its outcome was found at the processor");
+                        outcome = found;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(payment = %record.payment.id, %error, "looking up an attempt whose outcome is unknown failed");
+                    }
+                }
+            }
             outcome
         };
         // While the answer is awaited the lease is renewed, so that no other

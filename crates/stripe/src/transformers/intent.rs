@@ -63,6 +63,10 @@ pub struct PaymentIntent {
     /// Why the last confirmation failed: the decline codes.
     #[serde(default)]
     pub last_payment_error: Option<Box<WireError>>,
+    /// The engine's `offsession_payment_id` and `offsession_attempt` among the
+    /// merchant's keys: how an attempt is found when its key's answer says nothing.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Longest PaymentIntent id accepted in an answer (the spec's `maxLength`).

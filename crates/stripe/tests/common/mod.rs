@@ -27,6 +27,9 @@ pub enum Script {
     Processing,
     /// HTTP status, error object, and an optional `Stripe-Should-Retry`.
     Error(u16, Value, Option<bool>),
+    /// Charges, then fails with this status (an `api_error`) after execution started:
+    /// Stripe stores that answer under the key and replays it to every retry.
+    ChargeThenFail(u16),
     /// Executes (and stores) the charge, then answers only after this delay.
     Hang(Duration, Box<Script>),
     // ----- misbehaviours: the charge is made and stored under the idempotency key as
@@ -246,6 +249,15 @@ async fn create_intent(
         intent["customer"] = json!(get("customer"));
         intent["payment_method"] = json!(pm);
         intent["last_payment_error"] = Value::Null;
+        intent["created"] = json!(1_767_225_600 + i64::from(n));
+        intent["metadata"] = form
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+                Some((key.to_owned(), json!(v)))
+            })
+            .collect::<serde_json::Map<String, Value>>()
+            .into();
         if let Script::Redirect(status, location) = &script {
             // A proxy's answer: Stripe never saw the request; nothing is stored.
             let mut response = StatusCode::from_u16(*status).unwrap().into_response();
@@ -268,6 +280,16 @@ async fn create_intent(
                 *status,
                 json!({"error": {"type": "api_error", "message": "x".repeat(*bytes)}}),
             ),
+            Script::ChargeThenFail(status) => {
+                intent["status"] = json!("succeeded");
+                state.charges_created += 1;
+                intent["latest_charge"] = json!(format!("ch_fake_{n}"));
+                state.intents.insert(format!("pi_fake_{n}"), intent.clone());
+                (
+                    *status,
+                    json!({"error": {"type": "api_error", "message": "An unknown error occurred."}}),
+                )
+            }
             Script::Hang(..) | Script::Redirect(..) => unreachable!(),
             _ => {
                 let status_name = match script {
@@ -299,6 +321,7 @@ async fn create_intent(
             Script::Huge(status, _) if *status != 200 => {
                 error_response(*status, body["error"].clone(), None)
             }
+            Script::ChargeThenFail(status) => error_response(*status, body["error"].clone(), None),
             Script::Huge(_, bytes) => {
                 let mut huge = body.clone();
                 huge["description"] = json!("x".repeat(*bytes));
@@ -478,6 +501,52 @@ async fn get_payment_method(
     }
 }
 
+/// `GET /v1/payment_intents`: newest first, by `customer` and `created[gte]`, paged by
+/// `limit` and `starting_after`.
+async fn list_intents(
+    State(fake): State<Fake>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut state = fake.state.lock().unwrap();
+    record(
+        &mut state,
+        "GET",
+        "/v1/payment_intents",
+        &uri,
+        &headers,
+        query.clone(),
+    );
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let since: i64 = param("created[gte]")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = param("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut all: Vec<Value> = state
+        .intents
+        .values()
+        .filter(|pi| param("customer").is_none_or(|c| pi["customer"] == json!(c)))
+        .filter(|pi| pi["created"].as_i64().unwrap_or(0) >= since)
+        .cloned()
+        .collect();
+    all.sort_by_key(|pi| std::cmp::Reverse(pi["created"].as_i64().unwrap_or(0)));
+    if let Some(after) = param("starting_after") {
+        if let Some(at) = all.iter().position(|pi| pi["id"] == json!(after)) {
+            all.drain(..=at);
+        }
+    }
+    let has_more = all.len() > limit;
+    all.truncate(limit);
+    Json(json!({"object": "list", "data": all, "has_more": has_more, "url": "/v1/payment_intents"}))
+        .into_response()
+}
+
 async fn list_setup_intents(
     State(fake): State<Fake>,
     uri: Uri,
@@ -518,7 +587,7 @@ impl Fake {
             addr: listener.local_addr().unwrap(),
         };
         let app = Router::new()
-            .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents", post(create_intent).get(list_intents))
             .route("/v1/payment_intents/{id}", get(get_intent))
             .route("/v1/payment_intents/{id}/capture", post(capture_intent))
             .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))

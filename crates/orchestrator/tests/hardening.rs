@@ -31,6 +31,9 @@ struct Altered {
     answer: Option<AttemptOutcome>,
     /// Captures fail, as in an outage.
     capture_fails: bool,
+    /// Captures are made, then answer an error (an answer lost, or stored under the
+    /// key after execution started).
+    capture_then_fails: bool,
     /// Releases and state reads fail, as in an outage.
     unreachable: bool,
     /// `Processor::idempotency_window`.
@@ -41,6 +44,9 @@ struct Altered {
     cancel_gate: Option<Arc<tokio::sync::Notify>>,
     /// `Processor::find_authorization`'s answer.
     found: Option<AttemptOutcome>,
+    /// Authorizations read as released at the processor (expired there), whose
+    /// cancel is refused, as Stripe refuses to cancel a canceled PaymentIntent.
+    released_already: bool,
     sends: AtomicU32,
 }
 
@@ -50,11 +56,13 @@ impl Altered {
             mock,
             answer: None,
             capture_fails: false,
+            capture_then_fails: false,
             unreachable: false,
             window: None,
             capture_gate: None,
             cancel_gate: None,
             found: None,
+            released_already: false,
             sends: AtomicU32::new(0),
         }
     }
@@ -96,13 +104,17 @@ impl Processor for Altered {
         if let Some(gate) = &self.capture_gate {
             gate.notified().await;
         }
-        self.mock.capture(request).await
+        let captured = self.mock.capture(request).await;
+        if self.capture_then_fails && captured.is_ok() {
+            return Err(self.outage("capture"));
+        }
+        captured
     }
     async fn cancel(&self, request: CancelRequest<'_>) -> Result<(), ProcessorError> {
         if let Some(gate) = &self.cancel_gate {
             gate.notified().await;
         }
-        if self.unreachable {
+        if self.unreachable || self.released_already {
             return Err(self.outage("cancel"));
         }
         self.mock.cancel(request).await
@@ -116,6 +128,9 @@ impl Processor for Altered {
     ) -> Result<Option<offsession_core::AuthorizationState>, ProcessorError> {
         if self.unreachable {
             return Err(self.outage("retrieve"));
+        }
+        if self.released_already {
+            return Ok(Some(offsession_core::AuthorizationState::Released));
         }
         self.mock.authorization_state(reference).await
     }
@@ -1549,4 +1564,46 @@ async fn an_attempt_replayed_unknown_is_settled_by_the_processors_records() {
         2,
         "one send, one replay"
     );
+}
+
+/// A capture that answers an error after the processor captured (a lost answer, or
+/// an error Stripe stored under the key and repeats to every retry) is recorded as
+/// the capture it was, not refused while the customer's money was taken.
+#[tokio::test]
+async fn a_capture_that_errs_after_capturing_is_recorded() {
+    let alter = Altered {
+        capture_then_fails: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual"});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    let captured = h.engine.capture(&p.id, None).await.unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Succeeded);
+}
+
+/// An authorization the processor reports released already (expired there) fails the
+/// payment at its expiry without a cancel, which the processor would refuse: it is not
+/// kept `requires_capture` and tried hourly for the replay deadline.
+#[tokio::test]
+async fn an_authorization_released_at_the_processor_expires_at_once() {
+    let alter = Altered {
+        released_already: true,
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let mut body = h.body("pm_card_visa");
+    let before = start().plus(Duration::from_secs(3_600));
+    body["capture"] = json!({"capture_method": "manual", "capture_before": before.to_string()});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::RequiresCapture);
+    h.advance(Duration::from_secs(2 * 3_600)).await;
+    let p = h.get(&p.id).await;
+    assert_eq!(p.status, PaymentStatus::Failed);
+    assert_eq!(p.failure_reason, Some(FailureReason::AuthorizationExpired));
 }

@@ -324,6 +324,19 @@ impl Engine {
             record.version = version;
             record.lease = lease;
         }
+        // An error may come after the processor captured: an answer lost on the way,
+        // or an error stored under the key after execution started, which the
+        // processor repeats to every retry of the key. Ask it before giving up.
+        let captured = match captured {
+            Err(err) => match processor.authorization_state(&reference).await {
+                Ok(Some(offsession_core::AuthorizationState::Captured)) => {
+                    tracing::warn!(payment = %record.payment.id, error = %err, "the capture answered an error, but the processor reports the authorization captured; recording the capture");
+                    Ok(())
+                }
+                _ => Err(err),
+            },
+            ok => ok,
+        };
         if let Err(err) = captured {
             // The hold goes with the failed capture, so a retry (the same processor
             // key, which the processor answers once) or a cancel runs at once, not

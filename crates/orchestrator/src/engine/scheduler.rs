@@ -296,6 +296,10 @@ impl Engine {
             (Some(processor), Some(reference)) => processor.authorization_state(reference).await,
             _ => Ok(None),
         };
+        let released = matches!(
+            state,
+            Ok(Some(offsession_core::AuthorizationState::Released))
+        );
         match state {
             Ok(Some(offsession_core::AuthorizationState::Captured)) => {
                 tracing::warn!(payment = %record.payment.id, "the authorization was captured at the processor without the capture being recorded; recording it");
@@ -319,7 +323,11 @@ impl Engine {
                 }
             }
         }
-        if let Err(err) = self.release_authorization(&record).await {
+        // Released already (canceled, or expired at the processor): nothing to
+        // release, and a cancel would be refused.
+        if released {
+            tracing::info!(payment = %record.payment.id, "the authorization was released at the processor already");
+        } else if let Err(err) = self.release_authorization(&record).await {
             // Refused (it may have been captured) or not answered: the payment is not
             // failed while the processor could still say otherwise.
             if self

@@ -83,7 +83,10 @@ struct Inner {
     total: u32,
     bad: u32,
     open_until: Option<Timestamp>,
-    probing: bool,
+    /// When the half-open probe was let through. A probe whose answer is not recorded
+    /// within `open_for` (its attempt was never sent: a write-ahead that lost its
+    /// compare-and-set) no longer blocks the next.
+    probing: Option<Timestamp>,
 }
 
 impl Inner {
@@ -111,7 +114,7 @@ impl Breaker {
                 total: 0,
                 bad: 0,
                 open_until: None,
-                probing: false,
+                probing: None,
             }),
         }
     }
@@ -120,12 +123,13 @@ impl Breaker {
     /// caller gets the probe.
     pub fn allow(&self, now: Timestamp) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let open_for = self.config.open_for;
         match inner.open_until {
             None => true,
             Some(until) if now < until => false,
-            Some(_) if inner.probing => false,
+            Some(_) if inner.probing.is_some_and(|at| now < at.plus(open_for)) => false,
             Some(_) => {
-                inner.probing = true;
+                inner.probing = Some(now);
                 true
             }
         }
@@ -139,12 +143,23 @@ impl Breaker {
             .open_until
     }
 
-    /// Puts the breaker back as it was saved: open until `until`, or closed.
+    /// Takes in the state saved by any instance: open until `until`, or closed. It
+    /// changes this breaker only where it says something new: opened (or opened
+    /// until later) by another instance, or closed by another instance's good probe.
+    /// A state that matches this one's keeps its counts and its probe, so reloading
+    /// it often (every heartbeat) neither clears the failures counted towards opening
+    /// nor lets a second probe through.
     pub fn restore(&self, until: Option<Timestamp>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.reset();
-        inner.probing = false;
-        inner.open_until = until;
+        match (inner.open_until, until) {
+            (None, None) => {}
+            (Some(mine), Some(saved)) if saved <= mine => {}
+            (_, saved) => {
+                inner.reset();
+                inner.probing = None;
+                inner.open_until = saved;
+            }
+        }
     }
 
     /// The state at `now`.
@@ -161,8 +176,8 @@ impl Breaker {
     pub fn record(&self, now: Timestamp, good: bool) -> BreakerState {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.open_until.is_some() {
-            if inner.probing || now >= inner.open_until.unwrap_or(now) {
-                inner.probing = false;
+            if inner.probing.is_some() || now >= inner.open_until.unwrap_or(now) {
+                inner.probing = None;
                 if good {
                     inner.open_until = None;
                     inner.reset();
@@ -252,6 +267,58 @@ mod tests {
         assert!(inner.buckets.len() <= 61, "{} buckets", inner.buckets.len());
         assert_eq!(inner.total, inner.buckets.iter().map(|b| b.1).sum::<u32>());
         assert_eq!(inner.bad, inner.buckets.iter().map(|b| b.2).sum::<u32>());
+    }
+
+    #[test]
+    fn reloading_the_same_state_keeps_the_counts_and_the_probe() {
+        let breaker = Breaker::new(BreakerConfig {
+            window: Duration::from_secs(60),
+            min_calls: 4,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(30),
+        });
+        // Reloaded "closed" between bad outcomes (a worker's heartbeat): they add up.
+        for s in 0..3 {
+            breaker.record(at(s), false);
+            breaker.restore(None);
+        }
+        assert_eq!(breaker.record(at(3), false), BreakerState::Open);
+        let until = breaker.open_until();
+        // A failed probe reopens it until later; the older saved time does not undo it.
+        assert!(breaker.allow(at(40)));
+        breaker.restore(until);
+        assert!(!breaker.allow(at(40)), "one probe at a time");
+        assert_eq!(breaker.record(at(41), false), BreakerState::Open);
+        breaker.restore(until);
+        assert!(
+            !breaker.allow(at(50)),
+            "reopened until 71, not the saved 33"
+        );
+        // Another instance's later opening, and its closing, are taken in.
+        breaker.restore(Some(at(100)));
+        assert!(!breaker.allow(at(80)));
+        breaker.restore(None);
+        assert!(breaker.allow(at(80)));
+    }
+
+    #[test]
+    fn a_probe_never_answered_does_not_block_the_next() {
+        let breaker = Breaker::new(BreakerConfig {
+            window: Duration::from_secs(60),
+            min_calls: 1,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(30),
+        });
+        assert_eq!(breaker.record(at(0), false), BreakerState::Open);
+        assert!(
+            breaker.allow(at(31)),
+            "the probe, whose attempt is never sent"
+        );
+        assert!(!breaker.allow(at(40)));
+        assert!(
+            breaker.allow(at(61)),
+            "a new probe once the first is overdue"
+        );
     }
 
     #[test]

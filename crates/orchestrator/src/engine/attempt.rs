@@ -424,8 +424,10 @@ impl Engine {
             let state = breaker.record(now, good);
             metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
                 .set(state as u8 as f64);
+            // Opened, closed, or reopened until later by a failed probe: saved, so
+            // that instances reloading it do not take a stale time for a new one.
             let after = breaker.open_until();
-            if before.is_some() != after.is_some() {
+            if before != after {
                 changed = Some(after);
             }
         }

@@ -504,6 +504,24 @@ pub trait Store: Send + Sync + Debug {
     /// (instances' heartbeats, `instance/…`).
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// At most `limit` pieces of engine state whose key starts with `prefix` and
+    /// comes after `after` (from the first when `None`), sorted by key: a sweep over a
+    /// prefix that may hold many (saved idempotency answers) reads it a page at a
+    /// time. The default reads the whole prefix and cuts it; the stores read the page.
+    async fn list_state_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut all = self.list_state(prefix).await?;
+        if let Some(after) = after {
+            all.retain(|(key, _)| key.as_str() > after);
+        }
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// Claims up to `limit` records of `scope` whose `claimable_at` is at or before
     /// `now`, oldest due first (records due at the same time in an order of the
     /// store's choosing), by setting `lease` on them. Each record goes to one

@@ -226,6 +226,9 @@ async fn remember(
 /// Where a POST's saved answer is kept under its key.
 const PREFIX: &str = "idempotency/";
 
+/// Saved answers the retention sweep reads at a time.
+pub(crate) const SWEEP_PAGE: usize = 500;
+
 /// Removes the saved answers (and abandoned claims) of keys older than `ttl` at `now`
 /// (milliseconds); returns how many. An entry that a request claimed again meanwhile
 /// is left alone (the removal is conditional on the value the sweep read).
@@ -236,15 +239,27 @@ pub(crate) async fn sweep_answers(
 ) -> Result<usize, offsession_core::StoreError> {
     let ttl = ttl.as_millis() as i64;
     let mut removed = 0;
-    for (key, text) in store.list_state(PREFIX).await? {
-        let at = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|saved| saved["at"].as_i64());
-        // Unreadable entries are no answer anyone can be given: removed too.
-        if at.is_none_or(|at| now.saturating_sub(at) >= ttl)
-            && store.remove_state_if(&key, &text).await?
-        {
-            removed += 1;
+    // A page at a time: a month of saved answers (each a whole payment object) is not
+    // read into memory at once, nor, on SQLite, in one call of the writer.
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_state_page(PREFIX, after.as_deref(), SWEEP_PAGE)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, text) in page {
+            let at = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|saved| saved["at"].as_i64());
+            // Unreadable entries are no answer anyone can be given: removed too.
+            if at.is_none_or(|at| now.saturating_sub(at) >= ttl)
+                && store.remove_state_if(&key, &text).await?
+            {
+                removed += 1;
+            }
         }
     }
     Ok(removed)
@@ -298,5 +313,34 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(sweep_answers(&store, now, day).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_reads_page_after_page_and_removes_every_expired_answer() {
+        let store = offsession_store::MemoryStore::new();
+        let day = Duration::from_secs(86_400);
+        let now = 100 * 86_400_000;
+        let total = 2 * SWEEP_PAGE + 3;
+        for i in 0..total {
+            let at = if i % 2 == 0 {
+                now - 2 * 86_400_000
+            } else {
+                now
+            };
+            let entry = json!({"request": "POST /x h", "status": 200, "body": {}, "at": at});
+            store
+                .save_state(&format!("idempotency/{i:05}"), &entry.to_string())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            sweep_answers(&store, now, day).await.unwrap(),
+            total.div_ceil(2)
+        );
+        let left = store.list_state("idempotency/").await.unwrap();
+        assert_eq!(left.len(), total / 2);
+        assert!(left
+            .iter()
+            .all(|(_, text)| text.contains(&format!("\"at\":{now}"))));
     }
 }

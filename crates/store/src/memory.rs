@@ -369,6 +369,28 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
+    async fn list_state_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // The keys are hashed: the page is the `limit` least keys past `after`, found
+        // in one pass, and only those copied.
+        let guard = self.lock();
+        let mut keys: Vec<&String> = guard
+            .state
+            .keys()
+            .filter(|key| key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a))
+            .collect();
+        keys.sort_unstable();
+        keys.truncate(limit);
+        Ok(keys
+            .into_iter()
+            .map(|key| (key.clone(), guard.state[key].clone()))
+            .collect())
+    }
+
     async fn claim_due(
         &self,
         scope: &ClockScope,

@@ -390,6 +390,29 @@ pub(super) async fn engine_state_lists_by_prefix(store: &dyn Store) {
         ]
     );
     assert_eq!(store.list_state("").await.unwrap().len(), 7);
+    // Read a page at a time, the same entries in the same order.
+    for prefix in ["instance/", ""] {
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_state_page(prefix, after.as_deref(), 2)
+                .await
+                .unwrap();
+            assert!(page.len() <= 2, "{page:?}");
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, store.list_state(prefix).await.unwrap(), "{prefix:?}");
+    }
+    assert_eq!(
+        store
+            .list_state_page("instance/", Some("instance/a"), 1)
+            .await
+            .unwrap(),
+        vec![("instance/b".to_owned(), "2".to_owned())]
+    );
     store.delete_state("instance/\u{e9}t\u{e9}").await.unwrap();
     // A deleted key is gone from reads and lists; deleting an absent one is fine.
     store.delete_state("instance/a").await.unwrap();

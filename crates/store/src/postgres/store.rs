@@ -516,6 +516,43 @@ impl Store for PostgresStore {
         .map_err(pg_error("listing engine state"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    async fn list_state_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        // Past `after`: every key under a non-empty prefix sorts after "".
+        let after = after.unwrap_or("");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match crate::row::prefix_end(prefix) {
+            Some(end) => {
+                client
+                    .query(
+                        "SELECT key, value FROM engine_state
+                         WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2
+                           AND key COLLATE \"C\" > $3
+                         ORDER BY key COLLATE \"C\" LIMIT $4",
+                        &[&prefix, &end, &after, &limit],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT key, value FROM engine_state
+                         WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" > $2
+                         ORDER BY key COLLATE \"C\" LIMIT $3",
+                        &[&prefix, &after, &limit],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg_error("listing engine state"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }
 
 fn writers_stopped() -> StoreError {

@@ -108,6 +108,41 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn sql_list_state_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = prefix.to_owned();
+        // Past `after`: every key under a non-empty prefix sorts after "".
+        let after = after.unwrap_or("").to_owned();
+        let end = row::prefix_end(&prefix);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |tx| {
+            let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+            let rows = match &end {
+                Some(end) => tx
+                    .prepare_cached(
+                        "SELECT key, value FROM engine_state
+                         WHERE key >= ?1 AND key < ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![prefix, end, after, limit], row)?
+                            .collect()
+                    }),
+                None => tx
+                    .prepare_cached(
+                        "SELECT key, value FROM engine_state
+                         WHERE key >= ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+                    )
+                    .and_then(|mut s| s.query_map(params![prefix, after, limit], row)?.collect()),
+            };
+            rows.map_err(sql_error("listing engine state"))
+        })
+        .await
+    }
 }
 
 /// Engine state under a prefix: the range `[?1, ?2)` of the primary key.

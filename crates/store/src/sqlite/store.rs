@@ -577,6 +577,15 @@ impl Store for SqliteStore {
     async fn list_state(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.sql_list_state(prefix).await
     }
+
+    async fn list_state_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.sql_list_state_page(prefix, after, limit).await
+    }
 }
 
 /// Events one write of the retention sweep removes at most.

@@ -975,6 +975,9 @@ struct SlowRenewals {
     /// The next `update` fails with a retryable database error: after writing
     /// (`Some(true)`: its answer is lost) or without (`Some(false)`: an outage).
     fail_next_update: std::sync::Mutex<Option<bool>>,
+    /// The next this many claims take nothing, as Postgres' `SKIP LOCKED` skips rows
+    /// another transaction has locked for a moment.
+    empty_claims: AtomicU32,
 }
 
 #[async_trait]
@@ -1072,6 +1075,13 @@ impl Store for SlowRenewals {
         limit: usize,
         lease: &Lease,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
+        if self
+            .empty_claims
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(Vec::new());
+        }
         self.inner.claim_due(scope, now, limit, lease).await
     }
     async fn next_due(&self, scope: &ClockScope) -> Result<Option<Timestamp>, StoreError> {
@@ -1118,6 +1128,7 @@ async fn slow_renewal_engine(
         inner: Arc::new(MemoryStore::new()),
         writer: Arc::new(tokio::sync::Mutex::new(())),
         fail_next_update: std::sync::Mutex::new(fail_next_update),
+        empty_claims: AtomicU32::new(0),
     });
     let mock = Arc::new(MockProcessor::new(
         "mock",
@@ -1606,4 +1617,37 @@ async fn an_authorization_released_at_the_processor_expires_at_once() {
     let p = h.get(&p.id).await;
     assert_eq!(p.status, PaymentStatus::Failed);
     assert_eq!(p.failure_reason, Some(FailureReason::AuthorizationExpired));
+}
+
+/// A test clock's advance that finds a due payment its claim skips for a moment (a
+/// row another transaction has locked, which Postgres' `SKIP LOCKED` passes over)
+/// looks again instead of jumping to the target time: the payment is attempted at its
+/// time, in this advance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advance_waits_for_a_due_payment_its_claim_skipped() {
+    let (engine, store, _mock, _) = slow_renewal_engine(None, 0).await;
+    let clock = engine.create_test_clock(start()).await.unwrap().id;
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_visa",
+        "test_clock": clock,
+    });
+    let p = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    store.empty_claims.store(3, Ordering::SeqCst);
+    engine
+        .advance_test_clock(&clock, start().plus(DAY))
+        .await
+        .unwrap();
+    let record = store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::Succeeded);
+    assert_eq!(
+        record.attempts[0].started_at,
+        start(),
+        "attempted at its time"
+    );
 }

@@ -84,8 +84,8 @@ struct Inner {
     bad: u32,
     open_until: Option<Timestamp>,
     /// When the half-open probe was let through. A probe whose answer is not recorded
-    /// within `open_for` (its attempt was never sent: a write-ahead that lost its
-    /// compare-and-set) no longer blocks the next.
+    /// within [`PROBE_EXPIRY`] (or `open_for`, if longer) no longer blocks the next:
+    /// its attempt was never sent (a write-ahead that lost its compare-and-set).
     probing: Option<Timestamp>,
 }
 
@@ -96,6 +96,11 @@ impl Inner {
         self.bad = 0;
     }
 }
+
+/// How long a probe may go unanswered before another is let through: longer than a
+/// processor call takes with its transport retries (Stripe's defaults: three tries
+/// of 30 s and their backoff), so a slow probe is not joined by a second.
+pub const PROBE_EXPIRY: Duration = Duration::from_secs(300);
 
 /// One processor's breaker.
 #[derive(Debug)]
@@ -123,11 +128,11 @@ impl Breaker {
     /// caller gets the probe.
     pub fn allow(&self, now: Timestamp) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let open_for = self.config.open_for;
+        let expiry = self.config.open_for.max(PROBE_EXPIRY);
         match inner.open_until {
             None => true,
             Some(until) if now < until => false,
-            Some(_) if inner.probing.is_some_and(|at| now < at.plus(open_for)) => false,
+            Some(_) if inner.probing.is_some_and(|at| now < at.plus(expiry)) => false,
             Some(_) => {
                 inner.probing = Some(now);
                 true
@@ -316,7 +321,11 @@ mod tests {
         );
         assert!(!breaker.allow(at(40)));
         assert!(
-            breaker.allow(at(61)),
+            !breaker.allow(at(130)),
+            "a slow probe is not joined by a second"
+        );
+        assert!(
+            breaker.allow(at(331)),
             "a new probe once the first is overdue"
         );
     }

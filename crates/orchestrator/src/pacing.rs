@@ -112,8 +112,12 @@ impl Pacer {
         let period = Duration::from_secs_f64(f64::from(instances) / f64::from(self.per_second));
         let burst = NonZeroU32::new((self.burst / instances).max(1)).unwrap_or(NonZeroU32::MIN);
         if let Some(quota) = Quota::with_period(period) {
-            *self.limiter.write().unwrap_or_else(|p| p.into_inner()) =
-                std::sync::Arc::new(RateLimiter::direct(quota.allow_burst(burst)));
+            let limiter = RateLimiter::direct(quota.allow_burst(burst));
+            // A new limiter starts with its whole burst, which the old one may have
+            // spent a moment ago: started empty, the change of share never lets a
+            // burst through on top of what was just sent.
+            let _ = limiter.check_n(burst);
+            *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(limiter);
         }
     }
 
@@ -190,5 +194,27 @@ mod tests {
             burst: 1
         })
         .is_none());
+    }
+
+    #[test]
+    fn a_new_share_starts_without_a_burst() {
+        let pacer = Pacer::new(RateLimit {
+            per_second: 10,
+            burst: 10,
+        })
+        .unwrap();
+        let limiter = pacer.limiter.read().unwrap().clone();
+        assert!(
+            limiter
+                .check_n(NonZeroU32::new(10).unwrap())
+                .is_ok_and(|r| r.is_ok()),
+            "the configured burst at the start"
+        );
+        pacer.share_among(2);
+        let limiter = pacer.limiter.read().unwrap().clone();
+        assert!(
+            limiter.check().is_err(),
+            "no new burst on a change of share"
+        );
     }
 }

@@ -1651,3 +1651,49 @@ async fn an_advance_waits_for_a_due_payment_its_claim_skipped() {
         "attempted at its time"
     );
 }
+
+/// A fault's replay that the deadline stops is filed as the fault it was: the attempt
+/// is answered (nothing charged), so the network caps do not count it as a decline
+/// awaiting its answer for thirty days.
+#[tokio::test]
+async fn a_fault_replay_stopped_by_the_deadline_ends_answered() {
+    let clock = Arc::new(offsession_core::ManualClock::new(start()));
+    let processor = Arc::new(Altered {
+        answer: Some(AttemptOutcome::fault(
+            offsession_core::FaultKind::Unavailable,
+            "503",
+        )),
+        ..Altered::new(mock())
+    });
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::builder()
+        .processor(processor.clone())
+        .store(store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_card_mastercard",
+        "retry_details": {"retry_until": start().plus(Duration::from_secs(600)).to_string()},
+    });
+    let p = engine
+        .create_json(body.to_string().as_bytes(), None)
+        .await
+        .unwrap();
+    engine.run_due().await.unwrap();
+    let record = store.get(&p.id).await.unwrap().unwrap();
+    assert!(record.replay_pending, "the fault is to be replayed");
+    clock.set(start().plus(DAY));
+    engine.run_due().await.unwrap();
+    let record = store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(record.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        record.payment.failure_reason,
+        Some(FailureReason::ExceededRetryWindow)
+    );
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
+    assert!(record.attempts[0].answered(), "{:?}", record.attempts[0]);
+}

@@ -194,10 +194,14 @@ impl NetworkRules {
     }
 }
 
-/// If the attempts after `t - window` already fill `cap`, the earliest time after
-/// `t` at which one of them leaves the window. Attempts stamped after `t` count too:
-/// the card's history holds only attempts already made, so one "after" `t` was made
-/// by an instance whose clock runs ahead, and it is as real as the others.
+/// How far ahead of the time checked an attempt may be stamped and still count: an
+/// instance whose clock runs ahead stamps real attempts "in the future". Not further:
+/// a card's history also holds attempts made on test clocks set far ahead, which
+/// say nothing of the card today.
+const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1_000;
+
+/// If the attempts after `t - window` (up to [`MAX_CLOCK_SKEW_MS`] after `t`) already
+/// fill `cap`, the earliest time after `t` at which one of them leaves the window.
 fn push_past<'a>(
     attempts: impl Iterator<Item = &'a CardAttempt>,
     t: i64,
@@ -210,7 +214,7 @@ fn push_past<'a>(
     }
     let mut inside: Vec<i64> = attempts
         .map(|a| a.at.as_millis())
-        .filter(|&at| at > t - window)
+        .filter(|&at| at > t - window && at <= t + MAX_CLOCK_SKEW_MS)
         .collect();
     if (inside.len() as u64) < u64::from(cap) {
         return None;

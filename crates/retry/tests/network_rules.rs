@@ -375,6 +375,18 @@ fn attempts_stamped_ahead_by_a_fast_clock_still_count() {
         rules().earliest_allowed(Some(&brand), &history, 2000, now),
         Timestamp::from_millis(NOW + 60_000 + DAY),
     );
+    // Attempts a year ahead (a test clock's) say nothing of the card today.
+    let ahead: Vec<_> = history
+        .into_iter()
+        .map(|mut a| {
+            a.at = Timestamp::from_millis(a.at.as_millis() + 365 * DAY);
+            a
+        })
+        .collect();
+    assert_eq!(
+        rules().earliest_allowed(Some(&brand), &ahead, 2000, now),
+        now
+    );
 }
 
 #[test]

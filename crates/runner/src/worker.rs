@@ -297,6 +297,30 @@ async fn reconcile_smart(
     store: &Arc<dyn Store>,
     base: &mut offsession_retry::SmartState,
 ) -> Result<(), String> {
+    let mine = smart.state();
+    if mine.observations == base.observations && mine.evidence == base.evidence {
+        // Nothing learned here since the last fold: take in what others saved, and
+        // write nothing (the state is two vectors of 16,384 weights; an idle worker
+        // rewrote it at every heartbeat).
+        let Some(text) = store
+            .load_state(SMART_STATE_KEY)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let stored: offsession_retry::SmartState =
+            serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if stored != *base {
+            // A fold, not a restore: whatever this worker learned since `mine` was
+            // read is kept on top of it.
+            smart
+                .reconcile(base, stored.clone())
+                .map_err(|e| e.to_string())?;
+            *base = stored;
+        }
+        return Ok(());
+    }
     for attempt in 0..RECONCILE_TRIES {
         if attempt > 0 {
             // Another worker saved between this one's read and write: let it finish.
@@ -386,5 +410,33 @@ mod tests {
             .state()
             .observations;
         assert_eq!(stored.observations, prior + 2 * ROUNDS);
+    }
+
+    /// A worker that learned nothing since its last fold writes nothing, and takes in
+    /// what another worker saved.
+    #[tokio::test]
+    async fn an_idle_fold_writes_nothing_and_takes_in_others_learning() {
+        let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::new());
+        let idle = offsession_retry::SmartPolicy::new(&Default::default()).unwrap();
+        let mut base = idle.state();
+        let mut busy_state = idle.state();
+        busy_state.observations += 1;
+        let busy = offsession_retry::SmartPolicy::new(&Default::default()).unwrap();
+        let mut busy_base = busy.state();
+        busy.restore(busy_state).unwrap();
+        reconcile_smart(&busy, &store, &mut busy_base)
+            .await
+            .unwrap();
+        let saved = store.load_state(SMART_STATE_KEY).await.unwrap();
+        for _ in 0..3 {
+            reconcile_smart(&idle, &store, &mut base).await.unwrap();
+        }
+        assert_eq!(store.load_state(SMART_STATE_KEY).await.unwrap(), saved);
+        assert_eq!(idle.observations(), busy.observations());
+        // Nothing saved yet and nothing learned: nothing written.
+        let empty: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::new());
+        let mut base = idle.state();
+        reconcile_smart(&idle, &empty, &mut base).await.unwrap();
+        assert_eq!(empty.load_state(SMART_STATE_KEY).await.unwrap(), None);
     }
 }

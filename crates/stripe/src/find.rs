@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use crate::http::Reply;
-use crate::transformers::{PaymentIntent, ENGINE_METADATA_KEYS};
+use crate::transformers::{IntentStatus, PaymentIntent, ENGINE_METADATA_KEYS};
 use crate::{quote, StripeProcessor};
 
 /// Pages of 100 read at most: a customer's PaymentIntents since the attempt.
@@ -23,6 +23,24 @@ struct IntentPage {
     data: Vec<PaymentIntent>,
     #[serde(default)]
     has_more: bool,
+}
+
+/// What a listed PaymentIntent says of the attempt, when it says something final.
+/// Only settled states count: a listed intent may be one whose confirmation is still
+/// running (a replay that met `409`) or one Stripe made and then failed on (the stored
+/// 500), so `requires_confirmation`, `requires_action` and `processing`, which as the
+/// answer to a confirmation would be read as a decline or looked up later, are no
+/// answer here; nor is a `requires_payment_method` or `canceled` intent without the
+/// decline that put it there.
+fn settled(intent: &PaymentIntent) -> Option<AttemptOutcome> {
+    let declined = intent.last_payment_error.is_some();
+    match intent.status() {
+        IntentStatus::Succeeded | IntentStatus::RequiresCapture => intent.outcome(),
+        IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled if declined => {
+            intent.outcome()
+        }
+        _ => None,
+    }
 }
 
 impl StripeProcessor {
@@ -87,8 +105,7 @@ impl StripeProcessor {
                 metadata(intent, payment_key).as_deref() == Some(request.payment.id.as_str())
                     && metadata(intent, attempt_key).as_deref() == Some(attempt.as_str())
             }) {
-                // Still `processing` (a bank debit): no answer yet.
-                return Ok(intent.outcome());
+                return Ok(settled(intent));
             }
             match page.data.last() {
                 Some(last) if page.has_more => after = Some(last.id.clone()),

@@ -477,6 +477,86 @@ async fn an_attempt_whose_key_replays_a_stored_500_is_found_by_its_metadata() {
     assert_eq!(fake.charges_created(), 2);
 }
 
+#[tokio::test]
+async fn the_lookup_reads_past_the_first_page_and_takes_only_settled_intents() {
+    let fake = Fake::start().await;
+    let intent = |id: &str, n: i64, payment_id: &str, attempt: &str, status: &str| {
+        let mut pi = fixture("payment_intent");
+        pi["id"] = json!(id);
+        pi["customer"] = json!("cus_1");
+        pi["created"] = json!(1_767_225_600 + n);
+        pi["status"] = json!(status);
+        pi["latest_charge"] = json!(format!("ch_{id}"));
+        pi["last_payment_error"] = serde_json::Value::Null;
+        pi["metadata"] =
+            json!({"offsession_payment_id": payment_id, "offsession_attempt": attempt});
+        pi
+    };
+    {
+        let mut state = fake.state.lock().unwrap();
+        // The attempt's intent is the oldest, behind 150 of other payments (newest
+        // first, 100 a page); its second attempt's confirmation is still running.
+        let intents = [
+            intent("pi_target", 1, "osp_test_1", "1", "succeeded"),
+            intent("pi_running", 2, "osp_test_1", "2", "requires_confirmation"),
+            intent(
+                "pi_failed_early",
+                3,
+                "osp_test_1",
+                "3",
+                "requires_payment_method",
+            ),
+        ];
+        for pi in intents {
+            state
+                .intents
+                .insert(pi["id"].as_str().unwrap().to_owned(), pi);
+        }
+        for i in 0..150 {
+            let id = format!("pi_other_{i}");
+            let pi = intent(&id, 10 + i, &format!("osp_other_{i}"), "1", "succeeded");
+            state.intents.insert(id, pi);
+        }
+    }
+    let processor = fake.processor();
+    let p = payment("pm_x");
+    let since = offsession_core::Timestamp::from_millis(1_767_225_600_000);
+    let request = |attempt_number: u32| AuthorizeRequest {
+        payment: &p,
+        attempt_number,
+        idempotency_key: "osp_test_1:attempt:x",
+    };
+    assert_eq!(
+        processor
+            .find_authorization(request(1), since)
+            .await
+            .unwrap(),
+        Some(AttemptOutcome::Approved {
+            reference: ProcessorReference {
+                payment: Some("pi_target".into()),
+                charge: Some("ch_pi_target".into()),
+            }
+        })
+    );
+    let lists = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/v1/payment_intents")
+        .count();
+    assert_eq!(lists, 2, "the second page holds it");
+    // Not settled: no answer, whatever the status would mean as a confirmation's.
+    for attempt in [2, 3] {
+        assert_eq!(
+            processor
+                .find_authorization(request(attempt), since)
+                .await
+                .unwrap(),
+            None,
+            "attempt {attempt}"
+        );
+    }
+}
+
 /// Authorizes `pm` (whose first try charges and is never answered) with
 /// `max_network_retries`: the outcome is unknown after `sends` requests, and the
 /// engine's replay with the same key returns the one charge.

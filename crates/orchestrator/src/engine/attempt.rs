@@ -45,6 +45,21 @@ impl Engine {
             tracing::info!(payment = %record.payment.id, "the payment's attempt window has passed; failing without an attempt");
             let mut next = record;
             next.lease = None;
+            if replay {
+                // A fault's replay, never sent again: the attempt ends as the fault it
+                // was (nothing charged), not as one still awaiting its answer, which
+                // the network caps would count as a decline.
+                super::step::finish_attempt(
+                    &mut next,
+                    now,
+                    AttemptOutcome::fault(
+                        FaultKind::Unavailable,
+                        "not sent again: the payment's attempt window passed first",
+                    ),
+                    None,
+                );
+                next.replay_pending = false;
+            }
             next.payment.status =
                 transition(from, Transition::Fail).unwrap_or(PaymentStatus::Failed);
             next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
@@ -85,7 +100,7 @@ impl Engine {
                 {
                     tracing::info!(payment = %record.payment.id, "card barred by a Mastercard do-not-retry advice code; failing without an attempt");
                     Some(FailureReason::RejectedByPartner)
-                } else if record.retry_latest.is_some_and(|latest| allowed > latest) {
+                } else if ends.is_some_and(|end| allowed > end) {
                     Some(FailureReason::ExceededRetryWindow)
                 } else {
                     None

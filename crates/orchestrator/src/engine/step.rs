@@ -278,7 +278,7 @@ pub(super) fn capture_deadline(
         .map_or(expires, |before| before.min(expires))
 }
 
-fn finish_attempt(
+pub(super) fn finish_attempt(
     record: &mut PaymentRecord,
     now: Timestamp,
     outcome: AttemptOutcome,

@@ -3,13 +3,14 @@
 //! # Durability
 //! The database runs in WAL mode with `synchronous = NORMAL`. A commit is in the
 //! write-ahead log, in the operating system's cache, when `commit` returns: a crash
-//! of the process loses nothing. A power loss or kernel crash may lose the last
-//! transactions before the next checkpoint's fsync. What is lost then is at most an
-//! attempt's write-ahead record or its outcome; the engine re-sends that attempt with
-//! the same idempotency key (keys depend only on the payment and the attempt number),
-//! so the processor answers with the charge it already made instead of charging
-//! again. `[store] synchronous = "full"` trades write speed for losing nothing on a
-//! power loss too.
+//! of the process loses nothing. A power loss or kernel crash may lose every
+//! transaction since the last checkpoint's fsync, including changes the API already
+//! answered (a create, a cancel, a destination). For attempts that loss cannot charge
+//! twice: a lost write-ahead or outcome makes the engine re-send the attempt with the
+//! same idempotency key (keys depend only on the payment and the attempt number), so
+//! the processor answers with the charge it already made. A lost cancel can be: the
+//! payment comes back as it was and may be charged. `[store] synchronous = "full"`
+//! trades write speed for losing nothing on a power loss too.
 //!
 //! # Concurrency
 //! One thread owns the connection. Calls queue to it; the thread takes every call

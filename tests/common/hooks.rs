@@ -112,6 +112,18 @@ pub fn serve(dir: &Scratch, port: u16, hook_port: u16) -> Proc {
 }
 
 pub fn serve_on(dir: &Scratch, port: u16, hook_port: u16, store: &str, schema: &str) -> Proc {
+    serve_with(dir, port, hook_port, store, schema, &[])
+}
+
+/// `serve_on` with more environment (`OFFSESSION_…` overrides).
+pub fn serve_with(
+    dir: &Scratch,
+    port: u16,
+    hook_port: u16,
+    store: &str,
+    schema: &str,
+    env: &[(&str, &str)],
+) -> Proc {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/worker.toml");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -132,6 +144,7 @@ pub fn serve_on(dir: &Scratch, port: u16, hook_port: u16, store: &str, schema: &
         .env("OFFSESSION_WORKER__POLL_INTERVAL", "50ms")
         .env("OFFSESSION_ENGINE__LEASE", "2s")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -110,6 +110,9 @@ pub(crate) fn swept_key(endpoint_id: &str) -> String {
     format!("webhook/{endpoint_id}/swept")
 }
 
+/// Where instances that deliver webhooks beat (`deliverer/<instance id>`).
+pub const DELIVERER_PREFIX: &str = "deliverer/";
+
 /// Which endpoints this instance delivers to, when several instances share a store:
 /// each endpoint is delivered to by one live instance, chosen by rendezvous hashing of
 /// the endpoint's id with the ids of the instances alive (their heartbeats, see
@@ -133,24 +136,30 @@ impl Owners {
         }
     }
 
-    /// Tracks the instances alive, as `engine`'s heartbeats last saw them (the
-    /// worker's, every `every`); an instance counts while its heartbeat is at most
-    /// `live_within` old. Writes this instance's heartbeat first; when others are
-    /// alive, waits 1.5 × `every` and beats again before answering, so that they have
-    /// seen this one before it takes endpoints from them.
+    /// Tracks the instances that deliver webhooks (`serve`s; a plain `worker` sharing
+    /// the store delivers nothing, so it must own no endpoint): each beats under
+    /// [`DELIVERER_PREFIX`] every `every`, and counts while its beat is at most
+    /// `live_within` old. Beats first; when others deliver too, waits 1.5 × `every`
+    /// and beats again before answering, so that they have seen this one before it
+    /// takes endpoints from them.
     pub async fn track(
         engine: offsession_orchestrator::Engine,
         live_within: Duration,
         every: Duration,
     ) -> Owners {
         let me = engine.config().instance_id.clone();
-        // Be seen, and see the others, before choosing; the worker's heartbeats keep
-        // the engine's list of the instances alive fresh from then on.
-        let heartbeat = |engine: offsession_orchestrator::Engine| async move {
-            if let Err(err) = engine.heartbeat(live_within).await {
-                tracing::warn!(error = %err, "a heartbeat failed");
+        let heartbeat = |engine: offsession_orchestrator::Engine| {
+            let me = me.clone();
+            async move {
+                match engine.heartbeat_as(DELIVERER_PREFIX, live_within).await {
+                    Ok(live) => Some(live),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "a deliverer's heartbeat failed");
+                        None
+                    }
+                }
+                .unwrap_or_else(|| vec![me])
             }
-            engine.instances_alive()
         };
         let mut first = heartbeat(engine.clone()).await;
         if first.len() > 1 {
@@ -161,16 +170,19 @@ impl Owners {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let now = engine.instances_alive();
+                if tell.is_closed() {
+                    return;
+                }
+                let Ok(now) = engine.heartbeat_as(DELIVERER_PREFIX, live_within).await else {
+                    // The store is out of reach: keep the last list.
+                    continue;
+                };
                 if tell.send_if_modified(|live| {
                     let changed = *live != now;
                     *live = now;
                     changed
                 }) {
-                    tracing::info!(instances = ?*tell.borrow(), "instances alive changed");
-                }
-                if tell.is_closed() {
-                    return;
+                    tracing::info!(instances = ?*tell.borrow(), "webhook deliverers alive changed");
                 }
             }
         });
@@ -198,7 +210,8 @@ impl Owners {
 
 /// The instance among `live` that delivers to `endpoint_id`: the highest SHA-256 of
 /// `"<endpoint>/<instance>"` (rendezvous hashing).
-fn owner_of<'a>(endpoint_id: &str, live: &'a [String]) -> Option<&'a str> {
+#[doc(hidden)]
+pub fn owner_of<'a>(endpoint_id: &str, live: &'a [String]) -> Option<&'a str> {
     use sha2::Digest;
     live.iter()
         .max_by_key(|instance| {

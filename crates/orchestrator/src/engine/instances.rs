@@ -40,17 +40,25 @@ impl Engine {
     /// The ids of the instances whose heartbeat is at most `live_within` old, this one
     /// always among them, sorted.
     async fn live_instances(&self, live_within: Duration) -> Result<Vec<String>, StoreError> {
+        self.live_under(INSTANCE_PREFIX, live_within).await
+    }
+
+    async fn live_under(
+        &self,
+        prefix: &str,
+        live_within: Duration,
+    ) -> Result<Vec<String>, StoreError> {
         let now = self.inner.clock.now();
         let me = &self.inner.config.instance_id;
         let oldest = now.as_millis() - live_within.as_millis() as i64;
         let mut alive: Vec<String> = self
             .inner
             .store
-            .list_state(INSTANCE_PREFIX)
+            .list_state(prefix)
             .await?
             .into_iter()
             .filter_map(|(key, value)| {
-                let id = key.strip_prefix(INSTANCE_PREFIX)?.to_owned();
+                let id = key.strip_prefix(prefix)?.to_owned();
                 (id == *me || value.parse::<i64>().is_ok_and(|at| at >= oldest)).then_some(id)
             })
             .collect();
@@ -59,6 +67,24 @@ impl Engine {
         }
         alive.sort();
         Ok(alive)
+    }
+
+    /// Records that this instance plays a role now (engine state `<prefix><instance_id>`
+    /// = now in milliseconds; e.g. delivering webhooks, which a plain worker does not),
+    /// and returns the ids of the instances whose beat under `prefix` is at most
+    /// `live_within` old, this one among them, sorted.
+    pub async fn heartbeat_as(
+        &self,
+        prefix: &str,
+        live_within: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = self.inner.clock.now();
+        let me = &self.inner.config.instance_id;
+        self.inner
+            .store
+            .save_state(&format!("{prefix}{me}"), &now.as_millis().to_string())
+            .await?;
+        self.live_under(prefix, live_within).await
     }
 
     /// Marks this instance stopped, so the others take its share of the rate limits at

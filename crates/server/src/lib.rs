@@ -16,6 +16,7 @@ pub mod destinations;
 mod errors;
 mod idempotency;
 mod retention;
+mod retries;
 pub mod webhooks;
 
 use std::sync::Arc;

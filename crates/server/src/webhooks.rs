@@ -75,7 +75,8 @@ pub struct DeliverySettings {
     pub give_up_after: Duration,
     /// How often the outbox is read when there is nothing to send.
     pub poll: Duration,
-    /// Events in flight to one endpoint at most (1: one at a time, in commit order).
+    /// Deliveries in flight to one endpoint at most (1: one at a time; first tries in
+    /// commit order, retries by their due time).
     pub concurrency: usize,
     /// How long an event's delivery log is kept, counted from the event's `created`.
     pub keep_logs: Duration,
@@ -299,18 +300,22 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
                 continue;
             }
         };
+        // Retries due now go first; they do not hold up the events after them.
+        let retried = crate::retries::send_due(store.as_ref(), &client, endpoint, &settings).await;
         if page.is_empty() {
-            tokio::time::sleep(settings.poll).await;
+            if retried == 0 {
+                tokio::time::sleep(settings.poll).await;
+            }
             continue;
         }
-        // Up to `concurrency` events in flight; the cursor moves in commit order, past
-        // an event only once it and every event before it were answered (or given up).
+        // Up to `concurrency` first tries in flight; the cursor moves in commit order,
+        // past an event once it was accepted or its retry was filed.
         let mut answered = futures::stream::iter(page)
             .map(|event| {
                 let client = &client;
                 async move {
                     if endpoint.wants(event.event.event_type.as_str()) {
-                        send_until_answered(store, client, endpoint, &event, settings).await;
+                        first_try(store, client, endpoint, &event, settings).await;
                     }
                     event.sequence
                 }
@@ -329,7 +334,8 @@ async fn run(store: &Arc<dyn Store>, endpoint: &WebhookEndpoint, settings: Deliv
     }
 }
 
-async fn send_until_answered(
+/// Sends `event` once; not accepted, files its retry (see [`crate::retries`]).
+async fn first_try(
     store: &Arc<dyn Store>,
     client: &reqwest::Client,
     endpoint: &WebhookEndpoint,
@@ -343,38 +349,35 @@ async fn send_until_answered(
             return;
         }
     };
-    let started = Instant::now();
-    let mut backoff = settings.first_backoff;
-    loop {
-        let answer = send_once(client, endpoint, &payload).await;
-        let attempts = record_attempt(
-            store.as_ref(),
-            &endpoint.id,
-            &event.event.id,
-            answer.as_ref().ok().copied(),
-        )
-        .await;
-        match answer {
-            Ok(status) if (200..300).contains(&status) => {
-                metrics_delivered(endpoint, "delivered");
-                return;
-            }
-            Ok(status) => {
-                tracing::info!(endpoint = %endpoint.id, event = %event.event.id, status, "webhook not accepted; retrying");
-            }
-            Err(err) => {
-                tracing::info!(endpoint = %endpoint.id, event = %event.event.id, error = %err, "webhook not delivered; retrying");
-            }
-        }
-        metrics_delivered(endpoint, "retried");
-        if started.elapsed() >= settings.give_up_after {
-            tracing::warn!(endpoint = %endpoint.id, event = %event.event.id, attempts, "gave up delivering an event");
-            metrics_delivered(endpoint, "abandoned");
+    let answer = send_once(client, endpoint, &payload).await;
+    record_attempt(
+        store.as_ref(),
+        &endpoint.id,
+        &event.event.id,
+        answer.as_ref().ok().copied(),
+    )
+    .await;
+    match answer {
+        Ok(status) if (200..300).contains(&status) => {
+            metrics_delivered(endpoint, "delivered");
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(settings.max_backoff);
+        Ok(status) => {
+            tracing::info!(endpoint = %endpoint.id, event = %event.event.id, status, "webhook not accepted; retrying later");
+        }
+        Err(err) => {
+            tracing::info!(endpoint = %endpoint.id, event = %event.event.id, error = %err, "webhook not delivered; retrying later");
+        }
     }
+    metrics_delivered(endpoint, "retried");
+    let pending = crate::retries::Pending {
+        event_id: event.event.id.clone(),
+        sequence: event.sequence,
+        payload,
+        first_at: crate::retries::now_ms(),
+        tries: 1,
+    };
+    crate::retries::file_first_retry(store.as_ref(), &endpoint.id, pending, &settings).await;
 }
 
 /// A client for deliveries: `timeout` per request, redirects not followed.
@@ -549,7 +552,7 @@ pub(crate) async fn record_attempt(
     before + 1
 }
 
-fn metrics_delivered(endpoint: &WebhookEndpoint, outcome: &'static str) {
+pub(crate) fn metrics_delivered(endpoint: &WebhookEndpoint, outcome: &'static str) {
     tracing::debug!(endpoint = %endpoint.id, outcome, "webhook attempt");
 }
 

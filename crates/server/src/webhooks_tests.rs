@@ -315,3 +315,97 @@ fn signatures_match_stripes_scheme() {
         "t=1700000000,v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91"
     );
 }
+
+/// An event its endpoint refuses does not hold up the events after it: the cursor
+/// moves past it once its retry is filed in the store, the next event is delivered at
+/// once, and the refused one is retried (by its due time) until it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_does_not_hold_up_the_next_and_is_retried() {
+    use axum::extract::State;
+    use offsession_core::EventType;
+    use offsession_store::conformance::{sample_event, sample_record};
+    type Seen = Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+    async fn hook(State(seen): State<Seen>, body: String) -> axum::http::StatusCode {
+        let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = event["id"].as_str().unwrap().to_owned();
+        let mut seen = seen.lock().unwrap();
+        let refused_before = seen.iter().filter(|(e, s)| *e == id && *s == 400).count();
+        // `evt_0` is refused three times, as a receiver whose handler fails on it.
+        let status = if id == "evt_0" && refused_before < 3 {
+            400
+        } else {
+            200
+        };
+        seen.push((id, status));
+        axum::http::StatusCode::from_u16(status).unwrap()
+    }
+    let seen: Seen = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let store: Arc<dyn Store> = Arc::new(offsession_store::MemoryStore::with_outbox());
+    store.save_state("webhook/we_r/cursor", "0").await.unwrap();
+    for i in 0..2 {
+        let record = sample_record(&format!("osp_{i}"), 1_000 + i, None);
+        let event = sample_event(&record, &format!("evt_{i}"), EventType::Created);
+        store.create(&record, None, &[event]).await.unwrap();
+    }
+    let endpoint = WebhookEndpoint {
+        id: "we_r".into(),
+        url,
+        secret: "whsec_test_secret".into(),
+        enabled_events: vec!["*".into()],
+    };
+    let settings = DeliverySettings {
+        poll: Duration::from_millis(20),
+        first_backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_secs(1),
+        ..DeliverySettings::default()
+    };
+    let delivering = tokio::spawn(deliver(
+        store.clone(),
+        endpoint,
+        settings,
+        Owners::alone("me"),
+        std::future::pending(),
+    ));
+    let accepted = |id: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(e, status)| e == id && *status == 200)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !accepted("evt_1") {
+        assert!(std::time::Instant::now() < deadline, "evt_1 held up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !accepted("evt_0"),
+        "evt_1 came first, while evt_0 waits for its retry"
+    );
+    let filed = store.list_state("webhook/we_r/retry/").await.unwrap();
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    assert!(filed[0].1.contains("evt_0"), "{filed:?}");
+    while !accepted("evt_0") {
+        assert!(std::time::Instant::now() < deadline, "evt_0 never retried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    delivering.abort();
+    assert!(store
+        .list_state("webhook/we_r/retry/")
+        .await
+        .unwrap()
+        .is_empty());
+    let tries = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(e, _)| e == "evt_0")
+        .count();
+    assert_eq!(tries, 4, "three refusals, then accepted");
+}

@@ -165,3 +165,60 @@ async fn sigterm_mid_batch_finishes_in_flight_attempts_and_releases_every_lease(
         took.as_secs_f64()
     );
 }
+
+/// One process attempts payments on a SQLite file (its card locks, which keep two
+/// attempts on one card within the network caps, are the process's own): a second
+/// worker on the same file is refused with a message naming it, and starts once the
+/// first has stopped. `submit` on the file is not refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_one_sqlite_file_is_refused() {
+    let dir = Scratch::new("sqlite-one-worker");
+    let (_fake, addr) = start_fake(&dir, &[]);
+    let db = dir.path("store.db");
+    let config = dir.path("worker.toml");
+    std::fs::write(
+        &config,
+        worker_config(
+            &addr,
+            &format!("sqlite://{}", db.display()),
+            "offsession",
+            "w1",
+        ),
+    )
+    .unwrap();
+    let log = dir.path("first.log");
+    let mut first = start_worker(&config, &log, "w1");
+    let lock = dir.path("store.db-worker.lock");
+    let waited = Instant::now();
+    while !lock.exists() {
+        assert!(waited.elapsed() < Duration::from_secs(20), "no worker lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, stderr) = run(&["worker", "--config", config.to_str().unwrap()]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("serves one worker"), "{stderr}");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    let input = dir.path("batch.jsonl");
+    write_batch(&input, 0, 3);
+    let (status, _, stderr) = run(&[
+        "submit",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(first
+        .sigterm(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    let mut second = start_worker(&config, &dir.path("second.log"), "w2");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        second.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the second worker runs once the first stopped"
+    );
+    assert!(second
+        .sigterm(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+}

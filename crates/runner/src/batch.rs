@@ -131,6 +131,7 @@ pub async fn run(
         let bound = crate::exporter::serve(addr, handle).await?;
         eprintln!("serving Prometheus metrics on http://{bound}/metrics");
     }
+    let _worker_lock = wiring::hold_sqlite_worker_lock(config_path, config)?;
     let wired = wiring::build(config_path, config, clock.clone(), tally.clone()).await?;
     let engine = wired.engine.clone();
     let stored: u64 = engine

@@ -107,6 +107,7 @@ pub async fn run(
         .listen
         .parse()
         .map_err(|e: std::net::AddrParseError| invalid("server.listen", e.to_string()))?;
+    let _worker_lock = wiring::hold_sqlite_worker_lock(config_path, config)?;
     worker::serve_metrics(config).await?;
     let wired = wiring::build_live(config_path, config).await?;
     let state = AppState::new(

@@ -261,6 +261,27 @@ pub async fn check_store_mode(
     ))
 }
 
+/// On a SQLite store, takes the file's worker lock ([`offsession_store::WorkerLock`],
+/// held until dropped): one process attempts payments on a SQLite file, since its
+/// card locks, which keep two attempts on one card within the network caps, are the
+/// process's own. A second worker (or `serve`, or `run`) on the same file is refused
+/// with a message naming the file; `submit` and readers are not. `None` on the other
+/// stores, whose card locks hold across processes.
+pub fn hold_sqlite_worker_lock(
+    config_path: &Path,
+    config: &Config,
+) -> Result<Option<offsession_store::WorkerLock>, RunnerError> {
+    let Ok(StoreUrl::Sqlite(path)) = config.store.parsed_url() else {
+        return Ok(None);
+    };
+    offsession_store::WorkerLock::take(&resolve(config_path, &path))
+        .map(Some)
+        .map_err(|message| RunnerError::Setup {
+            action: "taking the SQLite file's worker lock",
+            message,
+        })
+}
+
 /// Opens the store a `[store]` section names; a relative SQLite path is relative to
 /// `config_path`'s folder. With `outbox`, a `memory:` store keeps every committed
 /// event, as the durable stores do (for the commands that read them back).

@@ -99,6 +99,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkerReport, RunnerError> {
     durable_only(config, "worker")?;
+    let _worker_lock = wiring::hold_sqlite_worker_lock(config_path, config)?;
     serve_metrics(config).await?;
     let wired = wiring::build_live(config_path, config).await?;
     run_wired(config_path, config, wired, shutdown).await

@@ -26,4 +26,4 @@ pub use postgres::PostgresStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use row::{event_body, SCHEMA_VERSION};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, Synchronous};
+pub use sqlite::{SqliteStore, Synchronous, WorkerLock};

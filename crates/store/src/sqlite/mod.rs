@@ -42,6 +42,9 @@ use crate::row::{self, RawRecord, RecordRow, SCHEMA_VERSION};
 
 mod state;
 mod store;
+mod worker_lock;
+
+pub use worker_lock::WorkerLock;
 
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;

@@ -148,19 +148,25 @@ impl PaymentRecord {
         }
     }
 
-    /// The key the card's attempts had before fingerprints were read (the payment
-    /// method's id), when it differs from [`PaymentRecord::card_key`]: attempts filed
-    /// by an earlier release, and payments made before it, are found under it.
-    pub fn method_key(&self) -> Option<&str> {
-        self.fingerprint()
-            .map(|_| self.payment.payment_method.as_str())
-    }
-
-    fn fingerprint(&self) -> Option<&str> {
-        self.method
-            .as_ref()
-            .and_then(|m| m.card.as_ref())
-            .and_then(|c| c.fingerprint.as_deref())
+    /// The keys the card's attempts were filed under by earlier releases, when they
+    /// differ from [`PaymentRecord::card_key`]: the payment method's id (before
+    /// fingerprints were read), and `card:<the payment's processor>:<fingerprint>`
+    /// when the fingerprint is another processor's (before the key named the
+    /// fingerprint's processor). Payments made before an upgrade, and their attempts,
+    /// are found under them; the network rules read and lock every one.
+    pub fn earlier_card_keys(&self) -> Vec<String> {
+        let card = self.method.as_ref().and_then(|m| m.card.as_ref());
+        let Some(fingerprint) = card.and_then(|c| c.fingerprint.as_deref()) else {
+            return Vec::new();
+        };
+        let mut keys = vec![self.payment.payment_method.clone()];
+        if card
+            .and_then(|c| c.fingerprint_by.as_deref())
+            .is_some_and(|by| by != self.processor)
+        {
+            keys.push(format!("card:{}:{fingerprint}", self.processor));
+        }
+        keys
     }
 
     /// Whether operation `tag` (`"<operation>:<key>"`) was applied to this payment

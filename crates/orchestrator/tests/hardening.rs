@@ -1697,3 +1697,72 @@ async fn a_fault_replay_stopped_by_the_deadline_ends_answered() {
     assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
     assert!(record.attempts[0].answered(), "{:?}", record.attempts[0]);
 }
+
+/// The card's history follows it across a change of the fingerprint's processor (a
+/// reordered configuration, or records from before the key named that processor):
+/// a payment keyed `card:a:…` still finds the advice 21 filed under `card:b:…` by a
+/// payment on its own processor `b`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cards_history_survives_a_change_of_the_fingerprints_processor() {
+    let store = Arc::new(MemoryStore::new());
+    let processor = |id: &str| {
+        let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+        codes.network_advice_code = Some("21".into());
+        Arc::new(Altered {
+            answer: Some(AttemptOutcome::Declined {
+                codes,
+                reference: Default::default(),
+            }),
+            ..Altered::new(Arc::new(MockProcessor::new(
+                id,
+                vault(
+                    "[[payment_methods]]\nid = \"pm_moved\"\ncustomer = \"cus_123\"\nbrand = \"mastercard\"\nfingerprint = \"fp_moved\"",
+                ),
+            )))
+        })
+    };
+    let engine_with = |order: [&Arc<Altered>; 2]| {
+        let routing: offsession_orchestrator::RoutingConfig =
+            serde_json::from_value(json!({"default": {"processors": ["b"]}})).unwrap();
+        Engine::builder()
+            .processor(order[0].clone())
+            .processor(order[1].clone())
+            .routing(routing)
+            .store(store.clone())
+            .clock(Arc::new(SystemClock))
+            .events(Arc::new(CollectEvents::new()))
+            .build()
+            .unwrap()
+    };
+    let body = json!({
+        "amount": {"value": 2000, "currency": "usd"},
+        "cadence": "recurring",
+        "customer": "cus_123",
+        "payment_method": "pm_moved",
+    })
+    .to_string();
+    let (a, b) = (processor("a"), processor("b"));
+    // `b` listed first: its fingerprint, key `card:b:fp_moved`.
+    let before = engine_with([&b, &a]);
+    let first = before.create_json(body.as_bytes(), None).await.unwrap().id;
+    before.run_due().await.unwrap();
+    let first = store.get(&first).await.unwrap().unwrap();
+    assert_eq!(first.card_key(), "card:b:fp_moved");
+    assert_eq!(
+        first.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(b.sends.load(Ordering::SeqCst), 1);
+    // Reordered: `a` reads the fingerprint; the payment still goes to `b`.
+    let after = engine_with([&a, &b]);
+    let second = after.create_json(body.as_bytes(), None).await.unwrap().id;
+    after.run_due().await.unwrap();
+    let second = store.get(&second).await.unwrap().unwrap();
+    assert_eq!(second.card_key(), "card:a:fp_moved");
+    assert_eq!(b.sends.load(Ordering::SeqCst), 1, "sent to a barred card");
+    assert_eq!(
+        second.payment.failure_reason,
+        Some(FailureReason::RejectedByPartner)
+    );
+    assert_eq!(second.payment.retry_details.attempts, 0);
+}

@@ -500,15 +500,14 @@ impl Engine {
     }
 
     /// The locks a checked attempt holds: its card's (`PaymentRecord::card_key`),
-    /// and for a fingerprinted card also its payment method's, which the payments made
-    /// before fingerprints were read take. This process's first, then the store's (one
+    /// and for a fingerprinted card also the keys earlier releases gave it
+    /// (`PaymentRecord::earlier_card_keys`), which payments made before an upgrade
+    /// take. This process's first, then the store's (one
     /// lock for both), each in key order everywhere, so two takers never wait on each
     /// other.
     async fn lock_cards(&self, record: &PaymentRecord) -> Result<HeldCard, StoreError> {
         let mut cards = vec![record.card_key().into_owned()];
-        if let Some(method) = record.method_key() {
-            cards.push(method.to_owned());
-        }
+        cards.extend(record.earlier_card_keys());
         cards.sort();
         let mut local = Vec::with_capacity(cards.len());
         for card in &cards {

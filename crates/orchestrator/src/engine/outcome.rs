@@ -152,14 +152,14 @@ impl Engine {
         let mut history = store
             .card_history(&record.card_key(), since, CARD_HISTORY_LIMIT)
             .await?;
-        // Attempts filed under the payment method's id before fingerprints were read
-        // (an earlier release, payments made before it) are the same card's.
-        if let Some(method) = record.method_key() {
-            history.extend(
-                store
-                    .card_history(method, since, CARD_HISTORY_LIMIT)
-                    .await?,
-            );
+        // Attempts filed under the keys of earlier releases (the payment method's id,
+        // the payment's own processor) by payments made before an upgrade are the same
+        // card's.
+        let earlier = record.earlier_card_keys();
+        for key in &earlier {
+            history.extend(store.card_history(key, since, CARD_HISTORY_LIMIT).await?);
+        }
+        if !earlier.is_empty() {
             history.sort_by(|a, b| {
                 (a.at, &a.payment_id, a.attempt_number).cmp(&(
                     b.at,

@@ -55,6 +55,20 @@ async fn the_delivery_log_resends_and_destinations_work_over_the_api() {
         .to_owned();
     let delivered_at =
         |received: &Received, id: &str| received.arrivals.iter().filter(|a| a.0 == id).count();
+    // Between its refused first try and its retry (a second later) it is `retrying`.
+    wait_for("the created event's first try", || {
+        delivered_at(&received.lock().unwrap(), &created) >= 1
+    })
+    .await;
+    let (_, log, _) = get(
+        &client,
+        port,
+        &format!("/v2/core/events/{created}/deliveries"),
+    )
+    .await;
+    if log["data"][0]["attempts"] == 1 {
+        assert_eq!(log["data"][0]["status"], "retrying", "{log}");
+    }
     wait_for("the created event's retry", || {
         delivered_at(&received.lock().unwrap(), &created) >= 2
     })

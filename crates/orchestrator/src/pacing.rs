@@ -84,12 +84,22 @@ impl Pacer {
     /// Waits for a permit; returns how long it waited.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
-        let limiter = self
-            .limiter
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        limiter.until_ready().await;
+        let current = || {
+            self.limiter
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        // A permit of a limiter replaced while it was awaited (the share changed) is
+        // the old rate's: wait again on the new one, so that the waiters take up the
+        // new share too.
+        loop {
+            let limiter = current();
+            limiter.until_ready().await;
+            if std::sync::Arc::ptr_eq(&limiter, &current()) {
+                break;
+            }
+        }
         let pace = self.pace.load(Ordering::Relaxed).max(1);
         if pace < FULL {
             // Below the full quota: stretch the interval between permits.

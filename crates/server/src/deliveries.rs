@@ -95,6 +95,7 @@ async fn delivery(
     let log = log_of(state, &endpoint.id, event_id).await;
     // A ping is never scheduled: before its one answer it is being sent (`pending`),
     // after it `delivered` or `failed`.
+    // Still to be sent: ahead of the cursor, or past it with a retry filed.
     let ahead = match sequence {
         Some(sequence) => {
             let cursor: Option<u64> =
@@ -103,6 +104,9 @@ async fn delivery(
                     _ => None,
                 };
             cursor.is_none_or(|c| sequence > c)
+                || crate::retries::is_filed(store, &endpoint.id, sequence)
+                    .await
+                    .unwrap_or(false)
         }
         None => log.is_null(),
     };

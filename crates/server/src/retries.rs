@@ -27,6 +27,9 @@ pub(crate) struct Pending {
     pub sequence: u64,
     /// The thin event as sent (signed afresh at each try).
     pub payload: String,
+    /// Its type, checked against the endpoint's `enabled_events` at each try.
+    #[serde(default)]
+    pub event_type: String,
     /// The first try, Unix milliseconds: the give-up clock.
     pub first_at: i64,
     /// Tries so far.
@@ -35,6 +38,20 @@ pub(crate) struct Pending {
 
 pub(crate) fn prefix(endpoint_id: &str) -> String {
     format!("webhook/{endpoint_id}/retry/")
+}
+
+/// Whether the endpoint has a retry filed for the event at `sequence`.
+pub(crate) async fn is_filed(
+    store: &dyn Store,
+    endpoint_id: &str,
+    sequence: u64,
+) -> Result<bool, StoreError> {
+    let suffix = format!("/{sequence:020}");
+    Ok(store
+        .list_state(&prefix(endpoint_id))
+        .await?
+        .iter()
+        .any(|(key, _)| key.ends_with(&suffix)))
 }
 
 fn key(endpoint_id: &str, next_at: i64, sequence: u64) -> String {
@@ -65,21 +82,25 @@ pub(crate) fn backoff(settings: &DeliverySettings, tries: u64) -> Duration {
         .min(settings.max_backoff)
 }
 
-/// Files `pending`'s next try, then removes its previous entry `old`: a stop between
-/// the two leaves it filed twice, sent twice at worst (deliveries are at least once).
+/// Files `pending`'s next try, then removes its previous entry `old` (key and text)
+/// if it is still as read. When it is not (another instance sharing the endpoint
+/// during a change of owner moved it first), the new entry is removed again, so an
+/// event keeps one entry; a stop between the two leaves it filed twice, sent twice at
+/// worst (deliveries are at least once).
 async fn file(
     store: &dyn Store,
     endpoint_id: &str,
     pending: &Pending,
     next_at: i64,
-    old: Option<&str>,
+    old: Option<(&str, &str)>,
 ) -> Result<(), StoreError> {
     let text = serde_json::to_string(pending).unwrap_or_default();
-    store
-        .save_state(&key(endpoint_id, next_at, pending.sequence), &text)
-        .await?;
-    if let Some(old) = old {
-        store.delete_state(old).await?;
+    let new = key(endpoint_id, next_at, pending.sequence);
+    store.save_state(&new, &text).await?;
+    if let Some((old, old_text)) = old {
+        if old != new && !store.remove_state_if(old, old_text).await? {
+            store.delete_state(&new).await?;
+        }
     }
     Ok(())
 }
@@ -100,7 +121,8 @@ pub(crate) async fn file_first_retry(
 }
 
 /// Sends the retries due now, `concurrency` at a time, up to [`PASS`] of them;
-/// returns how many were due.
+/// returns how many it settled (removed or filed again): a store that cannot be
+/// written leaves them due, and the caller then waits before the next pass.
 pub(crate) async fn send_due(
     store: &dyn Store,
     client: &reqwest::Client,
@@ -120,31 +142,43 @@ pub(crate) async fn send_due(
         .into_iter()
         .take_while(|(key, _)| next_at_of(key, &prefix).is_none_or(|at| at <= now))
         .collect();
-    let count = due.len();
     futures::stream::iter(due)
         .map(|(key, text)| async move {
             match serde_json::from_str::<Pending>(&text) {
-                Ok(pending) => retry_once(store, client, endpoint, &key, pending, settings).await,
-                // Not a retry this binary can read: nothing to send.
-                Err(_) => {
-                    let _ = store.delete_state(&key).await;
+                Ok(pending) => {
+                    retry_once(store, client, endpoint, (&key, &text), pending, settings).await
                 }
+                // Not a retry this binary can read: nothing to send.
+                Err(_) => store.delete_state(&key).await.is_ok(),
             }
         })
         .buffer_unordered(settings.concurrency.max(1))
-        .collect::<Vec<()>>()
-        .await;
-    count
+        .filter(|settled| std::future::ready(*settled))
+        .count()
+        .await
 }
 
+/// One more try of the retry filed at `entry` (key, text); whether it was settled.
 async fn retry_once(
     store: &dyn Store,
     client: &reqwest::Client,
     endpoint: &WebhookEndpoint,
-    key: &str,
+    entry: (&str, &str),
     mut pending: Pending,
     settings: &DeliverySettings,
-) {
+) -> bool {
+    let (key, text) = entry;
+    let expired =
+        now_ms().saturating_sub(pending.first_at) >= settings.give_up_after.as_millis() as i64;
+    // Past its time (an endpoint disabled for longer), or no longer wanted: dropped
+    // without a send.
+    if expired || (!pending.event_type.is_empty() && !endpoint.wants(&pending.event_type)) {
+        if expired {
+            tracing::warn!(endpoint = %endpoint.id, event = %pending.event_id, tries = pending.tries, "gave up delivering an event");
+            metrics_delivered(endpoint, "abandoned");
+        }
+        return store.remove_state_if(key, text).await.is_ok();
+    }
     let answer = send_once(client, endpoint, &pending.payload).await;
     record_attempt(
         store,
@@ -157,26 +191,30 @@ async fn retry_once(
     let result = match answer {
         Ok(status) if (200..300).contains(&status) => {
             metrics_delivered(endpoint, "delivered");
-            store.delete_state(key).await
+            store.remove_state_if(key, text).await.map(|_| ())
         }
         answer => {
             let now = now_ms();
             if now.saturating_sub(pending.first_at) >= settings.give_up_after.as_millis() as i64 {
                 tracing::warn!(endpoint = %endpoint.id, event = %pending.event_id, tries = pending.tries, "gave up delivering an event");
                 metrics_delivered(endpoint, "abandoned");
-                store.delete_state(key).await
+                store.remove_state_if(key, text).await.map(|_| ())
             } else {
                 tracing::info!(endpoint = %endpoint.id, event = %pending.event_id, answer = ?answer, "webhook not accepted; retrying later");
                 metrics_delivered(endpoint, "retried");
                 let next_at =
                     now.saturating_add(backoff(settings, pending.tries).as_millis() as i64);
-                file(store, &endpoint.id, &pending, next_at, Some(key)).await
+                file(store, &endpoint.id, &pending, next_at, Some((key, text))).await
             }
         }
     };
-    if let Err(err) = result {
-        // The entry stays as it was: tried again at the next pass.
-        tracing::warn!(endpoint = %endpoint.id, error = %err, "updating a webhook retry failed");
+    match result {
+        Ok(()) => true,
+        Err(err) => {
+            // The entry stays as it was: tried again at a later pass.
+            tracing::warn!(endpoint = %endpoint.id, error = %err, "updating a webhook retry failed");
+            false
+        }
     }
 }
 
@@ -194,6 +232,64 @@ mod tests {
         let waits: Vec<u64> = (1..=8).map(|t| backoff(&settings, t).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(&settings, u64::MAX), Duration::from_secs(60));
+    }
+
+    fn pending(first_at: i64) -> Pending {
+        Pending {
+            event_id: "evt_1".into(),
+            sequence: 7,
+            payload: "{}".into(),
+            event_type: "v2.payments.off_session_payment.created".into(),
+            first_at,
+            tries: 1,
+        }
+    }
+
+    /// Two instances sharing an endpoint while its owner changes both move one retry:
+    /// the one that finds the entry already moved removes its own, so one is left.
+    #[tokio::test]
+    async fn a_retry_moved_by_two_instances_stays_one_entry() {
+        let store = offsession_store::MemoryStore::new();
+        let entry = pending(1_000);
+        let text = serde_json::to_string(&entry).unwrap();
+        let old = key("we_1", 2_000, 7);
+        store.save_state(&old, &text).await.unwrap();
+        // The first instance moves it to 5,000; the second, from the same read, to 6,000.
+        file(&store, "we_1", &entry, 5_000, Some((&old, &text)))
+            .await
+            .unwrap();
+        file(&store, "we_1", &entry, 6_000, Some((&old, &text)))
+            .await
+            .unwrap();
+        let left = store.list_state(&prefix("we_1")).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, key("we_1", 5_000, 7));
+    }
+
+    /// A retry past its give-up time (its endpoint was disabled for longer) is dropped
+    /// without a send.
+    #[tokio::test]
+    async fn an_expired_retry_is_dropped_unsent() {
+        let store = offsession_store::MemoryStore::new();
+        let settings = DeliverySettings::default();
+        let old = now_ms() - settings.give_up_after.as_millis() as i64 - 1;
+        let entry = pending(old);
+        store
+            .save_state(&key("we_1", 0, 7), &serde_json::to_string(&entry).unwrap())
+            .await
+            .unwrap();
+        let endpoint = WebhookEndpoint {
+            id: "we_1".into(),
+            // Nothing listens here: a send would be logged as a failed try.
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: "whsec_test_secret".into(),
+            enabled_events: vec!["*".into()],
+        };
+        let client = crate::webhooks::client(Duration::from_secs(1)).unwrap();
+        assert_eq!(send_due(&store, &client, &endpoint, &settings).await, 1);
+        assert!(store.list_state(&prefix("we_1")).await.unwrap().is_empty());
+        let log = crate::webhooks::log_key("we_1", "evt_1");
+        assert_eq!(store.load_state(&log).await.unwrap(), None, "not sent");
     }
 
     #[test]

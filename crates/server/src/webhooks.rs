@@ -116,8 +116,8 @@ pub const DELIVERER_PREFIX: &str = "deliverer/";
 
 /// Which endpoints this instance delivers to, when several instances share a store:
 /// each endpoint is delivered to by one live instance, chosen by rendezvous hashing of
-/// the endpoint's id with the ids of the instances alive (their heartbeats, see
-/// `Engine::instances_alive`), so an instance that joins or dies moves only the
+/// the endpoint's id with the ids of the instances that deliver webhooks (their beats
+/// under [`DELIVERER_PREFIX`]), so an instance that joins or dies moves only the
 /// endpoints it gains or held. The cursor of an endpoint is in the store, so the next
 /// owner resumes where the last one acknowledged. While ownership moves (within one
 /// refresh), two instances may both send an event: deliveries are at least once.
@@ -373,6 +373,7 @@ async fn first_try(
     let pending = crate::retries::Pending {
         event_id: event.event.id.clone(),
         sequence: event.sequence,
+        event_type: event.event.event_type.as_str().to_owned(),
         payload,
         first_at: crate::retries::now_ms(),
         tries: 1,

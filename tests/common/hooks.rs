@@ -30,6 +30,8 @@ pub fn endpoint(port: u16, refuse: u64, secret: &'static str) -> Arc<Mutex<Recei
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            // One connection at a time: one that never sends must not stall the rest.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut length = 0;
             let mut signature = String::new();
@@ -77,11 +79,18 @@ pub fn endpoint(port: u16, refuse: u64, secret: &'static str) -> Arc<Mutex<Recei
                     received.refused += 1;
                     500
                 } else {
-                    let event: serde_json::Value = serde_json::from_str(&body).unwrap();
-                    received
-                        .ids
-                        .insert(event["id"].as_str().unwrap().to_owned());
-                    200
+                    // A request cut short (its server killed mid-send) has no event:
+                    // refused, as a receiver would.
+                    match serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|event| event["id"].as_str().map(str::to_owned))
+                    {
+                        Some(id) => {
+                            received.ids.insert(id);
+                            200
+                        }
+                        None => 400,
+                    }
                 }
             };
             let _ = write!(

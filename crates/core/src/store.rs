@@ -95,6 +95,16 @@ pub struct PaymentRecord {
     /// answer was lost finds its operation done instead of doing it twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keyed_operations: Vec<(String, i64)>,
+    /// Captures that failed while the processor reported the authorization still
+    /// held (not captured): the next capture goes under a new key
+    /// (`<payment>:capture:<n>`), since a processor answers a key's stored error to
+    /// every retry of that key.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub capture_generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How many keyed manual operations a payment remembers.
@@ -124,6 +134,7 @@ impl PaymentRecord {
             retry_latest: None,
             cascade_to: None,
             keyed_operations: Vec::new(),
+            capture_generation: 0,
         }
     }
 

@@ -34,6 +34,11 @@ struct Altered {
     /// Captures are made, then answer an error (an answer lost, or stored under the
     /// key after execution started).
     capture_then_fails: bool,
+    /// Keys that answer an error without capturing, every time (as Stripe answers a
+    /// key's stored error to every retry of it).
+    refused_capture_keys: std::sync::Mutex<Vec<String>>,
+    /// The keys captures were sent under.
+    capture_keys: std::sync::Mutex<Vec<String>>,
     /// Releases and state reads fail, as in an outage.
     unreachable: bool,
     /// `Processor::idempotency_window`.
@@ -44,6 +49,8 @@ struct Altered {
     cancel_gate: Option<Arc<tokio::sync::Notify>>,
     /// `Processor::find_authorization`'s answer.
     found: Option<AttemptOutcome>,
+    /// The first this many authorizations answer a processor fault (nothing sent on).
+    faults_first: AtomicU32,
     /// Authorizations read as released at the processor (expired there), whose
     /// cancel is refused, as Stripe refuses to cancel a canceled PaymentIntent.
     released_already: bool,
@@ -57,11 +64,14 @@ impl Altered {
             answer: None,
             capture_fails: false,
             capture_then_fails: false,
+            refused_capture_keys: std::sync::Mutex::new(Vec::new()),
+            capture_keys: std::sync::Mutex::new(Vec::new()),
             unreachable: false,
             window: None,
             capture_gate: None,
             cancel_gate: None,
             found: None,
+            faults_first: AtomicU32::new(0),
             released_already: false,
             sends: AtomicU32::new(0),
         }
@@ -92,6 +102,13 @@ impl Processor for Altered {
     }
     async fn authorize(&self, request: AuthorizeRequest<'_>) -> AttemptOutcome {
         self.sends.fetch_add(1, Ordering::SeqCst);
+        if self
+            .faults_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return AttemptOutcome::fault(offsession_core::FaultKind::Unavailable, "503");
+        }
         match &self.answer {
             Some(answer) => answer.clone(),
             None => self.mock.authorize(request).await,
@@ -103,6 +120,19 @@ impl Processor for Altered {
         }
         if let Some(gate) = &self.capture_gate {
             gate.notified().await;
+        }
+        self.capture_keys
+            .lock()
+            .unwrap()
+            .push(request.idempotency_key.to_owned());
+        if self
+            .refused_capture_keys
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == request.idempotency_key)
+        {
+            return Err(self.outage("capture"));
         }
         let captured = self.mock.capture(request).await;
         if self.capture_then_fails && captured.is_ok() {
@@ -1765,4 +1795,98 @@ async fn a_cards_history_survives_a_change_of_the_fingerprints_processor() {
         Some(FailureReason::RejectedByPartner)
     );
     assert_eq!(second.payment.retry_details.attempts, 0);
+}
+
+/// A capture the processor refused with an error stored under its key (the
+/// authorization still held) is tried again under a new key: the same key would be
+/// answered the same error until the key expires, and the authorization with it.
+#[tokio::test]
+async fn a_capture_refused_under_its_key_is_retried_under_a_new_one() {
+    let (h, processor) = altered(Altered::new(mock()), EngineConfig::default()).await;
+    let mut body = h.body("pm_card_visa");
+    body["capture"] = json!({"capture_method": "manual"});
+    let p = h.create(body).await;
+    h.advance(Duration::ZERO).await;
+    let first_key = format!("{}:capture", p.id);
+    processor
+        .refused_capture_keys
+        .lock()
+        .unwrap()
+        .push(first_key.clone());
+    assert!(h.engine.capture(&p.id, None).await.is_err());
+    let captured = h.engine.capture(&p.id, None).await.unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    assert_eq!(
+        *processor.capture_keys.lock().unwrap(),
+        [first_key, format!("{}:capture:1", p.id)]
+    );
+}
+
+/// A fault's replay is counted by the network rules from when it is sent, as the
+/// issuer sees it: the attempt's time moves to the replay's, so a decline answered to
+/// a replay hours later stays in Mastercard's 24-hour window for 24 hours from then.
+#[tokio::test]
+async fn a_fault_replay_counts_from_its_send() {
+    let alter = Altered {
+        faults_first: AtomicU32::new(1),
+        ..Altered::new(mock())
+    };
+    let (h, processor) = altered(alter, EngineConfig::default()).await;
+    let p = h.create(h.body("pm_card_mastercard")).await;
+    h.advance(Duration::ZERO).await;
+    let first = h.store.get(&p.id).await.unwrap().unwrap();
+    assert!(first.replay_pending, "the fault is to be replayed");
+    h.advance(Duration::from_secs(3_600)).await;
+    let done = h.store.get(&p.id).await.unwrap().unwrap();
+    assert_eq!(done.payment.status, PaymentStatus::Succeeded);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 2);
+    assert!(
+        done.attempts[0].started_at > start(),
+        "counted from the replay's send: {:?}",
+        done.attempts[0]
+    );
+}
+
+/// A test clock advanced while a capture is under way on one of its payments waits for
+/// the capture: its hold is on the clock's time, and passing it would expire the
+/// authorization being captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advance_waits_for_a_capture_under_way_on_its_clock() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let alter = Altered {
+        capture_gate: Some(gate.clone()),
+        ..Altered::new(mock())
+    };
+    let (h, _) = altered(alter, EngineConfig::default()).await;
+    let p = held_for_an_hour(&h).await;
+    h.advance(Duration::from_secs(1_800)).await;
+    let capturing = tokio::spawn({
+        let (engine, id) = (h.engine.clone(), p.id.clone());
+        async move { engine.capture(&id, None).await }
+    });
+    let mut held = false;
+    for _ in 0..200 {
+        if h.store.get(&p.id).await.unwrap().unwrap().lease.is_some() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the capture did not hold the payment");
+    let advancing = tokio::spawn({
+        let (engine, clock) = (h.engine.clone(), h.clock.clone());
+        let to = start().plus(Duration::from_secs(3 * 3_600));
+        async move { engine.advance_test_clock(&clock, to).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.store.get(&p.id).await.unwrap().unwrap().payment.status,
+        PaymentStatus::RequiresCapture,
+        "not expired under the capture"
+    );
+    gate.notify_one();
+    let captured = capturing.await.unwrap().unwrap();
+    assert_eq!(captured.status, PaymentStatus::Succeeded);
+    advancing.await.unwrap().unwrap();
+    assert_eq!(h.get(&p.id).await.status, PaymentStatus::Succeeded);
 }

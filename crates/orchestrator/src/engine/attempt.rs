@@ -176,6 +176,13 @@ impl Engine {
         if replay {
             if let Some(last) = record.attempts.last_mut() {
                 last.replays += 1;
+                // A fault's replay (nothing reached the issuer before) is sent now: the
+                // network rules count it from now, as the issuer sees it, not from the
+                // first write-ahead hours ago. An unknown outcome's replay keeps its
+                // first send's time, from which the processor's key window runs.
+                if !last.outcome_unknown {
+                    last.started_at = now;
+                }
             }
         } else {
             let number = record.payment.retry_details.attempts + 1;

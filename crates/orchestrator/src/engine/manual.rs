@@ -70,6 +70,10 @@ impl Engine {
             // A held authorization is released under a hold on the payment, as a
             // capture is made: a capture starting meanwhile finds the hold and answers
             // 409 instead of capturing an authorization being voided.
+            let _clock_hold = (matches!(t, Transition::Cancel)
+                && record.payment.status == PaymentStatus::RequiresCapture)
+                .then(|| self.clock_hold(&record.payment))
+                .flatten();
             let record = if matches!(t, Transition::Cancel)
                 && record.payment.status == PaymentStatus::RequiresCapture
             {
@@ -308,10 +312,17 @@ impl Engine {
         })?;
         // Hold the payment while the processor captures: the scheduler claims a
         // `requires_capture` payment when its authorization expires, to release it and
-        // fail it, and must not do that to one whose capture is under way.
+        // fail it, and must not do that to one whose capture is under way (nor may a
+        // test clock's advance pass the hold meanwhile).
+        let _clock_hold = self.clock_hold(&record.payment);
         let mut record = self.hold(&record, now).await.map_err(store_error)?;
         let reference = record.authorization.clone().unwrap_or_default();
-        let key = format!("{}:capture", record.payment.id);
+        // One key per capture generation: a capture refused while the authorization
+        // stayed held gets a new key, so its retry is not answered the stored error.
+        let key = match record.capture_generation {
+            0 => format!("{}:capture", record.payment.id),
+            n => format!("{}:capture:{n}", record.payment.id),
+        };
         // The hold is renewed while the processor works, however long it takes.
         let call = processor.capture(CaptureRequest {
             payment: &record.payment,
@@ -327,11 +338,16 @@ impl Engine {
         // An error may come after the processor captured: an answer lost on the way,
         // or an error stored under the key after execution started, which the
         // processor repeats to every retry of the key. Ask it before giving up.
+        let mut still_held = false;
         let captured = match captured {
             Err(err) => match processor.authorization_state(&reference).await {
                 Ok(Some(offsession_core::AuthorizationState::Captured)) => {
                     tracing::warn!(payment = %record.payment.id, error = %err, "the capture answered an error, but the processor reports the authorization captured; recording the capture");
                     Ok(())
+                }
+                Ok(Some(offsession_core::AuthorizationState::Held)) => {
+                    still_held = true;
+                    Err(err)
                 }
                 _ => Err(err),
             },
@@ -345,6 +361,10 @@ impl Engine {
             // release it, waits until the hold (as last renewed) would have lapsed. A
             // change made meanwhile is left alone.
             let mut released = record.clone();
+            if still_held {
+                // Not captured: the next capture may go under a key of its own.
+                released.capture_generation += 1;
+            }
             let hold_until = released.lease.take().map(|lease| lease.until);
             released.due_at = record
                 .due_at

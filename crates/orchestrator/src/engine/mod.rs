@@ -191,6 +191,9 @@ struct Inner {
     card_locks: std::sync::Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>,
     /// The instances alive at the last heartbeat (empty before the first).
     alive: std::sync::Mutex<Vec<String>>,
+    /// Captures and cancels under way in this process, by test clock: the clock's
+    /// advances wait for them (see `test_clocks::ClockHold`).
+    clock_holds: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -248,6 +251,7 @@ impl Engine {
                 test_clocks: RwLock::new(HashMap::new()),
                 card_locks: std::sync::Mutex::new(HashMap::new()),
                 alive: std::sync::Mutex::new(Vec::new()),
+                clock_holds: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }

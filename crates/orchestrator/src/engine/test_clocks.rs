@@ -119,6 +119,9 @@ impl Engine {
                     if stop.load(std::sync::atomic::Ordering::Acquire) {
                         return Err(stopped());
                     }
+                    // A capture or cancel under way here holds its payment on this
+                    // clock's time: let it finish before the clock passes its hold.
+                    self.wait_for_clock_holds(id).await;
                     clock.set(due);
                     self.save_test_clock(id, due).await?;
                     let report = self
@@ -354,6 +357,72 @@ fn about_key(id: &str) -> String {
 
 fn advance_key(id: &str) -> String {
     format!("test_clock_advancing/{id}")
+}
+
+/// A capture or cancel under way on a payment of a test clock. Its hold on the
+/// payment is measured on the test clock, so an advance past the hold's end would
+/// take the payment from under it (and expire the authorization being captured): the
+/// clock's advances in this process wait until it is dropped.
+pub(super) struct ClockHold {
+    engine: Engine,
+    clock: String,
+}
+
+impl Drop for ClockHold {
+    fn drop(&mut self) {
+        let mut holds = self
+            .engine
+            .inner
+            .clock_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = holds.get_mut(&self.clock) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&self.clock);
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Registers a capture or cancel under way on `payment`, when it is on a test
+    /// clock, until the returned guard is dropped.
+    pub(super) fn clock_hold(&self, payment: &OffSessionPayment) -> Option<ClockHold> {
+        let clock = payment.test_clock.clone()?;
+        *self
+            .inner
+            .clock_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(clock.clone())
+            .or_default() += 1;
+        Some(ClockHold {
+            engine: self.clone(),
+            clock,
+        })
+    }
+
+    /// Waits until no capture or cancel is under way on test clock `id` in this
+    /// process (for at most a minute, then goes on: a hold that long is one whose
+    /// processor call hangs, and the advance is not held up forever).
+    async fn wait_for_clock_holds(&self, id: &str) {
+        let started = std::time::Instant::now();
+        while self
+            .inner
+            .clock_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|n| *n > 0)
+        {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                tracing::warn!(clock = %id, "a capture or cancel on this test clock has been under way for a minute; advancing past its hold");
+                return;
+            }
+            futures_timer::Delay::new(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[cfg(test)]

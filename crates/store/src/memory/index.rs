@@ -56,7 +56,8 @@ pub(super) fn reindex_card(
     let Some(index) = by_card.get_mut(card.as_ref()) else {
         return;
     };
-    // An entry whose start moved (none does today) is filed again below.
+    // An entry whose start moved (a fault's replay, counted from its send) is filed
+    // again below.
     for was in before {
         let kept = new
             .attempts

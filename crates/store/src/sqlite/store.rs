@@ -49,7 +49,8 @@ fn write_attempts(
     }
     // The answer of an attempt already written changes only its answer columns: not
     // naming `started_at` keeps SQLite from rewriting its `attempts_by_method` entry.
-    // An attempt whose start time moved (none does today) takes the second statement.
+    // An attempt whose start time moved (a fault's replay, counted from its send)
+    // takes the second statement.
     let mut upsert = tx
         .prepare_cached(
             "INSERT INTO attempts (payment_id, number, payment_method, started_at, declined, amount, answered, advice_code)

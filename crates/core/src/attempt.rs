@@ -218,7 +218,9 @@ pub struct AttemptRecord {
     pub idempotency_key: String,
     /// The processor the attempt went to.
     pub processor: String,
-    /// When the attempt was first started.
+    /// When the attempt was started: its first send, or the latest replay of a fault
+    /// (nothing had reached the processor before it). An unknown outcome's replays
+    /// keep the first send's time, from which the processor's key window runs.
     pub started_at: Timestamp,
     /// When it was due (the payment's due time when it was claimed): `started_at -
     /// due_at` is how late the scheduler sent it.

@@ -1890,3 +1890,48 @@ async fn an_advance_waits_for_a_capture_under_way_on_its_clock() {
     advancing.await.unwrap().unwrap();
     assert_eq!(h.get(&p.id).await.status, PaymentStatus::Succeeded);
 }
+
+/// A fault's replay is checked against the card's caps like any send the issuer
+/// sees: a Mastercard card that took ten declines since (the first send's slot having
+/// aged out of the 24 hours) does not get the replay as an eleventh.
+#[tokio::test]
+async fn a_fault_replay_is_checked_against_the_cards_caps() {
+    let alter = Altered {
+        faults_first: AtomicU32::new(1),
+        answer: Some(AttemptOutcome::Declined {
+            codes: offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor")),
+            reference: Default::default(),
+        }),
+        ..Altered::new(mock())
+    };
+    let config = EngineConfig {
+        replay_backoff: vec![Duration::from_secs(25 * 3_600)],
+        ..EngineConfig::default()
+    };
+    let (h, processor) = altered(alter, config).await;
+    let faulted = h.create(h.body("pm_card_mastercard")).await;
+    h.advance(Duration::ZERO).await;
+    assert!(
+        h.store
+            .get(&faulted.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .replay_pending
+    );
+    h.advance(Duration::from_secs(24 * 3_600 + 60)).await;
+    for _ in 0..10 {
+        h.create(h.body("pm_card_mastercard")).await;
+    }
+    h.advance(Duration::ZERO).await;
+    let before = processor.sends.load(Ordering::SeqCst);
+    assert_eq!(before, 11, "the fault, then ten declines");
+    h.advance(Duration::from_secs(3_600)).await;
+    assert_eq!(
+        processor.sends.load(Ordering::SeqCst),
+        before,
+        "the replay would be the card's eleventh decline in 24 hours"
+    );
+    let record = h.store.get(&faulted.id).await.unwrap().unwrap();
+    assert!(record.replay_pending, "deferred, still to be replayed");
+}

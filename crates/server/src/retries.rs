@@ -96,10 +96,17 @@ async fn file(
 ) -> Result<(), StoreError> {
     let text = serde_json::to_string(pending).unwrap_or_default();
     let new = key(endpoint_id, next_at, pending.sequence);
-    store.save_state(&new, &text).await?;
+    // Only where nothing is filed: another instance may have filed the same next try
+    // a moment ago (the same millisecond), and that entry is then the event's one.
+    if !store.swap_state(&new, None, &text).await? {
+        if let Some((old, old_text)) = old {
+            store.remove_state_if(old, old_text).await?;
+        }
+        return Ok(());
+    }
     if let Some((old, old_text)) = old {
         if old != new && !store.remove_state_if(old, old_text).await? {
-            store.delete_state(&new).await?;
+            store.remove_state_if(&new, &text).await?;
         }
     }
     Ok(())
@@ -264,6 +271,17 @@ mod tests {
         let left = store.list_state(&prefix("we_1")).await.unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].0, key("we_1", 5_000, 7));
+        // The same millisecond on both: still one entry, not none.
+        store.save_state(&old, &text).await.unwrap();
+        store.delete_state(&key("we_1", 5_000, 7)).await.unwrap();
+        for _ in 0..2 {
+            file(&store, "we_1", &entry, 9_000, Some((&old, &text)))
+                .await
+                .unwrap();
+        }
+        let left = store.list_state(&prefix("we_1")).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, key("we_1", 9_000, 7));
     }
 
     /// A retry past its give-up time (its endpoint was disabled for longer) is dropped

@@ -76,10 +76,17 @@ impl Engine {
         // attempt is checked on Mastercard cards only, whose caps count every
         // decline (10 in 24 hours, 35 per amount in 30 days) and whose advice codes
         // 03 / 21 bar the card for every payment; Visa's cap counts reattempts.
-        let first = record.attempts.is_empty();
+        // A fault's replay is checked too: nothing reached the issuer before, so this
+        // send is the one the issuer counts (its attempt is left out of the history
+        // it is checked against, as a new attempt is not in it yet). An unknown
+        // outcome's replay is not: it asks what became of a send already made.
+        let replayed = replay
+            .then(|| record.attempts.last().map(|a| a.number))
+            .flatten();
+        let first = record.attempts.is_empty() || replayed == Some(1);
         let brand = super::step::card_brand(&record);
         let checked = self.inner.policies.guarded
-            && !replay
+            && !unknown
             && (!first || brand == Some(&offsession_core::CardBrand::Mastercard));
         let mut card_lock = if checked {
             // Boxed, as the write under the lock below: rare paths kept out of the
@@ -89,7 +96,11 @@ impl Engine {
             None
         };
         if checked {
-            let history = self.card_history(&record, now).await?;
+            let mut history = self.card_history(&record, now).await?;
+            if let Some(number) = replayed {
+                history
+                    .retain(|a| !(a.payment_id == record.payment.id && a.attempt_number == number));
+            }
             let rules = self.inner.declines.network_rules();
             let allowed =
                 rules.earliest_allowed(brand, &history, record.payment.amount_requested.value, now);
@@ -108,6 +119,20 @@ impl Engine {
                 let mut next = record;
                 next.lease = None;
                 if let Some(reason) = fails {
+                    if replayed.is_some() {
+                        // The fault's replay is not sent: the attempt ends as the
+                        // fault it was (nothing charged).
+                        super::step::finish_attempt(
+                            &mut next,
+                            now,
+                            AttemptOutcome::fault(
+                                FaultKind::Unavailable,
+                                "not sent again: the card's network rules stopped its replay",
+                            ),
+                            None,
+                        );
+                        next.replay_pending = false;
+                    }
                     next.payment.status = transition(next.payment.status, Transition::Fail)
                         .unwrap_or(PaymentStatus::Failed);
                     next.payment.failure_reason = Some(reason);

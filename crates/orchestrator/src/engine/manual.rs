@@ -60,9 +60,14 @@ impl Engine {
             if self.applied_before(&record, tag.as_ref()) {
                 return Ok(record.payment);
             }
+            // Registered before the clock is read, as a capture's (see there).
+            let t = transition_for(&record);
+            let _clock_hold = (matches!(t, Transition::Cancel)
+                && record.payment.status == PaymentStatus::RequiresCapture)
+                .then(|| self.clock_hold(&record.payment))
+                .flatten();
             self.refresh_test_clock(&record.payment).await?;
             let now = self.now_for(&record.payment);
-            let t = transition_for(&record);
             let to = transition(record.payment.status, t).map_err(refusal)?;
             if matches!(t, Transition::Cancel) {
                 authorization_in_use(&record, now)?;
@@ -70,10 +75,6 @@ impl Engine {
             // A held authorization is released under a hold on the payment, as a
             // capture is made: a capture starting meanwhile finds the hold and answers
             // 409 instead of capturing an authorization being voided.
-            let _clock_hold = (matches!(t, Transition::Cancel)
-                && record.payment.status == PaymentStatus::RequiresCapture)
-                .then(|| self.clock_hold(&record.payment))
-                .flatten();
             let record = if matches!(t, Transition::Cancel)
                 && record.payment.status == PaymentStatus::RequiresCapture
             {
@@ -254,6 +255,9 @@ impl Engine {
         if self.applied_before(&record, tag.as_ref()) {
             return Ok(record.payment);
         }
+        // Registered before the clock is read: a test clock's advance then waits for
+        // this capture, or has moved the clock before it is read.
+        let _clock_hold = self.clock_hold(&record.payment);
         self.refresh_test_clock(&record.payment).await?;
         let now = self.now_for(&record.payment);
         let to = transition(record.payment.status, Transition::Capture).map_err(refusal)?;
@@ -313,8 +317,7 @@ impl Engine {
         // Hold the payment while the processor captures: the scheduler claims a
         // `requires_capture` payment when its authorization expires, to release it and
         // fail it, and must not do that to one whose capture is under way (nor may a
-        // test clock's advance pass the hold meanwhile).
-        let _clock_hold = self.clock_hold(&record.payment);
+        // test clock's advance pass the hold meanwhile: `_clock_hold` above).
         let mut record = self.hold(&record, now).await.map_err(store_error)?;
         let reference = record.authorization.clone().unwrap_or_default();
         // One key per capture generation: a capture refused while the authorization

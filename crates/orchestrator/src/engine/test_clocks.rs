@@ -120,9 +120,10 @@ impl Engine {
                         return Err(stopped());
                     }
                     // A capture or cancel under way here holds its payment on this
-                    // clock's time: let it finish before the clock passes its hold.
-                    self.wait_for_clock_holds(id).await;
-                    clock.set(due);
+                    // clock's time: let it finish before the clock passes its hold
+                    // (the clock is set under the holds' lock, which a new hold takes
+                    // before it reads the time).
+                    self.set_clock_past_holds(id, &clock, due).await;
                     self.save_test_clock(id, due).await?;
                     let report = self
                         .run_scope(&scope, clock.now())
@@ -403,22 +404,27 @@ impl Engine {
         })
     }
 
-    /// Waits until no capture or cancel is under way on test clock `id` in this
-    /// process (for at most a minute, then goes on: a hold that long is one whose
-    /// processor call hangs, and the advance is not held up forever).
-    async fn wait_for_clock_holds(&self, id: &str) {
+    /// Sets test clock `id` to `to` once no capture or cancel is under way on it in
+    /// this process (waiting at most a minute: a hold that long is one whose processor
+    /// call hangs, and the advance is not held up forever). The clock is set under the
+    /// holds' lock, so a hold taken meanwhile reads the new time.
+    async fn set_clock_past_holds(&self, id: &str, clock: &ManualClock, to: Timestamp) {
         let started = std::time::Instant::now();
-        while self
-            .inner
-            .clock_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .is_some_and(|n| *n > 0)
-        {
-            if started.elapsed() > std::time::Duration::from_secs(60) {
-                tracing::warn!(clock = %id, "a capture or cancel on this test clock has been under way for a minute; advancing past its hold");
-                return;
+        loop {
+            {
+                let holds = self
+                    .inner
+                    .clock_holds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let waited_long = started.elapsed() > std::time::Duration::from_secs(60);
+                if holds.get(id).is_none_or(|n| *n == 0) || waited_long {
+                    if waited_long {
+                        tracing::warn!(clock = %id, "a capture or cancel on this test clock has been under way for a minute; advancing past its hold");
+                    }
+                    clock.set(to);
+                    return;
+                }
             }
             futures_timer::Delay::new(std::time::Duration::from_millis(10)).await;
         }

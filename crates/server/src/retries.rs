@@ -96,16 +96,17 @@ async fn file(
 ) -> Result<(), StoreError> {
     let text = serde_json::to_string(pending).unwrap_or_default();
     let new = key(endpoint_id, next_at, pending.sequence);
-    // Only where nothing is filed: another instance may have filed the same next try
-    // a moment ago (the same millisecond), and that entry is then the event's one.
+    if old.is_some_and(|(old, _)| old == new) {
+        return Ok(());
+    }
+    // Only where nothing is filed. Another instance may have filed the same next try
+    // a moment ago (the same millisecond): that entry is then the event's one, and
+    // that instance removes the old entry.
     if !store.swap_state(&new, None, &text).await? {
-        if let Some((old, old_text)) = old {
-            store.remove_state_if(old, old_text).await?;
-        }
         return Ok(());
     }
     if let Some((old, old_text)) = old {
-        if old != new && !store.remove_state_if(old, old_text).await? {
+        if !store.remove_state_if(old, old_text).await? {
             store.remove_state_if(&new, &text).await?;
         }
     }
@@ -282,6 +283,21 @@ mod tests {
         let left = store.list_state(&prefix("we_1")).await.unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].0, key("we_1", 9_000, 7));
+        // Overlapping: A files the new entry, B files the same one whole, then A removes
+        // the old entry (as `file` does, dropping its own if the old one moved).
+        store.save_state(&old, &text).await.unwrap();
+        store.delete_state(&key("we_1", 9_000, 7)).await.unwrap();
+        let new = key("we_1", 12_000, 7);
+        assert!(store.swap_state(&new, None, &text).await.unwrap());
+        file(&store, "we_1", &entry, 12_000, Some((&old, &text)))
+            .await
+            .unwrap();
+        if !store.remove_state_if(&old, &text).await.unwrap() {
+            store.remove_state_if(&new, &text).await.unwrap();
+        }
+        let left = store.list_state(&prefix("we_1")).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, new);
     }
 
     /// A retry past its give-up time (its endpoint was disabled for longer) is dropped

@@ -44,26 +44,12 @@ impl Engine {
         if !unknown && ends.is_some_and(|end| now > end) {
             tracing::info!(payment = %record.payment.id, "the payment's attempt window has passed; failing without an attempt");
             let mut next = record;
-            next.lease = None;
-            if replay {
-                // A fault's replay, never sent again: the attempt ends as the fault it
-                // was (nothing charged), not as one still awaiting its answer, which
-                // the network caps would count as a decline.
-                super::step::finish_attempt(
-                    &mut next,
-                    now,
-                    AttemptOutcome::fault(
-                        FaultKind::Unavailable,
-                        "not sent again: the payment's attempt window passed first",
-                    ),
-                    None,
-                );
-                next.replay_pending = false;
-            }
-            next.payment.status =
-                transition(from, Transition::Fail).unwrap_or(PaymentStatus::Failed);
-            next.payment.failure_reason = Some(FailureReason::ExceededRetryWindow);
-            next.due_at = None;
+            super::step::fail_unsent(
+                &mut next,
+                now,
+                FailureReason::ExceededRetryWindow,
+                replay.then_some("not sent again: the payment's attempt window passed first"),
+            );
             self.commit_change(&next, expected, from, now).await?;
             return Ok(Duration::ZERO);
         }
@@ -117,27 +103,16 @@ impl Engine {
                     None
                 };
                 let mut next = record;
-                next.lease = None;
                 if let Some(reason) = fails {
-                    if replayed.is_some() {
-                        // The fault's replay is not sent: the attempt ends as the
-                        // fault it was (nothing charged).
-                        super::step::finish_attempt(
-                            &mut next,
-                            now,
-                            AttemptOutcome::fault(
-                                FaultKind::Unavailable,
-                                "not sent again: the card's network rules stopped its replay",
-                            ),
-                            None,
-                        );
-                        next.replay_pending = false;
-                    }
-                    next.payment.status = transition(next.payment.status, Transition::Fail)
-                        .unwrap_or(PaymentStatus::Failed);
-                    next.payment.failure_reason = Some(reason);
-                    next.due_at = None;
+                    super::step::fail_unsent(
+                        &mut next,
+                        now,
+                        reason,
+                        replayed
+                            .map(|_| "not sent again: the card's network rules stopped its replay"),
+                    );
                 } else {
+                    next.lease = None;
                     next.due_at = Some(allowed);
                 }
                 self.commit_change(&next, expected, from, now).await?;
@@ -451,86 +426,6 @@ impl Engine {
         }
     }
 
-    /// Feeds the processor's circuit breaker and pacer with an answer.
-    /// Returns the breaker's new `open_until` when the answer opened or closed it.
-    pub(super) fn observe_health(
-        &self,
-        processor: &str,
-        outcome: &AttemptOutcome,
-        now: Timestamp,
-    ) -> Option<Option<Timestamp>> {
-        let good = matches!(
-            outcome,
-            AttemptOutcome::Approved { .. }
-                | AttemptOutcome::RequiresCapture { .. }
-                | AttemptOutcome::Declined { .. }
-        );
-        let mut changed = None;
-        if let Some(breaker) = self.inner.processors.breakers.get(processor) {
-            let before = breaker.open_until();
-            let state = breaker.record(now, good);
-            metrics::gauge!("offsession_circuit_state", "processor" => processor.to_owned())
-                .set(state as u8 as f64);
-            // Opened, closed, or reopened until later by a failed probe: saved, so
-            // that instances reloading it do not take a stale time for a new one.
-            let after = breaker.open_until();
-            if before != after {
-                changed = Some(after);
-            }
-        }
-        if let Some(pacer) = self.inner.processors.pacers.get(processor) {
-            pacer.observe(matches!(
-                outcome,
-                AttemptOutcome::ProcessorFault {
-                    kind: FaultKind::RateLimited,
-                    ..
-                }
-            ));
-        }
-        changed
-    }
-
-    /// Saves a breaker's state in the store, so a restarted engine (or another
-    /// instance) does not send to a processor known to be failing. A failed save is
-    /// logged: the breaker itself works from memory.
-    pub(super) async fn save_breaker(&self, processor: &str, open_until: Option<Timestamp>) {
-        let value = match open_until {
-            Some(until) => until.as_millis().to_string(),
-            None => "closed".to_owned(),
-        };
-        if let Err(err) = self
-            .inner
-            .store
-            .save_state(&breaker_key(processor), &value)
-            .await
-        {
-            tracing::warn!(processor, error = %err, "could not save the circuit breaker's state");
-        }
-    }
-
-    /// Loads every breaker's saved state (call once after building the engine).
-    pub async fn restore_breakers(&self) -> Result<(), StoreError> {
-        for (processor, breaker) in &self.inner.processors.breakers {
-            if let Some(value) = self.inner.store.load_state(&breaker_key(processor)).await? {
-                breaker.restore(value.parse::<i64>().ok().map(Timestamp::from_millis));
-            }
-        }
-        Ok(())
-    }
-
-    /// A processor's circuit breaker state at `now` (`None`: no such processor).
-    pub fn circuit_state(
-        &self,
-        processor: &str,
-        now: Timestamp,
-    ) -> Option<crate::breaker::BreakerState> {
-        self.inner
-            .processors
-            .breakers
-            .get(processor)
-            .map(|b| b.state(now))
-    }
-
     /// The locks a checked attempt holds: its card's (`PaymentRecord::card_key`),
     /// and for a fingerprinted card also the keys earlier releases gave it
     /// (`PaymentRecord::earlier_card_keys`), which payments made before an upgrade
@@ -611,8 +506,4 @@ impl Drop for HeldCard {
 pub(super) struct Renewing {
     writing: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
-}
-
-fn breaker_key(processor: &str) -> String {
-    format!("breaker/{processor}")
 }

@@ -3,6 +3,7 @@
 
 mod attempt;
 mod emit;
+mod health;
 pub(crate) mod instances;
 mod intake;
 mod manual;

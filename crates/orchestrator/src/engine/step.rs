@@ -278,7 +278,32 @@ pub(super) fn capture_deadline(
         .map_or(expires, |before| before.min(expires))
 }
 
-pub(super) fn finish_attempt(
+/// Fails `record` without sending its attempt (a deadline passed, the card's network
+/// rules stop it): lease and due time cleared. `replay`: the reason a fault's replay
+/// was not sent; its attempt then ends as the fault it was (nothing charged), not as
+/// one still awaiting its answer, which the network caps would count as a decline.
+pub(super) fn fail_unsent(
+    record: &mut PaymentRecord,
+    now: Timestamp,
+    reason: FailureReason,
+    replay: Option<&str>,
+) {
+    if let Some(why) = replay {
+        finish_attempt(
+            record,
+            now,
+            AttemptOutcome::fault(FaultKind::Unavailable, why),
+            None,
+        );
+        record.replay_pending = false;
+    }
+    record.lease = None;
+    apply(record, Transition::Fail);
+    record.payment.failure_reason = Some(reason);
+    record.due_at = None;
+}
+
+fn finish_attempt(
     record: &mut PaymentRecord,
     now: Timestamp,
     outcome: AttemptOutcome,

@@ -67,10 +67,11 @@ fn next_at_of(key: &str, prefix: &str) -> Option<i64> {
     key.strip_prefix(prefix)?.split('/').next()?.parse().ok()
 }
 
+/// The wall clock, Unix milliseconds: retries are timed on it (as the delivery logs
+/// are), so that instances sharing the store agree on them.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    use offsession_core::Clock;
+    offsession_core::SystemClock.now().as_millis()
 }
 
 /// The wait after `tries` tries: `first_backoff`, doubling, at most `max_backoff`.

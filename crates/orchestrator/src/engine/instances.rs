@@ -13,13 +13,7 @@ impl Engine {
     /// among them. Call it periodically, more often than `live_within`. Returns the
     /// number of instances alive.
     pub async fn heartbeat(&self, live_within: Duration) -> Result<u32, StoreError> {
-        let now = self.inner.clock.now();
-        let me = format!("{INSTANCE_PREFIX}{}", self.inner.config.instance_id);
-        self.inner
-            .store
-            .save_state(&me, &now.as_millis().to_string())
-            .await?;
-        let live = self.live_instances(live_within).await?;
+        let live = self.heartbeat_as(INSTANCE_PREFIX, live_within).await?;
         let alive = live.len().max(1) as u32;
         *self.inner.alive.lock().unwrap_or_else(|p| p.into_inner()) = live;
         self.share_rate_limits(alive);
@@ -37,12 +31,8 @@ impl Engine {
         }
     }
 
-    /// The ids of the instances whose heartbeat is at most `live_within` old, this one
-    /// always among them, sorted.
-    async fn live_instances(&self, live_within: Duration) -> Result<Vec<String>, StoreError> {
-        self.live_under(INSTANCE_PREFIX, live_within).await
-    }
-
+    /// The ids of the instances whose beat under `prefix` is at most `live_within`
+    /// old, this one always among them, sorted.
     async fn live_under(
         &self,
         prefix: &str,

@@ -397,9 +397,11 @@ impl Processor for MockProcessor {
             );
         }
         let n = self.charge_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n);
         let reference = ProcessorReference {
-            payment: Some(format!("pi_mock_{n}")),
-            charge: Some(format!("ch_mock_{n}")),
+            payment: Some(["pi_mock_", n].concat()),
+            charge: Some(["ch_mock_", n].concat()),
         };
         let outcome = match self
             .behavior_of(&request.payment.payment_method)

@@ -147,11 +147,20 @@ where
 {
     fn run(self: Box<Self>, tx: &Transaction<'_>) -> (Option<StoreError>, Finish) {
         let Typed { work, reply } = *self;
+        let changes = tx.total_changes();
         let result = work(tx);
         // Refusals (duplicate, conflict, not found) are decided before a call writes
-        // anything; only a database failure can leave a call half-written.
+        // anything; only a database failure can leave a call half-written, and only
+        // when it changed a row before failing or SQLite rolled the whole transaction
+        // back (as it does on some errors). A failure before any change (a row it could
+        // not decode, a read that failed) is the call's alone: the other calls of the
+        // group are written.
         let broke = match &result {
-            Err(err @ StoreError::Backend { .. }) => Some(err.clone()),
+            Err(err @ StoreError::Backend { .. })
+                if tx.is_autocommit() || tx.total_changes() != changes =>
+            {
+                Some(err.clone())
+            }
             _ => None,
         };
         let finish: Finish = Box::new(move |committed| {
@@ -440,6 +449,105 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `call` once, which queues its job to the writer, and hands it back.
+    async fn queued<F: std::future::Future + Unpin>(mut call: F) -> F {
+        tokio::select! {
+            biased;
+            _ = &mut call => panic!("answered while the writer was held"),
+            () = std::future::ready(()) => call,
+        }
+    }
+
+    /// Holds the writer thread in a call of its own until the returned sender sends.
+    async fn hold_writer(
+        store: &std::sync::Arc<SqliteStore>,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        let hold = tokio::spawn(async move {
+            store
+                .call(move |_| {
+                    held_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+                .await
+        });
+        tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+            .await
+            .unwrap();
+        (release_tx, hold)
+    }
+
+    /// A call that fails reading a row it cannot decode, grouped with a create: the
+    /// create is written, and only the reading call fails. A call that fails after
+    /// writing a row still fails its whole group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_fails_before_writing_fails_alone_in_its_group() {
+        use offsession_core::Store;
+        let dir = std::env::temp_dir().join(format!("offsession-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("group.db");
+        let _ = std::fs::remove_file(&path);
+        let store = std::sync::Arc::new(SqliteStore::open(&path, Synchronous::Normal).unwrap());
+        // An event row no binary can read (a newer binary's, or damaged).
+        store
+            .call(|tx| {
+                tx.execute(
+                    "INSERT INTO events (id, payment_id, type, created, body)
+                     VALUES ('evt_bad', 'osp_x', 'v2.unknown', 0, '{')",
+                    [],
+                )
+                .map_err(sql_error("test"))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let first = crate::conformance::sample_record("osp_group_1", 1_000, None);
+        let second = crate::conformance::sample_record("osp_group_2", 2_000, None);
+
+        // The writer held, both calls queue behind it and run as one group.
+        let (release, hold) = hold_writer(&store).await;
+        let read = queued(store.events_after(0, 10)).await;
+        let create = queued(store.create(&first, None, &[])).await;
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        assert!(read.await.is_err(), "the unreadable event is an error");
+        create
+            .await
+            .expect("the create grouped with the failed read is written");
+        assert!(store.get("osp_group_1").await.unwrap().is_some());
+
+        // A call that wrote a row and then failed takes its group down with it.
+        let (release, hold) = hold_writer(&store).await;
+        let half = queued(Box::pin(store.call(|tx| {
+            tx.execute("DELETE FROM events WHERE id = 'evt_bad'", [])
+                .map_err(sql_error("test"))?;
+            Err::<(), _>(StoreError::Backend {
+                message: "failed after a write".into(),
+                retryable: true,
+                source: None,
+            })
+        })))
+        .await;
+        let create = queued(store.create(&second, None, &[])).await;
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        assert!(half.await.is_err());
+        assert!(create.await.is_err(), "the group was rolled back");
+        assert!(store.get("osp_group_2").await.unwrap().is_none());
+        assert!(
+            store.events_after(0, 10).await.is_err(),
+            "the half-written delete was rolled back"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_checkpointer_comes_back_soon_after_a_commit_and_backs_off_while_idle() {

@@ -24,7 +24,7 @@ pub mod routing;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use builder::EngineBuilder;
 pub use config::{ConfigRefused, EngineConfig};
-pub use engine::instances::INSTANCE_PREFIX;
+pub use engine::instances::{BEAT_RETENTION, INSTANCE_PREFIX};
 pub use engine::test_clocks::ADVANCE_LEASE;
 pub use engine::{AttemptTiming, Engine, PaymentView, RunReport, TestClock, TimingObserver};
 pub use pacing::RateLimit;

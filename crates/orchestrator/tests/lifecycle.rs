@@ -815,3 +815,70 @@ async fn the_memory_store_is_shared_by_clones_of_the_engine() {
     assert!(h.store.get(&p.id).await.unwrap().is_some());
     assert_eq!(clone.record(&p.id).await.unwrap().payment.id, p.id);
 }
+
+/// Beats of instances long stopped, or long silent, are removed by a live instance's
+/// heartbeat (ids are new at every start, so each restart left one for good); recent
+/// ones, alive or stopped, stay for `offsession worker status`.
+#[tokio::test]
+async fn a_heartbeat_removes_beats_older_than_the_retention() {
+    use offsession_orchestrator::{BEAT_RETENTION, INSTANCE_PREFIX};
+    let h = harness().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = now - BEAT_RETENTION.as_millis() as i64 - 60_000;
+    let recent = now - 3_600_000;
+    let beats = [
+        ("silent-long-ago", old.to_string()),
+        ("stopped-long-ago", format!("stopped:{old}")),
+        ("stopped-by-an-earlier-release", "stopped".to_owned()),
+        ("silent-an-hour-ago", recent.to_string()),
+        ("stopped-an-hour-ago", format!("stopped:{recent}")),
+        ("alive", now.to_string()),
+    ];
+    for (id, value) in &beats {
+        h.store
+            .save_state(&format!("{INSTANCE_PREFIX}{id}"), value)
+            .await
+            .unwrap();
+    }
+    let alive = h.engine.heartbeat(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(alive, 2, "this instance and `alive`");
+    let mut kept: Vec<String> = h
+        .store
+        .list_state(INSTANCE_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key[INSTANCE_PREFIX.len()..].to_owned())
+        .collect();
+    kept.sort();
+    let mut expected = vec![
+        "alive".to_owned(),
+        "silent-an-hour-ago".to_owned(),
+        "stopped-an-hour-ago".to_owned(),
+        h.engine
+            .instances_alive()
+            .into_iter()
+            .find(|id| id != "alive")
+            .unwrap(),
+    ];
+    expected.sort();
+    assert_eq!(kept, expected);
+    // A stopping instance leaves its time, so that its beat ages out too.
+    h.engine.leave().await.unwrap();
+    let me = h
+        .engine
+        .instances_alive()
+        .into_iter()
+        .find(|id| id != "alive")
+        .unwrap();
+    let value = h
+        .store
+        .load_state(&format!("{INSTANCE_PREFIX}{me}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(value.starts_with("stopped:"), "{value}");
+}

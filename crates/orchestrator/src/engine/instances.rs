@@ -6,6 +6,23 @@ use super::*;
 /// The store key prefix of instances' heartbeats.
 pub const INSTANCE_PREFIX: &str = "instance/";
 
+/// How long the beat of an instance that stopped, or stopped beating, stays in the
+/// store (`offsession worker status` lists it) before a live instance's heartbeat
+/// removes it: instance ids are new at every start by default, so without this every
+/// restart would leave a key behind for good. At least twice the `live_within` a
+/// heartbeat is given.
+pub const BEAT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// The time (ms) of a beat `value`: `<ms>` while alive, `stopped:<ms>` once stopped;
+/// `None` for anything else (an earlier release's bare `stopped`).
+fn beat_time(value: &str) -> Option<i64> {
+    value
+        .strip_prefix("stopped:")
+        .unwrap_or(value)
+        .parse::<i64>()
+        .ok()
+}
+
 impl Engine {
     /// Records that this instance is alive now (engine state `instance/<instance_id>`
     /// = now in milliseconds), counts the instances whose heartbeat is at most
@@ -41,17 +58,23 @@ impl Engine {
         let now = self.inner.clock.now();
         let me = &self.inner.config.instance_id;
         let oldest = now.as_millis() - live_within.as_millis() as i64;
-        let mut alive: Vec<String> = self
-            .inner
-            .store
-            .list_state(prefix)
-            .await?
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let id = key.strip_prefix(prefix)?.to_owned();
-                (id == *me || value.parse::<i64>().is_ok_and(|at| at >= oldest)).then_some(id)
-            })
-            .collect();
+        let kept_since = now.as_millis() - BEAT_RETENTION.max(live_within * 2).as_millis() as i64;
+        let mut alive = Vec::new();
+        for (key, value) in self.inner.store.list_state(prefix).await? {
+            let Some(id) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            if id != me && beat_time(&value).is_none_or(|at| at < kept_since) {
+                // Only if unchanged: an instance that beat since keeps its key.
+                if let Err(err) = self.inner.store.remove_state_if(&key, &value).await {
+                    tracing::warn!(%key, error = %err, "removing an old heartbeat failed");
+                }
+                continue;
+            }
+            if id == me || value.parse::<i64>().is_ok_and(|at| at >= oldest) {
+                alive.push(id.to_owned());
+            }
+        }
         if !alive.iter().any(|id| id == me) {
             alive.push(me.clone());
         }
@@ -81,7 +104,11 @@ impl Engine {
     /// their next heartbeat.
     pub async fn leave(&self) -> Result<(), StoreError> {
         let me = format!("{INSTANCE_PREFIX}{}", self.inner.config.instance_id);
-        self.inner.store.save_state(&me, "stopped").await
+        let now = self.inner.clock.now();
+        self.inner
+            .store
+            .save_state(&me, &format!("stopped:{}", now.as_millis()))
+            .await
     }
 
     /// Paces every processor at `1 / instances` of its rate limit.

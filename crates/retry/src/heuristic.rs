@@ -43,6 +43,10 @@ pub struct HeuristicConfig {
     /// Least time between a funds decline and its retry.
     #[serde(with = "offsession_core::duration::text")]
     pub funds_min_wait: Duration,
+    /// Least time between a bank debit's funds return and its next presentment, by
+    /// retry number (the last repeats); `funds_min_wait` is for cards.
+    #[serde(with = "offsession_core::duration::text_list")]
+    pub debit_funds_waits: Vec<Duration>,
 }
 
 impl Default for HeuristicConfig {
@@ -62,6 +66,7 @@ impl Default for HeuristicConfig {
                 .collect(),
             funding_hour: 9,
             funds_min_wait: Duration::from_secs(12 * HOUR),
+            debit_funds_waits: vec![Duration::from_secs(12 * HOUR)],
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct HeuristicPolicy {
     issuer_waits: Vec<Duration>,
     funding_hour: u32,
     funds_min_wait: Duration,
+    debit_funds_waits: Vec<Duration>,
 }
 
 const HOUR: u64 = 3_600;
@@ -96,10 +102,14 @@ impl HeuristicPolicy {
             issuer_waits: config.issuer_waits.clone(),
             funding_hour: config.funding_hour,
             funds_min_wait: config.funds_min_wait,
+            debit_funds_waits: config.debit_funds_waits.clone(),
         };
-        if policy.transient_waits.is_empty() || policy.issuer_waits.is_empty() {
+        if policy.transient_waits.is_empty()
+            || policy.issuer_waits.is_empty()
+            || policy.debit_funds_waits.is_empty()
+        {
             return Err(err(
-                "`transient_waits` and `issuer_waits` need at least one wait",
+                "`transient_waits`, `issuer_waits` and `debit_funds_waits` need at least one wait",
             ));
         }
         if policy.funding_hour > 23 {
@@ -156,10 +166,12 @@ impl RetryPolicy for HeuristicPolicy {
             DeclineCategory::SoftTransient => context.now.plus(pick(&self.transient_waits)),
             DeclineCategory::SoftFunds => {
                 let country = context.method.and_then(|m| m.country());
-                self.next_funding_time(
-                    context.now.plus(self.funds_min_wait),
-                    utc_offset_hours(country),
-                )
+                let wait = if debit {
+                    pick(&self.debit_funds_waits)
+                } else {
+                    self.funds_min_wait
+                };
+                self.next_funding_time(context.now.plus(wait), utc_offset_hours(country))
             }
             _ => context.now.plus(pick(&self.issuer_waits)),
         };

@@ -465,3 +465,75 @@ fn smart_follows_the_plan_with_more_evidence() {
     assert!(rules_lead >= 170, "{rules_lead} of 200");
     assert!(model_leads < 60, "{model_leads} of 200");
 }
+
+/// A bank debit's next presentment after a funds return waits `debit_funds_waits`
+/// (by retry number, the last repeating), then the next funding time; a card's
+/// funds retry keeps `funds_min_wait`.
+#[test]
+fn heuristic_spaces_a_debits_presentments_by_its_own_waits() {
+    let policy = HeuristicPolicy::new(&HeuristicConfig {
+        debit_funds_waits: vec![
+            std::time::Duration::from_secs(4 * 86_400),
+            std::time::Duration::from_secs(10 * 86_400),
+        ],
+        ..HeuristicConfig::default()
+    })
+    .unwrap();
+    let ach = PaymentMethodDetails {
+        payment_method_type: "us_bank_account".into(),
+        card: None,
+        bank_country: Some("US".into()),
+    };
+    let first = at(decide(
+        &policy,
+        &ach,
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    let second = at(decide(
+        &policy,
+        &ach,
+        DeclineCategory::SoftFunds,
+        2,
+        "osp_1",
+    ));
+    let card = at(decide(
+        &policy,
+        &card("US"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    assert!(first.as_millis() - NOW >= 4 * DAY, "{first}");
+    assert!(first.as_millis() - NOW < 10 * DAY, "{first}");
+    assert!(second.as_millis() - NOW >= 10 * DAY, "{second}");
+    assert!(card.as_millis() - NOW < 4 * DAY, "{card}");
+    assert!(first > card, "{first} after {card}");
+    // The default keeps the card's wait for debits too.
+    let default = HeuristicPolicy::new(&HeuristicConfig::default()).unwrap();
+    let debit = at(decide(
+        &default,
+        &ach,
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    let card = at(decide(
+        &default,
+        &card_of("US"),
+        DeclineCategory::SoftFunds,
+        1,
+        "osp_1",
+    ));
+    assert_eq!(debit, card);
+    assert!(HeuristicPolicy::new(&HeuristicConfig {
+        debit_funds_waits: Vec::new(),
+        ..HeuristicConfig::default()
+    })
+    .is_err());
+}
+
+fn card_of(country: &str) -> PaymentMethodDetails {
+    card(country)
+}

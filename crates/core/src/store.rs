@@ -398,8 +398,11 @@ pub trait Store: Send + Sync + Debug {
     /// The newest `limit` attempts sent to the card `card` (a
     /// [`PaymentRecord::card_key`]), across all payments, at or after `since`, oldest
     /// first (attempts sent in the same millisecond in an order of the store's
-    /// choosing). The network rules need only the newest few attempts per cap, so the
-    /// answer is bounded however busy the card is.
+    /// choosing), leaving out first attempts answered without a decline: those count
+    /// towards no network cap and bar nothing, and on a busy card (usage billing) they
+    /// would crowd the reattempts and declines the caps count out of the `limit`. The
+    /// network rules need only the newest few attempts per cap, so the answer is
+    /// bounded however busy the card is.
     async fn card_history(
         &self,
         card: &str,

@@ -1307,6 +1307,54 @@ async fn mastercard_advice_21_bars_every_payment_of_the_card_for_thirty_days() {
     assert_eq!(processor.sends.load(Ordering::SeqCst), before + 1);
 }
 
+/// A `never_retry_days` longer than 30 bars the card that long: the card history the
+/// rules read reaches back as far as the bar (it stopped at 30 days).
+#[tokio::test]
+async fn a_bar_set_longer_than_thirty_days_lasts_as_set() {
+    let mut codes = offsession_core::DeclineCodes::new("card_declined", Some("do_not_honor"));
+    codes.network_advice_code = Some("21".into());
+    let table = include_str!("../../../config/declines.toml")
+        .replace("never_retry_days = 30", "never_retry_days = 45");
+    assert!(table.contains("never_retry_days = 45"));
+    let processor = Arc::new(Altered {
+        answer: Some(AttemptOutcome::Declined {
+            codes,
+            reference: Default::default(),
+        }),
+        ..Altered::new(mock())
+    });
+    let h = harness_with_declines(
+        processor.mock.clone(),
+        processor.clone(),
+        EngineConfig::default(),
+        Some(offsession_retry::DeclineTable::from_toml(&table).unwrap()),
+    )
+    .await;
+    let card = "pm_card_mastercard";
+    let first = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    assert_eq!(h.get(&first.id).await.status, PaymentStatus::Failed);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1);
+    // 40 days after the decline the card is still barred.
+    for _ in 0..39 {
+        h.advance(DAY).await;
+    }
+    let second = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    let second = h.get(&second.id).await;
+    assert_eq!(second.status, PaymentStatus::Failed);
+    assert_eq!(second.retry_details.attempts, 0);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 1, "nothing sent");
+    // After 45 days it is attempted again.
+    for _ in 0..5 {
+        h.advance(DAY).await;
+    }
+    let third = h.create(h.body(card)).await;
+    h.advance(DAY).await;
+    assert_eq!(h.get(&third.id).await.retry_details.attempts, 1);
+    assert_eq!(processor.sends.load(Ordering::SeqCst), 2);
+}
+
 /// The network rules count per card, not per payment method: a card saved twice (two
 /// payment methods, one fingerprint) is barred on both by advice code 21 on one, and
 /// a card with another fingerprint is not.

@@ -469,10 +469,16 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let since = &index[index.partition_point(|(key, _)| *key < (since, 0, 0))..];
-        Ok(since[since.len().saturating_sub(limit)..]
+        let mut history: Vec<CardAttempt> = since
             .iter()
-            .map(|(_, attempt)| attempt.clone())
-            .collect())
+            .rev()
+            .map(|(_, attempt)| attempt)
+            .filter(|a| !(a.attempt_number == 1 && a.answered && !a.declined))
+            .take(limit)
+            .cloned()
+            .collect();
+        history.reverse();
+        Ok(history)
     }
 
     async fn claim_idempotency_key(

@@ -5,14 +5,16 @@
 use super::step::{needs_decision, step, Facts, StepPolicy};
 use super::*;
 
-/// How far back the card history given to policies reaches (network caps use 30 days).
+/// How far back the card history given to policies reaches at least (network caps
+/// use 30 days); further when a Mastercard `never_retry` code bars a card for longer
+/// (`never_retry_days`).
 const CARD_HISTORY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 /// How many of a card's newest attempts the network rules see. The caps count at most
 /// a few dozen attempts (Visa 15 reattempts, Mastercard 10 declines a day, 35 per
-/// amount a month), so the newest 256 decide them for any card whose 30 days hold
-/// fewer than ~220 attempts that a cap does not count; the bound keeps a decision's
-/// cost flat however many payments share one card.
+/// amount a month), and the stores leave out the attempts no cap counts (first
+/// attempts approved, the bulk of a busy card's), so the newest 256 decide them; the
+/// bound keeps a decision's cost flat however many payments share one card.
 const CARD_HISTORY_LIMIT: usize = 256;
 
 /// The payment's retry policy, with the card's stored history read before the step.
@@ -36,7 +38,7 @@ impl StepPolicy for EnginePolicy<'_> {
     ) -> RetryDecision {
         // The step asks at most once per outcome.
         let stored = std::mem::take(&mut self.stored_history);
-        let history = with_own_attempts(stored, record, self.now);
+        let history = with_own_attempts(stored, record, self.engine.history_since(self.now));
         self.engine
             .decide(record, &history, codes, category, self.now)
     }
@@ -147,7 +149,7 @@ impl Engine {
         record: &PaymentRecord,
         now: Timestamp,
     ) -> Result<Vec<CardAttempt>, StoreError> {
-        let since = history_since(now);
+        let since = self.history_since(now);
         let store = &self.inner.store;
         let mut history = store
             .card_history(&record.card_key(), since, CARD_HISTORY_LIMIT)
@@ -188,7 +190,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Vec<CardAttempt>, StoreError> {
         let stored = self.stored_card_history(record, now).await?;
-        Ok(with_own_attempts(stored, record, now))
+        Ok(with_own_attempts(stored, record, self.history_since(now)))
     }
 
     /// Tells every strategy the outcome of the attempt just finished.
@@ -228,17 +230,30 @@ impl Engine {
     }
 }
 
-fn history_since(now: Timestamp) -> Timestamp {
-    Timestamp::from_millis(now.as_millis() - CARD_HISTORY_WINDOW.as_millis() as i64)
+impl Engine {
+    /// The start of the card history the network rules read at `now`: 30 days back,
+    /// or `never_retry_days` when the declines file sets more.
+    fn history_since(&self, now: Timestamp) -> Timestamp {
+        let barred_for = Duration::from_secs(
+            u64::from(
+                self.inner
+                    .declines
+                    .network_rules()
+                    .mastercard_never_retry_days,
+            ) * 86_400,
+        );
+        let window = CARD_HISTORY_WINDOW.max(barred_for);
+        Timestamp::from_millis(now.as_millis() - window.as_millis() as i64)
+    }
 }
 
-/// `stored` (other payments' attempts) with `record`'s own attempts, oldest first.
+/// `stored` (other payments' attempts) with `record`'s own attempts since `since`,
+/// oldest first.
 fn with_own_attempts(
     mut history: Vec<CardAttempt>,
     record: &PaymentRecord,
-    now: Timestamp,
+    since: Timestamp,
 ) -> Vec<CardAttempt> {
-    let since = history_since(now);
     history.extend(
         record
             .attempts

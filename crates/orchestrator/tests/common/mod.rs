@@ -37,15 +37,27 @@ pub async fn harness_with_processor(
     processor: Arc<dyn Processor>,
     config: EngineConfig,
 ) -> Harness {
+    harness_with_declines(mock, processor, config, None).await
+}
+
+/// [`harness_with_processor`] with a decline table other than the shipped one.
+pub async fn harness_with_declines(
+    mock: Arc<MockProcessor>,
+    processor: Arc<dyn Processor>,
+    config: EngineConfig,
+    declines: Option<offsession_retry::DeclineTable>,
+) -> Harness {
     let events = Arc::new(CollectEvents::new());
     let store = Arc::new(MemoryStore::new());
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .config(config)
         .processor(processor)
         .store(store.clone())
-        .events(events.clone())
-        .build()
-        .unwrap();
+        .events(events.clone());
+    if let Some(table) = declines {
+        builder = builder.decline_table(table);
+    }
+    let engine = builder.build().unwrap();
     let clock = engine.create_test_clock(start()).await.unwrap().id;
     Harness {
         engine,

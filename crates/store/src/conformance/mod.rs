@@ -92,6 +92,7 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     queries::idempotency_keys_map_to_the_first_payment(&make()).await;
     queries::card_history_spans_every_payment_of_the_method(&make()).await;
     queries::card_history_is_per_card_fingerprint(&make()).await;
+    queries::card_history_leaves_out_approved_first_attempts(&make()).await;
     queries::status_counts_cover_every_status(&make()).await;
     atomic::a_create_writes_key_payment_and_event_together(&make()).await;
     atomic::a_refused_create_registers_no_key_and_no_event(&make()).await;

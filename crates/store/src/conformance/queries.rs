@@ -197,6 +197,74 @@ pub(super) async fn card_history_spans_every_payment_of_the_method(store: &dyn S
     assert!(!history[0].declined, "the rewritten answer is kept");
 }
 
+/// A card's history leaves out first attempts approved: on a busy card they would
+/// fill the `limit` and push out the older declines and reattempts the caps count.
+/// Retries approved, first attempts declined and first attempts unanswered stay.
+pub(super) async fn card_history_leaves_out_approved_first_attempts(store: &dyn Store) {
+    let approved = || offsession_core::AttemptOutcome::Approved {
+        reference: Default::default(),
+    };
+    // osp_r: declined at 1_000, retried and approved at 2_000.
+    let mut retried = sample_record("osp_r", 1_000, None);
+    for (number, at) in [(1, 1_000), (2, 2_000)] {
+        let mut attempt = AttemptRecord::started(
+            format!("osp_r_att{number}"),
+            "osp_r",
+            number,
+            "mock",
+            Timestamp::from_millis(at),
+        );
+        attempt.finished_at = Some(Timestamp::from_millis(at));
+        if number == 1 {
+            attempt.decline_category = Some(DeclineCategory::SoftFunds);
+            attempt.outcome = Some(offsession_core::AttemptOutcome::Declined {
+                codes: offsession_core::DeclineCodes::new(
+                    "card_declined",
+                    Some("insufficient_funds"),
+                ),
+                reference: Default::default(),
+            });
+        } else {
+            attempt.outcome = Some(approved());
+        }
+        retried.attempts.push(attempt);
+    }
+    store.insert(&retried).await.unwrap();
+    // Five payments approved at their first attempt after it, and one in flight.
+    for i in 0..6 {
+        let id = format!("osp_ok{i}");
+        let at = 3_000 + i * 1_000;
+        let mut record = sample_record(&id, at, None);
+        let mut attempt = AttemptRecord::started(
+            format!("{id}_att1"),
+            &id,
+            1,
+            "mock",
+            Timestamp::from_millis(at),
+        );
+        if i < 5 {
+            attempt.finished_at = Some(Timestamp::from_millis(at));
+            attempt.outcome = Some(approved());
+        }
+        record.attempts.push(attempt);
+        store.insert(&record).await.unwrap();
+    }
+    let history = store
+        .card_history("pm_card_visa", Timestamp::from_millis(0), 3)
+        .await
+        .unwrap();
+    let listed: Vec<(&str, u32)> = history
+        .iter()
+        .map(|a| (a.payment_id.as_str(), a.attempt_number))
+        .collect();
+    assert_eq!(
+        listed,
+        [("osp_r", 1), ("osp_r", 2), ("osp_ok5", 1)],
+        "the decline, the approved retry and the unanswered first attempt, oldest first"
+    );
+    assert!(history[0].declined && !history[1].declined && !history[2].answered);
+}
+
 pub(super) async fn status_counts_cover_every_status(store: &dyn Store) {
     store
         .insert(&sample_record("osp_a", 1_000, None))

@@ -362,6 +362,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
                      WHERE payment_method = ?1 AND started_at >= ?2
+                       AND NOT (number = 1 AND answered AND NOT declined)
                      ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT ?3",
                 )
                 .map_err(sql_error("preparing the card history query"))?;

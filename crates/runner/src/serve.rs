@@ -7,7 +7,7 @@ use std::path::Path;
 use offsession_server::webhooks::{deliver, DeliverySettings, Owners};
 use offsession_server::{hash_key, router, ApiKeys, AppState, ServerSettings, WebhookEndpoint};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreUrl};
 use crate::error::RunnerError;
 use crate::wiring;
 use crate::worker::{self, WorkerReport};
@@ -100,6 +100,12 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkerReport, RunnerError> {
+    // On `memory:` nothing outlives the process, and the mock is the only processor
+    // that takes seeded ids; a durable store would meet the same ids again after a
+    // restart or from a second instance.
+    if !matches!(config.store.parsed_url()?, StoreUrl::Memory) {
+        worker::no_seeded_ids(config, "serve")?;
+    }
     let keys = api_keys(config)?;
     let endpoints = webhook_endpoints(config)?;
     let addr: std::net::SocketAddr = config

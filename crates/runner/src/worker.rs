@@ -49,7 +49,9 @@ pub struct WorkerReport {
     pub abandoned: bool,
 }
 
-fn durable_only(config: &Config, command: &str) -> Result<(), RunnerError> {
+/// Refuses `engine.id_seed` for a command that keeps what it writes: seeded ids repeat
+/// from run to run.
+pub(crate) fn no_seeded_ids(config: &Config, command: &str) -> Result<(), RunnerError> {
     if let Some(seed) = config.engine.id_seed {
         return Err(RunnerError::Config(ConfigError::Invalid {
             key: "engine.id_seed".into(),
@@ -58,6 +60,11 @@ fn durable_only(config: &Config, command: &str) -> Result<(), RunnerError> {
             ),
         }));
     }
+    Ok(())
+}
+
+fn durable_only(config: &Config, command: &str) -> Result<(), RunnerError> {
+    no_seeded_ids(config, command)?;
     if matches!(config.store.parsed_url()?, StoreUrl::Memory) {
         return Err(RunnerError::Config(ConfigError::Invalid {
             key: "store.url".into(),

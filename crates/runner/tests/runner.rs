@@ -378,3 +378,31 @@ async fn bench_runs_on_the_default_config_and_settles_every_payment() {
         assert_eq!(report.baseline_ratio.is_some(), baseline, "{report:?}");
     }
 }
+
+/// `serve` on a durable store refuses seeded ids, as `worker` does: after a restart, or
+/// from a second instance, they would repeat payment ids and attempt keys. On
+/// `memory:` nothing outlives the process, so it accepts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_durable_store_refuses_seeded_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "s.toml",
+        &format!(
+            "[engine]\nid_seed = 7\n[processor]\ntype = \"mock\"\n[store]\nurl = \"sqlite://{}\"\n[server]\nlisten = \"127.0.0.1:0\"\napi_key_hashes = [\"sha256:{}\"]\n",
+            dir.path().join("s.db").display(),
+            "0".repeat(64)
+        ),
+    );
+    let config = config::load(&path).unwrap();
+    let err = offsession_runner::serve::run(&path, &config, std::future::ready(()))
+        .await
+        .map(|_| ())
+        .expect_err("seeded ids on SQLite")
+        .to_string();
+    assert!(err.contains("engine.id_seed"), "{err}");
+    assert!(
+        !dir.path().join("s.db").exists(),
+        "refused before the store was opened"
+    );
+}

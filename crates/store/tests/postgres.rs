@@ -725,3 +725,27 @@ async fn a_lock_of_several_keys_holds_each_on_one_connection() {
     drop(second);
     a.drop_schema().await.unwrap();
 }
+
+/// An instance frozen while it holds a card's lock (its host paused, its network cut:
+/// the session stays open, idle in its transaction) holds it only until the server
+/// ends the idle session; then another instance takes the card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_holder_loses_its_card_lock_to_the_idle_timeout() {
+    let Some(url) = url() else { return };
+    let schema = schema("frozen");
+    let idle = std::time::Duration::from_secs(1);
+    let a = PostgresStore::connect_with(&url, &schema, 4, idle)
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with(&url, &schema, 4, idle)
+        .await
+        .unwrap();
+    let held = a.lock_card("pm_frozen").await.unwrap();
+    // Never released nor dropped: its connection stays open in its transaction.
+    std::mem::forget(held);
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(30), b.lock_card("pm_frozen"))
+        .await
+        .expect("the frozen holder's lock outlived the idle timeout");
+    drop(taken.unwrap());
+    b.drop_schema().await.unwrap();
+}

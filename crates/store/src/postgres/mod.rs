@@ -197,6 +197,14 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
+/// The server ends a session of this store that sits in an open transaction this long
+/// without a statement (`idle_in_transaction_session_timeout`), releasing its locks. An
+/// instance whose host froze or lost the network while its transaction held the
+/// outbox lock or a card's lock would otherwise stall every other instance's writes
+/// until the server's TCP keepalive gave up on it (about two hours by default). The
+/// engine never leaves a transaction idle for more than a round trip's time.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creates `schema` if needed,
     /// applies the migrations this binary knows (one instance at a time) and refuses
@@ -206,10 +214,24 @@ impl PostgresStore {
         schema: &str,
         max_connections: usize,
     ) -> Result<PostgresStore, StoreError> {
+        Self::connect_with(url, schema, max_connections, IDLE_IN_TRANSACTION_TIMEOUT).await
+    }
+
+    /// [`PostgresStore::connect`] with another [`IDLE_IN_TRANSACTION_TIMEOUT`] (tests).
+    #[doc(hidden)]
+    pub async fn connect_with(
+        url: &str,
+        schema: &str,
+        max_connections: usize,
+        idle_in_transaction: std::time::Duration,
+    ) -> Result<PostgresStore, StoreError> {
         check_schema(schema)?;
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::backend("postgres: reading the store URL", false, e))?;
-        config.options(format!("-c search_path={schema}"));
+        config.options(format!(
+            "-c search_path={schema} -c idle_in_transaction_session_timeout={}",
+            idle_in_transaction.as_millis().max(1)
+        ));
         // `offsession/<schema>`: operators (and the fault tests) find an instance's
         // sessions in `pg_stat_activity` by it.
         config.application_name(format!("offsession/{schema}"));

@@ -749,3 +749,68 @@ async fn a_frozen_holder_loses_its_card_lock_to_the_idle_timeout() {
     drop(taken.unwrap());
     b.drop_schema().await.unwrap();
 }
+
+/// A change that fails in the database (here: a refusal whose row holds a status this
+/// binary does not know, as after a newer binary wrote it) fails alone: the changes
+/// grouped with it are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_change_fails_alone_in_its_group() {
+    let Some(url) = url() else { return };
+    let schema = schema("isolate");
+    let store = PostgresStore::connect(&url, &schema, 4).await.unwrap();
+    let ids: Vec<String> = (0..100).map(|i| format!("osp_g_{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        store
+            .insert(&sample_record(id, 1_000 + i as i64, None))
+            .await
+            .unwrap();
+    }
+    store
+        .insert(&sample_record("osp_g_bad", 500, None))
+        .await
+        .unwrap();
+    let bad = store.get("osp_g_bad").await.unwrap().unwrap();
+    raw_client(&url)
+        .await
+        .execute(
+            &format!("UPDATE {schema}.payments SET status = 'zzz' WHERE id = 'osp_g_bad'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut current = Vec::new();
+    for id in &ids {
+        current.push(store.get(id).await.unwrap().unwrap());
+    }
+    // The refusal of a stale write reads the row's status back, and cannot decode it.
+    let stale = offsession_core::Expected {
+        version: bad.version + 5,
+        status: bad.payment.status,
+    };
+    let nexts: Vec<_> = current
+        .iter()
+        .map(|record| {
+            let mut next = record.clone();
+            next.due_at = Some(Timestamp::from_millis(9_000));
+            next
+        })
+        .collect();
+    // Queued together (in the middle, not first: a writer idle when the first change
+    // arrives takes it alone), so that it shares a group with others.
+    let mut writes: Vec<_> = current
+        .iter()
+        .zip(&nexts)
+        .map(|(record, next)| store.update(next, offsession_core::Expected::of(record)))
+        .collect();
+    writes.insert(50, store.update(&bad, stale));
+    let mut answers = futures::future::join_all(writes).await;
+    assert!(answers.remove(50).is_err(), "the undecodable refusal fails");
+    for (id, answer) in ids.iter().zip(&answers) {
+        assert!(answer.is_ok(), "{id}: {answer:?}");
+    }
+    for id in &ids {
+        let written = store.get(id).await.unwrap().unwrap();
+        assert_eq!(written.due_at, Some(Timestamp::from_millis(9_000)), "{id}");
+    }
+    store.drop_schema().await.unwrap();
+}

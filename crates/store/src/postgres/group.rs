@@ -6,10 +6,14 @@
 //!
 //! Refusals (a stale version, an unknown payment) are found by the compare-and-set
 //! update matching no row, which is not an error in Postgres: they leave the group's
-//! transaction intact. A database error aborts the transaction, so every change of the
-//! group fails with it and may be retried.
+//! transaction intact. A database error aborts the transaction; when the server
+//! reported it before the commit (a constraint, a deadlock, a row this binary cannot
+//! read), nothing of the group was written, and its changes are written again in two
+//! halves, and so on, so that the change that caused it fails alone. A lost connection
+//! or a failed commit fails every change of the group (a commit's may have been
+//! written), which may be retried.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -146,6 +150,7 @@ async fn writer(
 
 /// Writes a group in one transaction and answers every change of it.
 async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
+    let committing = AtomicBool::new(false);
     let written = async {
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client
@@ -213,6 +218,7 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
         attempts_written?;
         events_written?;
         step(crash, &tx).await?;
+        committing.store(true, Ordering::Relaxed);
         tx.commit()
             .await
             .map_err(pg_error("committing a group of changes"))?;
@@ -225,11 +231,42 @@ async fn run(pool: &Pool, crash: &AtomicI64, group: Vec<Change>) {
                 change.answer(Ok(answer));
             }
         }
+        Err(err) if group.len() > 1 && !committing.load(Ordering::Relaxed) && one_changes(&err) => {
+            tracing::debug!(error = %err, changes = group.len(), "a group of changes failed; writing it again in halves");
+            let mut first = group;
+            let second = first.split_off(first.len() / 2);
+            Box::pin(run(pool, crash, first)).await;
+            Box::pin(run(pool, crash, second)).await;
+        }
         Err(err) => {
             for change in group {
                 change.answer(Err(err.clone()));
             }
         }
+    }
+}
+
+/// Whether a group's failure may be one change's: the server refused a statement (a
+/// constraint, a deadlock, bad data) or a row read back could not be decoded. Not a
+/// lost connection, an ended session or an empty pool, which every change of the group
+/// would meet again.
+fn one_changes(err: &StoreError) -> bool {
+    let StoreError::Backend { source, .. } = err else {
+        return false;
+    };
+    let Some(source) = source.as_deref() else {
+        // Raised by this store's own checks of what it read back.
+        return true;
+    };
+    match source.downcast_ref::<tokio_postgres::Error>() {
+        Some(e) if e.is_closed() => false,
+        Some(e) => e.code().is_some_and(|code| {
+            let class = &code.code()[..2];
+            // 08: connection exceptions; 57: operator intervention (shutdown, a
+            // terminated session); 53: insufficient resources.
+            !matches!(class, "08" | "57" | "53")
+        }),
+        None => source.downcast_ref::<serde_json::Error>().is_some(),
     }
 }
 

@@ -44,7 +44,8 @@ pub struct HeuristicConfig {
     #[serde(with = "offsession_core::duration::text")]
     pub funds_min_wait: Duration,
     /// Least time between a bank debit's funds return and its next presentment, by
-    /// retry number (the last repeats); `funds_min_wait` is for cards.
+    /// retry number (the last repeats); empty (the default): `funds_min_wait`, as for
+    /// cards.
     #[serde(with = "offsession_core::duration::text_list")]
     pub debit_funds_waits: Vec<Duration>,
 }
@@ -66,7 +67,7 @@ impl Default for HeuristicConfig {
                 .collect(),
             funding_hour: 9,
             funds_min_wait: Duration::from_secs(12 * HOUR),
-            debit_funds_waits: vec![Duration::from_secs(12 * HOUR)],
+            debit_funds_waits: Vec::new(),
         }
     }
 }
@@ -104,12 +105,9 @@ impl HeuristicPolicy {
             funds_min_wait: config.funds_min_wait,
             debit_funds_waits: config.debit_funds_waits.clone(),
         };
-        if policy.transient_waits.is_empty()
-            || policy.issuer_waits.is_empty()
-            || policy.debit_funds_waits.is_empty()
-        {
+        if policy.transient_waits.is_empty() || policy.issuer_waits.is_empty() {
             return Err(err(
-                "`transient_waits`, `issuer_waits` and `debit_funds_waits` need at least one wait",
+                "`transient_waits` and `issuer_waits` need at least one wait",
             ));
         }
         if policy.funding_hour > 23 {
@@ -166,7 +164,7 @@ impl RetryPolicy for HeuristicPolicy {
             DeclineCategory::SoftTransient => context.now.plus(pick(&self.transient_waits)),
             DeclineCategory::SoftFunds => {
                 let country = context.method.and_then(|m| m.country());
-                let wait = if debit {
+                let wait = if debit && !self.debit_funds_waits.is_empty() {
                     pick(&self.debit_funds_waits)
                 } else {
                     self.funds_min_wait

@@ -201,8 +201,12 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 /// without a statement (`idle_in_transaction_session_timeout`), releasing its locks. An
 /// instance whose host froze or lost the network while its transaction held the
 /// outbox lock or a card's lock would otherwise stall every other instance's writes
-/// until the server's TCP keepalive gave up on it (about two hours by default). The
-/// engine never leaves a transaction idle for more than a round trip's time.
+/// until the server's TCP keepalive gave up on it (about two hours by default). A group
+/// transaction is idle only between its pipelined round trips; a card lock's stays
+/// open while the engine reads the card's history and decides (a pool connection
+/// awaited, a query), and when that outlasts this timeout the lock's session is ended:
+/// the write under the lock then fails, nothing is sent, and the payment is claimed
+/// again when its lease lapses.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl PostgresStore {
@@ -345,9 +349,15 @@ pub(super) async fn step(crash: &AtomicI64, client: &impl GenericClient) -> Resu
     let killed = client
         .execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
         .await;
-    Err(StoreError::Backend {
-        message: format!("postgres: session killed by crash_at_step ({killed:?})"),
-        retryable: true,
-        source: None,
-    })
+    Err(crash_error(&format!("{killed:?}")))
+}
+
+/// The error of a step [`PostgresStore::crash_at_step`] killed: as a lost connection
+/// reads, so that a group is not written again after it.
+pub(super) fn crash_error(killed: &str) -> StoreError {
+    StoreError::backend(
+        format!("postgres: session killed by crash_at_step ({killed})"),
+        true,
+        std::io::Error::from(std::io::ErrorKind::ConnectionAborted),
+    )
 }

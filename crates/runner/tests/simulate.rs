@@ -100,6 +100,36 @@ async fn strategies_are_compared_on_the_same_population_without_rule_violations(
     assert!(report
         .render()
         .contains("best equal-window, equal-budget schedule"));
+    // Medians of hours to recovery are also compared over the payments a strategy and
+    // `heuristic` both recovered.
+    let heuristic = report
+        .strategies
+        .iter()
+        .find(|s| s.strategy == "heuristic")
+        .unwrap();
+    assert!(heuristic.paired_with_heuristic.is_none());
+    for s in report
+        .strategies
+        .iter()
+        .filter(|s| s.strategy != "heuristic" && s.recovered > 0)
+    {
+        let paired = s.paired_with_heuristic.as_ref().expect(&s.strategy);
+        assert!(paired.recovered_by_both > 0, "{}", s.strategy);
+        assert!(
+            paired.recovered_by_both <= s.recovered.min(heuristic.recovered),
+            "{}",
+            s.strategy
+        );
+    }
+    assert!(report.render().contains("over the payments both recovered"));
+    // `issuer-outages` bills for 30 days and runs 50: charges of the last 8 days get
+    // less than the 28-day window, for every strategy alike.
+    assert_eq!(report.charges, 3_000);
+    assert!(
+        report.charges_cut_short > 0 && report.charges_cut_short < report.charges / 2,
+        "{}",
+        report.charges_cut_short
+    );
 
     let chart = std::env::temp_dir().join(format!("offsession-sim-{}.svg", std::process::id()));
     report.chart(&chart).unwrap();

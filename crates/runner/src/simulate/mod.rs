@@ -61,7 +61,7 @@ mod world;
 
 use recorder::{check, Recorder};
 
-pub use report::{OracleReport, ScheduleCandidate, SimulationReport, StrategyReport};
+pub use report::{OracleReport, PairedHours, ScheduleCandidate, SimulationReport, StrategyReport};
 
 /// The bounds every strategy of a simulation shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +254,9 @@ async fn run_strategy(
         })
         .collect();
     charges.sort_by_key(|(at, index, amount, _)| (*at, *index, *amount));
+    // Each payment's charge (its place in `charges`, the same in every strategy's run),
+    // so that strategies can be compared payment by payment.
+    let mut charge_of: HashMap<String, usize> = HashMap::new();
     let mut next_charge = 0;
     loop {
         let next_bill = charges.get(next_charge).map(|c| c.0);
@@ -286,10 +289,11 @@ async fn run_strategy(
                 "payment_method": customer.payment_method_id(),
                 "retry_details": retry_details(strategy, &baseline_name, debit),
             });
-            engine
+            let created = engine
                 .create_json(body.to_string().as_bytes(), None)
                 .await
                 .map_err(RunnerError::api("creating a simulated payment"))?;
+            charge_of.insert(created.id, next_charge);
             next_charge += 1;
         }
         engine
@@ -310,14 +314,18 @@ async fn run_strategy(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let mut hours: Vec<f64> = recoveries
+    let recovery_hours: Vec<(usize, f64)> = recoveries
         .iter()
         .filter_map(|(id, at)| {
-            first_failure
-                .get(id.as_str())
-                .map(|failed| (at.as_millis() - failed.as_millis()) as f64 / 3_600_000.0)
+            let failed = first_failure.get(id.as_str())?;
+            let charge = charge_of.get(id)?;
+            Some((
+                *charge,
+                (at.as_millis() - failed.as_millis()) as f64 / 3_600_000.0,
+            ))
         })
         .collect();
+    let mut hours: Vec<f64> = recovery_hours.iter().map(|(_, h)| *h).collect();
     hours.sort_by(f64::total_cmp);
     let mut recovered_by_day = vec![0u64; scenario.days as usize + 1];
     for (_, at) in &recoveries {
@@ -365,7 +373,43 @@ async fn run_strategy(
         fines_avoided_usd: (blocked + deferred) as f64 * FINE_PER_VIOLATION_USD,
         recovered_by_day,
         wall_seconds: started.elapsed().as_secs_f64(),
+        paired_with_heuristic: None,
+        recovery_hours,
     })
+}
+
+/// The median of `values` (the upper one of an even count; 0 when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Each strategy's and `heuristic`'s median hours to recovery over the payments both
+/// recovered: the plain medians are over each strategy's own recoveries, and a
+/// strategy that recovers fewer, easier payments shows a shorter one.
+fn pair_with_heuristic(strategies: &mut [StrategyReport]) {
+    let Some(heuristic) = strategies.iter().find(|s| s.strategy == "heuristic") else {
+        return;
+    };
+    let by_charge: HashMap<usize, f64> = heuristic.recovery_hours.iter().copied().collect();
+    let pairs: Vec<Option<PairedHours>> = strategies
+        .iter()
+        .map(|s| {
+            let (own, theirs): (Vec<f64>, Vec<f64>) = s
+                .recovery_hours
+                .iter()
+                .filter_map(|(charge, h)| by_charge.get(charge).map(|theirs| (*h, *theirs)))
+                .unzip();
+            (s.strategy != "heuristic" && !own.is_empty()).then(|| PairedHours {
+                recovered_by_both: own.len() as u64,
+                median_hours: median(own),
+                heuristic_median_hours: median(theirs),
+            })
+        })
+        .collect();
+    for (s, pair) in strategies.iter_mut().zip(pairs) {
+        s.paired_with_heuristic = pair;
+    }
 }
 
 /// Runs every strategy on `scenario` (all at once, one task each), after the oracle
@@ -465,6 +509,21 @@ pub async fn run(
         };
         strategies.push(report);
     }
+    pair_with_heuristic(&mut strategies);
+    // Charges billed less than the window before the run ends: every strategy's
+    // retries of them are cut short alike.
+    let end = scenario.start().as_millis() + i64::from(scenario.days) * DAY_MS;
+    let window_ms = options.window.as_millis() as i64;
+    let (charges, cut_short) = population
+        .customers()
+        .iter()
+        .flat_map(|c| c.charges.iter())
+        .fold((0u64, 0u64), |(all, cut), charge| {
+            (
+                all + 1,
+                cut + u64::from(charge.bill_at.as_millis() + window_ms > end),
+            )
+        });
     let mut hours = oracle.hours_to_recovery.clone();
     hours.sort_by(f64::total_cmp);
     Ok(SimulationReport {
@@ -474,6 +533,8 @@ pub async fn run(
         days: scenario.days,
         window_days: options.window.as_secs_f64() / 86_400.0,
         max_attempts: options.max_attempts,
+        charges,
+        charges_cut_short: cut_short,
         baseline: best.0,
         oracle: OracleReport {
             first_attempt_failures: oracle.first_attempt_failures,
@@ -490,4 +551,55 @@ pub async fn run(
         wall_seconds: started.elapsed().as_secs_f64(),
         strategies,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(strategy: &str, recovery_hours: Vec<(usize, f64)>) -> StrategyReport {
+        StrategyReport {
+            strategy: strategy.to_owned(),
+            guarded: true,
+            payments: 10,
+            first_attempt_failures: 10,
+            recovered: recovery_hours.len() as u64,
+            recovery_rate: 0.0,
+            attempts: 0,
+            attempts_per_payment: 0.0,
+            retries_per_recovery: 0.0,
+            median_hours_to_recovery: 0.0,
+            percent_of_oracle: 0.0,
+            network_rule_violations: 0,
+            violations_by_rule: Default::default(),
+            guard_blocked: 0,
+            guard_deferred: 0,
+            fines_avoided_usd: 0.0,
+            recovered_by_day: Vec::new(),
+            wall_seconds: 0.0,
+            paired_with_heuristic: None,
+            recovery_hours,
+        }
+    }
+
+    /// A strategy that recovers only the quick payments has the shorter plain median;
+    /// over the payments both recovered the two are compared like for like.
+    #[test]
+    fn medians_are_paired_over_the_payments_both_recovered() {
+        let mut strategies = vec![
+            report(
+                "heuristic",
+                vec![(0, 2.0), (1, 10.0), (2, 100.0), (3, 200.0)],
+            ),
+            report("smart", vec![(0, 4.0), (1, 20.0), (7, 1.0)]),
+        ];
+        pair_with_heuristic(&mut strategies);
+        assert!(strategies[0].paired_with_heuristic.is_none());
+        let paired = strategies[1].paired_with_heuristic.as_ref().unwrap();
+        assert_eq!(paired.recovered_by_both, 2);
+        assert_eq!(
+            (paired.median_hours, paired.heuristic_median_hours),
+            (20.0, 10.0)
+        );
+    }
 }

@@ -42,6 +42,24 @@ pub struct StrategyReport {
     pub recovered_by_day: Vec<u64>,
     /// Wall-clock seconds of this strategy's run (runs share the cores).
     pub wall_seconds: f64,
+    /// This strategy's and `heuristic`'s median hours over the payments both recovered
+    /// (none for `heuristic` itself, or when `heuristic` did not run).
+    pub paired_with_heuristic: Option<PairedHours>,
+    /// Each recovery: the charge (its place in the run's charges, the same for every
+    /// strategy) and the hours from its first failure.
+    #[serde(skip)]
+    pub recovery_hours: Vec<(usize, f64)>,
+}
+
+/// Medians of hours to recovery over the payments two strategies both recovered.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedHours {
+    /// Payments both recovered.
+    pub recovered_by_both: u64,
+    /// This strategy's median hours over them.
+    pub median_hours: f64,
+    /// `heuristic`'s median hours over them.
+    pub heuristic_median_hours: f64,
 }
 
 /// The omniscient single retry.
@@ -89,6 +107,11 @@ pub struct SimulationReport {
     pub window_days: f64,
     /// Every strategy's attempt budget per payment, the first attempt included.
     pub max_attempts: u32,
+    /// Charges billed in the run.
+    pub charges: u64,
+    /// Of those, charges billed less than the window before the run ends: every
+    /// strategy's retries of them are cut short alike.
+    pub charges_cut_short: u64,
     /// The fixed schedule used as `scheduled`: the best candidate.
     pub baseline: String,
     /// The oracle.
@@ -111,6 +134,16 @@ impl SimulationReport {
             "scenario {} (seed {}): {} customers over {} days; every strategy: {:.0}-day window, {} attempts at most; {:.1} s",
             self.scenario, self.seed, self.customers, self.days, self.window_days, self.max_attempts, self.wall_seconds
         );
+        if self.charges_cut_short > 0 {
+            let _ = writeln!(
+                out,
+                "{} of {} charges ({:.1}%) are billed less than the window before the run ends: every strategy's retries of them stop at day {}",
+                self.charges_cut_short,
+                self.charges,
+                self.charges_cut_short as f64 / self.charges.max(1) as f64 * 100.0,
+                self.days
+            );
+        }
         let _ = writeln!(
             out,
             "{:<19} {:>8} {:>9} {:>7} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8} {:>7}",
@@ -175,6 +208,28 @@ impl SimulationReport {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(out, "violations of {}: {}", s.strategy, rules.join(", "));
+        }
+        let paired: Vec<String> = self
+            .strategies
+            .iter()
+            .filter_map(|s| {
+                let p = s.paired_with_heuristic.as_ref()?;
+                Some(format!(
+                    "{} {:.1} h vs {:.1} h ({:.2}x, {} payments)",
+                    s.strategy,
+                    p.median_hours,
+                    p.heuristic_median_hours,
+                    p.median_hours / p.heuristic_median_hours.max(f64::MIN_POSITIVE),
+                    p.recovered_by_both
+                ))
+            })
+            .collect();
+        if !paired.is_empty() {
+            let _ = writeln!(
+                out,
+                "median hours to recovery over the payments both recovered, against heuristic: {}",
+                paired.join("; ")
+            );
         }
         let by = |name: &str| self.strategies.iter().find(|s| s.strategy == name);
         if let (Some(best), Some(scheduled)) = (by("best_available"), by("scheduled")) {

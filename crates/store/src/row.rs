@@ -9,7 +9,7 @@ use offsession_core::{
 };
 
 /// The schema version this binary writes. A database at a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The least string above every string that starts with `prefix`, in code-point
 /// order (UTF-8 byte order): `prefix` with its last character raised by one, after

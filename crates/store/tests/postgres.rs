@@ -145,6 +145,7 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
              ALTER TABLE {schema}.payments RESET (toast_tuple_target);
              ALTER TABLE {schema}.events ALTER COLUMN body TYPE jsonb USING body::jsonb;
              DROP INDEX {schema}.engine_state_key_c;
+             DROP INDEX {schema}.attempts_counted;
              UPDATE {schema}.schema_version SET version = 2;"
         ))
         .await
@@ -196,6 +197,27 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
         .collect();
     assert!(
         plan.iter().any(|step| step.contains("engine_state_key_c")),
+        "{plan:?}"
+    );
+    // Migration 5's index holds the attempts the card history reads.
+    let statement = offsession_store::postgres::CARD_HISTORY
+        .replace("$1", "'pm_x'")
+        .replace("$2", "0")
+        .replace("$3", "256");
+    let plan: Vec<String> = client
+        .simple_query(&format!(
+            "SET search_path = {schema}; SET enable_seqscan = off; EXPLAIN {statement}"
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.iter().any(|step| step.contains("attempts_counted")),
         "{plan:?}"
     );
     upgraded.drop_schema().await.unwrap();

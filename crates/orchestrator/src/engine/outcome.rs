@@ -13,10 +13,9 @@ const CARD_HISTORY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 /// How many of a card's newest attempts the network rules see. The caps count at most
 /// a few dozen attempts (Visa 15 reattempts, Mastercard 10 declines a day, 35 per
 /// amount a month), and the stores leave out the attempts no cap counts (first
-/// attempts approved, the bulk of a busy card's), so the newest 256 decide them. The
-/// bound caps what a decision reads back; the stores still pass over a card's approved
-/// first attempts in the window to find those 256 (no index holds only the counted
-/// ones).
+/// attempts approved, the bulk of a busy card's), so the newest 256 decide them; the
+/// SQL stores read them through an index of the counted attempts (schema version 5),
+/// and the bound keeps a decision's cost flat however many payments share one card.
 const CARD_HISTORY_LIMIT: usize = 256;
 
 /// The payment's retry policy, with the card's stored history read before the step.

@@ -31,13 +31,13 @@ mod creates;
 mod group;
 mod store;
 #[doc(hidden)]
-pub use store::LIST_STATE_RANGE;
+pub use store::{CARD_HISTORY, LIST_STATE_RANGE};
 
 /// Advisory lock keys (arbitrary, fixed): migrations, and the outbox's order.
 const MIGRATION_LOCK: i64 = 0x0ff5_e551_0000_0001;
 const OUTBOX_LOCK: i64 = 0x0ff5_e551_0000_0002;
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE payments (
     seq            BIGSERIAL UNIQUE,
@@ -104,6 +104,11 @@ CREATE TABLE engine_state (
     // primary key's order follows the database's collation, in which a prefix is not
     // a range), so listing the webhook destinations reads those rows, not the table.
     "CREATE INDEX engine_state_key_c ON engine_state (key COLLATE \"C\");",
+    // 5: the attempts the network rules count (every attempt but a first attempt
+    // answered without a decline), by card and time: the card history reads only
+    // these, and a busy card's approvals no longer lie in the way of its declines.
+    "CREATE INDEX IF NOT EXISTS attempts_counted ON attempts (payment_method, started_at)
+         WHERE NOT (number = 1 AND answered AND NOT declined);",
 ];
 
 /// A card lock's connection, in a transaction holding (once `locked`) the advisory

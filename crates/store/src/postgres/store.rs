@@ -17,6 +17,15 @@ pub const LIST_STATE_RANGE: &str = "SELECT key, value FROM engine_state
      WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2
      ORDER BY key COLLATE \"C\"";
 
+/// A card's attempts that the network rules count, newest first, through the
+/// `attempts_counted` index (migration 5), whose condition this repeats.
+#[doc(hidden)]
+pub const CARD_HISTORY: &str =
+    "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
+     WHERE payment_method = $1 AND started_at >= $2
+       AND NOT (number = 1 AND answered AND NOT declined)
+     ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3";
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create(
@@ -171,13 +180,7 @@ impl Store for PostgresStore {
         let since = since.as_millis();
         let limit = limit as i64;
         let rows = client
-            .query(
-                "SELECT payment_id, number, started_at, declined, amount, answered, advice_code FROM attempts
-                 WHERE payment_method = $1 AND started_at >= $2
-                   AND NOT (number = 1 AND answered AND NOT declined)
-                 ORDER BY started_at DESC, payment_id DESC, number DESC LIMIT $3",
-                &[&card, &since, &limit],
-            )
+            .query(CARD_HISTORY, &[&card, &since, &limit])
             .await
             .map_err(pg_error("reading the card history"))?;
         let mut history: Vec<CardAttempt> = rows

@@ -49,7 +49,7 @@ pub use worker_lock::WorkerLock;
 /// How many queued calls one transaction takes at most.
 const GROUP_MAX: usize = 512;
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE payments (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -111,6 +111,11 @@ CREATE TABLE engine_state (
     // 4: Postgres indexes engine state in code-point order; SQLite's primary key is in
     // that order already.
     "-- nothing to change",
+    // 5: the attempts the network rules count (every attempt but a first attempt
+    // answered without a decline), by card and time: the card history reads only
+    // these, and a busy card's approvals no longer lie in the way of its declines.
+    "CREATE INDEX IF NOT EXISTS attempts_counted ON attempts (payment_method, started_at)
+         WHERE NOT (number = 1 AND answered AND NOT declined);",
 ];
 
 /// How hard a commit waits for the disk.
@@ -449,6 +454,30 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The card history is read through the index of counted attempts, so a card's
+    /// approved first attempts are not passed over one by one.
+    #[tokio::test]
+    async fn the_card_history_reads_the_counted_attempts_index() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let plan = store
+            .call(|tx| {
+                let mut explain = tx
+                    .prepare(&format!("EXPLAIN QUERY PLAN {}", store::CARD_HISTORY))
+                    .map_err(sql_error("test"))?;
+                let rows = explain
+                    .query_map(params!["pm_x", 0, 256], |r| r.get::<_, String>(3))
+                    .map_err(sql_error("test"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(sql_error("test"))
+            })
+            .await
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("attempts_counted")),
+            "{plan:?}"
+        );
+    }
 
     /// Polls `call` once, which queues its job to the writer, and hands it back.
     async fn queued<F: std::future::Future + Unpin>(mut call: F) -> F {

@@ -24,6 +24,23 @@ async fn raw_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The plan of `statement` (its parameters spliced in) in `schema`, with sequential
+/// scans priced out.
+async fn plan_of(client: &tokio_postgres::Client, schema: &str, statement: &str) -> Vec<String> {
+    client
+        .simple_query(&format!(
+            "SET search_path = {schema}; SET enable_seqscan = off; EXPLAIN {statement}"
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn schema(name: &str) -> String {
@@ -183,18 +200,7 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
     let statement = offsession_store::postgres::LIST_STATE_RANGE
         .replace("$1", "'destination/'")
         .replace("$2", "'destination0'");
-    let plan: Vec<String> = client
-        .simple_query(&format!(
-            "SET search_path = {schema}; SET enable_seqscan = off; EXPLAIN {statement}"
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
+    let plan = plan_of(&client, &schema, &statement).await;
     assert!(
         plan.iter().any(|step| step.contains("engine_state_key_c")),
         "{plan:?}"
@@ -204,18 +210,7 @@ async fn a_version_2_schema_is_upgraded_with_its_payments_and_events() {
         .replace("$1", "'pm_x'")
         .replace("$2", "0")
         .replace("$3", "256");
-    let plan: Vec<String> = client
-        .simple_query(&format!(
-            "SET search_path = {schema}; SET enable_seqscan = off; EXPLAIN {statement}"
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
+    let plan = plan_of(&client, &schema, &statement).await;
     assert!(
         plan.iter().any(|step| step.contains("attempts_counted")),
         "{plan:?}"

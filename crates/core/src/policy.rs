@@ -39,6 +39,13 @@ pub struct CardAttempt {
 }
 
 impl CardAttempt {
+    /// Whether a network rule can count this attempt: every attempt but a first
+    /// attempt answered without a decline (no cap counts it, and it bars nothing).
+    /// `Store::card_history` answers only these.
+    pub fn counted(&self) -> bool {
+        !(self.attempt_number == 1 && self.answered && !self.declined)
+    }
+
     /// An attempt of `payment` as the network rules read it.
     pub fn of(payment: &OffSessionPayment, attempt: &AttemptRecord) -> CardAttempt {
         CardAttempt {

@@ -39,7 +39,8 @@ struct Inner {
     next_sequence: u64,
     /// Settled payments, oldest settlement first (pruned beyond the retention).
     settled: std::collections::VecDeque<String>,
-    /// Every attempt per card (`PaymentRecord::card_key`), sorted by time: the network
+    /// Every attempt per card (`PaymentRecord::card_key`) that a network rule can
+    /// count (`CardAttempt::counted`: not a first attempt approved), sorted by time: the network
     /// guard's question is a range read here, not a scan of the card's payments. A
     /// sorted `Vec` per card, not a `BTreeMap`: most cards hold one or two attempts, and a map
     /// allocates a node for eleven (1 KiB per card in the bench).
@@ -468,17 +469,12 @@ impl Store for MemoryStore {
         let Some(index) = inner.by_card.get(card) else {
             return Ok(Vec::new());
         };
+        // The index holds only counted attempts (`CardAttempt::counted`).
         let since = &index[index.partition_point(|(key, _)| *key < (since, 0, 0))..];
-        let mut history: Vec<CardAttempt> = since
+        Ok(since[since.len().saturating_sub(limit)..]
             .iter()
-            .rev()
-            .map(|(_, attempt)| attempt)
-            .filter(|a| !(a.attempt_number == 1 && a.answered && !a.declined))
-            .take(limit)
-            .cloned()
-            .collect();
-        history.reverse();
-        Ok(history)
+            .map(|(_, attempt)| attempt.clone())
+            .collect())
     }
 
     async fn claim_idempotency_key(

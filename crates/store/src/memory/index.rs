@@ -76,6 +76,12 @@ pub(super) fn reindex_card(
         let key = (attempt.started_at, sequence, attempt.number);
         let entry = CardAttempt::of(&new.payment, attempt);
         match index.binary_search_by(|(k, _)| k.cmp(&key)) {
+            // The index holds only what the card history answers: an attempt that
+            // no rule counts (a first attempt approved) leaves it.
+            Ok(at) if !entry.counted() => {
+                index.remove(at);
+            }
+            Err(_) if !entry.counted() => {}
             Ok(at) => index[at].1 = entry,
             Err(at) => {
                 // A card's first attempts take exactly their room; a busy card's
@@ -86,6 +92,9 @@ pub(super) fn reindex_card(
                 index.insert(at, (key, entry));
             }
         }
+    }
+    if index.is_empty() {
+        by_card.remove(card.as_ref());
     }
 }
 
